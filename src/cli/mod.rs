@@ -1,0 +1,215 @@
+//! The command line: argument parsing, output formatting and exit codes. Library errors become
+//! `anyhow` errors here and nowhere else.
+
+mod store_cmds;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code of a failed operation (and of `fsck` finding problems).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of bad usage (clap uses it too).
+pub const EXIT_USAGE: u8 = 2;
+
+const ABOUT: &str = "Keep ComfyUI installs (code, custom nodes, Python packages, models) in a \
+content-addressed store, once, named by BLAKE3.";
+
+const EXAMPLES: &str = "\
+Examples:
+  comfystore add ./ComfyUI --exclude models --exclude-name .git
+  comfystore add model.safetensors            # prints b3:<id> and records its SHA-256
+  comfystore ls b3:1f0c…                      # what a tree holds
+  comfystore cat sha256:9e3b… > copy.bin      # an object by its SHA-256
+  comfystore root add my-version b3:1f0c…     # keep it through gc
+  comfystore gc --dry-run                     # what gc would free
+  comfystore export b3:1f0c… -o v1.bundle     # carry it to an offline machine
+  comfystore --json stats
+
+The store is --store DIR, else $COMFYSTORE_DIR, else $XDG_CACHE_HOME/comfystore (~/.cache/comfystore).
+Logging: RUST_LOG=debug. Exit codes: 0 success, 1 failure (or problems found), 2 bad usage.";
+
+#[derive(Parser, Debug)]
+#[command(name = "comfystore", version, about = ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Store directory (created on first use).
+    #[arg(long, global = true, env = "COMFYSTORE_DIR", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bars or informational messages.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Add files (→ object id) and directories (→ tree id) to the store.
+    ///
+    /// Prints `<id>\t<path>` per path. Symlinks inside a directory are recorded, never followed.
+    /// Unchanged files are recognised by their stat data and not read again.
+    #[command(
+        after_help = "Examples:\n  comfystore add ./ComfyUI --exclude models --exclude-name .git --exclude-name __pycache__\n  comfystore add --root flux-dev ./models/flux1-dev.safetensors"
+    )]
+    Add(AddArgs),
+    /// Write an object's bytes (or a tree's canonical manifest) to stdout.
+    #[command(
+        after_help = "Examples:\n  comfystore cat b3:af13…\n  comfystore cat sha256:e3b0… > model.safetensors"
+    )]
+    Cat {
+        /// b3:<hex>, sha256:<hex>, or 64 hex digits (BLAKE3).
+        id: String,
+    },
+    /// List a tree: kind, size, id and path of every entry.
+    #[command(after_help = "Example:\n  comfystore ls b3:1f0c… | grep exec")]
+    Ls {
+        /// The tree id.
+        id: String,
+    },
+    /// Objects, trees, stored bytes, logical bytes added and the dedup ratio.
+    Stats,
+    /// Rehash every object and check every tree; exit 1 if anything is wrong.
+    #[command(
+        after_help = "Examples:\n  comfystore fsck\n  comfystore fsck --repair     # move corrupt objects to quarantine/ so they can be fetched again"
+    )]
+    Fsck {
+        /// Quarantine corrupt objects and trees, fix modes, remove stale aliases and temp files.
+        #[arg(long)]
+        repair: bool,
+        /// Also recompute the SHA-256 of every object that has one recorded.
+        #[arg(long)]
+        sha256: bool,
+    },
+    /// Delete objects and trees that no root reaches and that are older than the grace period.
+    #[command(
+        after_help = "Examples:\n  comfystore gc --dry-run\n  comfystore gc --grace 0     # no grace period: only when nothing else writes"
+    )]
+    Gc {
+        /// Report what would be freed; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreachable content younger than this (e.g. 30m, 1h, 2days, 0).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Manage GC roots: named pins of trees and objects.
+    #[command(subcommand)]
+    Root(RootCommand),
+    /// Manage the redb index (an accelerator that can always be rebuilt from the files).
+    #[command(subcommand)]
+    Index(IndexCommand),
+    /// Write the closure of trees/objects to a zstd-compressed bundle.
+    #[command(
+        after_help = "Examples:\n  comfystore export b3:1f0c… b3:77aa… -o version.bundle\n  comfystore export b3:1f0c… -o - | ssh host comfystore import -"
+    )]
+    Export {
+        /// Trees or objects to export (with everything they reference).
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Output file, or - for stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Add a bundle's content to the store, verifying every hash first.
+    #[command(
+        after_help = "Examples:\n  comfystore import version.bundle --root v1\n  comfystore import --dry-run version.bundle   # verify only"
+    )]
+    Import {
+        /// Bundle file, or - for stdin.
+        file: PathBuf,
+        /// Verify the bundle without storing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also create a root with the bundle's root ids.
+        #[arg(long, value_name = "NAME")]
+        root: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// Files or directories.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Leave out this path, relative to the directory added (repeatable).
+    #[arg(long, value_name = "REL_PATH")]
+    pub exclude: Vec<String>,
+    /// Leave out files and directories with this name anywhere (repeatable), e.g. .git.
+    #[arg(long, value_name = "NAME")]
+    pub exclude_name: Vec<String>,
+    /// Compute SHA-256 for every file of a tree too (single files always get it).
+    #[arg(long)]
+    pub sha256: bool,
+    /// Create (or replace) a GC root with the added ids.
+    #[arg(long, value_name = "NAME")]
+    pub root: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RootCommand {
+    /// Create or replace root NAME, keeping the given ids.
+    #[command(after_help = "Example:\n  comfystore root add versions/v1 b3:1f0c… b3:77aa…")]
+    Add {
+        name: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove root NAME.
+    Rm { name: String },
+    /// List roots.
+    Ls,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IndexCommand {
+    /// Recreate the index from the store's files.
+    Rebuild,
+}
+
+/// Entry point used by `main.rs`.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    init_logging();
+    crate::progress::set_quiet(cli.quiet || cli.json);
+    let json = cli.json;
+    match store_cmds::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The default store directory: `$XDG_CACHE_HOME/comfystore`, else `~/.cache/comfystore`.
+pub fn default_store_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("comfystore");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache/comfystore"),
+        None => PathBuf::from(".comfystore"),
+    }
+}

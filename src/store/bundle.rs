@@ -1,0 +1,398 @@
+//! Bundles: the closure of some trees and objects in one zstd-compressed tar stream, for
+//! carrying a store's content to a machine with no network.
+//!
+//! The first member, `index.json`, lists every member with its id and size, so an importer
+//! knows what to expect before any bytes arrive and can tell a truncated bundle from a whole
+//! one. Every member is verified against its name; nothing is published until the whole bundle
+//! has been read and checked.
+
+use super::durable::{self, Published};
+use super::hash;
+use super::id::ObjectId;
+use super::index::Batch;
+use super::object::{MODE_EXEC, MODE_PLAIN};
+use super::tree::Manifest;
+use super::Store;
+use crate::error::{Error, IoContext, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+const BUNDLE_SCHEMA: &str = "comfystore.bundle/1";
+const INDEX_NAME: &str = "index.json";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleIndex {
+    schema: String,
+    roots: Vec<ObjectId>,
+    trees: Vec<BundleItem>,
+    objects: Vec<BundleItem>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct BundleItem {
+    id: ObjectId,
+    size: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    exec: bool,
+}
+
+/// What `export` wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportReport {
+    pub trees: u64,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// What `import` read and added.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImportReport {
+    pub roots: Vec<ObjectId>,
+    pub trees: u64,
+    pub objects: u64,
+    pub new_objects: u64,
+    pub bytes: u64,
+}
+
+fn bundle_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Bundle {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl Store {
+    /// Write the closure of `ids` (trees with all their objects, or single objects) to `out`.
+    pub fn export(&self, ids: &[ObjectId], out: &mut dyn Write) -> Result<ExportReport> {
+        let mut trees: BTreeMap<ObjectId, Vec<u8>> = BTreeMap::new();
+        let mut objects: BTreeMap<ObjectId, (u64, bool)> = BTreeMap::new();
+        for id in ids {
+            if self.has_tree(id) {
+                let bytes = self.tree_bytes(id)?;
+                let m = Manifest::parse(&bytes, &id.to_string())?;
+                for (oid, size, exec) in m.objects() {
+                    let slot = objects.entry(oid).or_insert((size, false));
+                    slot.1 |= exec;
+                }
+                trees.insert(*id, bytes);
+            } else if self.has_object(id) {
+                let path = self
+                    .find_object(id, false)
+                    .ok_or_else(|| Error::NotFound(id.to_string()))?;
+                let size = fs::metadata(&path).ctx("stat", &path)?.len();
+                objects.entry(*id).or_insert((size, false));
+            } else {
+                return Err(Error::NotFound(id.to_string()));
+            }
+        }
+        let index = BundleIndex {
+            schema: BUNDLE_SCHEMA.into(),
+            roots: ids.to_vec(),
+            trees: trees
+                .iter()
+                .map(|(id, b)| BundleItem {
+                    id: *id,
+                    size: b.len() as u64,
+                    exec: false,
+                })
+                .collect(),
+            objects: objects
+                .iter()
+                .map(|(id, (size, exec))| BundleItem {
+                    id: *id,
+                    size: *size,
+                    exec: *exec,
+                })
+                .collect(),
+        };
+        let index_bytes = serde_json::to_vec_pretty(&index)
+            .map_err(|e| Error::bad_input("(bundle)", e.to_string()))?;
+        let io = |e: std::io::Error| Error::Io {
+            op: "write bundle",
+            path: PathBuf::from("(bundle)"),
+            source: e,
+        };
+
+        let mut enc = zstd::stream::Encoder::new(out, 3).map_err(io)?;
+        // Two workers: compression overlaps with reading objects.
+        let _ = enc.multithread(2);
+        let mut tar = tar::Builder::new(enc);
+        append(
+            &mut tar,
+            INDEX_NAME,
+            0o644,
+            &mut &index_bytes[..],
+            index_bytes.len() as u64,
+        )
+        .map_err(io)?;
+        let bar = crate::progress::bytes(objects.values().map(|(s, _)| s).sum(), "export");
+        let mut bytes = 0;
+        for (id, (size, exec)) in &objects {
+            let path = self
+                .find_object(id, *exec)
+                .ok_or_else(|| Error::NotFound(id.to_string()))?;
+            let mut f = fs::File::open(&path).ctx("open", &path)?;
+            let mode = if *exec { MODE_EXEC } else { MODE_PLAIN };
+            append(
+                &mut tar,
+                &format!("objects/{}", id.hex()),
+                mode,
+                &mut f,
+                *size,
+            )
+            .map_err(|e| Error::Io {
+                op: "read",
+                path: path.clone(),
+                source: e,
+            })?;
+            bytes += size;
+            bar.inc(*size);
+        }
+        bar.finish_and_clear();
+        for (id, b) in &trees {
+            append(
+                &mut tar,
+                &format!("trees/{}", id.hex()),
+                0o444,
+                &mut &b[..],
+                b.len() as u64,
+            )
+            .map_err(io)?;
+        }
+        let enc = tar.into_inner().map_err(io)?;
+        enc.finish().map_err(io)?.flush().map_err(io)?;
+        Ok(ExportReport {
+            trees: trees.len() as u64,
+            objects: objects.len() as u64,
+            bytes,
+        })
+    }
+
+    /// Write a bundle to `path` atomically (temp file beside it, then rename).
+    pub fn export_to_file(&self, ids: &[ObjectId], path: &Path) -> Result<ExportReport> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let (f, tmp) = durable::create_temp(dir)?;
+        let mut w = std::io::BufWriter::new(f);
+        let res = self.export(ids, &mut w).and_then(|r| {
+            let f = w
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .ctx("write", &tmp)?;
+            f.sync_all().ctx("fsync", &tmp)?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).ctx("chmod", &tmp)?;
+            fs::rename(&tmp, path).ctx("rename into place", path)?;
+            Ok(r)
+        });
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    /// Read a bundle, verify every member against its name and the bundle's index, and only
+    /// then publish its objects and trees. `dry_run` verifies without storing anything.
+    pub fn import(&self, input: &mut dyn Read, name: &Path, dry_run: bool) -> Result<ImportReport> {
+        let _lock = self.lock_shared()?;
+        let dec = zstd::stream::Decoder::new(input)
+            .map_err(|e| bundle_err(name, format!("not zstd: {e}")))?;
+        let mut archive = tar::Archive::new(dec);
+        let mut entries = archive
+            .entries()
+            .map_err(|e| bundle_err(name, format!("not a tar stream: {e}")))?;
+
+        let index: BundleIndex = {
+            let mut first = entries
+                .next()
+                .ok_or_else(|| bundle_err(name, "empty bundle"))?
+                .map_err(|e| bundle_err(name, format!("unreadable member: {e}")))?;
+            let path = first
+                .path()
+                .map(|p| p.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if path != INDEX_NAME || first.size() > 256 << 20 {
+                return Err(bundle_err(
+                    name,
+                    format!("first member must be {INDEX_NAME}, found {path:?}"),
+                ));
+            }
+            let mut buf = Vec::new();
+            first
+                .read_to_end(&mut buf)
+                .map_err(|e| bundle_err(name, format!("{INDEX_NAME}: {e}")))?;
+            serde_json::from_slice(&buf)
+                .map_err(|e| bundle_err(name, format!("{INDEX_NAME}: {e}")))?
+        };
+        if index.schema != BUNDLE_SCHEMA {
+            return Err(bundle_err(
+                name,
+                format!(
+                    "schema {:?} is not supported (expected {BUNDLE_SCHEMA:?})",
+                    index.schema
+                ),
+            ));
+        }
+        let mut expected: HashMap<String, (BundleItem, bool)> = HashMap::new();
+        for (item, is_tree) in index
+            .trees
+            .iter()
+            .map(|i| (i, true))
+            .chain(index.objects.iter().map(|i| (i, false)))
+        {
+            let key = format!(
+                "{}/{}",
+                if is_tree { "trees" } else { "objects" },
+                item.id.hex()
+            );
+            expected.insert(key, (item.clone(), is_tree));
+        }
+
+        let mut staged = Staged(Vec::new());
+        let mut trees: Vec<(ObjectId, Manifest)> = Vec::new();
+        let bar = crate::progress::bytes(index.objects.iter().map(|i| i.size).sum(), "import");
+        for entry in entries {
+            let mut entry = entry
+                .map_err(|e| bundle_err(name, format!("unreadable member (truncated?): {e}")))?;
+            let member = entry
+                .path()
+                .map(|p| p.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let (item, is_tree) = expected.remove(&member).ok_or_else(|| {
+                bundle_err(
+                    name,
+                    format!("member {member:?} is not in the index, or appears twice"),
+                )
+            })?;
+            if entry.size() != item.size {
+                return Err(bundle_err(
+                    name,
+                    format!(
+                        "member {member}: {} bytes, the index says {}",
+                        entry.size(),
+                        item.size
+                    ),
+                ));
+            }
+            let tampered = |actual: ObjectId| {
+                bundle_err(name, format!("member {member}: content hashes to {actual}, not {}: the bundle is corrupt or was tampered with", item.id))
+            };
+            if is_tree {
+                let mut buf = Vec::new();
+                entry
+                    .read_to_end(&mut buf)
+                    .map_err(|e| bundle_err(name, format!("member {member}: {e}")))?;
+                let actual = hash::hash_bytes(&buf, false).b3;
+                if actual != item.id {
+                    return Err(tampered(actual));
+                }
+                trees.push((item.id, Manifest::parse(&buf, &item.id.to_string())?));
+                continue;
+            }
+            let digests = if dry_run {
+                hash::stream(&mut entry, None, false)
+            } else {
+                let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+                staged.0.push((item.clone(), tmp.clone()));
+                let d = hash::stream(&mut entry, Some(&mut f), false);
+                let mode = if item.exec { MODE_EXEC } else { MODE_PLAIN };
+                f.set_permissions(fs::Permissions::from_mode(mode))
+                    .ctx("chmod", &tmp)?;
+                d
+            };
+            let digests = digests
+                .map_err(|e| bundle_err(name, format!("member {member}: {e} (truncated?)")))?;
+            if digests.b3 != item.id || digests.size != item.size {
+                return Err(tampered(digests.b3));
+            }
+            bar.inc(item.size);
+        }
+        bar.finish_and_clear();
+        if let Some(missing) = expected.keys().min() {
+            return Err(bundle_err(
+                name,
+                format!(
+                    "truncated: {} listed members are missing (first: {missing})",
+                    expected.len()
+                ),
+            ));
+        }
+        for (tid, m) in &trees {
+            for (oid, _, _) in m.objects() {
+                let in_bundle = index.objects.iter().any(|i| i.id == oid);
+                if !in_bundle && !self.has_object(&oid) {
+                    return Err(bundle_err(
+                        name,
+                        format!(
+                            "tree {tid} needs {oid}, which neither the bundle nor the store has"
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut report = ImportReport {
+            roots: index.roots.clone(),
+            trees: trees.len() as u64,
+            objects: index.objects.len() as u64,
+            new_objects: 0,
+            bytes: index.objects.iter().map(|i| i.size).sum(),
+        };
+        if dry_run {
+            return Ok(report);
+        }
+        // Everything verified: publish objects, flush once, then the trees that name them.
+        let mut batch = Batch::default();
+        while let Some((item, tmp)) = staged.0.pop() {
+            let dest = self.object_path(&item.id, item.exec);
+            if durable::publish_no_replace(&tmp, &dest)? == Published::New {
+                report.new_objects += 1;
+            }
+            batch.objects.push((item.id, item.size, None));
+        }
+        self.sync()?;
+        for (_, m) in &trees {
+            let (id, _) = self.put_tree(m)?;
+            batch
+                .trees
+                .push((id, m.entries.len() as u64, m.logical_bytes()));
+        }
+        if let Some(index) = self.index() {
+            index.commit(&batch)?;
+        }
+        Ok(report)
+    }
+}
+
+/// Verified temp files of an import in progress; whatever is not yet published when the import
+/// stops (on an error) is removed.
+struct Staged(Vec<(BundleItem, PathBuf)>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (_, p) in &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    data: &mut dyn Read,
+    size: u64,
+) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut h, path, data)
+}

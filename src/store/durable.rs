@@ -1,0 +1,204 @@
+//! Small filesystem primitives for crash safety: unique temp names, atomic no-replace publish,
+//! batched durability and freshening mtimes for gc's grace period.
+
+use crate::error::{IoContext, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// A temp-file name that is unique across processes, containers and hosts: 128 random bits
+/// (PIDs repeat between containers sharing a volume).
+pub fn unique_name(prefix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: fall back to time and pid, still far from colliding in practice.
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes[..16].copy_from_slice(&(t ^ (std::process::id() as u128) << 64).to_le_bytes());
+    }
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+/// Prefix of every temp file. The leading dot keeps temp files out of root listings.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// Create a fresh temp file in `dir` (mode 0600 until published).
+pub fn create_temp(dir: &Path) -> Result<(File, PathBuf)> {
+    loop {
+        let path = dir.join(unique_name(TEMP_PREFIX));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => return Ok((f, path)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).ctx("create temp file", &path),
+        }
+    }
+}
+
+/// Outcome of publishing a temp file under its final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The file is now at its final name.
+    New,
+    /// A file was already there; the temp file was removed.
+    Existed,
+}
+
+/// Move `tmp` to `dest` unless `dest` exists: atomic, never replaces. Creates the parent
+/// directory if a shard is missing.
+pub fn publish_no_replace(tmp: &Path, dest: &Path) -> Result<Published> {
+    for attempt in 0..2 {
+        match rename_noreplace(tmp, dest) {
+            Ok(()) => return Ok(Published::New),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let _ = fs::remove_file(tmp);
+                return Ok(Published::Existed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt == 0 => {
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent).ctx("create", parent)?;
+                }
+            }
+            Err(e) => {
+                let _ = fs::remove_file(tmp);
+                return Err(e).ctx("publish", dest);
+            }
+        }
+    }
+    let _ = fs::remove_file(tmp);
+    Err(io::Error::from(io::ErrorKind::NotFound)).ctx("publish", dest)
+}
+
+/// `renameat2(RENAME_NOREPLACE)` where the kernel and filesystem support it, else `link` +
+/// `unlink` (git's way: `link` fails with EEXIST instead of replacing).
+fn rename_noreplace(tmp: &Path, dest: &Path) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        match renameat_with(CWD, tmp, CWD, dest, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e == rustix::io::Errno::INVAL
+                    || e == rustix::io::Errno::NOSYS
+                    || e == rustix::io::Errno::NOTSUP => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    fs::hard_link(tmp, dest)?;
+    fs::remove_file(tmp)
+}
+
+/// Replace `dest` with `tmp` unconditionally (used to replace a damaged object).
+pub fn publish_replace(tmp: &Path, dest: &Path) -> Result<()> {
+    fs::rename(tmp, dest).ctx("replace", dest)
+}
+
+/// Write `data` to `dest` atomically (temp in `dest`'s directory, fsync, rename). For small
+/// metadata files: markers, roots, aliases.
+pub fn write_file_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).ctx("create", dir)?;
+    let (mut f, tmp) = create_temp(dir)?;
+    let res = (|| {
+        f.write_all(data).ctx("write", &tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .ctx("chmod", &tmp)?;
+        f.sync_all().ctx("fsync", &tmp)?;
+        fs::rename(&tmp, dest).ctx("rename into place", dest)?;
+        sync_dir(dir);
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// fsync a directory so a rename in it survives power loss. Best effort: some filesystems
+/// refuse fsync on directories, and the data itself is already durable.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Flush every dirty page of the filesystem holding `path`.
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let dir = File::open(path).ctx("open", path)?;
+        rustix::fs::syncfs(&dir)
+            .map_err(io::Error::from)
+            .ctx("syncfs", path)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // No syncfs: sync(2) flushes every filesystem, which is a superset.
+        let _ = path;
+        rustix::fs::sync();
+        Ok(())
+    }
+}
+
+/// Files whose mtime is older than this are touched when reused, so gc's grace period (default
+/// one hour) sees them as fresh. Touching only old files keeps re-adds cheap.
+pub const FRESHEN_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// Set `path`'s mtime to now if it is older than [`FRESHEN_AFTER`]. Best effort: a store shared
+/// by several users may hold files we cannot touch, and the gc lock still protects them.
+pub fn freshen(path: &Path, mtime: SystemTime) {
+    let old = SystemTime::now()
+        .duration_since(mtime)
+        .map(|age| age > FRESHEN_AFTER)
+        .unwrap_or(false);
+    if old {
+        use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD, UTIME_NOW, UTIME_OMIT};
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_NOW,
+            },
+        };
+        if let Err(e) = utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW) {
+            tracing::debug!("could not freshen {}: {e}", path.display());
+        }
+    }
+}
+
+/// Whether `path` is on a network or FUSE filesystem, where locks and redb are not trusted.
+pub fn is_network_fs(path: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const NETWORK: &[i64] = &[
+            0x6573_5546,           // FUSE (MooseFS on RunPod, s3fs, gcsfuse)
+            0x6969,                // NFS
+            0x517B,                // SMB
+            0xFF53_4D42u32 as i64, // CIFS
+            0xFE53_4D42u32 as i64, // SMB2
+            0x00C3_6400,           // Ceph
+            0x0102_1997,           // 9P
+            0x0BD0_0BD0,           // Lustre
+        ];
+        match rustix::fs::statfs(path) {
+            Ok(s) => NETWORK.contains(&(s.f_type as i64)),
+            Err(_) => false,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        false
+    }
+}

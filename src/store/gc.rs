@@ -1,0 +1,305 @@
+//! Garbage collection: keep what the roots reach, delete the rest once it is older than the
+//! grace period. Runs under the exclusive gc lock; the grace period and writers' mtime
+//! freshening cover filesystems whose locks do nothing.
+
+use super::durable::TEMP_PREFIX;
+use super::id::{ObjectId, Sha256};
+use super::Store;
+use crate::error::{Error, IoContext, Result};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// One file found in `objects/` or `trees/`.
+pub(crate) struct StoredFile {
+    pub id: ObjectId,
+    pub exec: bool,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// Everything the store's folders hold, read from the files alone.
+#[derive(Default)]
+pub(crate) struct StoreScan {
+    /// Distinct objects with their sizes (for the index).
+    pub objects: Vec<(ObjectId, u64)>,
+    pub object_files: Vec<StoredFile>,
+    pub trees: Vec<ObjectId>,
+    pub tree_files: Vec<StoredFile>,
+    pub aliases: Vec<(Sha256, ObjectId)>,
+    pub alias_files: Vec<(Sha256, PathBuf)>,
+    /// Files in the sharded folders that are not objects (leftover temps, foreign files).
+    pub stray: Vec<PathBuf>,
+}
+
+fn shards(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir).ctx("list", dir)? {
+        let e = e.ctx("list", dir)?;
+        if e.file_type().ctx("stat", &e.path())?.is_dir() {
+            v.push(e.path());
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// List a sharded folder: `(prefix + name, path, metadata)` for every file.
+fn list_sharded(
+    dir: &Path,
+    stray: &mut Vec<PathBuf>,
+) -> Result<Vec<(String, PathBuf, fs::Metadata)>> {
+    let mut out = Vec::new();
+    for shard in shards(dir)? {
+        let prefix = shard
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        for e in fs::read_dir(&shard).ctx("list", &shard)? {
+            let e = e.ctx("list", &shard)?;
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err).ctx("stat", &path),
+            };
+            if prefix.len() != 2 || !meta.is_file() {
+                stray.push(path);
+                continue;
+            }
+            out.push((format!("{prefix}{name}"), path, meta));
+        }
+    }
+    Ok(out)
+}
+
+/// Read every object, tree and alias file of the store.
+pub(crate) fn scan_store(store: &Store) -> Result<StoreScan> {
+    let mut scan = StoreScan::default();
+    let root = store.root();
+    for (name, path, meta) in list_sharded(&root.join("objects/b3"), &mut scan.stray)? {
+        let (hex, exec) = match name.strip_suffix("-exec") {
+            Some(h) => (h, true),
+            None => (name.as_str(), false),
+        };
+        match ObjectId::from_hex(hex) {
+            Some(id) => scan.object_files.push(StoredFile {
+                id,
+                exec,
+                path,
+                size: meta.len(),
+            }),
+            None => scan.stray.push(path),
+        }
+    }
+    let mut seen = HashSet::new();
+    for f in &scan.object_files {
+        if seen.insert(f.id) {
+            scan.objects.push((f.id, f.size));
+        }
+    }
+    for (name, path, meta) in list_sharded(&root.join("trees/b3"), &mut scan.stray)? {
+        match ObjectId::from_hex(&name) {
+            Some(id) => {
+                scan.trees.push(id);
+                scan.tree_files.push(StoredFile {
+                    id,
+                    exec: false,
+                    path,
+                    size: meta.len(),
+                });
+            }
+            None => scan.stray.push(path),
+        }
+    }
+    for (name, path, _) in list_sharded(&root.join("aliases/sha256"), &mut scan.stray)? {
+        let Some(sha) = Sha256::from_hex(&name) else {
+            scan.stray.push(path);
+            continue;
+        };
+        let text = fs::read_to_string(&path).ctx("read", &path)?;
+        match text.trim().parse::<ObjectId>() {
+            Ok(id) => scan.aliases.push((sha, id)),
+            Err(_) => scan.stray.push(path.clone()),
+        }
+        scan.alias_files.push((sha, path));
+    }
+    Ok(scan)
+}
+
+/// How gc runs.
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Unreachable files younger than this are kept (a writer may be about to refer to them).
+    pub grace: Duration,
+    /// Report, delete nothing.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            grace: Duration::from_secs(3600),
+            dry_run: false,
+        }
+    }
+}
+
+/// What gc found and did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub roots: u64,
+    pub live_trees: u64,
+    pub live_objects: u64,
+    pub deleted_trees: u64,
+    pub deleted_objects: u64,
+    pub freed_bytes: u64,
+    /// Unreachable but younger than the grace period.
+    pub kept_young: u64,
+    pub deleted_temp_files: u64,
+    pub deleted_aliases: u64,
+    /// Roots naming ids the store does not have.
+    pub dangling_roots: Vec<String>,
+}
+
+impl Store {
+    /// Delete what no root reaches. Refuses to run if a rooted tree cannot be read (that would
+    /// make its objects look unreachable).
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let _lock = self.lock_exclusive(true)?;
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
+        let mut live_trees: HashSet<ObjectId> = HashSet::new();
+        let mut live_objects: HashSet<ObjectId> = HashSet::new();
+        let roots = self.list_roots()?;
+        report.roots = roots.len() as u64;
+        for (name, root) in &roots {
+            for id in &root.ids {
+                if self.has_tree(id) {
+                    if live_trees.insert(*id) {
+                        let m = self.read_tree(id).map_err(|e| Error::Store {
+                            path: self.root().to_path_buf(),
+                            reason: format!(
+                                "gc stopped: root {name:?} names tree {id}, which cannot be read ({e}); run `comfystore fsck`"
+                            ),
+                        })?;
+                        live_objects.extend(m.objects().into_iter().map(|(o, _, _)| o));
+                    }
+                } else if self.has_object(id) {
+                    live_objects.insert(*id);
+                } else {
+                    report.dangling_roots.push(name.clone());
+                }
+            }
+        }
+        report.live_trees = live_trees.len() as u64;
+        report.live_objects = live_objects.len() as u64;
+
+        let cutoff = SystemTime::now()
+            .checked_sub(opts.grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let scan = scan_store(self)?;
+        let mut gone_objects = Vec::new();
+        let mut gone_trees = Vec::new();
+        for (files, live, gone, count) in [
+            (
+                &scan.object_files,
+                &live_objects,
+                &mut gone_objects,
+                &mut report.deleted_objects,
+            ),
+            (
+                &scan.tree_files,
+                &live_trees,
+                &mut gone_trees,
+                &mut report.deleted_trees,
+            ),
+        ] {
+            for f in files {
+                if live.contains(&f.id) {
+                    continue;
+                }
+                // Look again right before deleting: a writer may just have freshened it.
+                let young = fs::symlink_metadata(&f.path)
+                    .and_then(|m| m.modified())
+                    .map(|t| t > cutoff)
+                    .unwrap_or(true);
+                if young {
+                    report.kept_young += 1;
+                    continue;
+                }
+                if !opts.dry_run {
+                    match fs::remove_file(&f.path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e).ctx("delete", &f.path),
+                    }
+                }
+                *count += 1;
+                report.freed_bytes += f.size;
+                gone.push(f.id);
+            }
+        }
+        let gone_set: HashSet<ObjectId> = gone_objects.iter().copied().collect();
+        for ((_, id), (_, path)) in scan.aliases.iter().zip(&scan.alias_files) {
+            let remains = !gone_set.contains(id) && self.has_object(id);
+            if !remains && (opts.dry_run || remove_if_present(path)?) {
+                report.deleted_aliases += 1;
+            }
+        }
+        report.deleted_temp_files = self.sweep_temp(cutoff, opts.dry_run)?;
+        if !opts.dry_run {
+            // Drop only ids with no file left (both variants of an object may not have gone).
+            let mut objs: Vec<ObjectId> = gone_objects
+                .into_iter()
+                .filter(|id| !self.has_object(id))
+                .collect();
+            objs.sort();
+            objs.dedup();
+            if let Some(index) = self.index() {
+                index.remove(&objs, &gone_trees)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Remove temp files older than `cutoff` from `tmp/`, and leftover temp files of
+    /// `write_file_atomic` from `roots/`.
+    fn sweep_temp(&self, cutoff: SystemTime, dry_run: bool) -> Result<u64> {
+        let mut n = 0;
+        for dir in [self.tmp_dir(), self.root().join("roots")] {
+            for e in walkdir::WalkDir::new(&dir).min_depth(1) {
+                let Ok(e) = e else { continue };
+                let name = e.file_name().to_string_lossy();
+                if !e.file_type().is_file() || !name.starts_with(TEMP_PREFIX) {
+                    continue;
+                }
+                let old = e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .map(|t| t <= cutoff)
+                    .unwrap_or(false);
+                if old && (dry_run || remove_if_present(e.path())?) {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).ctx("delete", path),
+    }
+}

@@ -1,0 +1,160 @@
+//! Hashing in one read pass. BLAKE3 names objects; SHA-256 runs on a second thread when asked
+//! for, so a large file is read once and costs about max(BLAKE3 + write, SHA-256), not the sum.
+
+use super::id::{ObjectId, Sha256};
+use sha2::Digest;
+use std::io::{self, Read, Write};
+use std::sync::mpsc::sync_channel;
+
+/// Read size of the streaming paths. 1 MiB keeps BLAKE3's SIMD busy and the pool small.
+pub const CHUNK: usize = 1 << 20;
+
+/// The digests and length of a byte stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digests {
+    pub b3: ObjectId,
+    pub sha256: Option<Sha256>,
+    pub size: u64,
+}
+
+/// Hash bytes already in memory.
+pub fn hash_bytes(data: &[u8], want_sha256: bool) -> Digests {
+    Digests {
+        b3: ObjectId(*blake3::hash(data).as_bytes()),
+        sha256: want_sha256.then(|| Sha256(sha2::Sha256::digest(data).into())),
+        size: data.len() as u64,
+    }
+}
+
+/// Read `src` to the end once, hashing it and copying every chunk to `sink` (if any).
+///
+/// With `want_sha256`, SHA-256 runs on its own thread fed through a small pool of buffers, so
+/// it overlaps with the read, BLAKE3 and the write on this thread.
+pub fn stream(
+    src: &mut dyn Read,
+    mut sink: Option<&mut dyn Write>,
+    want_sha256: bool,
+) -> io::Result<Digests> {
+    let mut b3 = blake3::Hasher::new();
+    let mut size = 0u64;
+    if !want_sha256 {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = read_full(src, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            b3.update(&buf[..n]);
+            if let Some(w) = sink.as_deref_mut() {
+                w.write_all(&buf[..n])?;
+            }
+            size += n as u64;
+        }
+        return Ok(Digests {
+            b3: ObjectId(*b3.finalize().as_bytes()),
+            sha256: None,
+            size,
+        });
+    }
+
+    const POOL: usize = 4;
+    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(POOL);
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(POOL);
+    for _ in 0..POOL {
+        // The channel has room for POOL buffers, so these sends cannot block or fail.
+        let _ = free_tx.send(vec![0u8; CHUNK]);
+    }
+    std::thread::scope(|scope| {
+        let sha_thread = scope.spawn(move || {
+            let mut sha = sha2::Sha256::new();
+            while let Ok((buf, n)) = full_rx.recv() {
+                sha.update(&buf[..n]);
+                // The reader may have finished and dropped its receiver: nothing to return to.
+                let _ = free_tx.send(buf);
+            }
+            Sha256(sha.finalize().into())
+        });
+        let result = (|| -> io::Result<()> {
+            while let Ok(mut buf) = free_rx.recv() {
+                let n = read_full(src, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                b3.update(&buf[..n]);
+                if let Some(w) = sink.as_deref_mut() {
+                    w.write_all(&buf[..n])?;
+                }
+                size += n as u64;
+                if full_tx.send((buf, n)).is_err() {
+                    return Err(io::Error::other("sha256 thread stopped"));
+                }
+            }
+            Ok(())
+        })();
+        drop(full_tx);
+        let sha = sha_thread
+            .join()
+            .map_err(|_| io::Error::other("sha256 thread panicked"))?;
+        result?;
+        Ok(Digests {
+            b3: ObjectId(*b3.finalize().as_bytes()),
+            sha256: Some(sha),
+            size,
+        })
+    })
+}
+
+/// Fill `buf` as far as the source allows; returns 0 only at end of input.
+fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// BLAKE3 of a whole file, for verification (fsck, status --verify). Large files on local disk
+/// use mmap and both cores, as b3sum does.
+pub fn b3_file(path: &std::path::Path) -> io::Result<(ObjectId, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let len = std::fs::metadata(path)?.len();
+    if len >= 16 << 20 {
+        hasher.update_mmap_rayon(path)?;
+    } else {
+        let mut f = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; (len as usize).clamp(1, CHUNK)];
+        loop {
+            let n = read_full(&mut f, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok((ObjectId(*hasher.finalize().as_bytes()), hasher.count()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_matches_one_shot_hashing_across_chunk_boundaries() {
+        for len in [0usize, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let want = hash_bytes(&data, true);
+            let mut copy = Vec::new();
+            let got = stream(&mut &data[..], Some(&mut copy), true).unwrap();
+            assert_eq!(got, want, "len {len}");
+            assert_eq!(copy, data);
+            let plain = stream(&mut &data[..], None, false).unwrap();
+            assert_eq!(plain.b3, want.b3);
+            assert_eq!(plain.sha256, None);
+        }
+    }
+}

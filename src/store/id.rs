@@ -1,0 +1,163 @@
+//! Object ids. A store object is named by the BLAKE3 hash of its bytes, printed `b3:<64 hex>`.
+//! SHA-256 is kept beside it because Hugging Face, Civitai and PyPI publish SHA-256.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+/// The BLAKE3 hash of an object's bytes: its name in the store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(pub [u8; 32]);
+
+impl ObjectId {
+    /// Lowercase hex, without the `b3:` prefix.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parse 64 lowercase hex digits (no prefix).
+    pub fn from_hex(s: &str) -> Option<Self> {
+        parse_hex32(s).map(ObjectId)
+    }
+
+    /// The id of the empty byte string (what every empty file hashes to).
+    pub fn empty() -> Self {
+        ObjectId(*blake3::hash(b"").as_bytes())
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "b3:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for ObjectId {
+    type Err = Error;
+    /// Accepts `b3:<hex>` or bare hex.
+    fn from_str(s: &str) -> Result<Self> {
+        let hex = s.strip_prefix("b3:").unwrap_or(s);
+        ObjectId::from_hex(hex).ok_or_else(|| Error::InvalidId(s.to_string()))
+    }
+}
+
+impl Serialize for ObjectId {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.strip_prefix("b3:").and_then(ObjectId::from_hex) {
+            Some(id) => Ok(id),
+            None => Err(serde::de::Error::custom(format!(
+                "invalid object id {s:?}: expected b3:<64 lowercase hex>"
+            ))),
+        }
+    }
+}
+
+/// A SHA-256 digest, printed `sha256:<64 hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256(pub [u8; 32]);
+
+impl Sha256 {
+    /// Lowercase hex, without the `sha256:` prefix.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parse 64 lowercase hex digits (no prefix).
+    pub fn from_hex(s: &str) -> Option<Self> {
+        parse_hex32(s).map(Sha256)
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What a user may type to name an object: its BLAKE3 id or the SHA-256 of its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnyId {
+    B3(ObjectId),
+    Sha256(Sha256),
+}
+
+impl FromStr for AnyId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if let Some(hex) = s.strip_prefix("sha256:") {
+            return Sha256::from_hex(hex)
+                .map(AnyId::Sha256)
+                .ok_or_else(|| Error::InvalidId(s.to_string()));
+        }
+        s.parse().map(AnyId::B3)
+    }
+}
+
+impl fmt::Display for AnyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AnyId::B3(id) => id.fmt(f),
+            AnyId::Sha256(s) => s.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_reject_bad_input() {
+        let id = ObjectId::empty();
+        let text = id.to_string();
+        assert!(text.starts_with("b3:af1349b9"));
+        assert_eq!(text.parse::<ObjectId>().unwrap(), id);
+        assert_eq!(id.hex().parse::<ObjectId>().unwrap(), id);
+        assert!("b3:abc".parse::<ObjectId>().is_err());
+        assert!(text.to_uppercase().parse::<ObjectId>().is_err());
+        assert!(matches!(
+            format!("sha256:{}", "0".repeat(64)).parse::<AnyId>(),
+            Ok(AnyId::Sha256(_))
+        ));
+        assert!("sha256:zz".parse::<AnyId>().is_err());
+    }
+}

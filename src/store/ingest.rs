@@ -1,0 +1,370 @@
+//! `add`: files and directory trees into the store.
+//!
+//! A tree is walked without following symlinks, its files are hashed in parallel (rayon), each
+//! new content is written once, and the manifest is published only after one `syncfs` has made
+//! the objects durable. Files whose (device, inode, size, mtime, ctime) match the stat cache are
+//! not read at all.
+
+use super::id::{ObjectId, Sha256};
+use super::index::{Batch, StatKey};
+use super::tree::{Entry, Manifest, Node};
+use super::Store;
+use crate::error::{Error, IoContext, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeSet, HashSet};
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// A file changed less than this long before we read it may change again without its mtime
+/// moving (coarse timestamps; one second on some network filesystems), so its hash is not
+/// cached. This is git's "racily clean" rule.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// What to leave out of a tree, and whether to compute SHA-256.
+#[derive(Clone, Debug, Default)]
+pub struct AddOptions {
+    /// Relative paths (files or directories, with everything beneath) to leave out.
+    pub exclude: Vec<String>,
+    /// File or directory names to leave out wherever they occur (e.g. `.git`, `__pycache__`).
+    pub exclude_names: Vec<String>,
+    /// Also compute SHA-256 for every file of a tree (single files always get it).
+    pub tree_sha256: bool,
+}
+
+/// What an `add` did. The counters let scripts (and tests) see that the stat cache worked.
+#[derive(Clone, Debug, Serialize)]
+pub struct AddReport {
+    pub id: ObjectId,
+    /// "tree" or "object".
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Sha256>,
+    pub files: u64,
+    pub bytes: u64,
+    pub hashed_files: u64,
+    pub hashed_bytes: u64,
+    pub cached_files: u64,
+    pub new_objects: u64,
+    pub new_bytes: u64,
+}
+
+struct ScannedFile {
+    rel: String,
+    abs: PathBuf,
+    stat: StatKey,
+    exec: bool,
+}
+
+struct FileOutcome {
+    id: ObjectId,
+    size: u64,
+    sha256: Option<Sha256>,
+    hashed: bool,
+    new: bool,
+    /// Set when the hash may be cached under this stat.
+    cache: Option<StatKey>,
+}
+
+fn is_exec(m: &fs::Metadata) -> bool {
+    m.permissions().mode() & 0o111 != 0
+}
+
+fn racy(stat: &StatKey, now: SystemTime) -> bool {
+    let now_ns = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(i64::MAX);
+    let window = RACY_WINDOW.as_nanos() as i64;
+    now_ns - stat.mtime_ns < window || now_ns - stat.ctime_ns < window
+}
+
+impl Store {
+    /// Add a file (its object id) or a directory (its tree id).
+    pub fn add_path(&self, path: &Path, opts: &AddOptions) -> Result<AddReport> {
+        let meta = fs::metadata(path).ctx("stat", path)?;
+        if meta.is_dir() {
+            self.add_tree(path, opts)
+        } else if meta.is_file() {
+            self.add_file(path)
+        } else {
+            Err(Error::bad_input(path, "not a regular file or a directory"))
+        }
+    }
+
+    /// Add one file, with SHA-256 (the outside world names single files by it).
+    pub fn add_file(&self, path: &Path) -> Result<AddReport> {
+        let _lock = self.lock_shared()?;
+        let meta = fs::metadata(path).ctx("stat", path)?;
+        let file = ScannedFile {
+            rel: String::new(),
+            abs: path.to_path_buf(),
+            stat: StatKey::of(&meta),
+            exec: is_exec(&meta),
+        };
+        let cached = self.cached_ids(std::slice::from_ref(&file))?;
+        let out = self.ingest_file(&file, cached[0], true)?;
+        let mut batch = Batch::default();
+        finish_file(&out, &mut batch);
+        if out.new {
+            self.sync()?;
+        }
+        if let Some(sha) = out.sha256 {
+            self.write_alias(&sha, &out.id)?;
+        }
+        batch.logical_added = out.size;
+        if let Some(index) = self.index() {
+            index.commit(&batch)?;
+        }
+        Ok(AddReport {
+            id: out.id,
+            kind: "object",
+            sha256: out.sha256,
+            files: 1,
+            bytes: out.size,
+            hashed_files: out.hashed as u64,
+            hashed_bytes: if out.hashed { out.size } else { 0 },
+            cached_files: (!out.hashed) as u64,
+            new_objects: out.new as u64,
+            new_bytes: if out.new { out.size } else { 0 },
+        })
+    }
+
+    /// Add a directory as a tree.
+    pub fn add_tree(&self, dir: &Path, opts: &AddOptions) -> Result<AddReport> {
+        let _lock = self.lock_shared()?;
+        let (files, mut entries) = scan(dir, opts)?;
+        let cached = self.cached_ids(&files)?;
+        let bar = crate::progress::items(files.len() as u64, "hashing");
+        let outcomes: Vec<FileOutcome> = files
+            .par_iter()
+            .zip(cached.par_iter())
+            .map(|(f, c)| {
+                let r = self.ingest_file(f, *c, opts.tree_sha256);
+                bar.inc(1);
+                r
+            })
+            .collect::<Result<_>>()?;
+        bar.finish_and_clear();
+
+        let mut batch = Batch::default();
+        let mut report = AddReport {
+            id: ObjectId([0; 32]),
+            kind: "tree",
+            sha256: None,
+            files: files.len() as u64,
+            bytes: 0,
+            hashed_files: 0,
+            hashed_bytes: 0,
+            cached_files: 0,
+            new_objects: 0,
+            new_bytes: 0,
+        };
+        for (f, out) in files.iter().zip(&outcomes) {
+            entries.push(Entry {
+                path: f.rel.clone(),
+                node: Node::File {
+                    exec: f.exec,
+                    size: out.size,
+                    id: out.id,
+                },
+            });
+            finish_file(out, &mut batch);
+            report.bytes += out.size;
+            if out.hashed {
+                report.hashed_files += 1;
+                report.hashed_bytes += out.size;
+            } else {
+                report.cached_files += 1;
+            }
+            if out.new {
+                report.new_objects += 1;
+                report.new_bytes += out.size;
+            }
+        }
+        let mut manifest = Manifest { entries };
+        manifest.sort();
+        if report.new_objects > 0 {
+            // One flush for every object written above, before anything refers to them.
+            self.sync()?;
+        }
+        for out in outcomes.iter().filter(|o| o.hashed) {
+            if let Some(sha) = out.sha256 {
+                self.write_alias(&sha, &out.id)?;
+            }
+        }
+        let (id, _) = self.put_tree(&manifest)?;
+        report.id = id;
+        batch
+            .trees
+            .push((id, manifest.entries.len() as u64, report.bytes));
+        batch.logical_added = report.bytes;
+        if let Some(index) = self.index() {
+            index.commit(&batch)?;
+        }
+        Ok(report)
+    }
+
+    /// Stat-cache lookups for many files at once (one read transaction).
+    fn cached_ids(&self, files: &[ScannedFile]) -> Result<Vec<Option<ObjectId>>> {
+        match self.index() {
+            Some(index) => {
+                let keys: Vec<StatKey> = files.iter().map(|f| f.stat).collect();
+                index.lookup_stats(&keys)
+            }
+            None => Ok(vec![None; files.len()]),
+        }
+    }
+
+    /// Hash and store one file, unless the stat cache vouches for it and the object is present.
+    fn ingest_file(
+        &self,
+        f: &ScannedFile,
+        cached: Option<ObjectId>,
+        want_sha256: bool,
+    ) -> Result<FileOutcome> {
+        if let Some(id) = cached {
+            let sha = match (want_sha256, self.index()) {
+                (true, Some(index)) => index.object_sha256(&id)?,
+                _ => None,
+            };
+            let usable = (!want_sha256 || sha.is_some())
+                && match fs::symlink_metadata(self.object_path(&id, f.exec)) {
+                    Ok(m) => {
+                        super::durable::freshen(
+                            &self.object_path(&id, f.exec),
+                            m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        );
+                        true
+                    }
+                    Err(_) => self.has_object(&id) && self.ensure_variant(&id, f.exec).is_ok(),
+                };
+            if usable {
+                return Ok(FileOutcome {
+                    id,
+                    size: f.stat.size,
+                    sha256: sha,
+                    hashed: false,
+                    new: false,
+                    cache: None,
+                });
+            }
+        }
+        let started = SystemTime::now();
+        let mut file = File::open(&f.abs).ctx("open", &f.abs)?;
+        let before = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
+        let put = self.put_open_file(&mut file, before.size, f.exec, want_sha256, &f.abs)?;
+        let after = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
+        if put.digests.size != before.size {
+            return Err(Error::bad_input(
+                &f.abs,
+                "file changed size while it was being added; try again",
+            ));
+        }
+        let stable = before == after && !racy(&before, started);
+        Ok(FileOutcome {
+            id: put.digests.b3,
+            size: put.digests.size,
+            sha256: put.digests.sha256,
+            hashed: true,
+            new: put.new,
+            cache: stable.then_some(before),
+        })
+    }
+}
+
+/// Record what an ingested file adds to the index batch.
+fn finish_file(out: &FileOutcome, batch: &mut Batch) {
+    if out.hashed {
+        batch.objects.push((out.id, out.size, out.sha256));
+    }
+    if let Some(k) = out.cache {
+        batch.stats.push((k, out.id));
+    }
+}
+
+/// Walk `dir` (never following symlinks), returning its files and its other entries
+/// (symlinks and empty directories).
+fn scan(dir: &Path, opts: &AddOptions) -> Result<(Vec<ScannedFile>, Vec<Entry>)> {
+    let exclude: HashSet<&str> = opts
+        .exclude
+        .iter()
+        .map(|s| s.trim_end_matches('/'))
+        .collect();
+    let exclude_names: HashSet<&str> = opts.exclude_names.iter().map(String::as_str).collect();
+    let mut files = Vec::new();
+    let mut others = Vec::new();
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
+    let mut non_empty: HashSet<String> = HashSet::new();
+    let mut walk = walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .min_depth(1)
+        .into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            Error::Io {
+                op: "walk",
+                path,
+                source: e.into(),
+            }
+        })?;
+        let rel_path = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        let rel = rel_path
+            .to_str()
+            .ok_or_else(|| Error::bad_input(entry.path(), "file name is not valid UTF-8"))?
+            .to_string();
+        let name = entry.file_name().to_str().unwrap_or("");
+        if exclude.contains(rel.as_str()) || exclude_names.contains(name) {
+            if entry.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+            continue;
+        }
+        if let Some(parent) = rel_path.parent().and_then(Path::to_str) {
+            non_empty.insert(parent.to_string());
+        }
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            dirs.insert(rel);
+        } else if ft.is_file() {
+            let meta = entry.metadata().map_err(|e| Error::Io {
+                op: "stat",
+                path: entry.path().to_path_buf(),
+                source: e.into(),
+            })?;
+            files.push(ScannedFile {
+                rel,
+                abs: entry.path().to_path_buf(),
+                stat: StatKey::of(&meta),
+                exec: is_exec(&meta),
+            });
+        } else if ft.is_symlink() {
+            let target = fs::read_link(entry.path()).ctx("readlink", entry.path())?;
+            let target = target
+                .to_str()
+                .ok_or_else(|| Error::bad_input(entry.path(), "symlink target is not valid UTF-8"))?
+                .to_string();
+            others.push(Entry {
+                path: rel,
+                node: Node::Symlink { target },
+            });
+        } else {
+            return Err(Error::bad_input(
+                entry.path(),
+                "unsupported file type (socket, fifo or device); exclude it with --exclude",
+            ));
+        }
+    }
+    for d in dirs {
+        if !non_empty.contains(&d) {
+            others.push(Entry {
+                path: d,
+                node: Node::Dir,
+            });
+        }
+    }
+    Ok((files, others))
+}

@@ -1,0 +1,228 @@
+//! The content-addressed store: immutable objects named by BLAKE3, tree manifests, GC roots,
+//! and a redb index that only accelerates what the files already say.
+//!
+//! The on-disk format is specified in `store-layout.md` at the repository root; keep the two in
+//! step. Everything here is safe against concurrent processes and kill -9: files are written
+//! under unique temp names in `tmp/` and published by an atomic no-replace rename.
+
+mod bundle;
+mod durable;
+mod fsck;
+mod gc;
+mod hash;
+mod id;
+mod index;
+mod ingest;
+mod lock;
+mod object;
+mod roots;
+mod tree;
+
+pub use bundle::{ExportReport, ImportReport};
+pub use fsck::{FsckOptions, FsckProblem, FsckReport};
+pub use gc::{GcOptions, GcReport};
+pub use hash::{hash_bytes, Digests};
+pub use id::{AnyId, ObjectId, Sha256};
+pub use index::{IndexStats, StatKey};
+pub use ingest::{AddOptions, AddReport};
+pub use lock::StoreLock;
+pub use object::PutResult;
+pub use roots::Root;
+pub use tree::{check_rel_path, Entry, Manifest, Node};
+
+use crate::error::{Error, IoContext, Result};
+use index::Index;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Name of the file that marks a directory as a comfystore store, and its format line.
+pub const MARKER: &str = "comfystore-store.json";
+const FORMAT: &str = "comfystore.store/1";
+
+/// How to open a store.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Where the redb index lives. Default: `<store>/index.redb`, or a per-host file under the
+    /// local cache dir when the store is on a network filesystem (see `store-layout.md`).
+    pub index_path: Option<PathBuf>,
+    /// Run without an index (every lookup goes to the files). For tests and broken indexes.
+    pub no_index: bool,
+}
+
+/// An open store.
+pub struct Store {
+    root: PathBuf,
+    index: Option<Index>,
+}
+
+impl Store {
+    /// Open the store at `root`, creating it if the directory is missing or empty.
+    ///
+    /// A non-empty directory without the marker file is refused, so a mistyped `--store` can
+    /// never make gc delete somebody else's files.
+    pub fn open(root: impl AsRef<Path>, opts: &StoreOptions) -> Result<Store> {
+        let root = root.as_ref();
+        fs::create_dir_all(root).ctx("create store directory", root)?;
+        let root = root.canonicalize().ctx("resolve store path", root)?;
+        let marker = root.join(MARKER);
+        match fs::read_to_string(&marker) {
+            Ok(text) => check_marker(&marker, &text)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => init_layout(&root)?,
+            Err(e) => return Err(e).ctx("read", &marker),
+        }
+        let mut store = Store { root, index: None };
+        if !opts.no_index {
+            let path = match &opts.index_path {
+                Some(p) => p.clone(),
+                None => default_index_path(&store.root)?,
+            };
+            store.index = Some(Index::open_or_rebuild(&path, &store)?);
+        }
+        Ok(store)
+    }
+
+    /// The store's root directory (absolute).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The index, if this store was opened with one.
+    pub(crate) fn index(&self) -> Option<&Index> {
+        self.index.as_ref()
+    }
+
+    /// Path of an object file; `exec` selects the executable (0555) variant.
+    pub fn object_path(&self, id: &ObjectId, exec: bool) -> PathBuf {
+        let hex = id.hex();
+        let mut p = self.root.join("objects/b3").join(&hex[..2]);
+        p.push(if exec {
+            format!("{}-exec", &hex[2..])
+        } else {
+            hex[2..].to_string()
+        });
+        p
+    }
+
+    /// Path of a tree manifest file.
+    pub fn tree_path(&self, id: &ObjectId) -> PathBuf {
+        let hex = id.hex();
+        self.root.join("trees/b3").join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Path of the SHA-256 alias file that names an object by its SHA-256.
+    pub fn alias_path(&self, sha: &Sha256) -> PathBuf {
+        let hex = sha.hex();
+        self.root
+            .join("aliases/sha256")
+            .join(&hex[..2])
+            .join(&hex[2..])
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Resolve what a user typed (a b3 id or a sha256) to an object or tree id in the store.
+    pub fn resolve(&self, id: &AnyId) -> Result<ObjectId> {
+        match id {
+            AnyId::B3(id) => Ok(*id),
+            AnyId::Sha256(sha) => self
+                .lookup_sha256(sha)?
+                .ok_or_else(|| Error::NotFound(sha.to_string())),
+        }
+    }
+
+    /// The object whose SHA-256 is `sha`, if the store has one (index first, then alias file).
+    pub fn lookup_sha256(&self, sha: &Sha256) -> Result<Option<ObjectId>> {
+        if let Some(index) = &self.index {
+            if let Some(id) = index.sha256_to_b3(sha)? {
+                if self.has_object(&id) {
+                    return Ok(Some(id));
+                }
+            }
+        }
+        let path = self.alias_path(sha);
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let id: ObjectId = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::bad_input(&path, "alias file does not hold a b3: id"))?;
+                Ok(self.has_object(&id).then_some(id))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx("read", &path),
+        }
+    }
+
+    /// Whether the store holds a tree manifest with this id.
+    pub fn has_tree(&self, id: &ObjectId) -> bool {
+        self.tree_path(id).exists()
+    }
+
+    /// Make published files durable: one `syncfs` on Linux (or a full `sync` elsewhere), done
+    /// once before anything that refers to new objects is published.
+    pub fn sync(&self) -> Result<()> {
+        durable::sync_filesystem(&self.root)
+    }
+}
+
+fn check_marker(marker: &Path, text: &str) -> Result<()> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::bad_input(marker, format!("not valid JSON: {e}")))?;
+    match v.get("format").and_then(|f| f.as_str()) {
+        Some(FORMAT) => Ok(()),
+        Some(other) => Err(Error::Store {
+            path: marker.to_path_buf(),
+            reason: format!(
+                "store format {other:?} is not supported (this build reads {FORMAT:?})"
+            ),
+        }),
+        None => Err(Error::bad_input(marker, "no \"format\" field")),
+    }
+}
+
+/// Create the folders of a new store. Refuses a non-empty directory that is not a store.
+fn init_layout(root: &Path) -> Result<()> {
+    let mut entries = fs::read_dir(root).ctx("list", root)?;
+    if entries.next().is_some() {
+        return Err(Error::Store {
+            path: root.to_path_buf(),
+            reason: format!(
+                "directory is not empty and has no {MARKER}: refusing to use it as a store"
+            ),
+        });
+    }
+    for dir in ["objects/b3", "trees/b3", "aliases/sha256"] {
+        for shard in 0..=255u8 {
+            let p = root.join(dir).join(format!("{shard:02x}"));
+            fs::create_dir_all(&p).ctx("create", &p)?;
+        }
+    }
+    for dir in ["roots", "tmp", "quarantine", "locks"] {
+        let p = root.join(dir);
+        fs::create_dir_all(&p).ctx("create", &p)?;
+    }
+    let body = format!("{{\"format\":\"{FORMAT}\"}}\n");
+    durable::write_file_atomic(&root.join(MARKER), body.as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// `COMFYSTORE_INDEX` wins; a store on a network filesystem gets a per-host index on local disk
+/// (redb's locks and page cache are not validated across hosts); otherwise `<store>/index.redb`.
+fn default_index_path(root: &Path) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("COMFYSTORE_INDEX") {
+        return Ok(PathBuf::from(p));
+    }
+    if durable::is_network_fs(root) {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        let key = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
+        let dir = cache.join("comfystore/index");
+        fs::create_dir_all(&dir).ctx("create", &dir)?;
+        return Ok(dir.join(format!("{}.redb", &key[..16])));
+    }
+    Ok(root.join("index.redb"))
+}

@@ -1,0 +1,224 @@
+//! Writing and reading objects.
+//!
+//! Bytes are streamed into a unique temp file in `tmp/`, hashed on the way, made read-only and
+//! published with a no-replace rename. A published object therefore always holds exactly the
+//! bytes its name says, whatever moment a process is killed at. Small files are hashed in
+//! memory first, so content the store already has is never written again.
+
+use super::durable::{self, Published};
+use super::hash::{self, Digests};
+use super::id::{ObjectId, Sha256};
+use super::Store;
+use crate::error::{Error, IoContext, Result};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Files up to this size are read into memory and hashed before anything is written.
+pub const SMALL_FILE: u64 = 4 << 20;
+
+/// Mode of a plain object and of its executable variant.
+pub const MODE_PLAIN: u32 = 0o444;
+pub const MODE_EXEC: u32 = 0o555;
+
+/// What `put_*` did.
+#[derive(Clone, Copy, Debug)]
+pub struct PutResult {
+    pub digests: Digests,
+    /// True when this call wrote the object; false when the store already had it.
+    pub new: bool,
+}
+
+impl Store {
+    /// Whether the store holds the object, as a plain or an executable file.
+    pub fn has_object(&self, id: &ObjectId) -> bool {
+        self.object_path(id, false).exists() || self.object_path(id, true).exists()
+    }
+
+    /// Path of an existing copy of the object, preferring the variant asked for.
+    pub fn find_object(&self, id: &ObjectId, exec: bool) -> Option<PathBuf> {
+        [exec, !exec]
+            .into_iter()
+            .map(|e| self.object_path(id, e))
+            .find(|p| p.exists())
+    }
+
+    /// Open an object for reading.
+    pub fn open_object(&self, id: &ObjectId) -> Result<File> {
+        let path = self
+            .find_object(id, false)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        File::open(&path).ctx("open", &path)
+    }
+
+    /// Whether the object file at `path` exists with `size` bytes. A file of the wrong size is
+    /// treated as absent, so the caller's verified bytes replace it (a crash of a machine that
+    /// skipped fsync can leave a short file). Refreshes its mtime for gc when it is old.
+    fn present_with_size(&self, path: &Path, size: u64) -> Result<bool> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.len() == size && m.is_file() => {
+                durable::freshen(path, m.modified().unwrap_or(std::time::UNIX_EPOCH));
+                Ok(true)
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    "object {} has the wrong size or type; replacing it with verified bytes",
+                    path.display()
+                );
+                Ok(false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).ctx("stat", path),
+        }
+    }
+
+    /// Store bytes held in memory.
+    pub fn put_bytes(&self, data: &[u8], exec: bool, want_sha256: bool) -> Result<PutResult> {
+        let digests = hash::hash_bytes(data, want_sha256);
+        let dest = self.object_path(&digests.b3, exec);
+        if self.present_with_size(&dest, digests.size)? {
+            return Ok(PutResult {
+                digests,
+                new: false,
+            });
+        }
+        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let written = f.write_all(data).ctx("write", &tmp);
+        let new = self.finish_temp(f, &tmp, written, &dest, exec)?;
+        Ok(PutResult { digests, new })
+    }
+
+    /// Store everything `src` yields, hashing while writing (one read of the source).
+    pub fn put_reader(
+        &self,
+        src: &mut dyn Read,
+        exec: bool,
+        want_sha256: bool,
+        what: &Path,
+    ) -> Result<PutResult> {
+        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let streamed = hash::stream(src, Some(&mut f), want_sha256);
+        let digests = match streamed {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e).ctx("read", what);
+            }
+        };
+        let dest = self.object_path(&digests.b3, exec);
+        if self.present_with_size(&dest, digests.size)? {
+            drop(f);
+            let _ = fs::remove_file(&tmp);
+            return Ok(PutResult {
+                digests,
+                new: false,
+            });
+        }
+        let new = self.finish_temp(f, &tmp, Ok(()), &dest, exec)?;
+        Ok(PutResult { digests, new })
+    }
+
+    /// Store an open file: small ones through memory, large ones streamed.
+    pub fn put_open_file(
+        &self,
+        file: &mut File,
+        len: u64,
+        exec: bool,
+        want_sha256: bool,
+        what: &Path,
+    ) -> Result<PutResult> {
+        if len <= SMALL_FILE {
+            let mut data = Vec::with_capacity(len as usize);
+            file.read_to_end(&mut data).ctx("read", what)?;
+            self.put_bytes(&data, exec, want_sha256)
+        } else {
+            self.put_reader(file, exec, want_sha256, what)
+        }
+    }
+
+    /// Store the file at `path`.
+    pub fn put_file(&self, path: &Path, exec: bool, want_sha256: bool) -> Result<PutResult> {
+        let mut f = File::open(path).ctx("open", path)?;
+        let len = f.metadata().ctx("stat", path)?.len();
+        self.put_open_file(&mut f, len, exec, want_sha256, path)
+    }
+
+    /// Set the final mode and publish the temp file; replaces a damaged object of the same name.
+    fn finish_temp(
+        &self,
+        f: File,
+        tmp: &Path,
+        written: Result<()>,
+        dest: &Path,
+        exec: bool,
+    ) -> Result<bool> {
+        let mode = if exec { MODE_EXEC } else { MODE_PLAIN };
+        let res = written.and_then(|()| {
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .ctx("chmod", tmp)
+        });
+        drop(f);
+        if let Err(e) = res {
+            let _ = fs::remove_file(tmp);
+            return Err(e);
+        }
+        if dest.exists() {
+            // present_with_size said it is damaged: replace it atomically.
+            durable::publish_replace(tmp, dest)?;
+            return Ok(true);
+        }
+        Ok(durable::publish_no_replace(tmp, dest)? == Published::New)
+    }
+
+    /// Make sure the `exec` variant of an object exists (materialize needs a 0555 inode to
+    /// hardlink an executable), by copying the other variant. Returns its path.
+    pub fn ensure_variant(&self, id: &ObjectId, exec: bool) -> Result<PathBuf> {
+        let want = self.object_path(id, exec);
+        if want.exists() {
+            return Ok(want);
+        }
+        let other = self.object_path(id, !exec);
+        let mut src = File::open(&other).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(id.to_string()),
+            _ => Error::Io {
+                op: "open",
+                path: other.clone(),
+                source: e,
+            },
+        })?;
+        let put = self.put_reader(&mut src, exec, false, &other)?;
+        if put.digests.b3 != *id {
+            return Err(Error::Mismatch {
+                what: other.display().to_string(),
+                expected: id.to_string(),
+                actual: put.digests.b3.to_string(),
+            });
+        }
+        Ok(want)
+    }
+
+    /// Record that the object with `sha` is `id`, as an alias file (the truth the index is
+    /// rebuilt from). An existing alias is left alone.
+    pub(crate) fn write_alias(&self, sha: &Sha256, id: &ObjectId) -> Result<()> {
+        let dest = self.alias_path(sha);
+        if dest.exists() {
+            return Ok(());
+        }
+        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let written = f
+            .write_all(format!("{id}\n").as_bytes())
+            .ctx("write", &tmp)
+            .and_then(|()| {
+                f.set_permissions(fs::Permissions::from_mode(MODE_PLAIN))
+                    .ctx("chmod", &tmp)
+            });
+        drop(f);
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        durable::publish_no_replace(&tmp, &dest)?;
+        Ok(())
+    }
+}
