@@ -192,6 +192,8 @@ pub fn is_network_fs(path: &Path) -> bool {
             0x0BD0_0BD0,           // Lustre
         ];
         match rustix::fs::statfs(path) {
+            // f_type is i64 on x86_64 but narrower on other targets.
+            #[allow(clippy::unnecessary_cast)]
             Ok(s) => NETWORK.contains(&(s.f_type as i64)),
             Err(_) => false,
         }
