@@ -1,0 +1,2 @@
+def describe():
+    return "comfyui-mini: a self-contained example tree for comfystore"
