@@ -1,11 +1,12 @@
 //! comfystore: a content-addressed store for ComfyUI installs.
 //!
 //! The data flows lock → store → materialize → run. This crate so far holds the store
-//! ([`store`]): objects named by BLAKE3, tree manifests, the redb index, GC roots, fsck, gc
-//! and bundles. The command line lives in [`cli`]; `main.rs` only calls it.
+//! ([`store`]: objects named by BLAKE3, tree manifests, the redb index, GC roots, fsck, gc,
+//! bundles) and [`materialize`] (trees into real directories, status, repair, remove). The command line lives in [`cli`]; `main.rs` only calls it.
 
 pub mod cli;
 pub mod error;
+pub mod materialize;
 pub mod progress;
 pub mod store;
 

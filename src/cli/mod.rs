@@ -1,6 +1,7 @@
 //! The command line: argument parsing, output formatting and exit codes. Library errors become
 //! `anyhow` errors here and nowhere else.
 
+mod materialize_cmds;
 mod store_cmds;
 
 use clap::{Args, Parser, Subcommand};
@@ -94,6 +95,52 @@ pub enum Command {
         /// Keep unreachable content younger than this (e.g. 30m, 1h, 2days, 0).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
+    },
+    /// Create (or repair, or switch) a directory holding a stored tree.
+    ///
+    /// Files are reflinked where the filesystems allow, else copied (safe to edit). Hardlinks
+    /// and symlinks share the store's inodes: ask for them only for read-only parts (models,
+    /// installed packages), per path prefix. Running it again rewrites only missing or
+    /// modified entries; files you added are never touched.
+    #[command(
+        after_help = "Examples:\n  comfystore materialize b3:1f0c… /workspace/v1\n  comfystore materialize b3:1f0c… /workspace/v1 --link-prefix venv=hardlink --link-prefix models=symlink\n  comfystore materialize b3:1f0c… /workspace/v1 --link auto   # reflink, else hardlink, else copy"
+    )]
+    Materialize {
+        /// The tree id.
+        tree: String,
+        /// Destination directory (created if missing; must be empty or materialized before).
+        dest: PathBuf,
+        /// Link mode for every path without a --link-prefix rule.
+        #[arg(long, value_enum, default_value = "reflink")]
+        link: crate::materialize::LinkMode,
+        /// PREFIX=MODE: link mode for a path prefix (repeatable), e.g. venv=hardlink.
+        #[arg(long, value_name = "PREFIX=MODE", value_parser = crate::materialize::LinkPolicy::parse_rule)]
+        link_prefix: Vec<crate::materialize::PrefixRule>,
+    },
+    /// Compare a materialized directory with its tree: missing, modified and extra files.
+    ///
+    /// Uses the stat cache, so unchanged files are not read. Exits 1 if anything is missing or
+    /// modified (extra files alone are fine).
+    #[command(
+        after_help = "Examples:\n  comfystore status /workspace/v1\n  comfystore status --verify /workspace/v1   # rehash every file"
+    )]
+    Status {
+        dest: PathBuf,
+        /// Rehash every file instead of trusting unchanged stat data.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Remove what `materialize` made in a directory, and its GC root.
+    ///
+    /// Files you added (and files you modified) stay and are listed, unless --all.
+    #[command(
+        after_help = "Examples:\n  comfystore remove /workspace/v1\n  comfystore remove --all /workspace/v1   # also user files"
+    )]
+    Remove {
+        dest: PathBuf,
+        /// Also delete files the tree does not list, and modified ones.
+        #[arg(long)]
+        all: bool,
     },
     /// Manage GC roots: named pins of trees and objects.
     #[command(subcommand)]

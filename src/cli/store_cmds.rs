@@ -62,6 +62,24 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Materialize {
+            tree,
+            dest,
+            link,
+            link_prefix,
+        } => super::materialize_cmds::materialize(
+            &store,
+            &tree,
+            &dest,
+            link,
+            link_prefix,
+            json,
+            cli.quiet,
+        ),
+        Command::Status { dest, verify } => {
+            super::materialize_cmds::status(&store, &dest, verify, json)
+        }
+        Command::Remove { dest, all } => super::materialize_cmds::remove(&store, &dest, all, json),
         Command::Root(cmd) => root(&store, cmd, json),
         Command::Index(IndexCommand::Rebuild) => {
             let index = store
@@ -139,7 +157,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-fn resolve_all(store: &Store, ids: &[String]) -> Result<Vec<ObjectId>> {
+pub(super) fn resolve_all(store: &Store, ids: &[String]) -> Result<Vec<ObjectId>> {
     ids.iter()
         .map(|s| Ok(store.resolve(&s.parse::<AnyId>()?)?))
         .collect()

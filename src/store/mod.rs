@@ -19,10 +19,13 @@ mod roots;
 mod tree;
 
 pub use bundle::{ExportReport, ImportReport};
+pub use durable::{sync_filesystem, unique_name, write_file_atomic};
 pub use fsck::{FsckOptions, FsckProblem, FsckReport};
 pub use gc::{GcOptions, GcReport};
+pub use hash::b3_file;
 pub use hash::{hash_bytes, Digests};
 pub use id::{AnyId, ObjectId, Sha256};
+pub(crate) use index::Batch as IndexBatch;
 pub use index::{IndexStats, StatKey};
 pub use ingest::{AddOptions, AddReport};
 pub use lock::StoreLock;

@@ -195,6 +195,12 @@ impl Store {
                 actual: put.digests.b3.to_string(),
             });
         }
+        if put.new {
+            // Trees already name this id: make the new variant durable now (rare, one file).
+            File::open(&want)
+                .and_then(|f| f.sync_all())
+                .ctx("fsync", &want)?;
+        }
         Ok(want)
     }
 
