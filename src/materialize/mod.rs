@@ -578,7 +578,7 @@ pub fn materialize(
         .collect();
     report.unchanged = (manifest.entries.len() - work.len()) as u64;
     let bar = crate::progress::items(work.len() as u64, "placing");
-    let placed: Vec<(String, Option<Method>, Option<(StatKey, ObjectId)>)> = work
+    let placed: Vec<Placed> = work
         .par_iter()
         .map(|(e, exists)| {
             let r = place_entry(
@@ -629,6 +629,10 @@ fn prune_dirs(dest: &Path, old_dirs: &[String], keep: &HashSet<&str>) -> u64 {
     n
 }
 
+/// What placing one entry did: the policy prefix that chose its mode, the method used (none
+/// for symlink entries), and a stat-cache row for placed files.
+type Placed = (String, Option<Method>, Option<(StatKey, ObjectId)>);
+
 /// Write one entry. `exists`: something is at the path (modified): write beside it, then
 /// rename over it, so the path never disappears.
 fn place_entry(
@@ -639,7 +643,7 @@ fn place_entry(
     dest: &Path,
     e: &Entry,
     exists: bool,
-) -> Result<(String, Option<Method>, Option<(StatKey, ObjectId)>)> {
+) -> Result<Placed> {
     let final_path = dest.join(&e.path);
     let parent = final_path.parent().unwrap_or(dest);
     let target = if exists {
