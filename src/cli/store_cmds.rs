@@ -169,6 +169,8 @@ fn add(store: &Store, args: &AddArgs, json: bool) -> Result<u8> {
         exclude_names: args.exclude_name.clone(),
         tree_sha256: args.sha256,
     };
+    // Held until the root is written: gc must not collect what we add before it is rooted.
+    let _writer = store.lock_shared()?;
     let mut reports = Vec::new();
     for path in &args.paths {
         let report = store.add_path(path, &opts)?;

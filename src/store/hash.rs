@@ -118,21 +118,23 @@ fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// BLAKE3 of a whole file, for verification (fsck, status --verify). Large files on local disk
-/// use mmap and both cores, as b3sum does.
+/// BLAKE3 of a whole file, for verification (fsck, status). Reads with `read()` rather than
+/// mmap, so a file truncated meanwhile gives an error, not SIGBUS; large buffers are hashed on
+/// both cores.
 pub fn b3_file(path: &std::path::Path) -> io::Result<(ObjectId, u64)> {
+    const BIG: usize = 8 << 20;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
     let mut hasher = blake3::Hasher::new();
-    let len = std::fs::metadata(path)?.len();
-    if len >= 16 << 20 {
-        hasher.update_mmap_rayon(path)?;
-    } else {
-        let mut f = std::fs::File::open(path)?;
-        let mut buf = vec![0u8; (len as usize).clamp(1, CHUNK)];
-        loop {
-            let n = read_full(&mut f, &mut buf)?;
-            if n == 0 {
-                break;
-            }
+    let mut buf = vec![0u8; (len as usize).clamp(1, BIG)];
+    loop {
+        let n = read_full(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if n >= 1 << 20 {
+            hasher.update_rayon(&buf[..n]);
+        } else {
             hasher.update(&buf[..n]);
         }
     }

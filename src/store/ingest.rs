@@ -135,7 +135,7 @@ impl Store {
     /// Add a directory as a tree.
     pub fn add_tree(&self, dir: &Path, opts: &AddOptions) -> Result<AddReport> {
         let _lock = self.lock_shared()?;
-        let (files, mut entries) = scan(dir, opts)?;
+        let (files, mut entries) = scan(dir, opts, self.root())?;
         let cached = self.cached_ids(&files)?;
         let bar = crate::progress::items(files.len() as u64, "hashing");
         let outcomes: Vec<FileOutcome> = files
@@ -286,8 +286,13 @@ fn finish_file(out: &FileOutcome, batch: &mut Batch) {
 }
 
 /// Walk `dir` (never following symlinks), returning its files and its other entries
-/// (symlinks and empty directories).
-fn scan(dir: &Path, opts: &AddOptions) -> Result<(Vec<ScannedFile>, Vec<Entry>)> {
+/// (symlinks and empty directories). The store itself and a materialize marker at the top are
+/// left out: neither is part of the user's tree.
+fn scan(
+    dir: &Path,
+    opts: &AddOptions,
+    store_root: &Path,
+) -> Result<(Vec<ScannedFile>, Vec<Entry>)> {
     let exclude: HashSet<&str> = opts
         .exclude
         .iter()
@@ -298,6 +303,11 @@ fn scan(dir: &Path, opts: &AddOptions) -> Result<(Vec<ScannedFile>, Vec<Entry>)>
     let mut others = Vec::new();
     let mut dirs: BTreeSet<String> = BTreeSet::new();
     let mut non_empty: HashSet<String> = HashSet::new();
+    // Where the store sits inside `dir`, if it does.
+    let store_rel: Option<PathBuf> = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| store_root.strip_prefix(d).ok().map(Path::to_path_buf));
     let mut walk = walkdir::WalkDir::new(dir)
         .follow_links(false)
         .min_depth(1)
@@ -317,7 +327,9 @@ fn scan(dir: &Path, opts: &AddOptions) -> Result<(Vec<ScannedFile>, Vec<Entry>)>
             .ok_or_else(|| Error::bad_input(entry.path(), "file name is not valid UTF-8"))?
             .to_string();
         let name = entry.file_name().to_str().unwrap_or("");
-        if exclude.contains(rel.as_str()) || exclude_names.contains(name) {
+        let is_store = store_rel.as_deref() == Some(rel_path);
+        let is_marker = rel == crate::materialize::MARKER_NAME;
+        if exclude.contains(rel.as_str()) || exclude_names.contains(name) || is_store || is_marker {
             if entry.file_type().is_dir() {
                 walk.skip_current_dir();
             }

@@ -185,16 +185,35 @@ fn check_marker(marker: &Path, text: &str) -> Result<()> {
     }
 }
 
-/// Create the folders of a new store. Refuses a non-empty directory that is not a store.
+/// Names a store's top level may hold before its marker exists: another process may be
+/// creating the same store right now, or one was killed part-way through.
+const LAYOUT_NAMES: &[&str] = &[
+    "objects",
+    "trees",
+    "aliases",
+    "roots",
+    "tmp",
+    "quarantine",
+    "locks",
+    "index.redb",
+];
+
+/// Create the folders of a new store. Every step is idempotent and the marker comes last, so
+/// concurrent creators converge and an interrupted creation is finished by the next open.
+/// Refuses a directory holding anything else.
 fn init_layout(root: &Path) -> Result<()> {
-    let mut entries = fs::read_dir(root).ctx("list", root)?;
-    if entries.next().is_some() {
-        return Err(Error::Store {
-            path: root.to_path_buf(),
-            reason: format!(
-                "directory is not empty and has no {MARKER}: refusing to use it as a store"
-            ),
-        });
+    for entry in fs::read_dir(root).ctx("list", root)? {
+        let name = entry.ctx("list", root)?.file_name();
+        let name = name.to_string_lossy();
+        let ours = LAYOUT_NAMES.contains(&name.as_ref()) || name.starts_with(durable::TEMP_PREFIX);
+        if !ours {
+            return Err(Error::Store {
+                path: root.to_path_buf(),
+                reason: format!(
+                    "directory is not empty (it holds {name:?}) and has no {MARKER}: refusing to use it as a store"
+                ),
+            });
+        }
     }
     for dir in ["objects/b3", "trees/b3", "aliases/sha256"] {
         for shard in 0..=255u8 {

@@ -85,7 +85,7 @@ impl Store {
         }
         let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
         let written = f.write_all(data).ctx("write", &tmp);
-        let new = self.finish_temp(f, &tmp, written, &dest, exec)?;
+        let new = self.finish_temp(f, &tmp, written, &dest, exec, digests.size)?;
         Ok(PutResult { digests, new })
     }
 
@@ -115,7 +115,7 @@ impl Store {
                 new: false,
             });
         }
-        let new = self.finish_temp(f, &tmp, Ok(()), &dest, exec)?;
+        let new = self.finish_temp(f, &tmp, Ok(()), &dest, exec, digests.size)?;
         Ok(PutResult { digests, new })
     }
 
@@ -144,7 +144,9 @@ impl Store {
         self.put_open_file(&mut f, len, exec, want_sha256, path)
     }
 
-    /// Set the final mode and publish the temp file; replaces a damaged object of the same name.
+    /// Set the final mode and publish the temp file. An object of the same name is replaced
+    /// only if it has the wrong size (damaged); a correct one published meanwhile by another
+    /// writer is kept, so hardlinks to it stay hardlinks to the store's inode.
     fn finish_temp(
         &self,
         f: File,
@@ -152,6 +154,7 @@ impl Store {
         written: Result<()>,
         dest: &Path,
         exec: bool,
+        size: u64,
     ) -> Result<bool> {
         let mode = if exec { MODE_EXEC } else { MODE_PLAIN };
         let res = written.and_then(|()| {
@@ -163,8 +166,7 @@ impl Store {
             let _ = fs::remove_file(tmp);
             return Err(e);
         }
-        if dest.exists() {
-            // present_with_size said it is damaged: replace it atomically.
+        if matches!(fs::symlink_metadata(dest), Ok(m) if m.len() != size || !m.is_file()) {
             durable::publish_replace(tmp, dest)?;
             return Ok(true);
         }

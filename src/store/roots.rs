@@ -45,7 +45,13 @@ impl Store {
     }
 
     /// Create or replace a root. Every id must be in the store (as a tree or an object).
+    ///
+    /// Takes the writers' lock, so gc (which lists roots under its exclusive lock) never sees
+    /// the content without the root. A caller that has just published the content must hold
+    /// [`Store::lock_shared`] from before publishing until this returns; otherwise gc with a
+    /// zero grace period may delete the content in between, and this returns `NotFound`.
     pub fn add_root(&self, name: &str, root: &Root) -> Result<()> {
+        let _lock = self.lock_shared()?;
         let path = self.root_path(name)?;
         for id in &root.ids {
             if !self.has_tree(id) && !self.has_object(id) {
