@@ -311,6 +311,33 @@ fn gc_keeps_rooted_content_and_frees_the_rest() {
     }
     ok(&store, &["fsck"]);
 
+    // A root whose content is gone is a problem fsck reports.
+    let rows = json(&store, &["ls", &keep]);
+    let k = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "k.txt")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&store, &["root", "add", "pins/k", &k]);
+    let hex = k.trim_start_matches("b3:");
+    fs::remove_file(store.join("objects/b3").join(&hex[..2]).join(&hex[2..])).unwrap();
+    let out = run(&store, &["fsck"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("dangling-root")
+            && text.contains("pins/k")
+            && text.contains("missing-object"),
+        "{text}"
+    );
+    ok(&store, &["add", t.path().join("keep").to_str().unwrap()]);
+    ok(&store, &["fsck"]);
+    ok(&store, &["root", "rm", "pins/k"]);
+
     // Without the root, everything goes.
     ok(&store, &["root", "rm", "versions/keep"]);
     let report = json(&store, &["gc", "--grace", "0"]);

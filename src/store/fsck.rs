@@ -27,7 +27,8 @@ pub struct FsckOptions {
 /// One thing wrong with the store.
 #[derive(Clone, Debug, Serialize)]
 pub struct FsckProblem {
-    /// `corrupt-object`, `corrupt-tree`, `missing-object`, `bad-mode`, `bad-alias`, `stray-file`.
+    /// `corrupt-object`, `corrupt-tree`, `missing-object`, `bad-mode`, `bad-alias`,
+    /// `dangling-root`, `stray-file`.
     pub kind: &'static str,
     pub path: PathBuf,
     pub detail: String,
@@ -170,6 +171,19 @@ impl Store {
                 });
                 if opts.repair {
                     let _ = fs::remove_file(path);
+                }
+            }
+        }
+        // Roots whose content is gone: gc would keep nothing for them.
+        for (name, root) in self.list_roots()? {
+            for id in &root.ids {
+                let tree_ok = scan.trees.contains(id) && !corrupt.contains(&self.tree_path(id));
+                if !tree_ok && !good.contains(id) {
+                    report.problems.push(FsckProblem {
+                        kind: "dangling-root",
+                        path: self.root().join("roots").join(&name),
+                        detail: format!("root {name:?} names {id}, which is missing or corrupt"),
+                    });
                 }
             }
         }
