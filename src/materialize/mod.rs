@@ -609,7 +609,8 @@ pub fn materialize(
     marker.complete = true;
     marker.write(&dest)?;
     commit_cache(store, rows)?;
-    report.extra = extras(&manifest, &scan_dest(&dest)?).len() as u64;
+    // User files do not move during materialize: the first scan already knows them.
+    report.extra = extras(&manifest, &seen).len() as u64;
     Ok(report)
 }
 
