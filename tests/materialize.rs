@@ -1,44 +1,14 @@
 //! Materialize, status, repair and remove on real filesystems: the root ext4 (hardlink, copy,
 //! symlink) and an XFS loop mount with reflink (skipped, with a message, where mounting fails).
 
+mod common;
+
+use common::{json, ok, run, write};
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn run(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_comfystore"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("COMFYSTORE_DIR")
-        .env_remove("COMFYSTORE_INDEX")
-        .output()
-        .expect("run comfystore")
-}
-
-fn ok(store: &Path, args: &[&str]) -> String {
-    let out = run(store, args);
-    assert!(
-        out.status.success(),
-        "comfystore {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(store: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&ok(store, &all)).unwrap()
-}
-
-fn write(path: &Path, data: &[u8]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, data).unwrap();
-}
+use std::process::Command;
 
 /// A ComfyUI-shaped source tree with every kind of entry.
 fn source_tree(dir: &Path) {

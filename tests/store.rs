@@ -1,57 +1,21 @@
 //! Functional tests of the store through its CLI and its library API, on real directories.
 
 use comfystore::store::{AddOptions, GcOptions, Root, Store, StoreOptions};
+mod common;
+
+use common::{json, ok, run, write};
 use serde_json::Value;
 use sha2::Digest;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_comfystore")
-}
-
-fn run(store: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("COMFYSTORE_DIR")
-        .env_remove("COMFYSTORE_INDEX")
-        .output()
-        .expect("run comfystore")
-}
-
-/// Run and require success; returns stdout.
-fn ok(store: &Path, args: &[&str]) -> String {
-    let out = run(store, args);
-    assert!(
-        out.status.success(),
-        "comfystore {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
-}
-
-fn json(store: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&ok(store, &all)).expect("valid JSON output")
-}
 
 fn add_id(store: &Path, path: &Path) -> String {
     let out = ok(store, &["add", path.to_str().unwrap()]);
     let (id, p) = out.trim_end().split_once('\t').expect("id<TAB>path");
     assert_eq!(p, path.to_str().unwrap());
     id.to_string()
-}
-
-fn write(path: &Path, data: &[u8]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, data).unwrap();
 }
 
 /// A small ComfyUI-shaped tree: code, an executable, a symlink, an empty dir, an empty file.

@@ -345,23 +345,44 @@ fn commit_cache(store: &Store, rows: Vec<(StatKey, ObjectId)>) -> Result<()> {
     Ok(())
 }
 
-/// Compare DEST with the tree its marker names.
-pub fn status(store: &Store, dest: &Path, verify: bool) -> Result<StatusReport> {
-    let dest = dest.canonicalize().ctx("resolve", dest)?;
-    let marker = Marker::read(&dest)?.ok_or_else(|| {
-        Error::bad_input(
-            &dest,
-            format!("no {MARKER_NAME}: not a materialized directory"),
-        )
-    })?;
+/// A materialized DEST as found on disk: its marker, its tree, one scan, and each entry's state.
+struct Found {
+    marker: Marker,
+    manifest: Manifest,
+    seen: HashMap<String, Seen>,
+    checked: Vec<Checked>,
+}
+
+/// Read DEST's marker (refusing a directory without one, with `why` in the message), its tree,
+/// scan DEST once and check every entry.
+fn load(store: &Store, dest: &Path, verify: bool, why: &str) -> Result<Found> {
+    let marker = Marker::read(dest)?
+        .ok_or_else(|| Error::bad_input(dest, format!("no {MARKER_NAME}: {why}")))?;
     let manifest = store.read_tree(&marker.tree)?;
-    let seen = scan_dest(&dest)?;
+    let seen = scan_dest(dest)?;
     let checker = Checker {
         store,
-        dest: &dest,
+        dest,
         verify,
     };
     let checked = checker.check_all(&manifest, &seen)?;
+    Ok(Found {
+        marker,
+        manifest,
+        seen,
+        checked,
+    })
+}
+
+/// Compare DEST with the tree its marker names.
+pub fn status(store: &Store, dest: &Path, verify: bool) -> Result<StatusReport> {
+    let dest = dest.canonicalize().ctx("resolve", dest)?;
+    let Found {
+        marker,
+        manifest,
+        seen,
+        checked,
+    } = load(store, &dest, verify, "not a materialized directory")?;
     let mut report = StatusReport {
         tree: Some(marker.tree),
         complete: marker.complete,
@@ -705,20 +726,17 @@ pub fn remove(store: &Store, dest: &Path, all: bool) -> Result<RemoveReport> {
         ));
     }
     let dest = check_dest(store, dest, false)?;
-    let marker = Marker::read(&dest)?.ok_or_else(|| {
-        Error::bad_input(
-            &dest,
-            format!("no {MARKER_NAME}: refusing to remove a directory comfystore did not make"),
-        )
-    })?;
-    let manifest = store.read_tree(&marker.tree)?;
-    let seen = scan_dest(&dest)?;
-    let checker = Checker {
+    let Found {
+        marker,
+        manifest,
+        seen,
+        checked: states,
+    } = load(
         store,
-        dest: &dest,
-        verify: false,
-    };
-    let states = checker.check_all(&manifest, &seen)?;
+        &dest,
+        false,
+        "refusing to remove a directory comfystore did not make",
+    )?;
     let mut report = RemoveReport::default();
     // Deepest first; never through a symlink (scan_dest never descends into one, so a path
     // below a symlink is simply not in `seen`).

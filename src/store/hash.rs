@@ -39,17 +39,7 @@ pub fn stream(
     let mut size = 0u64;
     if !want_sha256 {
         let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = read_full(src, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            b3.update(&buf[..n]);
-            if let Some(w) = sink.as_deref_mut() {
-                w.write_all(&buf[..n])?;
-            }
-            size += n as u64;
-        }
+        while absorb(src, &mut buf, &mut b3, &mut sink, &mut size)? > 0 {}
         return Ok(Digests {
             b3: ObjectId(*b3.finalize().as_bytes()),
             sha256: None,
@@ -76,15 +66,10 @@ pub fn stream(
         });
         let result = (|| -> io::Result<()> {
             while let Ok(mut buf) = free_rx.recv() {
-                let n = read_full(src, &mut buf)?;
+                let n = absorb(src, &mut buf, &mut b3, &mut sink, &mut size)?;
                 if n == 0 {
                     break;
                 }
-                b3.update(&buf[..n]);
-                if let Some(w) = sink.as_deref_mut() {
-                    w.write_all(&buf[..n])?;
-                }
-                size += n as u64;
                 if full_tx.send((buf, n)).is_err() {
                     return Err(io::Error::other("sha256 thread stopped"));
                 }
@@ -102,6 +87,24 @@ pub fn stream(
             size,
         })
     })
+}
+
+/// Read one chunk into `buf`, feed it to BLAKE3 and the sink, count it; returns its length
+/// (0 at end of input).
+fn absorb(
+    src: &mut dyn Read,
+    buf: &mut [u8],
+    b3: &mut blake3::Hasher,
+    sink: &mut Option<&mut dyn Write>,
+    size: &mut u64,
+) -> io::Result<usize> {
+    let n = read_full(src, buf)?;
+    b3.update(&buf[..n]);
+    if let Some(w) = sink.as_mut() {
+        w.write_all(&buf[..n])?;
+    }
+    *size += n as u64;
+    Ok(n)
 }
 
 /// Fill `buf` as far as the source allows; returns 0 only at end of input.

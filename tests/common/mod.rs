@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests: run the real binary against a store.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Run `comfystore --store STORE ARGS...` with no store-related environment leaking in.
+pub fn run(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_comfystore"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("COMFYSTORE_DIR")
+        .env_remove("COMFYSTORE_INDEX")
+        .output()
+        .expect("run comfystore")
+}
+
+/// Run and require success; returns stdout.
+pub fn ok(store: &Path, args: &[&str]) -> String {
+    let out = run(store, args);
+    assert!(
+        out.status.success(),
+        "comfystore {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Run with `--json` and parse stdout.
+pub fn json(store: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(store, &all)).expect("valid JSON output")
+}
+
+/// Write a file, creating its parent directories.
+pub fn write(path: &Path, data: &[u8]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, data).unwrap();
+}
