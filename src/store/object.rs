@@ -97,8 +97,10 @@ impl Store {
         want_sha256: bool,
         what: &Path,
     ) -> Result<PutResult> {
-        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
-        let streamed = hash::stream(src, Some(&mut f), want_sha256);
+        let (f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let mut sink = durable::BoundedWriteback::new(&f);
+        let streamed =
+            hash::stream(src, Some(&mut sink), want_sha256).and_then(|d| sink.finish().map(|()| d));
         let digests = match streamed {
             Ok(d) => d,
             Err(e) => {
