@@ -8,7 +8,7 @@
 
 use crate::error::{IoContext, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -161,19 +161,19 @@ pub fn rewritten_in_place(path: &str, size: u64) -> bool {
 /// Which methods a (source device, destination device) pair was found to refuse.
 #[derive(Default)]
 pub struct Probe {
-    refused: Mutex<HashMap<(u64, u64, Method), ()>>,
+    refused: Mutex<HashSet<(u64, u64, Method)>>,
 }
 
 impl Probe {
     fn refused(&self, key: (u64, u64, Method)) -> bool {
         self.refused
             .lock()
-            .map(|m| m.contains_key(&key))
+            .map(|m| m.contains(&key))
             .unwrap_or(false)
     }
     fn refuse(&self, key: (u64, u64, Method)) {
         if let Ok(mut m) = self.refused.lock() {
-            if m.insert(key, ()).is_none() {
+            if m.insert(key) {
                 tracing::info!(
                     "{:?} unsupported between devices {} and {}; falling back",
                     key.2,

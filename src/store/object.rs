@@ -22,6 +22,14 @@ pub const SMALL_FILE: u64 = 4 << 20;
 pub const MODE_PLAIN: u32 = 0o444;
 pub const MODE_EXEC: u32 = 0o555;
 
+/// What an object's path holds, as seen before writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ObjectState {
+    Present,
+    Absent,
+    Damaged,
+}
+
 /// What `put_*` did.
 #[derive(Clone, Copy, Debug)]
 pub struct PutResult {
@@ -52,23 +60,23 @@ impl Store {
         File::open(&path).ctx("open", &path)
     }
 
-    /// Whether the object file at `path` exists with `size` bytes. A file of the wrong size is
-    /// treated as absent, so the caller's verified bytes replace it (a crash of a machine that
-    /// skipped fsync can leave a short file). Refreshes its mtime for gc when it is old.
-    fn present_with_size(&self, path: &Path, size: u64) -> Result<bool> {
+    /// What is at an object's path: the object with `size` bytes (its mtime is refreshed for
+    /// gc when old), nothing, or a damaged file (wrong size or type: a crash of a machine that
+    /// skipped fsync can leave a short file) that the caller's verified bytes must replace.
+    fn object_state(&self, path: &Path, size: u64) -> Result<ObjectState> {
         match fs::symlink_metadata(path) {
             Ok(m) if m.len() == size && m.is_file() => {
                 durable::freshen(path, m.modified().unwrap_or(std::time::UNIX_EPOCH));
-                Ok(true)
+                Ok(ObjectState::Present)
             }
             Ok(_) => {
                 tracing::warn!(
                     "object {} has the wrong size or type; replacing it with verified bytes",
                     path.display()
                 );
-                Ok(false)
+                Ok(ObjectState::Damaged)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ObjectState::Absent),
             Err(e) => Err(e).ctx("stat", path),
         }
     }
@@ -77,7 +85,8 @@ impl Store {
     pub fn put_bytes(&self, data: &[u8], exec: bool, want_sha256: bool) -> Result<PutResult> {
         let digests = hash::hash_bytes(data, want_sha256);
         let dest = self.object_path(&digests.b3, exec);
-        if self.present_with_size(&dest, digests.size)? {
+        let state = self.object_state(&dest, digests.size)?;
+        if state == ObjectState::Present {
             return Ok(PutResult {
                 digests,
                 new: false,
@@ -85,7 +94,7 @@ impl Store {
         }
         let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
         let written = f.write_all(data).ctx("write", &tmp);
-        let new = self.finish_temp(f, &tmp, written, &dest, exec, digests.size)?;
+        let new = self.finish_temp(f, &tmp, written, &dest, exec, state)?;
         Ok(PutResult { digests, new })
     }
 
@@ -109,7 +118,8 @@ impl Store {
             }
         };
         let dest = self.object_path(&digests.b3, exec);
-        if self.present_with_size(&dest, digests.size)? {
+        let state = self.object_state(&dest, digests.size)?;
+        if state == ObjectState::Present {
             drop(f);
             let _ = fs::remove_file(&tmp);
             return Ok(PutResult {
@@ -117,7 +127,7 @@ impl Store {
                 new: false,
             });
         }
-        let new = self.finish_temp(f, &tmp, Ok(()), &dest, exec, digests.size)?;
+        let new = self.finish_temp(f, &tmp, Ok(()), &dest, exec, state)?;
         Ok(PutResult { digests, new })
     }
 
@@ -146,9 +156,10 @@ impl Store {
         self.put_open_file(&mut f, len, exec, want_sha256, path)
     }
 
-    /// Set the final mode and publish the temp file. An object of the same name is replaced
-    /// only if it has the wrong size (damaged); a correct one published meanwhile by another
-    /// writer is kept, so hardlinks to it stay hardlinks to the store's inode.
+    /// Set the final mode and publish the temp file. A damaged object of the same name (as
+    /// [`Store::object_state`] found it) is replaced; otherwise the rename never replaces, so a
+    /// correct object published meanwhile by another writer is kept and hardlinks to it stay
+    /// hardlinks to the store's inode.
     fn finish_temp(
         &self,
         f: File,
@@ -156,7 +167,7 @@ impl Store {
         written: Result<()>,
         dest: &Path,
         exec: bool,
-        size: u64,
+        state: ObjectState,
     ) -> Result<bool> {
         let mode = if exec { MODE_EXEC } else { MODE_PLAIN };
         let res = written.and_then(|()| {
@@ -168,7 +179,7 @@ impl Store {
             let _ = fs::remove_file(tmp);
             return Err(e);
         }
-        if matches!(fs::symlink_metadata(dest), Ok(m) if m.len() != size || !m.is_file()) {
+        if state == ObjectState::Damaged {
             durable::publish_replace(tmp, dest)?;
             return Ok(true);
         }
@@ -199,12 +210,7 @@ impl Store {
                 actual: put.digests.b3.to_string(),
             });
         }
-        if put.new {
-            // Trees already name this id: make the new variant durable now (rare, one file).
-            File::open(&want)
-                .and_then(|f| f.sync_all())
-                .ctx("fsync", &want)?;
-        }
+        // put_reader fdatasynced it before publishing: trees that name this id can rely on it.
         Ok(want)
     }
 
