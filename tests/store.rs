@@ -487,6 +487,7 @@ fn library_api_adds_with_exclusions_and_roots() {
         exclude: vec!["models".into()],
         exclude_names: vec![".git".into(), "__pycache__".into()],
         tree_sha256: false,
+        ..Default::default()
     };
     let report = store.add_path(&a, &opts).unwrap();
     let m = store.read_tree(&report.id).unwrap();

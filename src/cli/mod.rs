@@ -1,6 +1,7 @@
 //! The command line: argument parsing, output formatting and exit codes. Library errors become
 //! `anyhow` errors here and nowhere else.
 
+mod lock_cmds;
 mod materialize_cmds;
 mod store_cmds;
 
@@ -18,6 +19,9 @@ content-addressed store, once, named by BLAKE3.";
 
 const EXAMPLES: &str = "\
 Examples:
+  comfystore lock ./ComfyUI --tag v1          # store everything, write lockfiles/comfy-v1.lock.json
+  comfystore diff lockfiles/comfy-v1.lock.json lockfiles/comfy-v2.lock.json
+  comfystore show lockfiles/comfy-v1.lock.json
   comfystore add ./ComfyUI --exclude models --exclude-name .git
   comfystore add model.safetensors            # prints b3:<id> and records its SHA-256
   comfystore ls b3:1f0c…                      # what a tree holds
@@ -48,6 +52,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    #[command(flatten)]
+    Versions(LockCommand),
     /// Add files (→ object id) and directories (→ tree id) to the store.
     ///
     /// Prints `<id>\t<path>` per path. Symlinks inside a directory are recorded, never followed.
@@ -176,6 +182,89 @@ pub enum Command {
     },
 }
 
+/// Versions as lockfiles.
+#[derive(Subcommand, Debug)]
+pub enum LockCommand {
+    /// Lock a ComfyUI install: store every part of it and write a lockfile.
+    ///
+    /// Stores the ComfyUI source (as git would check it out, without models/, custom_nodes/,
+    /// user data and the venv), every custom node, the venv and every model, then writes
+    /// lockfiles/comfy-TAG.lock.json. Models are adopted in place: a reflink, else a hardlink
+    /// (the file becomes read-only), so locking 200 GB of models does not use 200 GB more.
+    /// Rerunning on an unchanged install reads nothing and writes the same bytes.
+    #[command(
+        after_help = "Examples:\n  comfystore lock ./ComfyUI --tag v1\n  comfystore lock /workspace/ComfyUI --tag prod-2026-11 --models-dir /runpod-volume/models --sources sources.yaml\n  comfystore lock ./ComfyUI --tag v1 --adopt reflink   # never touch model files (copy where reflinks fail)\n\nA --sources file maps a model's lock path or SHA-256 to URLs:\n  models/checkpoints/sd15.safetensors: https://huggingface.co/…/resolve/main/sd15.safetensors\n  9e3b…(64 hex): [https://mirror.internal/x, https://civitai.com/api/download/models/1234]"
+    )]
+    Lock(LockArgs),
+    /// Compare two lockfiles: exit 0 when equal, 1 when they differ, 2 on error (like diff).
+    #[command(
+        after_help = "Example:\n  comfystore diff lockfiles/comfy-v1.lock.json lockfiles/comfy-v2.lock.json\n\nLines read: + added, - removed, ~ changed (moved to another commit, upgraded, downgraded, …)."
+    )]
+    Diff { a: PathBuf, b: PathBuf },
+    /// Summarize a lockfile: counts, sizes, and what the store lacks.
+    #[command(after_help = "Example:\n  comfystore show lockfiles/comfy-v1.lock.json")]
+    Show { lock: PathBuf },
+    /// Turn a ComfyUI-Manager snapshot (JSON or YAML) into a lockfile.
+    ///
+    /// A snapshot knows commits, node repos, registry packs and pip pins, but no trees, hashes
+    /// or models: the lock it gives names what to fetch.
+    #[command(
+        after_help = "Example:\n  comfystore import-snapshot user/default/ComfyUI-Manager/snapshots/2026-11-01_12-00-00_snapshot.json --tag v1"
+    )]
+    ImportSnapshot {
+        snapshot: PathBuf,
+        #[arg(long)]
+        tag: String,
+        /// Output file (default lockfiles/comfy-TAG.lock.json).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Write a lockfile as a ComfyUI-Manager snapshot (for cm-cli restore-snapshot, comfy-cli).
+    #[command(
+        after_help = "Example:\n  comfystore export-snapshot lockfiles/comfy-v1.lock.json -o v1_snapshot.json"
+    )]
+    ExportSnapshot {
+        lock: PathBuf,
+        /// Output file, or - for stdout (the default).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    /// The ComfyUI folder.
+    #[arg(env = "COMFY_HOME", value_name = "COMFY_DIR")]
+    pub comfy_dir: Option<PathBuf>,
+    /// Version tag: names the lockfile (comfy-TAG.lock.json) and its GC root (lock/TAG).
+    #[arg(long)]
+    pub tag: String,
+    /// The venv (default COMFY_DIR/venv, COMFY_DIR/.venv, else $VIRTUAL_ENV).
+    #[arg(long, value_name = "DIR")]
+    pub venv: Option<PathBuf>,
+    /// Leave the Python environment out.
+    #[arg(long, conflicts_with = "venv")]
+    pub no_python: bool,
+    /// Models folder, if not COMFY_DIR/models (its files lock as models/...).
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// JSON or YAML map of model path or SHA-256 to URL(s).
+    #[arg(long, value_name = "FILE")]
+    pub sources: Option<PathBuf>,
+    /// Another Hugging Face hub cache to find model sources in (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub hf_cache: Vec<PathBuf>,
+    /// How models get into the store: auto (reflink, else hardlink, else copy), reflink (else copy), copy.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub adopt: crate::store::AdoptMode,
+    /// Output file (default lockfiles/comfy-TAG.lock.json).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Do not create the GC root lock/TAG.
+    #[arg(long)]
+    pub no_root: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct AddArgs {
     /// Files or directories.
@@ -238,6 +327,12 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Open (or create) the store the command line names.
+pub(crate) fn open_store(cli: &Cli) -> crate::Result<crate::store::Store> {
+    let dir = cli.store.clone().unwrap_or_else(default_store_dir);
+    crate::store::Store::open(&dir, &crate::store::StoreOptions::default())
 }
 
 fn init_logging() {

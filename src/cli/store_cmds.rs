@@ -1,19 +1,21 @@
 //! Handlers of the store commands.
 
-use super::{default_store_dir, AddArgs, Cli, Command, IndexCommand, RootCommand, EXIT_FAILURE};
-use crate::store::{
-    AddOptions, AnyId, FsckOptions, GcOptions, Node, ObjectId, Root, Store, StoreOptions,
-};
+use super::{AddArgs, Cli, Command, IndexCommand, RootCommand, EXIT_FAILURE};
+use crate::store::{AddOptions, AnyId, FsckOptions, GcOptions, Node, ObjectId, Root, Store};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 
-pub fn run(cli: Cli) -> Result<u8> {
-    let dir = cli.store.clone().unwrap_or_else(default_store_dir);
-    let store = Store::open(&dir, &StoreOptions::default())?;
+pub fn run(mut cli: Cli) -> Result<u8> {
+    // Lockfile commands open the store themselves, only when they need one.
+    let command = match std::mem::replace(&mut cli.command, Command::Stats) {
+        Command::Versions(cmd) => return super::lock_cmds::run(&cli, cmd),
+        other => other,
+    };
+    let store = super::open_store(&cli)?;
     let json = cli.json;
-    match cli.command {
+    match command {
         Command::Add(args) => add(&store, &args, json),
         Command::Cat { id } => cat(&store, &id),
         Command::Ls { id } => ls(&store, &id, json),
@@ -154,6 +156,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Versions(cmd) => super::lock_cmds::run(&cli, cmd),
     }
 }
 
@@ -168,6 +171,7 @@ fn add(store: &Store, args: &AddArgs, json: bool) -> Result<u8> {
         exclude: args.exclude.clone(),
         exclude_names: args.exclude_name.clone(),
         tree_sha256: args.sha256,
+        ..Default::default()
     };
     // Held until the root is written: gc must not collect what we add before it is rooted.
     let _writer = store.lock_shared()?;

@@ -163,6 +163,7 @@ pub struct GcReport {
     pub kept_young: u64,
     pub deleted_temp_files: u64,
     pub deleted_aliases: u64,
+    pub deleted_sources: u64,
     /// Roots naming ids the store does not have.
     pub dangling_roots: Vec<String>,
 }
@@ -252,6 +253,13 @@ impl Store {
             let remains = !gone_set.contains(id) && self.has_object(id);
             if !remains && (opts.dry_run || remove_if_present(path)?) {
                 report.deleted_aliases += 1;
+            }
+        }
+        if !opts.dry_run {
+            for path in self.orphan_sources()? {
+                if remove_if_present(&path)? {
+                    report.deleted_sources += 1;
+                }
             }
         }
         report.deleted_temp_files = self.sweep_temp(cutoff, opts.dry_run)?;

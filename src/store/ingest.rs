@@ -32,6 +32,43 @@ pub struct AddOptions {
     pub exclude_names: Vec<String>,
     /// Also compute SHA-256 for every file of a tree (single files always get it).
     pub tree_sha256: bool,
+    /// When set, only these relative paths (and everything beneath those that are
+    /// directories) make up the tree; other folders are not even walked. `lock` passes what
+    /// `git ls-files` lists, so a clean repo's tree equals a fresh checkout's.
+    pub select: Option<Vec<String>>,
+}
+
+/// The paths [`AddOptions::select`] keeps, and the folders that lead to them.
+struct Selection {
+    paths: HashSet<String>,
+    ancestors: HashSet<String>,
+}
+
+impl Selection {
+    fn new(paths: &[String]) -> Selection {
+        let mut ancestors = HashSet::new();
+        for p in paths {
+            let mut cur = Path::new(p.trim_end_matches('/'));
+            while let Some(parent) = cur.parent().filter(|p| !p.as_os_str().is_empty()) {
+                ancestors.insert(parent.to_string_lossy().into_owned());
+                cur = parent;
+            }
+        }
+        Selection {
+            paths: paths
+                .iter()
+                .map(|p| p.trim_end_matches('/').to_string())
+                .collect(),
+            ancestors,
+        }
+    }
+
+    /// Whether `rel` is selected itself or lies under a selected folder.
+    fn keeps(&self, rel: &Path) -> bool {
+        rel.ancestors()
+            .filter(|a| !a.as_os_str().is_empty())
+            .any(|a| self.paths.contains(a.to_string_lossy().as_ref()))
+    }
 }
 
 /// What an `add` did. The counters let scripts (and tests) see that the stat cache worked.
@@ -70,6 +107,15 @@ struct FileOutcome {
 
 fn is_exec(m: &fs::Metadata) -> bool {
     m.permissions().mode() & 0o111 != 0
+}
+
+/// Whether a file with this mtime may still change without its mtime moving.
+pub(super) fn racy_mtime(mtime_ns: i64, now: SystemTime) -> bool {
+    let now_ns = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(i64::MAX);
+    now_ns - mtime_ns < RACY_WINDOW.as_nanos() as i64
 }
 
 fn racy(stat: &StatKey, now: SystemTime) -> bool {
@@ -299,6 +345,7 @@ fn scan(
         .map(|s| s.trim_end_matches('/'))
         .collect();
     let exclude_names: HashSet<&str> = opts.exclude_names.iter().map(String::as_str).collect();
+    let selection = opts.select.as_deref().map(Selection::new);
     let mut files = Vec::new();
     let mut others = Vec::new();
     let mut dirs: BTreeSet<String> = BTreeSet::new();
@@ -335,10 +382,19 @@ fn scan(
             }
             continue;
         }
+        let ft = entry.file_type();
+        if let Some(sel) = &selection {
+            let leads_on = ft.is_dir() && sel.ancestors.contains(&rel);
+            if !sel.keeps(rel_path) && !leads_on {
+                if ft.is_dir() {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+        }
         if let Some(parent) = rel_path.parent().and_then(Path::to_str) {
             non_empty.insert(parent.to_string());
         }
-        let ft = entry.file_type();
         if ft.is_dir() {
             dirs.insert(rel);
         } else if ft.is_file() {

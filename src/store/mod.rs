@@ -5,6 +5,7 @@
 //! step. Everything here is safe against concurrent processes and kill -9: files are written
 //! under unique temp names in `tmp/` and published by an atomic no-replace rename.
 
+mod adopt;
 mod bundle;
 mod durable;
 mod fsck;
@@ -16,8 +17,10 @@ mod ingest;
 mod lock;
 mod object;
 mod roots;
+mod sources;
 mod tree;
 
+pub use adopt::{AdoptMode, AdoptReport};
 pub use bundle::{ExportReport, ImportReport};
 pub use durable::{sync_filesystem, unique_name, write_file_atomic};
 pub use fsck::{FsckOptions, FsckProblem, FsckReport};
@@ -195,6 +198,7 @@ const LAYOUT_NAMES: &[&str] = &[
     "tmp",
     "quarantine",
     "locks",
+    "sources",
     "index.redb",
 ];
 

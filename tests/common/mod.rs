@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: run the real binary against a store.
 #![allow(dead_code)]
 
+pub mod comfy;
+
 use serde_json::Value;
 use std::fs;
 use std::path::Path;

@@ -1,0 +1,281 @@
+//! Handlers of `lock`, `diff`, `show`, `import-snapshot` and `export-snapshot`.
+
+use super::{open_store, Cli, LockCommand, EXIT_FAILURE, EXIT_USAGE};
+use crate::lock::{self, diff, snapshot, LockOptions, Lockfile};
+use crate::store::{ObjectId, Root, Store, StoreOptions};
+use anyhow::{Context, Result};
+use indicatif::HumanBytes;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub fn run(cli: &Cli, cmd: LockCommand) -> Result<u8> {
+    let json = cli.json;
+    match cmd {
+        LockCommand::Lock(a) => {
+            let store = open_store(cli)?;
+            let comfy_dir = a
+                .comfy_dir
+                .context("no ComfyUI folder: give COMFY_DIR or set $COMFY_HOME")?;
+            let opts = LockOptions {
+                comfy_dir,
+                tag: a.tag.clone(),
+                venv: a.venv,
+                no_python: a.no_python,
+                models_dir: a.models_dir,
+                sources: a.sources,
+                hf_caches: a.hf_cache,
+                adopt: a.adopt,
+            };
+            let (lockfile, report) = lock::lock(&store, &opts)?;
+            let out = a
+                .output
+                .unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{}.lock.json", a.tag)));
+            let bytes = lockfile.to_canonical();
+            let unchanged = std::fs::read(&out).is_ok_and(|old| old == bytes);
+            if !unchanged {
+                lockfile.write(&out)?;
+            }
+            let root = format!("lock/{}", a.tag);
+            if !a.no_root {
+                let abs = std::path::absolute(&out).unwrap_or(out.clone());
+                store.add_root(
+                    &root,
+                    &Root {
+                        ids: store_ids(&lockfile),
+                        path: Some(abs),
+                    },
+                )?;
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "lockfile": out,
+                        "unchanged": unchanged,
+                        "root": (!a.no_root).then_some(root),
+                        "report": report,
+                    }))?
+                );
+            } else {
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+                if !cli.quiet {
+                    let adoption: Vec<String> = report
+                        .model_adoption
+                        .iter()
+                        .map(|(how, n)| format!("{n} {how}"))
+                        .collect();
+                    eprintln!(
+                        "{} nodes, {} packages, {} models ({}; {}); {} files hashed, {} unchanged by stat",
+                        report.custom_nodes,
+                        report.packages,
+                        report.models,
+                        HumanBytes(report.model_bytes),
+                        if adoption.is_empty() { "none".into() } else { adoption.join(", ") },
+                        report.hashed_files,
+                        report.cached_files,
+                    );
+                }
+                println!(
+                    "{}{}",
+                    out.display(),
+                    if unchanged { " (unchanged)" } else { "" }
+                );
+            }
+            Ok(0)
+        }
+        LockCommand::Diff { a, b } => match (Lockfile::read(&a), Lockfile::read(&b)) {
+            (Ok(la), Ok(lb)) => {
+                let changes = diff::diff(&la, &lb);
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &json!({ "equal": changes.is_empty(), "changes": changes })
+                        )?
+                    );
+                } else {
+                    for c in &changes {
+                        let values = match (&c.from, &c.to) {
+                            (Some(f), Some(t)) => format!(": {f} -> {t}"),
+                            _ => String::new(),
+                        };
+                        println!("{} {} {} {}{}", c.sign(), c.part, c.name, c.change, values);
+                    }
+                }
+                Ok(if changes.is_empty() { 0 } else { EXIT_FAILURE })
+            }
+            // Like diff(1): trouble is 2, so that 1 always means "they differ".
+            (Err(e), _) | (_, Err(e)) => {
+                if json {
+                    println!("{}", json!({ "error": e.to_string() }));
+                }
+                eprintln!("error: {e}");
+                Ok(EXIT_USAGE)
+            }
+        },
+        LockCommand::Show { lock } => show(cli, &lock),
+        LockCommand::ImportSnapshot {
+            snapshot: path,
+            tag,
+            output,
+        } => {
+            let snap = snapshot::Snapshot::read(&path)?;
+            let mut warnings = Vec::new();
+            let lockfile = snapshot::import(&snap, &tag, &mut warnings);
+            let out =
+                output.unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{tag}.lock.json")));
+            lockfile.write(&out)?;
+            report_warnings(json, &out, &warnings)?;
+            Ok(0)
+        }
+        LockCommand::ExportSnapshot { lock, output } => {
+            let lockfile = Lockfile::read(&lock)?;
+            let mut warnings = Vec::new();
+            let snap = snapshot::export(&lockfile, &mut warnings);
+            let bytes = snap.to_json();
+            match &output {
+                Some(p) if p.as_os_str() != "-" => {
+                    crate::store::write_file_atomic(p, &bytes, 0o644)?
+                }
+                _ => std::io::stdout().write_all(&bytes)?,
+            }
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn report_warnings(json: bool, out: &Path, warnings: &[String]) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "lockfile": out, "warnings": warnings }))?
+        );
+    } else {
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        println!("{}", out.display());
+    }
+    Ok(())
+}
+
+/// Every store id a lock names: what its GC root must keep.
+pub fn store_ids(l: &Lockfile) -> Vec<ObjectId> {
+    let mut ids: Vec<ObjectId> = l.comfyui.tree.into_iter().collect();
+    for n in &l.custom_nodes {
+        ids.extend(n.tree.or(n.file));
+    }
+    ids.extend(l.python.as_ref().and_then(|p| p.tree));
+    ids.extend(l.models.iter().map(|m| m.blake3));
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// A readable summary, and what the store would need to download.
+fn show(cli: &Cli, path: &Path) -> Result<u8> {
+    let l = Lockfile::read(path)?;
+    // Only look at an existing store: `show` must not create one.
+    let dir = cli.store.clone().unwrap_or_else(super::default_store_dir);
+    let store = if dir.join(crate::store::MARKER).exists() {
+        Some(Store::open(&dir, &StoreOptions::default())?)
+    } else {
+        None
+    };
+    let has_tree = |id: &Option<ObjectId>| match (&store, id) {
+        (Some(s), Some(id)) => s.has_tree(id),
+        _ => false,
+    };
+    let has_obj = |id: &ObjectId| store.as_ref().is_some_and(|s| s.has_object(id));
+    let nodes_missing: Vec<&str> = l
+        .custom_nodes
+        .iter()
+        .filter(|n| match n.file {
+            Some(f) => !has_obj(&f),
+            None => !has_tree(&n.tree),
+        })
+        .map(|n| n.name.as_str())
+        .collect();
+    let models_missing: Vec<&lock::Model> =
+        l.models.iter().filter(|m| !has_obj(&m.blake3)).collect();
+    let model_bytes: u64 = l.models.iter().map(|m| m.size).sum();
+    let missing_bytes: u64 = models_missing.iter().map(|m| m.size).sum();
+    let py = l.python.as_ref();
+    let env_in_store = py.is_some_and(|p| has_tree(&p.tree));
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "lockfile": path,
+                "tag": l.tag,
+                "comfyui": { "repo": l.comfyui.repo, "commit": l.comfyui.commit, "dirty": l.comfyui.dirty, "in_store": has_tree(&l.comfyui.tree) },
+                "custom_nodes": { "count": l.custom_nodes.len(), "disabled": l.custom_nodes.iter().filter(|n| n.disabled).count(), "missing": nodes_missing },
+                "python": py.map(|p| json!({ "version": p.version, "platform": p.platform, "packages": p.packages.len(), "environment_in_store": env_in_store })),
+                "models": { "count": l.models.len(), "bytes": model_bytes, "missing": models_missing.iter().map(|m| &m.path).collect::<Vec<_>>(), "missing_bytes": missing_bytes },
+            }))?
+        );
+        return Ok(0);
+    }
+    let mark = |present: bool| if present { "in store" } else { "missing" };
+    println!("{} (tag {})", path.display(), l.tag);
+    println!(
+        "comfyui   {} @ {}{}  [{}]",
+        l.comfyui.repo.as_deref().unwrap_or("(no repo)"),
+        l.comfyui
+            .commit
+            .as_deref()
+            .map_or("(no commit)", |c| &c[..12.min(c.len())]),
+        if l.comfyui.dirty { " (dirty)" } else { "" },
+        mark(has_tree(&l.comfyui.tree))
+    );
+    let git = l.custom_nodes.iter().filter(|n| n.commit.is_some()).count();
+    println!(
+        "nodes     {} ({} git, {} disabled), {} missing{}",
+        l.custom_nodes.len(),
+        git,
+        l.custom_nodes.iter().filter(|n| n.disabled).count(),
+        nodes_missing.len(),
+        if nodes_missing.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", nodes_missing.join(", "))
+        }
+    );
+    match py {
+        Some(p) => println!(
+            "python    {} {} {}, {} packages, environment [{}]",
+            p.version.as_deref().unwrap_or("?"),
+            p.abi.as_deref().unwrap_or("?"),
+            p.platform.as_deref().unwrap_or("?"),
+            p.packages.len(),
+            mark(env_in_store)
+        ),
+        None => println!("python    (none)"),
+    }
+    println!(
+        "models    {} ({}), {} to download ({})",
+        l.models.len(),
+        HumanBytes(model_bytes),
+        models_missing.len(),
+        HumanBytes(missing_bytes)
+    );
+    for m in &models_missing {
+        println!(
+            "  missing {} ({}){}",
+            m.path,
+            HumanBytes(m.size),
+            if m.sources.is_empty() {
+                " — no known source"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,558 @@
+//! The lockfile format (`comfystore.lock/1`): types, validation and canonical bytes.
+//!
+//! A lockfile is the unit users commit, diff and ship, so its bytes depend only on what it pins:
+//! fields in a fixed order, arrays sorted, no timestamps, two-space indentation and a trailing
+//! newline. Reading is strict: unknown fields, other schema versions and unsafe paths are refused
+//! before any command acts on a lock. `docs/lockfile.md` is the specification; keep it in step.
+
+use crate::error::{Error, IoContext, Result};
+use crate::store::{check_rel_path, ObjectId, Sha256};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// The schema line this version reads and writes.
+pub const SCHEMA: &str = "comfystore.lock/1";
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A pinned ComfyUI setup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lockfile {
+    pub schema: String,
+    pub tag: String,
+    pub comfyui: ComfyUi,
+    #[serde(default)]
+    pub custom_nodes: Vec<CustomNode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<Python>,
+    #[serde(default)]
+    pub models: Vec<Model>,
+}
+
+/// ComfyUI itself: where its source comes from and the store tree of it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComfyUi {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The working tree differed from `commit` when locked: only `tree` reproduces it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dirty: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<ObjectId>,
+}
+
+/// A custom node: a folder (git repo or plain) or a single `.py` file in `custom_nodes/`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomNode {
+    /// Folder (or file) name under `custom_nodes/`, without any `.disabled` marker.
+    pub name: String,
+    /// Disabled the ComfyUI-Manager way; materialized under `custom_nodes/.disabled/`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dirty: bool,
+    /// A Comfy Registry pack, as ComfyUI-Manager identifies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<Registry>,
+    /// Store tree of a folder node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<ObjectId>,
+    /// Store object of a single-file node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<ObjectId>,
+}
+
+/// A Comfy Registry (CNR) pack id and version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    pub id: String,
+    pub version: String,
+}
+
+/// The Python environment, for one interpreter and platform. Everything but `packages` is
+/// optional only because an imported ComfyUI-Manager snapshot does not know it; `lock` always
+/// fills it in.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Python {
+    /// Interpreter version, e.g. `3.11.7`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `cpython`, `pypy`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implementation: Option<String>,
+    /// Wheel ABI tag of the interpreter, e.g. `cp311`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abi: Option<String>,
+    /// Wheel platform tag, e.g. `linux_x86_64` or `macosx_14_0_arm64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// C library, e.g. `glibc 2.36` (manylinux wheels depend on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libc: Option<String>,
+    /// Store tree of the installed environment (the venv folder) for this platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<ObjectId>,
+    #[serde(default)]
+    pub packages: Vec<Package>,
+}
+
+/// One installed distribution.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {
+    /// Normalised name (PEP 503: lowercase, runs of `-_.` become `-`).
+    pub name: String,
+    /// Empty only for a direct-URL package whose version is not known (imported snapshots).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// The wheel's file name, when pinned to a wheel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wheel: Option<String>,
+    /// Where it came from: a wheel URL, or the PEP 508 direct reference
+    /// (`git+https://…@<commit>`, `file:///…`) that installed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "hex_sha256_opt"
+    )]
+    pub sha256: Option<Sha256>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub editable: bool,
+}
+
+/// A model file at a path relative to the ComfyUI root.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub path: String,
+    pub size: u64,
+    #[serde(with = "hex_sha256")]
+    pub sha256: Sha256,
+    /// The store object id, as bare hex (what `b3sum` prints).
+    #[serde(with = "hex_b3")]
+    pub blake3: ObjectId,
+    #[serde(default)]
+    pub sources: Vec<String>,
+}
+
+/// Bare 64-hex serde for digests, the form `sha256sum`, `b3sum` and the hubs print.
+mod hex_sha256 {
+    use crate::store::Sha256;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Sha256, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.hex())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Sha256, D::Error> {
+        let s = String::deserialize(d)?;
+        Sha256::from_hex(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid sha256 {s:?}: expected 64 lowercase hex digits"
+            ))
+        })
+    }
+}
+
+mod hex_sha256_opt {
+    use crate::store::Sha256;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Sha256>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::hex_sha256::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Sha256>, D::Error> {
+        super::hex_sha256::deserialize(d).map(Some)
+    }
+}
+
+mod hex_b3 {
+    use crate::store::ObjectId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &ObjectId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.hex())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectId, D::Error> {
+        let s = String::deserialize(d)?;
+        ObjectId::from_hex(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid blake3 {s:?}: expected 64 lowercase hex digits"
+            ))
+        })
+    }
+}
+
+/// Only the schema line, read first so that a lock from a newer comfystore gets a version
+/// error rather than a confusing unknown-field one.
+#[derive(Deserialize)]
+struct SchemaProbe {
+    schema: Option<serde_json::Value>,
+}
+
+/// Normalise a distribution name (PEP 503).
+pub fn normalize_package_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut sep = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            sep = true;
+        } else {
+            if sep && !out.is_empty() {
+                out.push('-');
+            }
+            sep = false;
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// A git commit id: 40 (SHA-1) or 64 (SHA-256 repos) lowercase hex digits.
+pub fn is_commit(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64)
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A tag becomes part of a file name (`comfy-<tag>.lock.json`).
+pub fn check_tag(tag: &str) -> std::result::Result<(), String> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with('.')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid tag {tag:?}: use letters, digits and . _ - + (it names the lockfile)"
+        ))
+    }
+}
+
+/// Split `scheme://authority/rest` into (scheme, userinfo, everything after the userinfo).
+fn split_userinfo(url: &str) -> Option<(&str, Option<&str>, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => Some((scheme, Some(&rest[..at]), &rest[at + 1..])),
+        None => Some((scheme, None, rest)),
+    }
+}
+
+/// Whether userinfo is a secret: any password, and any user name over HTTP (GitHub and
+/// Hugging Face accept a token as the user name). `ssh://git@host` is not a secret.
+fn is_secret(scheme: &str, userinfo: &str) -> bool {
+    userinfo.contains(':')
+        || scheme.starts_with("http")
+        || scheme.ends_with("+http")
+        || scheme.ends_with("+https")
+}
+
+/// Refuse URLs that would leak a secret into a file people commit and share.
+fn check_url(url: &str) -> std::result::Result<(), String> {
+    let Some((scheme, userinfo, _)) = split_userinfo(url) else {
+        return Err(format!("{url:?} is not a URL"));
+    };
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return Err(format!("{url:?} has an invalid scheme"));
+    }
+    if userinfo.is_some_and(|u| is_secret(scheme, u)) {
+        return Err(format!(
+            "{} carries credentials; remove them (tokens come from the environment)",
+            redact_url(url)
+        ));
+    }
+    Ok(())
+}
+
+/// A git remote: a URL, an scp-like `git@host:path`, or a local path.
+fn check_repo(repo: &str) -> std::result::Result<(), String> {
+    if repo.contains("://") {
+        return check_url(repo);
+    }
+    if repo.is_empty() || repo.starts_with('-') {
+        return Err(format!("{repo:?} is not a git remote"));
+    }
+    Ok(())
+}
+
+/// `url` with any secret `user:password@` removed, for locks and messages.
+pub fn redact_url(url: &str) -> String {
+    match split_userinfo(url) {
+        Some((scheme, Some(u), tail)) if is_secret(scheme, u) => format!("{scheme}://{tail}"),
+        _ => url.to_string(),
+    }
+}
+
+/// A custom node name must be one plain path component.
+fn check_node_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.starts_with('.')
+        || name.contains(['/', '\\', '\0'])
+        || name.ends_with(".disabled")
+    {
+        return Err(format!(
+            "invalid custom node name {name:?}: one folder or file name, not hidden, without .disabled"
+        ));
+    }
+    Ok(())
+}
+
+impl Lockfile {
+    /// An empty lock for `tag`.
+    pub fn new(tag: &str) -> Lockfile {
+        Lockfile {
+            schema: SCHEMA.to_string(),
+            tag: tag.to_string(),
+            comfyui: ComfyUi::default(),
+            custom_nodes: Vec::new(),
+            python: None,
+            models: Vec::new(),
+        }
+    }
+
+    /// Parse and validate lockfile bytes; `path` names the file in errors.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Lockfile> {
+        let bad = |reason: String| Error::bad_input(path, reason);
+        let probe: SchemaProbe = serde_json::from_slice(bytes)
+            .map_err(|e| bad(format!("not valid lockfile JSON: {e}")))?;
+        match probe.schema {
+            Some(serde_json::Value::String(s)) if s == SCHEMA => {}
+            Some(serde_json::Value::String(s)) if s.starts_with("comfystore.lock/") => {
+                return Err(bad(format!(
+                    "unsupported lockfile schema {s:?}: this comfystore reads {SCHEMA:?}; upgrade comfystore"
+                )))
+            }
+            Some(other) => {
+                return Err(bad(format!(
+                    "not a comfystore lockfile: schema is {other}, expected {SCHEMA:?}"
+                )))
+            }
+            None => {
+                return Err(bad(format!(
+                    "not a comfystore lockfile: no \"schema\" field (expected {SCHEMA:?})"
+                )))
+            }
+        }
+        let lock: Lockfile =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("invalid lockfile: {e}")))?;
+        lock.validate().map_err(bad)?;
+        Ok(lock)
+    }
+
+    /// Read and validate a lockfile.
+    pub fn read(path: &Path) -> Result<Lockfile> {
+        let bytes = std::fs::read(path).ctx("read", path)?;
+        Lockfile::parse(&bytes, path)
+    }
+
+    /// Every rule a lock must keep, checked before any command acts on it. The message names
+    /// the field (`models[2].path`) and the problem.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.schema != SCHEMA {
+            return Err(format!("schema {:?}, expected {SCHEMA:?}", self.schema));
+        }
+        check_tag(&self.tag).map_err(|e| format!("tag: {e}"))?;
+        let c = &self.comfyui;
+        check_source(
+            "comfyui",
+            c.repo.as_deref(),
+            c.commit.as_deref(),
+            c.tree.is_some(),
+        )?;
+
+        let mut names = HashSet::new();
+        for (i, n) in self.custom_nodes.iter().enumerate() {
+            let at = format!("custom_nodes[{i}]");
+            check_node_name(&n.name).map_err(|e| format!("{at}.name: {e}"))?;
+            if !names.insert(n.name.as_str()) {
+                return Err(format!("{at}.name: duplicate custom node {:?}", n.name));
+            }
+            if n.tree.is_some() && n.file.is_some() {
+                return Err(format!(
+                    "{at}: has both \"tree\" and \"file\"; a node is one or the other"
+                ));
+            }
+            let content = n.tree.is_some() || n.file.is_some();
+            if !content && n.repo.is_none() && n.registry.is_none() {
+                return Err(format!(
+                    "{at} ({}): nothing to install it from (no tree, file, repo or registry)",
+                    n.name
+                ));
+            }
+            if n.repo.is_some() || n.commit.is_some() {
+                check_source(&at, n.repo.as_deref(), n.commit.as_deref(), content)?;
+            }
+            if let Some(r) = &n.registry {
+                if r.id.is_empty() || r.version.is_empty() {
+                    return Err(format!("{at}.registry: id and version must not be empty"));
+                }
+            }
+        }
+
+        if let Some(py) = &self.python {
+            for (f, v) in [
+                ("version", &py.version),
+                ("implementation", &py.implementation),
+                ("abi", &py.abi),
+                ("platform", &py.platform),
+                ("libc", &py.libc),
+            ] {
+                if v.as_deref().is_some_and(str::is_empty) {
+                    return Err(format!("python.{f}: must not be empty"));
+                }
+            }
+            let mut seen = HashSet::new();
+            for (i, p) in py.packages.iter().enumerate() {
+                let at = format!("python.packages[{i}]");
+                if p.name.is_empty() || normalize_package_name(&p.name) != p.name {
+                    return Err(format!(
+                        "{at}.name: {:?} is not a normalised name (expected {:?})",
+                        p.name,
+                        normalize_package_name(&p.name)
+                    ));
+                }
+                if !seen.insert(p.name.as_str()) {
+                    return Err(format!("{at}.name: duplicate package {:?}", p.name));
+                }
+                if p.version.is_empty() && p.url.is_none() {
+                    return Err(format!("{at}.version: must not be empty (or give a url)"));
+                }
+                if let Some(u) = &p.url {
+                    check_url(u).map_err(|e| format!("{at}.url: {e}"))?;
+                }
+                if let Some(w) = &p.wheel {
+                    if !w.ends_with(".whl") || w.contains(['/', '\\']) {
+                        return Err(format!("{at}.wheel: {w:?} is not a wheel file name"));
+                    }
+                }
+            }
+        }
+
+        let mut paths = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let at = format!("models[{i}]");
+            check_rel_path(&m.path).map_err(|e| format!("{at}.path: {e}"))?;
+            if !paths.insert(m.path.as_str()) {
+                return Err(format!("{at}.path: duplicate model path {:?}", m.path));
+            }
+            for (j, u) in m.sources.iter().enumerate() {
+                check_url(u).map_err(|e| format!("{at}.sources[{j}]: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sort every array into its canonical order.
+    pub fn canonicalize(&mut self) {
+        self.custom_nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(py) = &mut self.python {
+            py.packages.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        self.models.sort_by(|a, b| a.path.cmp(&b.path));
+        for m in &mut self.models {
+            let mut seen = HashSet::new();
+            m.sources.retain(|u| seen.insert(u.clone()));
+        }
+    }
+
+    /// The canonical bytes: sorted, two-space indented, one trailing newline.
+    pub fn to_canonical(&self) -> Vec<u8> {
+        let mut lock = self.clone();
+        lock.canonicalize();
+        // Serialising plain structs of strings and numbers cannot fail.
+        let mut out = serde_json::to_vec_pretty(&lock).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Validate, then write the canonical bytes atomically (temp file + rename).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        self.validate().map_err(|e| {
+            Error::bad_input(path, format!("refusing to write an invalid lock: {e}"))
+        })?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).ctx("create", dir)?;
+        }
+        crate::store::write_file_atomic(path, &self.to_canonical(), 0o644)
+    }
+}
+
+/// Repo and commit go together, the commit is hex, and the repo URL carries no secret.
+fn check_source(
+    at: &str,
+    repo: Option<&str>,
+    commit: Option<&str>,
+    has_content: bool,
+) -> std::result::Result<(), String> {
+    if let Some(r) = repo {
+        check_repo(r).map_err(|e| format!("{at}.repo: {e}"))?;
+    }
+    if let Some(c) = commit {
+        if !is_commit(c) {
+            return Err(format!(
+                "{at}.commit: {c:?} is not a commit id (40 or 64 lowercase hex digits)"
+            ));
+        }
+    }
+    if repo.is_some() != commit.is_some() && !has_content {
+        return Err(format!("{at}: \"repo\" and \"commit\" go together"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_normalise() {
+        assert_eq!(normalize_package_name("Tiny_Bar"), "tiny-bar");
+        assert_eq!(normalize_package_name("zope.interface"), "zope-interface");
+        assert_eq!(normalize_package_name("A__B--c"), "a-b-c");
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(
+            redact_url("https://u:tok@github.com/a/b"),
+            "https://github.com/a/b"
+        );
+        assert_eq!(
+            redact_url("https://github.com/a@b"),
+            "https://github.com/a@b"
+        );
+        assert!(check_url("https://u:tok@github.com/a/b").is_err());
+        assert!(check_url("https://github.com/a/b").is_ok());
+        assert!(check_url("ssh://git@github.com/a/b").is_ok());
+        assert!(check_repo("git@github.com:a/b.git").is_ok());
+        assert_eq!(redact_url("ssh://git@h/a"), "ssh://git@h/a");
+    }
+}

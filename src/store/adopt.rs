@@ -1,0 +1,221 @@
+//! Adopting large files the user keeps (models) without a second copy on disk.
+//!
+//! `lock` must not double the space of a volume holding 200 GB of models. A file is hashed in
+//! place; if the store lacks its content, the store's object becomes a reflink of it (the user's
+//! file is untouched) or, where reflinks are refused, a hardlink to it (same inode: the file
+//! becomes read-only, like every object, but keeps its content and place). Only across
+//! filesystems is it copied. The stat cache is written with the file's stat *after* adoption
+//! (a hardlink changes ctime), so a re-lock costs one `stat` per model.
+
+use super::durable::{self, Published};
+use super::hash;
+use super::id::{ObjectId, Sha256};
+use super::index::{Batch, StatKey};
+use super::object::MODE_PLAIN;
+use super::Store;
+use crate::error::{Error, IoContext, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+/// How far `adopt` may go to avoid a copy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdoptMode {
+    /// Reflink, else hardlink (the file becomes read-only), else copy.
+    #[default]
+    Auto,
+    /// Reflink, else copy: the user's file is never touched.
+    Reflink,
+    /// Always copy into the store.
+    Copy,
+}
+
+/// What happened to one adopted file.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdoptReport {
+    pub path: PathBuf,
+    pub id: ObjectId,
+    pub sha256: Sha256,
+    pub size: u64,
+    /// `cached` (stat cache, not read), `present` (hashed; the store had it), `reflink`,
+    /// `hardlink` or `copy`.
+    pub how: &'static str,
+}
+
+impl Store {
+    /// Add every file in `paths` (symlinks followed) with SHA-256, in parallel, reusing the
+    /// user's bytes where `mode` allows. One `syncfs` covers all new objects.
+    pub fn adopt_files(&self, paths: &[PathBuf], mode: AdoptMode) -> Result<Vec<AdoptReport>> {
+        let _lock = self.lock_shared()?;
+        let mut metas = Vec::with_capacity(paths.len());
+        for p in paths {
+            let m = fs::metadata(p).ctx("stat", p)?;
+            if !m.is_file() {
+                return Err(Error::bad_input(p, "not a regular file"));
+            }
+            metas.push(StatKey::of(&m));
+        }
+        let cached = match self.index() {
+            Some(index) => index.lookup_stats(&metas)?,
+            None => vec![None; paths.len()],
+        };
+        let total: u64 = metas.iter().map(|m| m.size).sum();
+        let bar = crate::progress::bytes(total, "models");
+        let new_objects = AtomicU64::new(0);
+        let results: Vec<(AdoptReport, Option<StatKey>, bool)> = paths
+            .par_iter()
+            .zip(metas.par_iter())
+            .zip(cached.par_iter())
+            .map(|((path, stat), cached)| {
+                let r = self.adopt_one(path, *stat, *cached, mode);
+                bar.inc(stat.size);
+                if matches!(&r, Ok((rep, _, _)) if matches!(rep.how, "reflink" | "hardlink" | "copy"))
+                {
+                    new_objects.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            })
+            .collect::<Result<_>>()?;
+        bar.finish_and_clear();
+
+        if new_objects.load(Ordering::Relaxed) > 0 {
+            self.sync()?;
+        }
+        let mut batch = Batch::default();
+        let mut out = Vec::with_capacity(results.len());
+        for (rep, cache, hashed) in results {
+            if hashed {
+                batch.objects.push((rep.id, rep.size, Some(rep.sha256)));
+                self.write_alias(&rep.sha256, &rep.id)?;
+            }
+            if let Some(k) = cache {
+                batch.stats.push((k, rep.id));
+            }
+            out.push(rep);
+        }
+        if let Some(index) = self.index() {
+            index.commit(&batch)?;
+        }
+        Ok(out)
+    }
+
+    /// Returns the report, the stat to cache (if stable) and whether the file was hashed.
+    fn adopt_one(
+        &self,
+        path: &Path,
+        stat: StatKey,
+        cached: Option<ObjectId>,
+        mode: AdoptMode,
+    ) -> Result<(AdoptReport, Option<StatKey>, bool)> {
+        let report = |id, sha256, how| AdoptReport {
+            path: path.to_path_buf(),
+            id,
+            sha256,
+            size: stat.size,
+            how,
+        };
+        if let (Some(id), Some(index)) = (cached, self.index()) {
+            if let Some(sha) = index.object_sha256(&id)? {
+                if self.has_object(&id) {
+                    return Ok((report(id, sha, "cached"), None, false));
+                }
+            }
+        }
+        let started = SystemTime::now();
+        let mut file = File::open(path).ctx("open", path)?;
+        let digests = hash::stream(&mut file, None, true).ctx("read", path)?;
+        let after = StatKey::of(&file.metadata().ctx("stat", path)?);
+        if after != stat || digests.size != stat.size {
+            return Err(Error::bad_input(
+                path,
+                "file changed while it was being hashed; try again",
+            ));
+        }
+        let sha = digests
+            .sha256
+            .ok_or_else(|| Error::bad_input(path, "no SHA-256 computed"))?;
+        let id = digests.b3;
+        let stable = |k: StatKey| {
+            (k.ino == stat.ino
+                && k.size == stat.size
+                && k.mtime_ns == stat.mtime_ns
+                && !super::ingest::racy_mtime(k.mtime_ns, started))
+            .then_some(k)
+        };
+        if self.has_object(&id) {
+            return Ok((report(id, sha, "present"), stable(stat), true));
+        }
+        let dest = self.object_path(&id, false);
+        if mode != AdoptMode::Copy {
+            if let Some(how) = self.try_share(path, &stat, &dest, mode)? {
+                let now = StatKey::of(&fs::metadata(path).ctx("stat", path)?);
+                return Ok((report(id, sha, how), stable(now), true));
+            }
+        }
+        let put = self.put_file(path, false, true)?;
+        if put.digests.b3 != id {
+            return Err(Error::bad_input(
+                path,
+                "file changed while it was being added; try again",
+            ));
+        }
+        Ok((report(id, sha, "copy"), stable(stat), true))
+    }
+
+    /// Publish `src`'s bytes at `dest` by reflink or hardlink. `Ok(None)`: neither is possible
+    /// here (other filesystem, no support), so the caller copies.
+    fn try_share(
+        &self,
+        src: &Path,
+        stat: &StatKey,
+        dest: &Path,
+        mode: AdoptMode,
+    ) -> Result<Option<&'static str>> {
+        let tmp = self
+            .tmp_dir()
+            .join(durable::unique_name(durable::TEMP_PREFIX));
+        let mut how = None;
+        if reflink_copy::reflink(src, &tmp).is_ok() {
+            how = Some("reflink");
+        } else {
+            let _ = fs::remove_file(&tmp);
+            if mode == AdoptMode::Auto && fs::hard_link(src, &tmp).is_ok() {
+                how = Some("hardlink");
+            }
+        }
+        let Some(how) = how else {
+            return Ok(None);
+        };
+        let done = (|| {
+            let m = fs::metadata(&tmp).ctx("stat", &tmp)?;
+            // A reflink is a new inode with the same bytes; a hardlink must still be the inode
+            // we hashed, unchanged.
+            let same = m.len() == stat.size
+                && (how == "reflink"
+                    || StatKey::of(&m).mtime_ns == stat.mtime_ns
+                        && StatKey::of(&m).ino == stat.ino);
+            if !same {
+                return Err(Error::bad_input(
+                    src,
+                    "file changed while it was being adopted; try again",
+                ));
+            }
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(MODE_PLAIN)).ctx("chmod", &tmp)?;
+            durable::publish_no_replace(&tmp, dest)
+        })();
+        match done {
+            Ok(Published::New) => Ok(Some(how)),
+            // Another writer published the same content meanwhile: that object is as good.
+            Ok(Published::Existed) => Ok(Some("present")),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+}

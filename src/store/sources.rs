@@ -1,0 +1,99 @@
+//! Where objects can be downloaded from: URL records kept beside the objects.
+//!
+//! `lock` writes the sources it learns (from `--sources`, Hugging Face caches) and later
+//! downloads add theirs, so the next `lock` of the same bytes knows a URL. Each (object, URL)
+//! pair is its own small file, `sources/<2 hex>/<64 hex>.<16 hex of BLAKE3(url)>`, so concurrent
+//! writers never lose each other's records and adding a known URL is a no-op. A source is a
+//! hint: the bytes behind a URL are always verified against the object id.
+
+use super::durable;
+use super::id::ObjectId;
+use super::Store;
+use crate::error::{IoContext, Result};
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+
+impl Store {
+    fn sources_shard(&self, id: &ObjectId) -> PathBuf {
+        self.root().join("sources").join(&id.hex()[..2])
+    }
+
+    /// Remember that `id` can be downloaded from `url`.
+    pub fn add_source(&self, id: &ObjectId, url: &str) -> Result<()> {
+        let shard = self.sources_shard(id);
+        let key = blake3::hash(url.as_bytes()).to_hex();
+        let dest = shard.join(format!("{}.{}", id.hex(), &key[..16]));
+        if dest.exists() {
+            return Ok(());
+        }
+        fs::create_dir_all(&shard).ctx("create", &shard)?;
+        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        if let Err(e) = f
+            .write_all(format!("{url}\n").as_bytes())
+            .ctx("write", &tmp)
+        {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        drop(f);
+        durable::publish_no_replace(&tmp, &dest)?;
+        Ok(())
+    }
+
+    /// The URLs recorded for `id`, sorted (so locks that use them are deterministic).
+    pub fn sources_of(&self, id: &ObjectId) -> Result<Vec<String>> {
+        let shard = self.sources_shard(id);
+        let prefix = format!("{}.", id.hex());
+        let entries = match fs::read_dir(&shard) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).ctx("list", &shard),
+        };
+        let mut urls = Vec::new();
+        for e in entries {
+            let e = e.ctx("list", &shard)?;
+            if !e.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let text = fs::read_to_string(e.path()).ctx("read", &e.path())?;
+            let url = text.trim();
+            if !url.is_empty() {
+                urls.push(url.to_string());
+            }
+        }
+        urls.sort();
+        urls.dedup();
+        Ok(urls)
+    }
+
+    /// Source records whose object is gone (gc removes them with the object).
+    pub(crate) fn orphan_sources(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.root().join("sources");
+        let mut out = Vec::new();
+        let shards = match fs::read_dir(&dir) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).ctx("list", &dir),
+        };
+        for shard in shards {
+            let shard = shard.ctx("list", &dir)?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for e in fs::read_dir(&shard).ctx("list", &shard)? {
+                let e = e.ctx("list", &shard)?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let live = name
+                    .split('.')
+                    .next()
+                    .and_then(ObjectId::from_hex)
+                    .is_some_and(|id| self.has_object(&id));
+                if !live && !name.starts_with(durable::TEMP_PREFIX) {
+                    out.push(e.path());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
