@@ -532,6 +532,64 @@ fn check_source(
 mod tests {
     use super::*;
 
+    fn sample() -> Lockfile {
+        let mut l = Lockfile::new("v1");
+        l.comfyui.tree = Some(ObjectId([1; 32]));
+        for name in ["zeta", "Alpha", "mid"] {
+            l.custom_nodes.push(CustomNode {
+                name: name.into(),
+                tree: Some(ObjectId([2; 32])),
+                ..Default::default()
+            });
+        }
+        for path in ["models/b.bin", "models/a.bin"] {
+            l.models.push(Model {
+                path: path.into(),
+                size: 3,
+                sha256: Sha256([3; 32]),
+                blake3: ObjectId([4; 32]),
+                sources: vec!["https://h/x".into(), "https://h/x".into()],
+            });
+        }
+        l
+    }
+
+    #[test]
+    fn canonical_bytes_are_sorted_stable_and_parse_back() {
+        let l = sample();
+        let bytes = l.to_canonical();
+        assert!(bytes.ends_with(b"}\n") && !bytes.ends_with(b"\n\n"));
+        let back = Lockfile::parse(&bytes, Path::new("x")).unwrap();
+        let names: Vec<&str> = back.custom_nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["Alpha", "mid", "zeta"]);
+        assert_eq!(back.models[0].path, "models/a.bin");
+        assert_eq!(back.models[0].sources, ["https://h/x"]);
+        assert_eq!(back.to_canonical(), bytes);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("\n  \"schema\": \"comfystore.lock/1\""));
+        assert!(text.contains(&format!("\"blake3\": \"{}\"", ObjectId([4; 32]).hex())));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut l = sample();
+        l.models[1].path = "models/../../etc/passwd".into();
+        assert!(l.validate().unwrap_err().starts_with("models[1].path"));
+        let mut l = sample();
+        l.custom_nodes[0].name = "x.disabled".into();
+        assert!(l.validate().unwrap_err().starts_with("custom_nodes[0].name"));
+        let mut l = sample();
+        l.comfyui.commit = Some("ABCDEF".into());
+        assert!(l.validate().unwrap_err().contains("comfyui.commit"));
+        let mut l = sample();
+        l.models.push(l.models[0].clone());
+        assert!(l.validate().unwrap_err().contains("duplicate model path"));
+        let err = Lockfile::parse(br#"{"schema":"comfystore.lock/9"}"#, Path::new("f.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("f.json") && err.contains("comfystore.lock/9"), "{err}");
+    }
+
     #[test]
     fn names_normalise() {
         assert_eq!(normalize_package_name("Tiny_Bar"), "tiny-bar");
