@@ -15,23 +15,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 WORK=${1:-/tmp/comfystore-mbench}
 RUNS=${RUNS:-5}
-RESULTS=$REPO/target/bench-results/materialize-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$WORK" "$RESULTS"
-command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine; }
-
-cargo build --release --manifest-path "$REPO/Cargo.toml" -q
-BIN=$WORK/comfystore
-cp "$REPO/target/release/comfystore" "$BIN"   # a private copy: builds cannot swap it mid-run
-
-mounts=()
-cleanup() { for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" || true; done; }
-trap cleanup EXIT
-mkfs_mount() { # kind image mountpoint
-    mkdir -p "$3"; umount "$3" 2>/dev/null || true
-    rm -f "$2"; truncate -s 16G "$2"
-    if [ "$1" = xfs ]; then mkfs.xfs -q -f -m reflink=1 "$2"; else mkfs.ext4 -q -F "$2"; fi
-    mount -o loop "$2" "$3"; mounts+=("$3")
-}
+NAME=materialize
+. "$REPO/scripts/bench/lib.sh"
 
 make_data() { # dir: ComfyUI-shaped tree
     local d=$1

@@ -126,11 +126,7 @@ pub struct Package {
     /// (`git+https://…@<commit>`, `file:///…`) that installed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "hex_sha256_opt"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex64_opt")]
     pub sha256: Option<Sha256>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub editable: bool,
@@ -142,62 +138,75 @@ pub struct Package {
 pub struct Model {
     pub path: String,
     pub size: u64,
-    #[serde(with = "hex_sha256")]
+    #[serde(with = "hex64")]
     pub sha256: Sha256,
     /// The store object id, as bare hex (what `b3sum` prints).
-    #[serde(with = "hex_b3")]
+    #[serde(with = "hex64")]
     pub blake3: ObjectId,
     #[serde(default)]
     pub sources: Vec<String>,
 }
 
-/// Bare 64-hex serde for digests, the form `sha256sum`, `b3sum` and the hubs print.
-mod hex_sha256 {
-    use crate::store::Sha256;
+/// Digests written as bare 64 hex in a lock: the form `sha256sum`, `b3sum` and the hubs print.
+trait Hex64: Sized {
+    const WHAT: &'static str;
+    fn to_hex(&self) -> String;
+    fn parse_hex(s: &str) -> Option<Self>;
+}
+
+impl Hex64 for Sha256 {
+    const WHAT: &'static str = "sha256";
+    fn to_hex(&self) -> String {
+        self.hex()
+    }
+    fn parse_hex(s: &str) -> Option<Self> {
+        Sha256::from_hex(s)
+    }
+}
+
+impl Hex64 for ObjectId {
+    const WHAT: &'static str = "blake3";
+    fn to_hex(&self) -> String {
+        self.hex()
+    }
+    fn parse_hex(s: &str) -> Option<Self> {
+        ObjectId::from_hex(s)
+    }
+}
+
+mod hex64 {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &Sha256, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&v.hex())
+    pub fn serialize<T: super::Hex64, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_hex())
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Sha256, D::Error> {
+    pub fn deserialize<'de, T: super::Hex64, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
         let s = String::deserialize(d)?;
-        Sha256::from_hex(&s).ok_or_else(|| {
+        T::parse_hex(&s).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "invalid sha256 {s:?}: expected 64 lowercase hex digits"
+                "invalid {} {s:?}: expected 64 lowercase hex digits",
+                T::WHAT
             ))
         })
     }
 }
 
-mod hex_sha256_opt {
-    use crate::store::Sha256;
+mod hex64_opt {
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &Option<Sha256>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<T: super::Hex64, S: Serializer>(
+        v: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match v {
-            Some(v) => super::hex_sha256::serialize(v, s),
+            Some(v) => super::hex64::serialize(v, s),
             None => s.serialize_none(),
         }
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Sha256>, D::Error> {
-        super::hex_sha256::deserialize(d).map(Some)
-    }
-}
-
-mod hex_b3 {
-    use crate::store::ObjectId;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &ObjectId, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&v.hex())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectId, D::Error> {
-        let s = String::deserialize(d)?;
-        ObjectId::from_hex(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid blake3 {s:?}: expected 64 lowercase hex digits"
-            ))
-        })
+    pub fn deserialize<'de, T: super::Hex64, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        super::hex64::deserialize(d).map(Some)
     }
 }
 
@@ -577,7 +586,10 @@ mod tests {
         assert!(l.validate().unwrap_err().starts_with("models[1].path"));
         let mut l = sample();
         l.custom_nodes[0].name = "x.disabled".into();
-        assert!(l.validate().unwrap_err().starts_with("custom_nodes[0].name"));
+        assert!(l
+            .validate()
+            .unwrap_err()
+            .starts_with("custom_nodes[0].name"));
         let mut l = sample();
         l.comfyui.commit = Some("ABCDEF".into());
         assert!(l.validate().unwrap_err().contains("comfyui.commit"));
@@ -587,7 +599,10 @@ mod tests {
         let err = Lockfile::parse(br#"{"schema":"comfystore.lock/9"}"#, Path::new("f.json"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("f.json") && err.contains("comfystore.lock/9"), "{err}");
+        assert!(
+            err.contains("f.json") && err.contains("comfystore.lock/9"),
+            "{err}"
+        );
     }
 
     #[test]
