@@ -31,7 +31,11 @@ fn lock_fixture(root: &Path) -> Value {
         .env_remove("VIRTUAL_ENV")
         .output()
         .unwrap();
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
 }
 
@@ -41,21 +45,30 @@ fn schema_accepts_what_lock_writes_and_refuses_what_comfystore_refuses() {
     let lock = lock_fixture(tmp.path());
     let v = schema();
     let errors: Vec<String> = v.iter_errors(&lock).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "schema rejects a lock comfystore wrote: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "schema rejects a lock comfystore wrote: {errors:?}"
+    );
 
     type Edit = fn(&mut Value);
     let bad: Vec<(&str, Edit)> = vec![
         ("schema 2", |l| l["schema"] = "comfystore.lock/2".into()),
         ("unknown field", |l| l["extra"] = true.into()),
-        ("dotdot path", |l| l["models"][0]["path"] = "../evil.bin".into()),
+        ("dotdot path", |l| {
+            l["models"][0]["path"] = "../evil.bin".into()
+        }),
         ("absolute path", |l| l["models"][0]["path"] = "/abs".into()),
-        ("short sha", |l| l["models"][0]["sha256"] = "0123456789".into()),
+        ("short sha", |l| {
+            l["models"][0]["sha256"] = "0123456789".into()
+        }),
         ("bad commit", |l| l["comfyui"]["commit"] = "main".into()),
         ("bad tree id", |l| l["comfyui"]["tree"] = "b3:1234".into()),
         ("credentials", |l| {
             l["models"][0]["sources"] = serde_json::json!(["https://u:p@host/x"])
         }),
-        ("unnormalised package", |l| l["python"]["packages"][0]["name"] = "Tiny_Bar".into()),
+        ("unnormalised package", |l| {
+            l["python"]["packages"][0]["name"] = "Tiny_Bar".into()
+        }),
         ("node with tree and file", |l| {
             l["custom_nodes"][0]["file"] = l["custom_nodes"][0]["tree"].clone()
         }),
@@ -67,6 +80,9 @@ fn schema_accepts_what_lock_writes_and_refuses_what_comfystore_refuses() {
         let path = tmp.path().join("bad.lock.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&l).unwrap()).unwrap();
         let out = common::run(&tmp.path().join("store"), &["show", path.to_str().unwrap()]);
-        assert!(!out.status.success(), "comfystore accepts a lock with {what}");
+        assert!(
+            !out.status.success(),
+            "comfystore accepts a lock with {what}"
+        );
     }
 }

@@ -73,7 +73,11 @@ fn pathspecs(excludes: &[&str]) -> Vec<String> {
         v.push(format!(":(exclude,glob)**/{name}"));
         v.push(format!(":(exclude,glob)**/{name}/**"));
     }
-    v.push(":(exclude,glob)**/*.py[co]".to_string());
+    v.extend(
+        CACHE_SUFFIXES
+            .iter()
+            .map(|s| format!(":(exclude,glob)**/*{s}")),
+    );
     v
 }
 
@@ -167,8 +171,11 @@ pub fn inspect(dir: &Path, excludes: &[&str]) -> Result<Option<GitState>> {
 pub fn is_cache_path(p: &str) -> bool {
     p.trim_end_matches('/')
         .split('/')
-        .any(|c| CACHE_NAMES.contains(&c) || c.ends_with(".pyc") || c.ends_with(".pyo"))
+        .any(|c| CACHE_NAMES.contains(&c) || CACHE_SUFFIXES.iter().any(|s| c.ends_with(s)))
 }
+
+/// File name endings left out of source trees (not of the venv: sourceless packages ship .pyc).
+pub const CACHE_SUFFIXES: &[&str] = &[".pyc", ".pyo"];
 
 /// Names left out of every source tree wherever they occur.
 pub const CACHE_NAMES: &[&str] = &["__pycache__", ".DS_Store", ".pytest_cache", ".mypy_cache"];

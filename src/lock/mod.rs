@@ -17,7 +17,7 @@ pub use file::{
     check_tag, is_commit, normalize_package_name, redact_url, ComfyUi, CustomNode, Lockfile, Model,
     Package, Python, Registry, SCHEMA,
 };
-pub use git::CACHE_NAMES;
+pub use git::{CACHE_NAMES, CACHE_SUFFIXES};
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::{AddOptions, AdoptMode, ObjectId, Store};
@@ -192,6 +192,7 @@ fn lock_source(
     let opts = AddOptions {
         exclude: excludes.to_vec(),
         exclude_names,
+        exclude_suffixes: CACHE_SUFFIXES.iter().map(|s| s.to_string()).collect(),
         select: state.as_ref().map(|g| g.files.clone()),
         ..Default::default()
     };
@@ -324,18 +325,21 @@ fn lock_models(
     let mut out = Vec::with_capacity(found.len());
     for (m, a) in found.iter().zip(&adopted) {
         *report.model_adoption.entry(a.how).or_default() += 1;
-        let mut sources = given.lookup(&m.path, &a.sha256);
-        sources.extend(hf.get(&a.sha256).cloned());
+        let mut sources: Vec<String> = given
+            .lookup(&m.path, &a.sha256)
+            .into_iter()
+            .chain(hf.get(&a.sha256).cloned())
+            .map(|u| redact_url(&u))
+            .collect();
         // Remember what we learnt, so the next lock of these bytes knows it too.
         for url in &sources {
             store.add_source(&a.id, url)?;
         }
-        for url in store.sources_of(&a.id)? {
-            if !sources.contains(&url) {
-                sources.push(url);
-            }
-        }
-        let sources: Vec<String> = sources.iter().map(|u| redact_url(u)).collect();
+        // Sorted, so the lock's bytes do not depend on whether --sources was passed this time
+        // (preference among sources is the fetcher's business: mirrors first).
+        sources.extend(store.sources_of(&a.id)?);
+        sources.sort();
+        sources.dedup();
         if sources.is_empty() {
             report.warnings.push(format!(
                 "{}: no known source; locked by hash only (pass --sources to name one)",

@@ -126,6 +126,10 @@ impl Store {
                 }
             }
         }
+        // Work on the file itself: a model is often a symlink (into a Hugging Face cache, onto a
+        // volume), and link(2) would link the symlink, not what it points to.
+        let real = path.canonicalize().ctx("resolve", path)?;
+        let path = real.as_path();
         let started = SystemTime::now();
         let mut file = File::open(path).ctx("open", path)?;
         let digests = hash::stream(&mut file, None, true).ctx("read", path)?;
@@ -204,6 +208,11 @@ impl Store {
                     src,
                     "file changed while it was being adopted; try again",
                 ));
+            }
+            if dest.exists() {
+                // Published meanwhile by another writer: leave the user's file mode alone.
+                fs::remove_file(&tmp).ctx("delete", &tmp)?;
+                return Ok(Published::Existed);
             }
             fs::set_permissions(&tmp, fs::Permissions::from_mode(MODE_PLAIN)).ctx("chmod", &tmp)?;
             durable::publish_no_replace(&tmp, dest)

@@ -30,6 +30,8 @@ pub struct AddOptions {
     pub exclude: Vec<String>,
     /// File or directory names to leave out wherever they occur (e.g. `.git`, `__pycache__`).
     pub exclude_names: Vec<String>,
+    /// Files whose name ends with one of these (e.g. `.pyc`) are left out wherever they occur.
+    pub exclude_suffixes: Vec<String>,
     /// Also compute SHA-256 for every file of a tree (single files always get it).
     pub tree_sha256: bool,
     /// When set, only these relative paths (and everything beneath those that are
@@ -376,7 +378,17 @@ fn scan(
         let name = entry.file_name().to_str().unwrap_or("");
         let is_store = store_rel.as_deref() == Some(rel_path);
         let is_marker = rel == crate::materialize::MARKER_NAME;
-        if exclude.contains(rel.as_str()) || exclude_names.contains(name) || is_store || is_marker {
+        let excluded_suffix = !entry.file_type().is_dir()
+            && opts
+                .exclude_suffixes
+                .iter()
+                .any(|s| name.ends_with(s.as_str()));
+        if exclude.contains(rel.as_str())
+            || exclude_names.contains(name)
+            || excluded_suffix
+            || is_store
+            || is_marker
+        {
             if entry.file_type().is_dir() {
                 walk.skip_current_dir();
             }

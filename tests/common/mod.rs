@@ -44,3 +44,21 @@ pub fn write(path: &Path, data: &[u8]) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, data).unwrap();
 }
+
+/// Like [`run`], with environment changes: `(name, Some(value))` sets a variable,
+/// `(name, None)` removes it.
+pub fn run_env(store: &Path, args: &[&str], envs: &[(&str, Option<&std::ffi::OsStr>)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
+    cmd.arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("COMFYSTORE_DIR")
+        .env_remove("COMFYSTORE_INDEX");
+    for (k, v) in envs {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.output().expect("run comfystore")
+}
