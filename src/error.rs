@@ -43,6 +43,9 @@ pub enum Error {
     /// A bundle that is malformed, truncated or tampered with.
     #[error("bundle {}: {reason}", path.display())]
     Bundle { path: PathBuf, reason: String },
+    /// A download that failed for good (after retries, on every source).
+    #[error("download {what}: {reason}")]
+    Download { what: String, reason: String },
     /// The store directory is not usable as a store.
     #[error("store {}: {reason}", path.display())]
     Store { path: PathBuf, reason: String },

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod fetch;
 pub mod lock;
 pub mod materialize;
 pub mod progress;

@@ -46,3 +46,26 @@ pub fn bytes(len: u64, msg: &'static str) -> ProgressBar {
     bar.set_message(msg);
     bar
 }
+
+/// Bars for several transfers at once (one line per file plus a total); hidden off a terminal.
+pub fn multi() -> indicatif::MultiProgress {
+    if visible() {
+        indicatif::MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
+    } else {
+        indicatif::MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+    }
+}
+
+/// A byte bar for one file, named `name`, in `multi`.
+pub fn file_bar(multi: &indicatif::MultiProgress, len: Option<u64>, name: String) -> ProgressBar {
+    let bar = multi.add(ProgressBar::new(len.unwrap_or(0)));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(name);
+    bar
+}

@@ -1,6 +1,7 @@
 //! The command line: argument parsing, output formatting and exit codes. Library errors become
 //! `anyhow` errors here and nowhere else.
 
+mod fetch_cmds;
 mod lock_cmds;
 mod materialize_cmds;
 mod store_cmds;
@@ -148,6 +149,33 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Download a file (a model) into the store, verified, and remember its URL.
+    ///
+    /// Resumes dropped connections (Range + If-Range), retries transient failures with
+    /// backoff, honours Retry-After, and refuses bytes whose hash is not the one given. Tokens
+    /// come from the environment and are sent only to their own host: HF_TOKEN
+    /// (huggingface.co), CIVITAI_API_TOKEN (civitai.com), COMFYSTORE_TOKENS=host=token,...
+    /// A later `lock` lists the URL as a source of this content.
+    #[command(
+        after_help = "Examples:\n  comfystore add-url https://huggingface.co/org/repo/resolve/main/model.safetensors --sha256 31e3…\n  comfystore add-url https://civitai.com/api/download/models/128078 --path models/loras/style.safetensors --comfy /workspace/ComfyUI"
+    )]
+    AddUrl {
+        url: String,
+        /// Expected SHA-256 (64 hex): anything else is refused and not stored.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// Expected BLAKE3 (64 hex, or b3:<hex>).
+        #[arg(long, value_name = "HEX")]
+        blake3: Option<String>,
+        /// Also place the file at this path of the ComfyUI folder (e.g. models/loras/x.safetensors).
+        #[arg(long, value_name = "REL_PATH")]
+        path: Option<String>,
+        /// The ComfyUI folder, for --path.
+        #[arg(long, env = "COMFY_HOME", value_name = "DIR")]
+        comfy: Option<PathBuf>,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
     /// Manage GC roots: named pins of trees and objects.
     #[command(subcommand)]
     Root(RootCommand),
@@ -263,6 +291,23 @@ pub struct LockArgs {
     /// Do not create the GC root lock/TAG.
     #[arg(long)]
     pub no_root: bool,
+}
+
+/// How downloads behave (shared by the commands that download).
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Retries per source after the first try (connection errors, stalls, 5xx, 429).
+    #[arg(long, default_value_t = 5, env = "COMFYSTORE_RETRIES")]
+    pub retries: u32,
+    /// Abandon (and retry) an attempt that receives nothing for this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "COMFYSTORE_HTTP_TIMEOUT")]
+    pub timeout: std::time::Duration,
+    /// Downloads at once.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Never touch the network: fail, naming what would be downloaded.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(Args, Debug)]

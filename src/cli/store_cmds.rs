@@ -11,6 +11,24 @@ pub fn run(mut cli: Cli) -> Result<u8> {
     // Lockfile commands open the store themselves, only when they need one.
     let command = match std::mem::replace(&mut cli.command, Command::Stats) {
         Command::Versions(cmd) => return super::lock_cmds::run(&cli, cmd),
+        Command::AddUrl {
+            url,
+            sha256,
+            blake3,
+            path,
+            comfy,
+            http,
+        } => {
+            return super::fetch_cmds::add_url(
+                &cli,
+                &url,
+                sha256.as_deref(),
+                blake3.as_deref(),
+                path.as_deref(),
+                comfy,
+                &http,
+            )
+        }
         other => other,
     };
     let store = super::open_store(&cli)?;
@@ -157,6 +175,7 @@ pub fn run(mut cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Versions(cmd) => super::lock_cmds::run(&cli, cmd),
+        Command::AddUrl { .. } => Ok(0),
     }
 }
 

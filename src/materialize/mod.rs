@@ -785,3 +785,28 @@ pub fn remove(store: &Store, dest: &Path, all: bool) -> Result<RemoveReport> {
     report.dest_removed = fs::remove_dir(&dest).is_ok();
     Ok(report)
 }
+
+/// Put one stored object at `dest` (a new file; its folder is created), linked the way `mode`
+/// allows. For `add-url --path`: a single model placed into an install.
+pub fn place_object(store: &Store, id: &ObjectId, dest: &Path, mode: LinkMode) -> Result<Method> {
+    let src = store
+        .find_object(id, false)
+        .ok_or_else(|| Error::NotFound(id.to_string()))?;
+    let parent = dest
+        .parent()
+        .ok_or_else(|| Error::bad_input(dest, "no parent folder"))?;
+    fs::create_dir_all(parent).ctx("create", parent)?;
+    let devs = (
+        fs::metadata(&src).ctx("stat", &src)?.dev(),
+        fs::metadata(parent).ctx("stat", parent)?.dev(),
+    );
+    link::place(
+        &link::Probe::default(),
+        devs,
+        mode,
+        &src,
+        dest,
+        false,
+        false,
+    )
+}

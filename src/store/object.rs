@@ -106,6 +106,19 @@ impl Store {
         want_sha256: bool,
         what: &Path,
     ) -> Result<PutResult> {
+        self.put_reader_checked(src, exec, want_sha256, what, &|_| Ok(()))
+    }
+
+    /// [`Store::put_reader`] for bytes from outside (downloads): `check` sees the digests
+    /// before anything is published, and an error from it leaves the store untouched.
+    pub fn put_reader_checked(
+        &self,
+        src: &mut dyn Read,
+        exec: bool,
+        want_sha256: bool,
+        what: &Path,
+        check: &dyn Fn(&Digests) -> Result<()>,
+    ) -> Result<PutResult> {
         let (f, tmp) = durable::create_temp(&self.tmp_dir())?;
         let mut sink = durable::BoundedWriteback::new(&f);
         let streamed =
@@ -117,6 +130,11 @@ impl Store {
                 return Err(e).ctx("read", what);
             }
         };
+        if let Err(e) = check(&digests) {
+            drop(f);
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         let dest = self.object_path(&digests.b3, exec);
         let state = self.object_state(&dest, digests.size)?;
         if state == ObjectState::Present {

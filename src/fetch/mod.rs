@@ -1,0 +1,6 @@
+//! Getting what the store lacks: HTTP downloads (models, wheels). Git sources, `fetch LOCK`,
+//! `verify` and mirrors build on this.
+
+pub mod http;
+
+pub use http::{Download, Downloaded, Expect, Fetcher, HttpOptions};
