@@ -5,7 +5,7 @@ use crate::fetch::{Download, Expect, Fetcher, HttpOptions};
 use crate::materialize::{self, LinkMode};
 use crate::store::{ObjectId, Sha256};
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 impl HttpArgs {
     pub fn options(&self) -> HttpOptions {
@@ -94,4 +94,41 @@ pub fn add_url(
         }
     }
     Ok(0)
+}
+
+pub fn fetch(
+    cli: &Cli,
+    lock: &Path,
+    only: Option<crate::fetch::Part>,
+    mirrors: &[String],
+    http: &HttpArgs,
+) -> Result<u8> {
+    let lockfile = crate::lock::Lockfile::read(lock)?;
+    let store = open_store(cli)?;
+    let report = crate::fetch::fetch_lock(&store, &lockfile, true, only, mirrors, http.options())?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for d in &report.downloaded {
+            println!("downloaded {} ({} bytes) from {}", d.label, d.size, d.url);
+        }
+        for (what, why) in &report.failed {
+            eprintln!("missing {what}: {why}");
+        }
+        if !cli.quiet {
+            eprintln!(
+                "{}: needed {} item(s) ({} bytes of models), downloaded {}, still missing {}",
+                lock.display(),
+                report.needed.len(),
+                report.needed_bytes,
+                report.downloaded.len(),
+                report.failed.len()
+            );
+        }
+    }
+    Ok(if report.complete() {
+        0
+    } else {
+        super::EXIT_FAILURE
+    })
 }

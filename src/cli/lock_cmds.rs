@@ -42,7 +42,7 @@ pub fn run(cli: &Cli, cmd: LockCommand) -> Result<u8> {
                 store.add_root(
                     &root,
                     &Root {
-                        ids: store_ids(&lockfile),
+                        ids: lockfile.store_ids(),
                         path: Some(abs),
                     },
                 )?;
@@ -163,19 +163,6 @@ fn report_warnings(json: bool, out: &Path, warnings: &[String]) -> Result<()> {
         println!("{}", out.display());
     }
     Ok(())
-}
-
-/// Every store id a lock names: what its GC root must keep.
-pub fn store_ids(l: &Lockfile) -> Vec<ObjectId> {
-    let mut ids: Vec<ObjectId> = l.comfyui.tree.into_iter().collect();
-    for n in &l.custom_nodes {
-        ids.extend(n.tree.or(n.file));
-    }
-    ids.extend(l.python.as_ref().and_then(|p| p.tree));
-    ids.extend(l.models.iter().map(|m| m.blake3));
-    ids.sort();
-    ids.dedup();
-    ids
 }
 
 /// A readable summary, and what the store would need to download.

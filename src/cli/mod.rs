@@ -176,6 +176,26 @@ pub enum Command {
         #[command(flatten)]
         http: HttpArgs,
     },
+    /// Make the store complete for a lockfile: download the models it lacks.
+    ///
+    /// Says what the store lacks, downloads it (in parallel, verified against the lock's
+    /// SHA-256, BLAKE3 and size) and reports. Exit 0 when the store holds everything, 1 when
+    /// something is still missing. Trees the store lacks are listed; fetching them from git
+    /// comes next. With --offline nothing is downloaded: it lists what would be.
+    #[command(
+        after_help = "Examples:\n  comfystore fetch lockfiles/comfy-v1.lock.json\n  comfystore fetch lockfiles/comfy-v1.lock.json --only models --jobs 8\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror-url http://mirror.internal/sha256   # tried first: <url>/<sha256>\n  comfystore fetch lockfiles/comfy-v1.lock.json --offline   # what is missing?"
+    )]
+    Fetch {
+        lock: PathBuf,
+        /// Only this part.
+        #[arg(long, value_enum)]
+        only: Option<crate::fetch::Part>,
+        /// An HTTP mirror holding files by SHA-256 (<url>/<sha256>), tried before each model's sources (repeatable).
+        #[arg(long, value_name = "URL")]
+        mirror_url: Vec<String>,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
     /// Manage GC roots: named pins of trees and objects.
     #[command(subcommand)]
     Root(RootCommand),

@@ -29,6 +29,12 @@ pub fn run(mut cli: Cli) -> Result<u8> {
                 &http,
             )
         }
+        Command::Fetch {
+            lock,
+            only,
+            mirror_url,
+            http,
+        } => return super::fetch_cmds::fetch(&cli, &lock, only, &mirror_url, &http),
         other => other,
     };
     let store = super::open_store(&cli)?;
@@ -175,7 +181,7 @@ pub fn run(mut cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Versions(cmd) => super::lock_cmds::run(&cli, cmd),
-        Command::AddUrl { .. } => Ok(0),
+        Command::AddUrl { .. } | Command::Fetch { .. } => Ok(0),
     }
 }
 

@@ -2,5 +2,7 @@
 //! `verify` and mirrors build on this.
 
 pub mod http;
+mod lockfile;
 
 pub use http::{Download, Downloaded, Expect, Fetcher, HttpOptions};
+pub use lockfile::{fetch_lock, FetchReport, Part};

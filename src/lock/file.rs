@@ -479,6 +479,19 @@ impl Lockfile {
         Ok(())
     }
 
+    /// Every store id the lock names (trees, file nodes, models): what its GC root keeps.
+    pub fn store_ids(&self) -> Vec<ObjectId> {
+        let mut ids: Vec<ObjectId> = self.comfyui.tree.into_iter().collect();
+        for n in &self.custom_nodes {
+            ids.extend(n.tree.or(n.file));
+        }
+        ids.extend(self.python.as_ref().and_then(|p| p.tree));
+        ids.extend(self.models.iter().map(|m| m.blake3));
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// Sort every array into its canonical order.
     pub fn canonicalize(&mut self) {
         self.custom_nodes.sort_by(|a, b| a.name.cmp(&b.name));
