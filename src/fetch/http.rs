@@ -292,6 +292,8 @@ impl Fetcher {
                 reason: "no source URL is known".into(),
             });
         }
+        // Held until the download is stored and recorded: gc must not take it meanwhile.
+        let _writer = store.lock_shared()?;
         let mut errors = Vec::new();
         let mut attempts = 0;
         for url in &d.sources {
@@ -364,16 +366,21 @@ impl Fetcher {
         match (transfer, put) {
             (Err(reason), _) => Err((reason, attempts)),
             (Ok(()), Err(e)) => Err((e.to_string(), attempts)),
-            (Ok(()), Ok(put)) => Ok(Downloaded {
-                label: d.label.clone(),
-                id: put.digests.b3,
-                sha256: put.digests.sha256.map(|s| s.hex()).unwrap_or_default(),
-                size: put.digests.size,
-                url: shown,
-                attempts,
-                resumed_bytes: progress.resumed,
-                new: put.new,
-            }),
+            (Ok(()), Ok(put)) => {
+                store
+                    .record_object(&put)
+                    .map_err(|e| (e.to_string(), attempts))?;
+                Ok(Downloaded {
+                    label: d.label.clone(),
+                    id: put.digests.b3,
+                    sha256: put.digests.sha256.map(|s| s.hex()).unwrap_or_default(),
+                    size: put.digests.size,
+                    url: shown,
+                    attempts,
+                    resumed_bytes: progress.resumed,
+                    new: put.new,
+                })
+            }
         }
     }
 

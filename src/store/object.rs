@@ -232,6 +232,26 @@ impl Store {
         Ok(want)
     }
 
+    /// Make an object stored by `put_reader*` from outside bytes (a download) known like one
+    /// from `add`: durable before anything refers to it, its SHA-256 alias, and its index row.
+    pub fn record_object(&self, put: &PutResult) -> Result<()> {
+        if put.new {
+            self.sync()?;
+        }
+        if let Some(sha) = put.digests.sha256 {
+            self.write_alias(&sha, &put.digests.b3)?;
+        }
+        if let Some(index) = self.index() {
+            let mut batch = super::index::Batch::default();
+            batch
+                .objects
+                .push((put.digests.b3, put.digests.size, put.digests.sha256));
+            batch.logical_added = put.digests.size;
+            index.commit(&batch)?;
+        }
+        Ok(())
+    }
+
     /// Record that the object with `sha` is `id`, as an alias file (the truth the index is
     /// rebuilt from). An existing alias is left alone.
     pub(crate) fn write_alias(&self, sha: &Sha256, id: &ObjectId) -> Result<()> {

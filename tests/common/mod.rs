@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod comfy;
+pub mod http;
 
 use serde_json::Value;
 use std::fs;
