@@ -36,15 +36,18 @@ pub fn bytes(len: u64, msg: &'static str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    bar.set_style(byte_style("{msg:>10}"));
     bar.set_message(msg);
     bar
+}
+
+/// The look of every byte-counting bar; `msg` is the label's template field.
+fn byte_style(msg: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!(
+        "{msg} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ")
 }
 
 /// Bars for several transfers at once (one line per file plus a total); hidden off a terminal.
@@ -59,13 +62,7 @@ pub fn multi() -> indicatif::MultiProgress {
 /// A byte bar for one file, named `name`, in `multi`.
 pub fn file_bar(multi: &indicatif::MultiProgress, len: Option<u64>, name: String) -> ProgressBar {
     let bar = multi.add(ProgressBar::new(len.unwrap_or(0)));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    bar.set_style(byte_style("{msg:30!}"));
     bar.set_message(name);
     bar
 }

@@ -6,7 +6,6 @@ mod common;
 use common::comfy::ComfyFixture;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 
 fn schema() -> jsonschema::Validator {
     let text = std::fs::read_to_string(
@@ -21,16 +20,23 @@ fn lock_fixture(root: &Path) -> Value {
     let f = ComfyFixture::build(root);
     let store = root.join("store");
     let out = root.join("v1.lock.json");
-    let res = Command::new(env!("CARGO_BIN_EXE_comfystore"))
-        .arg("--store")
-        .arg(&store)
-        .args(["lock", f.comfy.to_str().unwrap(), "--tag", "v1", "-o"])
-        .arg(&out)
-        .env("HF_HOME", root.join("hf"))
-        .env("HF_HUB_CACHE", root.join("hf/hub"))
-        .env_remove("VIRTUAL_ENV")
-        .output()
-        .unwrap();
+    let (hf, hub) = (root.join("hf"), root.join("hf/hub"));
+    let res = common::run_env(
+        &store,
+        &[
+            "lock",
+            f.comfy.to_str().unwrap(),
+            "--tag",
+            "v1",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &[
+            ("HF_HOME", Some(hf.as_os_str())),
+            ("HF_HUB_CACHE", Some(hub.as_os_str())),
+            ("VIRTUAL_ENV", None),
+        ],
+    );
     assert!(
         res.status.success(),
         "{}",

@@ -105,7 +105,7 @@ pub fn fetch(
 ) -> Result<u8> {
     let lockfile = crate::lock::Lockfile::read(lock)?;
     let store = open_store(cli)?;
-    let report = crate::fetch::fetch_lock(&store, &lockfile, true, only, mirrors, http.options())?;
+    let report = crate::fetch::fetch_lock(&store, &lockfile, only, mirrors, http.options())?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

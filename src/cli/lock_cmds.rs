@@ -31,11 +31,7 @@ pub fn run(cli: &Cli, cmd: LockCommand) -> Result<u8> {
             let out = a
                 .output
                 .unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{}.lock.json", a.tag)));
-            let bytes = lockfile.to_canonical();
-            let unchanged = std::fs::read(&out).is_ok_and(|old| old == bytes);
-            if !unchanged {
-                lockfile.write(&out)?;
-            }
+            let unchanged = !lockfile.write(&out)?;
             let root = format!("lock/{}", a.tag);
             if !a.no_root {
                 let abs = std::path::absolute(&out).unwrap_or(out.clone());

@@ -180,8 +180,9 @@ pub fn run(mut cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Versions(cmd) => super::lock_cmds::run(&cli, cmd),
-        Command::AddUrl { .. } | Command::Fetch { .. } => Ok(0),
+        Command::Versions(_) | Command::AddUrl { .. } | Command::Fetch { .. } => {
+            unreachable!("dispatched above, before the store is opened")
+        }
     }
 }
 

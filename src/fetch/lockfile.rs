@@ -36,12 +36,12 @@ impl FetchReport {
     }
 }
 
-/// Fetch what `lock` names and the store lacks; `only` limits it to one part. `mirrors` are
+/// Fetch what `lock` names and the store lacks, then pin it with the root `lock/<tag>`; `only`
+/// limits it to one part. `mirrors` are
 /// URL prefixes tried before a model's own sources (`<mirror>/<sha256>`).
 pub fn fetch_lock(
     store: &Store,
     lock: &Lockfile,
-    tag_root: bool,
     only: Option<Part>,
     mirrors: &[String],
     http: HttpOptions,
@@ -111,15 +111,20 @@ pub fn fetch_lock(
             }
         }
     }
-    if tag_root {
-        let ids: Vec<_> = lock
-            .store_ids()
+    // Pin what the store now holds, keeping the lockfile path a `lock` run recorded.
+    let ids: Vec<_> = lock
+        .store_ids()
+        .into_iter()
+        .filter(|id| store.has_tree(id) || store.has_object(id))
+        .collect();
+    if !ids.is_empty() {
+        let name = format!("lock/{}", lock.tag);
+        let path = store
+            .list_roots()?
             .into_iter()
-            .filter(|id| store.has_tree(id) || store.has_object(id))
-            .collect();
-        if !ids.is_empty() {
-            store.add_root(&format!("lock/{}", lock.tag), &Root { ids, path: None })?;
-        }
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, r)| r.path);
+        store.add_root(&name, &Root { ids, path })?;
     }
     Ok(report)
 }

@@ -515,15 +515,21 @@ impl Lockfile {
         out
     }
 
-    /// Validate, then write the canonical bytes atomically (temp file + rename).
-    pub fn write(&self, path: &Path) -> Result<()> {
+    /// Validate, then write the canonical bytes atomically (temp file + rename), unless the
+    /// file already holds them. Returns whether it wrote.
+    pub fn write(&self, path: &Path) -> Result<bool> {
         self.validate().map_err(|e| {
             Error::bad_input(path, format!("refusing to write an invalid lock: {e}"))
         })?;
+        let bytes = self.to_canonical();
+        if std::fs::read(path).is_ok_and(|old| old == bytes) {
+            return Ok(false);
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).ctx("create", dir)?;
         }
-        crate::store::write_file_atomic(path, &self.to_canonical(), 0o644)
+        crate::store::write_file_atomic(path, &bytes, 0o644)?;
+        Ok(true)
     }
 }
 

@@ -49,8 +49,9 @@ pub fn read_extra_paths(yaml: &Path) -> Result<ExtraPaths> {
     let doc: Option<BTreeMap<String, Option<BTreeMap<String, serde_json::Value>>>> =
         serde_saphyr::from_str(&text)
             .map_err(|e| Error::bad_input(yaml, format!("invalid YAML: {e}")))?;
-    // Sections in file order matter for which duplicate wins; serde gives sorted maps, so
-    // keep ComfyUI's behaviour where it is observable (first folder wins) by sorting stably.
+    // Sections and keys are read in name order, not file order: it only matters when two
+    // sections name the same folder and hold the same file, and then the choice is at least
+    // deterministic (and reported by `discover`).
     let yaml_dir = yaml
         .canonicalize()
         .ok()

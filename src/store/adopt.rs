@@ -19,7 +19,6 @@ use serde::Serialize;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 /// How far `adopt` may go to avoid a copy.
@@ -66,7 +65,6 @@ impl Store {
         };
         let total: u64 = metas.iter().map(|m| m.size).sum();
         let bar = crate::progress::bytes(total, "models");
-        let new_objects = AtomicU64::new(0);
         let results: Vec<(AdoptReport, Option<StatKey>, bool)> = paths
             .par_iter()
             .zip(metas.par_iter())
@@ -74,16 +72,13 @@ impl Store {
             .map(|((path, stat), cached)| {
                 let r = self.adopt_one(path, *stat, *cached, mode);
                 bar.inc(stat.size);
-                if matches!(&r, Ok((rep, _, _)) if matches!(rep.how, "reflink" | "hardlink" | "copy"))
-                {
-                    new_objects.fetch_add(1, Ordering::Relaxed);
-                }
                 r
             })
             .collect::<Result<_>>()?;
         bar.finish_and_clear();
 
-        if new_objects.load(Ordering::Relaxed) > 0 {
+        let wrote = |how: &str| matches!(how, "reflink" | "hardlink" | "copy");
+        if results.iter().any(|(rep, _, _)| wrote(rep.how)) {
             self.sync()?;
         }
         let mut batch = Batch::default();
