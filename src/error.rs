@@ -46,6 +46,9 @@ pub enum Error {
     /// A download that failed for good (after retries, on every source).
     #[error("download {what}: {reason}")]
     Download { what: String, reason: String },
+    /// A git fetch or checkout failed, or gave another tree than the lock's.
+    #[error("git {what}: {reason}")]
+    Git { what: String, reason: String },
     /// The store directory is not usable as a store.
     #[error("store {}: {reason}", path.display())]
     Store { path: PathBuf, reason: String },

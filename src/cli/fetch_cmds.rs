@@ -1,11 +1,58 @@
-//! Handlers of the download commands (`add-url`).
+//! Handlers of the commands that get what the store lacks: `add-url`, `fetch`, `verify`,
+//! `mirror`.
 
-use super::{open_store, Cli, HttpArgs};
-use crate::fetch::{Download, Expect, Fetcher, HttpOptions};
+use super::{open_store, Cli, FetchCommand, HttpArgs, SourceArgs};
+use crate::fetch::{Download, Expect, FetchOptions, FetchReport, Fetcher, HttpOptions};
 use crate::materialize::{self, LinkMode};
 use crate::store::{ObjectId, Sha256};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+
+/// `verify` exit codes (after e2fsck's: problems fixed, problems left).
+pub const EXIT_FIXED: u8 = 3;
+pub const EXIT_BROKEN: u8 = 4;
+
+pub fn run(cli: &Cli, cmd: FetchCommand) -> Result<u8> {
+    match cmd {
+        FetchCommand::AddUrl {
+            url,
+            sha256,
+            blake3,
+            path,
+            comfy,
+            http,
+        } => add_url(
+            cli,
+            &url,
+            sha256.as_deref(),
+            blake3.as_deref(),
+            path.as_deref(),
+            comfy,
+            &http,
+        ),
+        FetchCommand::Fetch { lock, sources } => fetch(cli, &lock, &sources),
+        FetchCommand::Verify {
+            lock,
+            dest,
+            fix,
+            full,
+            sources,
+        } => verify(cli, &lock, &dest, fix, full, &sources),
+        FetchCommand::Mirror { lock, dir, sources } => mirror(cli, &lock, &dir, &sources),
+    }
+}
+
+impl SourceArgs {
+    fn options(&self) -> FetchOptions {
+        FetchOptions {
+            only: self.only,
+            mirror_urls: self.mirror_url.clone(),
+            mirror_dirs: self.mirror.clone(),
+            http: self.http.options(),
+            all_wheels: false,
+        }
+    }
+}
 
 impl HttpArgs {
     pub fn options(&self) -> HttpOptions {
@@ -20,7 +67,7 @@ impl HttpArgs {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn add_url(
+fn add_url(
     cli: &Cli,
     url: &str,
     sha256: Option<&str>,
@@ -96,37 +143,141 @@ pub fn add_url(
     Ok(0)
 }
 
-pub fn fetch(
-    cli: &Cli,
-    lock: &Path,
-    only: Option<crate::fetch::Part>,
-    mirrors: &[String],
-    http: &HttpArgs,
-) -> Result<u8> {
+fn fetch(cli: &Cli, lock: &Path, sources: &SourceArgs) -> Result<u8> {
     let lockfile = crate::lock::Lockfile::read(lock)?;
     let store = open_store(cli)?;
-    let report = crate::fetch::fetch_lock(&store, &lockfile, only, mirrors, http.options())?;
+    let report = crate::fetch::fetch_lock(&store, &lockfile, &sources.options())?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        for d in &report.downloaded {
-            println!("downloaded {} ({} bytes) from {}", d.label, d.size, d.url);
+        print_fetch(cli, lock, &report);
+    }
+    Ok(if report.complete() {
+        0
+    } else {
+        super::EXIT_FAILURE
+    })
+}
+
+/// What a fetch did, for people: one line per item got or missing, then a summary.
+fn print_fetch(cli: &Cli, lock: &Path, report: &FetchReport) {
+    for b in &report.imported {
+        println!("imported {}", b.display());
+    }
+    for t in &report.trees {
+        println!(
+            "fetched {} {} from {}@{}",
+            t.label, t.tree, t.repo, t.commit
+        );
+    }
+    for d in &report.downloaded {
+        println!("downloaded {} ({} bytes) from {}", d.label, d.size, d.url);
+    }
+    for (what, why) in &report.failed {
+        eprintln!("missing {what}: {why}");
+    }
+    if !cli.quiet {
+        eprintln!(
+            "{}: needed {} item(s) ({} bytes of files), got {} tree(s) and {} file(s), still missing {}",
+            lock.display(),
+            report.needed.len(),
+            report.needed_bytes,
+            report.trees.len(),
+            report.downloaded.len(),
+            report.failed.len()
+        );
+    }
+}
+
+fn verify(
+    cli: &Cli,
+    lock: &Path,
+    dest: &Path,
+    fix: bool,
+    full: bool,
+    sources: &SourceArgs,
+) -> Result<u8> {
+    use crate::materialize::{VerifyOptions, VerifyState};
+    let lockfile = crate::lock::Lockfile::read(lock)?;
+    if !dest.is_dir() {
+        bail!("{}: not a folder", dest.display());
+    }
+    let store = open_store(cli)?;
+    let opts = VerifyOptions {
+        full,
+        fix,
+        fetch: sources.options(),
+    };
+    let r = crate::materialize::verify(&store, &lockfile, dest, &opts)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        if let Some(f) = &r.fetched {
+            print_fetch(cli, lock, f);
         }
-        for (what, why) in &report.failed {
-            eprintln!("missing {what}: {why}");
+        let list = |what: &str, v: &[String]| {
+            for p in v {
+                println!("{what}\t{p}");
+            }
+        };
+        list("missing", &r.found.missing);
+        list("modified", &r.found.modified);
+        list("store-object-changed", &r.found.store_objects_changed);
+        list("extra-model", &r.extra_models);
+        list("unchecked", &r.unchecked);
+        if let Some(after) = &r.after {
+            list("still-missing", &after.missing);
+            list("still-modified", &after.modified);
         }
         if !cli.quiet {
+            let f = &r.found;
             eprintln!(
-                "{}: needed {} item(s) ({} bytes of models), downloaded {}, still missing {}",
-                lock.display(),
-                report.needed.len(),
-                report.needed_bytes,
-                report.downloaded.len(),
-                report.failed.len()
+                "{}: {} entries, {} ok, {} missing, {} modified, {} extra model(s), {} rehashed: {}",
+                dest.display(),
+                f.entries,
+                f.ok,
+                f.missing.len(),
+                f.modified.len() + f.store_objects_changed.len(),
+                r.extra_models.len(),
+                f.rehashed,
+                match r.state {
+                    VerifyState::Clean => "clean",
+                    VerifyState::Fixed => "fixed",
+                    VerifyState::Broken if fix => "still broken",
+                    VerifyState::Broken => "broken (--fix restores it)",
+                }
             );
         }
     }
-    Ok(if report.complete() {
+    Ok(match r.state {
+        VerifyState::Clean => 0,
+        VerifyState::Fixed => EXIT_FIXED,
+        VerifyState::Broken => EXIT_BROKEN,
+    })
+}
+
+fn mirror(cli: &Cli, lock: &Path, dir: &Path, sources: &SourceArgs) -> Result<u8> {
+    let lockfile = crate::lock::Lockfile::read(lock)?;
+    let store = open_store(cli)?;
+    let r = crate::fetch::write_mirror(&store, &lockfile, dir, &sources.options())?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_fetch(cli, lock, &r.fetch);
+        if let Some(b) = &r.bundle {
+            println!("bundle {} ({} bytes)", b.display(), r.bundle_bytes);
+        }
+        if !cli.quiet {
+            eprintln!(
+                "{}: {} file(s) written, {} already there, {} bytes",
+                dir.display(),
+                r.written,
+                r.present,
+                r.bytes
+            );
+        }
+    }
+    Ok(if r.fetch.complete() {
         0
     } else {
         super::EXIT_FAILURE

@@ -23,6 +23,8 @@ Examples:
   comfystore lock ./ComfyUI --tag v1          # store everything, write lockfiles/comfy-v1.lock.json
   comfystore diff lockfiles/comfy-v1.lock.json lockfiles/comfy-v2.lock.json
   comfystore show lockfiles/comfy-v1.lock.json
+  comfystore fetch lockfiles/comfy-v1.lock.json   # get what the store lacks (git, HTTP, mirrors)
+  comfystore verify lockfiles/comfy-v1.lock.json ./ComfyUI --fix
   comfystore add ./ComfyUI --exclude models --exclude-name .git
   comfystore add model.safetensors            # prints b3:<id> and records its SHA-256
   comfystore ls b3:1f0c…                      # what a tree holds
@@ -55,6 +57,8 @@ pub struct Cli {
 pub enum Command {
     #[command(flatten)]
     Versions(LockCommand),
+    #[command(flatten)]
+    Sources(FetchCommand),
     /// Add files (→ object id) and directories (→ tree id) to the store.
     ///
     /// Prints `<id>\t<path>` per path. Symlinks inside a directory are recorded, never followed.
@@ -149,53 +153,6 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Download a file (a model) into the store, verified, and remember its URL.
-    ///
-    /// Resumes dropped connections (Range + If-Range), retries transient failures with
-    /// backoff, honours Retry-After, and refuses bytes whose hash is not the one given. Tokens
-    /// come from the environment and are sent only to their own host: HF_TOKEN
-    /// (huggingface.co), CIVITAI_API_TOKEN (civitai.com), COMFYSTORE_TOKENS=host=token,...
-    /// A later `lock` lists the URL as a source of this content.
-    #[command(
-        after_help = "Examples:\n  comfystore add-url https://huggingface.co/org/repo/resolve/main/model.safetensors --sha256 31e3…\n  comfystore add-url https://civitai.com/api/download/models/128078 --path models/loras/style.safetensors --comfy /workspace/ComfyUI"
-    )]
-    AddUrl {
-        url: String,
-        /// Expected SHA-256 (64 hex): anything else is refused and not stored.
-        #[arg(long, value_name = "HEX")]
-        sha256: Option<String>,
-        /// Expected BLAKE3 (64 hex, or b3:<hex>).
-        #[arg(long, value_name = "HEX")]
-        blake3: Option<String>,
-        /// Also place the file at this path of the ComfyUI folder (e.g. models/loras/x.safetensors).
-        #[arg(long, value_name = "REL_PATH")]
-        path: Option<String>,
-        /// The ComfyUI folder, for --path.
-        #[arg(long, env = "COMFY_HOME", value_name = "DIR")]
-        comfy: Option<PathBuf>,
-        #[command(flatten)]
-        http: HttpArgs,
-    },
-    /// Make the store complete for a lockfile: download the models it lacks.
-    ///
-    /// Says what the store lacks, downloads it (in parallel, verified against the lock's
-    /// SHA-256, BLAKE3 and size) and reports. Exit 0 when the store holds everything, 1 when
-    /// something is still missing. Trees the store lacks are listed; fetching them from git
-    /// comes next. With --offline nothing is downloaded: it lists what would be.
-    #[command(
-        after_help = "Examples:\n  comfystore fetch lockfiles/comfy-v1.lock.json\n  comfystore fetch lockfiles/comfy-v1.lock.json --only models --jobs 8\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror-url http://mirror.internal/sha256   # tried first: <url>/<sha256>\n  comfystore fetch lockfiles/comfy-v1.lock.json --offline   # what is missing?"
-    )]
-    Fetch {
-        lock: PathBuf,
-        /// Only this part.
-        #[arg(long, value_enum)]
-        only: Option<crate::fetch::Part>,
-        /// An HTTP mirror holding files by SHA-256 (<url>/<sha256>), tried before each model's sources (repeatable).
-        #[arg(long, value_name = "URL")]
-        mirror_url: Vec<String>,
-        #[command(flatten)]
-        http: HttpArgs,
-    },
     /// Manage GC roots: named pins of trees and objects.
     #[command(subcommand)]
     Root(RootCommand),
@@ -228,6 +185,114 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         root: Option<String>,
     },
+}
+
+/// Getting what the store lacks, and checking installs against their lock.
+#[derive(Subcommand, Debug)]
+pub enum FetchCommand {
+    /// Download a file (a model) into the store, verified, and remember its URL.
+    ///
+    /// Resumes dropped connections (Range + If-Range), retries transient failures with
+    /// backoff, honours Retry-After, and refuses bytes whose hash is not the one given. Tokens
+    /// come from the environment and are sent only to their own host: HF_TOKEN
+    /// (huggingface.co), CIVITAI_API_TOKEN (civitai.com), COMFYSTORE_TOKENS=host=token,...
+    /// A later `lock` lists the URL as a source of this content.
+    #[command(
+        after_help = "Examples:\n  comfystore add-url https://huggingface.co/org/repo/resolve/main/model.safetensors --sha256 31e3…\n  comfystore add-url https://civitai.com/api/download/models/128078 --path models/loras/style.safetensors --comfy /workspace/ComfyUI"
+    )]
+    AddUrl {
+        url: String,
+        /// Expected SHA-256 (64 hex): anything else is refused and not stored.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// Expected BLAKE3 (64 hex, or b3:<hex>).
+        #[arg(long, value_name = "HEX")]
+        blake3: Option<String>,
+        /// Also place the file at this path of the ComfyUI folder (e.g. models/loras/x.safetensors).
+        #[arg(long, value_name = "REL_PATH")]
+        path: Option<String>,
+        /// The ComfyUI folder, for --path.
+        #[arg(long, env = "COMFY_HOME", value_name = "DIR")]
+        comfy: Option<PathBuf>,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// Make the store complete for a lockfile: trees from git, models and wheels over HTTP.
+    ///
+    /// Says what the store lacks, gets it and reports. Source trees are rebuilt from their
+    /// repo and commit (a shallow fetch; a full one where the server refuses) and must give
+    /// the lock's tree id exactly. Models are downloaded in parallel and verified against the
+    /// lock's SHA-256, BLAKE3 and size; wheels too, when the environment tree is missing.
+    /// Offline mirrors (--mirror DIR) and HTTP mirrors (--mirror-url) are tried first.
+    /// Exit 0 when the store holds everything, 1 when something is still missing.
+    /// Git tokens: GITHUB_TOKEN (github.com), GIT_TOKEN (any https host; TOKEN or USER:TOKEN).
+    #[command(
+        after_help = "Examples:\n  comfystore fetch lockfiles/comfy-v1.lock.json\n  comfystore fetch lockfiles/comfy-v1.lock.json --only models --jobs 8\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror /mnt/usb/comfy-mirror --offline\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror-url http://mirror.internal/sha256   # tried first: <url>/<sha256>\n  comfystore fetch lockfiles/comfy-v1.lock.json --offline   # what is missing?"
+    )]
+    Fetch {
+        lock: PathBuf,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
+    /// Check a ComfyUI folder against its lockfile; with --fix, restore it.
+    ///
+    /// Finds missing files, files whose content is not the lock's, and model files the lock
+    /// does not list. Unchanged files are vouched for by the stat cache (--full rehashes).
+    /// With --fix, what the store lacks is fetched (unless --offline), then missing and
+    /// corrupt files are restored from the store; files the lock does not list are never
+    /// touched. DEST may be a materialized version or your own install locked in place.
+    /// Exit codes: 0 clean, 3 fixed, 4 still broken, 1 error, 2 bad usage.
+    #[command(
+        after_help = "Examples:\n  comfystore verify lockfiles/comfy-v1.lock.json /workspace/ComfyUI\n  comfystore verify lockfiles/comfy-v1.lock.json /workspace/ComfyUI --only models --fix\n  comfystore verify lockfiles/comfy-v1.lock.json /workspace/ComfyUI --full --json\n  comfystore verify lockfiles/comfy-v1.lock.json /workspace/ComfyUI --fix --offline --mirror /mnt/mirror"
+    )]
+    Verify {
+        lock: PathBuf,
+        /// The ComfyUI folder.
+        #[arg(env = "COMFY_HOME")]
+        dest: PathBuf,
+        /// Restore missing and corrupt files (fetching what the store lacks).
+        #[arg(long)]
+        fix: bool,
+        /// Rehash every file instead of trusting unchanged stat data.
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
+    /// Write an offline mirror of a lockfile: models, wheels (PEP 503 index and flat
+    /// find-links), and a bundle of its trees.
+    ///
+    /// Fetches what the store lacks first. Files are linked from the store where the
+    /// filesystem allows (reflink, else hardlink), else copied. Several locks can share one
+    /// mirror. On the machine without network:
+    ///   comfystore fetch LOCK --mirror DIR --offline
+    ///   pip install --no-index --find-links DIR/wheels PACKAGE     (or --index-url file://DIR/simple)
+    /// Served over HTTP (python -m http.server -d DIR), DIR/sha256/ works with --mirror-url.
+    #[command(
+        after_help = "Examples:\n  comfystore mirror lockfiles/comfy-v1.lock.json /mnt/usb/comfy-mirror\n  comfystore mirror lockfiles/comfy-v1.lock.json /srv/mirror --only models"
+    )]
+    Mirror {
+        lock: PathBuf,
+        dir: PathBuf,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
+}
+
+/// Where fetching commands look, and which part of a lock they handle.
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// Only this part of the lock.
+    #[arg(long, value_enum)]
+    pub only: Option<crate::fetch::Part>,
+    /// An offline mirror folder written by `comfystore mirror`, tried first (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub mirror: Vec<PathBuf>,
+    /// An HTTP mirror holding files by SHA-256 (<url>/<sha256>), tried before a file's own sources (repeatable).
+    #[arg(long, value_name = "URL")]
+    pub mirror_url: Vec<String>,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// Versions as lockfiles.

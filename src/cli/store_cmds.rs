@@ -11,30 +11,7 @@ pub fn run(mut cli: Cli) -> Result<u8> {
     // Lockfile commands open the store themselves, only when they need one.
     let command = match std::mem::replace(&mut cli.command, Command::Stats) {
         Command::Versions(cmd) => return super::lock_cmds::run(&cli, cmd),
-        Command::AddUrl {
-            url,
-            sha256,
-            blake3,
-            path,
-            comfy,
-            http,
-        } => {
-            return super::fetch_cmds::add_url(
-                &cli,
-                &url,
-                sha256.as_deref(),
-                blake3.as_deref(),
-                path.as_deref(),
-                comfy,
-                &http,
-            )
-        }
-        Command::Fetch {
-            lock,
-            only,
-            mirror_url,
-            http,
-        } => return super::fetch_cmds::fetch(&cli, &lock, only, &mirror_url, &http),
+        Command::Sources(cmd) => return super::fetch_cmds::run(&cli, cmd),
         other => other,
     };
     let store = super::open_store(&cli)?;
@@ -180,7 +157,7 @@ pub fn run(mut cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Versions(_) | Command::AddUrl { .. } | Command::Fetch { .. } => {
+        Command::Versions(_) | Command::Sources(_) => {
             unreachable!("dispatched above, before the store is opened")
         }
     }

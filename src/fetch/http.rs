@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, SystemTime};
 
+/// Sources with this prefix are local files (an offline mirror), read without the network.
+pub const FILE_SCHEME: &str = "file://";
+
 /// How downloads behave.
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
@@ -117,6 +120,27 @@ pub struct Downloaded {
     pub resumed_bytes: u64,
     /// False when the store already had the content.
     pub new: bool,
+}
+
+impl Downloaded {
+    fn of(
+        d: &Download,
+        put: &crate::store::PutResult,
+        url: String,
+        attempts: u32,
+        resumed: u64,
+    ) -> Downloaded {
+        Downloaded {
+            label: d.label.clone(),
+            id: put.digests.b3,
+            sha256: put.digests.sha256.map(|s| s.hex()).unwrap_or_default(),
+            size: put.digests.size,
+            url,
+            attempts,
+            resumed_bytes: resumed,
+            new: put.new,
+        }
+    }
 }
 
 /// Bearer tokens by exact host name.
@@ -277,16 +301,24 @@ impl Fetcher {
         d: &Download,
         bar: &indicatif::ProgressBar,
     ) -> Result<Downloaded> {
-        if self.opts.offline {
+        // Local mirrors (`file://`) are not the network: offline still reads them.
+        let sources: Vec<&String> = d
+            .sources
+            .iter()
+            .filter(|u| !self.opts.offline || u.starts_with(FILE_SCHEME))
+            .collect();
+        if self.opts.offline && sources.is_empty() {
             return Err(Error::Download {
                 what: d.label.clone(),
                 reason: format!(
                     "offline: would download it from {}",
-                    d.sources.first().map_or("(no source)", String::as_str)
+                    d.sources
+                        .first()
+                        .map_or("(no source)".to_string(), |u| crate::lock::redact_url(u))
                 ),
             });
         }
-        if d.sources.is_empty() {
+        if sources.is_empty() {
             return Err(Error::Download {
                 what: d.label.clone(),
                 reason: "no source URL is known".into(),
@@ -296,12 +328,19 @@ impl Fetcher {
         let _writer = store.lock_shared()?;
         let mut errors = Vec::new();
         let mut attempts = 0;
-        for url in &d.sources {
+        for url in sources {
             let shown = crate::lock::redact_url(url);
-            match self.try_source(store, d, url, bar) {
+            let tried = match url.strip_prefix(FILE_SCHEME) {
+                Some(path) => self.try_file(store, d, Path::new(path), bar),
+                None => self.try_source(store, d, url, bar),
+            };
+            match tried {
                 Ok(mut r) => {
                     r.attempts += attempts;
-                    store.add_source(&r.id, &shown)?;
+                    // A local mirror is where this machine found it, not a source to lock.
+                    if !url.starts_with(FILE_SCHEME) {
+                        store.add_source(&r.id, &shown)?;
+                    }
                     return Ok(r);
                 }
                 Err((reason, n)) => {
@@ -321,6 +360,32 @@ impl Fetcher {
             what: d.label.clone(),
             reason: errors.join("; "),
         })
+    }
+
+    /// A local file (an offline mirror): stored like a download, checked the same way. A
+    /// missing file is a failed source, so the next one is tried.
+    fn try_file(
+        &self,
+        store: &Store,
+        d: &Download,
+        path: &Path,
+        bar: &indicatif::ProgressBar,
+    ) -> std::result::Result<Downloaded, (String, u32)> {
+        let fail = |e: String| (e, 1);
+        let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+        let put = store
+            .put_reader_checked(&mut bar.wrap_read(file), false, true, path, &|dg| {
+                d.expect.check(dg, &path.display().to_string())
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        store.record_object(&put).map_err(|e| fail(e.to_string()))?;
+        Ok(Downloaded::of(
+            d,
+            &put,
+            format!("{FILE_SCHEME}{}", path.display()),
+            1,
+            0,
+        ))
     }
 
     /// One source: a pipeline thread stores what the transfer streams into it.
@@ -370,16 +435,7 @@ impl Fetcher {
                 store
                     .record_object(&put)
                     .map_err(|e| (e.to_string(), attempts))?;
-                Ok(Downloaded {
-                    label: d.label.clone(),
-                    id: put.digests.b3,
-                    sha256: put.digests.sha256.map(|s| s.hex()).unwrap_or_default(),
-                    size: put.digests.size,
-                    url: shown,
-                    attempts,
-                    resumed_bytes: progress.resumed,
-                    new: put.new,
-                })
+                Ok(Downloaded::of(d, &put, shown, attempts, progress.resumed))
             }
         }
     }

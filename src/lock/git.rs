@@ -21,26 +21,29 @@ pub struct GitState {
     pub ignored: Vec<String>,
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
-    let out = Command::new("git")
-        .arg("-C")
+/// `git -C dir` with the settings every comfystore git call needs.
+pub(crate) fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.arg("-C")
         .arg(dir)
-        // Read-only queries on repos that may belong to another user (a volume, a container).
+        // Repos that may belong to another user (a volume, a container).
         .args(["-c", "safe.directory=*", "-c", "core.quotePath=false"])
-        .args(args)
         .env("GIT_OPTIONAL_LOCKS", "0")
-        // A GIT_DIR from the caller's environment would point every query at another repo.
+        // A GIT_DIR from the caller's environment would point every call at another repo.
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE")
         .env_remove("GIT_INDEX_FILE")
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| {
-            Error::bad_input(
-                dir,
-                format!("cannot run git ({e}); git must be on the PATH to lock a repo"),
-            )
-        })?;
+        .env("LC_ALL", "C");
+    cmd
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let out = command(dir).args(args).output().map_err(|e| {
+        Error::bad_input(
+            dir,
+            format!("cannot run git ({e}); git must be on the PATH to lock a repo"),
+        )
+    })?;
     if !out.status.success() {
         return Err(Error::bad_input(
             dir,

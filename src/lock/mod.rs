@@ -8,7 +8,7 @@
 
 pub mod diff;
 mod file;
-mod git;
+pub(crate) mod git;
 mod models;
 mod python;
 pub mod snapshot;
@@ -17,7 +17,7 @@ pub use file::{
     check_tag, is_commit, normalize_package_name, redact_url, ComfyUi, CustomNode, Lockfile, Model,
     Package, Python, Registry, SCHEMA,
 };
-pub use git::{CACHE_NAMES, CACHE_SUFFIXES};
+pub use git::{GitState, CACHE_NAMES, CACHE_SUFFIXES};
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::{AddOptions, AdoptMode, ObjectId, Store};
@@ -91,10 +91,7 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
         python::find_venv(&comfy, opts.venv.as_deref())
     };
     // The venv and any other top-level folder that is a venv stay out of the source tree.
-    let mut excludes: Vec<String> = COMFY_DATA_DIRS.iter().map(|s| s.to_string()).collect();
-    for name in ["venv", ".venv"] {
-        excludes.push(name.to_string());
-    }
+    let mut excludes = comfyui_excludes();
     if let Some(rel) = venv
         .as_ref()
         .and_then(|v| v.canonicalize().ok())
@@ -177,14 +174,14 @@ fn count(report: &mut LockReport, add: &crate::store::AddReport) {
 }
 
 /// Store a source folder: a git work tree by what git would check out, anything else by a walk.
-/// Caches (`__pycache__`, `*.pyc`) are never part of it.
-fn lock_source(
+/// Caches (`__pycache__`, `*.pyc`) and `.git` are never part of it; neither are the top-level
+/// names in `excludes`. `fetch` stores fresh checkouts through this too, so a clean repo's
+/// locked tree and the tree of a checkout of its commit are the same.
+pub fn add_source_tree(
     store: &Store,
     dir: &Path,
     excludes: &[String],
-    label: &str,
-    report: &mut LockReport,
-) -> Result<(Option<git::GitState>, ObjectId)> {
+) -> Result<(Option<GitState>, crate::store::AddReport)> {
     let ex: Vec<&str> = excludes.iter().map(String::as_str).collect();
     let state = git::inspect(dir, &ex)?;
     let mut exclude_names: Vec<String> = CACHE_NAMES.iter().map(|s| s.to_string()).collect();
@@ -197,6 +194,26 @@ fn lock_source(
         ..Default::default()
     };
     let add = store.add_tree(dir, &opts)?;
+    Ok((state, add))
+}
+
+/// The top-level names left out of the `comfyui` tree (data folders and venvs), besides the
+/// venv `lock` finds elsewhere inside the install.
+pub fn comfyui_excludes() -> Vec<String> {
+    let mut v: Vec<String> = COMFY_DATA_DIRS.iter().map(|s| s.to_string()).collect();
+    v.extend(["venv".to_string(), ".venv".to_string()]);
+    v
+}
+
+/// Store a source folder for `lock`, turning what git says into warnings.
+fn lock_source(
+    store: &Store,
+    dir: &Path,
+    excludes: &[String],
+    label: &str,
+    report: &mut LockReport,
+) -> Result<(Option<git::GitState>, ObjectId)> {
+    let (state, add) = add_source_tree(store, dir, excludes)?;
     count(report, &add);
     if let Some(g) = &state {
         if g.dirty {

@@ -7,9 +7,13 @@
 
 pub mod link;
 mod marker;
+mod verify;
+mod version;
 
 pub use link::{LinkMode, LinkPolicy, Method, PrefixRule};
 pub use marker::{Marker, MARKER_NAME};
+pub use verify::{verify, VerifyOptions, VerifyReport, VerifyState};
+pub use version::{compose, Version, VENV_DIR};
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::{Entry, Manifest, Node, ObjectId, Root, StatKey, Store};
@@ -383,9 +387,47 @@ pub fn status(store: &Store, dest: &Path, verify: bool) -> Result<StatusReport> 
         seen,
         checked,
     } = load(store, &dest, verify, "not a materialized directory")?;
+    summarize(
+        store,
+        &manifest,
+        &seen,
+        checked,
+        Some(marker.tree),
+        marker.complete,
+    )
+}
+
+/// Compare DEST with `manifest`, whatever DEST's marker says (or without one: an install
+/// made by other means). `complete` is reported as true.
+pub fn status_against(
+    store: &Store,
+    dest: &Path,
+    manifest: &Manifest,
+    verify: bool,
+) -> Result<StatusReport> {
+    let dest = dest.canonicalize().ctx("resolve", dest)?;
+    let seen = scan_dest(&dest)?;
+    let checker = Checker {
+        store,
+        dest: &dest,
+        verify,
+    };
+    let checked = checker.check_all(manifest, &seen)?;
+    summarize(store, manifest, &seen, checked, None, true)
+}
+
+/// Turn per-entry checks into a report, and save the stat-cache rows they produced.
+fn summarize(
+    store: &Store,
+    manifest: &Manifest,
+    seen: &HashMap<String, Seen>,
+    checked: Vec<Checked>,
+    tree: Option<ObjectId>,
+    complete: bool,
+) -> Result<StatusReport> {
     let mut report = StatusReport {
-        tree: Some(marker.tree),
-        complete: marker.complete,
+        tree,
+        complete,
         entries: manifest.entries.len() as u64,
         ..Default::default()
     };
@@ -400,7 +442,7 @@ pub fn status(store: &Store, dest: &Path, verify: bool) -> Result<StatusReport> 
             EntryState::StoreObjectChanged => report.store_objects_changed.push(e.path.clone()),
         }
     }
-    report.extra = extras(&manifest, &seen);
+    report.extra = extras(manifest, seen);
     commit_cache(store, rows)?;
     Ok(report)
 }
@@ -425,6 +467,30 @@ pub fn materialize(
     dest: &Path,
     policy: &LinkPolicy,
 ) -> Result<MaterializeReport> {
+    apply(store, tree, dest, policy, true)
+}
+
+/// Write the missing or differing entries of `tree` into DEST, an install that was not
+/// materialized (no marker), leaving everything else alone: no marker, no GC root, nothing
+/// removed. `verify --fix` repairs a user's own ComfyUI folder this way.
+pub fn repair_in_place(
+    store: &Store,
+    tree: &ObjectId,
+    dest: &Path,
+    policy: &LinkPolicy,
+) -> Result<MaterializeReport> {
+    apply(store, tree, dest, policy, false)
+}
+
+/// `materialize` (`marked`: DEST is or becomes a materialized directory, with a marker and a
+/// GC root) or `repair_in_place`.
+fn apply(
+    store: &Store,
+    tree: &ObjectId,
+    dest: &Path,
+    policy: &LinkPolicy,
+    marked: bool,
+) -> Result<MaterializeReport> {
     let manifest = store.read_tree(tree)?;
     if let Some(e) = manifest.entries.iter().find(|e| e.path == MARKER_NAME) {
         return Err(Error::BadManifest {
@@ -448,8 +514,8 @@ pub fn materialize(
     // Writers' lock: gc must not delete the objects while we link them.
     let _lock = store.lock_shared()?;
     let dest = check_dest(store, dest, true)?;
-    let previous = Marker::read(&dest)?;
-    if previous.is_none() && fs::read_dir(&dest).ctx("list", &dest)?.next().is_some() {
+    let previous = if marked { Marker::read(&dest)? } else { None };
+    if marked && previous.is_none() && fs::read_dir(&dest).ctx("list", &dest)?.next().is_some() {
         return Err(Error::bad_input(
             &dest,
             format!(
@@ -535,15 +601,17 @@ pub fn materialize(
         .as_ref()
         .map(|p| p.root.clone())
         .unwrap_or_else(|| root_name(&dest));
-    store.add_root(
-        &root,
-        &Root {
-            ids: vec![*tree],
-            path: Some(dest.clone()),
-        },
-    )?;
     let mut marker = Marker::new(*tree, store.root(), root, policy.clone());
-    marker.write(&dest)?;
+    if marked {
+        store.add_root(
+            &marker.root,
+            &Root {
+                ids: vec![*tree],
+                path: Some(dest.clone()),
+            },
+        )?;
+        marker.write(&dest)?;
+    }
 
     // Remove what the old version had and the new one does not (deepest first).
     let mut old_sorted = to_remove_old.clone();
@@ -628,7 +696,9 @@ pub fn materialize(
     // Make the placed bytes durable before the marker says the version is complete.
     crate::store::sync_filesystem(&dest)?;
     marker.complete = true;
-    marker.write(&dest)?;
+    if marked {
+        marker.write(&dest)?;
+    }
     commit_cache(store, rows)?;
     // User files do not move during materialize: the first scan already knows them.
     report.extra = extras(&manifest, &seen).len() as u64;

@@ -279,9 +279,26 @@ impl Store {
     }
 
     /// Remove temp files older than `cutoff` from `tmp/`, and leftover temp files of
-    /// `write_file_atomic` from `roots/`.
+    /// `write_file_atomic` from `roots/`; also temp folders (git checkouts of a killed
+    /// `fetch`) at the top of `tmp/`.
     fn sweep_temp(&self, cutoff: SystemTime, dry_run: bool) -> Result<u64> {
         let mut n = 0;
+        if let Ok(entries) = fs::read_dir(self.tmp_dir()) {
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .ok()
+                    .filter(|m| m.is_dir())
+                    .and_then(|m| m.modified().ok())
+                    .is_some_and(|t| t <= cutoff);
+                if old && e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    if !dry_run {
+                        fs::remove_dir_all(e.path()).ctx("delete", &e.path())?;
+                    }
+                    n += 1;
+                }
+            }
+        }
         for dir in [self.tmp_dir(), self.root().join("roots")] {
             for e in walkdir::WalkDir::new(&dir).min_depth(1) {
                 let Ok(e) = e else { continue };

@@ -22,7 +22,7 @@ mod tree;
 
 pub use adopt::{AdoptMode, AdoptReport};
 pub use bundle::{ExportReport, ImportReport};
-pub use durable::{sync_filesystem, unique_name, write_file_atomic};
+pub use durable::{sync_filesystem, unique_name, write_file_atomic, TEMP_PREFIX};
 pub use fsck::{FsckOptions, FsckProblem, FsckReport};
 pub use gc::{GcOptions, GcReport};
 pub use hash::b3_file;

@@ -1,0 +1,147 @@
+//! `verify LOCK DEST`: is this ComfyUI folder what the lockfile says, and if not, make it so.
+//!
+//! DEST is compared with the lock's version tree ([`super::compose`]) through the stat cache,
+//! so unchanged files are not read (`full` rehashes them all). With `fix`, whatever the store
+//! lacks is fetched first (unless offline), then missing and corrupt files are restored from
+//! the store: a materialized DEST is switched or repaired like `materialize` does, any other
+//! folder (a ComfyUI install locked in place) is repaired in place without a marker.
+
+use super::link::{LinkMode, LinkPolicy, PrefixRule};
+use super::marker::Marker;
+use super::version::compose;
+use super::{status_against, MaterializeReport, StatusReport};
+use crate::error::Result;
+use crate::fetch::{fetch_lock, FetchOptions, FetchReport, Part};
+use crate::lock::Lockfile;
+use crate::store::Store;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// How to verify.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// Rehash every file instead of trusting unchanged stat data.
+    pub full: bool,
+    /// Restore what is missing or corrupt.
+    pub fix: bool,
+    /// Parts to check, sources for `fix`, and whether the network may be used.
+    pub fetch: FetchOptions,
+}
+
+/// The outcome, as the exit code tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyState {
+    /// Nothing was wrong.
+    Clean,
+    /// Something was wrong and `fix` repaired all of it.
+    Fixed,
+    /// Something is still wrong (or could not be checked).
+    Broken,
+}
+
+/// What `verify` found and did.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub state: VerifyState,
+    pub lock: String,
+    pub dest: PathBuf,
+    /// The check before any fix.
+    pub found: StatusReport,
+    /// Model files under `models/` that the lock does not list.
+    pub extra_models: Vec<String>,
+    /// Parts that could not be checked: the store lacks their tree.
+    pub unchecked: Vec<String>,
+    pub fetched: Option<FetchReport>,
+    pub repaired: Option<MaterializeReport>,
+    /// The check after the fix, when there was one.
+    pub after: Option<StatusReport>,
+}
+
+/// Check DEST against `lock`, and repair it with `opts.fix`.
+pub fn verify(
+    store: &Store,
+    lock: &Lockfile,
+    dest: &Path,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport> {
+    let wants = |p: Part| opts.fetch.wants(p);
+    let version = compose(store, lock, wants)?;
+    let found = status_against(store, dest, &version.manifest, opts.full)?;
+    let extra_models: Vec<String> = if wants(Part::Models) {
+        found
+            .extra
+            .iter()
+            .filter(|p| p.starts_with("models/") && !p.ends_with(".placeholder"))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut report = VerifyReport {
+        state: VerifyState::Clean,
+        lock: lock.tag.clone(),
+        dest: dest.to_path_buf(),
+        extra_models,
+        unchecked: version.missing.clone(),
+        found,
+        fetched: None,
+        repaired: None,
+        after: None,
+    };
+    let broken = |r: &StatusReport, unchecked: &[String]| !r.is_clean() || !unchecked.is_empty();
+    if !broken(&report.found, &report.unchecked) {
+        return Ok(report);
+    }
+    if !opts.fix {
+        report.state = VerifyState::Broken;
+        return Ok(report);
+    }
+    // The store must hold every tree and every object the repair writes.
+    let needs_fetch = !version.missing.is_empty()
+        || version
+            .manifest
+            .objects()
+            .iter()
+            .any(|(id, _, _)| !store.has_object(id));
+    let version = if needs_fetch {
+        report.fetched = Some(fetch_lock(store, lock, &opts.fetch)?);
+        compose(store, lock, wants)?
+    } else {
+        version
+    };
+    // Only write what the store can supply; what it cannot stays reported as broken.
+    let mut placeable = version.manifest.clone();
+    placeable.entries.retain(|e| match &e.node {
+        crate::store::Node::File { id, .. } => store.has_object(id),
+        _ => true,
+    });
+    let (tree, _) = store.put_tree(&placeable)?;
+    let dest_abs = dest.canonicalize().unwrap_or_else(|_| dest.to_path_buf());
+    report.repaired = Some(match Marker::read(&dest_abs)? {
+        Some(m) => super::materialize(store, &tree, dest, &m.policy)?,
+        None => super::repair_in_place(store, &tree, dest, &default_policy())?,
+    });
+    let after = status_against(store, dest, &version.manifest, false)?;
+    report.state = if broken(&after, &version.missing) {
+        VerifyState::Broken
+    } else {
+        VerifyState::Fixed
+    };
+    report.unchecked = version.missing;
+    report.after = Some(after);
+    Ok(report)
+}
+
+/// How a repair places files in a folder comfystore did not make: source and environment
+/// files as editable reflinks or copies; models as reflinks, else hardlinks (read-only, shared
+/// with the store, as `lock` adopted them), else copies.
+fn default_policy() -> LinkPolicy {
+    LinkPolicy {
+        default: LinkMode::Reflink,
+        rules: vec![PrefixRule {
+            prefix: "models".into(),
+            mode: LinkMode::Auto,
+        }],
+    }
+}
