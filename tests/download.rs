@@ -749,3 +749,59 @@ fn test_server_self_check() {
     drop(s);
     assert_eq!(raw(&srv, "GET", "/t", &[]).body, data);
 }
+
+#[test]
+fn parallel_ranges_give_the_same_bytes() {
+    let (_t, store) = fresh();
+    let srv = TestServer::start();
+    // 1 MiB ranges: a 6.5 MiB file is 7 ranges, fetched 3 at a time.
+    let data = pseudo_random(40, 6 * MIB + MIB / 2);
+    srv.add("/big.safetensors", data.clone(), Behavior::Normal);
+    let url = srv.url("/big.safetensors");
+    let envs = [("COMFYSTORE_RANGE_SIZE", Some(OsStr::new("1048576")))];
+    let v = add_url_json(&store, &url, &["--connections", "3"], &envs);
+    check_report(&v, &data, &url);
+    let reqs = gets(&srv.requests_for("/big.safetensors"));
+    let mut starts: Vec<usize> = reqs.iter().filter_map(range_start).collect();
+    starts.sort();
+    let want: Vec<usize> = (0..7).map(|i| i * MIB).collect();
+    assert_eq!(starts, want, "one range request per MiB: {reqs:#?}");
+    for r in reqs.iter().filter(|r| r.header("range").is_some()) {
+        assert_eq!(
+            r.header("if-range"),
+            Some(etag_of(&data).as_str()),
+            "every range is tied to the first response's ETag: {r:#?}"
+        );
+    }
+    assert_stored(&store, &data);
+}
+
+#[test]
+fn parallel_ranges_fall_back_to_one_stream() {
+    let (_t, store) = fresh();
+    let srv = TestServer::start();
+    let data = pseudo_random(41, 5 * MIB);
+    // The first two GETs break after 100 KiB: the probe and one range request.
+    srv.add(
+        "/big.bin",
+        data.clone(),
+        Behavior::DropAfter {
+            bytes: 100 * 1024,
+            times: 2,
+        },
+    );
+    let url = srv.url("/big.bin");
+    let envs = [("COMFYSTORE_RANGE_SIZE", Some(OsStr::new("1048576")))];
+    let v = add_url_json(&store, &url, &["--connections", "4"], &envs);
+    check_report(&v, &data, &url);
+    assert_stored(&store, &data);
+    // Without ranges (one connection) the same file takes no Range request at all.
+    let (_t2, store2) = fresh();
+    let srv2 = TestServer::start();
+    srv2.add("/big.bin", data.clone(), Behavior::Normal);
+    let v2 = add_url_json(&store2, &srv2.url("/big.bin"), &[], &envs);
+    check_report(&v2, &data, &srv2.url("/big.bin"));
+    let reqs = gets(&srv2.requests_for("/big.bin"));
+    assert_eq!(reqs.len(), 1, "{reqs:#?}");
+    assert_eq!(reqs[0].header("range"), None);
+}

@@ -61,6 +61,7 @@ impl HttpArgs {
             stall_timeout: self.timeout,
             jobs: self.jobs,
             offline: self.offline,
+            connections: self.connections.clamp(1, 32),
             ..HttpOptions::default()
         }
     }

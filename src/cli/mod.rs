@@ -393,6 +393,10 @@ pub struct HttpArgs {
     /// Never touch the network: fail, naming what would be downloaded.
     #[arg(long)]
     pub offline: bool,
+    /// Connections per large file (≥ 64 MiB): byte ranges fetched in parallel, hashed in
+    /// order. Helps where one stream is throttled (CDNs); 1 = one stream.
+    #[arg(long, default_value_t = 1, env = "COMFYSTORE_CONNECTIONS")]
+    pub connections: usize,
 }
 
 #[derive(Args, Debug)]

@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::store::{Digests, ObjectId, Sha256, Store};
 use bytes::Bytes;
 use reqwest::header::{
-    HeaderMap, AUTHORIZATION, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, LOCATION, RANGE,
-    RETRY_AFTER,
+    HeaderMap, ACCEPT_RANGES, AUTHORIZATION, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED,
+    LOCATION, RANGE, RETRY_AFTER,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -41,6 +41,12 @@ pub struct HttpOptions {
     pub jobs: usize,
     /// Never open a connection: every download fails, naming what it would fetch.
     pub offline: bool,
+    /// Connections per large file: ranges fetched in parallel from a server that supports
+    /// them (1 = one stream).
+    pub connections: usize,
+    /// Files at least this large are split into ranges of `segment_size` bytes.
+    pub segment_threshold: u64,
+    pub segment_size: u64,
 }
 
 impl Default for HttpOptions {
@@ -49,6 +55,12 @@ impl Default for HttpOptions {
             .ok()
             .and_then(|v| humantime::parse_duration(&v).ok())
             .unwrap_or(Duration::from_millis(500));
+        // Range size for parallel downloads; files of 4 ranges or more are split.
+        let segment_size = std::env::var("COMFYSTORE_RANGE_SIZE")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(16 << 20)
+            .max(1 << 20);
         HttpOptions {
             retries: 5,
             stall_timeout: Duration::from_secs(30),
@@ -56,6 +68,9 @@ impl Default for HttpOptions {
             backoff,
             jobs: 4,
             offline: false,
+            connections: 1,
+            segment_threshold: 4 * segment_size,
+            segment_size,
         }
     }
 }
@@ -218,6 +233,8 @@ struct Progress {
     validator: Option<String>,
     attempts: u32,
     resumed: u64,
+    /// Parallel ranges failed once: one stream from here on.
+    single: bool,
 }
 
 /// Downloads into a store.
@@ -555,6 +572,11 @@ impl Fetcher {
         if p.offset == 0 {
             p.validator = validator(&headers);
         }
+        if self.segmentable(status, &headers, p) {
+            // This response only told us the server can do ranges; its body is not read.
+            drop(resp);
+            return self.segmented(&current, tx, p, bar).await;
+        }
         let resuming = p.offset > 0 && skip == 0;
         loop {
             let chunk = match tokio::time::timeout(self.opts.stall_timeout, resp.chunk()).await {
@@ -596,6 +618,129 @@ impl Fetcher {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+impl Fetcher {
+    /// Whether to fetch the rest of this response's file as parallel ranges: asked for, a
+    /// large file, and a server that says it serves byte ranges of a file it can name (a
+    /// validator, so every range comes from the same version).
+    fn segmentable(&self, status: StatusCode, h: &HeaderMap, p: &Progress) -> bool {
+        let ranges = h
+            .get(ACCEPT_RANGES)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("bytes"));
+        self.opts.connections > 1
+            && !p.single
+            && status == StatusCode::OK
+            && ranges
+            && p.validator.is_some()
+            && p.total
+                .is_some_and(|t| t - p.offset >= self.opts.segment_threshold)
+    }
+
+    /// Fetch `[p.offset, total)` as ranges, `connections` at a time, and feed them to the
+    /// pipeline in order (so hashing stays one pass). Memory is bounded by
+    /// `connections + 1` segments. Any failure falls back to one resumable stream from the
+    /// bytes already delivered.
+    async fn segmented(
+        &self,
+        url: &reqwest::Url,
+        tx: &SyncSender<Chunk>,
+        p: &mut Progress,
+        bar: &indicatif::ProgressBar,
+    ) -> std::result::Result<(), Fail> {
+        use futures_util::stream::{self, StreamExt};
+        let total = p.total.unwrap_or(0);
+        let size = self.opts.segment_size.max(1 << 20);
+        let starts: Vec<u64> = (p.offset..total).step_by(size as usize).collect();
+        let validator = p.validator.clone();
+        let mut segments = stream::iter(starts.into_iter().map(|start| {
+            let end = (start + size).min(total);
+            let validator = validator.clone();
+            async move {
+                (
+                    start,
+                    self.range(url, start, end, validator.as_deref()).await,
+                )
+            }
+        }))
+        .buffered(self.opts.connections);
+        tracing::debug!(
+            "{}: {} bytes in {}-byte ranges over {} connections",
+            crate::lock::redact_url(url.as_str()),
+            total - p.offset,
+            size,
+            self.opts.connections
+        );
+        while let Some((start, got)) = segments.next().await {
+            let chunks = match got {
+                Ok(c) => c,
+                Err(reason) => {
+                    p.single = true;
+                    return Err(Fail::Retry(
+                        format!("range from {start}: {reason}; continuing with one stream"),
+                        None,
+                    ));
+                }
+            };
+            for c in chunks {
+                let n = c.len() as u64;
+                if tx.send(Ok(c)).is_err() {
+                    return Err(Fail::Final(
+                        "the store stopped reading (see the error above)".into(),
+                    ));
+                }
+                p.offset += n;
+                bar.set_position(p.offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// One byte range `[start, end)`, whole, in memory. Only a 206 for exactly that range of
+    /// the same file version is accepted.
+    async fn range(
+        &self,
+        url: &reqwest::Url,
+        start: u64,
+        end: u64,
+        validator: Option<&str>,
+    ) -> std::result::Result<Vec<Bytes>, String> {
+        let mut req = self
+            .client
+            .get(url.clone())
+            .header(RANGE, format!("bytes={start}-{}", end - 1));
+        if let Some(v) = validator {
+            req = req.header(IF_RANGE, v);
+        }
+        if let Some(t) = self.tokens.for_url(url) {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let mut resp = req.send().await.map_err(describe)?;
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            return Err(format!("HTTP {} instead of 206", resp.status()));
+        }
+        if content_range(resp.headers()).map(|(s, _)| s) != Some(start) {
+            return Err("206 with a Content-Range that is not the one asked for".into());
+        }
+        let mut chunks = Vec::new();
+        let mut got = 0u64;
+        loop {
+            match tokio::time::timeout(self.opts.stall_timeout, resp.chunk()).await {
+                Err(_) => return Err(format!("no data for {:?}", self.opts.stall_timeout)),
+                Ok(Err(e)) => return Err(describe(e)),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(c))) => {
+                    got += c.len() as u64;
+                    chunks.push(c);
+                }
+            }
+        }
+        if got != end - start {
+            return Err(format!("{got} bytes instead of {}", end - start));
+        }
+        Ok(chunks)
     }
 }
 

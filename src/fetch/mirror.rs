@@ -198,8 +198,8 @@ pub fn write_mirror(
     if !trees.is_empty() {
         let path = dir.join("bundles").join(format!("{}.bundle", lock.tag));
         fs::create_dir_all(dir.join("bundles")).ctx("create", &dir.join("bundles"))?;
-        let r = store.export_to_file(&trees, &path)?;
-        report.bundle_bytes = r.bytes;
+        store.export_to_file(&trees, &path)?;
+        report.bundle_bytes = fs::metadata(&path).ctx("stat", &path)?.len();
         report.bundle = Some(path);
     }
 

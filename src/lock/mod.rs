@@ -17,7 +17,7 @@ pub use file::{
     check_tag, is_commit, normalize_package_name, redact_url, ComfyUi, CustomNode, Lockfile, Model,
     Package, Python, Registry, SCHEMA,
 };
-pub use git::{GitState, CACHE_NAMES, CACHE_SUFFIXES};
+pub use git::{is_cache_path, GitState, CACHE_NAMES, CACHE_SUFFIXES};
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::{AddOptions, AdoptMode, ObjectId, Store};

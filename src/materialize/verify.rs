@@ -67,7 +67,11 @@ pub fn verify(
 ) -> Result<VerifyReport> {
     let wants = |p: Part| opts.fetch.wants(p);
     let version = compose(store, lock, wants)?;
-    let found = status_against(store, dest, &version.manifest, opts.full)?;
+    let mut found = status_against(store, dest, &version.manifest, opts.full)?;
+    // Repos' own `.git` folders and byte-code caches are expected beside a version.
+    found
+        .extra
+        .retain(|p| !crate::lock::is_cache_path(p) && !p.split('/').any(|c| c == ".git"));
     let extra_models: Vec<String> = if wants(Part::Models) {
         found
             .extra
