@@ -18,6 +18,7 @@ pub use file::{
     Package, Python, Registry, SCHEMA,
 };
 pub use git::{is_cache_path, GitState, CACHE_NAMES, CACHE_SUFFIXES};
+pub use models::skip_name as not_a_model;
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::{AddOptions, AdoptMode, ObjectId, Store};

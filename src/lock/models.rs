@@ -95,8 +95,9 @@ pub fn read_extra_paths(yaml: &Path) -> Result<ExtraPaths> {
     Ok(out)
 }
 
-/// Files that are part of the models folder but not models.
-fn skip_name(name: &str) -> bool {
+/// Files that are part of the models folder but not models (hidden files, caches, ComfyUI's
+/// `put_*_here` placeholders): never locked, never reported as extra by `verify`.
+pub fn skip_name(name: &str) -> bool {
     name.starts_with('.')
         || CACHE_NAMES.contains(&name)
         || (name.starts_with("put_") && name.ends_with("_here"))

@@ -76,7 +76,7 @@ pub fn verify(
         found
             .extra
             .iter()
-            .filter(|p| p.starts_with("models/") && !p.ends_with(".placeholder"))
+            .filter(|p| p.starts_with("models/") && !p.split('/').any(crate::lock::not_a_model))
             .cloned()
             .collect()
     } else {

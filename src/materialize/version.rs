@@ -24,8 +24,8 @@ pub const VENV_DIR: &str = "venv";
 #[derive(Clone, Debug)]
 pub struct Version {
     pub manifest: Manifest,
-    /// Parts whose tree or file the store lacks (`comfyui`, `custom_nodes/X`, `python`,
-    /// `models/...`): left out of `manifest`.
+    /// Parts whose tree (or single-file node) the store lacks (`comfyui`, `custom_nodes/X`,
+    /// `python`): left out of `manifest`. Models are always in it.
     pub missing: Vec<String>,
 }
 
@@ -95,18 +95,16 @@ pub fn compose(store: &Store, lock: &Lockfile, wants: impl Fn(Part) -> bool) -> 
             put(path, e.node, &label)?;
         }
     }
+    // Models need no store object to be checked (a file is vouched for by its hash), only to
+    // be placed; callers that place check `has_object`.
     if wants(Part::Models) {
         for m in &lock.models {
-            if store.has_object(&m.blake3) {
-                let node = Node::File {
-                    exec: false,
-                    size: m.size,
-                    id: m.blake3,
-                };
-                put(m.path.clone(), node, &m.path)?;
-            } else {
-                missing.push(m.path.clone());
-            }
+            let node = Node::File {
+                exec: false,
+                size: m.size,
+                id: m.blake3,
+            };
+            put(m.path.clone(), node, &m.path)?;
         }
     }
     let mut manifest = Manifest {
