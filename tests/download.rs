@@ -8,7 +8,7 @@ mod common;
 
 use common::comfy::pseudo_random;
 use common::http::{etag_of, Behavior, Request, TestServer};
-use common::{run, run_env};
+use common::{run, run_env, NETWORK_ENV};
 use serde_json::Value;
 use sha2::Digest;
 use std::ffi::OsStr;
@@ -32,16 +32,7 @@ fn fresh() -> (tempfile::TempDir, PathBuf) {
 fn cli(store: &Path, args: &[&str], envs: &[(&str, Option<&OsStr>)]) -> Output {
     let mut all: Vec<(&str, Option<&OsStr>)> =
         vec![("COMFYSTORE_BACKOFF", Some(OsStr::new("10ms")))];
-    for k in [
-        "COMFYSTORE_TOKENS",
-        "HF_TOKEN",
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
+    for k in NETWORK_ENV {
         all.push((k, None));
     }
     all.extend_from_slice(envs);

@@ -13,7 +13,7 @@ mod common;
 
 use common::comfy::{pseudo_random, ComfyFixture};
 use common::http::{Behavior, TestServer};
-use common::{run_env, write};
+use common::{model, node, run_env, write, NETWORK_ENV};
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::collections::BTreeMap;
@@ -124,24 +124,6 @@ fn node_mut<'a>(lock: &'a mut Value, name: &str) -> &'a mut Value {
         .iter_mut()
         .find(|n| n["name"] == name)
         .unwrap_or_else(|| panic!("no custom node {name}"))
-}
-
-fn node<'a>(lock: &'a Value, name: &str) -> &'a Value {
-    lock["custom_nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap_or_else(|| panic!("no custom node {name} in {lock:#}"))
-}
-
-fn model<'a>(lock: &'a Value, path: &str) -> &'a Value {
-    lock["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["path"] == path)
-        .unwrap_or_else(|| panic!("no model {path} in {lock:#}"))
 }
 
 fn tree_str(v: &Value) -> &str {
@@ -362,18 +344,13 @@ impl Env {
             "COMFY_HOME",
             "GITHUB_TOKEN",
             "GIT_TOKEN",
-            "HF_TOKEN",
-            "COMFYSTORE_TOKENS",
             "GIT_CONFIG_COUNT",
             "GIT_DIR",
             "GIT_WORK_TREE",
-            "http_proxy",
-            "HTTP_PROXY",
-            "https_proxy",
-            "HTTPS_PROXY",
-            "all_proxy",
-            "ALL_PROXY",
-        ] {
+        ]
+        .iter()
+        .chain(NETWORK_ENV)
+        {
             all.push((k, None));
         }
         all.extend_from_slice(envs);

@@ -10,7 +10,7 @@ mod common;
 use common::comfy::{
     pseudo_random, ComfyFixture, COMFY_ORIGIN, NODE_A_ORIGIN, NODE_B_ORIGIN, OLD_NODE_ORIGIN,
 };
-use common::{json, ok, run, run_env, write};
+use common::{json, model, node, ok, run, run_env, write};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -156,25 +156,6 @@ fn is_b3_id(v: &Value) -> bool {
     v.as_str()
         .and_then(|s| s.strip_prefix("b3:"))
         .is_some_and(is_hex64)
-}
-
-/// The node of a lock named `name`.
-fn node<'a>(lock: &'a Value, name: &str) -> &'a Value {
-    lock["custom_nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap_or_else(|| panic!("no custom node {name} in {lock:#}"))
-}
-
-fn model<'a>(lock: &'a Value, path: &str) -> &'a Value {
-    lock["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["path"] == path)
-        .unwrap_or_else(|| panic!("no model {path} in {lock:#}"))
 }
 
 fn keys(v: &Value) -> BTreeSet<&str> {

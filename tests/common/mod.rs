@@ -63,3 +63,37 @@ pub fn run_env(store: &Path, args: &[&str], envs: &[(&str, Option<&std::ffi::OsS
     }
     cmd.output().expect("run comfystore")
 }
+
+/// The custom node of a lockfile (as JSON) named `name`.
+pub fn node<'a>(lock: &'a Value, name: &str) -> &'a Value {
+    lock["custom_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no custom node {name} in {lock:#}"))
+}
+
+/// The model of a lockfile (as JSON) at `path`.
+pub fn model<'a>(lock: &'a Value, path: &str) -> &'a Value {
+    lock["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["path"] == path)
+        .unwrap_or_else(|| panic!("no model {path} in {lock:#}"))
+}
+
+/// Variables that would send test downloads elsewhere (proxies) or add credentials: tests that
+/// talk to a local server remove them.
+pub const NETWORK_ENV: &[&str] = &[
+    "COMFYSTORE_TOKENS",
+    "HF_TOKEN",
+    "CIVITAI_API_TOKEN",
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+];
