@@ -8,7 +8,7 @@ mod common;
 
 use common::comfy::pseudo_random;
 use common::http::{etag_of, Behavior, Request, TestServer};
-use common::{run, run_env, NETWORK_ENV};
+use common::{describe, run, run_env, sha256_hex, stderr, NETWORK_ENV};
 use serde_json::Value;
 use sha2::Digest;
 use std::ffi::OsStr;
@@ -37,19 +37,6 @@ fn cli(store: &Path, args: &[&str], envs: &[(&str, Option<&OsStr>)]) -> Output {
     }
     all.extend_from_slice(envs);
     run_env(store, args, &all)
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `--json add-url URL EXTRA...`, required to succeed; the JSON report.
@@ -93,10 +80,6 @@ fn add_url_fails(
         describe(&out)
     );
     err
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(data))
 }
 
 fn b3(data: &[u8]) -> String {

@@ -13,9 +13,8 @@ mod common;
 
 use common::comfy::{pseudo_random, ComfyFixture};
 use common::http::{Behavior, TestServer};
-use common::{model, node, run_env, write, NETWORK_ENV};
+use common::{describe, model, node, run_env, s, sha256_hex, stderr, write, NETWORK_ENV};
 use serde_json::{json, Value};
-use sha2::Digest;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -67,19 +66,6 @@ fn git(dir: &Path, args: &[&str]) -> String {
     ComfyFixture::git(dir, args)
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn code(out: &Output) -> i32 {
     out.status
         .code()
@@ -90,17 +76,9 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn parse(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", describe(out)))
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(data))
 }
 
 fn b3_hex(data: &[u8]) -> String {

@@ -10,7 +10,7 @@ mod common;
 use common::comfy::{
     pseudo_random, ComfyFixture, COMFY_ORIGIN, NODE_A_ORIGIN, NODE_B_ORIGIN, OLD_NODE_ORIGIN,
 };
-use common::{json, model, node, ok, run, run_env, write};
+use common::{json, model, node, ok, run, run_env, s, write};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -122,10 +122,6 @@ fn assert_success(o: &Output, what: &str) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn read_json(path: &Path) -> Value {

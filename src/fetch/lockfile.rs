@@ -127,10 +127,17 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
     // Held throughout: gc must not collect what we fetch before the root names it.
     let _writer = store.lock_shared()?;
     let missing_tree = |t: &Option<ObjectId>| t.is_none_or(|t| !store.has_tree(&t));
-    let python_tree = lock.python.as_ref().and_then(|p| p.tree);
+    // The environment tree, when the lock has one and the store lacks it (asked again after
+    // a mirror's bundles are imported).
+    let python_missing = || {
+        lock.python
+            .as_ref()
+            .and_then(|p| p.tree)
+            .filter(|t| !store.has_tree(t))
+    };
     let trees_missing = (opts.wants(Part::Nodes)
         && source_trees(lock).iter().any(|t| missing_tree(&t.tree)))
-        || (opts.wants(Part::Python) && python_tree.is_some_and(|t| !store.has_tree(&t)));
+        || (opts.wants(Part::Python) && python_missing().is_some());
     if trees_missing {
         for dir in &opts.mirror_dirs {
             report
@@ -210,14 +217,15 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
 
     let mut items: Vec<Download> = Vec::new();
     if opts.wants(Part::Python) {
-        if let Some(t) = python_tree.filter(|t| !store.has_tree(t)) {
+        let python_missing = python_missing();
+        if let Some(t) = python_missing {
             report.needed.push(format!("tree python ({t})"));
             report.failed.push((
                 "python".into(),
                 format!("environment tree {t} is not in the store: import a bundle or mirror"),
             ));
         }
-        if opts.all_wheels || python_tree.is_some_and(|t| !store.has_tree(&t)) {
+        if opts.all_wheels || python_missing.is_some() {
             for (file, sha, url) in pinned_wheels(lock) {
                 if store
                     .lookup_sha256(&sha)?

@@ -126,21 +126,20 @@ pub fn write_mirror(
     if opts.wants(super::Part::Python) {
         for (file, sha, _) in pinned_wheels(lock) {
             if let Some(id) = store.lookup_sha256(&sha)?.filter(|b| store.has_object(b)) {
-                crate::store::check_rel_path(&file)
-                    .ok()
-                    .filter(|_| !file.contains('/'))
-                    .ok_or_else(|| {
-                        Error::bad_input(
-                            dir,
-                            format!("wheel name {file:?} is not a plain file name"),
-                        )
-                    })?;
+                if file.contains('/') || crate::store::check_rel_path(&file).is_err() {
+                    return Err(Error::bad_input(
+                        dir,
+                        format!("wheel name {file:?} is not a plain file name"),
+                    ));
+                }
                 files.push((format!("wheels/{file}"), id, sha));
                 let project = normalize_package_name(file.split('-').next().unwrap_or(&file));
                 wheels.entry(project).or_default().push((file, sha));
             }
         }
     }
+    let by_sha = dir.join("sha256");
+    fs::create_dir_all(&by_sha).ctx("create", &by_sha)?;
     let bar = crate::progress::items(files.len() as u64, "mirror");
     for (rel, id, sha) in &files {
         let dest = dir.join(rel);
@@ -166,8 +165,7 @@ pub fn write_mirror(
         report.bytes += size;
         // By SHA-256, for HTTP mirrors: `python -m http.server` in DIR, then
         // `fetch --mirror-url http://host:port/sha256`.
-        let link = dir.join("sha256").join(sha.hex());
-        fs::create_dir_all(dir.join("sha256")).ctx("create", &dir.join("sha256"))?;
+        let link = by_sha.join(sha.hex());
         let target = PathBuf::from("..").join(rel);
         if fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
             let tmp = dir

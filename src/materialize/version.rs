@@ -11,7 +11,7 @@
 //! trees (stat-cache checks, in-place switching that keeps user files, per-prefix link modes)
 //! works for versions, and `verify LOCK DEST` is a status check against this tree.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fetch::Part;
 use crate::lock::{Lockfile, DISABLED_DIR};
 use crate::store::{Entry, Manifest, Node, ObjectId, Store};
@@ -56,7 +56,7 @@ pub fn compose(store: &Store, lock: &Lockfile, wants: impl Fn(Part) -> bool) -> 
             match n.file {
                 Some(id) => match store.find_object(&id, false) {
                     Some(p) => {
-                        let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                        let size = std::fs::metadata(&p).ctx("stat", &p)?.len();
                         put(
                             base,
                             Node::File {
