@@ -49,6 +49,9 @@ pub enum Error {
     /// A git fetch or checkout failed, or gave another tree than the lock's.
     #[error("git {what}: {reason}")]
     Git { what: String, reason: String },
+    /// A Python interpreter, resolver (uv, pip) or installer was missing or failed.
+    #[error("python {what}: {reason}")]
+    Python { what: String, reason: String },
     /// The store directory is not usable as a store.
     #[error("store {}: {reason}", path.display())]
     Store { path: PathBuf, reason: String },
@@ -73,6 +76,14 @@ impl<T> IoContext<T> for io::Result<T> {
 }
 
 impl Error {
+    /// A `Python` error about `what`.
+    pub fn python(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Python {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
     /// A `BadInput` error for `path`.
     pub fn bad_input(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::BadInput {

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod lock;
 pub mod materialize;
 pub mod progress;
+pub mod python;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -127,17 +127,17 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
     // Held throughout: gc must not collect what we fetch before the root names it.
     let _writer = store.lock_shared()?;
     let missing_tree = |t: &Option<ObjectId>| t.is_none_or(|t| !store.has_tree(&t));
-    // The environment tree, when the lock has one and the store lacks it (asked again after
-    // a mirror's bundles are imported).
-    let python_missing = || {
-        lock.python
-            .as_ref()
-            .and_then(|p| p.tree)
-            .filter(|t| !store.has_tree(t))
+    // The environment, when the store has neither the lock's tree nor one installed earlier
+    // for the same wheels (asked again after a mirror's bundles are imported).
+    let python_missing = || -> Result<bool> {
+        match &lock.python {
+            Some(py) => Ok(crate::python::find_env(store, py)?.is_none()),
+            None => Ok(false),
+        }
     };
     let trees_missing = (opts.wants(Part::Nodes)
         && source_trees(lock).iter().any(|t| missing_tree(&t.tree)))
-        || (opts.wants(Part::Python) && python_missing().is_some());
+        || (opts.wants(Part::Python) && python_missing()?);
     if trees_missing {
         for dir in &opts.mirror_dirs {
             report
@@ -217,15 +217,31 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
 
     let mut items: Vec<Download> = Vec::new();
     if opts.wants(Part::Python) {
-        let python_missing = python_missing();
-        if let Some(t) = python_missing {
-            report.needed.push(format!("tree python ({t})"));
-            report.failed.push((
-                "python".into(),
-                format!("environment tree {t} is not in the store: import a bundle or mirror"),
-            ));
+        let python_missing = python_missing()?;
+        if python_missing {
+            report
+                .needed
+                .push("environment (installed from the wheels)".into());
+            // Packages no wheel pins (VCS, editable, unpinned) cannot be installed.
+            if let Some(py) = &lock.python {
+                for p in py
+                    .packages
+                    .iter()
+                    .filter(|p| p.wheel.is_none() || p.sha256.is_none())
+                {
+                    report.failed.push((
+                        format!("python/{}", p.name),
+                        format!(
+                            "{} {} is not pinned to a wheel ({}), and the store lacks the environment: pin it with `comfystore pin`, or import a bundle or mirror",
+                            p.name,
+                            p.version,
+                            p.url.as_deref().unwrap_or("installed from an index")
+                        ),
+                    ));
+                }
+            }
         }
-        if opts.all_wheels || python_missing.is_some() {
+        if opts.all_wheels || python_missing {
             for (file, sha, url) in pinned_wheels(lock) {
                 if store
                     .lookup_sha256(&sha)?

@@ -131,16 +131,29 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
     report.custom_nodes = lock.custom_nodes.len();
 
     if let Some(venv) = &venv {
-        let mut py = python::inspect(venv)?;
-        let add = store.add_tree(
-            venv,
-            &AddOptions {
-                exclude_names: CACHE_NAMES.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            },
-        )?;
+        let (mut py, base) = python::inspect(venv)?;
+        // What comfystore installed it from: the wheel, URL and sha256 of each package.
+        if let Some(meta) = crate::python::relocate::read_meta_file(venv)? {
+            for p in py
+                .packages
+                .iter_mut()
+                .filter(|p| p.wheel.is_none() && p.url.is_none())
+            {
+                if let Some(m) = meta
+                    .packages
+                    .iter()
+                    .find(|m| m.name == p.name && m.version == p.version)
+                {
+                    p.wheel = m.wheel.clone();
+                    p.url = m.url.clone();
+                    p.sha256 = m.sha256;
+                }
+            }
+        }
+        // Stored path-independent: what names the venv's folder or interpreter is a template.
+        let (tree, add) = crate::python::relocate::ingest(store, venv, &base, None)?;
         count(&mut report, &add);
-        py.tree = Some(add.id);
+        py.tree = Some(tree);
         report.packages = py.packages.len();
         lock.python = Some(py);
     } else if !opts.no_python {

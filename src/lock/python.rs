@@ -3,12 +3,12 @@
 
 use super::file::{normalize_package_name, Package, Python};
 use crate::error::{Error, IoContext, Result};
+use crate::python::Interpreter;
 use crate::store::Sha256;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The venv `lock` uses: `--venv`, else `COMFY_DIR/venv` or `COMFY_DIR/.venv`, else
 /// `$VIRTUAL_ENV`.
@@ -21,33 +21,6 @@ pub fn find_venv(comfy: &Path, explicit: Option<&Path>) -> Option<PathBuf> {
         .map(|n| comfy.join(n))
         .find(|p| p.join("pyvenv.cfg").is_file())
         .or_else(|| std::env::var_os("VIRTUAL_ENV").map(PathBuf::from))
-}
-
-/// Asks the venv's interpreter for what wheels are selected by. `-I -S`: no site, no user code.
-const PROBE: &str = r#"
-import json, platform, sys, sysconfig
-impl = sys.implementation.name
-short = {"cpython": "cp", "pypy": "pp"}.get(impl, impl)
-abi = "%s%d%d" % (short, sys.version_info[0], sys.version_info[1])
-if sysconfig.get_config_var("Py_GIL_DISABLED"):
-    abi += "t"
-lib, ver = platform.libc_ver()
-print(json.dumps({
-    "version": platform.python_version(),
-    "implementation": impl,
-    "abi": abi,
-    "platform": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
-    "libc": ("%s %s" % (lib, ver)) if lib else None,
-}))
-"#;
-
-#[derive(Deserialize)]
-struct Probe {
-    version: String,
-    implementation: String,
-    abi: String,
-    platform: String,
-    libc: Option<String>,
 }
 
 fn interpreter(venv: &Path) -> Result<PathBuf> {
@@ -73,31 +46,21 @@ pub fn site_packages(venv: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Inspect a venv: interpreter facts and packages (the `tree` is filled in by the caller).
-pub fn inspect(venv: &Path) -> Result<Python> {
+pub fn inspect(venv: &Path) -> Result<(Python, Interpreter)> {
     let python = interpreter(venv)?;
-    let out = Command::new(&python)
-        .args(["-I", "-S", "-c", PROBE])
-        .output()
-        .map_err(|e| Error::bad_input(&python, format!("cannot run the venv's python: {e}")))?;
-    if !out.status.success() {
+    let probe = Interpreter::probe(&python).map_err(|e| {
         let cfg = fs::read_to_string(venv.join("pyvenv.cfg")).unwrap_or_default();
         let home = cfg
             .lines()
             .find_map(|l| {
                 l.strip_prefix("home")
-                    .map(|h| h.trim_start_matches([' ', '=']).trim())
+                    .map(|h| h.trim_start_matches([' ', '=']).trim().to_string())
             })
-            .unwrap_or("?");
-        return Err(Error::bad_input(
+            .unwrap_or_else(|| "?".into());
+        Error::bad_input(
             &python,
-            format!(
-                "the venv's python does not run (its base interpreter under {home} may be missing): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    let probe: Probe = serde_json::from_slice(&out.stdout).map_err(|e| {
-        Error::bad_input(&python, format!("unexpected interpreter probe output: {e}"))
+            format!("the venv's python does not run (its base interpreter under {home} may be missing): {e}"),
+        )
     })?;
     let mut packages: BTreeMap<String, (Package, PathBuf)> = BTreeMap::new();
     for sp in site_packages(venv)? {
@@ -119,15 +82,11 @@ pub fn inspect(venv: &Path) -> Result<Python> {
             packages.insert(pkg.name.clone(), (pkg, path));
         }
     }
-    Ok(Python {
-        version: Some(probe.version),
-        implementation: Some(probe.implementation),
-        abi: Some(probe.abi),
-        platform: Some(probe.platform),
-        libc: probe.libc,
-        tree: None,
+    let py = Python {
         packages: packages.into_values().map(|(p, _)| p).collect(),
-    })
+        ..probe.section()
+    };
+    Ok((py, probe))
 }
 
 /// One `*.dist-info` or `*.egg-info` entry as a package; `None` for anything else.

@@ -29,6 +29,9 @@ pub enum LinkMode {
     Symlink,
     /// Always copy the bytes.
     Copy,
+    /// Reflink, else hardlink, else symlink: never copies bytes. The models default, so a
+    /// 20 GB checkpoint on a network volume is linked, not duplicated.
+    Share,
 }
 
 impl LinkMode {
@@ -39,6 +42,7 @@ impl LinkMode {
             LinkMode::Hardlink => "hardlink",
             LinkMode::Symlink => "symlink",
             LinkMode::Copy => "copy",
+            LinkMode::Share => "share",
         }
     }
 
@@ -49,6 +53,7 @@ impl LinkMode {
             LinkMode::Hardlink => &[Method::Hardlink, Method::Copy],
             LinkMode::Symlink => &[Method::Symlink],
             LinkMode::Copy => &[Method::Copy],
+            LinkMode::Share => &[Method::Reflink, Method::Hardlink, Method::Symlink],
         }
     }
 
@@ -56,7 +61,7 @@ impl LinkMode {
     pub fn shares_inode(self) -> bool {
         matches!(
             self,
-            LinkMode::Auto | LinkMode::Hardlink | LinkMode::Symlink
+            LinkMode::Auto | LinkMode::Hardlink | LinkMode::Symlink | LinkMode::Share
         )
     }
 }
@@ -65,7 +70,7 @@ impl std::str::FromStr for LinkMode {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         <LinkMode as clap::ValueEnum>::from_str(s, true).map_err(|_| {
-            format!("unknown link mode {s:?} (auto, reflink, hardlink, symlink, copy)")
+            format!("unknown link mode {s:?} (auto, reflink, hardlink, symlink, copy, share)")
         })
     }
 }

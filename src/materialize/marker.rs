@@ -3,6 +3,7 @@
 //! lists, and refuses a directory without a marker.
 
 use super::link::{LinkPolicy, Method};
+use super::version::Layout;
 use crate::error::{Error, Result};
 use crate::store::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,9 @@ pub struct Marker {
     pub policy: LinkPolicy,
     /// Per policy prefix ("" is the default), how many files each method placed.
     pub used: BTreeMap<String, BTreeMap<Method, u64>>,
+    /// Where a lock's parts went besides DEST (a version materialized from a lockfile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
 }
 
 impl Marker {
@@ -39,6 +43,7 @@ impl Marker {
             complete: false,
             policy,
             used: BTreeMap::new(),
+            layout: None,
         }
     }
 

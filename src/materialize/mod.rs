@@ -6,14 +6,16 @@
 //! was placed or last verified is not read again.
 
 pub mod link;
+mod lockfile;
 mod marker;
 mod verify;
 mod version;
 
 pub use link::{LinkMode, LinkPolicy, Method, PrefixRule};
+pub use lockfile::{materialize_lock, place_env, rendered_env, LockOptions, LockReport};
 pub use marker::{Marker, MARKER_NAME};
 pub use verify::{verify, VerifyOptions, VerifyReport, VerifyState};
-pub use version::{compose, Version, VENV_DIR};
+pub use version::{compose, Layout, Parts, Version, VENV_DIR};
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::{Entry, Manifest, Node, ObjectId, Root, StatKey, Store};
@@ -467,7 +469,18 @@ pub fn materialize(
     dest: &Path,
     policy: &LinkPolicy,
 ) -> Result<MaterializeReport> {
-    apply(store, tree, dest, policy, true)
+    apply(store, tree, dest, policy, true, None)
+}
+
+/// [`materialize`], recording where the lock's other parts went (`layout`) in the marker.
+pub fn materialize_laid_out(
+    store: &Store,
+    tree: &ObjectId,
+    dest: &Path,
+    policy: &LinkPolicy,
+    layout: &Layout,
+) -> Result<MaterializeReport> {
+    apply(store, tree, dest, policy, true, Some(layout))
 }
 
 /// Write the missing or differing entries of `tree` into DEST, an install that was not
@@ -479,7 +492,7 @@ pub fn repair_in_place(
     dest: &Path,
     policy: &LinkPolicy,
 ) -> Result<MaterializeReport> {
-    apply(store, tree, dest, policy, false)
+    apply(store, tree, dest, policy, false, None)
 }
 
 /// `materialize` (`marked`: DEST is or becomes a materialized directory, with a marker and a
@@ -490,6 +503,7 @@ fn apply(
     dest: &Path,
     policy: &LinkPolicy,
     marked: bool,
+    layout: Option<&Layout>,
 ) -> Result<MaterializeReport> {
     let manifest = store.read_tree(tree)?;
     if let Some(e) = manifest.entries.iter().find(|e| e.path == MARKER_NAME) {
@@ -602,6 +616,10 @@ fn apply(
         .map(|p| p.root.clone())
         .unwrap_or_else(|| root_name(&dest));
     let mut marker = Marker::new(*tree, store.root(), root, policy.clone());
+    // A repair or plain re-materialize keeps the layout the version was placed with.
+    marker.layout = layout
+        .cloned()
+        .or_else(|| previous.as_ref().and_then(|p| p.layout.clone()));
     if marked {
         store.add_root(
             &marker.root,

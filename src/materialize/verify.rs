@@ -8,7 +8,7 @@
 
 use super::link::{LinkMode, LinkPolicy, PrefixRule};
 use super::marker::Marker;
-use super::version::compose;
+use super::version::{compose, Layout, Parts};
 use super::{status_against, MaterializeReport, StatusReport};
 use crate::error::Result;
 use crate::fetch::{fetch_lock, FetchOptions, FetchReport, Part};
@@ -66,7 +66,14 @@ pub fn verify(
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
     let wants = |p: Part| opts.fetch.wants(p);
-    let version = compose(store, lock, wants)?;
+    let dest_abs = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
+    let marker = Marker::read(&dest_abs)?;
+    let layout = marker
+        .as_ref()
+        .and_then(|m| m.layout.clone())
+        .unwrap_or_default();
+    let parts = parts_for(store, lock, &dest_abs, &layout, wants(Part::Python));
+    let version = compose(store, lock, wants, &parts)?;
     let mut found = status_against(store, dest, &version.manifest, opts.full)?;
     // Repos' own `.git` folders and byte-code caches are expected beside a version.
     found
@@ -110,7 +117,8 @@ pub fn verify(
             .any(|(id, _, _)| !store.has_object(id));
     let version = if needs_fetch {
         report.fetched = Some(fetch_lock(store, lock, &opts.fetch)?);
-        compose(store, lock, wants)?
+        let parts = parts_for(store, lock, &dest_abs, &layout, wants(Part::Python));
+        compose(store, lock, wants, &parts)?
     } else {
         version
     };
@@ -121,8 +129,7 @@ pub fn verify(
         _ => true,
     });
     let (tree, _) = store.put_tree(&placeable)?;
-    let dest_abs = dest.canonicalize().unwrap_or_else(|_| dest.to_path_buf());
-    report.repaired = Some(match Marker::read(&dest_abs)? {
+    report.repaired = Some(match marker {
         Some(m) => super::materialize(store, &tree, dest, &m.policy)?,
         None => super::repair_in_place(store, &tree, dest, &default_policy())?,
     });
@@ -135,6 +142,51 @@ pub fn verify(
     report.unchecked = version.missing;
     report.after = Some(after);
     Ok(report)
+}
+
+/// The parts of the version at DEST as it was laid out: the environment rendered for
+/// DEST/venv on the interpreter the marker names (else one that fits), the shared models
+/// folder. An environment that cannot be rendered is left out, and reported unchecked.
+fn parts_for(
+    store: &Store,
+    lock: &Lockfile,
+    dest: &Path,
+    layout: &Layout,
+    want_env: bool,
+) -> Parts {
+    let mut parts = Parts {
+        env: None,
+        env_elsewhere: layout.venv.is_some(),
+        models_dir: layout.models_dir.clone(),
+    };
+    let Some(py) = lock
+        .python
+        .as_ref()
+        .filter(|_| want_env && layout.venv.is_none())
+    else {
+        return parts;
+    };
+    let env = (|| -> Result<Option<crate::store::Manifest>> {
+        let Some(tree) = crate::python::find_env(store, py)? else {
+            return Ok(None);
+        };
+        let base = match &layout.python {
+            Some(p) => crate::python::Interpreter::probe(p)?,
+            None => crate::python::interpreter::find_for(py, None)?,
+        };
+        let manifest = store.read_tree(&tree)?;
+        Ok(Some(crate::python::render(
+            store,
+            &manifest,
+            &dest.join(super::VENV_DIR),
+            &base,
+        )?))
+    })();
+    match env {
+        Ok(e) => parts.env = e,
+        Err(e) => tracing::warn!("environment not checked: {e}"),
+    }
+    parts
 }
 
 /// How a repair places files in a folder comfystore did not make: source and environment

@@ -15,10 +15,75 @@ use crate::error::{Error, IoContext, Result};
 use crate::fetch::Part;
 use crate::lock::{Lockfile, DISABLED_DIR};
 use crate::store::{Entry, Manifest, Node, ObjectId, Store};
-use std::collections::BTreeMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 /// Where the environment goes inside a version.
 pub const VENV_DIR: &str = "venv";
+
+/// The folder (under `models/`) that ComfyUI's `extra_model_paths.yaml` maps to a shared
+/// models folder.
+pub const MODELS_DIR: &str = "models";
+/// The file ComfyUI reads at startup to find model folders outside its own.
+pub const EXTRA_MODEL_PATHS: &str = "extra_model_paths.yaml";
+
+/// Where a lock's parts go besides DEST. Recorded in the marker, so `verify` and `remove`
+/// see the version as `materialize` laid it out.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    /// The environment lives here instead of DEST/venv (materialized on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venv: Option<PathBuf>,
+    /// Models under `models/` live here (shared between versions), named by DEST's
+    /// `extra_model_paths.yaml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models_dir: Option<PathBuf>,
+    /// The base interpreter the environment's `pyvenv.cfg` and `bin/python` name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<PathBuf>,
+}
+
+/// What goes into a version besides the lock's trees and models.
+#[derive(Clone, Debug, Default)]
+pub struct Parts {
+    /// The environment, rendered for where it is placed (at `venv/`); `None` with
+    /// `env_elsewhere` false means the store cannot supply it.
+    pub env: Option<Manifest>,
+    /// The environment is placed outside DEST (`--venv DIR`).
+    pub env_elsewhere: bool,
+    /// Models under `models/` are placed in this shared folder instead.
+    pub models_dir: Option<PathBuf>,
+}
+
+/// Whether a lock path is one `--models-dir` moves out of DEST, and its path there.
+pub fn shared_model_path(path: &str) -> Option<&str> {
+    path.strip_prefix(MODELS_DIR)?.strip_prefix('/')
+}
+
+/// ComfyUI's `extra_model_paths.yaml` for models kept in `dir`: one entry per model folder the
+/// lock uses (folder names are ComfyUI's model kinds: checkpoints, loras, vae, …).
+pub fn extra_model_paths(lock: &Lockfile, dir: &Path) -> String {
+    let kinds: BTreeSet<&str> = lock
+        .models
+        .iter()
+        .filter_map(|m| shared_model_path(&m.path))
+        .filter_map(|rest| rest.split_once('/').map(|(k, _)| k))
+        .collect();
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut y = String::from(
+        "# Written by comfystore materialize --models-dir: this version's models live in a shared folder.\n",
+    );
+    y.push_str(&format!(
+        "comfystore:\n  base_path: {}\n",
+        quote(&dir.to_string_lossy())
+    ));
+    for k in kinds {
+        y.push_str(&format!("  {}: {}\n", quote(k), quote(&format!("{k}/"))));
+    }
+    y
+}
 
 /// A lock's version tree, or what keeps the store from building it.
 #[derive(Clone, Debug)]
@@ -30,7 +95,12 @@ pub struct Version {
 }
 
 /// Build the version tree of `lock` from the parts `wants` selects.
-pub fn compose(store: &Store, lock: &Lockfile, wants: impl Fn(Part) -> bool) -> Result<Version> {
+pub fn compose(
+    store: &Store,
+    lock: &Lockfile,
+    wants: impl Fn(Part) -> bool,
+    parts: &Parts,
+) -> Result<Version> {
     let mut entries: BTreeMap<String, Node> = BTreeMap::new();
     let mut missing = Vec::new();
     let mut put = |path: String, node: Node, owner: &str| -> Result<()> {
@@ -73,9 +143,15 @@ pub fn compose(store: &Store, lock: &Lockfile, wants: impl Fn(Part) -> bool) -> 
             }
         }
     }
-    if wants(Part::Python) {
-        if let Some(py) = &lock.python {
-            trees.push((VENV_DIR.into(), py.tree, "python".into()));
+    if wants(Part::Python) && lock.python.is_some() && !parts.env_elsewhere {
+        match &parts.env {
+            Some(env) => {
+                put(VENV_DIR.into(), Node::Dir, "python")?;
+                for e in &env.entries {
+                    put(format!("{VENV_DIR}/{}", e.path), e.node.clone(), "python")?;
+                }
+            }
+            None => missing.push("python".into()),
         }
     }
     for (base, tree, label) in trees {
@@ -98,13 +174,32 @@ pub fn compose(store: &Store, lock: &Lockfile, wants: impl Fn(Part) -> bool) -> 
     // Models need no store object to be checked (a file is vouched for by its hash), only to
     // be placed; callers that place check `has_object`.
     if wants(Part::Models) {
-        for m in &lock.models {
+        for m in lock
+            .models
+            .iter()
+            .filter(|m| parts.models_dir.is_none() || shared_model_path(&m.path).is_none())
+        {
             let node = Node::File {
                 exec: false,
                 size: m.size,
                 id: m.blake3,
             };
             put(m.path.clone(), node, &m.path)?;
+        }
+    }
+    if wants(Part::Models) {
+        if let Some(dir) = &parts.models_dir {
+            let yaml = extra_model_paths(lock, dir);
+            let put_yaml = store.put_bytes(yaml.as_bytes(), false, false)?;
+            // Ours wins over one the ComfyUI tree carries: it is what makes the models found.
+            entries.insert(
+                EXTRA_MODEL_PATHS.into(),
+                Node::File {
+                    exec: false,
+                    size: put_yaml.digests.size,
+                    id: put_yaml.digests.b3,
+                },
+            );
         }
     }
     let mut manifest = Manifest {

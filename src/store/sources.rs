@@ -67,8 +67,8 @@ impl Store {
         Ok(urls)
     }
 
-    /// Source records whose object is gone (gc removes them with the object).
-    pub(crate) fn orphan_sources(&self) -> Result<Vec<PathBuf>> {
+    /// Every source record: its file, and the object it is about (`None` for a stray file).
+    fn source_records(&self) -> Result<Vec<(PathBuf, Option<ObjectId>)>> {
         let dir = self.root().join("sources");
         let mut out = Vec::new();
         let shards = match fs::read_dir(&dir) {
@@ -84,16 +84,40 @@ impl Store {
             for e in fs::read_dir(&shard).ctx("list", &shard)? {
                 let e = e.ctx("list", &shard)?;
                 let name = e.file_name().to_string_lossy().into_owned();
-                let live = name
-                    .split('.')
-                    .next()
-                    .and_then(ObjectId::from_hex)
-                    .is_some_and(|id| self.has_object(&id));
-                if !live && !name.starts_with(durable::TEMP_PREFIX) {
-                    out.push(e.path());
+                if name.starts_with(durable::TEMP_PREFIX) {
+                    continue;
                 }
+                let id = name.split('.').next().and_then(ObjectId::from_hex);
+                out.push((e.path(), id));
             }
         }
+        Ok(out)
+    }
+
+    /// Source records whose object is gone (gc removes them with the object).
+    pub(crate) fn orphan_sources(&self) -> Result<Vec<PathBuf>> {
+        Ok(self
+            .source_records()?
+            .into_iter()
+            .filter(|(_, id)| id.is_none_or(|id| !self.has_object(&id)))
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    /// Every (object, URL) the store knows, for objects it holds: how `pin --offline` finds
+    /// the wheels it has by their file names.
+    pub fn all_sources(&self) -> Result<Vec<(ObjectId, String)>> {
+        let mut out = Vec::new();
+        for (path, id) in self.source_records()? {
+            let Some(id) = id.filter(|id| self.has_object(id)) else {
+                continue;
+            };
+            let text = fs::read_to_string(&path).ctx("read", &path)?;
+            if !text.trim().is_empty() {
+                out.push((id, text.trim().to_string()));
+            }
+        }
+        out.sort();
         Ok(out)
     }
 }

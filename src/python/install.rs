@@ -1,0 +1,262 @@
+//! Installed environments, kept in the store: a pinned package set is installed once per
+//! (interpreter, platform, wheels), with no network, and every later use links that tree.
+//!
+//! The key is a hash of the implementation, minor version, ABI, platform and the sorted wheel
+//! sha256s; the GC root `env/<key>` maps it to the environment tree, so the mapping lives in
+//! the store's files like everything else (and `root rm env/<key>` lets gc take it).
+
+use super::interpreter::{self, Interpreter};
+use super::pin::{link_object, uv_available, Resolver};
+use super::relocate;
+use crate::error::{Error, IoContext, Result};
+use crate::lock::Python;
+use crate::store::{ObjectId, Root, Store};
+use serde::Serialize;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+/// Configuration that would make an installer look elsewhere than the wheels we hand it.
+const INSTALLER_ENV: &[&str] = &[
+    "PIP_FIND_LINKS",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_REQUIRE_VIRTUALENV",
+    "PIP_TARGET",
+    "PIP_PREFIX",
+    "PIP_USER",
+    "UV_FIND_LINKS",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_INDEX",
+    "UV_DEFAULT_INDEX",
+    "UV_COMPILE_BYTECODE",
+    "UV_LINK_MODE",
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+];
+
+/// How an environment was obtained.
+#[derive(Clone, Debug, Serialize)]
+pub struct EnvReport {
+    /// The stored (path-independent) environment tree.
+    pub tree: ObjectId,
+    /// Installed now, rather than found in the store.
+    pub built: bool,
+    /// `uv` or `pip`, when built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installer: Option<&'static str>,
+}
+
+/// The store key of a package set: `None` if a package is not pinned to a wheel by sha256.
+pub fn env_key(py: &Python) -> Option<String> {
+    let mut shas = Vec::new();
+    for p in &py.packages {
+        shas.push(p.sha256?.hex());
+        p.wheel.as_ref()?;
+    }
+    shas.sort();
+    let text = format!(
+        "comfystore.env/1\n{}\n{}\n{}\n{}\n{}\n",
+        py.implementation.as_deref().unwrap_or(""),
+        py.version
+            .as_deref()
+            .map(interpreter::minor_of)
+            .unwrap_or_default(),
+        py.abi.as_deref().unwrap_or(""),
+        py.platform.as_deref().unwrap_or(""),
+        shas.join("\n")
+    );
+    Some(blake3::hash(text.as_bytes()).to_hex()[..32].to_string())
+}
+
+/// The GC root that names the environment of a key.
+pub fn env_root(key: &str) -> String {
+    format!("env/{key}")
+}
+
+/// The environment tree of `py` the store already holds: the lock's own `tree`, else the one
+/// installed earlier for the same package set.
+pub fn find_env(store: &Store, py: &Python) -> Result<Option<ObjectId>> {
+    if let Some(t) = py.tree.filter(|t| store.has_tree(t)) {
+        return Ok(Some(t));
+    }
+    let Some(key) = env_key(py) else {
+        return Ok(None);
+    };
+    let name = env_root(&key);
+    Ok(store
+        .list_roots()?
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, r)| r.ids.first().copied())
+        .filter(|t| store.has_tree(t)))
+}
+
+/// Wheels of `py` the store lacks, as `name version (file)`; packages not pinned to a wheel
+/// are listed too, since nothing can install them.
+pub fn missing_wheels(store: &Store, py: &Python) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for p in &py.packages {
+        match (&p.wheel, p.sha256) {
+            (Some(file), Some(sha)) => {
+                if !store
+                    .lookup_sha256(&sha)?
+                    .is_some_and(|b| store.has_object(&b))
+                {
+                    out.push(format!("wheel {file}"));
+                }
+            }
+            _ => out.push(format!(
+                "{} {}: not pinned to a wheel ({}); pin it with `comfystore pin`",
+                p.name,
+                p.version,
+                p.url.as_deref().unwrap_or("no URL")
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// The environment of `py`: found in the store, or installed from the store's wheels into a
+/// staging venv (no network) with `base`, stored, and remembered under its key.
+pub fn ensure_env(
+    store: &Store,
+    py: &Python,
+    base: &Interpreter,
+    installer: Resolver,
+) -> Result<EnvReport> {
+    let _writer = store.lock_shared()?;
+    if let Some(tree) = find_env(store, py)? {
+        return Ok(EnvReport {
+            tree,
+            built: false,
+            installer: None,
+        });
+    }
+    let missing = missing_wheels(store, py)?;
+    if !missing.is_empty() {
+        return Err(Error::python(
+            "environment",
+            format!(
+                "cannot install: the store lacks {} (run `comfystore fetch LOCK`):\n  {}",
+                missing.len(),
+                missing.join("\n  ")
+            ),
+        ));
+    }
+    let key = env_key(py).ok_or_else(|| Error::python("environment", "unpinned packages"))?;
+    let stage = tempfile::Builder::new()
+        .prefix(crate::store::TEMP_PREFIX)
+        .tempdir_in(store.tmp_dir())
+        .ctx("create a temp folder in", &store.tmp_dir())?;
+    let house = stage.path().join("wheels");
+    fs::create_dir_all(&house).ctx("create", &house)?;
+    let mut reqs = String::new();
+    for p in &py.packages {
+        let (Some(file), Some(sha)) = (&p.wheel, p.sha256) else {
+            continue;
+        };
+        let id = store
+            .lookup_sha256(&sha)?
+            .ok_or_else(|| Error::NotFound(format!("sha256:{}", sha.hex())))?;
+        link_object(store, &id, &house.join(file))?;
+        reqs.push_str(&format!("{}=={}\n", p.name, p.version));
+    }
+    let reqs_path = stage.path().join("requirements.txt");
+    fs::write(&reqs_path, reqs).ctx("write", &reqs_path)?;
+    let venv = stage.path().join("venv");
+    let use_uv = match installer {
+        Resolver::Pip => false,
+        Resolver::Uv => true,
+        Resolver::Auto => uv_available(),
+    };
+    if use_uv {
+        let mut c = Command::new("uv");
+        c.args([
+            "venv",
+            "--no-config",
+            "--quiet",
+            "--relocatable",
+            "--python",
+        ])
+        .arg(&base.executable)
+        .arg(&venv);
+        install_step(c, stage.path(), "uv venv")?;
+        let mut c = Command::new("uv");
+        c.args([
+            "pip",
+            "install",
+            "--no-config",
+            "--quiet",
+            "--offline",
+            "--no-index",
+        ])
+        .args(["--no-deps", "--link-mode", "copy", "--python"])
+        .arg(venv.join("bin/python"))
+        .arg("--find-links")
+        .arg(&house)
+        .arg("-r")
+        .arg(&reqs_path);
+        install_step(c, stage.path(), "uv pip install")?;
+    } else {
+        let mut c = Command::new(&base.executable);
+        c.args(["-m", "venv", "--without-pip"]).arg(&venv);
+        install_step(c, stage.path(), "python -m venv")?;
+        let mut c = Command::new(&base.executable);
+        c.args(["-m", "pip", "--python"])
+            .arg(venv.join("bin/python"))
+            .args([
+                "install",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--quiet",
+            ])
+            .args([
+                "--disable-pip-version-check",
+                "--no-input",
+                "--no-warn-script-location",
+            ])
+            .arg("--find-links")
+            .arg(&house)
+            .arg("-r")
+            .arg(&reqs_path);
+        install_step(c, stage.path(), "pip install")?;
+    }
+    let (tree, _) = relocate::ingest(store, &venv, base, Some(&py.packages))?;
+    store.add_root(
+        &env_root(&key),
+        &Root {
+            ids: vec![tree],
+            path: None,
+        },
+    )?;
+    Ok(EnvReport {
+        tree,
+        built: true,
+        installer: Some(if use_uv { "uv" } else { "pip" }),
+    })
+}
+
+fn install_step(mut cmd: Command, cwd: &Path, what: &str) -> Result<()> {
+    for v in INSTALLER_ENV {
+        cmd.env_remove(v);
+    }
+    cmd.current_dir(cwd).env("PYTHONDONTWRITEBYTECODE", "1");
+    tracing::debug!("running {cmd:?}");
+    let out = cmd
+        .output()
+        .map_err(|e| Error::python(what, format!("cannot run: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::python(
+            what,
+            format!(
+                "failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! Base interpreters: what a Python reports about itself (the facts wheels are selected by),
+//! and finding one on this machine that fits a lock.
+//!
+//! A stored environment is only usable with a base interpreter of the same implementation,
+//! minor version, ABI and platform. Its path may differ between machines (pyenv on a laptop,
+//! `/usr/bin/python3.11` in a RunPod image), so it is looked up at materialize time, never
+//! taken from the lock.
+
+use crate::error::{Error, Result};
+use crate::lock::Python;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Asks an interpreter for what wheels are selected by. `-I -S`: no site, no user code.
+const PROBE: &str = r#"
+import json, platform, sys, sysconfig
+impl = sys.implementation.name
+short = {"cpython": "cp", "pypy": "pp"}.get(impl, impl)
+abi = "%s%d%d" % (short, sys.version_info[0], sys.version_info[1])
+if sysconfig.get_config_var("Py_GIL_DISABLED"):
+    abi += "t"
+lib, ver = platform.libc_ver()
+print(json.dumps({
+    "version": platform.python_version(),
+    "implementation": impl,
+    "abi": abi,
+    "platform": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
+    "libc": ("%s %s" % (lib, ver)) if lib else None,
+    "base_executable": getattr(sys, "_base_executable", None) or sys.executable,
+}))
+"#;
+
+/// A Python interpreter and the facts that decide which wheels it can use.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Interpreter {
+    /// e.g. `3.11.7`.
+    pub version: String,
+    /// `cpython`, `pypy`, …
+    pub implementation: String,
+    /// e.g. `cp311`.
+    pub abi: String,
+    /// e.g. `linux_x86_64`.
+    pub platform: String,
+    /// e.g. `glibc 2.36`.
+    pub libc: Option<String>,
+    /// The real interpreter binary (not a venv's link, not a pyenv shim): what a venv's
+    /// `bin/python` must point at.
+    #[serde(rename = "base_executable")]
+    pub executable: PathBuf,
+}
+
+impl Interpreter {
+    /// Run `python` and read its facts. Fails with the interpreter's own stderr.
+    pub fn probe(python: &Path) -> Result<Interpreter> {
+        let out = Command::new(python)
+            .args(["-I", "-S", "-c", PROBE])
+            .output()
+            .map_err(|e| Error::python(python.display().to_string(), format!("cannot run: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::python(
+                python.display().to_string(),
+                format!(
+                    "does not run: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            Error::python(
+                python.display().to_string(),
+                format!("unexpected probe output: {e}"),
+            )
+        })
+    }
+
+    /// `3.11` of `3.11.7`.
+    pub fn minor(&self) -> String {
+        minor_of(&self.version)
+    }
+
+    /// The lock's `python` section for this interpreter (no packages, no tree).
+    pub fn section(&self) -> Python {
+        Python {
+            version: Some(self.version.clone()),
+            implementation: Some(self.implementation.clone()),
+            abi: Some(self.abi.clone()),
+            platform: Some(self.platform.clone()),
+            libc: self.libc.clone(),
+            tree: None,
+            packages: Vec::new(),
+        }
+    }
+
+    /// Whether an environment made for `py` works on this interpreter: same implementation,
+    /// minor version, ABI and platform (patch releases of one minor version are compatible).
+    pub fn fits(&self, py: &Python) -> bool {
+        let same = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        same(&py.implementation, &self.implementation)
+            && py
+                .version
+                .as_deref()
+                .is_none_or(|v| minor_of(v) == self.minor())
+            && same(&py.abi, &self.abi)
+            && same(&py.platform, &self.platform)
+    }
+}
+
+/// `3.11` of `3.11.7` (and of `3.11`).
+pub fn minor_of(version: &str) -> String {
+    version.split('.').take(2).collect::<Vec<_>>().join(".")
+}
+
+/// What a lock's environment needs, for messages: `cpython 3.11 (cp311, linux_x86_64)`.
+pub fn describe(py: &Python) -> String {
+    format!(
+        "{} {} ({}, {})",
+        py.implementation.as_deref().unwrap_or("python"),
+        py.version.as_deref().map(minor_of).unwrap_or_default(),
+        py.abi.as_deref().unwrap_or("any ABI"),
+        py.platform.as_deref().unwrap_or("any platform"),
+    )
+}
+
+/// Whether `spec` names a version (`3.11`, `3.11.7`) rather than a program.
+fn is_version(spec: &str) -> bool {
+    !spec.is_empty() && spec.chars().all(|c| c.is_ascii_digit() || c == '.')
+}
+
+/// The programs a spec may mean, most specific first. A version also asks uv, which knows the
+/// interpreters it manages (`uv python install`).
+fn candidates(spec: &str) -> Vec<PathBuf> {
+    if !is_version(spec) {
+        return vec![PathBuf::from(spec)];
+    }
+    let mut v = vec![PathBuf::from(format!("python{}", minor_of(spec)))];
+    if let Some(p) = uv_python_find(spec) {
+        v.push(p);
+    }
+    v
+}
+
+fn uv_python_find(version: &str) -> Option<PathBuf> {
+    let out = Command::new("uv")
+        .args(["python", "find", "--no-project", version])
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !s.is_empty()).then(|| PathBuf::from(s))
+}
+
+/// The interpreter `spec` names: a path or program (`/usr/bin/python3.11`, `python3`), or a
+/// version (`3.11`). Without a spec, `python3`.
+pub fn find(spec: Option<&str>) -> Result<Interpreter> {
+    let spec = spec.unwrap_or("python3");
+    let mut errors = Vec::new();
+    for c in candidates(spec) {
+        match Interpreter::probe(&c) {
+            Ok(i) if !is_version(spec) || version_matches(spec, &i.version) => return Ok(i),
+            Ok(i) => errors.push(format!("{} is {}", c.display(), i.version)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(Error::python(
+        spec,
+        format!("no such interpreter ({})", errors.join("; ")),
+    ))
+}
+
+/// `3.11` matches `3.11.7`; `3.11.7` only itself.
+fn version_matches(spec: &str, version: &str) -> bool {
+    version == spec || version.starts_with(&format!("{spec}."))
+}
+
+/// A base interpreter on this machine that fits the lock's environment: `spec` if given (it
+/// must fit), else `pythonX.Y` on PATH, an interpreter uv manages, or `python3`.
+pub fn find_for(py: &Python, spec: Option<&str>) -> Result<Interpreter> {
+    let need = describe(py);
+    if let Some(spec) = spec {
+        let i = find(Some(spec))?;
+        if !i.fits(py) {
+            return Err(Error::python(
+                spec,
+                format!(
+                    "is {} {} ({}, {}), the environment needs {need}",
+                    i.implementation, i.version, i.abi, i.platform
+                ),
+            ));
+        }
+        return Ok(i);
+    }
+    let mut tried = Vec::new();
+    let mut specs: Vec<PathBuf> = Vec::new();
+    if let Some(v) = py.version.as_deref() {
+        specs.extend(candidates(&minor_of(v)));
+    }
+    specs.push("python3".into());
+    for c in specs {
+        match Interpreter::probe(&c) {
+            Ok(i) if i.fits(py) => return Ok(i),
+            Ok(i) => tried.push(format!(
+                "{} is {} {}",
+                c.display(),
+                i.implementation,
+                i.version
+            )),
+            Err(_) => tried.push(format!("{} not found", c.display())),
+        }
+    }
+    Err(Error::python(
+        "interpreter",
+        format!(
+            "the environment needs {need}, and none was found ({}); install it (e.g. `uv python install {}`) or pass --python",
+            tried.join("; "),
+            py.version.as_deref().map(minor_of).unwrap_or_default()
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(minor_of("3.11.7"), "3.11");
+        assert!(version_matches("3.11", "3.11.7"));
+        assert!(!version_matches("3.1", "3.11.7"));
+        assert!(is_version("3.11") && !is_version("python3"));
+    }
+}

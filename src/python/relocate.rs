@@ -1,0 +1,359 @@
+//! Environments as path-independent trees.
+//!
+//! A venv names absolute paths in a few files: `pyvenv.cfg` (the base interpreter's folder),
+//! the `bin/python*` links (the base interpreter), pip's console scripts and `activate`
+//! (the venv's own folder, in the `#!` line or a variable) and `.pth`/`.egg-link` files of
+//! editable installs. When an environment is stored, those files are stored as *templates*,
+//! with the paths replaced by tokens, and listed in [`ENV_META`]. Every other file is linked
+//! as it is. When an environment is placed, [`render`] writes the templates anew for that
+//! folder and that machine's interpreter, so two versions can share every other inode.
+
+use super::interpreter::Interpreter;
+use crate::error::{Error, IoContext, Result};
+use crate::lock::{Package, Python, CACHE_NAMES, CACHE_SUFFIXES};
+use crate::store::{AddOptions, AddReport, Entry, Manifest, Node, ObjectId, Store};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The file at the top of a stored environment that lists its templates.
+pub const ENV_META: &str = ".comfystore-env.json";
+const META_SCHEMA: &str = "comfystore.env/1";
+
+/// Stands for the environment's own folder.
+const VENV_TOKEN: &str = "@@COMFYSTORE_VENV@@";
+/// Stands for the base interpreter binary.
+const PYTHON_TOKEN: &str = "@@COMFYSTORE_PYTHON@@";
+/// Stands for the base interpreter's folder (`home` in `pyvenv.cfg`).
+const HOME_TOKEN: &str = "@@COMFYSTORE_PYTHON_HOME@@";
+
+/// What [`ENV_META`] holds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnvMeta {
+    pub schema: String,
+    /// The interpreter the environment is for (no packages, no tree).
+    pub python: Python,
+    /// Paths (files and symlinks) whose content or target is written per destination.
+    pub templates: Vec<String>,
+    /// The wheels it was installed from (name, version, file, URL, sha256), when comfystore
+    /// installed it: `lock` reads them back, so a lock of an `init`ed install pins wheels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<Package>,
+}
+
+/// Store the venv at `venv` as a path-independent environment tree. `base` is the venv's base
+/// interpreter; `packages` the wheels it was installed from, if known (else those of the
+/// metadata the venv already carries, when comfystore placed it).
+pub fn ingest(
+    store: &Store,
+    venv: &Path,
+    base: &Interpreter,
+    packages: Option<&[Package]>,
+) -> Result<(ObjectId, AddReport)> {
+    let add = store.add_tree(
+        venv,
+        &AddOptions {
+            exclude_names: CACHE_NAMES.iter().map(|s| s.to_string()).collect(),
+            exclude_suffixes: CACHE_SUFFIXES.iter().map(|s| s.to_string()).collect(),
+            exclude: vec![
+                ENV_META.to_string(),
+                crate::materialize::MARKER_NAME.to_string(),
+            ],
+            ..Default::default()
+        },
+    )?;
+    let mut manifest = store.read_tree(&add.id)?;
+    let subst = Substitutions::of(venv, base);
+    let mut templates = Vec::new();
+    for e in manifest.entries.iter_mut() {
+        match &mut e.node {
+            Node::Symlink { target } => {
+                let mut t = subst.to_tokens(target);
+                // `bin/python` names the base interpreter, by whatever path the venv tool
+                // resolved; any absolute link out of bin/ is that interpreter.
+                if e.path.starts_with("bin/") && t.starts_with('/') {
+                    t = PYTHON_TOKEN.to_string();
+                }
+                if t != *target {
+                    *target = t;
+                    templates.push(e.path.clone());
+                }
+            }
+            Node::File { exec, size, id } if may_name_paths(&e.path) => {
+                let path = venv.join(&e.path);
+                let bytes = fs::read(&path).ctx("read", &path)?;
+                let Ok(text) = std::str::from_utf8(&bytes) else {
+                    continue;
+                };
+                let mut t = subst.to_tokens(text);
+                if e.path == "pyvenv.cfg" {
+                    t = tokenize_cfg(&t);
+                }
+                if t != text {
+                    let put = store.put_bytes(t.as_bytes(), *exec, false)?;
+                    *id = put.digests.b3;
+                    *size = put.digests.size;
+                    templates.push(e.path.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    let packages = match packages {
+        Some(p) => p.to_vec(),
+        None => read_meta_file(venv)?
+            .map(|m| m.packages)
+            .unwrap_or_default(),
+    };
+    let meta = EnvMeta {
+        schema: META_SCHEMA.into(),
+        python: base.section(),
+        templates,
+        packages,
+    };
+    let bytes = serde_json::to_vec_pretty(&meta)
+        .map_err(|e| Error::bad_input(venv, format!("environment metadata: {e}")))?;
+    let put = store.put_bytes(&bytes, false, false)?;
+    manifest.entries.push(Entry {
+        path: ENV_META.into(),
+        node: Node::File {
+            exec: false,
+            size: put.digests.size,
+            id: put.digests.b3,
+        },
+    });
+    manifest.sort();
+    Ok((store.put_tree(&manifest)?.0, add))
+}
+
+/// `pyvenv.cfg` keys that name the base interpreter, whatever path the venv tool wrote.
+fn tokenize_cfg(cfg: &str) -> String {
+    let mut out = String::new();
+    for line in cfg.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        match key {
+            "home" => out.push_str(&format!("home = {HOME_TOKEN}")),
+            "executable" | "base-executable" => out.push_str(&format!("{key} = {PYTHON_TOKEN}")),
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Files that may hold absolute paths: `pyvenv.cfg`, anything directly in `bin/`, and path
+/// files in site-packages. Other files are never read again.
+fn may_name_paths(path: &str) -> bool {
+    path == "pyvenv.cfg"
+        || path
+            .strip_prefix("bin/")
+            .is_some_and(|rest| !rest.contains('/'))
+        || path.ends_with(".pth")
+        || path.ends_with(".egg-link")
+}
+
+/// The metadata of an environment tree, if it is one (trees locked before templates existed
+/// are placed as they are).
+pub fn read_meta(store: &Store, env: &Manifest) -> Result<Option<EnvMeta>> {
+    let Some(Node::File { id, .. }) = env
+        .entries
+        .iter()
+        .find(|e| e.path == ENV_META)
+        .map(|e| &e.node)
+    else {
+        return Ok(None);
+    };
+    let bytes = read_object(store, id)?;
+    let meta = parse_meta(&bytes, &store.object_path(id, false))?;
+    Ok(Some(meta))
+}
+
+/// The metadata a placed environment carries (`None` if it has none, or an unreadable one).
+pub fn read_meta_file(venv: &Path) -> Result<Option<EnvMeta>> {
+    let path = venv.join(ENV_META);
+    match fs::read(&path) {
+        Ok(b) => Ok(parse_meta(&b, &path).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).ctx("read", &path),
+    }
+}
+
+fn parse_meta(bytes: &[u8], path: &Path) -> Result<EnvMeta> {
+    let meta: EnvMeta = serde_json::from_slice(bytes)
+        .map_err(|e| Error::bad_input(path, format!("invalid environment metadata: {e}")))?;
+    if meta.schema != META_SCHEMA {
+        return Err(Error::bad_input(
+            path,
+            format!("environment schema {:?} is not supported", meta.schema),
+        ));
+    }
+    Ok(meta)
+}
+
+fn read_object(store: &Store, id: &ObjectId) -> Result<Vec<u8>> {
+    let mut f = store.open_object(id)?;
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut v).ctx("read", &store.object_path(id, false))?;
+    Ok(v)
+}
+
+/// The environment tree written for a venv at `venv` (absolute) on `base`: templates are
+/// filled in and stored as small objects of their own.
+pub fn render(store: &Store, env: &Manifest, venv: &Path, base: &Interpreter) -> Result<Manifest> {
+    let Some(meta) = read_meta(store, env)? else {
+        return Ok(env.clone());
+    };
+    let subst = Substitutions::of(venv, base);
+    let mut out = env.clone();
+    for e in out.entries.iter_mut() {
+        if meta.templates.binary_search(&e.path).is_err() {
+            continue;
+        }
+        match &mut e.node {
+            Node::Symlink { target } => *target = subst.from_tokens(target),
+            Node::File { exec, size, id } => {
+                let bytes = read_object(store, id)?;
+                let text = String::from_utf8_lossy(&bytes);
+                let put = store.put_bytes(subst.from_tokens(&text).as_bytes(), *exec, false)?;
+                *id = put.digests.b3;
+                *size = put.digests.size;
+            }
+            Node::Dir => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The pairs of (absolute path, token) a venv's files are rewritten with, longest path first
+/// so a venv inside the interpreter's folder (or the reverse) is replaced whole.
+struct Substitutions {
+    pairs: Vec<(String, &'static str)>,
+    venv: String,
+    python: String,
+    home: String,
+}
+
+impl Substitutions {
+    fn of(venv: &Path, base: &Interpreter) -> Substitutions {
+        let s = |p: &Path| p.to_string_lossy().trim_end_matches('/').to_string();
+        let home = base
+            .executable
+            .parent()
+            .map(s)
+            .unwrap_or_else(|| "/".into());
+        let mut pairs = vec![
+            (s(venv), VENV_TOKEN),
+            (s(&base.executable), PYTHON_TOKEN),
+            (home.clone(), HOME_TOKEN),
+        ];
+        if let Ok(c) = venv.canonicalize() {
+            pairs.push((s(&c), VENV_TOKEN));
+        }
+        pairs.retain(|(p, _)| p.len() > 1);
+        pairs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        pairs.dedup();
+        Substitutions {
+            pairs,
+            venv: s(venv),
+            python: s(&base.executable),
+            home,
+        }
+    }
+
+    /// Replace the paths by tokens. A path only counts where it ends at a path boundary, so
+    /// `/opt/py` does not eat into `/opt/python3`.
+    fn to_tokens(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (path, token) in &self.pairs {
+            out = replace_bounded(&out, path, token);
+        }
+        out
+    }
+
+    fn from_tokens(&self, text: &str) -> String {
+        text.replace(VENV_TOKEN, &self.venv)
+            .replace(PYTHON_TOKEN, &self.python)
+            .replace(HOME_TOKEN, &self.home)
+    }
+}
+
+/// Replace `needle` in `hay` where the next character is not part of a longer name.
+fn replace_bounded(hay: &str, needle: &str, with: &str) -> String {
+    let mut out = String::with_capacity(hay.len());
+    let mut rest = hay;
+    while let Some(i) = rest.find(needle) {
+        let after = &rest[i + needle.len()..];
+        let bounded = after
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.'));
+        out.push_str(&rest[..i]);
+        out.push_str(if bounded { with } else { needle });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The path of a venv's `site-packages` inside an environment tree, e.g.
+/// `lib/python3.11/site-packages`.
+pub fn site_packages_of(env: &Manifest) -> Option<PathBuf> {
+    env.entries.iter().find_map(|e| {
+        let mut parts = e.path.splitn(4, '/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("lib"), Some(py), Some("site-packages")) => {
+                Some(PathBuf::from(format!("lib/{py}/site-packages")))
+            }
+            _ => None,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Interpreter {
+        Interpreter {
+            version: "3.11.7".into(),
+            implementation: "cpython".into(),
+            abi: "cp311".into(),
+            platform: "linux_x86_64".into(),
+            libc: None,
+            executable: "/opt/py/bin/python3.11".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_boundaries() {
+        let s = Substitutions::of(Path::new("/tmp/stage/venv"), &base());
+        let script = "#!/tmp/stage/venv/bin/python\n# /tmp/stage/venv2 stays\n";
+        let t = s.to_tokens(script);
+        assert_eq!(
+            t,
+            "#!@@COMFYSTORE_VENV@@/bin/python\n# /tmp/stage/venv2 stays\n"
+        );
+        let cfg = "home = /opt/py/bin\nexecutable = /opt/py/bin/python3.11\n";
+        assert_eq!(
+            s.to_tokens(cfg),
+            "home = @@COMFYSTORE_PYTHON_HOME@@\nexecutable = @@COMFYSTORE_PYTHON@@\n"
+        );
+        let d = Substitutions::of(Path::new("/w/v1/venv"), &base());
+        assert_eq!(
+            d.from_tokens(&t),
+            "#!/w/v1/venv/bin/python\n# /tmp/stage/venv2 stays\n"
+        );
+    }
+
+    #[test]
+    fn which_files_are_scanned() {
+        assert!(may_name_paths("pyvenv.cfg"));
+        assert!(may_name_paths("bin/tinycli"));
+        assert!(!may_name_paths("bin/sub/x"));
+        assert!(may_name_paths("lib/python3.11/site-packages/_x.pth"));
+        assert!(!may_name_paths(
+            "lib/python3.11/site-packages/x/__init__.py"
+        ));
+    }
+}
