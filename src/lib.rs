@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod error;
 pub mod fetch;
+pub mod init;
 pub mod lock;
 pub mod materialize;
 pub mod progress;

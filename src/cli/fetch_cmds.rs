@@ -43,7 +43,7 @@ pub fn run(cli: &Cli, cmd: FetchCommand) -> Result<u8> {
 }
 
 impl SourceArgs {
-    fn options(&self) -> FetchOptions {
+    pub(crate) fn options(&self) -> FetchOptions {
         FetchOptions {
             only: self.only,
             mirror_urls: self.mirror_url.clone(),

@@ -1,48 +1,100 @@
 //! Handlers of `materialize`, `status` and `remove`.
 
 use super::EXIT_FAILURE;
-use crate::materialize::{self, LinkMode, LinkPolicy, PrefixRule};
+use super::MaterializeArgs;
+use crate::lock::Lockfile;
+use crate::materialize::{self, LinkPolicy, LockOptions, MaterializeReport};
 use crate::store::{AnyId, Store};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::Path;
 
-pub fn materialize(
-    store: &Store,
-    tree: &str,
-    dest: &Path,
-    link: LinkMode,
-    rules: Vec<PrefixRule>,
-    json: bool,
-    quiet: bool,
-) -> Result<u8> {
-    let id = store.resolve(&tree.parse::<AnyId>()?)?;
+pub fn materialize(store: &Store, a: &MaterializeArgs, json: bool, quiet: bool) -> Result<u8> {
+    let as_lock = Path::new(&a.source);
+    if as_lock.is_file() {
+        let lock = Lockfile::read(as_lock)?;
+        let opts = LockOptions {
+            venv: a.venv.clone(),
+            models_dir: a.models_dir.clone(),
+            link: a.link,
+            venv_link: a.venv_link,
+            models_link: a.models_link,
+            rules: a.link_prefix.clone(),
+            python: a.python.clone(),
+            installer: a.installer,
+            fetch: a.sources.options(),
+        };
+        let report = materialize::materialize_lock(store, &lock, &a.dest, &opts)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else if !quiet {
+            if !report.fetched.downloaded.is_empty() || !report.fetched.trees.is_empty() {
+                eprintln!(
+                    "fetched {} files and {} trees",
+                    report.fetched.downloaded.len(),
+                    report.fetched.trees.len()
+                );
+            }
+            if let Some(env) = &report.env {
+                eprintln!(
+                    "environment {}: {}",
+                    env.tree,
+                    match env.installer {
+                        Some(i) => format!("installed now with {i} (later versions link it)"),
+                        None => "from the store".into(),
+                    }
+                );
+            }
+            print_report(&report.version);
+            for r in report.venv.iter().chain(report.models.iter()) {
+                print_report(r);
+            }
+            if let Some(py) = &report.python {
+                let venv = a.venv.clone().unwrap_or_else(|| a.dest.join("venv"));
+                eprintln!(
+                    "run: {}/bin/python {}/main.py   (base interpreter {})",
+                    venv.display(),
+                    a.dest.display(),
+                    py.display()
+                );
+            }
+        }
+        return Ok(0);
+    }
+    let id = store
+        .resolve(&a.source.parse::<AnyId>().with_context(|| {
+            format!("{}: neither a lockfile nor a tree id", a.source)
+        })?)?;
     let policy = LinkPolicy {
-        default: link,
-        rules,
+        default: a.link,
+        rules: a.link_prefix.clone(),
     };
-    let report = materialize::materialize(store, &id, dest, &policy)?;
+    let report = materialize::materialize(store, &id, &a.dest, &policy)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if !quiet {
-        let methods: Vec<String> = report
-            .methods
-            .iter()
-            .map(|(m, n)| format!("{n} {m:?}").to_lowercase())
-            .collect();
-        println!(
-            "{}: wrote {} entries ({}), {} unchanged, {} removed from the previous version, {} user files kept",
-            report.dest.display(),
-            report.written,
-            if methods.is_empty() { "none".to_string() } else { methods.join(", ") },
-            report.unchanged,
-            report.removed,
-            report.extra
-        );
-        for p in &report.kept_modified {
-            eprintln!("kept (modified, not in the new tree): {p}");
-        }
+        print_report(&report);
     }
     Ok(0)
+}
+
+fn print_report(report: &MaterializeReport) {
+    let methods: Vec<String> = report
+        .methods
+        .iter()
+        .map(|(m, n)| format!("{n} {m:?}").to_lowercase())
+        .collect();
+    println!(
+        "{}: wrote {} entries ({}), {} unchanged, {} removed from the previous version, {} user files kept",
+        report.dest.display(),
+        report.written,
+        if methods.is_empty() { "none".to_string() } else { methods.join(", ") },
+        report.unchanged,
+        report.removed,
+        report.extra
+    );
+    for p in &report.kept_modified {
+        eprintln!("kept (modified, not in the new tree): {p}");
+    }
 }
 
 pub fn status(store: &Store, dest: &Path, verify: bool, json: bool) -> Result<u8> {

@@ -4,6 +4,7 @@
 mod fetch_cmds;
 mod lock_cmds;
 mod materialize_cmds;
+mod python_cmds;
 mod store_cmds;
 
 use clap::{Args, Parser, Subcommand};
@@ -20,7 +21,10 @@ content-addressed store, once, named by BLAKE3.";
 
 const EXAMPLES: &str = "\
 Examples:
+  comfystore init --path ./ComfyUI            # clone ComfyUI, pinned venv from the store
   comfystore lock ./ComfyUI --tag v1          # store everything, write lockfiles/comfy-v1.lock.json
+  comfystore materialize lockfiles/comfy-v1.lock.json /workspace/v1   # a runnable copy, in seconds
+  comfystore pin requirements.txt --lock lockfiles/comfy-v1.lock.json
   comfystore diff lockfiles/comfy-v1.lock.json lockfiles/comfy-v2.lock.json
   comfystore show lockfiles/comfy-v1.lock.json
   comfystore fetch lockfiles/comfy-v1.lock.json   # get what the store lacks (git, HTTP, mirrors)
@@ -59,6 +63,8 @@ pub enum Command {
     Versions(LockCommand),
     #[command(flatten)]
     Sources(FetchCommand),
+    #[command(flatten)]
+    Python(python_cmds::PythonCommand),
     /// Add files (→ object id) and directories (→ tree id) to the store.
     ///
     /// Prints `<id>\t<path>` per path. Symlinks inside a directory are recorded, never followed.
@@ -107,27 +113,25 @@ pub enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
     },
-    /// Create (or repair, or switch) a directory holding a stored tree.
+    /// Build a runnable ComfyUI from a lockfile (or any stored tree) at DEST.
     ///
-    /// Files are reflinked where the filesystems allow, else copied (safe to edit). Hardlinks
-    /// and symlinks share the store's inodes: ask for them only for read-only parts (models,
-    /// installed packages), per path prefix. Running it again rewrites only missing or
-    /// modified entries; files you added are never touched.
+    /// From a lockfile: fetches what the store lacks (git trees, wheels, models; --offline
+    /// fails before writing anything and lists what is missing), installs the Python
+    /// environment once per package set from the store's wheels, then places ComfyUI at DEST,
+    /// each node at DEST/custom_nodes/NAME, the environment at DEST/venv (or --venv) and the
+    /// models at their paths (or in --models-dir, named by a generated
+    /// extra_model_paths.yaml). Run it again with another lock to switch DEST in place: only
+    /// differences are written, and files you added (outputs, inputs, settings) stay.
+    /// Node install scripts (install.py) are never run: their dependencies come from the lock.
+    ///
+    /// Link classes: sources (ComfyUI, nodes) --link reflink (else copy: safe to edit); the
+    /// environment --venv-link auto (reflink, else hardlink, else copy); models --models-link
+    /// share (reflink, else hardlink, else symlink). Hardlinked and symlinked files share
+    /// their inode with the store: never edit them in place.
     #[command(
-        after_help = "Examples:\n  comfystore materialize b3:1f0c… /workspace/v1\n  comfystore materialize b3:1f0c… /workspace/v1 --link-prefix venv=hardlink --link-prefix models=symlink\n  comfystore materialize b3:1f0c… /workspace/v1 --link auto   # reflink, else hardlink, else copy"
+        after_help = "Examples:\n  comfystore materialize lockfiles/comfy-v1.lock.json /workspace/v1\n  /workspace/v1/venv/bin/python /workspace/v1/main.py\n  comfystore materialize lockfiles/comfy-v2.lock.json /workspace/v1        # switch in place\n  comfystore materialize lockfiles/comfy-v1.lock.json /workspace/v1 --models-dir /runpod-volume/models\n  comfystore materialize lockfiles/comfy-v1.lock.json /workspace/v1 --offline --mirror /mnt/mirror\n  comfystore materialize b3:1f0c… /tmp/tree --link-prefix venv=hardlink   # any stored tree"
     )]
-    Materialize {
-        /// The tree id.
-        tree: String,
-        /// Destination directory (created if missing; must be empty or materialized before).
-        dest: PathBuf,
-        /// Link mode for every path without a --link-prefix rule.
-        #[arg(long, value_enum, default_value = "reflink")]
-        link: crate::materialize::LinkMode,
-        /// PREFIX=MODE: link mode for a path prefix (repeatable), e.g. venv=hardlink.
-        #[arg(long, value_name = "PREFIX=MODE", value_parser = crate::materialize::LinkPolicy::parse_rule)]
-        link_prefix: Vec<crate::materialize::PrefixRule>,
-    },
+    Materialize(MaterializeArgs),
     /// Compare a materialized directory with its tree: missing, modified and extra files.
     ///
     /// Uses the stat cache, so unchanged files are not read. Exits 1 if anything is missing or
@@ -293,6 +297,43 @@ pub struct SourceArgs {
     pub mirror_url: Vec<String>,
     #[command(flatten)]
     pub http: HttpArgs,
+}
+
+/// `materialize`'s arguments.
+#[derive(Args, Debug)]
+pub struct MaterializeArgs {
+    /// A lockfile, or a stored tree id (b3:…).
+    pub source: String,
+    /// Destination directory (created if missing; must be empty or materialized before).
+    pub dest: PathBuf,
+    /// Link mode for sources (and every path of a plain tree without a --link-prefix rule).
+    #[arg(long, value_enum, default_value = "reflink")]
+    pub link: crate::materialize::LinkMode,
+    /// Link mode for the environment (lockfiles).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub venv_link: crate::materialize::LinkMode,
+    /// Link mode for models (lockfiles).
+    #[arg(long, value_enum, default_value = "share")]
+    pub models_link: crate::materialize::LinkMode,
+    /// PREFIX=MODE: link mode for a path prefix (repeatable), e.g. custom_nodes=copy.
+    #[arg(long, value_name = "PREFIX=MODE", value_parser = crate::materialize::LinkPolicy::parse_rule)]
+    pub link_prefix: Vec<crate::materialize::PrefixRule>,
+    /// Place the environment here instead of DEST/venv.
+    #[arg(long, value_name = "DIR")]
+    pub venv: Option<PathBuf>,
+    /// Keep models in this shared folder (e.g. on a network volume) and write
+    /// DEST/extra_model_paths.yaml pointing ComfyUI at it. Nothing there is ever removed.
+    #[arg(long, value_name = "DIR", env = "COMFYSTORE_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Base interpreter for the environment (path, program or version); default: one that
+    /// fits the lock (pythonX.Y on PATH, or one uv manages).
+    #[arg(long, env = "COMFYSTORE_PYTHON", value_name = "PYTHON")]
+    pub python: Option<String>,
+    /// Installer for an environment the store lacks.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub installer: crate::python::Resolver,
+    #[command(flatten)]
+    pub sources: SourceArgs,
 }
 
 /// Versions as lockfiles.

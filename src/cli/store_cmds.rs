@@ -12,6 +12,7 @@ pub fn run(mut cli: Cli) -> Result<u8> {
     let command = match std::mem::replace(&mut cli.command, Command::Stats) {
         Command::Versions(cmd) => return super::lock_cmds::run(&cli, cmd),
         Command::Sources(cmd) => return super::fetch_cmds::run(&cli, cmd),
+        Command::Python(cmd) => return super::python_cmds::run(&cli, &cmd),
         other => other,
     };
     let store = super::open_store(&cli)?;
@@ -65,20 +66,9 @@ pub fn run(mut cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Materialize {
-            tree,
-            dest,
-            link,
-            link_prefix,
-        } => super::materialize_cmds::materialize(
-            &store,
-            &tree,
-            &dest,
-            link,
-            link_prefix,
-            json,
-            cli.quiet,
-        ),
+        Command::Materialize(args) => {
+            super::materialize_cmds::materialize(&store, &args, json, cli.quiet)
+        }
         Command::Status { dest, verify } => {
             super::materialize_cmds::status(&store, &dest, verify, json)
         }
@@ -157,7 +147,7 @@ pub fn run(mut cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Versions(_) | Command::Sources(_) => {
+        Command::Versions(_) | Command::Sources(_) | Command::Python(_) => {
             unreachable!("dispatched above, before the store is opened")
         }
     }

@@ -166,6 +166,7 @@ pub fn materialize_lock(
         venv: opts.venv.as_ref().map(|_| venv_dir.clone()),
         models_dir: models_dir.clone(),
         python: base.as_ref().map(|b| b.executable.clone()),
+        env: env.as_ref().map(|e| e.tree),
     };
     let (tree, _) = store.put_tree(&version.manifest)?;
     let report = super::materialize_laid_out(store, &tree, dest, &opts.policy(), &layout)?;

@@ -863,9 +863,27 @@ pub fn remove(store: &Store, dest: &Path, all: bool) -> Result<RemoveReport> {
             }
         }
     } else {
-        report.kept.extend(extras(&manifest, &seen));
+        // Byte-code caches are Python's, derived from what we placed: they go too.
+        let (caches, user): (Vec<String>, Vec<String>) = extras(&manifest, &seen)
+            .into_iter()
+            .partition(|p| crate::lock::is_cache_path(p));
+        for p in &caches {
+            let path = dest.join(p);
+            match fs::remove_file(&path) {
+                Ok(()) => report.removed_entries += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).ctx("remove", &path),
+            }
+        }
+        report.kept.extend(user);
         report.kept.sort();
-        report.removed_dirs = prune_dirs(&dest, &tree_dirs(&manifest), &HashSet::new());
+        let mut dirs = tree_dirs(&manifest);
+        dirs.extend(
+            seen.iter()
+                .filter(|(p, s)| s.meta.is_dir() && crate::lock::is_cache_path(p))
+                .map(|(p, _)| p.clone()),
+        );
+        report.removed_dirs = prune_dirs(&dest, &dirs, &HashSet::new());
     }
     let marker_path = dest.join(MARKER_NAME);
     fs::remove_file(&marker_path).ctx("remove", &marker_path)?;

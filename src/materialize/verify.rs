@@ -167,7 +167,9 @@ fn parts_for(
         return parts;
     };
     let env = (|| -> Result<Option<crate::store::Manifest>> {
-        let Some(tree) = crate::python::find_env(store, py)? else {
+        let placed = layout.env.filter(|t| store.has_tree(t));
+        let Some(tree) = placed.map_or_else(|| crate::python::find_env(store, py), |t| Ok(Some(t)))?
+        else {
             return Ok(None);
         };
         let base = match &layout.python {

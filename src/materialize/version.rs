@@ -43,6 +43,10 @@ pub struct Layout {
     /// The base interpreter the environment's `pyvenv.cfg` and `bin/python` name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<PathBuf>,
+    /// The stored environment placed (a lock without `python.tree` finds its environment by
+    /// its wheels; this keeps `verify` checking the one that was placed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<ObjectId>,
 }
 
 /// What goes into a version besides the lock's trees and models.

@@ -10,7 +10,7 @@
 
 use super::interpreter::Interpreter;
 use crate::error::{Error, IoContext, Result};
-use crate::lock::{Package, Python, CACHE_NAMES, CACHE_SUFFIXES};
+use crate::lock::{Package, Python, CACHE_NAMES};
 use crate::store::{AddOptions, AddReport, Entry, Manifest, Node, ObjectId, Store};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -45,6 +45,8 @@ pub struct EnvMeta {
 /// Store the venv at `venv` as a path-independent environment tree. `base` is the venv's base
 /// interpreter; `packages` the wheels it was installed from, if known (else those of the
 /// metadata the venv already carries, when comfystore placed it).
+/// Byte-code caches (`__pycache__`) are left out; loose `.pyc` files are kept, since a
+/// sourceless distribution is made of them.
 pub fn ingest(
     store: &Store,
     venv: &Path,
@@ -55,7 +57,6 @@ pub fn ingest(
         venv,
         &AddOptions {
             exclude_names: CACHE_NAMES.iter().map(|s| s.to_string()).collect(),
-            exclude_suffixes: CACHE_SUFFIXES.iter().map(|s| s.to_string()).collect(),
             exclude: vec![
                 ENV_META.to_string(),
                 crate::materialize::MARKER_NAME.to_string(),
