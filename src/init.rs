@@ -76,13 +76,22 @@ pub fn init(store: &Store, opts: &InitOptions) -> Result<InitReport> {
                 resolve(&path, r)
                     .or_else(|| resolve(&path, &format!("origin/{r}")))
                     .ok_or_else(|| {
-                        Error::bad_input(&path, format!("no branch, tag or commit {r:?} in {}", opts.repo))
+                        Error::bad_input(
+                            &path,
+                            format!("no branch, tag or commit {r:?} in {}", opts.repo),
+                        )
                     })?
             }
         };
         if target != before {
             run_git(
-                git::command(&path).args(["-c", "advice.detachedHead=false", "checkout", "--quiet", &target]),
+                git::command(&path).args([
+                    "-c",
+                    "advice.detachedHead=false",
+                    "checkout",
+                    "--quiet",
+                    &target,
+                ]),
                 &path,
             )?;
         }
@@ -91,7 +100,10 @@ pub fn init(store: &Store, opts: &InitOptions) -> Result<InitReport> {
 
     let req = path.join("requirements.txt");
     if !req.is_file() {
-        return Err(Error::bad_input(&req, "missing: is this a ComfyUI checkout?"));
+        return Err(Error::bad_input(
+            &req,
+            "missing: is this a ComfyUI checkout?",
+        ));
     }
     let work = tempfile::Builder::new()
         .prefix(crate::store::TEMP_PREFIX)
@@ -131,7 +143,12 @@ fn head(dir: &Path) -> Result<String> {
 /// The commit `r` names in the repo at `dir`, if any.
 fn resolve(dir: &Path, r: &str) -> Option<String> {
     let out = git::command(dir)
-        .args(["rev-parse", "--verify", "--quiet", &format!("{r}^{{commit}}")])
+        .args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{r}^{{commit}}"),
+        ])
         .output()
         .ok()?;
     let s = String::from_utf8_lossy(&out.stdout).trim().to_string();

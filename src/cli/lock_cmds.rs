@@ -26,6 +26,13 @@ pub fn run(cli: &Cli, cmd: LockCommand) -> Result<u8> {
                 sources: a.sources,
                 hf_caches: a.hf_cache,
                 adopt: a.adopt,
+                pin_wheels: a.pin_wheels.then(|| crate::python::PinOptions {
+                    index_url: a.index_url.clone(),
+                    extra_index_urls: a.extra_index_url.clone(),
+                    wheels_dirs: a.wheels_dir.clone(),
+                    offline: a.offline,
+                    ..Default::default()
+                }),
             };
             let (lockfile, report) = lock::lock(&store, &opts)?;
             let out = a

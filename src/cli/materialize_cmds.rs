@@ -1,7 +1,7 @@
 //! Handlers of `materialize`, `status` and `remove`.
 
-use super::EXIT_FAILURE;
 use super::MaterializeArgs;
+use super::EXIT_FAILURE;
 use crate::lock::Lockfile;
 use crate::materialize::{self, LinkPolicy, LockOptions, MaterializeReport};
 use crate::store::{AnyId, Store};
@@ -60,10 +60,11 @@ pub fn materialize(store: &Store, a: &MaterializeArgs, json: bool, quiet: bool) 
         }
         return Ok(0);
     }
-    let id = store
-        .resolve(&a.source.parse::<AnyId>().with_context(|| {
-            format!("{}: neither a lockfile nor a tree id", a.source)
-        })?)?;
+    let id = store.resolve(
+        &a.source
+            .parse::<AnyId>()
+            .with_context(|| format!("{}: neither a lockfile nor a tree id", a.source))?,
+    )?;
     let policy = LinkPolicy {
         default: a.link,
         rules: a.link_prefix.clone(),

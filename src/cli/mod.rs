@@ -417,6 +417,22 @@ pub struct LockArgs {
     /// Do not create the GC root lock/TAG.
     #[arg(long)]
     pub no_root: bool,
+    /// Pin packages installed from an index to their wheel (file, URL, sha256) by resolving
+    /// name==version of each, so `fetch` and `materialize` can reinstall them elsewhere.
+    #[arg(long)]
+    pub pin_wheels: bool,
+    /// Package index for --pin-wheels (default: the resolver's, PyPI).
+    #[arg(long, value_name = "URL", requires = "pin_wheels")]
+    pub index_url: Option<String>,
+    /// Another index for --pin-wheels (repeatable).
+    #[arg(long, value_name = "URL", requires = "pin_wheels")]
+    pub extra_index_url: Vec<String>,
+    /// Local wheels for --pin-wheels (repeatable).
+    #[arg(long, value_name = "DIR", requires = "pin_wheels")]
+    pub wheels_dir: Vec<PathBuf>,
+    /// --pin-wheels from local wheels and the store only.
+    #[arg(long, requires = "pin_wheels")]
+    pub offline: bool,
 }
 
 /// How downloads behave (shared by the commands that download).

@@ -96,7 +96,12 @@ pub struct PinArgs {
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// The ComfyUI folder.
-    #[arg(long, env = "COMFY_HOME", default_value = "ComfyUI", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "COMFY_HOME",
+        default_value = "ComfyUI",
+        value_name = "DIR"
+    )]
     pub path: PathBuf,
     /// Branch, tag or commit to check out (default: the repository's default branch).
     #[arg(long = "ref", value_name = "REF")]
@@ -140,7 +145,11 @@ pub fn run(cli: &Cli, cmd: &PythonCommand) -> Result<u8> {
                 crate::store::write_file_atomic(path, &report.pins.to_bytes(), 0o644)
                     .with_context(|| format!("write {}", path.display()))?;
                 if !cli.quiet && !cli.json {
-                    eprintln!("{}: pinned {n} packages ({} downloaded)", path.display(), report.downloaded);
+                    eprintln!(
+                        "{}: pinned {n} packages ({} downloaded)",
+                        path.display(),
+                        report.downloaded
+                    );
                 }
             } else if !cli.json {
                 print!("{}", String::from_utf8_lossy(&report.pins.to_bytes()));
@@ -179,7 +188,11 @@ pub fn run(cli: &Cli, cmd: &PythonCommand) -> Result<u8> {
                     &report.commit[..report.commit.len().min(12)],
                     report.packages,
                     report.env.tree,
-                    if report.env.built { ", installed now" } else { ", from the store" },
+                    if report.env.built {
+                        ", installed now"
+                    } else {
+                        ", from the store"
+                    },
                     report.python.display()
                 );
                 println!("next: comfystore lock {} --tag v1", report.path.display());

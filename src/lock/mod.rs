@@ -50,6 +50,9 @@ pub struct LockOptions {
     /// More Hugging Face hub caches to look up sources in.
     pub hf_caches: Vec<PathBuf>,
     pub adopt: AdoptMode,
+    /// Give packages installed from an index their wheel file, URL and sha256, by pinning
+    /// `name==version` of each with `pin` (network, unless offline with local wheels).
+    pub pin_wheels: Option<crate::python::PinOptions>,
 }
 
 /// What `lock` did, beyond the lockfile itself.
@@ -150,6 +153,9 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
                 }
             }
         }
+        if let Some(pin) = &opts.pin_wheels {
+            pin_index_packages(store, venv, &mut py, pin, &mut report)?;
+        }
         // Stored path-independent: what names the venv's folder or interpreter is a template.
         let (tree, add) = crate::python::relocate::ingest(store, venv, &base, None)?;
         count(&mut report, &add);
@@ -179,6 +185,64 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
         )
     })?;
     Ok((lock, report))
+}
+
+/// Fill in wheel, URL and sha256 of the packages an index installed (no `direct_url.json`),
+/// with the same resolution `pin` uses: `name==version` of each, for the venv's interpreter.
+fn pin_index_packages(
+    store: &Store,
+    venv: &Path,
+    py: &mut Python,
+    pin: &crate::python::PinOptions,
+    report: &mut LockReport,
+) -> Result<()> {
+    let wanted: Vec<String> = py
+        .packages
+        .iter()
+        .filter(|p| p.wheel.is_none() && p.url.is_none() && !p.version.is_empty())
+        .map(|p| format!("{}=={}", p.name, p.version))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let work = tempfile::Builder::new()
+        .prefix(crate::store::TEMP_PREFIX)
+        .tempdir_in(store.tmp_dir())
+        .ctx("create a temp folder in", &store.tmp_dir())?;
+    let reqs = work.path().join("requirements.txt");
+    fs::write(&reqs, wanted.join("\n") + "\n").ctx("write", &reqs)?;
+    let opts = crate::python::PinOptions {
+        python: Some(venv.join("bin/python").to_string_lossy().into_owned()),
+        ..pin.clone()
+    };
+    let pinned = crate::python::pin(store, &reqs, &opts)?;
+    let mut filled = 0;
+    for p in py
+        .packages
+        .iter_mut()
+        .filter(|p| p.wheel.is_none() && p.url.is_none())
+    {
+        if let Some(w) = pinned
+            .pins
+            .python
+            .packages
+            .iter()
+            .find(|w| w.name == p.name && w.version == p.version)
+        {
+            p.wheel = w.wheel.clone();
+            p.url = w.url.clone();
+            p.sha256 = w.sha256;
+            filled += 1;
+        }
+    }
+    if filled < wanted.len() {
+        report.warnings.push(format!(
+            "{} of {} index-installed packages could not be pinned to a wheel",
+            wanted.len() - filled,
+            wanted.len()
+        ));
+    }
+    Ok(())
 }
 
 fn count(report: &mut LockReport, add: &crate::store::AddReport) {

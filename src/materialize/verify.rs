@@ -168,7 +168,8 @@ fn parts_for(
     };
     let env = (|| -> Result<Option<crate::store::Manifest>> {
         let placed = layout.env.filter(|t| store.has_tree(t));
-        let Some(tree) = placed.map_or_else(|| crate::python::find_env(store, py), |t| Ok(Some(t)))?
+        let Some(tree) =
+            placed.map_or_else(|| crate::python::find_env(store, py), |t| Ok(Some(t)))?
         else {
             return Ok(None);
         };
