@@ -620,6 +620,16 @@ fn apply(
     marker.layout = layout
         .cloned()
         .or_else(|| previous.as_ref().and_then(|p| p.layout.clone()));
+    // The same version again: the marker stays as it is unless something is rewritten, so a
+    // run that changes nothing writes nothing (and keeps the counts of what placed the files).
+    let same = previous.as_ref().is_some_and(|p| {
+        p.complete && p.tree == *tree && p.policy == *policy && p.layout == marker.layout
+    });
+    let nothing_to_do =
+        same && to_remove_old.is_empty() && states.iter().all(|c| c.state == EntryState::Ok);
+    if let Some(p) = previous.as_ref().filter(|_| same) {
+        marker.used = p.used.clone();
+    }
     if marked {
         store.add_root(
             &marker.root,
@@ -628,7 +638,9 @@ fn apply(
                 path: Some(dest.clone()),
             },
         )?;
-        marker.write(&dest)?;
+        if !nothing_to_do {
+            marker.write(&dest)?;
+        }
     }
 
     // Remove what the old version had and the new one does not (deepest first).
@@ -714,7 +726,7 @@ fn apply(
     // Make the placed bytes durable before the marker says the version is complete.
     crate::store::sync_filesystem(&dest)?;
     marker.complete = true;
-    if marked {
+    if marked && !nothing_to_do {
         marker.write(&dest)?;
     }
     commit_cache(store, rows)?;
@@ -889,6 +901,19 @@ pub fn remove(store: &Store, dest: &Path, all: bool) -> Result<RemoveReport> {
     fs::remove_file(&marker_path).ctx("remove", &marker_path)?;
     store.remove_root(&marker.root)?;
     report.dest_removed = fs::remove_dir(&dest).is_ok();
+    // An environment placed outside DEST (`--venv`) belongs to the version: it goes too.
+    if let Some(venv) = marker.layout.as_ref().and_then(|l| l.venv.as_ref()) {
+        if Marker::read(venv)?.is_some() {
+            let r = remove(store, venv, all)?;
+            report.removed_entries += r.removed_entries;
+            report.removed_dirs += r.removed_dirs;
+            report.kept.extend(
+                r.kept
+                    .into_iter()
+                    .map(|k| format!("{}/{k}", venv.display())),
+            );
+        }
+    }
     Ok(report)
 }
 

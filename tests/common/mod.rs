@@ -3,6 +3,7 @@
 
 pub mod comfy;
 pub mod http;
+pub mod pyindex;
 
 use serde_json::Value;
 use std::fs;

@@ -1,0 +1,719 @@
+//! A local Python package index for the `pin` / `materialize` / `init` tests: tiny pure-Python
+//! wheels built by the tests themselves, served as a PEP 503 "simple" index by a real HTTP
+//! server on 127.0.0.1, plus clean ways to run `python3`, `pip` and `uv`.
+//!
+//! The wheels (see [`WHEELS`]) are built once per test process, deterministically (fixed zip
+//! timestamps and modes), into `$CARGO_TARGET_TMPDIR/pyindex-wheels-<hash of their spec>/`
+//! and reused by later runs. Each test serves them with its own [`IndexServer`]:
+//!
+//! ```text
+//! /simple/                 <a href="tinyfoo/">tinyfoo</a> ...            text/html
+//! /simple/<name>/          <a href="../../files/X.whl#sha256=HEX">X.whl</a>   text/html
+//! /files/X.whl             the wheel's bytes (or other bytes, see IndexServer::serve_bytes)
+//! ```
+//!
+//! Why not `TestServer` (tests/common/http.rs): it answers every route with
+//! `Content-Type: application/octet-stream`, and pip ignores index pages that are not
+//! `text/html` (or the PEP 691 types) — it would find no packages at all.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What `tinycli` prints (its console script `tinycli = tinycli:main`).
+pub const TINYCLI_OUTPUT: &str = "tinycli says hello";
+
+/// One wheel to build.
+pub struct WheelSpec {
+    pub name: &'static str,
+    pub version: &'static str,
+    /// `Requires-Dist:` lines.
+    pub requires: &'static [&'static str],
+    /// `[console_scripts]` entries, `name = module:func`.
+    pub scripts: &'static [&'static str],
+    /// (path in the wheel, content).
+    pub files: &'static [(&'static str, &'static str)],
+}
+
+const TINYCLI_INIT: &str = "import sys\n\n\ndef main():\n    print(\"tinycli says hello\")\n    return 0\n\n\nif __name__ == \"__main__\":\n    sys.exit(main())\n";
+
+/// The wheels of the index: `tinyfoo` 1.0 and 2.0 (so pinning has a version to pick),
+/// `tinycli` (a console script), `tinydep` (needs `tinyfoo>=1.0`), and a stand-in `requests`
+/// (what `init` adds to ComfyUI's requirements). `tinyghost` is never built.
+pub const WHEELS: &[WheelSpec] = &[
+    WheelSpec {
+        name: "tinyfoo",
+        version: "1.0",
+        requires: &[],
+        scripts: &[],
+        files: &[("tinyfoo/__init__.py", "__version__ = \"1.0\"\n")],
+    },
+    WheelSpec {
+        name: "tinyfoo",
+        version: "2.0",
+        requires: &[],
+        scripts: &[],
+        files: &[("tinyfoo/__init__.py", "__version__ = \"2.0\"\n")],
+    },
+    WheelSpec {
+        name: "tinycli",
+        version: "0.3",
+        requires: &[],
+        scripts: &["tinycli = tinycli:main"],
+        files: &[("tinycli/__init__.py", TINYCLI_INIT)],
+    },
+    WheelSpec {
+        name: "tinydep",
+        version: "0.5",
+        requires: &["tinyfoo>=1.0"],
+        scripts: &[],
+        files: &[(
+            "tinydep/__init__.py",
+            "import tinyfoo\n\nFOO_VERSION = tinyfoo.__version__\n",
+        )],
+    },
+    WheelSpec {
+        name: "requests",
+        version: "2.32.3",
+        requires: &[],
+        scripts: &[],
+        files: &[(
+            "requests/__init__.py",
+            "# a stand-in for the real requests, for comfystore's tests\n__version__ = \"2.32.3\"\n",
+        )],
+    },
+];
+
+/// A valid wheel with the same file name as `tinyfoo-2.0-py3-none-any.whl` but other bytes
+/// (for serving bytes that do not match the index's `#sha256=`).
+pub const TAMPERED: WheelSpec = WheelSpec {
+    name: "tinyfoo",
+    version: "2.0",
+    requires: &[],
+    scripts: &[],
+    files: &[("tinyfoo/__init__.py", "__version__ = \"2.0\"  # tampered\n")],
+};
+
+/// Builds every wheel of a JSON list on stdin into its `out_dir`.
+const BUILD_WHEELS_PY: &str = r#"
+import base64, hashlib, json, re, sys, zipfile
+for spec in json.load(sys.stdin):
+    name, version = spec["name"], spec["version"]
+    dist = re.sub(r"[-_.]+", "_", name)
+    info = f"{dist}-{version}.dist-info"
+    files = sorted((p, c.encode()) for p, c in spec["files"])
+    top = sorted({p.split("/")[0][:-3] if "/" not in p and p.endswith(".py") else p.split("/")[0]
+                  for p, _ in files})
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    meta += f"Summary: comfystore test fixture package {name}\n"
+    for r in spec["requires"]:
+        meta += f"Requires-Dist: {r}\n"
+    meta += "\n"
+    extra = [
+        (f"{info}/METADATA", meta.encode()),
+        (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: comfystore-test-fixture\n"
+                          b"Root-Is-Purelib: true\nTag: py3-none-any\n"),
+        (f"{info}/top_level.txt", "".join(t + "\n" for t in top).encode()),
+    ]
+    if spec["scripts"]:
+        ep = "[console_scripts]\n" + "".join(s + "\n" for s in spec["scripts"])
+        extra.append((f"{info}/entry_points.txt", ep.encode()))
+    entries = files + sorted(extra)
+    record = ""
+    for p, data in entries:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{p},sha256={digest},{len(data)}\n"
+    record += f"{info}/RECORD,,\n"
+    entries.append((f"{info}/RECORD", record.encode()))
+    path = f"{spec['out_dir']}/{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for p, data in entries:
+            zi = zipfile.ZipInfo(p, date_time=(1980, 1, 1, 0, 0, 0))
+            zi.create_system = 3
+            zi.external_attr = 0o100644 << 16
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(zi, data)
+    print(path)
+"#;
+
+/// One built wheel.
+#[derive(Clone, Debug)]
+pub struct Wheel {
+    /// PEP 503 normalised project name.
+    pub name: String,
+    pub version: String,
+    /// `tinyfoo-2.0-py3-none-any.whl`
+    pub file: String,
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    /// Bare hex.
+    pub sha256: String,
+}
+
+/// The wheels, built once per process.
+pub struct WheelSet {
+    /// Holds exactly the wheels of [`WHEELS`].
+    pub dir: PathBuf,
+    pub wheels: Vec<Wheel>,
+    /// [`TAMPERED`], built in another folder.
+    pub tampered: Wheel,
+}
+
+impl WheelSet {
+    /// The wheel of `name` (normalised) and `version`.
+    pub fn get(&self, name: &str, version: &str) -> &Wheel {
+        self.wheels
+            .iter()
+            .find(|w| w.name == name && w.version == version)
+            .unwrap_or_else(|| panic!("no wheel {name} {version} in the fixture set"))
+    }
+
+    /// Copy every wheel into `dir` (created); returns `dir`.
+    pub fn copy_to(&self, dir: &Path) -> PathBuf {
+        fs::create_dir_all(dir).unwrap();
+        for w in &self.wheels {
+            fs::write(dir.join(&w.file), &w.bytes).unwrap();
+        }
+        dir.to_path_buf()
+    }
+}
+
+/// PEP 503 normalisation: lowercase, runs of `-_.` become `-`.
+pub fn normalize(name: &str) -> String {
+    let mut out = String::new();
+    let mut sep = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            sep = true;
+        } else {
+            if sep && !out.is_empty() {
+                out.push('-');
+            }
+            sep = false;
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+fn fnv64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn spec_json(spec: &WheelSpec, out_dir: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "name": spec.name,
+        "version": spec.version,
+        "requires": spec.requires,
+        "scripts": spec.scripts,
+        "files": spec.files,
+        "out_dir": out_dir.to_str().expect("utf-8 path"),
+    })
+}
+
+fn load(path: &Path, spec: &WheelSpec) -> Wheel {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let file = path.file_name().unwrap().to_str().unwrap().to_string();
+    Wheel {
+        name: normalize(spec.name),
+        version: spec.version.to_string(),
+        file,
+        path: path.to_path_buf(),
+        sha256: sha256_hex(&bytes),
+        bytes,
+    }
+}
+
+fn wheel_file(spec: &WheelSpec) -> String {
+    let mut dist = String::new();
+    let mut sep = false;
+    for c in spec.name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            sep = true;
+        } else {
+            if sep {
+                dist.push('_');
+            }
+            sep = false;
+            dist.push(c);
+        }
+    }
+    format!("{dist}-{}-py3-none-any.whl", spec.version)
+}
+
+/// Build (or reuse) the fixture wheels.
+pub fn wheel_set() -> &'static WheelSet {
+    static SET: OnceLock<WheelSet> = OnceLock::new();
+    SET.get_or_init(|| {
+        // The folder name hashes everything that decides the wheels' bytes, so a folder left
+        // by an earlier run (or another process) is reused only when it is exactly this set.
+        let mut key = String::from(BUILD_WHEELS_PY);
+        for s in WHEELS.iter().chain(std::iter::once(&TAMPERED)) {
+            key.push_str(&spec_json(s, Path::new("/")).to_string());
+        }
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        fs::create_dir_all(&base).unwrap();
+        let final_dir = base.join(format!("pyindex-wheels-{:016x}", fnv64(key.as_bytes())));
+        if !final_dir.join(".complete").is_file() {
+            let tmp = tempfile::Builder::new()
+                .prefix(".pyindex-build-")
+                .tempdir_in(&base)
+                .unwrap();
+            let main = tmp.path().join("wheels");
+            let alt = tmp.path().join("tampered");
+            fs::create_dir_all(&main).unwrap();
+            fs::create_dir_all(&alt).unwrap();
+            let mut specs: Vec<serde_json::Value> =
+                WHEELS.iter().map(|s| spec_json(s, &main)).collect();
+            specs.push(spec_json(&TAMPERED, &alt));
+            let mut cmd = python_cmd(python3());
+            cmd.args(["-c", BUILD_WHEELS_PY])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().expect("run python3");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(serde_json::Value::from(specs).to_string().as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            check("build the fixture wheels", &out);
+            fs::write(tmp.path().join(".complete"), b"").unwrap();
+            // Another process may have won the race: then its (identical) folder is used.
+            if fs::rename(tmp.path(), &final_dir).is_ok() {
+                let _ = tmp.keep();
+            }
+        }
+        let main = final_dir.join("wheels");
+        let wheels = WHEELS
+            .iter()
+            .map(|s| load(&main.join(wheel_file(s)), s))
+            .collect();
+        let tampered = load(
+            &final_dir.join("tampered").join(wheel_file(&TAMPERED)),
+            &TAMPERED,
+        );
+        WheelSet {
+            dir: main,
+            wheels,
+            tampered,
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running python, pip and uv without the machine's configuration.
+
+fn check(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Prefixes of the variables that configure Python, pip, uv, virtualenvs or git: removed from
+/// every child process of these tests (this machine sets PIP_FIND_LINKS,
+/// PYTHONDONTWRITEBYTECODE, ...).
+pub const SCRUB_PREFIXES: &[&str] = &[
+    "PYTHON",
+    "PIP_",
+    "UV_",
+    "VIRTUAL_ENV",
+    "CONDA_",
+    "__PYVENV_LAUNCHER__",
+    "GIT_",
+    "COMFYSTORE_",
+];
+
+/// Names of the inherited variables starting with one of [`SCRUB_PREFIXES`].
+pub fn scrubbed_vars() -> Vec<String> {
+    std::env::vars_os()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .filter(|k| SCRUB_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .collect()
+}
+
+/// A command running `exe` with none of [`SCRUB_PREFIXES`] inherited, no pip or uv
+/// configuration file, no proxies, and stdin closed. Byte-code writing is left at Python's
+/// default (on); set PYTHONDONTWRITEBYTECODE on the command to turn it off.
+pub fn python_cmd(exe: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    for k in scrubbed_vars() {
+        cmd.env_remove(k);
+    }
+    for k in super::NETWORK_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.env("PIP_CONFIG_FILE", "/dev/null")
+        .env("PIP_NO_INPUT", "1")
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("UV_NO_CONFIG", "1")
+        .env("UV_PYTHON_DOWNLOADS", "never")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The real interpreter behind `python3` on PATH.
+pub fn python3() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = python_cmd(Path::new("python3"))
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("run python3");
+        check("python3 -c 'print(sys.executable)'", &out);
+        let exe = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(!exe.is_empty(), "python3 reports no sys.executable");
+        PathBuf::from(exe)
+    })
+}
+
+/// What a lock's / pins file's `python` section says about `python3`.
+#[derive(Debug, Clone)]
+pub struct PyInfo {
+    /// `platform.python_version()`, e.g. 3.11.7
+    pub version: String,
+    /// `sys.implementation.name`, e.g. cpython
+    pub implementation: String,
+    /// `X.Y`
+    pub short: String,
+}
+
+pub fn python_info() -> &'static PyInfo {
+    static INFO: OnceLock<PyInfo> = OnceLock::new();
+    INFO.get_or_init(|| {
+        let out = python_cmd(python3())
+            .args([
+                "-c",
+                "import platform, sys; print(platform.python_version()); \
+                 print(sys.implementation.name); print('%d.%d' % sys.version_info[:2])",
+            ])
+            .output()
+            .unwrap();
+        check("python3 info", &out);
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut l = text.lines();
+        PyInfo {
+            version: l.next().unwrap().to_string(),
+            implementation: l.next().unwrap().to_string(),
+            short: l.next().unwrap().to_string(),
+        }
+    })
+}
+
+/// `python3 -m pip ARGS...`, clean.
+pub fn pip(args: &[&str]) -> Output {
+    python_cmd(python3())
+        .args(["-m", "pip"])
+        .args(args)
+        .output()
+        .expect("run python3 -m pip")
+}
+
+/// Whether `uv --version` runs (uv is optional on test machines).
+pub fn uv_available() -> bool {
+    static UV: OnceLock<bool> = OnceLock::new();
+    *UV.get_or_init(|| {
+        python_cmd(Path::new("uv"))
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+/// `uv ARGS...`, clean, with its cache in `cache`.
+pub fn uv(args: &[&str], cache: &Path) -> Output {
+    python_cmd(Path::new("uv"))
+        .env("UV_CACHE_DIR", cache)
+        .args(args)
+        .output()
+        .expect("run uv")
+}
+
+/// `<venv>/lib/pythonX.Y/site-packages` (exactly one must exist).
+pub fn site_packages(venv: &Path) -> PathBuf {
+    let lib = venv.join("lib");
+    let mut found: Vec<PathBuf> = fs::read_dir(&lib)
+        .unwrap_or_else(|e| panic!("read {}: {e}", lib.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(OsStr::to_str)
+                .is_some_and(|n| n.starts_with("python"))
+        })
+        .map(|p| p.join("site-packages"))
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one site-packages under {}: {found:?}",
+        lib.display()
+    );
+    found.pop().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The index server.
+
+/// One request the server received.
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub method: String,
+    /// Without the query string.
+    pub path: String,
+}
+
+struct Route {
+    body: Vec<u8>,
+    content_type: String,
+}
+
+#[derive(Default)]
+struct State {
+    routes: HashMap<String, Route>,
+    requests: Vec<Req>,
+}
+
+/// A minimal HTTP/1.1 server (std only, `Connection: close`) serving fixed bodies with their
+/// own Content-Type; unknown paths get 404. GET and HEAD. Every request is recorded.
+pub struct IndexServer {
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl IndexServer {
+    /// An empty server on 127.0.0.1:<ephemeral>.
+    pub fn start() -> IndexServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind index server");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let state = state.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("pyindex-{port}"))
+                .spawn(move || {
+                    for conn in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let Ok(conn) = conn else { continue };
+                        let state = state.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("pyindex-conn".into())
+                            .spawn(move || serve(conn, &state));
+                    }
+                })
+                .expect("spawn accept loop")
+        };
+        IndexServer {
+            port,
+            state,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    /// A server with a PEP 503 index of `wheels` (see the module docs).
+    pub fn with_index(wheels: &[Wheel]) -> IndexServer {
+        let srv = IndexServer::start();
+        let mut projects: BTreeMap<&str, Vec<&Wheel>> = BTreeMap::new();
+        for w in wheels {
+            projects.entry(&w.name).or_default().push(w);
+            srv.add(
+                &format!("/files/{}", w.file),
+                w.bytes.clone(),
+                "application/octet-stream",
+            );
+        }
+        let mut root = String::from(
+            "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.0\"><title>Simple index</title></head><body>\n",
+        );
+        for (name, ws) in &projects {
+            root.push_str(&format!("<a href=\"{name}/\">{name}</a><br/>\n"));
+            let mut page = format!(
+                "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.0\"><title>Links for {name}</title></head><body>\n<h1>Links for {name}</h1>\n"
+            );
+            for w in ws {
+                page.push_str(&format!(
+                    "<a href=\"../../files/{f}#sha256={h}\">{f}</a><br/>\n",
+                    f = w.file,
+                    h = w.sha256
+                ));
+            }
+            page.push_str("</body></html>\n");
+            srv.add(&format!("/simple/{name}/"), page.into_bytes(), "text/html");
+        }
+        root.push_str("</body></html>\n");
+        srv.add("/simple/", root.into_bytes(), "text/html");
+        srv
+    }
+
+    /// A server with the index of every fixture wheel.
+    pub fn fixture() -> IndexServer {
+        IndexServer::with_index(&wheel_set().wheels)
+    }
+
+    /// Serve `body` at `path` with `content_type` (replaces an earlier route).
+    pub fn add(&self, path: &str, body: Vec<u8>, content_type: &str) {
+        self.state.lock().unwrap().routes.insert(
+            path.to_string(),
+            Route {
+                body,
+                content_type: content_type.to_string(),
+            },
+        );
+    }
+
+    /// Serve `bytes` as the file of `wheel`, while the index keeps announcing the wheel's real
+    /// sha256.
+    pub fn serve_bytes(&self, wheel: &Wheel, bytes: Vec<u8>) {
+        self.add(
+            &format!("/files/{}", wheel.file),
+            bytes,
+            "application/octet-stream",
+        );
+    }
+
+    /// `http://127.0.0.1:{port}{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The index URL: `http://127.0.0.1:{port}/simple/`
+    pub fn index_url(&self) -> String {
+        self.url("/simple/")
+    }
+
+    /// The URL the index gives `wheel` (without the fragment).
+    pub fn file_url(&self, wheel: &Wheel) -> String {
+        self.url(&format!("/files/{}", wheel.file))
+    }
+
+    /// Every request seen, in arrival order.
+    pub fn requests(&self) -> Vec<Req> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Requests for `path` (without query).
+    pub fn requests_for(&self, path: &str) -> Vec<Req> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+}
+
+impl Drop for IndexServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn serve(mut conn: TcpStream, state: &Mutex<State>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > 64 * 1024 {
+            return;
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut first = head.lines().next().unwrap_or("").split_whitespace();
+    let method = first.next().unwrap_or("").to_ascii_uppercase();
+    let mut target = first.next().unwrap_or("/").to_string();
+    if let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        target = rest
+            .find('/')
+            .map_or("/".to_string(), |i| rest[i..].to_string());
+    }
+    let path = target.split('?').next().unwrap_or("").to_string();
+    let (status, ctype, body) = {
+        let mut st = state.lock().unwrap();
+        st.requests.push(Req {
+            method: method.clone(),
+            path: path.clone(),
+        });
+        match st.routes.get(&path) {
+            Some(r) if method == "GET" || method == "HEAD" => {
+                ("200 OK", r.content_type.clone(), r.body.clone())
+            }
+            Some(_) => (
+                "405 Method Not Allowed",
+                "text/plain".to_string(),
+                b"405\n".to_vec(),
+            ),
+            None => (
+                "404 Not Found",
+                "text/plain".to_string(),
+                b"404 Not Found\n".to_vec(),
+            ),
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes());
+    if method != "HEAD" {
+        let _ = conn.write_all(&body);
+    }
+    let _ = conn.flush();
+    let _ = conn.shutdown(Shutdown::Write);
+    // Let the client read everything before the socket goes (no reset).
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+    while let Ok(n) = conn.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+    }
+}

@@ -1,0 +1,1141 @@
+//! Python environments through the real binary: `pin` (requirements → exact wheels with
+//! sha256, downloaded into the store), `materialize LOCK DEST` (ComfyUI, nodes, models and a
+//! venv installed once and linked afterwards), `remove`, and `init` (clone + pinned venv).
+//!
+//! Everything is local and offline: the wheels are tiny pure-Python packages the tests build
+//! (tests/common/pyindex.rs), served as a PEP 503 index by a real HTTP server on 127.0.0.1;
+//! ComfyUI is a small git repo with two tagged commits, cloned from a local bare repo. Every
+//! comfystore run gets no PYTHON*/PIP_*/UV_*/GIT_*/COMFYSTORE_* variables from the machine
+//! (it sets PIP_FIND_LINKS and PYTHONDONTWRITEBYTECODE), no pip/uv/git configuration files,
+//! its own HOME and cache folders, and no proxies.
+//!
+//! The `harness_*` tests check the harness alone (pip and uv install from the index, the venv
+//! checks accept a pip-built venv, `lock` accepts the fixture) and pass without the new
+//! commands.
+
+mod common;
+
+use common::comfy::{pseudo_random, ComfyFixture};
+use common::pyindex::{
+    pip, python3, python_cmd, python_info, scrubbed_vars, site_packages, uv, uv_available,
+    wheel_set, IndexServer, Wheel, WheelSet, TINYCLI_OUTPUT,
+};
+use common::{describe, run_env, s, sha256_hex, stderr, write, NETWORK_ENV};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Instant;
+
+// ---------------------------------------------------------------------------------------------
+// The ComfyUI-shaped repo.
+
+const COMFY_GITIGNORE: &str = "\
+__pycache__/
+*.py[cod]
+/output/
+/input/
+/models/
+/custom_nodes/
+/user/
+/temp/
+venv/
+";
+
+const MAIN_V1: &str =
+    "import sys\n\nimport comfy.sd\n\nprint(\"ComfyUI fixture v1\", comfy.sd.VERSION)\n";
+const MAIN_V2: &str =
+    "import sys\n\nimport comfy.sd\n\nprint(\"ComfyUI fixture v2\", comfy.sd.VERSION)\n";
+/// ComfyUI's requirements at v1, and at v2 (tinyfoo held back to 1.0).
+const REQ_V1: &str = "tinycli\ntinydep\n";
+const REQ_V2: &str = "tinycli\ntinydep\ntinyfoo==1.0\n";
+/// Only in v1 (v2 deletes it).
+const V1_ONLY: &str = "old_v1_only.py";
+const MODEL: &str = "models/checkpoints/tiny.safetensors";
+const NODE: &str = "NodeA";
+
+fn model_bytes() -> Vec<u8> {
+    pseudo_random(71, 4096 + 17)
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    ComfyFixture::git(dir, args)
+}
+
+fn code(out: &Output) -> i32 {
+    out.status
+        .code()
+        .expect("exit code (not killed by a signal)")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn parse(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", describe(out)))
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(
+        &fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// One temp dir: the repos, the index server, the store, HOME and caches of one test.
+struct Env {
+    _tmp: tempfile::TempDir,
+    /// The temp dir, canonical.
+    dir: PathBuf,
+    store: PathBuf,
+    wheels: &'static WheelSet,
+    srv: IndexServer,
+    /// An empty git config (GIT_CONFIG_GLOBAL of every comfystore run).
+    gitconfig: PathBuf,
+    /// The bare ComfyUI repo (tags v1, v2): `init --repo`, and origin of `comfy`.
+    comfy_bare: PathBuf,
+    /// A clone of `comfy_bare` with custom_nodes/NodeA (a git repo of its own) and one model.
+    comfy: PathBuf,
+    /// The commits of tags v1 and v2.
+    v1: String,
+    v2: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        for d in ["home", "cache", "hf/hub", "src", "git"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let gitconfig = dir.join("gitconfig");
+        fs::write(&gitconfig, "").unwrap();
+
+        // ComfyUI: v1, then v2 (main.py and requirements.txt change, one file goes).
+        let src = dir.join("src/ComfyUI");
+        fs::create_dir_all(&src).unwrap();
+        git(&src, &["init", "-q", "-b", "master"]);
+        write(&src.join(".gitignore"), COMFY_GITIGNORE.as_bytes());
+        write(&src.join("main.py"), MAIN_V1.as_bytes());
+        write(&src.join("requirements.txt"), REQ_V1.as_bytes());
+        write(&src.join("nodes.py"), b"NODE_CLASS_MAPPINGS = {}\n");
+        write(&src.join("comfy/__init__.py"), b"");
+        write(&src.join("comfy/sd.py"), b"VERSION = 'sd'\n");
+        write(&src.join(V1_ONLY), b"# only in v1\n");
+        git(&src, &["add", "-A"]);
+        write(&src.join("models/checkpoints/put_checkpoints_here"), b"");
+        write(&src.join("output/_output_images_will_be_put_here"), b"");
+        git(
+            &src,
+            &[
+                "add",
+                "-f",
+                "models/checkpoints/put_checkpoints_here",
+                "output/_output_images_will_be_put_here",
+            ],
+        );
+        git(&src, &["commit", "-q", "--no-verify", "-m", "ComfyUI v1"]);
+        git(&src, &["tag", "v1"]);
+        let v1 = git(&src, &["rev-parse", "HEAD"]);
+        write(&src.join("main.py"), MAIN_V2.as_bytes());
+        write(&src.join("requirements.txt"), REQ_V2.as_bytes());
+        git(&src, &["rm", "-q", V1_ONLY]);
+        git(&src, &["add", "-A"]);
+        git(&src, &["commit", "-q", "--no-verify", "-m", "ComfyUI v2"]);
+        git(&src, &["tag", "v2"]);
+        let v2 = git(&src, &["rev-parse", "HEAD"]);
+
+        let comfy_bare = dir.join("git/ComfyUI.git");
+        git(&dir, &["clone", "-q", "--bare", s(&src), s(&comfy_bare)]);
+        let comfy = dir.join("ComfyUI");
+        git(&dir, &["clone", "-q", s(&comfy_bare), s(&comfy)]);
+        git(&comfy, &["checkout", "-q", "--detach", "v1"]);
+
+        // A custom node (its own repo) and a model.
+        let node = comfy.join("custom_nodes").join(NODE);
+        fs::create_dir_all(&node).unwrap();
+        git(&node, &["init", "-q", "-b", "main"]);
+        write(&node.join("__init__.py"), b"NODE_CLASS_MAPPINGS = {}\n");
+        write(&node.join("requirements.txt"), b"tinyfoo\n");
+        git(&node, &["add", "-A"]);
+        git(&node, &["commit", "-q", "--no-verify", "-m", "NodeA"]);
+        write(&comfy.join(MODEL), &model_bytes());
+
+        Env {
+            store: dir.join("store"),
+            wheels: wheel_set(),
+            srv: IndexServer::fixture(),
+            gitconfig,
+            comfy_bare,
+            comfy,
+            v1,
+            v2,
+            _tmp: tmp,
+            dir,
+        }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    fn wheel(&self, name: &str, version: &str) -> &'static Wheel {
+        self.wheels.get(name, version)
+    }
+
+    /// `comfystore --store STORE ARGS...` with a clean environment (see the module docs),
+    /// then the `envs` changes.
+    fn cs_env(&self, store: &Path, args: &[&str], envs: &[(&str, Option<&OsStr>)]) -> Output {
+        let scrub = scrubbed_vars();
+        let home = self.p("home");
+        let cache = self.p("cache");
+        let hf = self.p("hf");
+        let hub = self.p("hf/hub");
+        let mut all: Vec<(&str, Option<&OsStr>)> =
+            scrub.iter().map(|k| (k.as_str(), None)).collect();
+        for k in NETWORK_ENV.iter().chain(&[
+            "COMFY_HOME",
+            "RUST_LOG",
+            "XDG_CONFIG_HOME",
+            "GITHUB_TOKEN",
+            "GIT_TOKEN",
+        ]) {
+            all.push((*k, None));
+        }
+        all.extend([
+            ("GIT_CONFIG_GLOBAL", Some(self.gitconfig.as_os_str())),
+            ("GIT_CONFIG_NOSYSTEM", Some(OsStr::new("1"))),
+            ("GIT_TERMINAL_PROMPT", Some(OsStr::new("0"))),
+            ("HOME", Some(home.as_os_str())),
+            ("XDG_CACHE_HOME", Some(cache.as_os_str())),
+            ("HF_HOME", Some(hf.as_os_str())),
+            ("HF_HUB_CACHE", Some(hub.as_os_str())),
+            ("PIP_CONFIG_FILE", Some(OsStr::new("/dev/null"))),
+            ("PIP_NO_INPUT", Some(OsStr::new("1"))),
+            ("PIP_DISABLE_PIP_VERSION_CHECK", Some(OsStr::new("1"))),
+            ("UV_NO_CONFIG", Some(OsStr::new("1"))),
+            ("UV_PYTHON_DOWNLOADS", Some(OsStr::new("never"))),
+            ("COMFYSTORE_BACKOFF", Some(OsStr::new("10ms"))),
+            ("LC_ALL", Some(OsStr::new("C"))),
+        ]);
+        all.extend_from_slice(envs);
+        run_env(store, args, &all)
+    }
+
+    fn cs(&self, store: &Path, args: &[&str]) -> Output {
+        self.cs_env(store, args, &[])
+    }
+
+    /// Run in `self.store` and require exit 0; the output.
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.cs(&self.store, args);
+        assert_eq!(code(&out), 0, "comfystore {args:?}: {}", describe(&out));
+        out
+    }
+
+    /// Write a requirements file; its path.
+    fn requirements(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.p(name);
+        write(&p, content.as_bytes());
+        p
+    }
+
+    /// Check out `git_ref` in the ComfyUI clone and `lock --no-python` it into `store` as
+    /// `out`.
+    fn lock_into(&self, store: &Path, git_ref: &str, tag: &str, out: &Path) {
+        git(&self.comfy, &["checkout", "-q", "--detach", git_ref]);
+        let o = self.cs(
+            store,
+            &[
+                "lock",
+                s(&self.comfy),
+                "--tag",
+                tag,
+                "--no-python",
+                "-o",
+                s(out),
+            ],
+        );
+        assert_eq!(code(&o), 0, "lock: {}", describe(&o));
+    }
+
+    /// A lock of tag v1 (REQ_V1) or v2 (REQ_V2) in `self.store`, with its python section from
+    /// `pin --lock` against the index.
+    fn pinned_lock(&self, tag: &str) -> PathBuf {
+        let (commit, req) = match tag {
+            "v1" => (self.v1.clone(), REQ_V1),
+            "v2" => (self.v2.clone(), REQ_V2),
+            _ => unreachable!(),
+        };
+        let lock = self.p(&format!("{tag}.lock.json"));
+        self.lock_into(&self.store, &commit, tag, &lock);
+        let req = self.requirements(&format!("req-{tag}.txt"), req);
+        let idx = self.srv.index_url();
+        self.ok(&["pin", s(&req), "--index-url", &idx, "--lock", s(&lock)]);
+        lock
+    }
+
+    /// `materialize LOCK DEST EXTRA... --json` in `self.store`, required to succeed; the report
+    /// and how long it took.
+    fn materialize(&self, lock: &Path, dest: &Path, extra: &[&str]) -> (Value, f64) {
+        let mut args = vec!["--json", "materialize", s(lock), s(dest)];
+        args.extend_from_slice(extra);
+        let t = Instant::now();
+        let out = self.ok(&args);
+        (parse(&out), t.elapsed().as_secs_f64())
+    }
+
+    /// `VENV/bin/python -c CODE` in the temp dir, clean; byte-code written only if `bytecode`.
+    fn venv_python(&self, venv: &Path, code: &str, bytecode: bool) -> Output {
+        let mut cmd = python_cmd(&venv.join("bin/python"));
+        if !bytecode {
+            cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+        }
+        cmd.current_dir(&self.dir)
+            .args(["-c", code])
+            .output()
+            .expect("run the venv's python")
+    }
+
+    /// Require that `venv` imports the three packages, is its own prefix, has tinyfoo at
+    /// `foo_version`, and that its `tinycli` script runs.
+    fn assert_venv_works(&self, venv: &Path, foo_version: &str) {
+        let out = self.venv_python(
+            venv,
+            "import sys, tinyfoo, tinydep, tinycli\n\
+             print(sys.prefix)\nprint(tinyfoo.__version__)\nprint(tinydep.FOO_VERSION)\n\
+             print(tinyfoo.__file__)",
+            false,
+        );
+        assert_eq!(
+            code(&out),
+            0,
+            "{}: import: {}",
+            venv.display(),
+            describe(&out)
+        );
+        let text = stdout(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(
+            Path::new(lines[0]),
+            venv,
+            "sys.prefix of {}",
+            venv.display()
+        );
+        assert_eq!(lines[1], foo_version, "tinyfoo in {}", venv.display());
+        assert_eq!(
+            lines[2],
+            foo_version,
+            "tinydep's tinyfoo in {}",
+            venv.display()
+        );
+        assert!(
+            Path::new(lines[3]).starts_with(venv),
+            "tinyfoo imported from {} instead of {}",
+            lines[3],
+            venv.display()
+        );
+        let script = venv.join("bin/tinycli");
+        let out = python_cmd(&script)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .current_dir(&self.dir)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert_eq!(code(&out), 0, "{}: {}", script.display(), describe(&out));
+        assert_eq!(stdout(&out).trim(), TINYCLI_OUTPUT, "{}", script.display());
+    }
+}
+
+/// The `python.packages` of a pins file or lock, by name.
+fn packages(doc: &Value) -> BTreeMap<String, Value> {
+    let list = doc["python"]["packages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no python.packages in {doc:#}"));
+    let names: Vec<&str> = list.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "packages are not sorted by name");
+    list.iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p.clone()))
+        .collect()
+}
+
+/// `url` without its `#fragment`.
+fn strip_fragment(url: &str) -> &str {
+    url.split('#').next().unwrap()
+}
+
+/// Check that `doc`'s packages are exactly `want` (the wheels), with the wheel name, version and
+/// sha256 of each, and either the server's URL for it or (`srv` None) no URL.
+fn assert_pinned(doc: &Value, want: &[&Wheel], srv: Option<&IndexServer>) {
+    let got = packages(doc);
+    let names: Vec<&str> = got.keys().map(String::as_str).collect();
+    let want_names: Vec<&str> = want.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, want_names, "{doc:#}");
+    for w in want {
+        let p = &got[&w.name];
+        assert_eq!(p["version"], w.version.as_str(), "{p}");
+        assert_eq!(p["wheel"], w.file.as_str(), "{p}");
+        assert_eq!(p["sha256"], w.sha256.as_str(), "{p}");
+        assert_eq!(p["sha256"], sha256_hex(&w.bytes).as_str(), "{p}");
+        match srv {
+            Some(srv) => {
+                let url = p["url"].as_str().unwrap_or_else(|| panic!("no url: {p}"));
+                assert_eq!(strip_fragment(url), srv.file_url(w), "{p}");
+            }
+            None => assert!(
+                p.get("url").is_none(),
+                "a wheel from --wheels-dir has a url: {p}"
+            ),
+        }
+    }
+}
+
+/// The interpreter fields are python3's.
+fn assert_interpreter(doc: &Value) {
+    let py = &doc["python"];
+    let info = python_info();
+    assert_eq!(py["version"], info.version.as_str(), "{py:#}");
+    assert_eq!(py["implementation"], info.implementation.as_str(), "{py:#}");
+    for k in ["abi", "platform"] {
+        assert!(
+            py[k].as_str().is_some_and(|v| !v.is_empty()),
+            "python.{k} missing: {py:#}"
+        );
+    }
+}
+
+/// The three packages REQ_V1 resolves to: tinycli, tinydep, tinyfoo 2.0.
+fn v1_wheels(e: &Env) -> Vec<&'static Wheel> {
+    vec![
+        e.wheel("tinycli", "0.3"),
+        e.wheel("tinydep", "0.5"),
+        e.wheel("tinyfoo", "2.0"),
+    ]
+}
+
+/// One entry of [`stat_walk`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stat {
+    /// 'f' file, 'l' symlink, 'd' folder (folders record nothing else).
+    kind: char,
+    size: u64,
+    mtime: (i64, i64),
+    ino: u64,
+    /// File bytes or link target.
+    data: Vec<u8>,
+}
+
+/// What a folder holds, for "nothing changed": every file and symlink with its size, mtime
+/// (ns), inode and bytes (or target), and every folder's path. `.git` is left out (a fetch may
+/// touch FETCH_HEAD).
+fn stat_walk(root: &Path) -> BTreeMap<String, Stat> {
+    let mut out = BTreeMap::new();
+    let walk = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != ".git");
+    for e in walk {
+        let e = e.unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            'd'
+        } else if ft.is_symlink() {
+            'l'
+        } else {
+            'f'
+        };
+        let v = match kind {
+            'd' => Stat {
+                kind,
+                size: 0,
+                mtime: (0, 0),
+                ino: 0,
+                data: Vec::new(),
+            },
+            _ => Stat {
+                kind,
+                size: m.size(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ino: m.ino(),
+                data: if kind == 'l' {
+                    fs::read_link(e.path())
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes()
+                } else {
+                    fs::read(e.path()).unwrap()
+                },
+            },
+        };
+        out.insert(rel, v);
+    }
+    out
+}
+
+fn assert_same_walk(a: &BTreeMap<String, Stat>, b: &BTreeMap<String, Stat>, what: &str) {
+    let mut diffs = Vec::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => diffs.push(format!("gone: {k}")),
+            Some(w) if w != v => {
+                let mut d = format!(
+                    "changed: {k}: kind {}->{} size {}->{} mtime {:?}->{:?} inode {}->{}",
+                    v.kind, w.kind, v.size, w.size, v.mtime, w.mtime, v.ino, w.ino
+                );
+                if v.data != w.data && v.data.len() + w.data.len() < 8192 {
+                    d += &format!(
+                        "\n  before: {}\n  after:  {}",
+                        String::from_utf8_lossy(&v.data),
+                        String::from_utf8_lossy(&w.data)
+                    );
+                } else if v.data == w.data {
+                    d += " (same bytes)";
+                }
+                diffs.push(d);
+            }
+            _ => {}
+        }
+    }
+    for k in b.keys().filter(|k| !a.contains_key(*k)) {
+        diffs.push(format!("new: {k}"));
+    }
+    assert!(diffs.is_empty(), "{what}:\n{}", diffs.join("\n"));
+}
+
+fn has_pycache(root: &Path) -> bool {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .any(|e| e.file_type().is_dir() && e.file_name() == "__pycache__")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 0. The harness alone.
+
+#[test]
+fn harness_pip_installs_from_the_local_index() {
+    let w = wheel_set();
+    for (name, version) in [
+        ("tinyfoo", "1.0"),
+        ("tinyfoo", "2.0"),
+        ("tinycli", "0.3"),
+        ("tinydep", "0.5"),
+        ("requests", "2.32.3"),
+    ] {
+        let wheel = w.get(name, version);
+        assert_eq!(wheel.file, format!("{name}-{version}-py3-none-any.whl"));
+        assert!(wheel.path.starts_with(&w.dir));
+    }
+    assert_ne!(w.tampered.sha256, w.get("tinyfoo", "2.0").sha256);
+    assert_eq!(w.tampered.file, w.get("tinyfoo", "2.0").file);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = IndexServer::fixture();
+    let target = tmp.path().join("target");
+    let out = pip(&[
+        "install",
+        "--index-url",
+        &srv.index_url(),
+        "--target",
+        s(&target),
+        "--no-compile",
+        "tinycli",
+        "tinydep",
+    ]);
+    assert_eq!(
+        code(&out),
+        0,
+        "pip install from the index: {}",
+        describe(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(target.join("tinyfoo/__init__.py")).unwrap(),
+        "__version__ = \"2.0\"\n",
+        "pip picked the newest tinyfoo"
+    );
+    let script = fs::read_to_string(target.join("bin/tinycli")).unwrap();
+    assert!(script.contains("from tinycli import main"), "{script}");
+    assert!(!srv.requests_for("/simple/tinyfoo/").is_empty());
+    assert!(!srv
+        .requests_for(&format!("/files/{}", w.get("tinyfoo", "2.0").file))
+        .is_empty());
+
+    // The tampered server's bytes are refused by pip (the fragment's hash is checked).
+    let bad = IndexServer::fixture();
+    bad.serve_bytes(w.get("tinyfoo", "2.0"), w.tampered.bytes.clone());
+    let out = pip(&[
+        "download",
+        "--no-deps",
+        "--index-url",
+        &bad.index_url(),
+        "-d",
+        s(&tmp.path().join("dl")),
+        "tinyfoo",
+    ]);
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+    assert!(stderr(&out).contains("HASH"), "{}", describe(&out));
+
+    // Nothing from the machine's pip configuration (PIP_FIND_LINKS...) leaks in: without an
+    // index, nothing is found.
+    let out = pip(&[
+        "download",
+        "--no-index",
+        "-d",
+        s(&tmp.path().join("dl2")),
+        "tinyfoo",
+    ]);
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+}
+
+#[test]
+fn harness_uv_resolves_from_the_local_index() {
+    if !uv_available() {
+        eprintln!("skipped: uv not on PATH");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = IndexServer::fixture();
+    let req = tmp.path().join("req.in");
+    fs::write(&req, REQ_V1).unwrap();
+    let py = python3().to_str().unwrap().to_string();
+    let out = uv(
+        &[
+            "pip",
+            "compile",
+            s(&req),
+            "--python",
+            &py,
+            "--index-url",
+            &srv.index_url(),
+            "--no-header",
+            "--no-annotate",
+        ],
+        &tmp.path().join("uv-cache"),
+    );
+    assert_eq!(code(&out), 0, "uv pip compile: {}", describe(&out));
+    let pins: Vec<String> = stdout(&out)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        pins,
+        ["tinycli==0.3", "tinydep==0.5", "tinyfoo==2.0"],
+        "{}",
+        describe(&out)
+    );
+}
+
+/// The venv checks the tests use hold for a venv pip builds from the index (and byte-code
+/// appears when allowed, which the `remove` test relies on).
+#[test]
+fn harness_venv_checks_accept_a_pip_built_venv() {
+    let e = Env::new();
+    let venv = e.p("venv");
+    let out = python_cmd(python3())
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "venv: {}", describe(&out));
+    let req = e.requirements("req.txt", REQ_V1);
+    let out = pip(&[
+        "--python",
+        s(&venv.join("bin/python")),
+        "install",
+        "--index-url",
+        &e.srv.index_url(),
+        "--no-compile",
+        "-r",
+        s(&req),
+    ]);
+    assert_eq!(code(&out), 0, "pip install: {}", describe(&out));
+    let walk = stat_walk(&venv);
+    e.assert_venv_works(&venv, "2.0");
+    assert_same_walk(
+        &walk,
+        &stat_walk(&venv),
+        "running the venv without byte-code",
+    );
+    assert!(!has_pycache(&venv));
+    let out = e.venv_python(&venv, "import tinyfoo, tinydep, tinycli", true);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(has_pycache(&venv));
+}
+
+#[test]
+fn harness_fixture_locks_without_python() {
+    let e = Env::new();
+    assert_eq!(git(&e.comfy_bare, &["rev-parse", "v1^{commit}"]), e.v1);
+    assert_eq!(git(&e.comfy_bare, &["rev-parse", "v2^{commit}"]), e.v2);
+    assert_ne!(e.v1, e.v2);
+    for (git_ref, commit) in [("v1", &e.v1), ("v2", &e.v2)] {
+        let out = e.p(&format!("{git_ref}.lock.json"));
+        e.lock_into(&e.store, git_ref, git_ref, &out);
+        let lock = read_json(&out);
+        assert_eq!(lock["comfyui"]["commit"], commit.as_str(), "{lock:#}");
+        assert_eq!(lock["comfyui"]["dirty"], Value::Null, "{lock:#}");
+        assert!(lock.get("python").is_none(), "{lock:#}");
+        common::node(&lock, NODE);
+        assert_eq!(
+            common::model(&lock, MODEL)["sha256"],
+            sha256_hex(&model_bytes()).as_str()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. pin
+
+#[test]
+fn pin_gives_exact_versions_hashes_and_urls() {
+    let e = Env::new();
+    let req = e.requirements("req.txt", REQ_V1);
+    let pins = e.p("pins.json");
+    let idx = e.srv.index_url();
+    e.ok(&["pin", s(&req), "--index-url", &idx, "-o", s(&pins)]);
+    let doc = read_json(&pins);
+    assert_eq!(doc["schema"], "comfystore.pins/1", "{doc:#}");
+    assert_interpreter(&doc);
+    assert_pinned(&doc, &v1_wheels(&e), Some(&e.srv));
+
+    // Every pinned wheel is in the store, byte for byte.
+    for w in v1_wheels(&e) {
+        let out = e.ok(&["cat", &format!("sha256:{}", w.sha256)]);
+        assert!(out.stdout == w.bytes, "the store's {} differs", w.file);
+    }
+
+    // Without -o the same document goes to stdout.
+    let out = e.ok(&["pin", s(&req), "--index-url", &idx]);
+    assert_eq!(parse(&out), doc, "stdout of pin without -o");
+}
+
+#[test]
+fn pin_resolvers_pip_and_uv_agree() {
+    let e = Env::new();
+    let req = e.requirements("req.txt", REQ_V1);
+    let idx = e.srv.index_url();
+    let by_pip = e.p("pins-pip.json");
+    e.ok(&[
+        "pin",
+        s(&req),
+        "--index-url",
+        &idx,
+        "--resolver",
+        "pip",
+        "-o",
+        s(&by_pip),
+    ]);
+    let by_pip = read_json(&by_pip);
+    assert_pinned(&by_pip, &v1_wheels(&e), Some(&e.srv));
+    if !uv_available() {
+        eprintln!("skipped: uv not on PATH (only --resolver pip was checked)");
+        return;
+    }
+    let by_uv = e.p("pins-uv.json");
+    e.ok(&[
+        "pin",
+        s(&req),
+        "--index-url",
+        &idx,
+        "--resolver",
+        "uv",
+        "-o",
+        s(&by_uv),
+    ]);
+    let by_uv = read_json(&by_uv);
+    assert_pinned(&by_uv, &v1_wheels(&e), Some(&e.srv));
+    assert_eq!(
+        packages(&by_pip),
+        packages(&by_uv),
+        "pip and uv pin differently"
+    );
+}
+
+#[test]
+fn pin_offline_from_a_wheels_dir_opens_no_connection() {
+    let e = Env::new();
+    let req = e.requirements("req.txt", REQ_V1);
+    let local = e.wheels.copy_to(&e.p("local-wheels"));
+    let trap = e.srv.index_url();
+    let trap = OsStr::new(&trap);
+
+    // No index given (the index variables point at the server, as traps).
+    let pins = e.p("pins.json");
+    let out = e.cs_env(
+        &e.store,
+        &[
+            "pin",
+            s(&req),
+            "--offline",
+            "--wheels-dir",
+            s(&local),
+            "-o",
+            s(&pins),
+        ],
+        &[
+            ("PIP_INDEX_URL", Some(trap)),
+            ("PIP_EXTRA_INDEX_URL", Some(trap)),
+            ("UV_INDEX_URL", Some(trap)),
+            ("UV_DEFAULT_INDEX", Some(trap)),
+        ],
+    );
+    assert_eq!(code(&out), 0, "pin --offline: {}", describe(&out));
+    let doc = read_json(&pins);
+    assert_eq!(doc["schema"], "comfystore.pins/1", "{doc:#}");
+    assert_pinned(&doc, &v1_wheels(&e), None);
+
+    // With the index given too: still nothing but the local wheels.
+    let pins2 = e.p("pins2.json");
+    let idx = e.srv.index_url();
+    e.ok(&[
+        "pin",
+        s(&req),
+        "--offline",
+        "--wheels-dir",
+        s(&local),
+        "--index-url",
+        &idx,
+        "-o",
+        s(&pins2),
+    ]);
+    assert_pinned(&read_json(&pins2), &v1_wheels(&e), None);
+    assert!(
+        e.srv.requests().is_empty(),
+        "--offline made requests: {:?}",
+        e.srv.requests()
+    );
+    for w in v1_wheels(&e) {
+        let out = e.ok(&["cat", &format!("sha256:{}", w.sha256)]);
+        assert!(out.stdout == w.bytes, "the store's {} differs", w.file);
+    }
+}
+
+#[test]
+fn pin_into_a_lock_rewrites_only_its_python_section() {
+    let e = Env::new();
+    let lock = e.p("v1.lock.json");
+    e.lock_into(&e.store, &e.v1, "v1", &lock);
+    let before = read_json(&lock);
+    let req = e.requirements("req.txt", REQ_V1);
+    let idx = e.srv.index_url();
+    e.ok(&["pin", s(&req), "--index-url", &idx, "--lock", s(&lock)]);
+    let after = read_json(&lock);
+    assert_interpreter(&after);
+    assert_pinned(&after, &v1_wheels(&e), Some(&e.srv));
+    assert!(after["python"].get("tree").is_none(), "{after:#}");
+    let (mut a, mut b) = (before.clone(), after.clone());
+    a.as_object_mut().unwrap().remove("python");
+    b.as_object_mut().unwrap().remove("python");
+    assert_eq!(a, b, "pin --lock changed more than the python section");
+}
+
+#[test]
+fn pin_of_a_package_the_index_lacks_names_it() {
+    let e = Env::new();
+    let req = e.requirements("req.txt", "tinycli\ntinyghost\n");
+    let pins = e.p("pins.json");
+    let idx = e.srv.index_url();
+    let out = e.cs(
+        &e.store,
+        &["pin", s(&req), "--index-url", &idx, "-o", s(&pins)],
+    );
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+    assert!(stderr(&out).contains("tinyghost"), "{}", describe(&out));
+    assert!(!pins.exists(), "a failed pin wrote {}", pins.display());
+}
+
+#[test]
+fn pin_refuses_wheel_bytes_that_do_not_match_the_index_hash() {
+    let e = Env::new();
+    let foo = e.wheel("tinyfoo", "2.0");
+    e.srv.serve_bytes(foo, e.wheels.tampered.bytes.clone());
+    let req = e.requirements("req.txt", "tinyfoo\n");
+    let idx = e.srv.index_url();
+    // pip checks the fragment itself; `uv pip compile` does not (it resolves happily), so there
+    // comfystore's own download must hold the bytes to the index's hash.
+    let mut resolvers = vec!["auto", "pip"];
+    if uv_available() {
+        resolvers.push("uv");
+    } else {
+        eprintln!("skipped: uv not on PATH (--resolver uv not checked)");
+    }
+    for resolver in resolvers {
+        let pins = e.p(&format!("pins-{resolver}.json"));
+        let out = e.cs(
+            &e.store,
+            &[
+                "pin",
+                s(&req),
+                "--index-url",
+                &idx,
+                "--resolver",
+                resolver,
+                "-o",
+                s(&pins),
+            ],
+        );
+        assert_ne!(code(&out), 0, "--resolver {resolver}: {}", describe(&out));
+        assert!(
+            stderr(&out).contains(&foo.file),
+            "--resolver {resolver}: {}",
+            describe(&out)
+        );
+        assert!(!pins.exists(), "a failed pin wrote {}", pins.display());
+        for sha in [&foo.sha256, &e.wheels.tampered.sha256] {
+            let o = e.cs(&e.store, &["cat", &format!("sha256:{sha}")]);
+            assert_ne!(
+                code(&o),
+                0,
+                "--resolver {resolver}: the store holds sha256:{sha}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. materialize, remove
+
+#[test]
+fn materialize_builds_a_runnable_install() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let dest = e.p("dest");
+    let (report, secs) = e.materialize(&lock, &dest, &[]);
+    eprintln!("materialize (first, installs): {secs:.2}s");
+    assert!(
+        report["env"]["tree"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("b3:")),
+        "{report:#}"
+    );
+    assert_eq!(report["env"]["built"], true, "{report:#}");
+    assert_eq!(fs::read_to_string(dest.join("main.py")).unwrap(), MAIN_V1);
+    assert!(dest.join(V1_ONLY).is_file());
+    assert!(dest
+        .join("custom_nodes")
+        .join(NODE)
+        .join("__init__.py")
+        .is_file());
+    assert!(
+        fs::read(dest.join(MODEL)).unwrap() == model_bytes(),
+        "{MODEL}"
+    );
+    e.assert_venv_works(&dest.join("venv"), "2.0");
+}
+
+#[test]
+fn second_materialize_links_the_stored_environment() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let (a, b) = (e.p("a"), e.p("b"));
+    let (ra, ta) = e.materialize(&lock, &a, &["--venv-link", "hardlink"]);
+    let (rb, tb) = e.materialize(&lock, &b, &["--venv-link", "hardlink"]);
+    eprintln!("materialize: first {ta:.2}s (installs), second {tb:.2}s (links)");
+    assert_eq!(ra["env"]["built"], true, "{ra:#}");
+    assert_eq!(rb["env"]["built"], false, "{rb:#}");
+    assert_eq!(ra["env"]["tree"], rb["env"]["tree"]);
+    assert!(
+        ra["env"]["tree"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("b3:")),
+        "{ra:#}"
+    );
+
+    let (sa, sb) = (
+        site_packages(&a.join("venv")),
+        site_packages(&b.join("venv")),
+    );
+    for rel in ["tinyfoo/__init__.py", "tinydep/__init__.py"] {
+        let (ma, mb) = (
+            fs::metadata(sa.join(rel)).unwrap(),
+            fs::metadata(sb.join(rel)).unwrap(),
+        );
+        assert_eq!(
+            (ma.dev(), ma.ino()),
+            (mb.dev(), mb.ino()),
+            "{rel} is not shared"
+        );
+    }
+    e.assert_venv_works(&a.join("venv"), "2.0");
+    e.assert_venv_works(&b.join("venv"), "2.0");
+    // b's console script was written for b, not copied from a.
+    let script = fs::read_to_string(b.join("venv/bin/tinycli")).unwrap();
+    let a_venv = a.join("venv");
+    assert!(
+        !script.contains(s(&a_venv)),
+        "b's tinycli names a's venv:\n{script}"
+    );
+}
+
+#[test]
+fn materialize_switches_in_place_and_keeps_user_files() {
+    let e = Env::new();
+    let l1 = e.pinned_lock("v1");
+    let l2 = e.pinned_lock("v2");
+    let dest = e.p("dest");
+    e.materialize(&l1, &dest, &[]);
+    e.assert_venv_works(&dest.join("venv"), "2.0");
+    let user = dest.join("output/user.png");
+    let png = pseudo_random(9, 777);
+    write(&user, &png);
+
+    let (r2, _) = e.materialize(&l2, &dest, &[]);
+    assert_eq!(r2["env"]["built"], true, "another package set: {r2:#}");
+    assert!(fs::read(&user).unwrap() == png, "the user's file changed");
+    assert_eq!(fs::read_to_string(dest.join("main.py")).unwrap(), MAIN_V2);
+    assert!(
+        !dest.join(V1_ONLY).exists(),
+        "{V1_ONLY} of v1 is still there"
+    );
+    assert_eq!(
+        fs::read_to_string(dest.join("requirements.txt")).unwrap(),
+        REQ_V2
+    );
+    assert!(
+        fs::read(dest.join(MODEL)).unwrap() == model_bytes(),
+        "{MODEL}"
+    );
+    e.assert_venv_works(&dest.join("venv"), "1.0");
+}
+
+#[test]
+fn offline_materialize_names_missing_wheels_and_writes_nothing() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    // A second store with the trees and the model (from its own lock run) but no wheel.
+    let store2 = e.p("store2");
+    e.lock_into(&store2, &e.v1, "v1", &e.p("scratch.lock.json"));
+    let before = e.srv.requests().len();
+    let dest = e.p("dest");
+    let out = e.cs(&store2, &["materialize", s(&lock), s(&dest), "--offline"]);
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+    assert!(
+        !dest.exists(),
+        "a failed offline materialize created {}",
+        dest.display()
+    );
+    let err = stderr(&out);
+    for w in v1_wheels(&e) {
+        assert!(
+            err.contains(&w.file),
+            "{} not named: {}",
+            w.file,
+            describe(&out)
+        );
+    }
+    assert_eq!(e.srv.requests().len(), before, "--offline made requests");
+}
+
+#[test]
+fn remove_leaves_nothing_even_after_python_ran() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let dest = e.p("dest");
+    e.materialize(&lock, &dest, &[]);
+    let venv = dest.join("venv");
+    let out = e.venv_python(&venv, "import tinyfoo, tinydep, tinycli", true);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let out = python_cmd(&venv.join("bin/python"))
+        .current_dir(&dest)
+        .arg(dest.join("main.py"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "main.py: {}", describe(&out));
+    assert!(
+        stdout(&out).contains("ComfyUI fixture v1"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        has_pycache(&dest),
+        "python wrote no __pycache__ (byte-code still off?)"
+    );
+
+    let out = e.cs(&e.store, &["remove", s(&dest)]);
+    assert_eq!(code(&out), 0, "remove: {}", describe(&out));
+    assert!(
+        !dest.exists(),
+        "{} still exists: {:?}",
+        dest.display(),
+        walkdir::WalkDir::new(&dest)
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|e| e.path().display().to_string())
+            .collect::<Vec<_>>()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. init
+
+#[test]
+fn init_clones_pins_and_is_idempotent() {
+    let e = Env::new();
+    let path = e.p("comfy-init");
+    let idx = e.srv.index_url();
+    let init = |git_ref: &str| -> Value {
+        let out = e.ok(&[
+            "--json",
+            "init",
+            "--path",
+            s(&path),
+            "--ref",
+            git_ref,
+            "--repo",
+            s(&e.comfy_bare),
+            "--index-url",
+            &idx,
+        ]);
+        parse(&out)
+    };
+    let head = || git(&path, &["rev-parse", "HEAD"]);
+
+    let r1 = init("v1");
+    assert_eq!(r1["changed"], true, "{r1:#}");
+    assert_eq!(r1["commit"], e.v1.as_str(), "{r1:#}");
+    assert_eq!(Path::new(r1["path"].as_str().unwrap()), path, "{r1:#}");
+    assert_eq!(head(), e.v1);
+    assert_eq!(fs::read_to_string(path.join("main.py")).unwrap(), MAIN_V1);
+    let walk1 = stat_walk(&path);
+
+    let r2 = init("v1");
+    assert_eq!(r2["changed"], false, "{r2:#}");
+    assert_eq!(r2["commit"], e.v1.as_str(), "{r2:#}");
+    assert_eq!(head(), e.v1);
+    assert_same_walk(
+        &walk1,
+        &stat_walk(&path),
+        "a second identical init changed files",
+    );
+
+    let venv = path.join("venv");
+    e.assert_venv_works(&venv, "2.0");
+    let out = e.venv_python(&venv, "import requests; print(requests.__version__)", false);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out).trim(), "2.32.3");
+
+    let r3 = init("v2");
+    assert_eq!(r3["changed"], true, "{r3:#}");
+    assert_eq!(r3["commit"], e.v2.as_str(), "{r3:#}");
+    assert_eq!(head(), e.v2);
+    assert_eq!(fs::read_to_string(path.join("main.py")).unwrap(), MAIN_V2);
+    assert!(!path.join(V1_ONLY).exists());
+    // v2's requirements hold tinyfoo at 1.0.
+    e.assert_venv_works(&venv, "1.0");
+}
