@@ -117,7 +117,7 @@ pub fn init(store: &Store, opts: &InitOptions) -> Result<InitReport> {
     std::fs::write(&all, body).ctx("write", &all)?;
     let pinned = python::pin(store, &all, &opts.pin)?;
     let py = pinned.pins.python;
-    let base = python::interpreter::find_for(&py, opts.pin.python.as_deref())?;
+    let base = python::interpreter::find_for(store, &py, opts.pin.python.as_deref())?;
     let venv_dir = path.join(VENV_DIR);
     let (env, rendered) =
         materialize::rendered_env(store, &py, &venv_dir, &base, opts.pin.resolver)?;

@@ -114,8 +114,12 @@ pub fn materialize_lock(
         None => None,
     };
 
+    let t0 = std::time::Instant::now();
+    let phase =
+        |what: &str| tracing::debug!("materialize {}: {what} after {:?}", lock.tag, t0.elapsed());
     // 1. Everything into the store first; stop before writing if anything is missing.
     let fetched = fetch_lock(store, lock, &opts.fetch)?;
+    phase("fetch checked");
     if !fetched.failed.is_empty() {
         let lines: Vec<String> = fetched
             .failed
@@ -138,8 +142,10 @@ pub fn materialize_lock(
     let wants_env = opts.fetch.wants(Part::Python) && lock.python.is_some();
     let (env, base, rendered) = match (&lock.python, wants_env) {
         (Some(py), true) => {
-            let base = python::interpreter::find_for(py, opts.python.as_deref())?;
+            let base = python::interpreter::find_for(store, py, opts.python.as_deref())?;
+            phase("interpreter found");
             let (env, rendered) = rendered_env(store, py, &venv_dir, &base, opts.installer)?;
+            phase("environment rendered");
             (Some(env), Some(base), Some(rendered))
         }
         _ => (None, None, None),
@@ -169,7 +175,9 @@ pub fn materialize_lock(
         env: env.as_ref().map(|e| e.tree),
     };
     let (tree, _) = store.put_tree(&version.manifest)?;
+    phase("version composed");
     let report = super::materialize_laid_out(store, &tree, dest, &opts.policy(), &layout)?;
+    phase("version placed");
 
     // The environment outside DEST is a materialized folder of its own.
     let venv = match (elsewhere, &rendered) {

@@ -174,8 +174,8 @@ fn parts_for(
             return Ok(None);
         };
         let base = match &layout.python {
-            Some(p) => crate::python::Interpreter::probe(p)?,
-            None => crate::python::interpreter::find_for(py, None)?,
+            Some(p) => crate::python::interpreter::probe_cached(store, p)?,
+            None => crate::python::interpreter::find_for(store, py, None)?,
         };
         let manifest = store.read_tree(&tree)?;
         Ok(Some(crate::python::render(

@@ -8,9 +8,17 @@
 
 use crate::error::{Error, Result};
 use crate::lock::Python;
-use serde::Deserialize;
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Probe results, in the store: starting an interpreter (through a pyenv shim, say) costs
+/// 50–150 ms, more than linking a whole environment, so a program whose file has not changed
+/// is not started again. Keyed by path and stat; deleting the file only costs time.
+const PROBE_CACHE: &str = "cache/interpreters.json";
 
 /// Asks an interpreter for what wheels are selected by. `-I -S`: no site, no user code.
 const PROBE: &str = r#"
@@ -32,7 +40,7 @@ print(json.dumps({
 "#;
 
 /// A Python interpreter and the facts that decide which wheels it can use.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Interpreter {
     /// e.g. `3.11.7`.
     pub version: String,
@@ -127,19 +135,6 @@ fn is_version(spec: &str) -> bool {
     !spec.is_empty() && spec.chars().all(|c| c.is_ascii_digit() || c == '.')
 }
 
-/// The programs a spec may mean, most specific first. A version also asks uv, which knows the
-/// interpreters it manages (`uv python install`).
-fn candidates(spec: &str) -> Vec<PathBuf> {
-    if !is_version(spec) {
-        return vec![PathBuf::from(spec)];
-    }
-    let mut v = vec![PathBuf::from(format!("python{}", minor_of(spec)))];
-    if let Some(p) = uv_python_find(spec) {
-        v.push(p);
-    }
-    v
-}
-
 fn uv_python_find(version: &str) -> Option<PathBuf> {
     let out = Command::new("uv")
         .args(["python", "find", "--no-project", version])
@@ -149,14 +144,87 @@ fn uv_python_find(version: &str) -> Option<PathBuf> {
     (out.status.success() && !s.is_empty()).then(|| PathBuf::from(s))
 }
 
+/// A program as the shell would run it: a path, or the first match on PATH.
+fn which(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return Some(program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// What identifies a program file's version on this machine.
+fn signature(path: &Path) -> Option<String> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!(
+        "{}:{}:{}:{}.{}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct ProbeCache {
+    #[serde(default)]
+    programs: BTreeMap<PathBuf, (String, Interpreter)>,
+}
+
+/// [`Interpreter::probe`], answered from the store's cache when neither the program nor the
+/// interpreter it found has changed.
+pub fn probe_cached(store: &Store, program: &Path) -> Result<Interpreter> {
+    let Some(path) = which(program) else {
+        return Err(Error::python(
+            program.display().to_string(),
+            "not found on PATH",
+        ));
+    };
+    let sig = signature(&path);
+    let file = store.root().join(PROBE_CACHE);
+    let mut cache: ProbeCache = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if let (Some(sig), Some((had, i))) = (&sig, cache.programs.get(&path)) {
+        if had == sig && i.executable.is_file() {
+            return Ok(i.clone());
+        }
+    }
+    let i = Interpreter::probe(&path)?;
+    if let Some(sig) = sig {
+        cache.programs.insert(path, (sig, i.clone()));
+        if let (Some(dir), Ok(bytes)) = (file.parent(), serde_json::to_vec_pretty(&cache)) {
+            // Best effort: a lost race or a read-only store only costs a probe next time.
+            let _ = std::fs::create_dir_all(dir)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    crate::store::write_file_atomic(&file, &bytes, 0o644).map_err(|e| e.to_string())
+                });
+        }
+    }
+    Ok(i)
+}
+
 /// The interpreter `spec` names: a path or program (`/usr/bin/python3.11`, `python3`), or a
-/// version (`3.11`). Without a spec, `python3`.
-pub fn find(spec: Option<&str>) -> Result<Interpreter> {
+/// version (`3.11`: `python3.11` on PATH, else one uv manages). Without a spec, `python3`.
+pub fn find(store: &Store, spec: Option<&str>) -> Result<Interpreter> {
     let spec = spec.unwrap_or("python3");
+    if !is_version(spec) {
+        return probe_cached(store, Path::new(spec));
+    }
     let mut errors = Vec::new();
-    for c in candidates(spec) {
-        match Interpreter::probe(&c) {
-            Ok(i) if !is_version(spec) || version_matches(spec, &i.version) => return Ok(i),
+    let program = PathBuf::from(format!("python{}", minor_of(spec)));
+    let tries = [Some(program), None];
+    for c in tries {
+        // uv is asked only when pythonX.Y is not on PATH.
+        let Some(c) = c.or_else(|| uv_python_find(spec)) else {
+            continue;
+        };
+        match probe_cached(store, &c) {
+            Ok(i) if version_matches(spec, &i.version) => return Ok(i),
             Ok(i) => errors.push(format!("{} is {}", c.display(), i.version)),
             Err(e) => errors.push(e.to_string()),
         }
@@ -174,10 +242,10 @@ fn version_matches(spec: &str, version: &str) -> bool {
 
 /// A base interpreter on this machine that fits the lock's environment: `spec` if given (it
 /// must fit), else `pythonX.Y` on PATH, an interpreter uv manages, or `python3`.
-pub fn find_for(py: &Python, spec: Option<&str>) -> Result<Interpreter> {
+pub fn find_for(store: &Store, py: &Python, spec: Option<&str>) -> Result<Interpreter> {
     let need = describe(py);
     if let Some(spec) = spec {
-        let i = find(Some(spec))?;
+        let i = find(store, Some(spec))?;
         if !i.fits(py) {
             return Err(Error::python(
                 spec,
@@ -190,21 +258,14 @@ pub fn find_for(py: &Python, spec: Option<&str>) -> Result<Interpreter> {
         return Ok(i);
     }
     let mut tried = Vec::new();
-    let mut specs: Vec<PathBuf> = Vec::new();
-    if let Some(v) = py.version.as_deref() {
-        specs.extend(candidates(&minor_of(v)));
-    }
+    let minor = py.version.as_deref().map(minor_of);
+    let mut specs: Vec<String> = minor.iter().cloned().collect();
     specs.push("python3".into());
-    for c in specs {
-        match Interpreter::probe(&c) {
+    for s in specs {
+        match find(store, Some(&s)) {
             Ok(i) if i.fits(py) => return Ok(i),
-            Ok(i) => tried.push(format!(
-                "{} is {} {}",
-                c.display(),
-                i.implementation,
-                i.version
-            )),
-            Err(_) => tried.push(format!("{} not found", c.display())),
+            Ok(i) => tried.push(format!("{s} is {} {}", i.implementation, i.version)),
+            Err(e) => tried.push(e.to_string()),
         }
     }
     Err(Error::python(
@@ -212,7 +273,7 @@ pub fn find_for(py: &Python, spec: Option<&str>) -> Result<Interpreter> {
         format!(
             "the environment needs {need}, and none was found ({}); install it (e.g. `uv python install {}`) or pass --python",
             tried.join("; "),
-            py.version.as_deref().map(minor_of).unwrap_or_default()
+            minor.unwrap_or_default()
         ),
     ))
 }

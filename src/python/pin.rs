@@ -134,7 +134,7 @@ pub fn pin(store: &Store, requirements: &Path, opts: &PinOptions) -> Result<PinR
         return Err(Error::bad_input(requirements, "no such requirements file"));
     }
     let requirements = requirements.canonicalize().ctx("open", requirements)?;
-    let target = Target::new(opts)?;
+    let target = Target::new(store, opts)?;
     let _writer = store.lock_shared()?;
     let work = tempfile::Builder::new()
         .prefix(crate::store::TEMP_PREFIX)
@@ -309,8 +309,8 @@ struct Target {
 }
 
 impl Target {
-    fn new(opts: &PinOptions) -> Result<Target> {
-        let found = interpreter::find(opts.python.as_deref());
+    fn new(store: &Store, opts: &PinOptions) -> Result<Target> {
+        let found = interpreter::find(store, opts.python.as_deref());
         let (mut section, interpreter) = match (found, &opts.python) {
             (Ok(i), _) => (i.section(), Some(i)),
             // Pinning for a platform this machine does not run needs no interpreter.

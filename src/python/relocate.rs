@@ -212,11 +212,11 @@ pub fn render(store: &Store, env: &Manifest, venv: &Path, base: &Interpreter) ->
             continue;
         }
         match &mut e.node {
-            Node::Symlink { target } => *target = subst.from_tokens(target),
+            Node::Symlink { target } => *target = subst.fill_tokens(target),
             Node::File { exec, size, id } => {
                 let bytes = read_object(store, id)?;
                 let text = String::from_utf8_lossy(&bytes);
-                let put = store.put_bytes(subst.from_tokens(&text).as_bytes(), *exec, false)?;
+                let put = store.put_bytes(subst.fill_tokens(&text).as_bytes(), *exec, false)?;
                 *id = put.digests.b3;
                 *size = put.digests.size;
             }
@@ -272,7 +272,7 @@ impl Substitutions {
         out
     }
 
-    fn from_tokens(&self, text: &str) -> String {
+    fn fill_tokens(&self, text: &str) -> String {
         text.replace(VENV_TOKEN, &self.venv)
             .replace(PYTHON_TOKEN, &self.python)
             .replace(HOME_TOKEN, &self.home)
@@ -342,7 +342,7 @@ mod tests {
         );
         let d = Substitutions::of(Path::new("/w/v1/venv"), &base());
         assert_eq!(
-            d.from_tokens(&t),
+            d.fill_tokens(&t),
             "#!/w/v1/venv/bin/python\n# /tmp/stage/venv2 stays\n"
         );
     }

@@ -200,6 +200,7 @@ const LAYOUT_NAMES: &[&str] = &[
     "locks",
     "sources",
     "index.redb",
+    "cache",
 ];
 
 /// Create the folders of a new store. Every step is idempotent and the marker comes last, so
