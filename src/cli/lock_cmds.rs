@@ -197,7 +197,16 @@ fn show(cli: &Cli, path: &Path) -> Result<u8> {
     let model_bytes: u64 = l.models.iter().map(|m| m.size).sum();
     let missing_bytes: u64 = models_missing.iter().map(|m| m.size).sum();
     let py = l.python.as_ref();
-    let env_in_store = py.is_some_and(|p| has_tree(&p.tree));
+    // The lock's own environment tree, or one installed earlier for the same wheels.
+    let env_in_store = match (py, &store) {
+        (Some(p), Some(s)) => crate::python::find_env(s, p)?.is_some(),
+        _ => false,
+    };
+    let wheels_missing = match (py, &store) {
+        (Some(p), Some(s)) if !env_in_store => crate::python::missing_wheels(s, p)?,
+        (Some(p), None) => p.packages.iter().map(|p| p.name.clone()).collect(),
+        _ => Vec::new(),
+    };
     if cli.json {
         println!(
             "{}",
@@ -206,7 +215,7 @@ fn show(cli: &Cli, path: &Path) -> Result<u8> {
                 "tag": l.tag,
                 "comfyui": { "repo": l.comfyui.repo, "commit": l.comfyui.commit, "dirty": l.comfyui.dirty, "in_store": has_tree(&l.comfyui.tree) },
                 "custom_nodes": { "count": l.custom_nodes.len(), "disabled": l.custom_nodes.iter().filter(|n| n.disabled).count(), "missing": nodes_missing },
-                "python": py.map(|p| json!({ "version": p.version, "platform": p.platform, "packages": p.packages.len(), "environment_in_store": env_in_store })),
+                "python": py.map(|p| json!({ "version": p.version, "platform": p.platform, "packages": p.packages.len(), "environment_in_store": env_in_store, "wheels_missing": wheels_missing })),
                 "models": { "count": l.models.len(), "bytes": model_bytes, "missing": models_missing.iter().map(|m| &m.path).collect::<Vec<_>>(), "missing_bytes": missing_bytes },
             }))?
         );
@@ -239,12 +248,23 @@ fn show(cli: &Cli, path: &Path) -> Result<u8> {
     );
     match py {
         Some(p) => println!(
-            "python    {} {} {}, {} packages, environment [{}]",
+            "python    {} {} {}, {} packages, environment [{}]{}",
             p.version.as_deref().unwrap_or("?"),
             p.abi.as_deref().unwrap_or("?"),
             p.platform.as_deref().unwrap_or("?"),
             p.packages.len(),
-            mark(env_in_store)
+            if env_in_store {
+                "in store"
+            } else if wheels_missing.is_empty() {
+                "installed from the stored wheels when needed"
+            } else {
+                "missing"
+            },
+            if wheels_missing.is_empty() || env_in_store {
+                String::new()
+            } else {
+                format!(", {} wheels to fetch", wheels_missing.len())
+            }
         ),
         None => println!("python    (none)"),
     }
