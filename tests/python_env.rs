@@ -23,11 +23,11 @@ use common::pyindex::{
 use common::{describe, run_env, s, sha256_hex, stderr, write, NETWORK_ENV};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 // ---------------------------------------------------------------------------------------------
@@ -191,13 +191,42 @@ impl Env {
     /// `comfystore --store STORE ARGS...` with a clean environment (see the module docs),
     /// then the `envs` changes.
     fn cs_env(&self, store: &Path, args: &[&str], envs: &[(&str, Option<&OsStr>)]) -> Output {
-        let scrub = scrubbed_vars();
+        let clean = self.clean_env();
+        let mut all: Vec<(&str, Option<&OsStr>)> = clean
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        all.extend_from_slice(envs);
+        run_env(store, args, &all)
+    }
+
+    /// The same run as [`Env::cs`], as a command to spawn (stdin closed, output discarded).
+    fn cs_command(&self, store: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
+        cmd.arg("--store")
+            .arg(store)
+            .args(args)
+            .env_remove("COMFYSTORE_DIR")
+            .env_remove("COMFYSTORE_INDEX")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in self.clean_env() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd
+    }
+
+    /// The environment changes of every comfystore run (see the module docs): `None` removes.
+    fn clean_env(&self) -> Vec<(String, Option<OsString>)> {
         let home = self.p("home");
         let cache = self.p("cache");
         let hf = self.p("hf");
         let hub = self.p("hf/hub");
-        let mut all: Vec<(&str, Option<&OsStr>)> =
-            scrub.iter().map(|k| (k.as_str(), None)).collect();
+        let mut all: Vec<(&str, Option<&OsStr>)> = Vec::new();
         for k in NETWORK_ENV.iter().chain(&[
             "COMFY_HOME",
             "RUST_LOG",
@@ -223,8 +252,14 @@ impl Env {
             ("COMFYSTORE_BACKOFF", Some(OsStr::new("10ms"))),
             ("LC_ALL", Some(OsStr::new("C"))),
         ]);
-        all.extend_from_slice(envs);
-        run_env(store, args, &all)
+        scrubbed_vars()
+            .into_iter()
+            .map(|k| (k, None))
+            .chain(
+                all.into_iter()
+                    .map(|(k, v)| (k.to_string(), v.map(OsStr::to_os_string))),
+            )
+            .collect()
     }
 
     fn cs(&self, store: &Path, args: &[&str]) -> Output {
@@ -1138,4 +1173,604 @@ fn init_clones_pins_and_is_idempotent() {
     assert!(!path.join(V1_ONLY).exists());
     // v2's requirements hold tinyfoo at 1.0.
     e.assert_venv_works(&venv, "1.0");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Installers, locked venvs, interpreters, layouts, verify, crashes and concurrency.
+
+/// The first line of a text file.
+fn first_line(path: &Path) -> String {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Every path under `root`, for assertion messages.
+fn listing(root: &Path) -> Vec<String> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| e.path().display().to_string())
+        .collect()
+}
+
+impl Env {
+    /// The GC roots named `env/…`, with their ids.
+    fn env_roots(&self, store: &Path) -> Vec<(String, Vec<String>)> {
+        let out = self.cs(store, &["--json", "root", "ls"]);
+        assert_eq!(code(&out), 0, "root ls: {}", describe(&out));
+        parse(&out)
+            .as_array()
+            .unwrap_or_else(|| panic!("root ls is not a list: {}", describe(&out)))
+            .iter()
+            .filter(|r| r["name"].as_str().is_some_and(|n| n.starts_with("env/")))
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| i.as_str().unwrap().to_string())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// The names of the GC roots starting with `prefix`.
+    fn roots_named(&self, store: &Path, prefix: &str) -> Vec<String> {
+        let out = self.cs(store, &["--json", "root", "ls"]);
+        assert_eq!(code(&out), 0, "root ls: {}", describe(&out));
+        parse(&out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .filter(|n| n.starts_with(prefix))
+            .map(String::from)
+            .collect()
+    }
+
+    /// `fsck` of `store` exits 0.
+    fn assert_fsck_clean(&self, store: &Path) {
+        let out = self.cs(store, &["--json", "fsck"]);
+        assert_eq!(code(&out), 0, "fsck: {}", describe(&out));
+        let report = parse(&out);
+        assert_eq!(
+            report["problems"].as_array().map(Vec::len),
+            Some(0),
+            "{report:#}"
+        );
+    }
+
+    /// A plain venv (python3 -m venv, pip from the index; no comfystore) of REQ_V1 at `venv`.
+    fn pip_venv(&self, venv: &Path) {
+        let out = python_cmd(python3())
+            .args(["-m", "venv", "--without-pip"])
+            .arg(venv)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "venv: {}", describe(&out));
+        let req = self.requirements("req-plain.txt", REQ_V1);
+        let out = pip(&[
+            "--python",
+            s(&venv.join("bin/python")),
+            "install",
+            "--index-url",
+            &self.srv.index_url(),
+            "--no-compile",
+            "-r",
+            s(&req),
+        ]);
+        assert_eq!(code(&out), 0, "pip install: {}", describe(&out));
+    }
+}
+
+/// Rewrite a lockfile's JSON.
+fn edit_json(path: &Path, f: impl FnOnce(&mut Value)) {
+    let mut doc = read_json(path);
+    f(&mut doc);
+    fs::write(path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+}
+
+#[test]
+fn pip_installer_renders_absolute_shebangs_per_destination() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let (a, b) = (e.p("a"), e.p("b"));
+    let (ra, _) = e.materialize(&lock, &a, &["--installer", "pip"]);
+    assert_eq!(ra["env"]["built"], true, "{ra:#}");
+    assert_eq!(ra["env"]["installer"], "pip", "{ra:#}");
+    e.assert_venv_works(&a.join("venv"), "2.0");
+    // pip writes `#!<venv>/bin/python`: it must name a's venv, not the staging venv.
+    let want_a = format!("#!{}", s(&a.join("venv/bin/python")));
+    assert_eq!(first_line(&a.join("venv/bin/tinycli")), want_a);
+
+    let (rb, _) = e.materialize(&lock, &b, &["--installer", "pip"]);
+    assert_eq!(rb["env"]["built"], false, "{rb:#}");
+    assert_eq!(rb["env"]["tree"], ra["env"]["tree"], "{rb:#}");
+    let want_b = format!("#!{}", s(&b.join("venv/bin/python")));
+    assert_eq!(first_line(&b.join("venv/bin/tinycli")), want_b);
+    let script = fs::read_to_string(b.join("venv/bin/tinycli")).unwrap();
+    assert!(!script.contains(s(&a)), "b's tinycli names a:\n{script}");
+
+    let out = e.cs(&e.store, &["remove", s(&a)]);
+    assert_eq!(code(&out), 0, "remove: {}", describe(&out));
+    assert!(!a.exists(), "{:?}", listing(&a));
+    e.assert_venv_works(&b.join("venv"), "2.0");
+
+    // verify --fix writes the script again for b.
+    fs::remove_file(b.join("venv/bin/tinycli")).unwrap();
+    let out = e.cs(&e.store, &["verify", s(&lock), s(&b), "--fix"]);
+    assert_eq!(code(&out), 3, "verify --fix: {}", describe(&out));
+    assert_eq!(first_line(&b.join("venv/bin/tinycli")), want_b);
+    e.assert_venv_works(&b.join("venv"), "2.0");
+}
+
+#[test]
+fn a_plain_pip_venv_locked_with_pin_wheels_materializes_elsewhere() {
+    let e = Env::new();
+    let orig = e.comfy.join("venv");
+    e.pip_venv(&orig);
+    e.assert_venv_works(&orig, "2.0");
+    let lock = e.p("plain.lock.json");
+    let idx = e.srv.index_url();
+    e.ok(&[
+        "lock",
+        s(&e.comfy),
+        "--tag",
+        "plain",
+        "--pin-wheels",
+        "--index-url",
+        &idx,
+        "-o",
+        s(&lock),
+    ]);
+    let doc = read_json(&lock);
+    assert_interpreter(&doc);
+    assert_pinned(&doc, &v1_wheels(&e), Some(&e.srv));
+
+    // In the same store (the locked venv tree is there), and in a store that has only the
+    // lock's trees and model: there the wheels are fetched from their URLs and installed.
+    let store2 = e.p("store2");
+    e.lock_into(&store2, &e.v1, "v1", &e.p("scratch.lock.json"));
+    let wheel_gets = || {
+        v1_wheels(&e)
+            .iter()
+            .map(|w| e.srv.requests_for(&format!("/files/{}", w.file)).len())
+            .collect::<Vec<_>>()
+    };
+    for (store, dest) in [(&e.store, e.p("elsewhere/one")), (&store2, e.p("two"))] {
+        let before = wheel_gets();
+        let out = e.cs(store, &["--json", "materialize", s(&lock), s(&dest)]);
+        assert_eq!(code(&out), 0, "materialize: {}", describe(&out));
+        let after = wheel_gets();
+        if store == &store2 {
+            // store2 had no wheel: each came from the URL `lock --pin-wheels` recorded.
+            assert!(
+                before.iter().zip(&after).all(|(b, a)| a > b),
+                "wheel downloads {before:?} -> {after:?}"
+            );
+            assert_eq!(parse(&out)["env"]["built"], true, "{}", describe(&out));
+        } else {
+            assert_eq!(before, after, "the store had every wheel");
+        }
+        let venv = dest.join("venv");
+        e.assert_venv_works(&venv, "2.0");
+        for f in ["pyvenv.cfg", "bin/activate", "bin/tinycli"] {
+            let text = fs::read_to_string(venv.join(f)).unwrap();
+            assert!(
+                !text.contains(s(&orig)),
+                "{} names the original venv {}:\n{text}",
+                venv.join(f).display(),
+                orig.display()
+            );
+        }
+        // Sourced, bin/activate names this venv (written for it, or relocatable).
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(
+                "unset VIRTUAL_ENV; . \"$1/bin/activate\" && printf '%s\\n' \"$VIRTUAL_ENV\" \
+                 && command -v python",
+            )
+            .arg("bash")
+            .arg(&venv)
+            .env_remove("VIRTUAL_ENV")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "source bin/activate: {}", describe(&out));
+        let text = stdout(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{}", describe(&out));
+        assert_eq!(Path::new(lines[0]), venv, "VIRTUAL_ENV after activate");
+        assert_eq!(
+            Path::new(lines[1]),
+            venv.join("bin/python"),
+            "python after activate"
+        );
+        let cfg = fs::read_to_string(venv.join("pyvenv.cfg")).unwrap();
+        assert!(
+            cfg.lines().any(|l| l.starts_with("home")),
+            "pyvenv.cfg:\n{cfg}"
+        );
+        // Python 3.11+ records the creating command; it must name this venv if anything.
+        for l in cfg.lines().filter(|l| l.starts_with("command")) {
+            assert!(l.contains(s(&venv)), "pyvenv.cfg {l:?}\n{cfg}");
+        }
+    }
+}
+
+#[test]
+fn materialize_refuses_an_interpreter_that_does_not_fit() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+
+    // A lock for a python nobody has.
+    let l399 = e.p("v399.lock.json");
+    fs::copy(&lock, &l399).unwrap();
+    edit_json(&l399, |d| {
+        d["python"]["version"] = "3.99.0".into();
+        d["python"]["abi"] = "cp399".into();
+    });
+    let dest = e.p("dest399");
+    let out = e.cs(&e.store, &["materialize", s(&l399), s(&dest)]);
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains("3.99"), "{}", describe(&out));
+    assert!(err.contains("--python"), "{}", describe(&out));
+    assert!(!dest.exists(), "{:?}", listing(&dest));
+    assert!(e.env_roots(&e.store).is_empty());
+
+    // --python that is not a python: a shell script, and /bin/false.
+    let fake = e.p("bin/fakepython");
+    write(&fake, b"#!/bin/sh\necho 'I am not python'\nexit 0\n");
+    fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for py in [s(&fake), "/bin/false"] {
+        let dest = e.p("dest-bad-python");
+        let out = e.cs(
+            &e.store,
+            &["materialize", s(&lock), s(&dest), "--python", py],
+        );
+        assert_ne!(code(&out), 0, "--python {py}: {}", describe(&out));
+        assert!(
+            stderr(&out).contains(py),
+            "--python {py}: the error does not name it: {}",
+            describe(&out)
+        );
+        assert!(!dest.exists(), "--python {py}: {:?}", listing(&dest));
+        assert!(e.env_roots(&e.store).is_empty(), "--python {py}");
+    }
+    // The right one still works.
+    let dest = e.p("dest");
+    e.materialize(&lock, &dest, &["--python", s(python3())]);
+    e.assert_venv_works(&dest.join("venv"), "2.0");
+}
+
+#[test]
+fn models_dir_keeps_models_in_a_shared_folder() {
+    let e = Env::new();
+    let l1 = e.pinned_lock("v1");
+    let l2 = e.pinned_lock("v2");
+    let shared = e.p("shared-models");
+    let rel = MODEL.strip_prefix("models/").unwrap(); // checkpoints/tiny.safetensors
+    let want_sha = sha256_hex(&model_bytes());
+    let check_shared = |what: &str| {
+        let f = shared.join(rel);
+        let bytes =
+            fs::read(&f).unwrap_or_else(|err| panic!("{what}: read {}: {err}", f.display()));
+        assert_eq!(sha256_hex(&bytes), want_sha, "{what}: {}", f.display());
+    };
+
+    let (a, b) = (e.p("a"), e.p("b"));
+    e.materialize(&l1, &a, &["--models-dir", s(&shared)]);
+    assert!(
+        !a.join(MODEL).exists(),
+        "the model is in DEST too: {}",
+        a.join(MODEL).display()
+    );
+    check_shared("after a");
+    let yaml = fs::read_to_string(a.join("extra_model_paths.yaml")).unwrap();
+    let base = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("base_path:"))
+        .unwrap_or_else(|| panic!("no base_path:\n{yaml}"))
+        .trim()
+        .trim_matches(|c| c == '"' || c == '\'');
+    assert_eq!(Path::new(base), shared, "{yaml}");
+    assert!(
+        yaml.lines().any(|l| {
+            let l = l.trim().replace(['"', '\''], "");
+            l.starts_with("checkpoints:") && l.contains("checkpoints")
+        }),
+        "no checkpoints folder:\n{yaml}"
+    );
+    e.assert_venv_works(&a.join("venv"), "2.0");
+
+    // verify sees the layout materialize recorded; a second run over `a` changes nothing.
+    let out = e.cs(&e.store, &["verify", s(&l1), s(&a)]);
+    assert_eq!(code(&out), 0, "verify: {}", describe(&out));
+    e.materialize(&l1, &a, &["--models-dir", s(&shared)]);
+    assert!(!a.join(MODEL).exists());
+    check_shared("after a again");
+
+    // Another version with the same folder.
+    e.materialize(&l2, &b, &["--models-dir", s(&shared)]);
+    assert!(!b.join(MODEL).exists());
+    check_shared("after b");
+    assert!(b.join("extra_model_paths.yaml").is_file());
+
+    for d in [&a, &b] {
+        let out = e.cs(&e.store, &["remove", s(d)]);
+        assert_eq!(code(&out), 0, "remove: {}", describe(&out));
+        assert!(!d.exists(), "{:?}", listing(d));
+        check_shared(&format!("after remove {}", d.display()));
+    }
+}
+
+#[test]
+fn venv_outside_dest_runs_and_goes_with_remove() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let dest = e.p("dest");
+    let outside = e.p("envs/v1-venv");
+    e.materialize(&lock, &dest, &["--venv", s(&outside)]);
+    assert!(
+        !dest.join("venv").exists(),
+        "DEST/venv exists: {:?}",
+        listing(&dest.join("venv"))
+    );
+    assert!(dest.join("main.py").is_file());
+    e.assert_venv_works(&outside, "2.0");
+    let out = python_cmd(&outside.join("bin/python"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(&dest)
+        .arg(dest.join("main.py"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "main.py: {}", describe(&out));
+    let out = e.cs(&e.store, &["verify", s(&lock), s(&dest)]);
+    assert_eq!(code(&out), 0, "verify: {}", describe(&out));
+    // Byte-code in the outside env (remove takes Python's __pycache__ folders too).
+    let out = e.venv_python(&outside, "import tinyfoo, tinydep, tinycli", true);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(has_pycache(&outside), "python wrote no byte-code");
+
+    let out = e.cs(&e.store, &["remove", s(&dest)]);
+    assert_eq!(code(&out), 0, "remove: {}", describe(&out));
+    assert!(!dest.exists(), "{:?}", listing(&dest));
+    assert!(
+        !outside.exists(),
+        "remove left the --venv env: {:?}",
+        listing(&outside)
+    );
+    let left = e.roots_named(&e.store, "materialized/");
+    assert!(left.is_empty(), "remove left GC roots: {left:?}");
+}
+
+#[test]
+fn verify_checks_and_fixes_a_venv_outside_dest() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let dest = e.p("dest");
+    let outside = e.p("envs/v1-venv");
+    e.materialize(&lock, &dest, &["--venv", s(&outside)]);
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["verify", s(&lock), s(&dest)];
+        args.extend_from_slice(extra);
+        e.cs(&e.store, &args)
+    };
+    let out = verify(&[]);
+    assert_eq!(code(&out), 0, "clean verify: {}", describe(&out));
+
+    let foo = site_packages(&outside).join("tinyfoo/__init__.py");
+    let script = outside.join("bin/tinycli");
+    fs::remove_file(&foo).unwrap();
+    fs::remove_file(&script).unwrap();
+    let out = verify(&[]);
+    assert_eq!(
+        code(&out),
+        4,
+        "verify does not see files missing from the --venv env {}: {}",
+        outside.display(),
+        describe(&out)
+    );
+    let out = verify(&["--fix"]);
+    assert_eq!(code(&out), 3, "verify --fix: {}", describe(&out));
+    assert!(foo.is_file() && script.is_file(), "--fix restored nothing");
+    e.assert_venv_works(&outside, "2.0");
+}
+
+#[test]
+fn switching_away_from_venv_outside_leaves_no_orphan_env() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let dest = e.p("dest");
+    let (o1, o2) = (e.p("envs/one"), e.p("envs/two"));
+    e.materialize(&lock, &dest, &["--venv", s(&o1)]);
+    e.assert_venv_works(&o1, "2.0");
+    // The same version, its env moved into DEST, then to another outside folder.
+    e.materialize(&lock, &dest, &[]);
+    e.assert_venv_works(&dest.join("venv"), "2.0");
+    e.materialize(&lock, &dest, &["--venv", s(&o2)]);
+    assert!(
+        !dest.join("venv").exists(),
+        "{:?}",
+        listing(&dest.join("venv"))
+    );
+    e.assert_venv_works(&o2, "2.0");
+
+    let out = e.cs(&e.store, &["remove", s(&dest)]);
+    assert_eq!(code(&out), 0, "remove: {}", describe(&out));
+    assert!(!dest.exists(), "{:?}", listing(&dest));
+    assert!(!o2.exists(), "remove left the current --venv env");
+    // The first outside env belonged to this version too: the switch or the remove must take
+    // it (and its GC root); nothing else knows it exists.
+    assert!(
+        !o1.exists(),
+        "{} (placed by `materialize --venv` for {}) outlived the switch and `remove`",
+        o1.display(),
+        dest.display()
+    );
+    let left = e.roots_named(&e.store, "materialized/");
+    assert!(left.is_empty(), "GC roots left after remove: {left:?}");
+}
+
+#[test]
+fn verify_finds_and_fixes_a_damaged_venv() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let dest = e.p("dest");
+    e.materialize(&lock, &dest, &[]);
+    let verify = |fix: bool| {
+        let mut args = vec!["verify", s(&lock), s(&dest)];
+        if fix {
+            args.push("--fix");
+        }
+        e.cs(&e.store, &args)
+    };
+    let out = verify(false);
+    assert_eq!(code(&out), 0, "clean verify: {}", describe(&out));
+
+    let venv = dest.join("venv");
+    let foo = site_packages(&venv).join("tinyfoo/__init__.py");
+    let script = venv.join("bin/tinycli");
+    let script_before = fs::read(&script).unwrap();
+    // pyvenv.cfg and bin/python are written per destination (templates).
+    let cfg = venv.join("pyvenv.cfg");
+    let cfg_before = fs::read(&cfg).unwrap();
+    let py = venv.join("bin/python");
+    let py_before = fs::read_link(&py).ok();
+    fs::remove_file(&foo).unwrap();
+    fs::remove_file(&script).unwrap();
+    fs::remove_file(&cfg).unwrap();
+    fs::remove_file(&py).unwrap();
+
+    let out = verify(false);
+    assert_eq!(
+        code(&out),
+        4,
+        "verify of a damaged venv: {}",
+        describe(&out)
+    );
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(text.contains("tinyfoo"), "{}", describe(&out));
+    assert!(text.contains("tinycli"), "{}", describe(&out));
+    assert!(
+        !foo.exists() && !script.exists() && !cfg.exists(),
+        "plain verify repaired"
+    );
+
+    let out = verify(true);
+    assert_eq!(code(&out), 3, "verify --fix: {}", describe(&out));
+    assert_eq!(fs::read_to_string(&foo).unwrap(), "__version__ = \"2.0\"\n");
+    assert!(
+        fs::read(&script).unwrap() == script_before,
+        "the restored tinycli differs:\n{}",
+        String::from_utf8_lossy(&fs::read(&script).unwrap())
+    );
+    assert!(
+        fs::read(&cfg).unwrap() == cfg_before,
+        "the restored pyvenv.cfg differs:\n{}",
+        String::from_utf8_lossy(&fs::read(&cfg).unwrap())
+    );
+    assert_eq!(fs::read_link(&py).ok(), py_before, "bin/python");
+    e.assert_venv_works(&venv, "2.0");
+    let out = verify(false);
+    assert_eq!(code(&out), 0, "verify after --fix: {}", describe(&out));
+}
+
+#[test]
+fn killed_materialize_leaves_a_store_that_recovers() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let mut finished = 0;
+    for i in 0..8u64 {
+        // No environment in the store: each run has to install it.
+        for (name, _) in e.env_roots(&e.store) {
+            e.ok(&["root", "rm", &name]);
+        }
+        let dest = e.p(&format!("killed-{i}"));
+        let mut cmd = e.cs_command(&e.store, &["materialize", s(&lock), s(&dest)]);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20 + i * 55));
+        let done = child.try_wait().unwrap().is_some();
+        let _ = child.kill(); // SIGKILL
+                              // Its installer children die with it, as in a crash of the whole machine.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let status = child.wait().unwrap();
+        if done {
+            finished += 1;
+            assert!(status.success(), "run {i} failed on its own: {status}");
+        }
+    }
+    eprintln!("{finished} of 8 runs finished before the kill");
+    assert!(finished < 8, "no run was killed: make the sleeps shorter");
+
+    let dest = e.p("dest");
+    e.materialize(&lock, &dest, &[]);
+    e.assert_venv_works(&dest.join("venv"), "2.0");
+    e.assert_fsck_clean(&e.store);
+    // Every killed DEST (whatever state it was left in) can be materialized over, and then
+    // removed.
+    for i in 0..8 {
+        let killed = e.p(&format!("killed-{i}"));
+        let (r, _) = e.materialize(&lock, &killed, &[]);
+        assert_eq!(r["env"]["built"], false, "killed-{i}: {r:#}");
+        e.assert_venv_works(&killed.join("venv"), "2.0");
+        let out = e.cs(&e.store, &["remove", s(&killed)]);
+        assert_eq!(code(&out), 0, "remove killed-{i}: {}", describe(&out));
+        assert!(!killed.exists(), "killed-{i}: {:?}", listing(&killed));
+    }
+    e.assert_fsck_clean(&e.store);
+}
+
+#[test]
+fn concurrent_materializes_of_one_new_environment_both_work() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let (a, b) = (e.p("a"), e.p("b"));
+    let spawn = |dest: &Path| {
+        let mut cmd = e.cs_command(&e.store, &["--json", "materialize", s(&lock), s(dest)]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let (ca, cb) = (spawn(&a), spawn(&b));
+    let (oa, ob) = (
+        ca.wait_with_output().unwrap(),
+        cb.wait_with_output().unwrap(),
+    );
+    assert_eq!(code(&oa), 0, "a: {}", describe(&oa));
+    assert_eq!(code(&ob), 0, "b: {}", describe(&ob));
+    let (ra, rb) = (parse(&oa), parse(&ob));
+    e.assert_venv_works(&a.join("venv"), "2.0");
+    e.assert_venv_works(&b.join("venv"), "2.0");
+    assert!(
+        ra["env"]["built"] == true || rb["env"]["built"] == true,
+        "neither built the environment:\n{ra:#}\n{rb:#}"
+    );
+    let roots = e.env_roots(&e.store);
+    assert_eq!(roots.len(), 1, "{roots:?}");
+    let rooted = &roots[0].1;
+    assert_eq!(rooted.len(), 1, "{roots:?}");
+    let (ta, tb) = (ra["env"]["tree"].as_str(), rb["env"]["tree"].as_str());
+    assert!(
+        ta == Some(rooted[0].as_str()) || tb == Some(rooted[0].as_str()),
+        "the env root {roots:?} is neither run's tree: {ta:?} {tb:?}"
+    );
+    if ta != tb {
+        eprintln!("note: both runs built, with different trees: {ta:?} {tb:?}");
+    }
+    e.assert_fsck_clean(&e.store);
+    // A third run links the rooted environment.
+    let (rc, _) = e.materialize(&lock, &e.p("c"), &[]);
+    assert_eq!(rc["env"]["built"], false, "{rc:#}");
+    assert_eq!(rc["env"]["tree"].as_str(), Some(rooted[0].as_str()));
 }

@@ -176,6 +176,12 @@ pub fn materialize_lock(
     };
     let (tree, _) = store.put_tree(&version.manifest)?;
     phase("version composed");
+    // An environment the previous version placed outside DEST, somewhere else than now.
+    let old_venv = super::Marker::read(&dest_abs)
+        .ok()
+        .flatten()
+        .and_then(|m| m.layout.and_then(|l| l.venv))
+        .filter(|old| layout.venv.as_ref() != Some(old));
     let report = super::materialize_laid_out(store, &tree, dest, &opts.policy(), &layout)?;
     phase("version placed");
 
@@ -184,6 +190,15 @@ pub fn materialize_lock(
         (true, Some(env)) => Some(place_env(store, env, &venv_dir, opts.venv_link)?),
         _ => None,
     };
+    if let Some(old) = old_venv.filter(|o| super::Marker::read(o).is_ok_and(|m| m.is_some())) {
+        let r = super::remove(store, &old, false)?;
+        tracing::info!(
+            "removed the previous environment at {} ({} entries; {} kept)",
+            old.display(),
+            r.removed_entries,
+            r.kept.len()
+        );
+    }
 
     // 4. Shared models: added where missing or damaged, never removed (other versions use
     //    the same folder).
@@ -222,16 +237,26 @@ pub fn place_env(
     dir: &Path,
     mode: LinkMode,
 ) -> Result<MaterializeReport> {
-    let (tree, _) = store.put_tree(env)?;
-    super::materialize(
+    place_env_with(
         store,
-        &tree,
+        env,
         dir,
         &LinkPolicy {
             default: mode,
             rules: Vec::new(),
         },
     )
+}
+
+/// [`place_env`] with a whole link policy (a repair keeps the one the folder was made with).
+pub fn place_env_with(
+    store: &Store,
+    env: &Manifest,
+    dir: &Path,
+    policy: &LinkPolicy,
+) -> Result<MaterializeReport> {
+    let (tree, _) = store.put_tree(env)?;
+    super::materialize(store, &tree, dir, policy)
 }
 
 /// Render the environment of `py` for a venv at `dir` on `base`, installing it first if the

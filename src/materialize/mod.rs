@@ -12,7 +12,9 @@ mod verify;
 mod version;
 
 pub use link::{LinkMode, LinkPolicy, Method, PrefixRule};
-pub use lockfile::{materialize_lock, place_env, rendered_env, LockOptions, LockReport};
+pub use lockfile::{
+    materialize_lock, place_env, place_env_with, rendered_env, LockOptions, LockReport,
+};
 pub use marker::{Marker, MARKER_NAME};
 pub use verify::{verify, VerifyOptions, VerifyReport, VerifyState};
 pub use version::{compose, Layout, Parts, Version, VENV_DIR};

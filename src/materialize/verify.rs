@@ -75,6 +75,22 @@ pub fn verify(
     let parts = parts_for(store, lock, &dest_abs, &layout, wants(Part::Python));
     let version = compose(store, lock, wants, &parts)?;
     let mut found = status_against(store, dest, &version.manifest, opts.full)?;
+    // An environment placed with `--venv DIR` is checked where it is.
+    let outside = match (&layout.venv, wants(Part::Python) && lock.python.is_some()) {
+        (Some(dir), true) => Some((dir.clone(), env_for(store, lock, dir, &layout))),
+        _ => None,
+    };
+    let mut outside_broken = false;
+    if let Some((dir, env)) = &outside {
+        match env {
+            Some(env) => {
+                let r = status_against(store, dir, env, opts.full)?;
+                outside_broken = !r.is_clean();
+                merge(&mut found, r, dir);
+            }
+            None => outside_broken = true,
+        }
+    }
     // Repos' own `.git` folders and byte-code caches are expected beside a version.
     found
         .extra
@@ -101,6 +117,9 @@ pub fn verify(
         after: None,
     };
     let broken = |r: &StatusReport, unchecked: &[String]| !r.is_clean() || !unchecked.is_empty();
+    if let Some((dir, None)) = &outside {
+        report.unchecked.push(format!("python ({})", dir.display()));
+    }
     if !broken(&report.found, &report.unchecked) {
         return Ok(report);
     }
@@ -133,7 +152,17 @@ pub fn verify(
         Some(m) => super::materialize(store, &tree, dest, &m.policy)?,
         None => super::repair_in_place(store, &tree, dest, &default_policy())?,
     });
-    let after = status_against(store, dest, &version.manifest, false)?;
+    let mut after = status_against(store, dest, &version.manifest, false)?;
+    if let Some((dir, Some(env))) = &outside {
+        if outside_broken {
+            let policy = Marker::read(dir)?.map(|m| m.policy).unwrap_or(LinkPolicy {
+                default: LinkMode::Auto,
+                rules: Vec::new(),
+            });
+            super::place_env_with(store, env, dir, &policy)?;
+        }
+        merge(&mut after, status_against(store, dir, env, false)?, dir);
+    }
     report.state = if broken(&after, &version.missing) {
         VerifyState::Broken
     } else {
@@ -154,18 +183,28 @@ fn parts_for(
     layout: &Layout,
     want_env: bool,
 ) -> Parts {
-    let mut parts = Parts {
-        env: None,
+    let inside = want_env && layout.venv.is_none();
+    Parts {
+        env: if inside {
+            env_for(store, lock, &dest.join(super::VENV_DIR), layout)
+        } else {
+            None
+        },
         env_elsewhere: layout.venv.is_some(),
         models_dir: layout.models_dir.clone(),
-    };
-    let Some(py) = lock
-        .python
-        .as_ref()
-        .filter(|_| want_env && layout.venv.is_none())
-    else {
-        return parts;
-    };
+    }
+}
+
+/// The environment as it should be at `dir`: the stored tree the marker names (else the one
+/// for the lock's wheels), rendered for the interpreter the marker names (else one that fits).
+/// `None`, with a warning, when the store or the machine cannot supply it.
+fn env_for(
+    store: &Store,
+    lock: &Lockfile,
+    dir: &Path,
+    layout: &Layout,
+) -> Option<crate::store::Manifest> {
+    let py = lock.python.as_ref()?;
     let env = (|| -> Result<Option<crate::store::Manifest>> {
         let placed = layout.env.filter(|t| store.has_tree(t));
         let Some(tree) =
@@ -178,18 +217,26 @@ fn parts_for(
             None => crate::python::interpreter::find_for(store, py, None)?,
         };
         let manifest = store.read_tree(&tree)?;
-        Ok(Some(crate::python::render(
-            store,
-            &manifest,
-            &dest.join(super::VENV_DIR),
-            &base,
-        )?))
+        Ok(Some(crate::python::render(store, &manifest, dir, &base)?))
     })();
-    match env {
-        Ok(e) => parts.env = e,
-        Err(e) => tracing::warn!("environment not checked: {e}"),
-    }
-    parts
+    env.unwrap_or_else(|e| {
+        tracing::warn!("environment not checked: {e}");
+        None
+    })
+}
+
+/// Fold the check of an environment placed outside DEST into DEST's, its paths prefixed by
+/// its folder.
+fn merge(into: &mut StatusReport, other: StatusReport, dir: &Path) {
+    let p = |v: Vec<String>| v.into_iter().map(move |x| format!("{}/{x}", dir.display()));
+    into.complete &= other.complete;
+    into.entries += other.entries;
+    into.ok += other.ok;
+    into.rehashed += other.rehashed;
+    into.missing.extend(p(other.missing));
+    into.modified.extend(p(other.modified));
+    into.store_objects_changed
+        .extend(p(other.store_objects_changed));
 }
 
 /// How a repair places files in a folder comfystore did not make: source and environment

@@ -65,21 +65,22 @@ impl Interpreter {
             .args(["-I", "-S", "-c", PROBE])
             .output()
             .map_err(|e| Error::python(python.display().to_string(), format!("cannot run: {e}")))?;
-        if !out.status.success() {
-            return Err(Error::python(
-                python.display().to_string(),
-                format!(
-                    "does not run: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ));
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| {
+        let not_python = |why: String| {
             Error::python(
                 python.display().to_string(),
-                format!("unexpected probe output: {e}"),
+                format!("is not a working Python interpreter ({why})"),
             )
-        })
+        };
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(not_python(if err.is_empty() {
+                format!("it exited with {}", out.status)
+            } else {
+                err
+            }));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| not_python(format!("unexpected answer to the probe: {e}")))
     }
 
     /// `3.11` of `3.11.7`.
