@@ -182,7 +182,14 @@ pub fn materialize_lock(
         .flatten()
         .and_then(|m| m.layout.and_then(|l| l.venv))
         .filter(|old| layout.venv.as_ref() != Some(old));
-    let report = super::materialize_laid_out(store, &tree, dest, &opts.policy(), &layout)?;
+    let report = super::materialize_laid_out(
+        store,
+        &tree,
+        &version.manifest,
+        dest,
+        &opts.policy(),
+        &layout,
+    )?;
     phase("version placed");
 
     // The environment outside DEST is a materialized folder of its own.

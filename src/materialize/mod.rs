@@ -471,18 +471,28 @@ pub fn materialize(
     dest: &Path,
     policy: &LinkPolicy,
 ) -> Result<MaterializeReport> {
-    apply(store, tree, dest, policy, true, None)
+    apply(store, tree, dest, policy, true, None, None)
 }
 
 /// [`materialize`], recording where the lock's other parts went (`layout`) in the marker.
+/// `manifest` is the tree's manifest, which the caller just stored (not read again).
 pub fn materialize_laid_out(
     store: &Store,
     tree: &ObjectId,
+    manifest: &Manifest,
     dest: &Path,
     policy: &LinkPolicy,
     layout: &Layout,
 ) -> Result<MaterializeReport> {
-    apply(store, tree, dest, policy, true, Some(layout))
+    apply(
+        store,
+        tree,
+        dest,
+        policy,
+        true,
+        Some(layout),
+        Some(manifest),
+    )
 }
 
 /// Write the missing or differing entries of `tree` into DEST, an install that was not
@@ -494,7 +504,7 @@ pub fn repair_in_place(
     dest: &Path,
     policy: &LinkPolicy,
 ) -> Result<MaterializeReport> {
-    apply(store, tree, dest, policy, false, None)
+    apply(store, tree, dest, policy, false, None, None)
 }
 
 /// `materialize` (`marked`: DEST is or becomes a materialized directory, with a marker and a
@@ -506,8 +516,16 @@ fn apply(
     policy: &LinkPolicy,
     marked: bool,
     layout: Option<&Layout>,
+    given: Option<&Manifest>,
 ) -> Result<MaterializeReport> {
-    let manifest = store.read_tree(tree)?;
+    let read;
+    let manifest = match given {
+        Some(m) => m,
+        None => {
+            read = store.read_tree(tree)?;
+            &read
+        }
+    };
     if let Some(e) = manifest.entries.iter().find(|e| e.path == MARKER_NAME) {
         return Err(Error::BadManifest {
             id: tree.to_string(),
@@ -516,7 +534,7 @@ fn apply(
     }
     let missing: Vec<String> = manifest
         .objects()
-        .into_iter()
+        .into_par_iter()
         .filter(|(id, _, _)| !store.has_object(id))
         .map(|(id, _, _)| id.to_string())
         .collect();
@@ -670,21 +688,31 @@ fn apply(
         );
     }
 
+    // Folders level by level, each level in parallel: a parent always exists before its
+    // children, and mkdir (the filesystem's inode allocator) is a large part of placing a venv.
+    let mut by_depth: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
     for d in &dirs {
-        let path = dest.join(d);
-        match fs::create_dir(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let m = fs::symlink_metadata(&path).ctx("stat", &path)?;
-                if !m.is_dir() {
-                    return Err(Error::bad_input(
-                        &path,
-                        "is not a directory; refusing to write through it",
-                    ));
+        by_depth.entry(d.matches('/').count()).or_default().push(d);
+    }
+    for level in by_depth.values() {
+        level.par_iter().try_for_each(|d| {
+            let path = dest.join(d);
+            match fs::create_dir(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let m = fs::symlink_metadata(&path).ctx("stat", &path)?;
+                    if m.is_dir() {
+                        Ok(())
+                    } else {
+                        Err(Error::bad_input(
+                            &path,
+                            "is not a directory; refusing to write through it",
+                        ))
+                    }
                 }
+                Err(e) => Err(e).ctx("create", &path),
             }
-            Err(e) => return Err(e).ctx("create", &path),
-        }
+        })?;
     }
 
     let dest_dev = fs::metadata(&dest).ctx("stat", &dest)?.dev();
