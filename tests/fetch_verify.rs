@@ -13,7 +13,9 @@ mod common;
 
 use common::comfy::{pseudo_random, ComfyFixture};
 use common::http::{Behavior, TestServer};
-use common::{describe, model, node, run_env, s, sha256_hex, stderr, write, NETWORK_ENV};
+use common::{
+    code, describe, model, node, parse, run_env, s, sha256_hex, stderr, stdout, write, NETWORK_ENV,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -64,21 +66,6 @@ struct Env {
 
 fn git(dir: &Path, args: &[&str]) -> String {
     ComfyFixture::git(dir, args)
-}
-
-fn code(out: &Output) -> i32 {
-    out.status
-        .code()
-        .expect("exit code (not killed by a signal)")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn parse(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", describe(out)))
 }
 
 fn b3_hex(data: &[u8]) -> String {

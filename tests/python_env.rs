@@ -20,7 +20,7 @@ use common::pyindex::{
     pip, python3, python_cmd, python_info, scrubbed_vars, site_packages, uv, uv_available,
     wheel_set, IndexServer, Wheel, WheelSet, TINYCLI_OUTPUT,
 };
-use common::{describe, run_env, s, sha256_hex, stderr, write, NETWORK_ENV};
+use common::{code, describe, parse, run_env, s, sha256_hex, stderr, stdout, write, NETWORK_ENV};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -63,21 +63,6 @@ fn model_bytes() -> Vec<u8> {
 
 fn git(dir: &Path, args: &[&str]) -> String {
     ComfyFixture::git(dir, args)
-}
-
-fn code(out: &Output) -> i32 {
-    out.status
-        .code()
-        .expect("exit code (not killed by a signal)")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn parse(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", describe(out)))
 }
 
 fn read_json(path: &Path) -> Value {
@@ -682,24 +667,7 @@ fn harness_uv_resolves_from_the_local_index() {
 fn harness_venv_checks_accept_a_pip_built_venv() {
     let e = Env::new();
     let venv = e.p("venv");
-    let out = python_cmd(python3())
-        .args(["-m", "venv", "--without-pip"])
-        .arg(&venv)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "venv: {}", describe(&out));
-    let req = e.requirements("req.txt", REQ_V1);
-    let out = pip(&[
-        "--python",
-        s(&venv.join("bin/python")),
-        "install",
-        "--index-url",
-        &e.srv.index_url(),
-        "--no-compile",
-        "-r",
-        s(&req),
-    ]);
-    assert_eq!(code(&out), 0, "pip install: {}", describe(&out));
+    e.pip_venv(&venv);
     let walk = stat_walk(&venv);
     e.assert_venv_works(&venv, "2.0");
     assert_same_walk(

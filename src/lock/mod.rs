@@ -137,21 +137,7 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
         let (mut py, base) = python::inspect(venv)?;
         // What comfystore installed it from: the wheel, URL and sha256 of each package.
         if let Some(meta) = crate::python::relocate::read_meta_file(venv)? {
-            for p in py
-                .packages
-                .iter_mut()
-                .filter(|p| p.wheel.is_none() && p.url.is_none())
-            {
-                if let Some(m) = meta
-                    .packages
-                    .iter()
-                    .find(|m| m.name == p.name && m.version == p.version)
-                {
-                    p.wheel = m.wheel.clone();
-                    p.url = m.url.clone();
-                    p.sha256 = m.sha256;
-                }
-            }
+            crate::python::fill_wheels(&mut py.packages, &meta.packages);
         }
         if let Some(pin) = &opts.pin_wheels {
             pin_index_packages(store, venv, &mut py, pin, &mut report)?;
@@ -216,25 +202,7 @@ fn pin_index_packages(
         ..pin.clone()
     };
     let pinned = crate::python::pin(store, &reqs, &opts)?;
-    let mut filled = 0;
-    for p in py
-        .packages
-        .iter_mut()
-        .filter(|p| p.wheel.is_none() && p.url.is_none())
-    {
-        if let Some(w) = pinned
-            .pins
-            .python
-            .packages
-            .iter()
-            .find(|w| w.name == p.name && w.version == p.version)
-        {
-            p.wheel = w.wheel.clone();
-            p.url = w.url.clone();
-            p.sha256 = w.sha256;
-            filled += 1;
-        }
-    }
+    let filled = crate::python::fill_wheels(&mut py.packages, &pinned.pins.python.packages);
     if filled < wanted.len() {
         report.warnings.push(format!(
             "{} of {} index-installed packages could not be pinned to a wheel",

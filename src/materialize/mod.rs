@@ -568,7 +568,7 @@ fn apply(
         dest: &dest,
         verify: false,
     };
-    let states = checker.check_all(&manifest, &seen)?;
+    let states = checker.check_all(manifest, &seen)?;
 
     // Old entries the new tree drops: removed if the user did not change them.
     let mut to_remove_old: Vec<String> = Vec::new();
@@ -599,7 +599,7 @@ fn apply(
     let removable: HashSet<&str> = to_remove_old.iter().map(String::as_str).collect();
 
     // Refuse, before writing anything, to write through a symlink or over a user's file.
-    let dirs = tree_dirs(&manifest);
+    let dirs = tree_dirs(manifest);
     for d in &dirs {
         if let Some(s) = seen.get(d) {
             if !s.meta.is_dir() && !removable.contains(d.as_str()) {
@@ -761,7 +761,7 @@ fn apply(
     }
     commit_cache(store, rows)?;
     // User files do not move during materialize: the first scan already knows them.
-    report.extra = extras(&manifest, &seen).len() as u64;
+    report.extra = extras(manifest, &seen).len() as u64;
     Ok(report)
 }
 

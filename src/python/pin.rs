@@ -430,19 +430,9 @@ fn resolve_uv(
     for p in lock.packages {
         let mut best: Option<(wheel::Score, Resolved)> = None;
         for w in &p.wheels {
-            let (file, location) = match (&w.url, &w.path, &w.name) {
-                (Some(u), _, _) if u.starts_with("file:") => {
-                    let path = url::Url::parse(u)
-                        .ok()
-                        .and_then(|u| u.to_file_path().ok())
-                        .ok_or_else(|| Error::bad_input(&out, format!("bad file URL {u}")))?;
-                    (file_name(&path), Location::Path(path))
-                }
-                (Some(u), _, _) => (
-                    wheel::file_name_of_url(u).unwrap_or_default(),
-                    Location::Url(u.clone()),
-                ),
-                (None, Some(path), _) => {
+            let (file, location) = match (&w.url, &w.path) {
+                (Some(u), _) => location_of(u, &out)?,
+                (None, Some(path)) => {
                     let path = out.parent().unwrap_or(work).join(path);
                     (file_name(&path), Location::Path(path))
                 }
@@ -508,8 +498,6 @@ struct PyLockPackage {
 #[derive(Deserialize)]
 struct PyLockWheel {
     #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
     url: Option<String>,
     #[serde(default)]
     path: Option<String>,
@@ -565,18 +553,7 @@ fn resolve_pip(
     let mut out = Vec::new();
     for i in r.install {
         let url = i.download_info.url;
-        let (file, location) = if url.starts_with("file:") {
-            let path = url::Url::parse(&url)
-                .ok()
-                .and_then(|u| u.to_file_path().ok())
-                .ok_or_else(|| Error::bad_input(&report, format!("bad file URL {url}")))?;
-            (file_name(&path), Location::Path(path))
-        } else {
-            (
-                wheel::file_name_of_url(&url).unwrap_or_default(),
-                Location::Url(url.clone()),
-            )
-        };
+        let (file, location) = location_of(&url, &report)?;
         if !file.ends_with(".whl") {
             return Err(Error::python(
                 "pip install --dry-run",
@@ -637,6 +614,43 @@ struct PipArchiveInfo {
 struct PipMetadata {
     name: String,
     version: String,
+}
+
+/// Give the packages that name no wheel and no URL (installed from an index) the wheel, URL
+/// and sha256 of the same name and version in `from`. Returns how many were filled.
+pub fn fill_wheels(packages: &mut [Package], from: &[Package]) -> usize {
+    let mut n = 0;
+    for p in packages
+        .iter_mut()
+        .filter(|p| p.wheel.is_none() && p.url.is_none())
+    {
+        if let Some(w) = from
+            .iter()
+            .find(|w| w.name == p.name && w.version == p.version)
+        {
+            p.wheel = w.wheel.clone();
+            p.url = w.url.clone();
+            p.sha256 = w.sha256;
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Where a resolver's URL points: a local file (find-links, explicit wheels) or the network.
+fn location_of(url: &str, what: &Path) -> Result<(String, Location)> {
+    if url.starts_with("file:") {
+        let path = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+            .ok_or_else(|| Error::bad_input(what, format!("bad file URL {url}")))?;
+        Ok((file_name(&path), Location::Path(path)))
+    } else {
+        Ok((
+            wheel::file_name_of_url(url).unwrap_or_default(),
+            Location::Url(url.to_string()),
+        ))
+    }
 }
 
 /// The `#sha256=…` fragment indexes put on file links.

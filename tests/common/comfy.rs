@@ -31,7 +31,6 @@
 //! pip >= 22.3 for `pip --python`) on PATH.
 #![allow(dead_code)]
 
-use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -495,25 +494,7 @@ impl ComfyFixture {
 
     /// `venv/lib/pythonX.Y/site-packages`.
     pub fn site_packages(&self) -> PathBuf {
-        let lib = self.venv.join("lib");
-        let mut found: Vec<PathBuf> = fs::read_dir(&lib)
-            .unwrap_or_else(|e| panic!("read {}: {e}", lib.display()))
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(OsStr::to_str)
-                    .is_some_and(|n| n.starts_with("python"))
-            })
-            .map(|p| p.join("site-packages"))
-            .filter(|p| p.is_dir())
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "expected one site-packages under {}: {found:?}",
-            lib.display()
-        );
-        found.pop().unwrap()
+        super::pyindex::site_packages(&self.venv)
     }
 }
 

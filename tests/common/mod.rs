@@ -99,6 +99,24 @@ pub const NETWORK_ENV: &[&str] = &[
     "ALL_PROXY",
 ];
 
+/// The exit code; a test fails if a signal killed the process.
+pub fn code(out: &Output) -> i32 {
+    out.status
+        .code()
+        .expect("exit code (not killed by a signal)")
+}
+
+/// Standard output as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Standard output as JSON.
+pub fn parse(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", describe(out)))
+}
+
 /// An exit status with both output streams, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(
