@@ -12,6 +12,7 @@ pub mod lock;
 pub mod materialize;
 pub mod progress;
 pub mod python;
+pub mod run;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -1,0 +1,276 @@
+//! ComfyUI's HTTP answers, read leniently: the shapes differ between ComfyUI versions
+//! (`error` a string or an object, `node_errors` a list or a map), and a worker must turn
+//! every one of them into a clear job error rather than fail to parse it.
+//!
+//! Only parsing lives here; the recorded answers of a real ComfyUI 0.3.26 in
+//! `tests/fixtures/comfyui/` are its tests.
+
+use serde_json::Value;
+
+/// What `POST /prompt` answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Queued under this id.
+    Queued { prompt_id: String },
+    /// Refused: a message and one line per node problem.
+    Refused { error: String, details: Vec<String> },
+}
+
+/// Read a `POST /prompt` answer (`status`, JSON `body`).
+pub fn read_submit(status: u16, body: &Value) -> Submitted {
+    if (200..300).contains(&status) {
+        if let Some(id) = body.get("prompt_id").and_then(Value::as_str) {
+            return Submitted::Queued {
+                prompt_id: id.to_string(),
+            };
+        }
+    }
+    let error = match body.get("error") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(e)) => {
+            let msg = e.get("message").and_then(Value::as_str).unwrap_or("error");
+            match e
+                .get("details")
+                .and_then(Value::as_str)
+                .filter(|d| !d.is_empty())
+            {
+                Some(d) => format!("{msg}: {d}"),
+                None => msg.to_string(),
+            }
+        }
+        _ => format!("ComfyUI answered {status} without a prompt id"),
+    };
+    Submitted::Refused {
+        error: format!("Workflow validation failed: {error}"),
+        details: node_errors(body.get("node_errors")),
+    }
+}
+
+/// `node_errors` as lines `Node 5 (LoadImage): image - Invalid image file: nope.png`,
+/// from a map (node id → {errors, class_type}) or a list (old builds' early exits).
+pub fn node_errors(v: Option<&Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut one = |id: &str, node: &Value| {
+        let class = node
+            .get("class_type")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let errors = node.get("errors").and_then(Value::as_array);
+        for e in errors.into_iter().flatten() {
+            let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
+            let details = e.get("details").and_then(Value::as_str).unwrap_or("");
+            let text = if details.is_empty() {
+                msg.to_string()
+            } else {
+                format!("{msg}: {details}")
+            };
+            out.push(format!("Node {id} ({class}): {text}"));
+        }
+    };
+    match v {
+        Some(Value::Object(m)) => {
+            let mut ids: Vec<&String> = m.keys().collect();
+            ids.sort();
+            for id in ids {
+                one(id, &m[id]);
+            }
+        }
+        Some(Value::Array(list)) => {
+            for (i, node) in list.iter().enumerate() {
+                let id = node
+                    .get("node_id")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+                    .unwrap_or_else(|| i.to_string());
+                one(&id, node);
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// A file a node produced, as `/history` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Produced {
+    pub node: String,
+    /// The output key: `images`, `gifs`, `videos`, `audio`, …
+    pub output: String,
+    pub filename: String,
+    pub subfolder: String,
+    /// `output` or `temp` (previews) or `input`.
+    pub kind: String,
+}
+
+/// How a prompt ended, from its `/history/{id}` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// Not in the history yet (still queued or running).
+    Pending,
+    Success {
+        files: Vec<Produced>,
+    },
+    Failed {
+        error: String,
+        details: Vec<String>,
+        files: Vec<Produced>,
+    },
+}
+
+/// Read `GET /history/{prompt_id}` for `prompt_id`. Files of `temp` type (previews) are left
+/// out; every output key that lists files is kept (video, audio, not only images).
+pub fn read_history(body: &Value, prompt_id: &str) -> Finished {
+    let Some(entry) = body.get(prompt_id) else {
+        return Finished::Pending;
+    };
+    let mut files = Vec::new();
+    if let Some(outputs) = entry.get("outputs").and_then(Value::as_object) {
+        let mut nodes: Vec<&String> = outputs.keys().collect();
+        nodes.sort();
+        for node in nodes {
+            let Some(keys) = outputs[node].as_object() else {
+                continue;
+            };
+            for (key, list) in keys {
+                for f in list.as_array().into_iter().flatten() {
+                    let (Some(filename), kind) = (
+                        f.get("filename").and_then(Value::as_str),
+                        f.get("type").and_then(Value::as_str).unwrap_or("output"),
+                    ) else {
+                        continue;
+                    };
+                    if kind == "temp" {
+                        continue;
+                    }
+                    files.push(Produced {
+                        node: node.clone(),
+                        output: key.clone(),
+                        filename: filename.to_string(),
+                        subfolder: f
+                            .get("subfolder")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                        kind: kind.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    let status = entry.get("status");
+    let status_str = status
+        .and_then(|s| s.get("status_str"))
+        .and_then(Value::as_str)
+        .unwrap_or("success");
+    let messages = status
+        .and_then(|s| s.get("messages"))
+        .and_then(Value::as_array);
+    let mut details = Vec::new();
+    for m in messages.into_iter().flatten() {
+        let (Some(kind), Some(data)) = (m.get(0).and_then(Value::as_str), m.get(1)) else {
+            continue;
+        };
+        let field = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("?");
+        match kind {
+            "execution_error" => details.push(format!(
+                "Workflow execution error: Node Type: {}, Node ID: {}, Message: {}",
+                field("node_type"),
+                field("node_id"),
+                field("exception_message").trim()
+            )),
+            "execution_interrupted" => details.push(format!(
+                "Workflow interrupted at node {} ({})",
+                field("node_id"),
+                field("node_type")
+            )),
+            _ => {}
+        }
+    }
+    if status_str == "error" || !details.is_empty() {
+        Finished::Failed {
+            error: "Job processing failed".into(),
+            details,
+            files,
+        }
+    } else {
+        Finished::Success { files }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recorded `{status, body}` answer of ComfyUI 0.3.26.
+    fn recorded(text: &str) -> (u16, Value) {
+        let v: Value = serde_json::from_str(text).unwrap();
+        let status = v["status"].as_u64().unwrap_or(200) as u16;
+        (status, v["body"].clone())
+    }
+
+    #[test]
+    fn prompt_answers_of_every_shape() {
+        let (s, b) = recorded(include_str!(
+            "../../tests/fixtures/comfyui/post_prompt_ok.json"
+        ));
+        assert!(matches!(read_submit(s, &b), Submitted::Queued { .. }));
+        let (s, b) = recorded(include_str!(
+            "../../tests/fixtures/comfyui/post_prompt_missing_node.json"
+        ));
+        let Submitted::Refused { error, .. } = read_submit(s, &b) else {
+            panic!()
+        };
+        assert!(error.contains("NoSuchNode"), "{error}");
+        let (s, b) = recorded(include_str!(
+            "../../tests/fixtures/comfyui/post_prompt_bad_values.json"
+        ));
+        let Submitted::Refused { details, .. } = read_submit(s, &b) else {
+            panic!()
+        };
+        assert!(
+            details
+                .iter()
+                .any(|d| d.starts_with("Node 5 (LoadImage)") && d.contains("nope.png")),
+            "{details:?}"
+        );
+        let (s, b) = recorded(include_str!(
+            "../../tests/fixtures/comfyui/post_prompt_no_prompt.json"
+        ));
+        assert_eq!(
+            read_submit(s, &b),
+            Submitted::Refused {
+                error: "Workflow validation failed: no prompt".into(),
+                details: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn history_outputs_and_errors() {
+        let ok: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/comfyui/history_success.json"
+        ))
+        .unwrap();
+        let id = ok.as_object().unwrap().keys().next().unwrap().clone();
+        let Finished::Success { files } = read_history(&ok, &id) else {
+            panic!()
+        };
+        assert!(!files.is_empty());
+        assert!(files.iter().all(|f| f.kind != "temp"), "{files:?}");
+        assert!(files
+            .iter()
+            .all(|f| f.node == "4" && f.subfolder == "probe"));
+        assert_eq!(read_history(&ok, "other"), Finished::Pending);
+        let err: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/comfyui/history_exec_error.json"
+        ))
+        .unwrap();
+        let id = err.as_object().unwrap().keys().next().unwrap().clone();
+        let Finished::Failed { details, .. } = read_history(&err, &id) else {
+            panic!()
+        };
+        assert!(
+            details[0].contains("SaveImage") && details[0].contains("outside the output folder")
+        );
+    }
+}
