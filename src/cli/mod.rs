@@ -5,6 +5,7 @@ mod fetch_cmds;
 mod lock_cmds;
 mod materialize_cmds;
 mod python_cmds;
+mod run_cmds;
 mod store_cmds;
 
 use clap::{Args, Parser, Subcommand};
@@ -65,6 +66,18 @@ pub enum Command {
     Sources(FetchCommand),
     #[command(flatten)]
     Python(python_cmds::PythonCommand),
+    /// Run one job from a file on a version, as the RunPod worker would, and print its answer.
+    ///
+    /// Materializes (or checks) the version from --lock at --dest, starts its ComfyUI,
+    /// uploads the job's images, runs the workflow, and prints `{"images": [{filename, type:
+    /// "base64", data, sha256, …}], "errors": […]}` (exit 0) or `{"error", "details"}` (exit
+    /// 1). The input is worker-comfyui's: `input.workflow` (API format, object or JSON string),
+    /// `input.images[] {name, image}` (base64, data URIs too), `input.timeout_s`. Outputs are
+    /// also added to the store. ComfyUI is stopped afterwards.
+    #[command(
+        after_help = "Examples:\n  comfystore run-job test_input.json --lock lockfiles/comfy-v1.lock.json --dest /workspace/v1 --comfy-arg=--cpu\n  echo '{\"input\": {\"workflow\": …}}' | comfystore run-job - --dest /workspace/v1"
+    )]
+    RunJob(run_cmds::RunJobArgs),
     /// Add files (→ object id) and directories (→ tree id) to the store.
     ///
     /// Prints `<id>\t<path>` per path. Symlinks inside a directory are recorded, never followed.

@@ -13,6 +13,7 @@ pub fn run(mut cli: Cli) -> Result<u8> {
         Command::Versions(cmd) => return super::lock_cmds::run(&cli, cmd),
         Command::Sources(cmd) => return super::fetch_cmds::run(&cli, cmd),
         Command::Python(cmd) => return super::python_cmds::run(&cli, &cmd),
+        Command::RunJob(args) => return super::run_cmds::run_job(&cli, &args),
         other => other,
     };
     let store = super::open_store(&cli)?;
@@ -147,7 +148,7 @@ pub fn run(mut cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Versions(_) | Command::Sources(_) | Command::Python(_) => {
+        Command::Versions(_) | Command::Sources(_) | Command::Python(_) | Command::RunJob(_) => {
             unreachable!("dispatched above, before the store is opened")
         }
     }

@@ -5,3 +5,5 @@
 
 pub mod comfy_api;
 pub mod job;
+pub mod supervisor;
+pub mod worker;

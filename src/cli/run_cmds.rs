@@ -1,0 +1,131 @@
+//! `run-job`: one job from a file, on a version materialized (and checked) from a lock.
+
+use super::{open_store, Cli, SourceArgs};
+use crate::lock::Lockfile;
+use crate::materialize::{self, LockOptions, Marker, VENV_DIR};
+use crate::run::supervisor::{ComfyCommand, Supervisor};
+use crate::run::worker::{Worker, WorkerOptions};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where ComfyUI runs and how (shared by the worker commands).
+#[derive(Args, Debug)]
+pub struct ComfyArgs {
+    /// The lockfile of the version to run; materialized (or checked) at --dest first.
+    #[arg(long, env = "COMFYSTORE_LOCK", value_name = "LOCK")]
+    pub lock: Option<PathBuf>,
+    /// The version's folder.
+    #[arg(
+        long,
+        env = "COMFY_HOME",
+        default_value = "/workspace/comfyui",
+        value_name = "DIR"
+    )]
+    pub dest: PathBuf,
+    /// ComfyUI's port on 127.0.0.1.
+    #[arg(long, env = "COMFY_PORT", default_value_t = 8188)]
+    pub comfy_port: u16,
+    /// An argument for ComfyUI (repeatable), e.g. --comfy-arg=--cpu.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub comfy_arg: Vec<String>,
+    /// Time limit of a job without `timeout_s`.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub job_timeout: Duration,
+    /// How long ComfyUI may take to start.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub ready_timeout: Duration,
+    /// Largest job input in MB (RunPod allows 10 for /run, 20 for /runsync).
+    #[arg(long, env = "COMFYSTORE_MAX_INPUT_MB", default_value_t = 20)]
+    pub max_input_mb: usize,
+    #[command(flatten)]
+    pub sources: SourceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunJobArgs {
+    /// The job: `{"input": {"workflow": …, "images": […]}}` (the SDK's test_input.json), or
+    /// the input alone; - for stdin.
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub comfy: ComfyArgs,
+}
+
+/// A worker on the version: materialized from the lock when one is given.
+pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
+    let store = open_store(cli)?;
+    if let Some(lock) = &a.lock {
+        let lock = Lockfile::read(lock)?;
+        let opts = LockOptions {
+            fetch: a.sources.options(),
+            ..LockOptions::default()
+        };
+        materialize::materialize_lock(&store, &lock, &a.dest, &opts)
+            .with_context(|| format!("materialize {} at {}", lock.tag, a.dest.display()))?;
+    }
+    let dest = std::path::absolute(&a.dest)?;
+    let venv = Marker::read(&dest)?
+        .and_then(|m| m.layout)
+        .and_then(|l| l.venv)
+        .unwrap_or_else(|| dest.join(VENV_DIR));
+    let python = venv.join("bin/python");
+    anyhow::ensure!(
+        dest.join("main.py").is_file() && python.exists(),
+        "{}: no ComfyUI version here (main.py and {}); pass --lock to materialize one",
+        dest.display(),
+        python.display()
+    );
+    let sup = Supervisor::new(ComfyCommand {
+        dest,
+        python,
+        port: a.comfy_port,
+        args: a.comfy_arg.clone(),
+        extra_model_paths: None,
+    });
+    let mut opts = WorkerOptions {
+        job_timeout: a.job_timeout,
+        ready_timeout: a.ready_timeout,
+        ..WorkerOptions::default()
+    };
+    opts.limits.input_bytes = a.max_input_mb * 1000 * 1000;
+    Ok(Worker::new(sup, Some(store), opts)?)
+}
+
+pub fn run_job(cli: &Cli, a: &RunJobArgs) -> Result<u8> {
+    let text = if a.input.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&a.input).with_context(|| format!("read {}", a.input.display()))?
+    };
+    let job: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            let answer = crate::run::job::error_answer(
+                &format!("Invalid JSON format in {}: {e}", a.input.display()),
+                &[],
+            );
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            return Ok(super::EXIT_FAILURE);
+        }
+    };
+    let id = job
+        .get("id")
+        .and_then(|v| v.as_str())
+        .unwrap_or("local-test")
+        .to_string();
+    let input = job.get("input").cloned().unwrap_or(job);
+    let mut w = worker(cli, &a.comfy)?;
+    let answer = w.run(&id, &input);
+    w.sup.stop(Duration::from_secs(10));
+    match answer {
+        Ok(out) => {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(0)
+        }
+        Err(err) => {
+            println!("{}", serde_json::to_string_pretty(&err)?);
+            Ok(super::EXIT_FAILURE)
+        }
+    }
+}

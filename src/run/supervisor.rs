@@ -1,0 +1,236 @@
+//! Keeping one ComfyUI process alive for a version: start it from the version's venv, wait
+//! until it answers while watching that it has not died, keep the last lines of its log for
+//! error reports, restart it, and stop it (SIGTERM, then SIGKILL after a grace period).
+
+use crate::error::{Error, Result};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How many log lines are kept for error reports.
+const LOG_LINES: usize = 200;
+
+/// How to start ComfyUI.
+#[derive(Clone, Debug)]
+pub struct ComfyCommand {
+    /// The materialized version (holds `main.py`).
+    pub dest: PathBuf,
+    /// Its environment's interpreter (`DEST/venv/bin/python` unless `--venv`).
+    pub python: PathBuf,
+    pub port: u16,
+    /// More arguments for ComfyUI (`--cpu`, …).
+    pub args: Vec<String>,
+    /// `--extra-model-paths-config`, when models live in a shared folder.
+    pub extra_model_paths: Option<PathBuf>,
+}
+
+impl ComfyCommand {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.python);
+        c.arg(self.dest.join("main.py"))
+            .args(["--listen", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--disable-auto-launch");
+        if let Some(p) = &self.extra_model_paths {
+            c.arg("--extra-model-paths-config").arg(p);
+        }
+        c.args(&self.args)
+            .current_dir(&self.dest)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A running ComfyUI and its recent log.
+pub struct Supervisor {
+    cmd: ComfyCommand,
+    child: Option<Child>,
+    log: Arc<Mutex<VecDeque<String>>>,
+    /// How many times it was (re)started.
+    pub starts: u32,
+}
+
+impl Supervisor {
+    pub fn new(cmd: ComfyCommand) -> Supervisor {
+        Supervisor {
+            cmd,
+            child: None,
+            log: Arc::new(Mutex::new(VecDeque::new())),
+            starts: 0,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        self.cmd.base_url()
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.cmd.dest
+    }
+
+    /// Start ComfyUI (stopping a previous process first).
+    pub fn start(&mut self) -> Result<()> {
+        self.stop(Duration::from_secs(5));
+        let mut child = self.cmd.command().spawn().map_err(|e| {
+            Error::python(
+                self.cmd.python.display().to_string(),
+                format!("cannot start ComfyUI: {e}"),
+            )
+        })?;
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = self.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
+                    tracing::debug!(target: "comfyui", "{line}");
+                    if let Ok(mut l) = log.lock() {
+                        if l.len() == LOG_LINES {
+                            l.pop_front();
+                        }
+                        l.push_back(line);
+                    }
+                }
+            });
+        }
+        self.child = Some(child);
+        self.starts += 1;
+        Ok(())
+    }
+
+    /// Whether the process is running. A dead one is reaped, and its exit logged.
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(status))) => {
+                self.push_log(format!("[comfystore] ComfyUI exited: {status}"));
+                self.child = None;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Wait until `GET /` answers, while the process lives, for at most `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let url = format!("{}/", self.base_url());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.alive() {
+                return Err(self.failure("ComfyUI exited while starting"));
+            }
+            if http_ok(&url) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(self.failure(&format!(
+                    "ComfyUI did not answer on {url} within {timeout:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Start it if it is not running, and wait until it answers.
+    pub fn ensure(&mut self, timeout: Duration) -> Result<()> {
+        if !self.alive() {
+            self.start()?;
+        }
+        self.wait_ready(timeout)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = rustix::process::Pid::from_raw(child.id() as i32);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// The last `n` log lines.
+    pub fn log_tail(&self, n: usize) -> Vec<String> {
+        self.log
+            .lock()
+            .map(|l| l.iter().skip(l.len().saturating_sub(n)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn push_log(&self, line: String) {
+        if let Ok(mut l) = self.log.lock() {
+            if l.len() == LOG_LINES {
+                l.pop_front();
+            }
+            l.push_back(line);
+        }
+    }
+
+    fn failure(&self, what: &str) -> Error {
+        Error::python(
+            "comfyui",
+            format!(
+                "{what}; last log lines:\n  {}",
+                self.log_tail(20).join("\n  ")
+            ),
+        )
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// A plain HTTP GET that says whether the server answered 2xx (std only: called before any
+/// runtime exists, and many times a second while ComfyUI starts).
+fn http_ok(url: &str) -> bool {
+    use std::io::Write;
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(addr) = host.parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && head[9] == b'2'
+}

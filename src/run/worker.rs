@@ -1,0 +1,306 @@
+//! Running one job on a supervised ComfyUI: check the input, upload its images, submit the
+//! workflow, wait for it, collect every output file, clean up.
+//!
+//! Jobs are kept apart by a per-job folder: input images are uploaded into
+//! `input/comfystore-<job>/` (and the workflow's references to them rewritten), and every
+//! `filename_prefix` is moved under `comfystore-<job>/`. So one job's outputs never appear in
+//! another's answer, both folders are deleted afterwards, and an identical workflow sent again
+//! is a different prompt to ComfyUI, which would otherwise answer it from its cache with the
+//! old (deleted) files. Completion is read from `GET /history/{id}`, the source of truth that
+//! survives a dropped websocket.
+
+use super::comfy_api::{read_history, read_submit, Finished, Produced, Submitted};
+use super::job::{error_answer, parse_input, JobOutput, Limits, OutputFile};
+use super::supervisor::Supervisor;
+use crate::store::Store;
+use base64::Engine;
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::time::{Duration, Instant};
+
+/// How jobs run.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub limits: Limits,
+    /// How long ComfyUI may take to answer after a (re)start.
+    pub ready_timeout: Duration,
+    /// A job's time limit when its input gives no `timeout_s`.
+    pub job_timeout: Duration,
+    /// How often `/history` is asked while a job runs.
+    pub poll: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            limits: Limits::default(),
+            ready_timeout: Duration::from_secs(300),
+            job_timeout: Duration::from_secs(600),
+            poll: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A supervised ComfyUI and what it needs to answer jobs.
+pub struct Worker {
+    pub sup: Supervisor,
+    opts: WorkerOptions,
+    /// Outputs are added here (by BLAKE3, with their SHA-256), when set.
+    store: Option<Store>,
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+/// A job's answer: the handler's `output`, or `{"error", "details"}`.
+pub type Answer = std::result::Result<Value, Value>;
+
+impl Worker {
+    pub fn new(
+        sup: Supervisor,
+        store: Option<Store>,
+        opts: WorkerOptions,
+    ) -> crate::Result<Worker> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| crate::Error::python("worker", format!("runtime: {e}")))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| crate::Error::python("worker", format!("http client: {e}")))?;
+        Ok(Worker {
+            sup,
+            opts,
+            store,
+            rt,
+            http,
+        })
+    }
+
+    /// Start ComfyUI if needed and wait until it answers.
+    pub fn ready(&mut self) -> crate::Result<()> {
+        self.sup.ensure(self.opts.ready_timeout)
+    }
+
+    /// Run one job. Never panics on input; every failure is an `Err` answer, and ComfyUI is
+    /// restarted for the next job if it died.
+    pub fn run(&mut self, job_id: &str, input: &Value) -> Answer {
+        let job =
+            parse_input(input, &self.opts.limits).map_err(|e| error_answer(&e.to_string(), &[]))?;
+        if let Err(e) = self.ready() {
+            return Err(error_answer("ComfyUI is not reachable", &[e.to_string()]));
+        }
+        let tag = folder_tag(job_id);
+        let dest = self.sup.dest().to_path_buf();
+        let result = self.run_in(&tag, job);
+        // Nothing of the job stays on disk, whatever happened.
+        for dir in ["input", "output", "temp"] {
+            let _ = std::fs::remove_dir_all(dest.join(dir).join(&tag));
+        }
+        result
+    }
+
+    fn run_in(&mut self, tag: &str, job: super::job::JobInput) -> Answer {
+        let base = self.sup.base_url();
+        let mut workflow = job.workflow;
+        // 1. Input images, into the job's folder.
+        let mut renamed = std::collections::HashMap::new();
+        for img in &job.images {
+            let part =
+                reqwest::multipart::Part::bytes(img.bytes.clone()).file_name(img.name.clone());
+            let form = reqwest::multipart::Form::new()
+                .part("image", part)
+                .text("overwrite", "true")
+                .text("type", "input")
+                .text("subfolder", tag.to_string());
+            let r = self.rt.block_on(async {
+                let resp = self
+                    .http
+                    .post(format!("{base}/upload/image"))
+                    .multipart(form)
+                    .send()
+                    .await?;
+                resp.error_for_status()?.json::<Value>().await
+            });
+            match r {
+                Ok(v) => {
+                    let name = v.get("name").and_then(Value::as_str).unwrap_or(&img.name);
+                    renamed.insert(img.name.clone(), format!("{tag}/{name}"));
+                }
+                Err(e) => {
+                    return Err(self.failed(
+                        "Failed to upload one or more input images",
+                        vec![format!("{}: {e}", img.name)],
+                    ))
+                }
+            }
+        }
+        for node in workflow.values_mut() {
+            let Some(inputs) = node.get_mut("inputs").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            for (key, v) in inputs.iter_mut() {
+                let Some(s) = v.as_str() else { continue };
+                if key == "filename_prefix" {
+                    *v = Value::String(format!("{tag}/{s}"));
+                } else if let Some(r) = renamed.get(s) {
+                    *v = Value::String(r.clone());
+                }
+            }
+        }
+        // 2. Submit.
+        let client_id = format!("comfystore-{tag}");
+        let mut body = json!({ "prompt": workflow, "client_id": client_id });
+        if let Some(k) = &job.comfy_org_api_key {
+            body["extra_data"] = json!({ "api_key_comfy_org": k });
+        }
+        let submitted = self.rt.block_on(async {
+            let resp = self
+                .http
+                .post(format!("{base}/prompt"))
+                .json(&body)
+                .send()
+                .await?;
+            let status = resp.status().as_u16();
+            let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+            Ok::<_, reqwest::Error>((status, v))
+        });
+        let prompt_id = match submitted {
+            Ok((status, v)) => match read_submit(status, &v) {
+                Submitted::Queued { prompt_id } => prompt_id,
+                Submitted::Refused { error, details } => {
+                    return Err(error_answer(&error, &details))
+                }
+            },
+            Err(e) => {
+                return Err(
+                    self.failed("HTTP communication error with ComfyUI", vec![e.to_string()])
+                )
+            }
+        };
+        // 3. Wait, watching the process.
+        let deadline = Instant::now() + job.timeout.unwrap_or(self.opts.job_timeout);
+        let finished = loop {
+            if !self.sup.alive() {
+                let err = self.failed("ComfyUI crashed while running the job", vec![]);
+                let _ = self.ready();
+                return Err(err);
+            }
+            let h = self.rt.block_on(async {
+                self.http
+                    .get(format!("{base}/history/{prompt_id}"))
+                    .send()
+                    .await?
+                    .json::<Value>()
+                    .await
+            });
+            if let Ok(h) = h {
+                match read_history(&h, &prompt_id) {
+                    Finished::Pending => {}
+                    f => break f,
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = self.rt.block_on(
+                    self.http
+                        .post(format!("{base}/interrupt"))
+                        .json(&json!({ "prompt_id": prompt_id }))
+                        .send(),
+                );
+                return Err(self.failed("The job timed out", vec![]));
+            }
+            std::thread::sleep(self.opts.poll);
+        };
+        let (files, failure) = match finished {
+            Finished::Success { files } => (files, None),
+            Finished::Failed {
+                error,
+                details,
+                files,
+            } => (files, Some((error, details))),
+            Finished::Pending => (Vec::new(), None),
+        };
+        // 4. Outputs.
+        let mut out = JobOutput::default();
+        for f in files {
+            match self.fetch(&base, &f) {
+                Ok(file) => out.images.push(file),
+                Err(e) => out.errors.push(format!("{}: {e}", f.filename)),
+            }
+        }
+        let _ = self.rt.block_on(
+            self.http
+                .post(format!("{base}/history"))
+                .json(&json!({ "delete": [prompt_id] }))
+                .send(),
+        );
+        if let Some((error, mut details)) = failure {
+            if out.images.is_empty() {
+                details.extend(out.errors);
+                return Err(error_answer(&error, &details));
+            }
+            out.errors.extend(details);
+        }
+        serde_json::to_value(&out).map_err(|e| error_answer(&e.to_string(), &[]))
+    }
+
+    /// `GET /view` one file; hash it, store it, encode it.
+    fn fetch(&self, base: &str, f: &Produced) -> std::result::Result<OutputFile, String> {
+        let bytes = self
+            .rt
+            .block_on(async {
+                let query = url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("filename", &f.filename)
+                    .append_pair("subfolder", &f.subfolder)
+                    .append_pair("type", &f.kind)
+                    .finish();
+                let url = format!("{base}/view?{query}");
+                self.http
+                    .get(url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(store) = &self.store {
+            let put = store
+                .put_bytes(&bytes, false, true)
+                .and_then(|p| store.record_object(&p).map(|()| p));
+            if let Err(e) = put {
+                tracing::warn!("output {} not stored: {e}", f.filename);
+            }
+        }
+        Ok(OutputFile {
+            filename: f.filename.clone(),
+            kind: "base64".into(),
+            data: base64::engine::general_purpose::STANDARD.encode(&bytes),
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            output: f.output.clone(),
+            node: f.node.clone(),
+        })
+    }
+
+    /// An error answer with ComfyUI's recent log.
+    fn failed(&self, error: &str, mut details: Vec<String>) -> Value {
+        let tail = self.sup.log_tail(20);
+        if !tail.is_empty() {
+            details.push(format!("ComfyUI log (last lines):\n{}", tail.join("\n")));
+        }
+        error_answer(error, &details)
+    }
+}
+
+/// The job's folder name: `comfystore-` and the job id's safe characters, plus a random part
+/// so a retried job id never meets its earlier files.
+fn folder_tag(job_id: &str) -> String {
+    let safe: String = job_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    format!("comfystore-{safe}-{}", hex::encode(r))
+}
