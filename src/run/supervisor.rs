@@ -140,6 +140,7 @@ impl Supervisor {
                 return Err(self.failure("ComfyUI exited while starting"));
             }
             if http_ok(&url) {
+                tracing::info!("ComfyUI answered on {url}");
                 return Ok(());
             }
             if Instant::now() > deadline {

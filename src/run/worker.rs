@@ -92,7 +92,13 @@ impl Worker {
         }
         let tag = folder_tag(job_id);
         let dest = self.sup.dest().to_path_buf();
+        let started = Instant::now();
         let result = self.run_in(&tag, job);
+        tracing::info!(
+            "job {job_id}: {} in {:?}",
+            if result.is_ok() { "done" } else { "failed" },
+            started.elapsed()
+        );
         // Nothing of the job stays on disk, whatever happened.
         for dir in ["input", "output", "temp"] {
             let _ = std::fs::remove_dir_all(dest.join(dir).join(&tag));
@@ -201,12 +207,13 @@ impl Worker {
                 }
             }
             if Instant::now() > deadline {
-                let _ = self.rt.block_on(
+                let _ = self.rt.block_on(async {
                     self.http
                         .post(format!("{base}/interrupt"))
                         .json(&json!({ "prompt_id": prompt_id }))
-                        .send(),
-                );
+                        .send()
+                        .await
+                });
                 return Err(self.failed("The job timed out", vec![]));
             }
             std::thread::sleep(self.opts.poll);
@@ -228,12 +235,13 @@ impl Worker {
                 Err(e) => out.errors.push(format!("{}: {e}", f.filename)),
             }
         }
-        let _ = self.rt.block_on(
+        let _ = self.rt.block_on(async {
             self.http
                 .post(format!("{base}/history"))
                 .json(&json!({ "delete": [prompt_id] }))
-                .send(),
-        );
+                .send()
+                .await
+        });
         if let Some((error, mut details)) = failure {
             if out.images.is_empty() {
                 details.extend(out.errors);
