@@ -78,6 +78,18 @@ pub enum Command {
         after_help = "Examples:\n  comfystore run-job test_input.json --lock lockfiles/comfy-v1.lock.json --dest /workspace/v1 --comfy-arg=--cpu\n  echo '{\"input\": {\"workflow\": …}}' | comfystore run-job - --dest /workspace/v1"
     )]
     RunJob(run_cmds::RunJobArgs),
+    /// The RunPod serverless worker: keep ComfyUI running on a version and answer jobs.
+    ///
+    /// Materializes (or checks) --lock at --dest, starts ComfyUI, then speaks RunPod's worker
+    /// protocol with the URLs the platform sets (RUNPOD_WEBHOOK_GET_JOB, _POST_OUTPUT, _PING,
+    /// RUNPOD_AI_API_KEY, RUNPOD_POD_ID, RUNPOD_PING_INTERVAL): long-poll a job, run it as
+    /// `run-job` does, post `{"output": …}` or `{"error": …}`; a heartbeat names the job in
+    /// progress; a job the platform stops is interrupted. ComfyUI is restarted if it dies.
+    /// SIGTERM finishes the job in progress, then stops ComfyUI. See docs/runpod.md.
+    #[command(
+        after_help = "Example (the container's command on RunPod):\n  COMFYSTORE_DIR=/runpod-volume/comfystore comfystore serve --lock /lockfiles/comfy-v1.lock.json --dest /workspace/comfyui --models-dir /runpod-volume/models"
+    )]
+    Serve(run_cmds::ServeArgs),
     /// Add files (→ object id) and directories (→ tree id) to the store.
     ///
     /// Prints `<id>\t<path>` per path. Symlinks inside a directory are recorded, never followed.

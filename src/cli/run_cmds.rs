@@ -24,6 +24,9 @@ pub struct ComfyArgs {
         value_name = "DIR"
     )]
     pub dest: PathBuf,
+    /// Keep the version's models in this shared folder (e.g. on the network volume).
+    #[arg(long, env = "COMFYSTORE_MODELS_DIR", value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
     /// ComfyUI's port on 127.0.0.1.
     #[arg(long, env = "COMFY_PORT", default_value_t = 8188)]
     pub comfy_port: u16,
@@ -58,6 +61,7 @@ pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
     if let Some(lock) = &a.lock {
         let lock = Lockfile::read(lock)?;
         let opts = LockOptions {
+            models_dir: a.models_dir.clone(),
             fetch: a.sources.options(),
             ..LockOptions::default()
         };
@@ -65,10 +69,16 @@ pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
             .with_context(|| format!("materialize {} at {}", lock.tag, a.dest.display()))?;
     }
     let dest = std::path::absolute(&a.dest)?;
-    let venv = Marker::read(&dest)?
+    let layout = Marker::read(&dest)?
         .and_then(|m| m.layout)
-        .and_then(|l| l.venv)
-        .unwrap_or_else(|| dest.join(VENV_DIR));
+        .unwrap_or_default();
+    let venv = layout.venv.clone().unwrap_or_else(|| dest.join(VENV_DIR));
+    // Models in a shared folder are named by the generated extra_model_paths.yaml.
+    let extra_model_paths = layout
+        .models_dir
+        .as_ref()
+        .map(|_| dest.join(crate::materialize::EXTRA_MODEL_PATHS))
+        .filter(|p| p.is_file());
     let python = venv.join("bin/python");
     anyhow::ensure!(
         dest.join("main.py").is_file() && python.exists(),
@@ -81,7 +91,7 @@ pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
         python,
         port: a.comfy_port,
         args: a.comfy_arg.clone(),
-        extra_model_paths: None,
+        extra_model_paths,
     });
     let mut opts = WorkerOptions {
         job_timeout: a.job_timeout,
@@ -128,4 +138,31 @@ pub fn run_job(cli: &Cli, a: &RunJobArgs) -> Result<u8> {
             Ok(super::EXIT_FAILURE)
         }
     }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub comfy: ComfyArgs,
+}
+
+/// The long-running worker: RunPod's job protocol when the platform's variables are set.
+pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<u8> {
+    let Some(cfg) = crate::run::runpod::RunPodConfig::from_env() else {
+        anyhow::bail!(
+            "RUNPOD_WEBHOOK_GET_JOB is not set: `serve` takes jobs from RunPod (on a serverless \
+             worker the platform sets it); to run one job here, use `comfystore run-job INPUT.json`"
+        );
+    };
+    tracing::debug!("{cfg:?}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let mut w = worker(cli, &a.comfy)?;
+    // ComfyUI starts before the first job is taken, so a job never pays the start-up.
+    w.ready()?;
+    crate::run::runpod::serve(&mut w, &cfg, stop)?;
+    w.sup.stop(Duration::from_secs(10));
+    Ok(0)
 }

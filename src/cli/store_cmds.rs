@@ -14,6 +14,7 @@ pub fn run(mut cli: Cli) -> Result<u8> {
         Command::Sources(cmd) => return super::fetch_cmds::run(&cli, cmd),
         Command::Python(cmd) => return super::python_cmds::run(&cli, &cmd),
         Command::RunJob(args) => return super::run_cmds::run_job(&cli, &args),
+        Command::Serve(args) => return super::run_cmds::serve(&cli, &args),
         other => other,
     };
     let store = super::open_store(&cli)?;
@@ -148,7 +149,11 @@ pub fn run(mut cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Versions(_) | Command::Sources(_) | Command::Python(_) | Command::RunJob(_) => {
+        Command::Versions(_)
+        | Command::Sources(_)
+        | Command::Python(_)
+        | Command::RunJob(_)
+        | Command::Serve(_) => {
             unreachable!("dispatched above, before the store is opened")
         }
     }

@@ -17,7 +17,7 @@ pub use lockfile::{
 };
 pub use marker::{Marker, MARKER_NAME};
 pub use verify::{verify, VerifyOptions, VerifyReport, VerifyState};
-pub use version::{compose, Layout, Parts, Version, VENV_DIR};
+pub use version::{compose, Layout, Parts, Version, EXTRA_MODEL_PATHS, VENV_DIR};
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::{Entry, Manifest, Node, ObjectId, Root, StatKey, Store};

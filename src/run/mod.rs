@@ -5,5 +5,6 @@
 
 pub mod comfy_api;
 pub mod job;
+pub mod runpod;
 pub mod supervisor;
 pub mod worker;
