@@ -142,12 +142,22 @@ pub fn run_job(cli: &Cli, a: &RunJobArgs) -> Result<u8> {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// Serve RunPod's endpoint routes here instead (/run, /runsync, /status/ID, /health),
+    /// like the SDK's --rp_serve_api, for local testing.
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub comfy: ComfyArgs,
 }
 
 /// The long-running worker: RunPod's job protocol when the platform's variables are set.
 pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<u8> {
+    if let Some(addr) = a.api {
+        let mut w = worker(cli, &a.comfy)?;
+        w.ready()?;
+        crate::run::local_api::serve(w, addr)?;
+        return Ok(0);
+    }
     let Some(cfg) = crate::run::runpod::RunPodConfig::from_env() else {
         anyhow::bail!(
             "RUNPOD_WEBHOOK_GET_JOB is not set: `serve` takes jobs from RunPod (on a serverless \

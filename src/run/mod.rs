@@ -5,6 +5,7 @@
 
 pub mod comfy_api;
 pub mod job;
+pub mod local_api;
 pub mod runpod;
 pub mod supervisor;
 pub mod worker;
