@@ -117,8 +117,9 @@ pub enum Finished {
     },
 }
 
-/// Read `GET /history/{prompt_id}` for `prompt_id`. Files of `temp` type (previews) are left
-/// out; every output key that lists files is kept (video, audio, not only images).
+/// Read `GET /history/{prompt_id}` for `prompt_id`. Every output key that lists files is kept
+/// (video, audio, not only images), previews (`temp`) too: the caller answers without them
+/// but deletes them.
 pub fn read_history(body: &Value, prompt_id: &str) -> Finished {
     let Some(entry) = body.get(prompt_id) else {
         return Finished::Pending;
@@ -139,9 +140,6 @@ pub fn read_history(body: &Value, prompt_id: &str) -> Finished {
                     ) else {
                         continue;
                     };
-                    if kind == "temp" {
-                        continue;
-                    }
                     files.push(Produced {
                         node: node.clone(),
                         output: key.clone(),

@@ -78,6 +78,11 @@ impl Supervisor {
         &self.cmd.dest
     }
 
+    /// The extra arguments ComfyUI gets.
+    pub fn args(&self) -> &[String] {
+        &self.cmd.args
+    }
+
     /// Start ComfyUI (stopping a previous process first).
     pub fn start(&mut self) -> Result<()> {
         self.stop(Duration::from_secs(5));

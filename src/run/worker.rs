@@ -1,13 +1,14 @@
 //! Running one job on a supervised ComfyUI: check the input, upload its images, submit the
 //! workflow, wait for it, collect every output file, clean up.
 //!
-//! Jobs are kept apart by a per-job folder: input images are uploaded into
-//! `input/comfystore-<job>/` (and the workflow's references to them rewritten), and every
-//! `filename_prefix` is moved under `comfystore-<job>/`. So one job's outputs never appear in
-//! another's answer, both folders are deleted afterwards, and an identical workflow sent again
-//! is a different prompt to ComfyUI, which would otherwise answer it from its cache with the
-//! old (deleted) files. Completion is read from `GET /history/{id}`, the source of truth that
-//! survives a dropped websocket.
+//! Jobs are kept apart without changing the workflow ComfyUI runs (its outputs embed the
+//! prompt, and runs are compared by hash): each job's answer is read from its own
+//! `/history/{prompt_id}`, so no other job's files appear in it. Input images go into a folder
+//! named by their content (`input/comfystore-<sha256>/`), so the same job gives the same
+//! prompt. Output files are kept until the next job finishes and then deleted, unless that
+//! job's answer names them again: ComfyUI answers an identical prompt from its cache with
+//! the earlier files, which must still be there. Completion is read from `GET /history/{id}`,
+//! the source of truth that survives a dropped websocket.
 
 use super::comfy_api::{read_history, read_submit, Finished, Produced, Submitted};
 use super::job::{error_answer, parse_input, JobOutput, Limits, OutputFile};
@@ -49,10 +50,61 @@ pub struct Worker {
     store: Option<Store>,
     rt: tokio::runtime::Runtime,
     http: reqwest::Client,
+    /// Files the last job produced (outputs and previews), deleted after the next job.
+    kept: Vec<std::path::PathBuf>,
+    /// ComfyUI's input, output and temp folders.
+    dirs: Folders,
+}
+
+/// Where ComfyUI keeps files: its own folders, or those `--input-directory`,
+/// `--output-directory` and `--temp-directory` name.
+#[derive(Clone, Debug)]
+struct Folders {
+    input: std::path::PathBuf,
+    output: std::path::PathBuf,
+    temp: std::path::PathBuf,
+}
+
+impl Folders {
+    fn of(dest: &std::path::Path, args: &[String]) -> Folders {
+        let flag = |name: &str, default: &str| {
+            let mut it = args.iter();
+            while let Some(a) = it.next() {
+                if let Some(v) = a.strip_prefix(&format!("{name}=")) {
+                    return dest.join(v);
+                }
+                if a == name {
+                    if let Some(v) = it.next() {
+                        return dest.join(v);
+                    }
+                }
+            }
+            dest.join(default)
+        };
+        Folders {
+            input: flag("--input-directory", "input"),
+            output: flag("--output-directory", "output"),
+            temp: flag("--temp-directory", "temp"),
+        }
+    }
+
+    fn of_kind(&self, kind: &str) -> &std::path::Path {
+        match kind {
+            "temp" => &self.temp,
+            "input" => &self.input,
+            _ => &self.output,
+        }
+    }
 }
 
 /// A job's answer: the handler's `output`, or `{"error", "details"}`.
 pub type Answer = std::result::Result<Value, Value>;
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
 
 impl Worker {
     pub fn new(
@@ -68,12 +120,15 @@ impl Worker {
             .timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| crate::Error::python("worker", format!("http client: {e}")))?;
+        let dirs = Folders::of(sup.dest(), sup.args());
         Ok(Worker {
             sup,
             opts,
             store,
             rt,
             http,
+            kept: Vec::new(),
+            dirs,
         })
     }
 
@@ -90,28 +145,58 @@ impl Worker {
         if let Err(e) = self.ready() {
             return Err(error_answer("ComfyUI is not reachable", &[e.to_string()]));
         }
-        let tag = folder_tag(job_id);
-        let dest = self.sup.dest().to_path_buf();
         let started = Instant::now();
-        let result = self.run_in(&tag, job);
+        let mut uploaded = Vec::new();
+        let result = self.run_in(job, &mut uploaded);
         tracing::info!(
             "job {job_id}: {} in {:?}",
             if result.is_ok() { "done" } else { "failed" },
             started.elapsed()
         );
-        // Nothing of the job stays on disk, whatever happened.
-        for dir in ["input", "output", "temp"] {
-            let _ = std::fs::remove_dir_all(dest.join(dir).join(&tag));
+        // The job's inputs go now, whatever happened.
+        for dir in uploaded {
+            let _ = std::fs::remove_dir_all(self.dirs.input.join(dir));
         }
         result
     }
 
-    fn run_in(&mut self, tag: &str, job: super::job::JobInput) -> Answer {
+    /// Delete the files the last job produced (when the worker stops).
+    pub fn cleanup(&mut self) {
+        self.replace_kept(Vec::new());
+    }
+
+    /// Keep `now` (this job's files) and delete the previous job's others, with the folders
+    /// that leaves empty.
+    fn replace_kept(&mut self, now: Vec<std::path::PathBuf>) {
+        for old in std::mem::replace(&mut self.kept, now) {
+            if self.kept.contains(&old) {
+                continue;
+            }
+            let _ = std::fs::remove_file(&old);
+            let mut dir = old.parent();
+            while let Some(d) = dir {
+                let root = [&self.dirs.input, &self.dirs.output, &self.dirs.temp]
+                    .iter()
+                    .any(|r| d == r.as_path());
+                if root || std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+    }
+
+    fn run_in(&mut self, job: super::job::JobInput, uploaded: &mut Vec<String>) -> Answer {
         let base = self.sup.base_url();
         let mut workflow = job.workflow;
-        // 1. Input images, into the job's folder.
+        // 1. Input images, each into a folder named by its content.
         let mut renamed = std::collections::HashMap::new();
         for img in &job.images {
+            let tag = format!(
+                "comfystore-{}",
+                &hex::encode(sha2::Sha256::digest(&img.bytes))[..16]
+            );
+            uploaded.push(tag.clone());
             let part =
                 reqwest::multipart::Part::bytes(img.bytes.clone()).file_name(img.name.clone());
             let form = reqwest::multipart::Form::new()
@@ -145,17 +230,14 @@ impl Worker {
             let Some(inputs) = node.get_mut("inputs").and_then(Value::as_object_mut) else {
                 continue;
             };
-            for (key, v) in inputs.iter_mut() {
-                let Some(s) = v.as_str() else { continue };
-                if key == "filename_prefix" {
-                    *v = Value::String(format!("{tag}/{s}"));
-                } else if let Some(r) = renamed.get(s) {
+            for v in inputs.values_mut() {
+                if let Some(r) = v.as_str().and_then(|s| renamed.get(s)) {
                     *v = Value::String(r.clone());
                 }
             }
         }
         // 2. Submit.
-        let client_id = format!("comfystore-{tag}");
+        let client_id = client_id();
         let mut body = json!({ "prompt": workflow, "client_id": client_id });
         if let Some(k) = &job.comfy_org_api_key {
             body["extra_data"] = json!({ "api_key_comfy_org": k });
@@ -227,14 +309,24 @@ impl Worker {
             } => (files, Some((error, details))),
             Finished::Pending => (Vec::new(), None),
         };
-        // 4. Outputs.
+        // 4. Outputs (previews are deleted, not answered).
+        let now: Vec<std::path::PathBuf> = files
+            .iter()
+            .map(|f| {
+                self.dirs
+                    .of_kind(&f.kind)
+                    .join(&f.subfolder)
+                    .join(&f.filename)
+            })
+            .collect();
         let mut out = JobOutput::default();
-        for f in files {
-            match self.fetch(&base, &f) {
+        for f in files.iter().filter(|f| f.kind != "temp") {
+            match self.fetch(&base, f) {
                 Ok(file) => out.images.push(file),
                 Err(e) => out.errors.push(format!("{}: {e}", f.filename)),
             }
         }
+        self.replace_kept(now);
         let _ = self.rt.block_on(async {
             self.http
                 .post(format!("{base}/history"))
@@ -300,15 +392,9 @@ impl Worker {
     }
 }
 
-/// The job's folder name: `comfystore-` and the job id's safe characters, plus a random part
-/// so a retried job id never meets its earlier files.
-fn folder_tag(job_id: &str) -> String {
-    let safe: String = job_id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .take(40)
-        .collect();
-    let mut r = [0u8; 4];
+/// A fresh websocket client id, `comfystore-<random>`.
+fn client_id() -> String {
+    let mut r = [0u8; 8];
     let _ = getrandom::fill(&mut r);
-    format!("comfystore-{safe}-{}", hex::encode(r))
+    format!("comfystore-{}", hex::encode(r))
 }

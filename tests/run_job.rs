@@ -1,0 +1,932 @@
+//! `comfystore run-job` through the real binary, against a fake ComfyUI
+//! (tests/fixtures/fake_comfyui/main.py, Python standard library only) that answers with the
+//! shapes recorded from a real ComfyUI 0.3.26 (tests/fixtures/comfyui/).
+//!
+//! Each test gets its own temp dir: `dest/` holds a copy of the fake `main.py` and a
+//! `venv --without-pip` (so run-job finds `dest/venv/bin/python` as for a materialized
+//! version), `store/` the store, and a free port on 127.0.0.1. run-job starts the fake exactly
+//! as it starts ComfyUI (`python main.py --listen 127.0.0.1 --port P --disable-auto-launch
+//! --cpu`, cwd = dest), runs one job and stops it; every test checks that it was stopped.
+//!
+//! `harness_*` checks the fake alone against the recorded answers, so the other tests can
+//! trust it.
+
+mod common;
+
+use base64::Engine;
+use common::comfy::pseudo_random;
+use common::pyindex::{python3, python_cmd, scrubbed_vars};
+use common::{code, describe, parse, run, run_env, s, sha256_hex, NETWORK_ENV};
+use serde_json::{json, Value};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FAKE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/fake_comfyui/main.py"
+);
+const RECORDED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/comfyui");
+
+fn minimal_workflow() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/minimal.json");
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+fn recorded(name: &str) -> Value {
+    let path = Path::new(RECORDED).join(name);
+    serde_json::from_slice(&fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
+}
+
+/// One test's temp dir, version folder, store and port.
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    dest: PathBuf,
+    store: PathBuf,
+    port: u16,
+    jobs: std::cell::Cell<u32>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        let dest = dir.join("dest");
+        fs::create_dir_all(&dest).unwrap();
+        fs::copy(FAKE, dest.join("main.py")).unwrap();
+        let out = python_cmd(python3())
+            .args(["-m", "venv", "--without-pip"])
+            .arg(dest.join("venv"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "venv: {}", describe(&out));
+        Env {
+            _tmp: tmp,
+            store: dir.join("store"),
+            dest,
+            dir,
+            port: free_port(),
+            jobs: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Write a job file (JSON, or raw text) and return its path.
+    fn job_file(&self, job: &Value) -> PathBuf {
+        self.job_text(&serde_json::to_string(job).unwrap())
+    }
+
+    fn job_text(&self, text: &str) -> PathBuf {
+        let n = self.jobs.get() + 1;
+        self.jobs.set(n);
+        let path = self.dir.join(format!("jobs/job-{n}.json"));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `comfystore --store S --json run-job JOB --dest DEST --comfy-port P --comfy-arg=--cpu
+    /// [extra]`, with no Python, store, ComfyUI or proxy variables from the machine; then
+    /// checks that ComfyUI was stopped.
+    fn run_job(&self, job: &Path, extra: &[&str]) -> Output {
+        let port = self.port.to_string();
+        let mut args = vec![
+            "--json",
+            "run-job",
+            s(job),
+            "--dest",
+            s(&self.dest),
+            "--comfy-port",
+            &port,
+            "--comfy-arg=--cpu",
+            "--ready-timeout",
+            "30s",
+            "--job-timeout",
+            "40s",
+        ];
+        args.extend_from_slice(extra);
+        let mut remove: Vec<String> = scrubbed_vars();
+        remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
+        remove.extend(["COMFY_PORT", "COMFY_HOME", "COMFY_ORG_API_KEY"].map(String::from));
+        let envs: Vec<(&str, Option<&OsStr>)> = remove.iter().map(|k| (k.as_str(), None)).collect();
+        let out = run_env(&self.store, &args, &envs);
+        assert!(
+            !listening(self.port),
+            "ComfyUI still listens on {} after run-job\n{}",
+            self.port,
+            describe(&out)
+        );
+        out
+    }
+
+    /// A job that must succeed: its `output`.
+    fn ok(&self, job: &Value, extra: &[&str]) -> Value {
+        let out = self.run_job(&self.job_file(job), extra);
+        assert_eq!(code(&out), 0, "{}", describe(&out));
+        parse(&out)
+    }
+
+    /// A job that must fail with exit 1: its `{error, details}`.
+    fn fails(&self, job: &Value, extra: &[&str]) -> Value {
+        self.fails_file(&self.job_file(job), extra)
+    }
+
+    fn fails_file(&self, file: &Path, extra: &[&str]) -> Value {
+        let out = self.run_job(file, extra);
+        assert_eq!(code(&out), 1, "{}", describe(&out));
+        let v = parse(&out);
+        assert!(v["error"].is_string(), "no error: {v:#}");
+        assert!(v["details"].is_array(), "no details: {v:#}");
+        v
+    }
+
+    /// Entries directly under `dest/<sub>` (none when it does not exist).
+    fn entries(&self, sub: &str) -> Vec<String> {
+        match fs::read_dir(self.dest.join(sub)) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// No job folder (or file) left in ComfyUI's input, output and temp folders.
+    fn assert_nothing_left(&self) {
+        for sub in ["input", "output", "temp"] {
+            let left = self.entries(sub);
+            assert!(left.is_empty(), "dest/{sub} keeps {left:?}");
+        }
+    }
+}
+
+/// `error` and `details` as one text.
+fn error_text(v: &Value) -> String {
+    let mut t = v["error"].as_str().unwrap_or("").to_string();
+    for d in v["details"].as_array().into_iter().flatten() {
+        t.push('\n');
+        t.push_str(d.as_str().unwrap_or(""));
+    }
+    t
+}
+
+/// The only output file of a job, checked: base64 data whose sha256 is `sha256`.
+fn one_file(output: &Value) -> (Value, Vec<u8>) {
+    let images = output["images"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{output:#}"));
+    assert_eq!(images.len(), 1, "{output:#}");
+    let f = images[0].clone();
+    assert_eq!(f["type"], "base64", "{f:#}");
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(f["data"].as_str().unwrap())
+        .expect("data is base64");
+    assert_eq!(f["sha256"], sha256_hex(&data), "sha256 is not of the data");
+    (f, data)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small PNG encoder (stored deflate blocks), for input images with every byte value.
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+fn png_rgb(width: u32, height: u32, rgb: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for row in rgb.chunks(width as usize * 3) {
+        raw.push(0);
+        raw.extend_from_slice(row);
+    }
+    let mut z = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65535).collect();
+    for (i, b) in blocks.iter().enumerate() {
+        z.push((i + 1 == blocks.len()) as u8);
+        z.extend_from_slice(&(b.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(!(b.len() as u16)).to_le_bytes());
+        z.extend_from_slice(b);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in &raw {
+        a = (a + x as u32) % 65521;
+        b = (b + a) % 65521;
+    }
+    z.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        png.extend_from_slice(&body);
+        png.extend_from_slice(&crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &z);
+    chunk(b"IEND", b"");
+    png
+}
+
+/// (width, height) from a PNG's IHDR; panics when it is not a PNG.
+fn png_size(data: &[u8]) -> (u32, u32) {
+    assert!(
+        data.starts_with(b"\x89PNG\r\n\x1a\n") && &data[12..16] == b"IHDR",
+        "not a PNG: {:?}",
+        &data[..data.len().min(16)]
+    );
+    let w = u32::from_be_bytes(data[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(data[20..24].try_into().unwrap());
+    (w, h)
+}
+
+fn data_uri(bytes: &[u8]) -> String {
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fake alone.
+
+/// The fake started by hand (for the harness test), killed on drop.
+struct Fake {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Fake {
+    fn start(dir: &Path) -> Fake {
+        fs::create_dir_all(dir).unwrap();
+        fs::copy(FAKE, dir.join("main.py")).unwrap();
+        let port = free_port();
+        let child = python_cmd(python3())
+            .arg("main.py")
+            .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--disable-auto-launch", "--cpu", "--some-unknown-flag"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut fake = Fake {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = fake.child.try_wait() {
+                panic!("the fake ComfyUI exited: {st}");
+            }
+            if listening(port) && fake.get("/").0 == 200 {
+                return fake;
+            }
+            assert!(Instant::now() < deadline, "the fake ComfyUI did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One HTTP/1.1 request (Connection: close): (status, body).
+    fn request(&self, method: &str, path: &str, ctype: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+             Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let split = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP answer");
+        let status = std::str::from_utf8(&all[9..12]).unwrap().parse().unwrap();
+        (status, all[split + 4..].to_vec())
+    }
+
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        self.request("GET", path, "text/plain", b"")
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (st, b) = self.request(
+            "POST",
+            path,
+            "application/json",
+            &serde_json::to_vec(body).unwrap(),
+        );
+        (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    fn upload(&self, name: &str, subfolder: &str, data: &[u8]) -> (u16, Vec<u8>) {
+        let b = "----fakeboundary7MA4YWxkTrZu0gW";
+        let mut body = format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n\
+             Content-Type: image/png\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(data);
+        for (k, v) in [
+            ("overwrite", "true"),
+            ("type", "input"),
+            ("subfolder", subfolder),
+        ] {
+            body.extend_from_slice(
+                format!("\r\n--{b}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}")
+                    .as_bytes(),
+            );
+        }
+        body.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
+        self.request(
+            "POST",
+            "/upload/image",
+            &format!("multipart/form-data; boundary={b}"),
+            &body,
+        )
+    }
+
+    /// Submit and wait for the history entry.
+    fn run(&self, graph: &Value) -> (String, Value) {
+        let (st, v) = self.post("/prompt", &json!({"prompt": graph, "client_id": "harness"}));
+        assert_eq!(st, 200, "{v:#}");
+        let id = v["prompt_id"].as_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = self.get(&format!("/history/{id}"));
+            let h: Value = serde_json::from_slice(&body).unwrap();
+            if let Some(e) = h.get(&id) {
+                return (id, e.clone());
+            }
+            assert!(h == json!({}), "history of an unfinished prompt: {h:#}");
+            assert!(Instant::now() < deadline, "prompt {id} did not finish");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn files(&self, sub: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = walkdir::WalkDir::new(self.dir.join(sub))
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.path().to_path_buf())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+fn message_kinds(entry: &Value) -> Vec<String> {
+    entry["status"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The first (only) entry of a recorded `/history/{id}` answer.
+fn recorded_entry(name: &str) -> Value {
+    recorded(name)
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn harness_fake_comfyui_answers_like_the_recorded_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Fake::start(&tmp.path().join("comfy"));
+
+    // POST /prompt refusals, as recorded.
+    let (st, v) = fake.post("/prompt", &json!({"client_id": "x"}));
+    let want = recorded("post_prompt_no_prompt.json");
+    assert_eq!((st, &v), (400, &want["body"]));
+    let (st, v) = fake.post(
+        "/prompt",
+        &json!({"prompt": {"7": {"class_type": "NoSuchNode", "inputs": {}}}}),
+    );
+    assert_eq!(
+        (st, &v),
+        (400, &recorded("post_prompt_missing_node.json")["body"])
+    );
+    let (st, v) = fake.post(
+        "/prompt",
+        &json!({"prompt": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}}}),
+    );
+    assert_eq!(
+        (st, &v),
+        (400, &recorded("post_prompt_no_outputs.json")["body"])
+    );
+    let bad = json!({
+        "5": {"class_type": "LoadImage", "inputs": {"image": "nope.png"}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    });
+    let (st, v) = fake.post("/prompt", &json!({ "prompt": bad }));
+    let want = &recorded("post_prompt_bad_values.json")["body"];
+    assert_eq!(st, 400, "{v:#}");
+    assert_eq!(v["error"], want["error"]);
+    assert_eq!(
+        keys(&v["node_errors"]["5"]),
+        keys(&want["node_errors"]["5"])
+    );
+    assert_eq!(
+        v["node_errors"]["5"]["errors"][0],
+        want["node_errors"]["5"]["errors"][0]
+    );
+    assert_eq!(v["node_errors"]["5"]["dependent_outputs"], json!(["6"]));
+
+    // A success: the recorded entry's shape, files under the prefix's folder, counters.
+    let graph = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 2, "color": 3368601}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"filename_prefix": "probe/test", "images": ["2", 0]}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    });
+    let (id, e) = fake.run(&graph);
+    let want = recorded_entry("history_success.json");
+    assert_eq!(keys(&e), keys(&want));
+    assert_eq!(keys(&e["status"]), keys(&want["status"]));
+    assert_eq!(message_kinds(&e), message_kinds(&want));
+    assert_eq!(e["status"]["status_str"], "success");
+    assert_eq!(e["prompt"][1], id.as_str());
+    assert_eq!(e["prompt"][2], graph);
+    assert_eq!(e["prompt"][3], json!({"client_id": "harness"}));
+    assert_eq!(e["outputs"]["4"], want["outputs"]["4"], "SaveImage's files");
+    assert_eq!(e["outputs"]["6"]["images"][0]["type"], "temp");
+    let saved = fake.files("output");
+    assert_eq!(saved.len(), 2, "{saved:?}");
+    let (st, png) = fake.get("/view?filename=test_00001_.png&subfolder=probe&type=output");
+    assert_eq!(st, 200);
+    assert_eq!(png_size(&png), (64, 48));
+    assert_eq!(png, fs::read(&saved[0]).unwrap());
+
+    // The identical prompt again: fully cached, no new file, the old names.
+    let (_, again) = fake.run(&graph);
+    let cached = &again["status"]["messages"][1];
+    assert_eq!(cached[0], "execution_cached");
+    assert_eq!(cached[1]["nodes"], json!(["1", "2", "4", "6"]));
+    assert_eq!(again["outputs"], e["outputs"]);
+    assert_eq!(fake.files("output"), saved, "a cached prompt wrote files");
+    // A changed graph runs again, and the counter goes on from the files there.
+    let mut other = graph.clone();
+    other["4"]["inputs"]["filename_prefix"] = json!("probe/test");
+    other["1"]["inputs"]["color"] = json!(0);
+    let (_, third) = fake.run(&other);
+    assert_eq!(
+        third["outputs"]["4"]["images"][0]["filename"],
+        "test_00003_.png"
+    );
+
+    // An execution error, as recorded.
+    let fail = json!({"1": {"class_type": "FailNode", "inputs": {"message": "boom"}}});
+    let (_, e) = fake.run(&fail);
+    let want = recorded_entry("history_exec_error.json");
+    assert_eq!(keys(&e), keys(&want));
+    assert_eq!(message_kinds(&e), message_kinds(&want));
+    assert_eq!(e["status"]["status_str"], "error");
+    assert_eq!(e["status"]["completed"], false);
+    let err = &e["status"]["messages"][2][1];
+    let want_err = &want["status"]["messages"][2][1];
+    assert_eq!(keys(err), keys(want_err));
+    assert_eq!(err["node_type"], "FailNode");
+    assert_eq!(err["exception_message"], "boom");
+
+    // Unknown and deleted history, /view and /upload/image refusals.
+    let (st, body) = fake.get("/history/no-such-id");
+    assert_eq!(st, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        recorded("history_unknown.json")
+    );
+    assert_eq!(fake.post("/history", &json!({"delete": [id]})).0, 200);
+    assert_eq!(fake.get(&format!("/history/{id}")).1, b"{}");
+    assert_eq!(fake.get("/view?filename=missing.png&type=output").0, 404);
+    assert_eq!(fake.get("/view?filename=../main.py&type=output").0, 400);
+    assert_eq!(
+        fake.get("/view?filename=main.py&subfolder=..&type=output")
+            .0,
+        400
+    );
+    let bytes = png_rgb(8, 8, &pseudo_random(3, 8 * 8 * 3));
+    let (st, body) = fake.upload("in.png", "job1", &bytes);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v,
+        json!({"name": "in.png", "subfolder": "job1", "type": "input"})
+    );
+    assert_eq!(fs::read(fake.dir.join("input/job1/in.png")).unwrap(), bytes);
+    assert_eq!(fake.upload("x.png", "../escape", &bytes).0, 400);
+    assert_eq!(fake.upload("../x.png", "", &bytes).0, 400);
+    assert!(!tmp.path().join("escape").exists() && !tmp.path().join("x.png").exists());
+    assert_eq!(fake.post("/interrupt", &json!({})).0, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// run-job.
+
+#[test]
+fn minimal_workflow_returns_a_png_that_is_also_stored() {
+    let env = Env::new();
+    let out = env.ok(&json!({"input": {"workflow": minimal_workflow()}}), &[]);
+    let (f, png) = one_file(&out);
+    assert_eq!(f["output"], "images");
+    assert_eq!(f["node"], "3");
+    let name = f["filename"].as_str().unwrap();
+    assert!(
+        name.starts_with("minimal_") && name.ends_with("_.png"),
+        "{name}"
+    );
+    assert_eq!(png_size(&png), (64, 64));
+    assert!(out.get("errors").is_none(), "{out:#}");
+    // The same bytes from the store, by sha256.
+    let hex = f["sha256"].as_str().unwrap();
+    let cat = run(&env.store, &["cat", &format!("sha256:{hex}")]);
+    assert_eq!(code(&cat), 0, "{}", describe(&cat));
+    assert!(
+        cat.stdout == png,
+        "the stored object differs from the output"
+    );
+    env.assert_nothing_left();
+}
+
+#[test]
+fn input_image_is_uploaded_and_returned_unchanged() {
+    let env = Env::new();
+    // Random pixels, stored uncompressed: every byte value, CR and LF included.
+    let input = png_rgb(32, 32, &pseudo_random(11, 32 * 32 * 3));
+    let job = json!({"input": {
+        "workflow": {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+            "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": "roundtrip", "images": ["1", 0]}},
+        },
+        "images": [{"name": "in.png", "image": data_uri(&input)}],
+    }});
+    let out = env.ok(&job, &[]);
+    let (f, data) = one_file(&out);
+    assert_eq!(f["sha256"], sha256_hex(&input));
+    assert!(data == input, "the image came back changed");
+    assert_eq!(f["node"], "2");
+    env.assert_nothing_left();
+}
+
+#[test]
+fn input_and_workflow_given_as_json_strings() {
+    let env = Env::new();
+    let wf = minimal_workflow();
+    // The whole input as a string.
+    let whole = serde_json::to_string(&json!({ "workflow": wf })).unwrap();
+    let a = env.ok(&json!({ "input": whole }), &[]);
+    // The workflow alone as a string.
+    let b = env.ok(
+        &json!({"input": {"workflow": serde_json::to_string(&wf).unwrap()}}),
+        &[],
+    );
+    // The file holding the input alone (no "input" key).
+    let c = env.ok(&json!({ "workflow": wf }), &[]);
+    let (fa, _) = one_file(&a);
+    let (fb, _) = one_file(&b);
+    let (fc, _) = one_file(&c);
+    assert_eq!(fa["filename"], fb["filename"]);
+    assert_eq!(fa["filename"], fc["filename"]);
+    env.assert_nothing_left();
+}
+
+/// A ComfyUI that stays up between jobs answers an identical prompt from its cache, naming
+/// files the worker already deleted. `--fake-keep-cache` makes the fake keep its cache across
+/// run-job's restarts; the worker's per-job folders must still get the files back.
+#[test]
+fn identical_job_twice_returns_images_both_times() {
+    // ComfyUI's cache lives as long as its process: two jobs on one `serve --api` worker. The
+    // second, identical prompt is answered from the cache with the first job's file name,
+    // so that file must still be there.
+    let env = Env::new();
+    let api = free_port();
+    let mut remove: Vec<String> = scrubbed_vars();
+    remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
+    cmd.args(["--store", s(&env.store), "serve", "--api"])
+        .arg(format!("127.0.0.1:{api}"))
+        .args([
+            "--dest",
+            s(&env.dest),
+            "--comfy-port",
+            &env.port.to_string(),
+        ])
+        .args([
+            "--comfy-arg=--cpu",
+            "--comfy-arg=--disable-metadata",
+            "--ready-timeout",
+            "30s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for k in &remove {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while !listening(api) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve --api never listened"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "serve --api exited");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let job = json!({"input": {"workflow": minimal_workflow()}});
+    let first = http_post(api, "/runsync", &job);
+    let second = http_post(api, "/runsync", &job);
+    assert_eq!(first["status"], "COMPLETED", "{first:#}");
+    assert_eq!(second["status"], "COMPLETED", "{second:#}");
+    let (f1, d1) = one_file(&first["output"]);
+    let (f2, d2) = one_file(&second["output"]);
+    assert_eq!(
+        f1["filename"], f2["filename"],
+        "the second job was not answered from ComfyUI's cache: the test proves nothing"
+    );
+    assert!(d1 == d2);
+    // SIGTERM: the worker stops ComfyUI and deletes what the last job left.
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve --api after SIGTERM: {status}");
+    assert!(
+        !listening(env.port),
+        "ComfyUI still listens after serve stopped"
+    );
+    env.assert_nothing_left();
+}
+
+/// POST JSON to the local API and read the JSON answer (std only).
+fn http_post(port: u16, path: &str, body: &Value) -> Value {
+    let body = serde_json::to_vec(body).unwrap();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        c,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.write_all(&body).unwrap();
+    let mut resp = Vec::new();
+    c.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    let (_, json) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// ComfyUI writes the prompt it received into every PNG it saves (a `prompt` tEXt chunk, on
+/// by default; tests/../comfy_runpod.md 4.3, real_comfyui.md 5). So an identical job must not
+/// reach ComfyUI as a different prompt, or the "same" job gives other bytes (and hashes) each
+/// time, and the worker's private folder names end up in the user's files.
+#[test]
+fn identical_job_twice_gives_identical_bytes_with_comfyui_metadata() {
+    let env = Env::new();
+    let job = json!({"input": {"workflow": minimal_workflow()}});
+    let (f1, d1) = one_file(&env.ok(&job, &[]));
+    let (f2, d2) = one_file(&env.ok(&job, &[]));
+    assert!(
+        d1.windows(4).any(|w| w == b"tEXt"),
+        "the fake wrote no metadata: the test proves nothing"
+    );
+    let leaked = |d: &[u8]| d.windows(11).any(|w| w == b"comfystore-");
+    assert!(
+        !leaked(&d1),
+        "the output PNG carries the worker's job folder (its prompt metadata has the \
+         rewritten filename_prefix): {}",
+        String::from_utf8_lossy(&d1)
+    );
+    assert_eq!(
+        f1["sha256"], f2["sha256"],
+        "the same job gave different bytes on two runs"
+    );
+    assert!(d1 == d2);
+}
+
+#[test]
+fn execution_error_names_the_node() {
+    let env = Env::new();
+    let job = json!({"input": {"workflow": {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "FailNode", "inputs": {"image": ["1", 0], "message": "boom on purpose"}},
+        "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "never", "images": ["2", 0]}},
+    }}});
+    let v = env.fails(&job, &[]);
+    assert_eq!(v["error"], "Job processing failed", "{v:#}");
+    let t = error_text(&v);
+    assert!(
+        t.contains("FailNode") && t.contains("boom on purpose") && t.contains("Node ID: 2"),
+        "{v:#}"
+    );
+    env.assert_nothing_left();
+}
+
+#[test]
+fn invalid_workflows_are_refused() {
+    let env = Env::new();
+    // A node type ComfyUI does not know: refused by POST /prompt.
+    let mut wf = minimal_workflow();
+    wf["4"] = json!({"class_type": "NoSuchNode", "inputs": {}});
+    let v = env.fails(&json!({"input": {"workflow": wf}}), &[]);
+    let t = error_text(&v);
+    assert!(
+        t.contains("NoSuchNode") && t.contains("does not exist"),
+        "{v:#}"
+    );
+    // A LoadImage of a file nobody uploaded: the node errors are listed.
+    let v = env.fails(
+        &json!({"input": {"workflow": {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "missing.png"}},
+            "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["1", 0]}},
+        }}}),
+        &[],
+    );
+    let t = error_text(&v);
+    assert!(t.contains("validation failed"), "{v:#}");
+    assert!(
+        t.contains("Node 1 (LoadImage)") && t.contains("missing.png"),
+        "{v:#}"
+    );
+    // A job file that is not JSON.
+    let v = env.fails_file(&env.job_text("{\"input\": {\"workflow\": "), &[]);
+    assert!(
+        v["error"].as_str().unwrap().contains("Invalid JSON"),
+        "{v:#}"
+    );
+    // No workflow.
+    let v = env.fails(&json!({"input": {"images": []}}), &[]);
+    assert_eq!(v["error"], "Missing 'workflow' parameter", "{v:#}");
+    // A workflow string that is not JSON.
+    let v = env.fails(&json!({"input": {"workflow": "{not json"}}), &[]);
+    assert!(v["error"].as_str().unwrap().contains("workflow"), "{v:#}");
+    env.assert_nothing_left();
+}
+
+fn tree(root: &Path, skip: &[&Path]) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_entry(|e| !skip.contains(&e.path()))
+        .map(|e| e.unwrap().path().to_path_buf())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn hostile_image_names_are_refused_and_nothing_is_written() {
+    let env = Env::new();
+    let img = png_rgb(4, 4, &[7; 48]);
+    for name in ["../x.png", "a/b.png", "../../dest/main.py", ".hidden.png"] {
+        let skip = [
+            env.store.as_path(),
+            &env.dest.join("venv"),
+            &env.dir.join("jobs"),
+        ];
+        let before = tree(&env.dir, &skip);
+        let job = json!({"input": {
+            "workflow": {
+                "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+                "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": "h", "images": ["1", 0]}},
+            },
+            "images": [{"name": name, "image": data_uri(&img)}],
+        }});
+        let v = env.fails(&job, &[]);
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains(name), "{name}: {v:#}");
+        assert!(
+            e.contains("file name") || e.contains("dot"),
+            "{name}: {v:#}"
+        );
+        let mut after = tree(&env.dir, &skip);
+        after.retain(|p| {
+            !p.starts_with(env.dir.join("job-")) && !p.starts_with(env.dest.join("input"))
+        });
+        let before: Vec<_> = before
+            .into_iter()
+            .filter(|p| {
+                !p.starts_with(env.dir.join("job-")) && !p.starts_with(env.dest.join("input"))
+            })
+            .collect();
+        assert_eq!(before, after, "{name}: files appeared outside dest/input");
+        assert_eq!(
+            fs::read(env.dest.join("main.py")).unwrap(),
+            fs::read(FAKE).unwrap()
+        );
+    }
+    env.assert_nothing_left();
+}
+
+#[test]
+fn oversized_input_is_refused() {
+    let env = Env::new();
+    let big = pseudo_random(5, 2_000_000);
+    let job = json!({"input": {
+        "workflow": minimal_workflow(),
+        "images": [{"name": "big.png", "image": data_uri(&big)}],
+    }});
+    let v = env.fails(&job, &["--max-input-mb", "1"]);
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("over the limit"), "{v:#}");
+    assert!(e.contains("1000000"), "the limit is named: {v:#}");
+    env.assert_nothing_left();
+}
+
+#[test]
+fn comfyui_dying_mid_job_is_reported_with_its_log() {
+    let env = Env::new();
+    let job = json!({"input": {"workflow": {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "CrashNode", "inputs": {"image": ["1", 0]}},
+    }}});
+    let v = env.fails(&job, &[]);
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("crashed"), "{v:#}");
+    let t = error_text(&v);
+    assert!(t.contains("ComfyUI log"), "no log: {v:#}");
+    assert!(
+        t.contains("got prompt") && t.contains("GET /history/"),
+        "the log lacks the fake's lines: {v:#}"
+    );
+    assert!(t.contains("exited"), "the exit is not reported: {v:#}");
+    env.assert_nothing_left();
+}
+
+#[test]
+fn non_image_outputs_are_returned() {
+    let env = Env::new();
+    let job = json!({"input": {"workflow": {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 3, "color": 255}},
+        "2": {"class_type": "SaveVideo", "inputs": {"filename_prefix": "clips/v", "images": ["1", 0]}},
+    }}});
+    let out = env.ok(&job, &[]);
+    let (f, data) = one_file(&out);
+    assert_eq!(f["output"], "videos", "{f:#}");
+    assert_eq!(f["node"], "2");
+    assert!(f["filename"].as_str().unwrap().ends_with(".mp4"), "{f:#}");
+    assert_eq!(&data[4..8], b"ftyp");
+    env.assert_nothing_left();
+}
+
+#[test]
+fn timeout_interrupts_the_job() {
+    let env = Env::new();
+    let job = json!({"input": {
+        "workflow": {"1": {"class_type": "SlowNode", "inputs": {"seconds": 10}}},
+        "timeout_s": 1,
+    }});
+    let t0 = Instant::now();
+    let v = env.fails(&job, &[]);
+    let took = t0.elapsed();
+    assert!(v["error"].as_str().unwrap().contains("timed out"), "{v:#}");
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    env.assert_nothing_left();
+}
