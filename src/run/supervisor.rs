@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 /// How many log lines are kept for error reports.
 const LOG_LINES: usize = 200;
 
+/// A running ComfyUI that does not answer HTTP for this long is hung, and is restarted.
+pub const HANG: Duration = Duration::from_secs(30);
+
 /// How to start ComfyUI.
 #[derive(Clone, Debug)]
 pub struct ComfyCommand {
@@ -161,7 +164,26 @@ impl Supervisor {
     pub fn ensure(&mut self, timeout: Duration) -> Result<()> {
         if !self.alive() {
             self.start()?;
+            return self.wait_ready(timeout);
         }
+        // Running: it must answer within `HANG` (the GIL held by a custom node, a deadlock),
+        // else it is hung and replaced.
+        match self.wait_ready(HANG.min(timeout)) {
+            Ok(()) => Ok(()),
+            Err(_) if self.alive() => {
+                self.push_log(format!(
+                    "[comfystore] ComfyUI did not answer for {HANG:?}: restarting it"
+                ));
+                self.restart(timeout)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stop and start again, then wait until it answers.
+    pub fn restart(&mut self, timeout: Duration) -> Result<()> {
+        self.stop(Duration::from_secs(5));
+        self.start()?;
         self.wait_ready(timeout)
     }
 

@@ -268,10 +268,16 @@ impl Worker {
         };
         // 3. Wait, watching the process.
         let deadline = Instant::now() + job.timeout.unwrap_or(self.opts.job_timeout);
+        let mut answered = Instant::now();
         let finished = loop {
             if !self.sup.alive() {
                 let err = self.failed("ComfyUI crashed while running the job", vec![]);
                 let _ = self.ready();
+                return Err(err);
+            }
+            if answered.elapsed() > super::supervisor::HANG {
+                let err = self.failed("ComfyUI stopped answering during the job", vec![]);
+                let _ = self.sup.restart(self.opts.ready_timeout);
                 return Err(err);
             }
             let h = self.rt.block_on(async {
@@ -283,6 +289,7 @@ impl Worker {
                     .await
             });
             if let Ok(h) = h {
+                answered = Instant::now();
                 match read_history(&h, &prompt_id) {
                     Finished::Pending => {}
                     f => break f,
