@@ -1,8 +1,10 @@
 //! comfystore: a content-addressed store for ComfyUI installs.
 //!
-//! The data flows lock → store → materialize → run. This crate so far holds the store
-//! ([`store`]: objects named by BLAKE3, tree manifests, the redb index, GC roots, fsck, gc,
-//! bundles) and [`materialize`] (trees into real directories, status, repair, remove). The command line lives in [`cli`]; `main.rs` only calls it.
+//! The data flows lock → store → materialize → run: [`lock`] (lockfiles), [`store`] (objects
+//! named by BLAKE3, tree manifests, the redb index, GC roots, fsck, gc, bundles), [`fetch`]
+//! (git, HTTP, mirrors), [`python`] (pinning and stored environments), [`materialize`]
+//! (versions into real directories, status, verify, remove) and [`run`] (ComfyUI jobs, the
+//! RunPod worker). The command line lives in [`cli`]; `main.rs` only calls it.
 
 pub mod cli;
 pub mod error;
