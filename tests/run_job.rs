@@ -640,9 +640,8 @@ fn input_and_workflow_given_as_json_strings() {
     env.assert_nothing_left();
 }
 
-/// A ComfyUI that stays up between jobs answers an identical prompt from its cache, naming
-/// files the worker already deleted. `--fake-keep-cache` makes the fake keep its cache across
-/// run-job's restarts; the worker's per-job folders must still get the files back.
+/// A ComfyUI that stays up between jobs answers an identical prompt from its cache, naming the
+/// files of the earlier job: the worker must have kept them until this job is answered.
 #[test]
 fn identical_job_twice_returns_images_both_times() {
     // ComfyUI's cache lives as long as its process: two jobs on one `serve --api` worker. The

@@ -260,11 +260,7 @@ impl Worker {
                     return Err(error_answer(&error, &details))
                 }
             },
-            Err(e) => {
-                return Err(
-                    self.failed("HTTP communication error with ComfyUI", vec![e.to_string()])
-                )
-            }
+            Err(e) => return Err(self.lost_comfyui("HTTP communication error with ComfyUI", e)),
         };
         // 3. Wait, watching the process.
         let deadline = Instant::now() + job.timeout.unwrap_or(self.opts.job_timeout);
@@ -387,6 +383,17 @@ impl Worker {
             output: f.output.clone(),
             node: f.node.clone(),
         })
+    }
+
+    /// A request to ComfyUI failed: if the process died, say so and start it again for the
+    /// next job; else report the HTTP error.
+    fn lost_comfyui(&mut self, what: &str, e: reqwest::Error) -> Value {
+        if self.sup.alive() {
+            return self.failed(what, vec![e.to_string()]);
+        }
+        let err = self.failed("ComfyUI crashed while running the job", vec![e.to_string()]);
+        let _ = self.ready();
+        err
     }
 
     /// An error answer with ComfyUI's recent log.

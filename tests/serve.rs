@@ -1,0 +1,852 @@
+//! `comfystore serve` speaking RunPod's serverless worker protocol, through the real binary,
+//! against a fake job server (tests/fixtures/fake_runpod/server.py) and the fake ComfyUI
+//! (tests/fixtures/fake_comfyui/main.py), both Python standard library only.
+//!
+//! Each test gets its own temp dir: `dest/` holds a copy of the fake `main.py` and a
+//! `venv --without-pip` (as in tests/run_job.rs), `store/` the store. The fake job server
+//! listens on an ephemeral port (it prints it first thing) and hands out the jobs the test
+//! queues; the worker is started with the platform's variables in their production shape,
+//! `$RUNPOD_POD_ID`, `$RUNPOD_GPU_TYPE_ID` and `$ID` left for it to substitute:
+//!
+//! ```text
+//! RUNPOD_WEBHOOK_GET_JOB     = http://127.0.0.1:RP/v2/ep/job-take/$RUNPOD_POD_ID?gpu=$RUNPOD_GPU_TYPE_ID
+//! RUNPOD_WEBHOOK_POST_OUTPUT = http://127.0.0.1:RP/v2/ep/job-done/$RUNPOD_POD_ID/$ID?gpu=$RUNPOD_GPU_TYPE_ID
+//! RUNPOD_WEBHOOK_PING        = http://127.0.0.1:RP/v2/ep/ping/$RUNPOD_POD_ID?gpu=$RUNPOD_GPU_TYPE_ID
+//! ```
+//!
+//! The worker runs in its own process group, so the guard ([`Setup`]'s `Drop`) kills it and the
+//! ComfyUI it started even when a test fails halfway.
+
+mod common;
+
+use base64::Engine;
+use common::pyindex::{python3, python_cmd, scrubbed_vars};
+use common::{describe, s, sha256_hex, NETWORK_ENV};
+use serde_json::{json, Value};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const FAKE_COMFY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/fake_comfyui/main.py"
+);
+const FAKE_RUNPOD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/fake_runpod/server.py"
+);
+const KEY: &str = "secret-key-123";
+const WORKER_ID: &str = "worker-1";
+/// Heartbeat period given to the worker, in ms.
+const PING_MS: u64 = 300;
+
+fn minimal_workflow() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/minimal.json");
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+fn good_job(id: &str) -> Value {
+    json!({"id": id, "input": {"workflow": minimal_workflow()}})
+}
+
+fn slow_job(id: &str, seconds: f64) -> Value {
+    json!({"id": id, "input": {"workflow": {
+        "1": {"class_type": "SlowNode", "inputs": {"seconds": seconds}},
+    }}})
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
+}
+
+/// One HTTP/1.1 request with `Connection: close`: (status, body).
+fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let status = std::str::from_utf8(&all[9..12]).unwrap().parse().unwrap();
+    (status, all[split + 4..].to_vec())
+}
+
+/// Options of one test's setup.
+#[derive(Default)]
+struct Opts {
+    /// Jobs the fake hands out from the start (its --jobs file).
+    jobs: Vec<Value>,
+    /// The first N takes answer 429.
+    fail_takes: u32,
+    /// RUST_LOG for the worker (`info` when not given).
+    rust_log: Option<&'static str>,
+}
+
+/// One test's temp dir, fake job server and worker; both processes (and the worker's
+/// ComfyUI) are killed on drop.
+struct Setup {
+    dir: PathBuf,
+    comfy_port: u16,
+    rp_port: u16,
+    rp: Child,
+    worker: Child,
+    /// The worker's exit status, once reaped.
+    exited: Option<ExitStatus>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            // The worker leads its own process group: this takes ComfyUI along.
+            unsafe {
+                libc::kill(-(self.worker.id() as i32), libc::SIGKILL);
+            }
+            let _ = self.worker.kill();
+            let _ = self.worker.wait();
+        }
+        let _ = self.rp.kill();
+        let _ = self.rp.wait();
+    }
+}
+
+impl Setup {
+    /// Temp dir, fake job server, worker; returns once the worker took (polled for) a job,
+    /// i.e. ComfyUI answers.
+    fn start(opts: Opts) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        let dest = dir.join("dest");
+        fs::create_dir_all(&dest).unwrap();
+        fs::copy(FAKE_COMFY, dest.join("main.py")).unwrap();
+        let out = python_cmd(python3())
+            .args(["-m", "venv", "--without-pip"])
+            .arg(dest.join("venv"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "venv: {}", describe(&out));
+
+        // The fake job server.
+        let jobs = dir.join("jobs.json");
+        fs::write(&jobs, serde_json::to_vec(&opts.jobs).unwrap()).unwrap();
+        let mut rp = python_cmd(python3())
+            .arg(FAKE_RUNPOD)
+            .args([
+                "--hold",
+                "1.0",
+                "--fail-takes",
+                &opts.fail_takes.to_string(),
+            ])
+            .arg("--jobs")
+            .arg(&jobs)
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(dir.join("runpod.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(rp.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let rp_port: u16 = match line.trim().parse() {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = rp.kill();
+                let _ = rp.wait();
+                panic!(
+                    "the fake job server printed no port ({line:?}): {}",
+                    fs::read_to_string(dir.join("runpod.log")).unwrap_or_default()
+                );
+            }
+        };
+
+        // The worker.
+        let comfy_port = free_port();
+        let base = format!("http://127.0.0.1:{rp_port}/v2/ep");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
+        cmd.arg("--store")
+            .arg(dir.join("store"))
+            .args(["serve", "--dest", s(&dest), "--comfy-port"])
+            .arg(comfy_port.to_string())
+            .args([
+                "--comfy-arg=--cpu",
+                "--ready-timeout",
+                "30s",
+                "--job-timeout",
+                "40s",
+            ]);
+        let inherited = std::env::vars_os()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .filter(|k| k.starts_with("RUNPOD_"));
+        for k in scrubbed_vars()
+            .into_iter()
+            .chain(inherited)
+            .chain(NETWORK_ENV.iter().map(|v| v.to_string()))
+            .chain(["COMFY_PORT", "COMFY_HOME", "COMFY_ORG_API_KEY", "RUST_LOG"].map(String::from))
+        {
+            cmd.env_remove(k);
+        }
+        cmd.env(
+            "RUNPOD_WEBHOOK_GET_JOB",
+            format!("{base}/job-take/$RUNPOD_POD_ID?gpu=$RUNPOD_GPU_TYPE_ID"),
+        )
+        .env(
+            "RUNPOD_WEBHOOK_POST_OUTPUT",
+            format!("{base}/job-done/$RUNPOD_POD_ID/$ID?gpu=$RUNPOD_GPU_TYPE_ID"),
+        )
+        .env(
+            "RUNPOD_WEBHOOK_PING",
+            format!("{base}/ping/$RUNPOD_POD_ID?gpu=$RUNPOD_GPU_TYPE_ID"),
+        )
+        .env("RUNPOD_AI_API_KEY", KEY)
+        .env("RUNPOD_POD_ID", WORKER_ID)
+        .env("RUNPOD_GPU_TYPE_ID", "CPU")
+        .env("RUNPOD_PING_INTERVAL", PING_MS.to_string())
+        .env("RUST_LOG", opts.rust_log.unwrap_or("info"))
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(dir.join("worker.out")).unwrap())
+        .stderr(fs::File::create(dir.join("worker.log")).unwrap())
+        .process_group(0);
+        let worker = match cmd.spawn() {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = rp.kill();
+                let _ = rp.wait();
+                panic!("start comfystore serve: {e}");
+            }
+        };
+        let mut setup = Setup {
+            dir,
+            comfy_port,
+            rp_port,
+            rp,
+            worker,
+            exited: None,
+            _tmp: tmp,
+        };
+        setup.wait(Duration::from_secs(40), "the worker's first take", |st| {
+            (st["take_count"].as_u64().unwrap() >= 1).then_some(())
+        });
+        assert!(
+            listening(comfy_port),
+            "ComfyUI does not listen on {comfy_port}"
+        );
+        setup
+    }
+
+    /// The worker's stderr (its log) so far.
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("worker.log")).unwrap_or_default()
+    }
+
+    /// Everything the test knows, for assertion messages.
+    fn report(&self) -> String {
+        format!(
+            "worker log:\n{}\nfake job server log (tail):\n{}",
+            self.log(),
+            tail(
+                &fs::read_to_string(self.dir.join("runpod.log")).unwrap_or_default(),
+                30
+            )
+        )
+    }
+
+    /// The fake's record (`GET /control/state`).
+    fn state(&self) -> Value {
+        let (st, body) = http(self.rp_port, "GET", "/control/state", b"");
+        assert_eq!(st, 200);
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn enqueue(&self, jobs: &[Value]) {
+        let (st, body) = http(
+            self.rp_port,
+            "POST",
+            "/control/enqueue",
+            &serde_json::to_vec(jobs).unwrap(),
+        );
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    }
+
+    /// Ask the platform side to stop `job` (answered on the next job-stop poll).
+    fn stop_job(&self, job: &str) {
+        let (st, _) = http(self.rp_port, "POST", &format!("/control/stop/{job}"), b"");
+        assert_eq!(st, 200);
+    }
+
+    /// Whether the worker still runs (reaps it when it exited).
+    fn worker_alive(&mut self) -> bool {
+        if self.exited.is_some() {
+            return false;
+        }
+        match self.worker.try_wait().unwrap() {
+            None => true,
+            Some(st) => {
+                self.exited = Some(st);
+                false
+            }
+        }
+    }
+
+    /// Poll the fake's record until `check` gives a value; panics after `timeout`, or when
+    /// the worker exits meanwhile.
+    fn wait<T>(&mut self, timeout: Duration, what: &str, check: impl Fn(&Value) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.state();
+            if let Some(v) = check(&st) {
+                return v;
+            }
+            if !self.worker_alive() {
+                panic!(
+                    "waiting for {what}: the worker exited ({:?})\nstate: {st:#}\n{}",
+                    self.exited,
+                    self.report()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "waiting for {what}: not within {timeout:?}\nstate: {st:#}\n{}",
+                    self.report()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The first result posted for `job` (the whole record: path, query, headers, body).
+    fn result(&mut self, job: &str, timeout: Duration) -> Value {
+        self.wait(timeout, &format!("the result of job {job}"), |st| {
+            st["results"][job].get(0).cloned()
+        })
+    }
+
+    /// SIGTERM (as `kill -TERM PID`), then wait at most `timeout` for the exit.
+    fn sigterm(&mut self, timeout: Duration) -> ExitStatus {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.worker.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -TERM");
+        let deadline = Instant::now() + timeout;
+        while self.worker_alive() {
+            if Instant::now() > deadline {
+                panic!(
+                    "the worker did not exit within {timeout:?} of SIGTERM\n{}",
+                    self.report()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.exited.unwrap()
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A result record's body, checked to be JSON.
+fn body(record: &Value) -> &Value {
+    assert_eq!(record["parsed"], true, "the result is not JSON: {record:#}");
+    &record["body"]
+}
+
+/// A result body that must be a success: its single output file, checked (base64 data whose
+/// sha256 is `sha256`), and the decoded bytes.
+fn one_image(body: &Value) -> (Value, Vec<u8>) {
+    assert!(body.get("error").is_none(), "an error: {body:#}");
+    let images = body["output"]["images"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no output.images: {body:#}"));
+    assert_eq!(images.len(), 1, "{body:#}");
+    let f = images[0].clone();
+    assert_eq!(f["type"], "base64", "{f:#}");
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(f["data"].as_str().unwrap())
+        .expect("data is base64");
+    assert_eq!(f["sha256"], sha256_hex(&data), "sha256 is not of the data");
+    (f, data)
+}
+
+/// A result body that must be a failure: `error` (a string) and the details, as one text.
+fn error_text(body: &Value) -> String {
+    let e = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no top-level error string: {body:#}"));
+    assert!(
+        body["output"].get("images").is_none(),
+        "a failed job with images: {body:#}"
+    );
+    let mut t = e.to_string();
+    for d in body["output"]["details"].as_array().into_iter().flatten() {
+        t.push('\n');
+        t.push_str(d.as_str().unwrap_or(""));
+    }
+    t
+}
+
+/// Every request the worker made to the platform: (kind, path, raw query).
+fn platform_calls(st: &Value) -> Vec<(String, String, String)> {
+    let mut v = Vec::new();
+    for (kind, list) in [
+        ("take", &st["takes"]),
+        ("ping", &st["pings"]),
+        ("stop", &st["stop_polls"]),
+    ] {
+        for r in list.as_array().unwrap() {
+            v.push((
+                kind.to_string(),
+                r["path"].as_str().unwrap().to_string(),
+                r["raw_query"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    for (_, records) in st["results"].as_object().unwrap() {
+        for r in records.as_array().unwrap() {
+            v.push((
+                "done".to_string(),
+                r["path"].as_str().unwrap().to_string(),
+                r["raw_query"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    v
+}
+
+/// Every call carried the key verbatim, nothing went to an unknown route.
+fn assert_clean_protocol(st: &Value) {
+    let auth = st["auth"].as_array().unwrap();
+    assert!(!auth.is_empty());
+    for a in auth {
+        assert_eq!(a, KEY, "an Authorization header other than the key: {st:#}");
+    }
+    assert_eq!(st["unexpected"], json!([]), "requests to unknown routes");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn image_job_result_is_posted_with_key_and_request_id() {
+    let id = "3f6b2c1e-8d4a-4b7e-9f0a-1c2d3e4f5a6b-u1";
+    let mut w = Setup::start(Opts::default());
+    w.enqueue(&[good_job(id)]);
+    let rec = w.result(id, Duration::from_secs(20));
+    // Let a second take, a ping and a stop poll come in, to check their URLs too.
+    let t = rec["t"].as_f64().unwrap();
+    w.wait(Duration::from_secs(5), "calls after the result", |st| {
+        let after = |k: &str| {
+            st[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["t"].as_f64().unwrap() > t)
+        };
+        (after("takes") && after("pings") && after("stop_polls")).then_some(())
+    });
+    let st = w.state();
+
+    // The result: where, how, what.
+    assert_eq!(
+        st["results"][id].as_array().unwrap().len(),
+        1,
+        "posted once: {st:#}"
+    );
+    assert_eq!(
+        rec["path"],
+        format!("/v2/ep/job-done/{WORKER_ID}/{id}"),
+        "{rec:#}"
+    );
+    assert_eq!(rec["query"]["gpu"], "CPU", "{rec:#}");
+    assert_eq!(rec["query"]["isStream"], "false", "{rec:#}");
+    assert_eq!(rec["headers"]["Authorization"], KEY, "{rec:#}");
+    assert_eq!(rec["headers"]["X-Request-ID"], id, "{rec:#}");
+    let b = body(&rec);
+    assert_eq!(
+        b.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["output"],
+        "{b:#}"
+    );
+    let (f, data) = one_image(b);
+    assert!(data.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert_eq!(&data[16..24], &[0, 0, 0, 64, 0, 0, 0, 64], "not 64x64");
+    assert!(f["filename"].as_str().unwrap().ends_with(".png"), "{f:#}");
+    assert_eq!(f["node"], "3", "{f:#}");
+    assert_eq!(f["output"], "images", "{f:#}");
+
+    // The take that handed it out, and every other call: templates filled in.
+    let take = st["takes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["job"] == id)
+        .unwrap_or_else(|| panic!("no take handed out {id}: {st:#}"));
+    assert_eq!(
+        take["path"],
+        format!("/v2/ep/job-take/{WORKER_ID}"),
+        "{take:#}"
+    );
+    assert_eq!(take["query"]["gpu"], "CPU", "{take:#}");
+    assert_eq!(take["query"]["job_in_progress"], "0", "{take:#}");
+    let calls = platform_calls(&st);
+    for (kind, path, query) in &calls {
+        for bad in ["$", "%24"] {
+            assert!(
+                !path.contains(bad) && !query.contains(bad),
+                "{kind}: a template variable left in {path}?{query}"
+            );
+        }
+        assert!(path.contains(&format!("/{WORKER_ID}")), "{kind}: {path}");
+        assert!(query.starts_with("gpu=CPU"), "{kind}: {path}?{query}");
+    }
+    for kind in ["take", "ping", "stop", "done"] {
+        assert!(calls.iter().any(|c| c.0 == kind), "no {kind} call: {st:#}");
+    }
+    assert!(
+        st["pings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["path"] == format!("/v2/ep/ping/{WORKER_ID}")),
+        "{st:#}"
+    );
+    assert!(
+        st["stop_polls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["path"] == format!("/v2/ep/job-stop/{WORKER_ID}")),
+        "{st:#}"
+    );
+    assert_clean_protocol(&st);
+}
+
+#[test]
+fn heartbeat_pings_while_idle_and_names_the_running_job() {
+    let id = "slow-heartbeat-1";
+    let mut w = Setup::start(Opts::default());
+    // Idle: pings every 300 ms, without job_id.
+    let t0 = w.state()["now"].as_f64().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = w.state();
+    let idle: Vec<&Value> = st["pings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["t"].as_f64().unwrap() >= t0)
+        .collect();
+    assert!(
+        idle.len() >= 2,
+        "{} pings in 1.5 s of idling: {st:#}",
+        idle.len()
+    );
+    for p in &idle {
+        assert!(
+            !p["query"]["runpod_version"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
+            "a ping without runpod_version: {p:#}"
+        );
+        assert!(
+            p["query"].get("job_id").is_none(),
+            "job_id while idle: {p:#}"
+        );
+        assert_eq!(p["headers"]["Authorization"], KEY, "{p:#}");
+        assert_eq!(p["query"]["gpu"], "CPU", "{p:#}");
+    }
+
+    // Busy: a ping names the job.
+    w.enqueue(&[slow_job(id, 2.0)]);
+    let rec = w.result(id, Duration::from_secs(20));
+    let done = rec["t"].as_f64().unwrap();
+    assert!(body(&rec).get("error").is_none(), "{rec:#}");
+    let st = w.state();
+    let with_job: Vec<&Value> = st["pings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["query"].get("job_id").is_some())
+        .collect();
+    assert!(
+        !with_job.is_empty(),
+        "no ping named the running job: {st:#}"
+    );
+    for p in &with_job {
+        assert_eq!(p["query"]["job_id"], id, "{p:#}");
+        assert!(
+            p["t"].as_f64().unwrap() <= done + 0.5,
+            "job_id after the result: {p:#}"
+        );
+    }
+
+    // Idle again: no job_id.
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = w.state();
+    let later: Vec<&Value> = st["pings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["t"].as_f64().unwrap() > done + 0.8)
+        .collect();
+    assert!(!later.is_empty(), "no ping after the job: {st:#}");
+    for p in later {
+        assert!(
+            p["query"].get("job_id").is_none(),
+            "job_id after the job ended: {p:#}"
+        );
+    }
+    assert_clean_protocol(&st);
+}
+
+#[test]
+fn failed_jobs_are_posted_as_errors_and_the_worker_goes_on() {
+    let img = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\nnot really");
+    let jobs = [
+        json!({"id": "bad-node", "input": {"workflow": {
+            "1": {"class_type": "NoSuchNode", "inputs": {}},
+        }}}),
+        json!({"id": "bad-name", "input": {
+            "workflow": {
+                "1": {"class_type": "LoadImage", "inputs": {"image": "../x.png"}},
+                "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": "h", "images": ["1", 0]}},
+            },
+            "images": [{"name": "../x.png", "image": img}],
+        }}),
+        json!({"id": "fail-node", "input": {"workflow": {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "FailNode", "inputs": {"image": ["1", 0], "message": "failed on purpose 4711"}},
+        }}}),
+        good_job("good-after-errors"),
+    ];
+    let mut w = Setup::start(Opts::default());
+    w.enqueue(&jobs);
+    let last = w.result("good-after-errors", Duration::from_secs(30));
+    one_image(body(&last));
+    let st = w.state();
+    let mut times = Vec::new();
+    for (id, expect) in [
+        ("bad-node", "NoSuchNode"),
+        ("bad-name", "../x.png"),
+        ("fail-node", "failed on purpose 4711"),
+    ] {
+        let recs = st["results"][id]
+            .as_array()
+            .unwrap_or_else(|| panic!("no result for {id}: {st:#}"));
+        assert_eq!(recs.len(), 1, "{id}: {st:#}");
+        let rec = &recs[0];
+        assert_eq!(rec["headers"]["X-Request-ID"], id, "{rec:#}");
+        let text = error_text(body(rec));
+        assert!(text.contains(expect), "{id}: {expect:?} not in {text}");
+        times.push(rec["t"].as_f64().unwrap());
+    }
+    times.push(last["t"].as_f64().unwrap());
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "results out of order: {times:?}"
+    );
+    assert!(w.worker_alive(), "the worker exited\n{}", w.report());
+    assert_clean_protocol(&st);
+}
+
+#[test]
+fn comfyui_crash_fails_the_job_and_the_next_one_runs() {
+    let mut w = Setup::start(Opts::default());
+    w.enqueue(&[
+        json!({"id": "crash-1", "input": {"workflow": {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "CrashNode", "inputs": {"image": ["1", 0]}},
+        }}}),
+        good_job("after-crash"),
+    ]);
+    let crash = w.result("crash-1", Duration::from_secs(20));
+    let b = body(&crash);
+    let e = b["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error: {b:#}"));
+    assert!(e.contains("ComfyUI crashed"), "{b:#}");
+    assert!(
+        error_text(b).contains("exited"),
+        "the exit is not reported: {b:#}"
+    );
+    let next = w.result("after-crash", Duration::from_secs(30));
+    one_image(body(&next));
+    assert!(listening(w.comfy_port), "ComfyUI was not restarted");
+    assert_clean_protocol(&w.state());
+}
+
+#[test]
+fn stop_channel_interrupts_the_running_job() {
+    let id = "stop-me-1";
+    let mut w = Setup::start(Opts::default());
+    w.enqueue(&[slow_job(id, 20.0), good_job("after-stop")]);
+    // Running once the heartbeat names it.
+    w.wait(
+        Duration::from_secs(10),
+        "a ping naming the slow job",
+        |st| {
+            st["pings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["query"]["job_id"] == id)
+                .then_some(())
+        },
+    );
+    let asked = Instant::now();
+    w.stop_job(id);
+    let rec = w.result(id, Duration::from_secs(12));
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "the result came {took:?} after the stop"
+    );
+    let text = error_text(body(&rec));
+    assert!(
+        text.to_lowercase().contains("interrupt"),
+        "not reported as interrupted: {text}"
+    );
+    let next = w.result("after-stop", Duration::from_secs(20));
+    one_image(body(&next));
+    let st = w.state();
+    let stops: Vec<&Value> = st["stop_polls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["status"] == 200)
+        .collect();
+    assert_eq!(stops.len(), 1, "{st:#}");
+    assert_eq!(stops[0]["jobs"], json!([id]));
+    assert_eq!(stops[0]["path"], format!("/v2/ep/job-stop/{WORKER_ID}"));
+    assert_eq!(stops[0]["query"]["gpu"], "CPU");
+    assert_clean_protocol(&st);
+}
+
+#[test]
+fn sigterm_while_idle_exits_0_and_stops_comfyui() {
+    let mut w = Setup::start(Opts::default());
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let status = w.sigterm(Duration::from_secs(5));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}\n{}",
+        w.report()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        !listening(w.comfy_port),
+        "ComfyUI still listens on {} after the worker exited\n{}",
+        w.comfy_port,
+        w.report()
+    );
+    assert_clean_protocol(&w.state());
+}
+
+#[test]
+fn sigterm_during_a_job_finishes_it_first() {
+    let id = "finish-me-1";
+    let mut w = Setup::start(Opts::default());
+    w.enqueue(&[slow_job(id, 2.0), good_job("never-taken")]);
+    w.wait(Duration::from_secs(10), "a ping naming the job", |st| {
+        st["pings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["query"]["job_id"] == id)
+            .then_some(())
+    });
+    let status = w.sigterm(Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}\n{}",
+        w.report()
+    );
+    let st = w.state();
+    let rec = st["results"][id]
+        .get(0)
+        .unwrap_or_else(|| panic!("the job in progress was not posted: {st:#}\n{}", w.report()));
+    assert!(body(rec).get("error").is_none(), "{rec:#}");
+    assert!(
+        st["results"].get("never-taken").is_none(),
+        "a job taken after SIGTERM: {st:#}"
+    );
+    assert_eq!(st["queued"], json!(["never-taken"]), "{st:#}");
+    assert!(!listening(w.comfy_port), "ComfyUI still listens");
+}
+
+#[test]
+fn a_429_take_is_backed_off_and_the_job_still_runs() {
+    let id = "after-429";
+    let mut w = Setup::start(Opts {
+        jobs: vec![good_job(id)],
+        fail_takes: 1,
+        ..Opts::default()
+    });
+    let rec = w.result(id, Duration::from_secs(25));
+    one_image(body(&rec));
+    let st = w.state();
+    let takes = st["takes"].as_array().unwrap();
+    assert_eq!(takes[0]["status"], 429, "{st:#}");
+    assert_eq!(takes[1]["job"], id, "the next take gets the job: {st:#}");
+    let gap = takes[1]["t"].as_f64().unwrap() - takes[0]["t"].as_f64().unwrap();
+    assert!(
+        gap >= 4.5,
+        "no back-off after 429: next take {gap:.2} s later"
+    );
+    assert!(gap < 8.0, "back-off too long: {gap:.2} s");
+    assert_clean_protocol(&st);
+}
+
+#[test]
+fn the_key_is_never_logged() {
+    let mut w = Setup::start(Opts {
+        rust_log: Some("debug"),
+        ..Opts::default()
+    });
+    w.enqueue(&[
+        good_job("log-ok"),
+        json!({"id": "log-bad", "input": {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}}),
+    ]);
+    w.result("log-ok", Duration::from_secs(20));
+    w.result("log-bad", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(2 * PING_MS));
+    let status = w.sigterm(Duration::from_secs(5));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}\n{}",
+        w.report()
+    );
+    let log = w.log();
+    // Debug logging was on (else the test proves nothing).
+    assert!(log.contains("DEBUG"), "no debug lines:\n{log}");
+    assert!(
+        log.contains("RunPodConfig"),
+        "the config is not logged:\n{log}"
+    );
+    assert!(!log.contains(KEY), "the key is in the log:\n{log}");
+    let out = fs::read_to_string(w.dir.join("worker.out")).unwrap();
+    assert!(!out.contains(KEY), "the key is on stdout:\n{out}");
+    assert_clean_protocol(&w.state());
+}
