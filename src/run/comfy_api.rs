@@ -184,9 +184,16 @@ pub fn read_history(body: &Value, prompt_id: &str) -> Finished {
             _ => {}
         }
     }
+    let interrupted = details
+        .iter()
+        .any(|d| d.starts_with("Workflow interrupted"));
     if status_str == "error" || !details.is_empty() {
         Finished::Failed {
-            error: "Job processing failed".into(),
+            error: if interrupted {
+                "Job interrupted".into()
+            } else {
+                "Job processing failed".into()
+            },
             details,
             files,
         }

@@ -217,7 +217,9 @@ fn post_result(
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!("job {id}: posting the result failed (try {attempt} of 3): {e}");
-                std::thread::sleep(Duration::from_secs(attempt));
+                if attempt < 3 {
+                    std::thread::sleep(Duration::from_secs(attempt));
+                }
             }
         }
     }

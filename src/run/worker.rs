@@ -116,8 +116,11 @@ impl Worker {
             .enable_all()
             .build()
             .map_err(|e| crate::Error::python("worker", format!("runtime: {e}")))?;
+        // No idle connections kept: after ComfyUI restarts, a pooled one would still lead to
+        // the dead process (and reuse saves nothing on loopback).
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| crate::Error::python("worker", format!("http client: {e}")))?;
         let dirs = Folders::of(sup.dest(), sup.args());
