@@ -261,8 +261,12 @@ mod tests {
             panic!()
         };
         assert!(!files.is_empty());
-        assert!(files.iter().all(|f| f.kind != "temp"), "{files:?}");
-        assert!(files
+        // Previews are listed (the worker deletes them) but are the only temp files.
+        let (temp, saved): (Vec<&Produced>, Vec<&Produced>) =
+            files.iter().partition(|f| f.kind == "temp");
+        assert_eq!(temp.len(), 1, "{files:?}");
+        assert_eq!(saved.len(), 2, "{files:?}");
+        assert!(saved
             .iter()
             .all(|f| f.node == "4" && f.subfolder == "probe"));
         assert_eq!(read_history(&ok, "other"), Finished::Pending);
