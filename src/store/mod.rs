@@ -210,7 +210,11 @@ fn init_layout(root: &Path) -> Result<()> {
     for entry in fs::read_dir(root).ctx("list", root)? {
         let name = entry.ctx("list", root)?.file_name();
         let name = name.to_string_lossy();
-        let ours = LAYOUT_NAMES.contains(&name.as_ref()) || name.starts_with(durable::TEMP_PREFIX);
+        // The marker itself is ours too: a concurrent creator may finish between our check
+        // for it and this listing.
+        let ours = LAYOUT_NAMES.contains(&name.as_ref())
+            || name == MARKER
+            || name.starts_with(durable::TEMP_PREFIX);
         if !ours {
             return Err(Error::Store {
                 path: root.to_path_buf(),
