@@ -648,39 +648,7 @@ fn identical_job_twice_returns_images_both_times() {
     // second, identical prompt is answered from the cache with the first job's file name,
     // so that file must still be there.
     let env = Env::new();
-    let api = free_port();
-    let mut remove: Vec<String> = scrubbed_vars();
-    remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
-    cmd.args(["--store", s(&env.store), "serve", "--api"])
-        .arg(format!("127.0.0.1:{api}"))
-        .args([
-            "--dest",
-            s(&env.dest),
-            "--comfy-port",
-            &env.port.to_string(),
-        ])
-        .args([
-            "--comfy-arg=--cpu",
-            "--comfy-arg=--disable-metadata",
-            "--ready-timeout",
-            "30s",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for k in &remove {
-        cmd.env_remove(k);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
-    while !listening(api) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serve --api never listened"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "serve --api exited");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let (mut child, api) = serve_api(&env, &["--comfy-arg=--disable-metadata"]);
     let job = json!({"input": {"workflow": minimal_workflow()}});
     let first = http_post(api, "/runsync", &job);
     let second = http_post(api, "/runsync", &job);
@@ -703,6 +671,81 @@ fn identical_job_twice_returns_images_both_times() {
         "ComfyUI still listens after serve stopped"
     );
     env.assert_nothing_left();
+}
+
+/// `comfystore serve --api` on a free port, for `env`'s DEST, once it listens.
+fn serve_api(env: &Env, extra: &[&str]) -> (Child, u16) {
+    let api = free_port();
+    let mut remove: Vec<String> = scrubbed_vars();
+    remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
+    cmd.args(["--store", s(&env.store), "serve", "--api"])
+        .arg(format!("127.0.0.1:{api}"))
+        .args([
+            "--dest",
+            s(&env.dest),
+            "--comfy-port",
+            &env.port.to_string(),
+        ])
+        .args(["--comfy-arg=--cpu", "--ready-timeout", "30s"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for k in &remove {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while !listening(api) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve --api never listened"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "serve --api exited");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (child, api)
+}
+
+/// A ComfyUI that lives but stops answering is hung: the job fails saying so, ComfyUI is
+/// replaced, and the next job on the same worker succeeds.
+#[test]
+fn a_hung_comfyui_fails_the_job_and_is_replaced() {
+    let env = Env::new();
+    let (mut child, api) = serve_api(&env, &["--hang-timeout", "2s"]);
+    let started = std::time::Instant::now();
+    let hung = http_post(
+        api,
+        "/runsync",
+        &json!({"input": {"workflow": {"1": {"class_type": "HangNode", "inputs": {}}}}}),
+    );
+    assert_eq!(hung["status"], "FAILED", "{hung:#}");
+    assert!(
+        hung["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stopped answering"),
+        "{hung:#}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "the hang was noticed only after {:?}",
+        started.elapsed()
+    );
+    let next = http_post(
+        api,
+        "/runsync",
+        &json!({"input": {"workflow": minimal_workflow()}}),
+    );
+    assert_eq!(next["status"], "COMPLETED", "{next:#}");
+    one_file(&next["output"]);
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        !listening(env.port),
+        "ComfyUI still listens after serve stopped"
+    );
 }
 
 /// POST JSON to the local API and read the JSON answer (std only).

@@ -36,6 +36,9 @@ pub struct ComfyArgs {
     /// Time limit of a job without `timeout_s`.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub job_timeout: Duration,
+    /// A running ComfyUI that answers nothing for this long is hung, and is restarted.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub hang_timeout: Duration,
     /// How long ComfyUI may take to start.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub ready_timeout: Duration,
@@ -92,6 +95,7 @@ pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
         port: a.comfy_port,
         args: a.comfy_arg.clone(),
         extra_model_paths,
+        hang: a.hang_timeout,
     });
     let mut opts = WorkerOptions {
         job_timeout: a.job_timeout,

@@ -13,9 +13,6 @@ use std::time::{Duration, Instant};
 /// How many log lines are kept for error reports.
 const LOG_LINES: usize = 200;
 
-/// A running ComfyUI that does not answer HTTP for this long is hung, and is restarted.
-pub const HANG: Duration = Duration::from_secs(30);
-
 /// How to start ComfyUI.
 #[derive(Clone, Debug)]
 pub struct ComfyCommand {
@@ -28,6 +25,8 @@ pub struct ComfyCommand {
     pub args: Vec<String>,
     /// `--extra-model-paths-config`, when models live in a shared folder.
     pub extra_model_paths: Option<PathBuf>,
+    /// How long a running ComfyUI may go without answering before it counts as hung.
+    pub hang: Duration,
 }
 
 impl ComfyCommand {
@@ -75,6 +74,11 @@ impl Supervisor {
 
     pub fn base_url(&self) -> String {
         self.cmd.base_url()
+    }
+
+    /// How long it may go without answering before it counts as hung.
+    pub fn hang(&self) -> Duration {
+        self.cmd.hang
     }
 
     pub fn dest(&self) -> &Path {
@@ -166,13 +170,14 @@ impl Supervisor {
             self.start()?;
             return self.wait_ready(timeout);
         }
-        // Running: it must answer within `HANG` (the GIL held by a custom node, a deadlock),
+        // Running: it must answer within `hang` (the GIL held by a custom node, a deadlock),
         // else it is hung and replaced.
-        match self.wait_ready(HANG.min(timeout)) {
+        let hang = self.cmd.hang;
+        match self.wait_ready(hang.min(timeout)) {
             Ok(()) => Ok(()),
             Err(_) if self.alive() => {
                 self.push_log(format!(
-                    "[comfystore] ComfyUI did not answer for {HANG:?}: restarting it"
+                    "[comfystore] ComfyUI did not answer for {hang:?}: restarting it"
                 ));
                 self.restart(timeout)
             }

@@ -274,14 +274,17 @@ impl Worker {
                 let _ = self.ready();
                 return Err(err);
             }
-            if answered.elapsed() > super::supervisor::HANG {
+            if answered.elapsed() > self.sup.hang() {
                 let err = self.failed("ComfyUI stopped answering during the job", vec![]);
                 let _ = self.sup.restart(self.opts.ready_timeout);
                 return Err(err);
             }
+            // Bounded by the hang timeout: a hung ComfyUI accepts and never answers.
+            let hang = self.sup.hang();
             let h = self.rt.block_on(async {
                 self.http
                     .get(format!("{base}/history/{prompt_id}"))
+                    .timeout(hang)
                     .send()
                     .await?
                     .json::<Value>()
