@@ -748,6 +748,24 @@ fn a_hung_comfyui_fails_the_job_and_is_replaced() {
     );
 }
 
+/// A worker killed with SIGKILL (no chance to clean up) takes its ComfyUI with it.
+#[test]
+fn comfyui_goes_when_the_worker_is_killed() {
+    let env = Env::new();
+    let (mut child, _api) = serve_api(&env, &[]);
+    assert!(listening(env.port), "ComfyUI is not up");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while listening(env.port) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ComfyUI still listens 10 s after its worker was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// POST JSON to the local API and read the JSON answer (std only).
 fn http_post(port: u16, path: &str, body: &Value) -> Value {
     let body = serde_json::to_vec(body).unwrap();

@@ -44,6 +44,7 @@ impl ComfyCommand {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        die_with_parent(&mut c);
         c
     }
 
@@ -52,6 +53,26 @@ impl ComfyCommand {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
+
+/// ComfyUI gets SIGTERM when comfystore dies, even by SIGKILL, so a killed worker leaves no
+/// ComfyUI holding the port and the GPU.
+#[cfg(target_os = "linux")]
+fn die_with_parent(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // work is allowed. It makes one prctl(PR_SET_PDEATHSIG) system call through rustix: no
+    // allocation, no locks, no shared state; an error is returned, not panicked on.
+    unsafe {
+        c.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Elsewhere (macOS) there is no such signal; `Drop` and SIGTERM handling stop ComfyUI.
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_: &mut Command) {}
 
 /// A running ComfyUI and its recent log.
 pub struct Supervisor {
