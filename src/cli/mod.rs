@@ -26,6 +26,8 @@ Examples:
   comfystore lock ./ComfyUI --tag v1          # store everything, write lockfiles/comfy-v1.lock.json
   comfystore materialize lockfiles/comfy-v1.lock.json /workspace/v1   # a runnable copy, in seconds
   comfystore pin requirements.txt --lock lockfiles/comfy-v1.lock.json
+  comfystore run-job test_input.json --lock lockfiles/comfy-v1.lock.json --dest /workspace/v1
+  comfystore serve --lock lockfiles/comfy-v1.lock.json --dest /workspace/v1   # the RunPod worker
   comfystore diff lockfiles/comfy-v1.lock.json lockfiles/comfy-v2.lock.json
   comfystore show lockfiles/comfy-v1.lock.json
   comfystore fetch lockfiles/comfy-v1.lock.json   # get what the store lacks (git, HTTP, mirrors)
