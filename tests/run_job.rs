@@ -748,6 +748,21 @@ fn a_hung_comfyui_fails_the_job_and_is_replaced() {
     );
 }
 
+/// ComfyUI drops the job's websocket right after the job starts: the answer still comes,
+/// from the history.
+#[test]
+fn a_dropped_websocket_does_not_lose_the_job() {
+    let env = Env::new();
+    let job = json!({"input": {"workflow": {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SlowNode", "inputs": {"image": ["1", 0], "seconds": 1.0}},
+        "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "dropped", "images": ["2", 0]}},
+    }}});
+    let out = env.ok(&job, &["--comfy-arg=--fake-drop-ws"]);
+    one_file(&out);
+    env.assert_nothing_left();
+}
+
 /// A worker killed with SIGKILL (no chance to clean up) takes its ComfyUI with it.
 #[test]
 fn comfyui_goes_when_the_worker_is_killed() {

@@ -331,11 +331,29 @@ impl Setup {
         }
     }
 
-    /// The first result posted for `job` (the whole record: path, query, headers, body).
+    /// The result posted for `job`, not counting progress posts (the whole record: path,
+    /// query, headers, body).
     fn result(&mut self, job: &str, timeout: Duration) -> Value {
         self.wait(timeout, &format!("the result of job {job}"), |st| {
-            st["results"][job].get(0).cloned()
+            st["results"][job]
+                .as_array()?
+                .iter()
+                .find(|r| body(r)["status"] != "IN_PROGRESS")
+                .cloned()
         })
+    }
+
+    /// The progress posts for `job`.
+    fn progress(&self, job: &str) -> Vec<Value> {
+        self.state()["results"][job]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|r| body(r)["status"] == "IN_PROGRESS")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// SIGTERM (as `kill -TERM PID`), then wait at most `timeout` for the exit.
@@ -615,6 +633,34 @@ fn heartbeat_pings_while_idle_and_names_the_running_job() {
         );
     }
     assert_clean_protocol(&st);
+}
+
+/// ComfyUI's progress events (on its websocket) reach the platform as IN_PROGRESS posts,
+/// at most one a second, before the result.
+#[test]
+fn progress_is_posted_while_a_job_runs() {
+    let id = "slow-progress-1";
+    let mut w = Setup::start(Opts::default());
+    w.enqueue(&[slow_job(id, 2.5)]);
+    let rec = w.result(id, Duration::from_secs(20));
+    assert!(body(&rec).get("error").is_none(), "{rec:#}");
+    let progress = w.progress(id);
+    assert!(
+        (1..=4).contains(&progress.len()),
+        "{} progress posts for a 2.5 s job: {}",
+        progress.len(),
+        w.report()
+    );
+    for p in &progress {
+        let out = &body(p)["output"];
+        assert_eq!(out["max"], 10, "{p:#}");
+        assert!(out["value"].as_u64().is_some_and(|v| v <= 10), "{p:#}");
+        assert_eq!(p["headers"]["Authorization"], KEY, "{p:#}");
+        assert!(
+            p["t"].as_f64() < rec["t"].as_f64(),
+            "progress after the result: {p:#}"
+        );
+    }
 }
 
 #[test]

@@ -151,7 +151,28 @@ pub fn serve(worker: &mut Worker, cfg: &RunPodConfig, stop: Arc<AtomicBool>) -> 
         if let Ok(mut c) = current.lock() {
             *c = Some(id.clone());
         }
-        let result = match worker.run(&id, input) {
+        // Progress, at most once a second, as the SDK's progress_update posts it.
+        let mut last: Option<std::time::Instant> = None;
+        let progress_url = with_query(
+            &cfg.post_output.replace("$ID", &id),
+            &[("isStream", "false")],
+        );
+        let mut on_progress = |p: &Value| {
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            last = Some(std::time::Instant::now());
+            let body = json!({ "status": "IN_PROGRESS", "output": p });
+            let _ = rt.block_on(async {
+                http.post(&progress_url)
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .header("X-Request-ID", &id)
+                    .body(body.to_string())
+                    .send()
+                    .await
+            });
+        };
+        let result = match worker.run_with_progress(&id, input, &mut on_progress) {
             Ok(output) => json!({ "output": output }),
             // The SDK pops `error` to the top and leaves the rest as the output.
             Err(mut err) => {

@@ -143,6 +143,17 @@ impl Worker {
     /// Run one job. Never panics on input; every failure is an `Err` answer, and ComfyUI is
     /// restarted for the next job if it died.
     pub fn run(&mut self, job_id: &str, input: &Value) -> Answer {
+        self.run_with_progress(job_id, input, &mut |_| {})
+    }
+
+    /// [`Worker::run`], calling `progress` with ComfyUI's progress events of the job
+    /// (`{"node", "value", "max"}`) as they arrive on its websocket.
+    pub fn run_with_progress(
+        &mut self,
+        job_id: &str,
+        input: &Value,
+        progress: &mut dyn FnMut(&Value),
+    ) -> Answer {
         let job =
             parse_input(input, &self.opts.limits).map_err(|e| error_answer(&e.to_string(), &[]))?;
         if let Err(e) = self.ready() {
@@ -150,7 +161,7 @@ impl Worker {
         }
         let started = Instant::now();
         let mut uploaded = Vec::new();
-        let result = self.run_in(job, &mut uploaded);
+        let result = self.run_in(job, &mut uploaded, progress);
         tracing::info!(
             "job {job_id}: {} in {:?}",
             if result.is_ok() { "done" } else { "failed" },
@@ -189,7 +200,12 @@ impl Worker {
         }
     }
 
-    fn run_in(&mut self, job: super::job::JobInput, uploaded: &mut Vec<String>) -> Answer {
+    fn run_in(
+        &mut self,
+        job: super::job::JobInput,
+        uploaded: &mut Vec<String>,
+        progress: &mut dyn FnMut(&Value),
+    ) -> Answer {
         let base = self.sup.base_url();
         let mut workflow = job.workflow;
         // 1. Input images, each into a folder named by its content.
@@ -239,8 +255,15 @@ impl Worker {
                 }
             }
         }
-        // 2. Submit.
+        // 2. Submit, listening on the websocket first (progress, and an early "done"; the
+        //    history stays the source of truth when the socket drops or never connects).
         let client_id = client_id();
+        let watch = Watch::default();
+        // Stopped on every way out of this function.
+        let _reader = self
+            .rt
+            .block_on(watch.connect(&base, &client_id))
+            .map(AbortOnDrop);
         let mut body = json!({ "prompt": workflow, "client_id": client_id });
         if let Some(k) = &job.comfy_org_api_key {
             body["extra_data"] = json!({ "api_key_comfy_org": k });
@@ -307,8 +330,19 @@ impl Worker {
                 });
                 return Err(self.failed("The job timed out", vec![]));
             }
-            std::thread::sleep(self.opts.poll);
+            if let Some(p) = watch.progress_of(&prompt_id) {
+                progress(&p);
+            }
+            let done = watch.done.clone();
+            let poll = self.opts.poll;
+            self.rt.block_on(async {
+                tokio::select! {
+                    _ = done.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            });
         };
+
         let (files, failure) = match finished {
             Finished::Success { files } => (files, None),
             Finished::Failed {
@@ -409,6 +443,82 @@ impl Worker {
             details.push(format!("ComfyUI log (last lines):\n{}", tail.join("\n")));
         }
         error_answer(error, &details)
+    }
+}
+
+/// What the job's websocket said: the latest progress event, and a signal when ComfyUI says
+/// a prompt is done (`executing` with no node).
+#[derive(Default, Clone)]
+struct Watch {
+    latest: std::sync::Arc<std::sync::Mutex<Option<Value>>>,
+    /// The progress last handed to the caller, so each event is reported once.
+    reported: std::sync::Arc<std::sync::Mutex<Option<Value>>>,
+    done: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Watch {
+    /// Connect `ws://…/ws?clientId=` and read it in a task of the worker's runtime (it runs
+    /// while the worker waits). `None` when the socket cannot be opened: polling does it all.
+    async fn connect(&self, base: &str, client_id: &str) -> Option<tokio::task::JoinHandle<()>> {
+        use futures_util::StreamExt;
+        let url = format!(
+            "{}/ws?clientId={client_id}",
+            base.replacen("http://", "ws://", 1)
+        );
+        let connect = tokio_tungstenite::connect_async(url);
+        let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(Ok(c)) => c,
+            other => {
+                tracing::debug!("websocket not used: {:?}", other.err().map(|_| "timeout"));
+                return None;
+            }
+        };
+        let watch = self.clone();
+        Some(tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                let Ok(text) = msg.to_text() else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(text) else {
+                    continue;
+                };
+                match v["type"].as_str() {
+                    Some("progress") => {
+                        if let Ok(mut l) = watch.latest.lock() {
+                            *l = Some(v["data"].clone());
+                        }
+                    }
+                    Some("executing") if v["data"]["node"].is_null() => watch.done.notify_one(),
+                    _ => {}
+                }
+            }
+            tracing::debug!("websocket closed");
+        }))
+    }
+
+    /// The newest progress event of `prompt_id` not reported yet.
+    fn progress_of(&self, prompt_id: &str) -> Option<Value> {
+        let latest = self.latest.lock().ok()?.clone()?;
+        if latest["prompt_id"].as_str() != Some(prompt_id) {
+            return None;
+        }
+        let mut reported = self.reported.lock().ok()?;
+        if reported.as_ref() == Some(&latest) {
+            return None;
+        }
+        *reported = Some(latest.clone());
+        Some(json!({
+            "node": latest["node"],
+            "value": latest["value"],
+            "max": latest["max"],
+        }))
+    }
+}
+
+/// A task that ends when this goes out of scope.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
