@@ -763,6 +763,70 @@ fn a_dropped_websocket_does_not_lose_the_job() {
     env.assert_nothing_left();
 }
 
+/// The local API answers every kind of job like `run-job` does, and one bad job never stops
+/// the worker: /runsync for success and failures, /run then /status, /health counts.
+#[test]
+fn local_api_answers_good_and_bad_jobs_and_goes_on() {
+    let env = Env::new();
+    let (mut child, api) = serve_api(&env, &["--max-input-mb", "1"]);
+    let ok = json!({"input": {"workflow": minimal_workflow()}});
+    let r = http_post(api, "/runsync", &ok);
+    assert_eq!(r["status"], "COMPLETED", "{r:#}");
+    one_file(&r["output"]);
+    let bad = |input: Value, needle: &str| {
+        let r = http_post(api, "/runsync", &json!({ "input": input }));
+        assert_eq!(r["status"], "FAILED", "{r:#}");
+        let text = format!("{} {}", r["error"], r["output"]);
+        assert!(text.contains(needle), "{needle:?} not in {r:#}");
+    };
+    bad(
+        json!({"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}),
+        "NoSuchNode",
+    );
+    bad(json!({"images": []}), "Missing 'workflow' parameter");
+    bad(
+        json!({"workflow": minimal_workflow(), "images": [{"name": "../x.png", "image": "aGk="}]}),
+        "../x.png",
+    );
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 1_500_000]);
+    bad(
+        json!({"workflow": minimal_workflow(), "images": [{"name": "big.png", "image": big}]}),
+        "over the limit",
+    );
+    bad(
+        json!({"workflow": {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "FailNode", "inputs": {"image": ["1", 0], "message": "boom"}},
+        }}),
+        "FailNode",
+    );
+    bad(
+        json!({"workflow": {"1": {"class_type": "CrashNode", "inputs": {}}}}),
+        "crashed",
+    );
+    // Restarted after the crash: /run, then /status until it is done.
+    let queued = http_post(api, "/run", &ok);
+    assert_eq!(queued["status"], "IN_QUEUE", "{queued:#}");
+    let id = queued["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let done = loop {
+        let st = http_post(api, &format!("/status/{id}"), &json!({}));
+        if st["status"] == "COMPLETED" || st["status"] == "FAILED" {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:#}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(done["status"], "COMPLETED", "{done:#}");
+    one_file(&done["output"]);
+    let unknown = http_post(api, "/status/no-such-job", &json!({}));
+    assert_eq!(unknown["error"], "Job ID not found", "{unknown:#}");
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    env.assert_nothing_left();
+}
+
 /// A worker killed with SIGKILL (no chance to clean up) takes its ComfyUI with it.
 #[test]
 fn comfyui_goes_when_the_worker_is_killed() {
