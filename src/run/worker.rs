@@ -473,6 +473,7 @@ impl Watch {
                 return None;
             }
         };
+        tracing::debug!("websocket {client_id} connected");
         let watch = self.clone();
         Some(tokio::spawn(async move {
             while let Some(Ok(msg)) = ws.next().await {
