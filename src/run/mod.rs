@@ -7,5 +7,6 @@ pub mod comfy_api;
 pub mod job;
 pub mod local_api;
 pub mod runpod;
+pub mod sink;
 pub mod supervisor;
 pub mod worker;

@@ -14,7 +14,6 @@ use super::comfy_api::{read_history, read_submit, Finished, Produced, Submitted}
 use super::job::{error_answer, parse_input, JobOutput, Limits, OutputFile};
 use super::supervisor::Supervisor;
 use crate::store::Store;
-use base64::Engine;
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::time::{Duration, Instant};
@@ -48,6 +47,8 @@ pub struct Worker {
     opts: WorkerOptions,
     /// Outputs are added here (by BLAKE3, with their SHA-256), when set.
     store: Option<Store>,
+    /// Where output files go in the answer.
+    sink: Box<dyn super::sink::Sink>,
     rt: tokio::runtime::Runtime,
     http: reqwest::Client,
     /// Files the last job produced (outputs and previews), deleted after the next job.
@@ -132,7 +133,14 @@ impl Worker {
             http,
             kept: Vec::new(),
             dirs,
+            sink: Box::new(super::sink::Base64),
         })
+    }
+
+    /// Send output files to `sink` instead of base64 in the answer.
+    pub fn with_sink(mut self, sink: Box<dyn super::sink::Sink>) -> Worker {
+        self.sink = sink;
+        self
     }
 
     /// Start ComfyUI if needed and wait until it answers.
@@ -161,7 +169,7 @@ impl Worker {
         }
         let started = Instant::now();
         let mut uploaded = Vec::new();
-        let result = self.run_in(job, &mut uploaded, progress);
+        let result = self.run_in(job_id, job, &mut uploaded, progress);
         tracing::info!(
             "job {job_id}: {} in {:?}",
             if result.is_ok() { "done" } else { "failed" },
@@ -202,6 +210,7 @@ impl Worker {
 
     fn run_in(
         &mut self,
+        job_id: &str,
         job: super::job::JobInput,
         uploaded: &mut Vec<String>,
         progress: &mut dyn FnMut(&Value),
@@ -364,7 +373,7 @@ impl Worker {
             .collect();
         let mut out = JobOutput::default();
         for f in files.iter().filter(|f| f.kind != "temp") {
-            match self.fetch(&base, f) {
+            match self.fetch(&base, job_id, f) {
                 Ok(file) => out.images.push(file),
                 Err(e) => out.errors.push(format!("{}: {e}", f.filename)),
             }
@@ -388,7 +397,12 @@ impl Worker {
     }
 
     /// `GET /view` one file; hash it, store it, encode it.
-    fn fetch(&self, base: &str, f: &Produced) -> std::result::Result<OutputFile, String> {
+    fn fetch(
+        &self,
+        base: &str,
+        job_id: &str,
+        f: &Produced,
+    ) -> std::result::Result<OutputFile, String> {
         let bytes = self
             .rt
             .block_on(async {
@@ -415,13 +429,14 @@ impl Worker {
                 tracing::warn!("output {} not stored: {e}", f.filename);
             }
         }
-        Ok(OutputFile {
-            filename: f.filename.clone(),
-            kind: "base64".into(),
-            data: base64::engine::general_purpose::STANDARD.encode(&bytes),
-            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
-            output: f.output.clone(),
-            node: f.node.clone(),
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        self.sink.deliver(&super::sink::Produced {
+            job_id,
+            filename: &f.filename,
+            output: &f.output,
+            node: &f.node,
+            bytes: &bytes,
+            sha256: &sha256,
         })
     }
 
