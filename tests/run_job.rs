@@ -15,13 +15,12 @@ mod common;
 
 use base64::Engine;
 use common::comfy::pseudo_random;
+use common::net::{self, free_port, listening};
 use common::pyindex::{python3, python_cmd, scrubbed_vars};
 use common::{code, describe, parse, run, run_env, s, sha256_hex, NETWORK_ENV};
 use serde_json::{json, Value};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -41,16 +40,6 @@ fn recorded(name: &str) -> Value {
     let path = Path::new(RECORDED).join(name);
     serde_json::from_slice(&fs::read(&path).unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn listening(port: u16) -> bool {
-    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
 }
 
 /// One test's temp dir, version folder, store and port.
@@ -317,23 +306,7 @@ impl Fake {
 
     /// One HTTP/1.1 request (Connection: close): (status, body).
     fn request(&self, method: &str, path: &str, ctype: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-             Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut all = Vec::new();
-        s.read_to_end(&mut all).unwrap();
-        let split = all
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("an HTTP answer");
-        let status = std::str::from_utf8(&all[9..12]).unwrap().parse().unwrap();
-        (status, all[split + 4..].to_vec())
+        net::request(self.port, method, path, ctype, body)
     }
 
     fn get(&self, path: &str) -> (u16, Vec<u8>) {
@@ -845,22 +818,17 @@ fn comfyui_goes_when_the_worker_is_killed() {
     }
 }
 
-/// POST JSON to the local API and read the JSON answer (std only).
+/// POST JSON to the local API and read the JSON answer.
 fn http_post(port: u16, path: &str, body: &Value) -> Value {
-    let body = serde_json::to_vec(body).unwrap();
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        c,
-        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    c.write_all(&body).unwrap();
-    let mut resp = Vec::new();
-    c.read_to_end(&mut resp).unwrap();
-    let text = String::from_utf8_lossy(&resp);
-    let (_, json) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    let (_, answer) = net::request(
+        port,
+        "POST",
+        path,
+        "application/json",
+        &serde_json::to_vec(body).unwrap(),
+    );
+    serde_json::from_slice(&answer)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&answer)))
 }
 
 /// ComfyUI writes the prompt it received into every PNG it saves (a `prompt` tEXt chunk, on

@@ -20,12 +20,12 @@
 mod common;
 
 use base64::Engine;
+use common::net::{self, free_port, listening};
 use common::pyindex::{python3, python_cmd, scrubbed_vars};
 use common::{describe, s, sha256_hex, NETWORK_ENV};
 use serde_json::{json, Value};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -59,34 +59,9 @@ fn slow_job(id: &str, seconds: f64) -> Value {
     }}})
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn listening(port: u16) -> bool {
-    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
-}
-
-/// One HTTP/1.1 request with `Connection: close`: (status, body).
+/// One request with a JSON content type: (status, body).
 fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let split = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP answer");
-    let status = std::str::from_utf8(&all[9..12]).unwrap().parse().unwrap();
-    (status, all[split + 4..].to_vec())
+    net::request(port, method, path, "application/json", body)
 }
 
 /// Options of one test's setup.

@@ -137,12 +137,7 @@ impl Supervisor {
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
                     tracing::debug!(target: "comfyui", "{line}");
-                    if let Ok(mut l) = log.lock() {
-                        if l.len() == LOG_LINES {
-                            l.pop_front();
-                        }
-                        l.push_back(line);
-                    }
+                    push_line(&log, line);
                 }
             });
         }
@@ -242,12 +237,7 @@ impl Supervisor {
     }
 
     fn push_log(&self, line: String) {
-        if let Ok(mut l) = self.log.lock() {
-            if l.len() == LOG_LINES {
-                l.pop_front();
-            }
-            l.push_back(line);
-        }
+        push_line(&self.log, line);
     }
 
     fn failure(&self, what: &str) -> Error {
@@ -258,6 +248,16 @@ impl Supervisor {
                 self.log_tail(20).join("\n  ")
             ),
         )
+    }
+}
+
+/// Append to the log ring, dropping its oldest line when full.
+fn push_line(log: &Mutex<VecDeque<String>>, line: String) {
+    if let Ok(mut l) = log.lock() {
+        if l.len() == LOG_LINES {
+            l.pop_front();
+        }
+        l.push_back(line);
     }
 }
 

@@ -302,9 +302,7 @@ impl Worker {
         let mut answered = Instant::now();
         let finished = loop {
             if !self.sup.alive() {
-                let err = self.failed("ComfyUI crashed while running the job", vec![]);
-                let _ = self.ready();
-                return Err(err);
+                return Err(self.crashed(vec![]));
             }
             if answered.elapsed() > self.sup.hang() {
                 let err = self.failed("ComfyUI stopped answering during the job", vec![]);
@@ -446,7 +444,12 @@ impl Worker {
         if self.sup.alive() {
             return self.failed(what, vec![e.to_string()]);
         }
-        let err = self.failed("ComfyUI crashed while running the job", vec![e.to_string()]);
+        self.crashed(vec![e.to_string()])
+    }
+
+    /// ComfyUI died during the job: the error, with its log; then start it for the next job.
+    fn crashed(&mut self, details: Vec<String>) -> Value {
+        let err = self.failed("ComfyUI crashed while running the job", details);
         let _ = self.ready();
         err
     }

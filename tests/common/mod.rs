@@ -3,6 +3,7 @@
 
 pub mod comfy;
 pub mod http;
+pub mod net;
 pub mod pyindex;
 
 use serde_json::Value;
