@@ -2,10 +2,11 @@
 //! `mirror`.
 
 use super::{open_store, Cli, FetchCommand, HttpArgs, SourceArgs};
-use crate::fetch::{Download, Expect, FetchOptions, FetchReport, Fetcher, HttpOptions};
-use crate::materialize::{self, LinkMode};
-use crate::store::{ObjectId, Sha256};
 use anyhow::{bail, Context, Result};
+use comfystore::http::{Download, Expect, Fetcher, HttpOptions};
+use comfystore::pipeline::fetch::{FetchOptions, FetchReport};
+use comfystore::place::LinkMode;
+use comfystore::store::{ObjectId, Sha256};
 use std::path::{Path, PathBuf};
 
 /// `verify` exit codes (after e2fsck's: problems fixed, problems left).
@@ -94,7 +95,8 @@ fn add_url(
     };
     let dest = match path {
         Some(p) => {
-            crate::store::check_rel_path(p).map_err(|e| anyhow::anyhow!("--path {p:?}: {e}"))?;
+            comfystore::store::check_rel_path(p)
+                .map_err(|e| anyhow::anyhow!("--path {p:?}: {e}"))?;
             let Some(dir) = comfy_dir else {
                 bail!("--path needs the ComfyUI folder: --comfy DIR or $COMFY_HOME");
             };
@@ -109,7 +111,7 @@ fn add_url(
     let store = open_store(cli)?;
     let fetcher = Fetcher::new(http.options())?;
     let item = Download {
-        label: crate::lock::redact_url(url),
+        label: comfystore::secret::redact_url(url),
         sources: vec![url.to_string()],
         expect,
     };
@@ -118,7 +120,7 @@ fn add_url(
         .pop()
         .context("no result")??;
     let placed = match &dest {
-        Some(d) => Some(materialize::place_object(
+        Some(d) => Some(comfystore::place::place_object(
             &store,
             &got.id,
             d,
@@ -145,9 +147,9 @@ fn add_url(
 }
 
 fn fetch(cli: &Cli, lock: &Path, sources: &SourceArgs) -> Result<u8> {
-    let lockfile = crate::lock::Lockfile::read(lock)?;
+    let lockfile = comfystore::lockfile::Lockfile::read(lock)?;
     let store = open_store(cli)?;
-    let report = crate::fetch::fetch_lock(&store, &lockfile, &sources.options())?;
+    let report = comfystore::pipeline::fetch::fetch_lock(&store, &lockfile, &sources.options())?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -198,8 +200,8 @@ fn verify(
     full: bool,
     sources: &SourceArgs,
 ) -> Result<u8> {
-    use crate::materialize::{VerifyOptions, VerifyState};
-    let lockfile = crate::lock::Lockfile::read(lock)?;
+    use comfystore::pipeline::verify::{VerifyOptions, VerifyState};
+    let lockfile = comfystore::lockfile::Lockfile::read(lock)?;
     if !dest.is_dir() {
         bail!("{}: not a folder", dest.display());
     }
@@ -209,7 +211,7 @@ fn verify(
         fix,
         fetch: sources.options(),
     };
-    let r = crate::materialize::verify(&store, &lockfile, dest, &opts)?;
+    let r = comfystore::pipeline::verify::verify(&store, &lockfile, dest, &opts)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -258,9 +260,9 @@ fn verify(
 }
 
 fn mirror(cli: &Cli, lock: &Path, dir: &Path, sources: &SourceArgs) -> Result<u8> {
-    let lockfile = crate::lock::Lockfile::read(lock)?;
+    let lockfile = comfystore::lockfile::Lockfile::read(lock)?;
     let store = open_store(cli)?;
-    let r = crate::fetch::write_mirror(&store, &lockfile, dir, &sources.options())?;
+    let r = comfystore::pipeline::mirror::write_mirror(&store, &lockfile, dir, &sources.options())?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

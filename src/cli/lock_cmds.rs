@@ -1,9 +1,10 @@
 //! Handlers of `lock`, `diff`, `show`, `import-snapshot` and `export-snapshot`.
 
 use super::{open_store, Cli, LockCommand, EXIT_FAILURE, EXIT_USAGE};
-use crate::lock::{self, diff, snapshot, LockOptions, Lockfile};
-use crate::store::{ObjectId, Root, Store, StoreOptions};
 use anyhow::{Context, Result};
+use comfystore::lockfile::{diff, snapshot, Lockfile};
+use comfystore::pipeline::lock::{self, LockOptions};
+use comfystore::store::{ObjectId, Root, Store, StoreOptions};
 use indicatif::HumanBytes;
 use serde_json::json;
 use std::io::Write;
@@ -26,7 +27,7 @@ pub fn run(cli: &Cli, cmd: LockCommand) -> Result<u8> {
                 sources: a.sources,
                 hf_caches: a.hf_cache,
                 adopt: a.adopt,
-                pin_wheels: a.pin_wheels.then(|| crate::python::PinOptions {
+                pin_wheels: a.pin_wheels.then(|| comfystore::python::PinOptions {
                     index_url: a.index_url.clone(),
                     extra_index_urls: a.extra_index_url.clone(),
                     wheels_dirs: a.wheels_dir.clone(),
@@ -141,7 +142,7 @@ pub fn run(cli: &Cli, cmd: LockCommand) -> Result<u8> {
             let bytes = snap.to_json();
             match &output {
                 Some(p) if p.as_os_str() != "-" => {
-                    crate::store::write_file_atomic(p, &bytes, 0o644)?
+                    comfystore::store::write_file_atomic(p, &bytes, 0o644)?
                 }
                 _ => std::io::stdout().write_all(&bytes)?,
             }
@@ -173,7 +174,7 @@ fn show(cli: &Cli, path: &Path) -> Result<u8> {
     let l = Lockfile::read(path)?;
     // Only look at an existing store: `show` must not create one.
     let dir = cli.store.clone().unwrap_or_else(super::default_store_dir);
-    let store = if dir.join(crate::store::MARKER).exists() {
+    let store = if dir.join(comfystore::store::MARKER).exists() {
         Some(Store::open(&dir, &StoreOptions::default())?)
     } else {
         None
@@ -192,18 +193,18 @@ fn show(cli: &Cli, path: &Path) -> Result<u8> {
         })
         .map(|n| n.name.as_str())
         .collect();
-    let models_missing: Vec<&lock::Model> =
+    let models_missing: Vec<&comfystore::lockfile::Model> =
         l.models.iter().filter(|m| !has_obj(&m.blake3)).collect();
     let model_bytes: u64 = l.models.iter().map(|m| m.size).sum();
     let missing_bytes: u64 = models_missing.iter().map(|m| m.size).sum();
     let py = l.python.as_ref();
     // The lock's own environment tree, or one installed earlier for the same wheels.
     let env_in_store = match (py, &store) {
-        (Some(p), Some(s)) => crate::python::find_env(s, p)?.is_some(),
+        (Some(p), Some(s)) => comfystore::python::find_env(s, &p.into())?.is_some(),
         _ => false,
     };
     let wheels_missing = match (py, &store) {
-        (Some(p), Some(s)) if !env_in_store => crate::python::missing_wheels(s, p)?,
+        (Some(p), Some(s)) if !env_in_store => comfystore::python::missing_wheels(s, &p.into())?,
         (Some(p), None) => p.packages.iter().map(|p| p.name.clone()).collect(),
         _ => Vec::new(),
     };

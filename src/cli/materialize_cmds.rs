@@ -2,10 +2,11 @@
 
 use super::MaterializeArgs;
 use super::EXIT_FAILURE;
-use crate::lock::Lockfile;
-use crate::materialize::{self, LinkPolicy, LockOptions, MaterializeReport};
-use crate::store::{AnyId, Store};
 use anyhow::{Context, Result};
+use comfystore::lockfile::Lockfile;
+use comfystore::pipeline::materialize::{self, LockOptions};
+use comfystore::place::{self, LinkPolicy, MaterializeReport};
+use comfystore::store::{AnyId, Store};
 use std::path::Path;
 
 pub fn materialize(store: &Store, a: &MaterializeArgs, json: bool, quiet: bool) -> Result<u8> {
@@ -69,7 +70,7 @@ pub fn materialize(store: &Store, a: &MaterializeArgs, json: bool, quiet: bool) 
         default: a.link,
         rules: a.link_prefix.clone(),
     };
-    let report = materialize::materialize(store, &id, &a.dest, &policy)?;
+    let report = place::materialize(store, &id, &a.dest, &policy)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if !quiet {
@@ -99,7 +100,7 @@ fn print_report(report: &MaterializeReport) {
 }
 
 pub fn status(store: &Store, dest: &Path, verify: bool, json: bool) -> Result<u8> {
-    let r = materialize::status(store, dest, verify)?;
+    let r = place::status(store, dest, verify)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -123,7 +124,7 @@ pub fn status(store: &Store, dest: &Path, verify: bool, json: bool) -> Result<u8
 }
 
 pub fn remove(store: &Store, dest: &Path, all: bool, json: bool) -> Result<u8> {
-    let r = materialize::remove(store, dest, all)?;
+    let r = place::remove(store, dest, all)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

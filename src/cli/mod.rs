@@ -4,6 +4,7 @@
 mod fetch_cmds;
 mod lock_cmds;
 mod materialize_cmds;
+mod progress;
 mod python_cmds;
 mod run_cmds;
 mod store_cmds;
@@ -315,7 +316,7 @@ pub enum FetchCommand {
 pub struct SourceArgs {
     /// Only this part of the lock.
     #[arg(long, value_enum)]
-    pub only: Option<crate::fetch::Part>,
+    pub only: Option<comfystore::lockfile::Part>,
     /// An offline mirror folder written by `comfystore mirror`, tried first (repeatable).
     #[arg(long, value_name = "DIR")]
     pub mirror: Vec<PathBuf>,
@@ -335,16 +336,16 @@ pub struct MaterializeArgs {
     pub dest: PathBuf,
     /// Link mode for sources (and every path of a plain tree without a --link-prefix rule).
     #[arg(long, value_enum, default_value = "reflink")]
-    pub link: crate::materialize::LinkMode,
+    pub link: comfystore::place::LinkMode,
     /// Link mode for the environment (lockfiles).
     #[arg(long, value_enum, default_value = "auto")]
-    pub venv_link: crate::materialize::LinkMode,
+    pub venv_link: comfystore::place::LinkMode,
     /// Link mode for models (lockfiles).
     #[arg(long, value_enum, default_value = "share")]
-    pub models_link: crate::materialize::LinkMode,
+    pub models_link: comfystore::place::LinkMode,
     /// PREFIX=MODE: link mode for a path prefix (repeatable), e.g. custom_nodes=copy.
-    #[arg(long, value_name = "PREFIX=MODE", value_parser = crate::materialize::LinkPolicy::parse_rule)]
-    pub link_prefix: Vec<crate::materialize::PrefixRule>,
+    #[arg(long, value_name = "PREFIX=MODE", value_parser = comfystore::place::LinkPolicy::parse_rule)]
+    pub link_prefix: Vec<comfystore::place::PrefixRule>,
     /// Place the environment here instead of DEST/venv.
     #[arg(long, value_name = "DIR")]
     pub venv: Option<PathBuf>,
@@ -358,7 +359,7 @@ pub struct MaterializeArgs {
     pub python: Option<String>,
     /// Installer for an environment the store lacks.
     #[arg(long, value_enum, default_value = "auto")]
-    pub installer: crate::python::Resolver,
+    pub installer: comfystore::python::Resolver,
     #[command(flatten)]
     pub sources: SourceArgs,
 }
@@ -437,7 +438,7 @@ pub struct LockArgs {
     pub hf_cache: Vec<PathBuf>,
     /// How models get into the store: auto (reflink, else hardlink, else copy), reflink (else copy), copy.
     #[arg(long, value_enum, default_value = "auto")]
-    pub adopt: crate::store::AdoptMode,
+    pub adopt: comfystore::store::AdoptMode,
     /// Output file (default lockfiles/comfy-TAG.lock.json).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -533,7 +534,6 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging();
-    crate::progress::set_quiet(cli.quiet || cli.json);
     let json = cli.json;
     match store_cmds::run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -548,9 +548,10 @@ pub fn main() -> ExitCode {
 }
 
 /// Open (or create) the store the command line names.
-pub(crate) fn open_store(cli: &Cli) -> crate::Result<crate::store::Store> {
+pub(crate) fn open_store(cli: &Cli) -> comfystore::Result<comfystore::store::Store> {
     let dir = cli.store.clone().unwrap_or_else(default_store_dir);
-    crate::store::Store::open(&dir, &crate::store::StoreOptions::default())
+    let store = comfystore::store::Store::open(&dir, &comfystore::store::StoreOptions::default())?;
+    Ok(store.with_reporter(progress::reporter(cli.quiet || cli.json)))
 }
 
 fn init_logging() {

@@ -1,12 +1,12 @@
 //! `pin` and `init`: Python environments through the store.
 
 use super::{open_store, Cli, HttpArgs};
-use crate::init::{init, InitOptions, COMFYUI_REPO};
-use crate::lock::Lockfile;
-use crate::materialize::LinkMode;
-use crate::python::{pin, PinOptions, Resolver};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use comfystore::lockfile::Lockfile;
+use comfystore::pipeline::init::{init, InitOptions, COMFYUI_REPO};
+use comfystore::place::LinkMode;
+use comfystore::python::{pin, PinOptions, Resolver};
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
@@ -129,7 +129,7 @@ pub fn run(cli: &Cli, cmd: &PythonCommand) -> Result<u8> {
             let n = report.pins.python.packages.len();
             if let Some(path) = &a.lock {
                 let mut lock = Lockfile::read(path)?;
-                lock.python = Some(report.pins.python.clone());
+                lock.python = Some(report.pins.python.clone().into());
                 lock.canonicalize();
                 let changed = lock.write(path)?;
                 if !cli.quiet && !cli.json {
@@ -142,7 +142,7 @@ pub fn run(cli: &Cli, cmd: &PythonCommand) -> Result<u8> {
                     );
                 }
             } else if let Some(path) = &a.output {
-                crate::store::write_file_atomic(path, &report.pins.to_bytes(), 0o644)
+                comfystore::store::write_file_atomic(path, &report.pins.to_bytes(), 0o644)
                     .with_context(|| format!("write {}", path.display()))?;
                 if !cli.quiet && !cli.json {
                     eprintln!(

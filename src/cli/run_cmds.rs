@@ -1,12 +1,14 @@
 //! `run-job`: one job from a file, on a version materialized (and checked) from a lock.
 
 use super::{open_store, Cli, SourceArgs};
-use crate::lock::Lockfile;
-use crate::materialize::{self, LockOptions, Marker, VENV_DIR};
-use crate::run::supervisor::{ComfyCommand, Supervisor};
-use crate::run::worker::{Worker, WorkerOptions};
 use anyhow::{Context, Result};
 use clap::Args;
+use comfystore::comfy::supervisor::{ComfyCommand, Supervisor};
+use comfystore::lockfile::Lockfile;
+use comfystore::pipeline::materialize::{self, LockOptions};
+use comfystore::pipeline::version::VENV_DIR;
+use comfystore::place::Marker;
+use comfystore::worker::runner::{Worker, WorkerOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -80,7 +82,7 @@ pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
     let extra_model_paths = layout
         .models_dir
         .as_ref()
-        .map(|_| dest.join(crate::materialize::EXTRA_MODEL_PATHS))
+        .map(|_| dest.join(comfystore::pipeline::version::EXTRA_MODEL_PATHS))
         .filter(|p| p.is_file());
     let python = venv.join("bin/python");
     anyhow::ensure!(
@@ -115,7 +117,7 @@ pub fn run_job(cli: &Cli, a: &RunJobArgs) -> Result<u8> {
     let job: serde_json::Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
-            let answer = crate::run::job::error_answer(
+            let answer = comfystore::worker::job::error_answer(
                 &format!("Invalid JSON format in {}: {e}", a.input.display()),
                 &[],
             );
@@ -159,10 +161,10 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<u8> {
     if let Some(addr) = a.api {
         let mut w = worker(cli, &a.comfy)?;
         w.ready()?;
-        crate::run::local_api::serve(w, addr)?;
+        comfystore::worker::local_api::serve(w, addr)?;
         return Ok(0);
     }
-    let Some(cfg) = crate::run::runpod::RunPodConfig::from_env() else {
+    let Some(cfg) = comfystore::worker::runpod::RunPodConfig::from_env() else {
         anyhow::bail!(
             "RUNPOD_WEBHOOK_GET_JOB is not set: `serve` takes jobs from RunPod (on a serverless \
              worker the platform sets it); to run one job here, use `comfystore run-job INPUT.json`"
@@ -176,7 +178,7 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<u8> {
     let mut w = worker(cli, &a.comfy)?;
     // ComfyUI starts before the first job is taken, so a job never pays the start-up.
     w.ready()?;
-    crate::run::runpod::serve(&mut w, &cfg, stop)?;
+    comfystore::worker::runpod::serve(&mut w, &cfg, stop)?;
     w.sup.stop(Duration::from_secs(10));
     Ok(0)
 }

@@ -1,8 +1,8 @@
 //! Handlers of the store commands.
 
 use super::{AddArgs, Cli, Command, IndexCommand, RootCommand, EXIT_FAILURE};
-use crate::store::{AddOptions, AnyId, FsckOptions, GcOptions, Node, ObjectId, Root, Store};
 use anyhow::{bail, Context, Result};
+use comfystore::store::{AddOptions, AnyId, FsckOptions, GcOptions, Node, ObjectId, Root, Store};
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
@@ -77,16 +77,15 @@ pub fn run(mut cli: Cli) -> Result<u8> {
         Command::Remove { dest, all } => super::materialize_cmds::remove(&store, &dest, all, json),
         Command::Root(cmd) => root(&store, cmd, json),
         Command::Index(IndexCommand::Rebuild) => {
-            let index = store
-                .index()
+            let (index_path, stats) = store
+                .rebuild_index()?
                 .context("the store was opened without an index")?;
-            let stats = index.rebuild(&store)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 println!(
                     "rebuilt {}: {} objects, {} trees",
-                    index.path().display(),
+                    index_path.display(),
                     stats.objects,
                     stats.trees
                 );
@@ -250,10 +249,9 @@ fn ls(store: &Store, id: &str, json: bool) -> Result<u8> {
 }
 
 fn stats(store: &Store, json: bool) -> Result<u8> {
-    let index = store
-        .index()
+    let (index_path, s) = store
+        .index_stats()?
         .context("the store was opened without an index")?;
-    let s = index.stats()?;
     let ratio = if s.stored_bytes > 0 {
         s.logical_bytes_added as f64 / s.stored_bytes as f64
     } else {
@@ -263,7 +261,7 @@ fn stats(store: &Store, json: bool) -> Result<u8> {
         let mut v = serde_json::to_value(s)?;
         v["dedup_ratio"] = json!(ratio);
         v["store"] = json!(store.root());
-        v["index"] = json!(index.path());
+        v["index"] = json!(index_path);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("store               {}", store.root().display());

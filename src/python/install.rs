@@ -8,8 +8,8 @@
 use super::interpreter::{self, Interpreter};
 use super::pin::{link_object, uv_available, Resolver};
 use super::relocate;
+use super::spec::EnvSpec;
 use crate::error::{Error, IoContext, Result};
-use crate::lock::Python;
 use crate::store::{ObjectId, Root, Store};
 use serde::Serialize;
 use std::fs;
@@ -49,7 +49,7 @@ pub struct EnvReport {
 }
 
 /// The store key of a package set: `None` if a package is not pinned to a wheel by sha256.
-pub fn env_key(py: &Python) -> Option<String> {
+pub fn env_key(py: &EnvSpec) -> Option<String> {
     let mut shas = Vec::new();
     for p in &py.packages {
         shas.push(p.sha256?.hex());
@@ -77,7 +77,7 @@ pub fn env_root(key: &str) -> String {
 
 /// The environment tree of `py` the store already holds: the lock's own `tree`, else the one
 /// installed earlier for the same package set.
-pub fn find_env(store: &Store, py: &Python) -> Result<Option<ObjectId>> {
+pub fn find_env(store: &Store, py: &EnvSpec) -> Result<Option<ObjectId>> {
     if let Some(t) = py.tree.filter(|t| store.has_tree(t)) {
         return Ok(Some(t));
     }
@@ -95,7 +95,7 @@ pub fn find_env(store: &Store, py: &Python) -> Result<Option<ObjectId>> {
 
 /// Wheels of `py` the store lacks, as `name version (file)`; packages not pinned to a wheel
 /// are listed too, since nothing can install them.
-pub fn missing_wheels(store: &Store, py: &Python) -> Result<Vec<String>> {
+pub fn missing_wheels(store: &Store, py: &EnvSpec) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for p in &py.packages {
         match (&p.wheel, p.sha256) {
@@ -122,7 +122,7 @@ pub fn missing_wheels(store: &Store, py: &Python) -> Result<Vec<String>> {
 /// staging venv (no network) with `base`, stored, and remembered under its key.
 pub fn ensure_env(
     store: &Store,
-    py: &Python,
+    py: &EnvSpec,
     base: &Interpreter,
     installer: Resolver,
 ) -> Result<EnvReport> {

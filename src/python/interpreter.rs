@@ -6,8 +6,8 @@
 //! `/usr/bin/python3.11` in a RunPod image), so it is looked up at materialize time, never
 //! taken from the lock.
 
+use super::spec::EnvSpec;
 use crate::error::{Error, Result};
-use crate::lock::Python;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -89,8 +89,8 @@ impl Interpreter {
     }
 
     /// The lock's `python` section for this interpreter (no packages, no tree).
-    pub fn section(&self) -> Python {
-        Python {
+    pub fn section(&self) -> EnvSpec {
+        EnvSpec {
             version: Some(self.version.clone()),
             implementation: Some(self.implementation.clone()),
             abi: Some(self.abi.clone()),
@@ -103,7 +103,7 @@ impl Interpreter {
 
     /// Whether an environment made for `py` works on this interpreter: same implementation,
     /// minor version, ABI and platform (patch releases of one minor version are compatible).
-    pub fn fits(&self, py: &Python) -> bool {
+    pub fn fits(&self, py: &EnvSpec) -> bool {
         let same = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
         same(&py.implementation, &self.implementation)
             && py
@@ -121,7 +121,7 @@ pub fn minor_of(version: &str) -> String {
 }
 
 /// What a lock's environment needs, for messages: `cpython 3.11 (cp311, linux_x86_64)`.
-pub fn describe(py: &Python) -> String {
+pub fn describe(py: &EnvSpec) -> String {
     format!(
         "{} {} ({}, {})",
         py.implementation.as_deref().unwrap_or("python"),
@@ -243,7 +243,7 @@ fn version_matches(spec: &str, version: &str) -> bool {
 
 /// A base interpreter on this machine that fits the lock's environment: `spec` if given (it
 /// must fit), else `pythonX.Y` on PATH, an interpreter uv manages, or `python3`.
-pub fn find_for(store: &Store, py: &Python, spec: Option<&str>) -> Result<Interpreter> {
+pub fn find_for(store: &Store, py: &EnvSpec, spec: Option<&str>) -> Result<Interpreter> {
     let need = describe(py);
     if let Some(spec) = spec {
         let i = find(store, Some(spec))?;

@@ -6,10 +6,11 @@ pub mod install;
 pub mod interpreter;
 pub mod pin;
 pub mod relocate;
+mod spec;
 pub mod wheel;
 
 pub use install::{ensure_env, env_key, find_env, missing_wheels, EnvReport};
 pub use interpreter::Interpreter;
-pub use pin::fill_wheels;
 pub use pin::{pin, PinOptions, PinReport, Pins, Resolver, PINS_SCHEMA};
 pub use relocate::{render, ENV_META};
+pub use spec::{EnvSpec, Package};

@@ -6,10 +6,11 @@
 //! (`--only-binary :all:`): an environment is installed with no network and no compiler.
 
 use super::interpreter::{self, Interpreter};
+use super::spec::{EnvSpec, Package};
 use super::wheel;
 use crate::error::{Error, IoContext, Result};
-use crate::fetch::{Download, Expect, Fetcher, HttpOptions};
-use crate::lock::{normalize_package_name, Package, Python};
+use crate::http::{Download, Expect, Fetcher, HttpOptions};
+use crate::ident::normalize_package_name;
 use crate::store::{Sha256, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -21,7 +22,8 @@ use std::process::Command;
 pub const PINS_SCHEMA: &str = "comfystore.pins/1";
 
 /// Which resolver to run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Resolver {
     /// uv if it is on PATH, else pip.
@@ -74,7 +76,7 @@ pub struct PinOptions {
 #[serde(deny_unknown_fields)]
 pub struct Pins {
     pub schema: String,
-    pub python: Python,
+    pub python: EnvSpec,
 }
 
 impl Pins {
@@ -301,7 +303,7 @@ pub fn pin(store: &Store, requirements: &Path, opts: &PinOptions) -> Result<PinR
 /// The interpreter and platform pinned for.
 struct Target {
     /// The lock's `python` section without packages.
-    section: Python,
+    section: EnvSpec,
     /// The interpreter itself, when it is on this machine.
     interpreter: Option<Interpreter>,
     /// Whether the target differs from the interpreter that runs pip (`--platform`).
@@ -319,7 +321,7 @@ impl Target {
             {
                 let minor = interpreter::minor_of(v);
                 (
-                    Python {
+                    EnvSpec {
                         version: Some(v.clone()),
                         implementation: Some("cpython".into()),
                         abi: Some(format!("cp{}", minor.replace('.', ""))),
@@ -614,27 +616,6 @@ struct PipArchiveInfo {
 struct PipMetadata {
     name: String,
     version: String,
-}
-
-/// Give the packages that name no wheel and no URL (installed from an index) the wheel, URL
-/// and sha256 of the same name and version in `from`. Returns how many were filled.
-pub fn fill_wheels(packages: &mut [Package], from: &[Package]) -> usize {
-    let mut n = 0;
-    for p in packages
-        .iter_mut()
-        .filter(|p| p.wheel.is_none() && p.url.is_none())
-    {
-        if let Some(w) = from
-            .iter()
-            .find(|w| w.name == p.name && w.version == p.version)
-        {
-            p.wheel = w.wheel.clone();
-            p.url = w.url.clone();
-            p.sha256 = w.sha256;
-            n += 1;
-        }
-    }
-    n
 }
 
 /// Where a resolver's URL points: a local file (find-links, explicit wheels) or the network.

@@ -9,8 +9,9 @@
 //! folder and that machine's interpreter, so two versions can share every other inode.
 
 use super::interpreter::Interpreter;
+use super::spec::{EnvSpec, Package};
 use crate::error::{Error, IoContext, Result};
-use crate::lock::{Package, Python, CACHE_NAMES};
+use crate::store::CACHE_NAMES;
 use crate::store::{AddOptions, AddReport, Entry, Manifest, Node, ObjectId, Store};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -33,7 +34,7 @@ const HOME_TOKEN: &str = "@@COMFYSTORE_PYTHON_HOME@@";
 pub struct EnvMeta {
     pub schema: String,
     /// The interpreter the environment is for (no packages, no tree).
-    pub python: Python,
+    pub python: EnvSpec,
     /// Paths (files and symlinks) whose content or target is written per destination.
     pub templates: Vec<String>,
     /// The wheels it was installed from (name, version, file, URL, sha256), when comfystore
@@ -57,10 +58,7 @@ pub fn ingest(
         venv,
         &AddOptions {
             exclude_names: CACHE_NAMES.iter().map(|s| s.to_string()).collect(),
-            exclude: vec![
-                ENV_META.to_string(),
-                crate::materialize::MARKER_NAME.to_string(),
-            ],
+            exclude: vec![ENV_META.to_string(), crate::store::MARKER_NAME.to_string()],
             ..Default::default()
         },
     )?;

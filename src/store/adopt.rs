@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// How far `adopt` may go to avoid a copy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum AdoptMode {
     /// Reflink, else hardlink (the file becomes read-only), else copy.
@@ -64,7 +65,9 @@ impl Store {
             None => vec![None; paths.len()],
         };
         let total: u64 = metas.iter().map(|m| m.size).sum();
-        let bar = crate::progress::bytes(total, "models");
+        let bar = self
+            .reporter()
+            .start("models", Some(total), crate::report::Unit::Bytes);
         let results: Vec<(AdoptReport, Option<StatKey>, bool)> = paths
             .par_iter()
             .zip(metas.par_iter())
@@ -75,7 +78,7 @@ impl Store {
                 r
             })
             .collect::<Result<_>>()?;
-        bar.finish_and_clear();
+        bar.finish();
 
         let wrote = |how: &str| matches!(how, "reflink" | "hardlink" | "copy");
         if results.iter().any(|(rep, _, _)| wrote(rep.how)) {

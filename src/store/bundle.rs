@@ -131,7 +131,11 @@ impl Store {
             index_bytes.len() as u64,
         )
         .map_err(io)?;
-        let bar = crate::progress::bytes(objects.values().map(|(s, _)| s).sum(), "export");
+        let bar = self.reporter().start(
+            "export",
+            Some(objects.values().map(|(s, _)| s).sum()),
+            crate::report::Unit::Bytes,
+        );
         let mut bytes = 0;
         for (id, (size, exec)) in &objects {
             let path = self
@@ -154,7 +158,7 @@ impl Store {
             bytes += size;
             bar.inc(*size);
         }
-        bar.finish_and_clear();
+        bar.finish();
         for (id, b) in &trees {
             append(
                 &mut tar,
@@ -257,7 +261,11 @@ impl Store {
 
         let mut staged = Staged(Vec::new());
         let mut trees: Vec<(ObjectId, Manifest)> = Vec::new();
-        let bar = crate::progress::bytes(index.objects.iter().map(|i| i.size).sum(), "import");
+        let bar = self.reporter().start(
+            "import",
+            Some(index.objects.iter().map(|i| i.size).sum()),
+            crate::report::Unit::Bytes,
+        );
         for entry in entries {
             let mut entry = entry
                 .map_err(|e| bundle_err(name, format!("unreadable member (truncated?): {e}")))?;
@@ -314,7 +322,7 @@ impl Store {
             }
             bar.inc(item.size);
         }
-        bar.finish_and_clear();
+        bar.finish();
         if let Some(missing) = expected.keys().min() {
             return Err(bundle_err(
                 name,

@@ -62,7 +62,9 @@ impl Store {
         let scan = scan_store(self)?;
         let mut report = FsckReport::default();
         let total: u64 = scan.object_files.iter().map(|f| f.size).sum();
-        let bar = crate::progress::bytes(total, "fsck");
+        let bar = self
+            .reporter()
+            .start("fsck", Some(total), crate::report::Unit::Bytes);
         let results: Vec<Option<FsckProblem>> = scan
             .object_files
             .par_iter()
@@ -84,7 +86,7 @@ impl Store {
                 r
             })
             .collect();
-        bar.finish_and_clear();
+        bar.finish();
         report.objects_checked = scan.object_files.len() as u64;
         report.bytes_checked = total;
 

@@ -185,7 +185,11 @@ impl Store {
         let _lock = self.lock_shared()?;
         let (files, mut entries) = scan(dir, opts, self.root())?;
         let cached = self.cached_ids(&files)?;
-        let bar = crate::progress::items(files.len() as u64, "hashing");
+        let bar = self.reporter().start(
+            "hashing",
+            Some(files.len() as u64),
+            crate::report::Unit::Items,
+        );
         let outcomes: Vec<FileOutcome> = files
             .par_iter()
             .zip(cached.par_iter())
@@ -195,7 +199,7 @@ impl Store {
                 r
             })
             .collect::<Result<_>>()?;
-        bar.finish_and_clear();
+        bar.finish();
 
         let mut batch = Batch::default();
         let mut report = AddReport {
@@ -377,7 +381,7 @@ fn scan(
             .to_string();
         let name = entry.file_name().to_str().unwrap_or("");
         let is_store = store_rel.as_deref() == Some(rel_path);
-        let is_marker = rel == crate::materialize::MARKER_NAME;
+        let is_marker = rel == super::MARKER_NAME;
         let excluded_suffix = !entry.file_type().is_dir()
             && opts
                 .exclude_suffixes

@@ -11,11 +11,13 @@ mod durable;
 mod fsck;
 mod gc;
 mod hash;
+pub mod hex64;
 mod id;
 mod index;
 mod ingest;
 mod lock;
 mod object;
+mod reserved;
 mod roots;
 mod sources;
 mod tree;
@@ -33,13 +35,16 @@ pub use index::{IndexStats, StatKey};
 pub use ingest::{AddOptions, AddReport};
 pub use lock::StoreLock;
 pub use object::PutResult;
+pub use reserved::{is_cache_path, CACHE_NAMES, CACHE_SUFFIXES, MARKER_NAME};
 pub use roots::Root;
 pub use tree::{check_rel_path, Entry, Manifest, Node};
 
 use crate::error::{Error, IoContext, Result};
+use crate::report::Reporter;
 use index::Index;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Name of the file that marks a directory as a comfystore store, and its format line.
 pub const MARKER: &str = "comfystore-store.json";
@@ -59,6 +64,8 @@ pub struct StoreOptions {
 pub struct Store {
     root: PathBuf,
     index: Option<Index>,
+    /// Where long operations (hashing, fsck, bundles, placing, downloads) report progress.
+    reporter: Arc<dyn Reporter>,
 }
 
 impl Store {
@@ -76,7 +83,11 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => init_layout(&root)?,
             Err(e) => return Err(e).ctx("read", &marker),
         }
-        let mut store = Store { root, index: None };
+        let mut store = Store {
+            root,
+            index: None,
+            reporter: crate::report::silent(),
+        };
         if !opts.no_index {
             let path = match &opts.index_path {
                 Some(p) => p.clone(),
@@ -87,6 +98,17 @@ impl Store {
         Ok(store)
     }
 
+    /// The same store, reporting progress to `reporter` (silent by default).
+    pub fn with_reporter(mut self, reporter: Arc<dyn Reporter>) -> Store {
+        self.reporter = reporter;
+        self
+    }
+
+    /// Where operations on this store report their progress.
+    pub fn reporter(&self) -> &dyn Reporter {
+        self.reporter.as_ref()
+    }
+
     /// The store's root directory (absolute).
     pub fn root(&self) -> &Path {
         &self.root
@@ -95,6 +117,23 @@ impl Store {
     /// The index, if this store was opened with one.
     pub(crate) fn index(&self) -> Option<&Index> {
         self.index.as_ref()
+    }
+
+    /// Recreate the index from the store's files: where it lives and what it now counts.
+    /// `None` when the store was opened without an index.
+    pub fn rebuild_index(&self) -> Result<Option<(&Path, IndexStats)>> {
+        match self.index() {
+            Some(index) => Ok(Some((index.path(), index.rebuild(self)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Where the index lives and what it counts (objects, trees, bytes); `None` without one.
+    pub fn index_stats(&self) -> Result<Option<(&Path, IndexStats)>> {
+        match self.index() {
+            Some(index) => Ok(Some((index.path(), index.stats()?))),
+            None => Ok(None),
+        }
     }
 
     /// Path of an object file; `exec` selects the executable (0555) variant.

@@ -1,0 +1,30 @@
+//! A source folder into the store, exactly as git would check it out.
+
+use super::inspect::{inspect, GitState};
+use crate::error::Result;
+use crate::store::{AddOptions, AddReport, Store, CACHE_NAMES, CACHE_SUFFIXES};
+use std::path::Path;
+
+/// Store a source folder: a git work tree by what git would check out, anything else by a walk.
+/// Caches (`__pycache__`, `*.pyc`) and `.git` are never part of it; neither are the top-level
+/// names in `excludes`. `fetch` stores fresh checkouts through this too, so a clean repo's
+/// locked tree and the tree of a checkout of its commit are the same.
+pub fn store_checkout(
+    store: &Store,
+    dir: &Path,
+    excludes: &[String],
+) -> Result<(Option<GitState>, AddReport)> {
+    let ex: Vec<&str> = excludes.iter().map(String::as_str).collect();
+    let state = inspect(dir, &ex)?;
+    let mut exclude_names: Vec<String> = CACHE_NAMES.iter().map(|s| s.to_string()).collect();
+    exclude_names.push(".git".into());
+    let opts = AddOptions {
+        exclude: excludes.to_vec(),
+        exclude_names,
+        exclude_suffixes: CACHE_SUFFIXES.iter().map(|s| s.to_string()).collect(),
+        select: state.as_ref().map(|g| g.files.clone()),
+        ..Default::default()
+    };
+    let add = store.add_tree(dir, &opts)?;
+    Ok((state, add))
+}

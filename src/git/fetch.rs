@@ -1,0 +1,220 @@
+//! Rebuild a locked source tree from its repo and commit, and check it against the lock.
+//!
+//! The commit is fetched shallowly (`git fetch --depth 1 URL COMMIT`); servers that refuse a
+//! bare commit (protocol v0 without `uploadpack.allowReachableSHA1InWant`) get a full fetch of
+//! every branch and tag instead. The checkout is stored exactly as `lock` stores a clean repo
+//! ([`super::store_checkout`]), so its tree id must equal the lock's: that is the
+//! reproducibility check, and a difference is an error naming both ids.
+//!
+//! Tokens (`GITHUB_TOKEN` for github.com, `GIT_TOKEN` for any https host) reach git through
+//! `GIT_CONFIG_*` environment variables as an `http.<host>.extraHeader`, never on a command
+//! line or in a URL, and are cut out of any message git prints.
+
+use crate::error::{Error, Result};
+use crate::store::{ObjectId, Store};
+use base64::Engine;
+use std::path::Path;
+use std::process::Command;
+
+/// One tree to rebuild from git.
+#[derive(Clone, Debug)]
+pub struct GitSource {
+    /// What the lock calls it: `comfyui` or `custom_nodes/NAME`.
+    pub label: String,
+    pub repo: String,
+    pub commit: String,
+    /// The lock's tree id, when it has one (Manager-imported locks do not).
+    pub expect: Option<ObjectId>,
+    /// Top-level names left out of the tree (the `comfyui` tree's data folders).
+    pub excludes: Vec<String>,
+}
+
+/// Where a token for `repo` comes from, and the header git should send (only over https).
+fn auth_header(
+    repo: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<(String, String, String)> {
+    let rest = repo.strip_prefix("https://")?;
+    let host = rest.split(['/', '?', '#']).next()?.rsplit('@').next()?;
+    let host_only = host.split(':').next().unwrap_or(host);
+    let github = host_only == "github.com" || host_only.ends_with(".github.com");
+    let token = github
+        .then(|| env("GITHUB_TOKEN"))
+        .flatten()
+        .or_else(|| env("GIT_TOKEN"))
+        .filter(|t| !t.is_empty())?;
+    // GIT_TOKEN may be `user:token` (GitLab's `oauth2:…`, Bitbucket's `x-token-auth:…`).
+    let userpass = if token.contains(':') {
+        token.clone()
+    } else {
+        format!("x-access-token:{token}")
+    };
+    let value = format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(userpass)
+    );
+    Some((format!("http.https://{host}/.extraHeader"), value, token))
+}
+
+/// Runs git for one source, with its token (if any) in the environment only.
+struct Git<'a> {
+    src: &'a GitSource,
+    auth: Option<(String, String, String)>,
+}
+
+impl Git<'_> {
+    fn run(&self, dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
+        let mut cmd: Command = super::command(dir);
+        cmd.args([
+            "-c",
+            "core.autocrlf=false",
+            "-c",
+            "core.symlinks=true",
+            "-c",
+            "advice.detachedHead=false",
+        ])
+        .args(args)
+        // Never wait for a password on a terminal nobody watches.
+        .env("GIT_TERMINAL_PROMPT", "0");
+        if let Some((key, value, _)) = &self.auth {
+            let n: usize = std::env::var("GIT_CONFIG_COUNT")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            cmd.env("GIT_CONFIG_COUNT", (n + 1).to_string())
+                .env(format!("GIT_CONFIG_KEY_{n}"), key)
+                .env(format!("GIT_CONFIG_VALUE_{n}"), value);
+        }
+        tracing::debug!("{}: git {}", self.src.label, args.join(" "));
+        let out = cmd.output().map_err(|e| {
+            self.error(format!(
+                "cannot run git ({e}); git must be on the PATH to fetch a repo"
+            ))
+        })?;
+        if !out.status.success() {
+            return Err(self.error(format!(
+                "git {} failed: {}",
+                args.first().copied().unwrap_or(""),
+                self.redact(String::from_utf8_lossy(&out.stderr).trim())
+            )));
+        }
+        Ok(out.stdout)
+    }
+
+    fn redact(&self, s: &str) -> String {
+        match &self.auth {
+            Some((_, value, token)) => s
+                .replace(token.as_str(), "***")
+                .replace(value.as_str(), "***"),
+            None => s.to_string(),
+        }
+    }
+
+    fn error(&self, reason: String) -> Error {
+        Error::Git {
+            what: format!(
+                "{} ({}@{})",
+                self.src.label,
+                crate::secret::redact_url(&self.src.repo),
+                short(&self.src.commit)
+            ),
+            reason,
+        }
+    }
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..12.min(commit.len())]
+}
+
+/// Fetch `src.commit` from `src.repo`, check it out without `.git`, store it, and check its
+/// tree id against the lock's. Returns the tree id.
+pub fn fetch_tree(store: &Store, src: &GitSource) -> Result<ObjectId> {
+    let git = Git {
+        src,
+        auth: auth_header(&src.repo, |k| std::env::var(k).ok()),
+    };
+    if !crate::ident::is_commit(&src.commit) {
+        return Err(git.error("the lock's commit is not a full commit id".into()));
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{}git-", crate::store::TEMP_PREFIX))
+        .tempdir_in(store.tmp_dir())
+        .map_err(|e| Error::Io {
+            op: "create a temp folder in",
+            path: store.tmp_dir(),
+            source: e,
+        })?;
+    let dir = tmp.path();
+    git.run(dir, &["init", "-q"])?;
+    let shallow = git.run(
+        dir,
+        &[
+            "fetch",
+            "-q",
+            "--depth",
+            "1",
+            "--no-tags",
+            &src.repo,
+            &src.commit,
+        ],
+    );
+    if let Err(e) = shallow {
+        tracing::info!(
+            "{}: shallow fetch refused ({e}); fetching the whole repo",
+            src.label
+        );
+        git.run(
+            dir,
+            &[
+                "fetch",
+                "-q",
+                "--no-tags",
+                &src.repo,
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
+        )?;
+        let want = format!("{}^{{commit}}", src.commit);
+        git.run(dir, &["cat-file", "-e", &want]).map_err(|_| {
+            git.error("the repo does not have this commit (was history rewritten?)".into())
+        })?;
+    }
+    git.run(dir, &["checkout", "-q", "--detach", &src.commit])?;
+    if dir.join(".gitmodules").is_file() {
+        git.run(dir, &["submodule", "update", "-q", "--init", "--recursive"])?;
+    }
+    let (_, add) = super::store_checkout(store, dir, &src.excludes)?;
+    match src.expect {
+        Some(want) if want != add.id => Err(git.error(format!(
+            "the checkout gives tree {}, but the lock says {want}: the lock was made from a \
+             modified checkout, or the repo's history was rewritten",
+            add.id
+        ))),
+        _ => Ok(add.id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_only_over_https() {
+        let env = |k: &str| (k == "GIT_TOKEN").then(|| "tok123".to_string());
+        assert!(auth_header("http://example.com/a.git", env).is_none());
+        assert!(auth_header("/srv/git/a.git", env).is_none());
+        let (key, value, _) = auth_header("https://git.example.com/a/b.git", env).unwrap();
+        assert_eq!(key, "http.https://git.example.com/.extraHeader");
+        assert!(value.starts_with("Authorization: Basic "));
+        assert!(!value.contains("tok123"));
+        assert!(auth_header("https://git.example.com/a/b.git", |_| None).is_none());
+        // GITHUB_TOKEN wins on github.com only.
+        let both = |k: &str| Some(format!("{k}-value"));
+        let (_, gh, t) = auth_header("https://github.com/o/r", both).unwrap();
+        assert_eq!(t, "GITHUB_TOKEN-value");
+        assert!(gh.starts_with("Authorization: Basic "));
+        let (_, _, t) = auth_header("https://gitlab.com/o/r", both).unwrap();
+        assert_eq!(t, "GIT_TOKEN-value");
+    }
+}

@@ -1,0 +1,156 @@
+//! What `git` says about a checkout: its commit, origin, dirtiness and the files it would check
+//! out. We shell out to `git` rather than re-implement it.
+
+use super::command;
+use crate::error::{Error, Result};
+use crate::store::{is_cache_path, CACHE_NAMES, CACHE_SUFFIXES};
+use std::path::Path;
+
+/// A git work tree as `lock` records it.
+#[derive(Clone, Debug)]
+pub struct GitState {
+    /// HEAD's commit id.
+    pub commit: String,
+    /// The `origin` remote (else the first remote), credentials removed.
+    pub repo: Option<String>,
+    /// Uncommitted changes or untracked, non-ignored files outside `excludes`.
+    pub dirty: bool,
+    /// Tracked files plus untracked, non-ignored ones (relative, `/`-separated): exactly what a
+    /// checkout of `commit` holds when the tree is clean.
+    pub files: Vec<String>,
+    /// Ignored files (not in `files`, so not locked), without caches like `__pycache__`.
+    pub ignored: Vec<String>,
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let out = command(dir).args(args).output().map_err(|e| {
+        Error::bad_input(
+            dir,
+            format!("cannot run git ({e}); git must be on the PATH to lock a repo"),
+        )
+    })?;
+    if !out.status.success() {
+        return Err(Error::bad_input(
+            dir,
+            format!(
+                "git {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(out.stdout)
+}
+
+fn split_z(bytes: &[u8], dir: &Path) -> Result<Vec<String>> {
+    bytes
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            String::from_utf8(s.to_vec())
+                .map_err(|_| Error::bad_input(dir, "git lists a file name that is not UTF-8"))
+        })
+        .collect()
+}
+
+/// Pathspecs that leave `excludes` (top-level names) out.
+fn pathspecs(excludes: &[&str]) -> Vec<String> {
+    let mut v = vec![".".to_string()];
+    v.extend(excludes.iter().map(|e| format!(":(exclude,literal){e}")));
+    for name in CACHE_NAMES {
+        v.push(format!(":(exclude,glob)**/{name}"));
+        v.push(format!(":(exclude,glob)**/{name}/**"));
+    }
+    v.extend(
+        CACHE_SUFFIXES
+            .iter()
+            .map(|s| format!(":(exclude,glob)**/*{s}")),
+    );
+    v
+}
+
+/// Whether `dir` is the top of its own git work tree (not just inside another repo).
+pub fn is_repo_root(dir: &Path) -> bool {
+    dir.join(".git").exists()
+}
+
+/// Inspect the repo at `dir`, leaving the top-level names in `excludes` out of everything.
+/// `None` when `dir` is not a repo root, or is one without any commit.
+pub fn inspect(dir: &Path, excludes: &[&str]) -> Result<Option<GitState>> {
+    if !is_repo_root(dir) {
+        return Ok(None);
+    }
+    let head = match git(dir, &["rev-parse", "--verify", "-q", "HEAD^{commit}"]) {
+        Ok(out) => String::from_utf8_lossy(&out).trim().to_string(),
+        Err(_) => {
+            tracing::warn!(
+                "{}: a git repo without commits; locking it as a plain folder",
+                dir.display()
+            );
+            return Ok(None);
+        }
+    };
+    let remotes = String::from_utf8_lossy(&git(dir, &["remote"])?).into_owned();
+    let remote = remotes
+        .lines()
+        .find(|r| *r == "origin")
+        .or_else(|| remotes.lines().next());
+    let repo = match remote {
+        Some(r) => {
+            let url = git(dir, &["remote", "get-url", r])?;
+            Some(crate::secret::redact_url(
+                String::from_utf8_lossy(&url).trim(),
+            ))
+        }
+        None => None,
+    };
+    let specs = pathspecs(excludes);
+    let mut args = vec![
+        "status",
+        "--porcelain=v1",
+        "-z",
+        "--untracked-files=all",
+        "--",
+    ];
+    args.extend(specs.iter().map(String::as_str));
+    let dirty = !git(dir, &args)?.is_empty();
+
+    let mut args = vec![
+        "ls-files",
+        "-z",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+        "--",
+    ];
+    args.extend(specs.iter().map(String::as_str));
+    let mut files = split_z(&git(dir, &args)?, dir)?;
+    files.sort();
+    files.dedup();
+
+    let mut args = vec![
+        "ls-files",
+        "-z",
+        "--others",
+        "--ignored",
+        "--exclude-standard",
+        "--directory",
+        "--",
+    ];
+    args.extend(specs.iter().map(String::as_str));
+    // `--directory` reports whole ignored folders even where a pathspec excludes them.
+    let ignored = split_z(&git(dir, &args)?, dir)?
+        .into_iter()
+        .filter(|p| {
+            let top = p.split('/').next().unwrap_or("");
+            !is_cache_path(p) && !excludes.contains(&top)
+        })
+        .collect();
+    Ok(Some(GitState {
+        commit: head,
+        repo,
+        dirty,
+        files,
+        ignored,
+    }))
+}

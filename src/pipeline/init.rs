@@ -1,0 +1,172 @@
+//! `init`: a working ComfyUI checkout with its environment, made through the store.
+//!
+//! Clones ComfyUI (or reuses the checkout), moves it to `--ref`, pins `requirements.txt` plus
+//! `requests` (ComfyUI imports it without listing it), and places the environment at
+//! `PATH/venv` from the store, installing it only the first time that package set is seen.
+//! Running it again changes nothing and says so. `lock` then makes the first version.
+
+use crate::error::{Error, IoContext, Result};
+use crate::git;
+use crate::pipeline::materialize;
+use crate::pipeline::version::VENV_DIR;
+use crate::place::{LinkMode, MaterializeReport};
+use crate::python::{self, EnvReport, PinOptions};
+use crate::store::Store;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// ComfyUI's upstream repository.
+pub const COMFYUI_REPO: &str = "https://github.com/comfyanonymous/ComfyUI";
+
+/// Packages ComfyUI imports without listing them in `requirements.txt`.
+const IMPLICIT_REQUIREMENTS: &[&str] = &["requests"];
+
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub path: PathBuf,
+    /// Branch, tag or commit; default: what the clone checked out (the remote's HEAD).
+    pub reference: Option<String>,
+    pub repo: String,
+    pub pin: PinOptions,
+    pub venv_link: LinkMode,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InitReport {
+    pub path: PathBuf,
+    pub commit: String,
+    pub cloned: bool,
+    /// HEAD moved to another commit.
+    pub moved: bool,
+    pub packages: usize,
+    pub env: EnvReport,
+    pub python: PathBuf,
+    pub venv: MaterializeReport,
+    /// Anything at all was written.
+    pub changed: bool,
+}
+
+pub fn init(store: &Store, opts: &InitOptions) -> Result<InitReport> {
+    let path = std::path::absolute(&opts.path).ctx("resolve", &opts.path)?;
+    let mut cloned = false;
+    if !path.exists() {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).ctx("create", parent)?;
+        }
+        run_git(
+            git::command(path.parent().unwrap_or(Path::new("/")))
+                .args(["clone", "--quiet", &opts.repo])
+                .arg(&path),
+            &path,
+        )?;
+        cloned = true;
+    } else if !path.join(".git").exists() {
+        return Err(Error::bad_input(
+            &path,
+            "exists and is not a git checkout: give an empty or new --path, or an existing ComfyUI clone",
+        ));
+    }
+    let before = head(&path)?;
+    if let Some(r) = &opts.reference {
+        let target = match resolve(&path, r) {
+            Some(c) => c,
+            None => {
+                run_git(
+                    git::command(&path).args(["fetch", "--quiet", "--tags", "origin"]),
+                    &path,
+                )?;
+                resolve(&path, r)
+                    .or_else(|| resolve(&path, &format!("origin/{r}")))
+                    .ok_or_else(|| {
+                        Error::bad_input(
+                            &path,
+                            format!("no branch, tag or commit {r:?} in {}", opts.repo),
+                        )
+                    })?
+            }
+        };
+        if target != before {
+            run_git(
+                git::command(&path).args([
+                    "-c",
+                    "advice.detachedHead=false",
+                    "checkout",
+                    "--quiet",
+                    &target,
+                ]),
+                &path,
+            )?;
+        }
+    }
+    let commit = head(&path)?;
+
+    let req = path.join("requirements.txt");
+    if !req.is_file() {
+        return Err(Error::bad_input(
+            &req,
+            "missing: is this a ComfyUI checkout?",
+        ));
+    }
+    let work = tempfile::Builder::new()
+        .prefix(crate::store::TEMP_PREFIX)
+        .tempdir_in(store.tmp_dir())
+        .ctx("create a temp folder in", &store.tmp_dir())?;
+    let all = work.path().join("requirements.txt");
+    let mut body = format!("-r {}\n", req.display());
+    for r in IMPLICIT_REQUIREMENTS {
+        body.push_str(&format!("{r}\n"));
+    }
+    std::fs::write(&all, body).ctx("write", &all)?;
+    let pinned = python::pin(store, &all, &opts.pin)?;
+    let py = pinned.pins.python;
+    let base = python::interpreter::find_for(store, &py, opts.pin.python.as_deref())?;
+    let venv_dir = path.join(VENV_DIR);
+    let (env, rendered) =
+        materialize::rendered_env(store, &py, &venv_dir, &base, opts.pin.resolver)?;
+    let venv = materialize::place_env(store, &rendered, &venv_dir, opts.venv_link)?;
+    let changed = cloned || commit != before || venv.written > 0 || venv.removed > 0;
+    Ok(InitReport {
+        path,
+        moved: commit != before,
+        commit,
+        cloned,
+        packages: py.packages.len(),
+        env,
+        python: base.executable,
+        venv,
+        changed,
+    })
+}
+
+fn head(dir: &Path) -> Result<String> {
+    resolve(dir, "HEAD").ok_or_else(|| Error::bad_input(dir, "git rev-parse HEAD failed"))
+}
+
+/// The commit `r` names in the repo at `dir`, if any.
+fn resolve(dir: &Path, r: &str) -> Option<String> {
+    let out = git::command(dir)
+        .args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{r}^{{commit}}"),
+        ])
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !s.is_empty()).then_some(s)
+}
+
+fn run_git(cmd: &mut std::process::Command, dir: &Path) -> Result<()> {
+    let out = cmd.output().map_err(|e| Error::Git {
+        what: dir.display().to_string(),
+        reason: format!("cannot run git: {e}"),
+    })?;
+    if !out.status.success() {
+        return Err(Error::Git {
+            what: dir.display().to_string(),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! Versions as lockfiles: scan a ComfyUI install into a `comfystore.lock/1` file, with
+//! everything it names put into the store.
+//!
+//! The ComfyUI source, each custom node and the venv become store trees; models are adopted in
+//! place (see [`crate::store::AdoptMode`]). Git repos are locked by commit *and* tree, and a
+//! clean repo's tree is exactly its checkout (minus caches), so the tree can be rebuilt from
+//! the commit and checked against the lock.
+
+mod models;
+mod python;
+
+pub use models::skip_name as not_a_model;
+
+use super::python_section::fill_wheels;
+use crate::error::{Error, IoContext, Result};
+use crate::git;
+use crate::lockfile::{
+    check_tag, comfyui_excludes, redact_url, ComfyUi, CustomNode, Lockfile, Model, Python,
+    Registry, DISABLED_DIR,
+};
+use crate::store::{AdoptMode, ObjectId, Store, CACHE_NAMES};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// What `lock` scans and how.
+#[derive(Clone, Debug, Default)]
+pub struct LockOptions {
+    pub comfy_dir: PathBuf,
+    pub tag: String,
+    /// The venv (default: `COMFY_DIR/venv`, `COMFY_DIR/.venv`, `$VIRTUAL_ENV`).
+    pub venv: Option<PathBuf>,
+    /// Leave the Python environment out.
+    pub no_python: bool,
+    /// Models folder (default `COMFY_DIR/models`).
+    pub models_dir: Option<PathBuf>,
+    /// `--sources` map of path or sha256 to URLs.
+    pub sources: Option<PathBuf>,
+    /// More Hugging Face hub caches to look up sources in.
+    pub hf_caches: Vec<PathBuf>,
+    pub adopt: AdoptMode,
+    /// Give packages installed from an index their wheel file, URL and sha256, by pinning
+    /// `name==version` of each with `pin` (network, unless offline with local wheels).
+    pub pin_wheels: Option<crate::python::PinOptions>,
+}
+
+/// What `lock` did, beyond the lockfile itself.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LockReport {
+    /// Repos locked by their tree because they had uncommitted changes.
+    pub dirty: Vec<String>,
+    pub warnings: Vec<String>,
+    pub custom_nodes: usize,
+    pub packages: usize,
+    pub models: usize,
+    pub model_bytes: u64,
+    /// How each model got into the store: cached, present, reflink, hardlink, copy.
+    pub model_adoption: BTreeMap<&'static str, u64>,
+    /// Source files read and hashed, versus vouched for by the stat cache.
+    pub hashed_files: u64,
+    pub cached_files: u64,
+    pub new_objects: u64,
+}
+
+/// Scan `opts.comfy_dir` and return its lockfile (canonical and valid), having stored every
+/// part of it.
+pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)> {
+    check_tag(&opts.tag).map_err(|e| Error::bad_input(&opts.comfy_dir, e))?;
+    let comfy = opts.comfy_dir.canonicalize().ctx("open", &opts.comfy_dir)?;
+    if !comfy.is_dir() {
+        return Err(Error::bad_input(&comfy, "not a directory"));
+    }
+    if !comfy.join("main.py").is_file() {
+        tracing::warn!("{}: no main.py; is this a ComfyUI folder?", comfy.display());
+    }
+    // Held throughout: gc must not collect what we store before a root names it.
+    let _writer = store.lock_shared()?;
+    let mut report = LockReport::default();
+    let mut lock = Lockfile::new(&opts.tag);
+
+    let venv = if opts.no_python {
+        None
+    } else {
+        python::find_venv(&comfy, opts.venv.as_deref())
+    };
+    // The venv and any other top-level folder that is a venv stay out of the source tree.
+    let mut excludes = comfyui_excludes();
+    if let Some(rel) = venv
+        .as_ref()
+        .and_then(|v| v.canonicalize().ok())
+        .and_then(|v| v.strip_prefix(&comfy).ok().map(Path::to_path_buf))
+    {
+        if let Some(first) = rel.components().next() {
+            excludes.push(first.as_os_str().to_string_lossy().into_owned());
+        }
+    }
+    excludes.sort();
+    excludes.dedup();
+
+    let (src, tree) = lock_source(store, &comfy, &excludes, "comfyui", &mut report)?;
+    lock.comfyui = ComfyUi {
+        repo: src.as_ref().and_then(|g| g.repo.clone()),
+        commit: src.as_ref().map(|g| g.commit.clone()),
+        dirty: src.as_ref().is_some_and(|g| g.dirty),
+        tree: Some(tree),
+    };
+    if src.is_none() {
+        report
+            .warnings
+            .push("ComfyUI is not a git checkout: locked by its tree only".into());
+    }
+
+    let extra_yaml = comfy.join("extra_model_paths.yaml");
+    let extra = if extra_yaml.is_file() {
+        models::read_extra_paths(&extra_yaml)?
+    } else {
+        models::ExtraPaths::default()
+    };
+
+    let mut node_dirs = vec![comfy.join("custom_nodes")];
+    node_dirs.extend(extra.custom_nodes.iter().cloned());
+    lock.custom_nodes = lock_nodes(store, &node_dirs, &mut report)?;
+    report.custom_nodes = lock.custom_nodes.len();
+
+    if let Some(venv) = &venv {
+        let (mut py, base) = python::inspect(venv)?;
+        // What comfystore installed it from: the wheel, URL and sha256 of each package.
+        if let Some(meta) = crate::python::relocate::read_meta_file(venv)? {
+            fill_wheels(&mut py.packages, &meta.packages);
+        }
+        if let Some(pin) = &opts.pin_wheels {
+            pin_index_packages(store, venv, &mut py, pin, &mut report)?;
+        }
+        // Stored path-independent: what names the venv's folder or interpreter is a template.
+        let (tree, add) = crate::python::relocate::ingest(store, venv, &base, None)?;
+        count(&mut report, &add);
+        py.tree = Some(tree);
+        report.packages = py.packages.len();
+        lock.python = Some(py);
+    } else if !opts.no_python {
+        report.warnings.push(
+            "no venv found (COMFY_DIR/venv, COMFY_DIR/.venv, $VIRTUAL_ENV): python section left out; pass --venv"
+                .into(),
+        );
+    }
+
+    let models_dir = opts
+        .models_dir
+        .clone()
+        .unwrap_or_else(|| comfy.join("models"));
+    lock.models = lock_models(store, &models_dir, &extra, opts, &mut report)?;
+    report.models = lock.models.len();
+    report.model_bytes = lock.models.iter().map(|m| m.size).sum();
+
+    lock.canonicalize();
+    lock.validate().map_err(|e| {
+        Error::bad_input(
+            &comfy,
+            format!("the scanned install gives an invalid lock: {e}"),
+        )
+    })?;
+    Ok((lock, report))
+}
+
+/// Fill in wheel, URL and sha256 of the packages an index installed (no `direct_url.json`),
+/// with the same resolution `pin` uses: `name==version` of each, for the venv's interpreter.
+fn pin_index_packages(
+    store: &Store,
+    venv: &Path,
+    py: &mut Python,
+    pin: &crate::python::PinOptions,
+    report: &mut LockReport,
+) -> Result<()> {
+    let wanted: Vec<String> = py
+        .packages
+        .iter()
+        .filter(|p| p.wheel.is_none() && p.url.is_none() && !p.version.is_empty())
+        .map(|p| format!("{}=={}", p.name, p.version))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let work = tempfile::Builder::new()
+        .prefix(crate::store::TEMP_PREFIX)
+        .tempdir_in(store.tmp_dir())
+        .ctx("create a temp folder in", &store.tmp_dir())?;
+    let reqs = work.path().join("requirements.txt");
+    fs::write(&reqs, wanted.join("\n") + "\n").ctx("write", &reqs)?;
+    let opts = crate::python::PinOptions {
+        python: Some(venv.join("bin/python").to_string_lossy().into_owned()),
+        ..pin.clone()
+    };
+    let pinned = crate::python::pin(store, &reqs, &opts)?;
+    let filled = fill_wheels(&mut py.packages, &pinned.pins.python.packages);
+    if filled < wanted.len() {
+        report.warnings.push(format!(
+            "{} of {} index-installed packages could not be pinned to a wheel",
+            wanted.len() - filled,
+            wanted.len()
+        ));
+    }
+    Ok(())
+}
+
+fn count(report: &mut LockReport, add: &crate::store::AddReport) {
+    report.hashed_files += add.hashed_files;
+    report.cached_files += add.cached_files;
+    report.new_objects += add.new_objects;
+}
+
+/// Store a source folder for `lock`, turning what git says into warnings.
+fn lock_source(
+    store: &Store,
+    dir: &Path,
+    excludes: &[String],
+    label: &str,
+    report: &mut LockReport,
+) -> Result<(Option<git::GitState>, ObjectId)> {
+    let (state, add) = git::store_checkout(store, dir, excludes)?;
+    count(report, &add);
+    if let Some(g) = &state {
+        if g.dirty {
+            report.dirty.push(label.to_string());
+            report.warnings.push(format!(
+                "{label}: uncommitted changes; locked by its tree {} (commit {} is only its base)",
+                add.id,
+                &g.commit[..12.min(g.commit.len())]
+            ));
+        }
+        if !g.ignored.is_empty() {
+            let shown: Vec<&str> = g.ignored.iter().take(3).map(String::as_str).collect();
+            report.warnings.push(format!(
+                "{label}: {} git-ignored file(s) not locked (e.g. {})",
+                g.ignored.len(),
+                shown.join(", ")
+            ));
+        }
+    }
+    Ok((state, add.id))
+}
+
+/// A node's folder name and whether it is disabled: `X.disabled` or `.disabled/X`.
+fn node_entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
+    let mut out = Vec::new();
+    let list = |d: &Path, disabled: bool, out: &mut Vec<(String, PathBuf, bool)>| -> Result<()> {
+        let entries = match fs::read_dir(d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).ctx("list", d),
+        };
+        for e in entries {
+            let e = e.ctx("list", d)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || CACHE_NAMES.contains(&name.as_str()) {
+                continue;
+            }
+            match name.strip_suffix(".disabled") {
+                Some(base) if !base.is_empty() => out.push((base.to_string(), e.path(), true)),
+                _ => out.push((name, e.path(), disabled)),
+            }
+        }
+        Ok(())
+    };
+    list(dir, false, &mut out)?;
+    list(&dir.join(DISABLED_DIR), true, &mut out)?;
+    Ok(out)
+}
+
+/// Lock every custom node in `dirs` (ComfyUI's `custom_nodes` first, then extra folders).
+fn lock_nodes(store: &Store, dirs: &[PathBuf], report: &mut LockReport) -> Result<Vec<CustomNode>> {
+    let mut nodes: Vec<CustomNode> = Vec::new();
+    for dir in dirs {
+        for (name, path, disabled) in node_entries(dir)? {
+            let label = format!("custom_nodes/{name}");
+            if nodes.iter().any(|n| n.name == name) {
+                report.warnings.push(format!(
+                    "{label}: found again at {}; the first one is locked",
+                    path.display()
+                ));
+                continue;
+            }
+            let meta = fs::metadata(&path).ctx("stat", &path)?;
+            let mut node = CustomNode {
+                name,
+                disabled,
+                ..Default::default()
+            };
+            if meta.is_file() {
+                let add = store.add_file(&path)?;
+                count(report, &add);
+                node.file = Some(add.id);
+            } else if meta.is_dir() {
+                let (src, tree) = lock_source(store, &path, &[], &label, report)?;
+                if let Some(g) = src {
+                    node.repo = g.repo;
+                    node.commit = Some(g.commit);
+                    node.dirty = g.dirty;
+                }
+                node.registry = registry_pack(&path);
+                node.tree = Some(tree);
+            } else {
+                continue;
+            }
+            nodes.push(node);
+        }
+    }
+    Ok(nodes)
+}
+
+/// A Comfy Registry pack, detected as ComfyUI-Manager does: a `.tracking` file and a
+/// `pyproject.toml` with `[project] name` and `version`.
+fn registry_pack(dir: &Path) -> Option<Registry> {
+    if !dir.join(".tracking").is_file() {
+        return None;
+    }
+    let text = fs::read_to_string(dir.join("pyproject.toml")).ok()?;
+    let doc: toml::Table = text.parse().ok()?;
+    let project = doc.get("project")?.as_table()?;
+    Some(Registry {
+        id: project.get("name")?.as_str()?.to_ascii_lowercase(),
+        version: project.get("version")?.as_str()?.to_string(),
+    })
+}
+
+/// Adopt every model into the store and gather its sources.
+fn lock_models(
+    store: &Store,
+    models_dir: &Path,
+    extra: &models::ExtraPaths,
+    opts: &LockOptions,
+    report: &mut LockReport,
+) -> Result<Vec<Model>> {
+    let found = models::discover(models_dir, extra, &mut report.warnings)?;
+    let paths: Vec<PathBuf> = found.iter().map(|m| m.abs.clone()).collect();
+    let adopted = store.adopt_files(&paths, opts.adopt)?;
+    let given = match &opts.sources {
+        Some(p) => models::SourceMap::read(p)?,
+        None => models::SourceMap::default(),
+    };
+    let mut hubs = models::default_hf_caches();
+    hubs.extend(opts.hf_caches.iter().cloned());
+    hubs.extend(found.iter().filter_map(|m| models::hub_of(&m.abs)));
+    let hf = models::scan_hf_caches(&hubs);
+
+    let mut out = Vec::with_capacity(found.len());
+    for (m, a) in found.iter().zip(&adopted) {
+        *report.model_adoption.entry(a.how).or_default() += 1;
+        let mut sources: Vec<String> = given
+            .lookup(&m.path, &a.sha256)
+            .into_iter()
+            .chain(hf.get(&a.sha256).cloned())
+            .map(|u| redact_url(&u))
+            .collect();
+        // Remember what we learnt, so the next lock of these bytes knows it too.
+        for url in &sources {
+            store.add_source(&a.id, url)?;
+        }
+        // Sorted, so the lock's bytes do not depend on whether --sources was passed this time
+        // (preference among sources is the fetcher's business: mirrors first).
+        sources.extend(store.sources_of(&a.id)?);
+        sources.sort();
+        sources.dedup();
+        if sources.is_empty() {
+            report.warnings.push(format!(
+                "{}: no known source; locked by hash only (pass --sources to name one)",
+                m.path
+            ));
+        }
+        out.push(Model {
+            path: m.path.clone(),
+            size: a.size,
+            sha256: a.sha256,
+            blake3: a.id,
+            sources,
+        });
+    }
+    Ok(out)
+}

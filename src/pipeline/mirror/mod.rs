@@ -1,0 +1,246 @@
+//! Offline mirrors: everything a lockfile needs, in a folder another machine can use with no
+//! network.
+//!
+//! ```text
+//! DIR/mirror.json                    what is here (schema comfystore.mirror/1)
+//! DIR/lockfiles/comfy-TAG.lock.json  the locks mirrored
+//! DIR/bundles/TAG.bundle             the lock's trees with their files (`import` format)
+//! DIR/models/...                     models under their lock paths
+//! DIR/wheels/*.whl                   wheels, flat: pip install --no-index --find-links DIR/wheels
+//! DIR/simple/NAME/index.html         the same wheels as a PEP 503 index: --index-url file://DIR/simple
+//! DIR/sha256/HEX                     symlinks by SHA-256, so `fetch --mirror-url` works over HTTP
+//! ```
+//!
+//! Files are linked from the store where the filesystem allows (reflink, else hardlink), else
+//! copied; every file is published by rename, so an interrupted run leaves no partial file
+//! under its final name. Several locks can share one mirror.
+
+pub mod layout;
+
+pub use layout::{import_bundles, wheel_path, MirrorFile, MirrorManifest, MANIFEST, MIRROR_SCHEMA};
+
+use super::fetch::{fetch_lock, FetchOptions, FetchReport};
+use crate::error::{Error, IoContext, Result};
+use crate::lockfile::{normalize_package_name, Lockfile, Part};
+use crate::place::{place_object, LinkMode};
+use crate::store::{ObjectId, Sha256, Store};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// What `mirror` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MirrorReport {
+    pub dir: PathBuf,
+    pub fetch: FetchReport,
+    pub bundle: Option<PathBuf>,
+    pub bundle_bytes: u64,
+    /// Files written (linked or copied) now, and already present.
+    pub written: u64,
+    pub present: u64,
+    pub bytes: u64,
+}
+
+/// Write (or add to) an offline mirror of `lock` at `dir`, fetching what the store lacks.
+pub fn write_mirror(
+    store: &Store,
+    lock: &Lockfile,
+    dir: &Path,
+    opts: &FetchOptions,
+) -> Result<MirrorReport> {
+    let fetch = fetch_lock(
+        store,
+        lock,
+        &FetchOptions {
+            all_wheels: true,
+            ..opts.clone()
+        },
+    )?;
+    fs::create_dir_all(dir).ctx("create", dir)?;
+    let mut report = MirrorReport {
+        dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    let _writer = store.lock_shared()?;
+    let mut manifest = read_manifest(dir)?;
+
+    // Files: models at their paths, wheels flat.
+    let mut files: Vec<(String, ObjectId, Sha256)> = Vec::new();
+    if opts.wants(Part::Models) {
+        for m in lock.models.iter().filter(|m| store.has_object(&m.blake3)) {
+            files.push((m.path.clone(), m.blake3, m.sha256));
+        }
+    }
+    let mut wheels: BTreeMap<String, Vec<(String, Sha256)>> = BTreeMap::new();
+    if opts.wants(Part::Python) {
+        for (file, sha, _) in lock.pinned_wheels() {
+            if let Some(id) = store.lookup_sha256(&sha)?.filter(|b| store.has_object(b)) {
+                if file.contains('/') || crate::store::check_rel_path(&file).is_err() {
+                    return Err(Error::bad_input(
+                        dir,
+                        format!("wheel name {file:?} is not a plain file name"),
+                    ));
+                }
+                files.push((format!("wheels/{file}"), id, sha));
+                let project = normalize_package_name(file.split('-').next().unwrap_or(&file));
+                wheels.entry(project).or_default().push((file, sha));
+            }
+        }
+    }
+    let by_sha = dir.join("sha256");
+    fs::create_dir_all(&by_sha).ctx("create", &by_sha)?;
+    let bar = store.reporter().start(
+        "mirror",
+        Some(files.len() as u64),
+        crate::report::Unit::Items,
+    );
+    for (rel, id, sha) in &files {
+        let dest = dir.join(rel);
+        let src = store
+            .find_object(id, false)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let size = fs::metadata(&src).ctx("stat", &src)?.len();
+        if fs::metadata(&dest).is_ok_and(|m| m.len() == size)
+            && manifest
+                .files
+                .iter()
+                .any(|f| f.path == *rel && f.blake3 == *id)
+        {
+            report.present += 1;
+        } else {
+            let parent = dest.parent().unwrap_or(dir);
+            fs::create_dir_all(parent).ctx("create", parent)?;
+            let tmp = parent.join(crate::store::unique_name(crate::store::TEMP_PREFIX));
+            place_object(store, id, &tmp, LinkMode::Auto)?;
+            fs::rename(&tmp, &dest).ctx("publish", &dest)?;
+            report.written += 1;
+        }
+        report.bytes += size;
+        // By SHA-256, for HTTP mirrors: `python -m http.server` in DIR, then
+        // `fetch --mirror-url http://host:port/sha256`.
+        let link = by_sha.join(sha.hex());
+        let target = PathBuf::from("..").join(rel);
+        if fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+            let tmp = dir
+                .join("sha256")
+                .join(crate::store::unique_name(crate::store::TEMP_PREFIX));
+            std::os::unix::fs::symlink(&target, &tmp).ctx("symlink", &tmp)?;
+            fs::rename(&tmp, &link).ctx("publish", &link)?;
+        }
+        manifest.files.retain(|f| f.path != *rel);
+        manifest.files.push(MirrorFile {
+            path: rel.clone(),
+            size,
+            sha256: sha.hex(),
+            blake3: *id,
+        });
+        bar.inc(1);
+    }
+    bar.finish();
+    write_simple_index(dir, &wheels)?;
+
+    // Trees (source, nodes, environment) with everything they hold, in one verified bundle.
+    let trees: Vec<ObjectId> = lock
+        .store_ids()
+        .into_iter()
+        .chain(fetch.trees.iter().map(|t| t.tree))
+        .filter(|id| store.has_tree(id))
+        .collect();
+    if !trees.is_empty() {
+        let path = dir.join("bundles").join(format!("{}.bundle", lock.tag));
+        fs::create_dir_all(dir.join("bundles")).ctx("create", &dir.join("bundles"))?;
+        store.export_to_file(&trees, &path)?;
+        report.bundle_bytes = fs::metadata(&path).ctx("stat", &path)?.len();
+        report.bundle = Some(path);
+    }
+
+    let lock_path = dir
+        .join("lockfiles")
+        .join(format!("comfy-{}.lock.json", lock.tag));
+    fs::create_dir_all(dir.join("lockfiles")).ctx("create", &dir.join("lockfiles"))?;
+    lock.write(&lock_path)?;
+    manifest.schema = MIRROR_SCHEMA.into();
+    manifest.locks.push(lock.tag.clone());
+    manifest.locks.sort();
+    manifest.locks.dedup();
+    manifest.files.sort();
+    let bytes = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::bad_input(dir.join(MANIFEST), e.to_string()))?;
+    crate::store::write_file_atomic(&dir.join(MANIFEST), &bytes, 0o644)?;
+    report.fetch = fetch;
+    Ok(report)
+}
+
+fn read_manifest(dir: &Path) -> Result<MirrorManifest> {
+    let path = dir.join(MANIFEST);
+    match fs::read(&path) {
+        Ok(b) => {
+            let m: MirrorManifest = serde_json::from_slice(&b)
+                .map_err(|e| Error::bad_input(&path, format!("not a mirror manifest: {e}")))?;
+            if m.schema != MIRROR_SCHEMA {
+                return Err(Error::bad_input(
+                    &path,
+                    format!("schema {:?}, expected {MIRROR_SCHEMA:?}", m.schema),
+                ));
+            }
+            Ok(m)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MirrorManifest::default()),
+        Err(e) => Err(e).ctx("read", &path),
+    }
+}
+
+/// PEP 503 pages for the wheels now in `DIR/wheels` (merged with projects already listed).
+fn write_simple_index(dir: &Path, wheels: &BTreeMap<String, Vec<(String, Sha256)>>) -> Result<()> {
+    let simple = dir.join("simple");
+    for (project, files) in wheels {
+        let pdir = simple.join(project);
+        fs::create_dir_all(&pdir).ctx("create", &pdir)?;
+        // Keep links other locks wrote for this project.
+        let page = pdir.join("index.html");
+        let mut links: BTreeMap<String, String> = fs::read_to_string(&page)
+            .map(|t| parse_links(&t))
+            .unwrap_or_default();
+        for (file, sha) in files {
+            links.insert(file.clone(), sha.hex());
+        }
+        let mut html = format!(
+            "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.0\"><title>Links for {project}</title></head><body>\n<h1>Links for {project}</h1>\n"
+        );
+        for (file, sha) in &links {
+            html.push_str(&format!(
+                "<a href=\"../../wheels/{file}#sha256={sha}\">{file}</a><br/>\n"
+            ));
+        }
+        html.push_str("</body></html>\n");
+        crate::store::write_file_atomic(&page, html.as_bytes(), 0o644)?;
+    }
+    let mut projects: Vec<String> = match fs::read_dir(&simple) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => return Ok(()),
+    };
+    projects.sort();
+    let mut html = String::from("<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.0\"><title>Simple index</title></head><body>\n");
+    for p in projects {
+        html.push_str(&format!("<a href=\"{p}/\">{p}</a><br/>\n"));
+    }
+    html.push_str("</body></html>\n");
+    crate::store::write_file_atomic(&simple.join("index.html"), html.as_bytes(), 0o644)
+}
+
+/// The (file, sha256) links of a project page this module wrote.
+fn parse_links(html: &str) -> BTreeMap<String, String> {
+    html.split("<a href=\"../../wheels/")
+        .skip(1)
+        .filter_map(|s| {
+            let (file, rest) = s.split_once("#sha256=")?;
+            let (sha, _) = rest.split_once('"')?;
+            Some((file.to_string(), sha.to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,18 @@
+//! The verbs over a lockfile. Each is a readable sequence of engine calls:
+//!
+//! - [`lock`]: scan a ComfyUI install, store its parts, write a lockfile;
+//! - [`fetch`]: make the store complete for a lock (git, HTTP, mirrors);
+//! - [`version`]: a lock as one tree, the layout of a runnable version;
+//! - [`materialize`]: fetch, build the environment, compose, place;
+//! - [`verify`]: check (and repair) an install against its lock;
+//! - [`mirror`]: an offline mirror of a lock;
+//! - [`init`]: clone ComfyUI and give it a pinned environment.
+
+pub mod fetch;
+pub mod init;
+pub mod lock;
+pub mod materialize;
+pub mod mirror;
+pub mod python_section;
+pub mod verify;
+pub mod version;

@@ -1,0 +1,343 @@
+//! How one file gets from the store into a destination: reflink, hardlink, symlink or copy,
+//! falling back down a chain when the filesystems refuse.
+//!
+//! The first refusal of a method for a (store filesystem, destination filesystem) pair is
+//! remembered, so the remaining files of a tree do not try it again (uv's and pnpm's approach).
+//! A refusal that is about one file (EMLINK: too many links to that inode) falls back for that
+//! file only.
+
+use crate::error::{IoContext, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// What the user asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum LinkMode {
+    /// Reflink, else hardlink, else copy.
+    Auto,
+    /// Reflink (a copy-on-write clone), else copy. Safe to edit: the default.
+    Reflink,
+    /// Hardlink, else copy. Fast, but shares the inode with the store: for read-only parts.
+    Hardlink,
+    /// Symlink to the store object. Works across filesystems; read-only parts only.
+    Symlink,
+    /// Always copy the bytes.
+    Copy,
+    /// Reflink, else hardlink, else symlink: never copies bytes. The models default, so a
+    /// 20 GB checkpoint on a network volume is linked, not duplicated.
+    Share,
+}
+
+impl LinkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkMode::Auto => "auto",
+            LinkMode::Reflink => "reflink",
+            LinkMode::Hardlink => "hardlink",
+            LinkMode::Symlink => "symlink",
+            LinkMode::Copy => "copy",
+            LinkMode::Share => "share",
+        }
+    }
+
+    fn chain(self) -> &'static [Method] {
+        match self {
+            LinkMode::Auto => &[Method::Reflink, Method::Hardlink, Method::Copy],
+            LinkMode::Reflink => &[Method::Reflink, Method::Copy],
+            LinkMode::Hardlink => &[Method::Hardlink, Method::Copy],
+            LinkMode::Symlink => &[Method::Symlink],
+            LinkMode::Copy => &[Method::Copy],
+            LinkMode::Share => &[Method::Reflink, Method::Hardlink, Method::Symlink],
+        }
+    }
+
+    /// Whether files placed this way share their inode with the store.
+    pub fn shares_inode(self) -> bool {
+        matches!(
+            self,
+            LinkMode::Auto | LinkMode::Hardlink | LinkMode::Symlink | LinkMode::Share
+        )
+    }
+}
+
+impl std::str::FromStr for LinkMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        const ALL: [LinkMode; 6] = [
+            LinkMode::Auto,
+            LinkMode::Reflink,
+            LinkMode::Hardlink,
+            LinkMode::Symlink,
+            LinkMode::Copy,
+            LinkMode::Share,
+        ];
+        ALL.into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!("unknown link mode {s:?} (auto, reflink, hardlink, symlink, copy, share)")
+            })
+    }
+}
+
+/// What was actually done for a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Reflink,
+    Hardlink,
+    Symlink,
+    Copy,
+}
+
+/// Link mode per path prefix: the longest matching prefix wins, else `default`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkPolicy {
+    pub default: LinkMode,
+    #[serde(default)]
+    pub rules: Vec<PrefixRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixRule {
+    pub prefix: String,
+    pub mode: LinkMode,
+}
+
+impl Default for LinkPolicy {
+    /// Reflink else copy: source trees are edited by users and custom nodes, and an edit must
+    /// never reach the store.
+    fn default() -> Self {
+        LinkPolicy {
+            default: LinkMode::Reflink,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl LinkPolicy {
+    /// Parse `PREFIX=MODE` (e.g. `venv=hardlink`, `models/checkpoints=symlink`).
+    pub fn parse_rule(s: &str) -> std::result::Result<PrefixRule, String> {
+        let (prefix, mode) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected PREFIX=MODE, e.g. venv=hardlink"))?;
+        let prefix = prefix.trim_matches('/').to_string();
+        if !prefix.is_empty() {
+            crate::store::check_rel_path(&prefix)?;
+        }
+        Ok(PrefixRule {
+            prefix,
+            mode: mode.parse()?,
+        })
+    }
+
+    /// The mode for `path`, with the prefix that chose it ("" for the default).
+    pub fn mode_for<'a>(&'a self, path: &str) -> (&'a str, LinkMode) {
+        let mut best: (&str, LinkMode) = ("", self.default);
+        for r in &self.rules {
+            let matches = r.prefix.is_empty()
+                || path == r.prefix
+                || (path.starts_with(&r.prefix)
+                    && path.as_bytes().get(r.prefix.len()) == Some(&b'/'));
+            if matches && r.prefix.len() >= best.0.len() {
+                best = (&r.prefix, r.mode);
+            }
+        }
+        best
+    }
+}
+
+/// Files that programs rewrite in place (pip's RECORD, venv configs, small configs). They are
+/// copied even in hardlink or symlink mode: a copy of a small file costs about what a link
+/// does, and an in-place write through a link would change the store.
+pub fn rewritten_in_place(path: &str, size: u64) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if matches!(
+        name,
+        "RECORD" | "INSTALLER" | "pyvenv.cfg" | "direct_url.json"
+    ) {
+        return true;
+    }
+    let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    size <= 64 * 1024
+        && matches!(
+            ext,
+            "pth" | "json" | "yaml" | "yml" | "ini" | "cfg" | "toml" | "conf"
+        )
+}
+
+/// Which methods a (source device, destination device) pair was found to refuse.
+#[derive(Default)]
+pub struct Probe {
+    refused: Mutex<HashSet<(u64, u64, Method)>>,
+}
+
+impl Probe {
+    fn refused(&self, key: (u64, u64, Method)) -> bool {
+        self.refused
+            .lock()
+            .map(|m| m.contains(&key))
+            .unwrap_or(false)
+    }
+    fn refuse(&self, key: (u64, u64, Method)) {
+        if let Ok(mut m) = self.refused.lock() {
+            if m.insert(key) {
+                tracing::info!(
+                    "{:?} unsupported between devices {} and {}; falling back",
+                    key.2,
+                    key.0,
+                    key.1
+                );
+            }
+        }
+    }
+}
+
+/// Errors that mean "this method cannot work here", not "something is broken".
+fn is_fallback(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    if e.kind() == io::ErrorKind::Unsupported || e.kind() == io::ErrorKind::CrossesDevices {
+        return true;
+    }
+    let code = e.raw_os_error();
+    [
+        Errno::XDEV,
+        Errno::NOTSUP,
+        Errno::OPNOTSUPP,
+        Errno::MLINK,
+        Errno::PERM,
+        Errno::INVAL,
+        Errno::NOSYS,
+        Errno::TXTBSY,
+    ]
+    .iter()
+    .any(|c| Some(c.raw_os_error()) == code)
+}
+
+fn is_emlink(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::MLINK.raw_os_error())
+}
+
+/// Create `dst` (which must not exist) holding the bytes of store object `src`.
+///
+/// `src_exec` is the object's executable variant path when the entry is executable (needed
+/// for hardlink and symlink, whose mode is the object's). Copies and reflinks get mode 0644 or
+/// 0755 so the user can edit them.
+#[allow(clippy::too_many_arguments)]
+pub fn place(
+    probe: &Probe,
+    devs: (u64, u64),
+    mode: LinkMode,
+    src: &Path,
+    dst: &Path,
+    exec: bool,
+    force_copy: bool,
+) -> Result<Method> {
+    let chain: &[Method] = if force_copy {
+        &[Method::Reflink, Method::Copy]
+    } else {
+        mode.chain()
+    };
+    let file_mode = if exec { 0o755 } else { 0o644 };
+    for (i, m) in chain.iter().enumerate() {
+        let last = i + 1 == chain.len();
+        let key = (devs.0, devs.1, *m);
+        if !last && probe.refused(key) {
+            continue;
+        }
+        let res = match m {
+            Method::Reflink => reflink_copy::reflink(src, dst)
+                .and_then(|()| fs::set_permissions(dst, fs::Permissions::from_mode(file_mode))),
+            Method::Hardlink => fs::hard_link(src, dst),
+            Method::Symlink => std::os::unix::fs::symlink(src, dst),
+            Method::Copy => copy_file(src, dst, file_mode),
+        };
+        match res {
+            Ok(()) => return Ok(*m),
+            Err(e) if !last && is_fallback(&e) => {
+                let _ = fs::remove_file(dst);
+                if !is_emlink(&e) {
+                    probe.refuse(key);
+                }
+            }
+            Err(e) => {
+                let _ = fs::remove_file(dst);
+                return Err(e).ctx(method_op(*m), dst);
+            }
+        }
+    }
+    unreachable!("every chain ends in a method that does not fall back")
+}
+
+fn method_op(m: Method) -> &'static str {
+    match m {
+        Method::Reflink => "reflink",
+        Method::Hardlink => "hardlink",
+        Method::Symlink => "symlink",
+        Method::Copy => "copy",
+    }
+}
+
+/// Copy bytes (the kernel's copy_file_range where it can) into a new file with `mode`.
+fn copy_file(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut from = fs::File::open(src)?;
+    let mut to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(dst)?;
+    io::copy(&mut from, &mut to)?;
+    // create_new's mode is masked by the umask; set it exactly.
+    to.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+/// Create an empty file (never linked: a hardlinked empty file is one inode shared by every
+/// `__init__.py` of every version, and one write breaks them all).
+pub fn create_empty(dst: &Path, exec: bool) -> Result<Method> {
+    let mode = if exec { 0o755 } else { 0o644 };
+    copy_file(Path::new("/dev/null"), dst, mode).ctx("create", dst)?;
+    Ok(Method::Copy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_wins_on_component_boundaries() {
+        let p = LinkPolicy {
+            default: LinkMode::Reflink,
+            rules: vec![
+                LinkPolicy::parse_rule("venv=hardlink").unwrap(),
+                LinkPolicy::parse_rule("venv/bin/=copy").unwrap(),
+            ],
+        };
+        assert_eq!(p.mode_for("venv/lib/x.py").1, LinkMode::Hardlink);
+        assert_eq!(p.mode_for("venv/bin/python").1, LinkMode::Copy);
+        assert_eq!(p.mode_for("venv2/x").1, LinkMode::Reflink);
+        assert_eq!(p.mode_for("main.py"), ("", LinkMode::Reflink));
+        assert!(LinkPolicy::parse_rule("../x=copy").is_err());
+        assert!(LinkPolicy::parse_rule("x=teleport").is_err());
+    }
+
+    #[test]
+    fn configs_and_records_are_copied() {
+        assert!(rewritten_in_place(
+            "venv/lib/python3.11/site-packages/x-1.0.dist-info/RECORD",
+            10_000
+        ));
+        assert!(rewritten_in_place("venv/pyvenv.cfg", 100));
+        assert!(rewritten_in_place("custom_nodes/n/config.json", 1000));
+        assert!(!rewritten_in_place("models/x.json", 10 << 20));
+        assert!(!rewritten_in_place("venv/lib/x.py", 100));
+    }
+}

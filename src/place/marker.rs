@@ -1,0 +1,102 @@
+//! The marker a materialized directory carries: which tree it holds, from which store, how it
+//! was linked, and which GC root keeps it alive. `remove` deletes only what the marker's tree
+//! lists, and refuses a directory without a marker.
+
+use super::link::{LinkPolicy, Method};
+use crate::error::{Error, Result};
+use crate::store::ObjectId;
+pub use crate::store::MARKER_NAME;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const SCHEMA: &str = "comfystore.materialized/1";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Marker {
+    pub schema: String,
+    pub tree: ObjectId,
+    pub store: PathBuf,
+    /// Name of the GC root under `<store>/roots/`.
+    pub root: String,
+    /// False while files are being written: a crash leaves an incomplete marker, which
+    /// `status`, a new `materialize` and `remove` all handle.
+    pub complete: bool,
+    pub policy: LinkPolicy,
+    /// Per policy prefix ("" is the default), how many files each method placed.
+    pub used: BTreeMap<String, BTreeMap<Method, u64>>,
+    /// Where a lock's parts went besides DEST (a version materialized from a lockfile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+}
+
+impl Marker {
+    pub fn new(tree: ObjectId, store: &Path, root: String, policy: LinkPolicy) -> Marker {
+        Marker {
+            schema: SCHEMA.into(),
+            tree,
+            store: store.to_path_buf(),
+            root,
+            complete: false,
+            policy,
+            used: BTreeMap::new(),
+            layout: None,
+        }
+    }
+
+    /// Read DEST's marker; `Ok(None)` if there is none.
+    pub fn read(dest: &Path) -> Result<Option<Marker>> {
+        let path = dest.join(MARKER_NAME);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "read",
+                    path,
+                    source: e,
+                })
+            }
+        };
+        let m: Marker = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::bad_input(&path, format!("invalid materialize marker: {e}")))?;
+        if m.schema != SCHEMA {
+            return Err(Error::bad_input(
+                &path,
+                format!("marker schema {:?} is not supported", m.schema),
+            ));
+        }
+        Ok(Some(m))
+    }
+
+    /// Write atomically into DEST.
+    pub fn write(&self, dest: &Path) -> Result<()> {
+        let path = dest.join(MARKER_NAME);
+        let mut body =
+            serde_json::to_vec_pretty(self).map_err(|e| Error::bad_input(&path, e.to_string()))?;
+        body.push(b'\n');
+        crate::store::write_file_atomic(&path, &body, 0o644)
+    }
+}
+
+/// Where a lock's parts go besides DEST. Recorded in the marker, so `verify` and `remove`
+/// see the version as `materialize` laid it out.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    /// The environment lives here instead of DEST/venv (materialized on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venv: Option<PathBuf>,
+    /// Models under `models/` live here (shared between versions), named by DEST's
+    /// `extra_model_paths.yaml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models_dir: Option<PathBuf>,
+    /// The base interpreter the environment's `pyvenv.cfg` and `bin/python` name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<PathBuf>,
+    /// The stored environment placed (a lock without `python.tree` finds its environment by
+    /// its wheels; this keeps `verify` checking the one that was placed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<ObjectId>,
+}

@@ -1,0 +1,12 @@
+//! The worker: runs jobs on a materialized version through the ComfyUI engine. The job
+//! contract shared with runpod-workers/worker-comfyui ([`job`]), one job's run ([`runner`]),
+//! where outputs go ([`sink`]), RunPod's serverless protocol ([`runpod`]) and the local API
+//! ([`local_api`]).
+
+pub mod job;
+pub mod local_api;
+pub mod runner;
+pub mod runpod;
+pub mod sink;
+
+pub use runner::{Answer, Worker, WorkerOptions};

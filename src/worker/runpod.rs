@@ -1,0 +1,322 @@
+//! RunPod's serverless worker protocol, as runpod-python speaks it (v1.12): take a job by long
+//! poll, run it, post the result; a heartbeat names the job in progress; a stop channel
+//! interrupts a cancelled job. No Python SDK needed.
+//!
+//! The platform sets the URL templates and the key in the environment. Every call carries the
+//! key verbatim as `Authorization` (no "Bearer"). The key is never logged.
+
+use super::runner::Worker;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SDK_VERSION: &str = concat!("comfystore-", env!("CARGO_PKG_VERSION"));
+
+/// The platform's settings, from `RUNPOD_*` variables.
+#[derive(Clone)]
+pub struct RunPodConfig {
+    pub get_job: String,
+    pub post_output: String,
+    pub ping: Option<String>,
+    pub api_key: Option<String>,
+    pub worker_id: String,
+    pub ping_interval: Duration,
+}
+
+impl std::fmt::Debug for RunPodConfig {
+    /// Everything but the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunPodConfig")
+            .field("get_job", &self.get_job)
+            .field("post_output", &self.post_output)
+            .field("ping", &self.ping)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("worker_id", &self.worker_id)
+            .field("ping_interval", &self.ping_interval)
+            .finish()
+    }
+}
+
+impl RunPodConfig {
+    /// `None` unless `RUNPOD_WEBHOOK_GET_JOB` is set (the platform's mark of production).
+    pub fn from_env() -> Option<RunPodConfig> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let get_job = var("RUNPOD_WEBHOOK_GET_JOB")?;
+        let worker_id = var("RUNPOD_POD_ID").unwrap_or_else(|| {
+            let mut r = [0u8; 8];
+            let _ = getrandom::fill(&mut r);
+            hex::encode(r)
+        });
+        let gpu = var("RUNPOD_GPU_TYPE_ID").unwrap_or_default();
+        // $RUNPOD_POD_ID and $RUNPOD_GPU_TYPE_ID everywhere; $ID in the take URL is the worker
+        // (legacy), in the output URL the job (per request).
+        let fill = |t: String| {
+            t.replace("$RUNPOD_POD_ID", &worker_id)
+                .replace("$RUNPOD_GPU_TYPE_ID", &gpu)
+        };
+        Some(RunPodConfig {
+            get_job: fill(get_job).replace("$ID", &worker_id),
+            post_output: fill(var("RUNPOD_WEBHOOK_POST_OUTPUT").unwrap_or_default()),
+            ping: var("RUNPOD_WEBHOOK_PING").map(fill),
+            api_key: var("RUNPOD_AI_API_KEY"),
+            ping_interval: Duration::from_millis(
+                var("RUNPOD_PING_INTERVAL")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(10_000),
+            ),
+            worker_id,
+        })
+    }
+}
+
+/// `url` with more query parameters (`?` or `&` as the template needs).
+fn with_query(url: &str, params: &[(&str, &str)]) -> String {
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    if q.is_empty() {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{q}")
+}
+
+/// The job a worker holds now, shared with the heartbeat and the stop channel.
+type Current = Arc<Mutex<Option<String>>>;
+
+/// Take jobs until `stop` is set (SIGTERM): long-poll, run, post the result. The job in
+/// progress when SIGTERM arrives is finished first.
+pub fn serve(worker: &mut Worker, cfg: &RunPodConfig, stop: Arc<AtomicBool>) -> crate::Result<()> {
+    let current: Current = Arc::new(Mutex::new(None));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::python("runpod", format!("runtime: {e}")))?;
+    let http = client(cfg, Duration::from_secs(100))?;
+    if let Some(ping) = cfg.ping.clone() {
+        rt.spawn(heartbeat(
+            client(cfg, cfg.ping_interval * 2)?,
+            ping,
+            cfg.ping_interval,
+            current.clone(),
+            stop.clone(),
+        ));
+    }
+    if cfg.get_job.contains("/job-take/") {
+        let url = cfg.get_job.replace("/job-take/", "/job-stop/");
+        rt.spawn(stop_channel(
+            http.clone(),
+            url,
+            worker.sup.base_url(),
+            current.clone(),
+            stop.clone(),
+        ));
+    }
+    tracing::info!("RunPod worker {} taking jobs", cfg.worker_id);
+    while !stop.load(Ordering::SeqCst) {
+        let take = with_query(&cfg.get_job, &[("job_in_progress", "0")]);
+        let job = rt.block_on(async {
+            let r = http.get(&take).send().await?;
+            let status = r.status().as_u16();
+            let body = r.bytes().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        });
+        let job: Value = match job {
+            Ok((200, body)) if !body.is_empty() => match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!("job take: not JSON: {e}");
+                    continue;
+                }
+            },
+            Ok((429, _)) => {
+                std::thread::sleep(Duration::from_secs(5));
+                continue;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!("job take: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let (Some(id), Some(input)) = (job.get("id").and_then(Value::as_str), job.get("input"))
+        else {
+            tracing::warn!("job take: a job without id or input");
+            continue;
+        };
+        let id = id.to_string();
+        if let Ok(mut c) = current.lock() {
+            *c = Some(id.clone());
+        }
+        // Progress, at most once a second, as the SDK's progress_update posts it.
+        let mut last: Option<std::time::Instant> = None;
+        let progress_url = with_query(
+            &cfg.post_output.replace("$ID", &id),
+            &[("isStream", "false")],
+        );
+        let mut on_progress = |p: &Value| {
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            last = Some(std::time::Instant::now());
+            let body = json!({ "status": "IN_PROGRESS", "output": p });
+            let _ = rt.block_on(async {
+                http.post(&progress_url)
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .header("X-Request-ID", &id)
+                    .body(body.to_string())
+                    .send()
+                    .await
+            });
+        };
+        let result = match worker.run_with_progress(&id, input, &mut on_progress) {
+            Ok(output) => json!({ "output": output }),
+            // The SDK pops `error` to the top and leaves the rest as the output.
+            Err(mut err) => {
+                let error = err
+                    .as_object_mut()
+                    .and_then(|o| o.remove("error"))
+                    .unwrap_or(Value::String("job failed".into()));
+                json!({ "error": error, "output": err })
+            }
+        };
+        post_result(&rt, &http, cfg, &id, &result);
+        if let Ok(mut c) = current.lock() {
+            *c = None;
+        }
+    }
+    tracing::info!("RunPod worker stopping (SIGTERM)");
+    Ok(())
+}
+
+fn client(cfg: &RunPodConfig, timeout: Duration) -> crate::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(k) = &cfg.api_key {
+        let mut v = reqwest::header::HeaderValue::from_str(k).map_err(|_| {
+            crate::Error::python("runpod", "RUNPOD_AI_API_KEY is not a valid header value")
+        })?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .user_agent(SDK_VERSION)
+        .timeout(timeout)
+        .build()
+        .map_err(|e| crate::Error::python("runpod", format!("http client: {e}")))
+}
+
+/// POST the result, 3 tries (1 s, 2 s apart). A result that cannot be delivered is logged:
+/// the platform then retries or times the job out.
+fn post_result(
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    cfg: &RunPodConfig,
+    id: &str,
+    result: &Value,
+) {
+    let url = with_query(
+        &cfg.post_output.replace("$ID", id),
+        &[("isStream", "false")],
+    );
+    let body = serde_json::to_vec(result).unwrap_or_default();
+    for attempt in 1..=3u64 {
+        let r = rt.block_on(async {
+            http.post(&url)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .header("charset", "utf-8")
+                .header("X-Request-ID", id)
+                .body(body.clone())
+                .send()
+                .await?
+                .error_for_status()
+        });
+        match r {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!("job {id}: posting the result failed (try {attempt} of 3): {e}");
+                if attempt < 3 {
+                    std::thread::sleep(Duration::from_secs(attempt));
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat(
+    http: reqwest::Client,
+    url: String,
+    every: Duration,
+    current: Current,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let job = current.lock().ok().and_then(|c| c.clone());
+        let mut params = vec![("runpod_version", SDK_VERSION)];
+        if let Some(j) = job.as_deref() {
+            params.insert(0, ("job_id", j));
+        }
+        if let Err(e) = http.get(with_query(&url, &params)).send().await {
+            tracing::debug!("heartbeat: {e}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Long-poll the stop channel; when it names the job in progress, interrupt ComfyUI (the job
+/// then ends as interrupted and its result is posted as usual).
+async fn stop_channel(
+    http: reqwest::Client,
+    url: String,
+    comfy: String,
+    current: Current,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let r = http.get(&url).send().await;
+        let wait = match r {
+            Ok(r) if r.status().as_u16() == 200 => {
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                let ids: Vec<&str> = v
+                    .get("jobsToStop")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let ours = current.lock().ok().and_then(|c| c.clone());
+                if let Some(job) = ours.filter(|j| ids.contains(&j.as_str())) {
+                    tracing::info!("job {job}: stopped by the platform; interrupting ComfyUI");
+                    let _ = http
+                        .post(format!("{comfy}/interrupt"))
+                        .json(&json!({}))
+                        .send()
+                        .await;
+                }
+                Duration::from_secs(1)
+            }
+            Ok(r) if r.status().as_u16() == 429 => Duration::from_secs(5),
+            Ok(_) => Duration::from_millis(200),
+            Err(_) => Duration::from_secs(1),
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_joining() {
+        assert_eq!(
+            with_query("http://h/take/w?gpu=X", &[("a", "1")]),
+            "http://h/take/w?gpu=X&a=1"
+        );
+        assert_eq!(
+            with_query("http://h/take/w", &[("a", "1 2")]),
+            "http://h/take/w?a=1+2"
+        );
+    }
+}
