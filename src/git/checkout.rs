@@ -1,7 +1,7 @@
 //! A source folder into the store, exactly as git would check it out.
 
 use super::inspect::{inspect, GitState};
-use crate::error::Result;
+use crate::git::error::Result;
 use crate::store::{AddOptions, AddReport, Store, CACHE_NAMES, CACHE_SUFFIXES};
 use std::path::Path;
 

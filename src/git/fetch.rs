@@ -10,7 +10,7 @@
 //! `GIT_CONFIG_*` environment variables as an `http.<host>.extraHeader`, never on a command
 //! line or in a URL, and are cut out of any message git prints.
 
-use crate::error::{Error, Result};
+use crate::git::error::{Error, Result};
 use crate::store::{ObjectId, Store};
 use base64::Engine;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! out. We shell out to `git` rather than re-implement it.
 
 use super::command;
-use crate::error::{Error, Result};
+use crate::git::error::{Error, Result};
 use crate::store::{is_cache_path, CACHE_NAMES, CACHE_SUFFIXES};
 use std::path::Path;
 

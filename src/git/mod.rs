@@ -1,6 +1,9 @@
 //! The git engine: inspect a checkout, store it as a tree, and rebuild a tree from a repo and
 //! commit. We shell out to `git` rather than re-implement it.
 
+pub mod error;
+
+pub use error::{Error, Result};
 mod checkout;
 mod fetch;
 mod inspect;

@@ -9,10 +9,12 @@
 //! retried with exponential backoff and jitter, honouring `Retry-After`; 4xx are final.
 //! Redirects are followed by hand so that a token is only ever sent to its own host.
 
-use crate::error::{Error, Result};
+pub mod error;
+
 use crate::report::{self, ProgressRead, Unit};
 use crate::store::{Digests, ObjectId, Sha256, Store};
 use bytes::Bytes;
+pub use error::{Error, Result};
 use reqwest::header::{
     HeaderMap, ACCEPT_RANGES, AUTHORIZATION, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED,
     LOCATION, RANGE, RETRY_AFTER,
@@ -86,8 +88,9 @@ pub struct Expect {
 }
 
 impl Expect {
-    fn check(&self, d: &Digests, what: &str) -> Result<()> {
-        let mismatch = |expected: String, actual: String| Error::Mismatch {
+    /// Checked by the store as the bytes are published, so a mismatch is the store's error.
+    fn check(&self, d: &Digests, what: &str) -> crate::store::Result<()> {
+        let mismatch = |expected: String, actual: String| crate::store::Error::Mismatch {
             what: what.to_string(),
             expected,
             actual,
@@ -441,12 +444,13 @@ impl Fetcher {
                 let _ = tx.send(Err(e.clone()));
             }
             drop(tx);
-            let put = pipe.join().unwrap_or_else(|_| {
-                Err(Error::Download {
+            let put = match pipe.join() {
+                Ok(put) => put.map_err(Error::from),
+                Err(_) => Err(Error::Download {
                     what: d.label.clone(),
                     reason: "the store pipeline panicked".into(),
-                })
-            });
+                }),
+            };
             (transfer, put)
         });
         let attempts = progress.attempts;

@@ -5,6 +5,9 @@
 //! newline. Reading is strict: unknown fields, other schema versions and unsafe paths are refused
 //! before any command acts on a lock. `docs/lockfile.md` is the specification; keep it in step.
 
+pub mod error;
+
+pub use error::{Error, Result};
 pub mod diff;
 mod layout;
 pub mod snapshot;
@@ -13,9 +16,9 @@ pub use crate::ident::{is_commit, normalize_package_name};
 pub use crate::secret::redact_url;
 pub use layout::{comfyui_excludes, Part, COMFY_DATA_DIRS, DISABLED_DIR};
 
-use crate::error::{Error, IoContext, Result};
 use crate::secret::{has_credentials, scheme_of};
 use crate::store::{check_rel_path, ObjectId, Sha256};
+use error::IoContext;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::Path;

@@ -8,7 +8,7 @@
 use super::{
     normalize_package_name, redact_url, ComfyUi, CustomNode, Lockfile, Package, Python, Registry,
 };
-use crate::error::{Error, IoContext, Result};
+use crate::lockfile::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -161,7 +161,7 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.http.jobs.clamp(1, 16))
             .build()
-            .map_err(|e| crate::error::Error::Download {
+            .map_err(|e| crate::http::Error::Download {
                 what: "git".into(),
                 reason: e.to_string(),
             })?;

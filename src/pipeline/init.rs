@@ -158,15 +158,16 @@ fn resolve(dir: &Path, r: &str) -> Option<String> {
 }
 
 fn run_git(cmd: &mut std::process::Command, dir: &Path) -> Result<()> {
-    let out = cmd.output().map_err(|e| Error::Git {
+    let out = cmd.output().map_err(|e| crate::git::Error::Git {
         what: dir.display().to_string(),
         reason: format!("cannot run git: {e}"),
     })?;
     if !out.status.success() {
-        return Err(Error::Git {
+        return Err(crate::git::Error::Git {
             what: dir.display().to_string(),
             reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+        }
+        .into());
     }
     Ok(())
 }

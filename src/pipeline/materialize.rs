@@ -263,7 +263,7 @@ pub fn place_env_with(
     policy: &LinkPolicy,
 ) -> Result<MaterializeReport> {
     let (tree, _) = store.put_tree(env)?;
-    place::materialize(store, &tree, dir, policy)
+    Ok(place::materialize(store, &tree, dir, policy)?)
 }
 
 /// Render the environment of `py` for a venv at `dir` on `base`, installing it first if the

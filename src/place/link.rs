@@ -6,7 +6,7 @@
 //! A refusal that is about one file (EMLINK: too many links to that inode) falls back for that
 //! file only.
 
-use crate::error::{IoContext, Result};
+use crate::place::error::{IoContext, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs;

@@ -3,7 +3,7 @@
 //! lists, and refuses a directory without a marker.
 
 use super::link::{LinkPolicy, Method};
-use crate::error::{Error, Result};
+use crate::place::error::{Error, Result};
 use crate::store::ObjectId;
 pub use crate::store::MARKER_NAME;
 use serde::{Deserialize, Serialize};
@@ -76,7 +76,7 @@ impl Marker {
         let mut body =
             serde_json::to_vec_pretty(self).map_err(|e| Error::bad_input(&path, e.to_string()))?;
         body.push(b'\n');
-        crate::store::write_file_atomic(&path, &body, 0o644)
+        Ok(crate::store::write_file_atomic(&path, &body, 0o644)?)
     }
 }
 

@@ -6,14 +6,17 @@
 //! index's stat cache: a file whose (device, inode, size, mtime, ctime) is unchanged since it
 //! was placed or last verified is not read again.
 
+pub mod error;
+
+pub use error::{Error, Result};
 pub mod link;
 mod marker;
 
 pub use link::{LinkMode, LinkPolicy, Method, PrefixRule};
 pub use marker::{Layout, Marker, MARKER_NAME};
 
-use crate::error::{Error, IoContext, Result};
 use crate::store::{Entry, Manifest, Node, ObjectId, Root, StatKey, Store};
+use error::IoContext;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -520,10 +523,11 @@ fn apply(
         }
     };
     if let Some(e) = manifest.entries.iter().find(|e| e.path == MARKER_NAME) {
-        return Err(Error::BadManifest {
+        return Err(crate::store::Error::BadManifest {
             id: tree.to_string(),
             reason: format!("{:?} is reserved for the materialize marker", e.path),
-        });
+        }
+        .into());
     }
     let missing: Vec<String> = manifest
         .objects()
@@ -532,11 +536,12 @@ fn apply(
         .map(|(id, _, _)| id.to_string())
         .collect();
     if !missing.is_empty() {
-        return Err(Error::NotFound(format!(
+        return Err(crate::store::Error::NotFound(format!(
             "{} objects of tree {tree} (first: {})",
             missing.len(),
             missing[0]
-        )));
+        ))
+        .into());
     }
     // Writers' lock: gc must not delete the objects while we link them.
     let _lock = store.lock_shared()?;
@@ -606,13 +611,14 @@ fn apply(
                 Node::File { id, .. } => (dest.join(&e.path), *id),
                 _ => continue,
             };
-            return Err(Error::Store {
+            return Err(crate::store::Error::Store {
                 path: store.root().to_path_buf(),
                 reason: format!(
                     "object {id} was modified in place through {}; run `comfystore fsck --repair` to quarantine it, then add or fetch it again",
                     dev_path.display()
                 ),
-            });
+            }
+            .into());
         }
         if let (Some(s), Node::File { .. } | Node::Symlink { .. }) = (seen.get(&e.path), &e.node) {
             if s.meta.is_dir() {
@@ -817,7 +823,7 @@ fn place_entry(
                 } else {
                     store
                         .find_object(id, *exec)
-                        .ok_or_else(|| Error::NotFound(id.to_string()))?
+                        .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?
                 };
                 link::place(probe, devs, mode, &src, &target, *exec, force_copy)?
             };
@@ -949,7 +955,7 @@ pub fn remove(store: &Store, dest: &Path, all: bool) -> Result<RemoveReport> {
 pub fn place_object(store: &Store, id: &ObjectId, dest: &Path, mode: LinkMode) -> Result<Method> {
     let src = store
         .find_object(id, false)
-        .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?;
     let parent = dest
         .parent()
         .ok_or_else(|| Error::bad_input(dest, "no parent folder"))?;

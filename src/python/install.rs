@@ -9,7 +9,7 @@ use super::interpreter::{self, Interpreter};
 use super::pin::{link_object, uv_available, Resolver};
 use super::relocate;
 use super::spec::EnvSpec;
-use crate::error::{Error, IoContext, Result};
+use crate::python::error::{Error, IoContext, Result};
 use crate::store::{ObjectId, Root, Store};
 use serde::Serialize;
 use std::fs;
@@ -159,7 +159,7 @@ pub fn ensure_env(
         };
         let id = store
             .lookup_sha256(&sha)?
-            .ok_or_else(|| Error::NotFound(format!("sha256:{}", sha.hex())))?;
+            .ok_or_else(|| crate::store::Error::NotFound(format!("sha256:{}", sha.hex())))?;
         link_object(store, &id, &house.join(file))?;
         reqs.push_str(&format!("{}=={}\n", p.name, p.version));
     }

@@ -7,7 +7,7 @@
 //! taken from the lock.
 
 use super::spec::EnvSpec;
-use crate::error::{Error, Result};
+use crate::python::error::{Error, Result};
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

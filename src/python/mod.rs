@@ -2,6 +2,9 @@
 //! once into a stored, path-independent tree ([`install`], [`relocate`]), and the base
 //! interpreters they run on ([`interpreter`]).
 
+pub mod error;
+
+pub use error::{Error, Result};
 pub mod install;
 pub mod interpreter;
 pub mod pin;

@@ -8,9 +8,9 @@
 use super::interpreter::{self, Interpreter};
 use super::spec::{EnvSpec, Package};
 use super::wheel;
-use crate::error::{Error, IoContext, Result};
 use crate::http::{Download, Expect, Fetcher, HttpOptions};
 use crate::ident::normalize_package_name;
+use crate::python::error::{Error, IoContext, Result};
 use crate::store::{Sha256, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -228,11 +228,12 @@ pub fn pin(store: &Store, requirements: &Path, opts: &PinOptions) -> Result<PinR
                     .sha256
                     .ok_or_else(|| Error::bad_input(p, "no sha256 computed for a wheel"))?;
                 if let Some(want) = r.sha256.filter(|w| *w != sha) {
-                    return Err(Error::Mismatch {
+                    return Err(crate::store::Error::Mismatch {
                         what: p.display().to_string(),
                         expected: want.to_string(),
                         actual: sha.to_string(),
-                    });
+                    }
+                    .into());
                 }
                 store.record_object(&put)?;
                 // A wheel the store got from an index keeps its URL even when pinned offline.
@@ -279,7 +280,7 @@ pub fn pin(store: &Store, requirements: &Path, opts: &PinOptions) -> Result<PinR
         let fetcher = Fetcher::new(opts.http.clone())?;
         let items: Vec<Download> = downloads.iter().map(|(_, d)| d.clone()).collect();
         for ((i, item), r) in downloads.iter().zip(fetcher.download_all(store, &items)) {
-            let d = r.map_err(|e| Error::Download {
+            let d = r.map_err(|e| crate::http::Error::Download {
                 what: item.label.clone(),
                 reason: e.to_string(),
             })?;
@@ -651,7 +652,7 @@ fn file_url(p: &Path) -> String {
 pub(crate) fn link_object(store: &Store, id: &crate::store::ObjectId, at: &Path) -> Result<()> {
     let src = store
         .find_object(id, false)
-        .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?;
     match std::os::unix::fs::symlink(&src, at) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),

@@ -10,7 +10,7 @@
 
 use super::interpreter::Interpreter;
 use super::spec::{EnvSpec, Package};
-use crate::error::{Error, IoContext, Result};
+use crate::python::error::{Error, IoContext, Result};
 use crate::store::CACHE_NAMES;
 use crate::store::{AddOptions, AddReport, Entry, Manifest, Node, ObjectId, Store};
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,7 @@
 //! would pick it: a platform wheel over `any`, the interpreter's own ABI over `abi3` over
 //! `none`, the newest manylinux/macOS release the target runs.
 
-use crate::error::{Error, Result};
+use crate::python::error::{Error, Result};
 
 /// The parts of `NAME-VERSION(-BUILD)?-PY-ABI-PLATFORM.whl`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use super::id::{ObjectId, Sha256};
 use super::index::{Batch, StatKey};
 use super::object::MODE_PLAIN;
 use super::Store;
-use crate::error::{Error, IoContext, Result};
+use crate::store::error::{Error, IoContext, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::fs::{self, File};

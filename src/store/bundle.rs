@@ -13,7 +13,7 @@ use super::index::Batch;
 use super::object::{MODE_EXEC, MODE_PLAIN};
 use super::tree::Manifest;
 use super::Store;
-use crate::error::{Error, IoContext, Result};
+use crate::store::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fs;

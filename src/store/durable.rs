@@ -1,7 +1,7 @@
 //! Small filesystem primitives for crash safety: unique temp names, atomic no-replace publish,
 //! batched durability and freshening mtimes for gc's grace period.
 
-use crate::error::{IoContext, Result};
+use crate::store::error::{IoContext, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

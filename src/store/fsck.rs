@@ -7,7 +7,7 @@ use super::hash;
 use super::id::ObjectId;
 use super::object::{MODE_EXEC, MODE_PLAIN};
 use super::Store;
-use crate::error::{IoContext, Result};
+use crate::store::error::{IoContext, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::HashSet;

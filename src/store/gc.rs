@@ -5,7 +5,7 @@
 use super::durable::TEMP_PREFIX;
 use super::id::{ObjectId, Sha256};
 use super::Store;
-use crate::error::{Error, IoContext, Result};
+use crate::store::error::{Error, IoContext, Result};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::fs;

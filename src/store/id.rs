@@ -1,7 +1,7 @@
 //! Object ids. A store object is named by the BLAKE3 hash of its bytes, printed `b3:<64 hex>`.
 //! SHA-256 is kept beside it because Hugging Face, Civitai and PyPI publish SHA-256.
 
-use crate::error::{Error, Result};
+use crate::store::error::{Error, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;

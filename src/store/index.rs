@@ -8,7 +8,7 @@
 
 use super::id::{ObjectId, Sha256};
 use super::Store;
-use crate::error::{Error, Result};
+use crate::store::error::{Error, Result};
 use redb::{
     Builder, ConcurrencyMode, Database, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,

@@ -9,7 +9,7 @@ use super::id::{ObjectId, Sha256};
 use super::index::{Batch, StatKey};
 use super::tree::{Entry, Manifest, Node};
 use super::Store;
-use crate::error::{Error, IoContext, Result};
+use crate::store::error::{Error, IoContext, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashSet};

@@ -4,7 +4,7 @@
 //! freshening are what keep a concurrent writer's objects alive.
 
 use super::Store;
-use crate::error::{IoContext, Result};
+use crate::store::error::{IoContext, Result};
 use std::fs::{File, OpenOptions, TryLockError};
 
 /// A held lock; released on drop (and by the kernel if the process dies).

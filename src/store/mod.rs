@@ -5,6 +5,9 @@
 //! step. Everything here is safe against concurrent processes and kill -9: files are written
 //! under unique temp names in `tmp/` and published by an atomic no-replace rename.
 
+pub mod error;
+
+pub use error::{Error, Result};
 mod adopt;
 mod bundle;
 mod durable;
@@ -39,8 +42,8 @@ pub use reserved::{is_cache_path, CACHE_NAMES, CACHE_SUFFIXES, MARKER_NAME};
 pub use roots::Root;
 pub use tree::{check_rel_path, Entry, Manifest, Node};
 
-use crate::error::{Error, IoContext, Result};
 use crate::report::Reporter;
+use error::IoContext;
 use index::Index;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@ use super::durable::{self, Published};
 use super::hash::{self, Digests};
 use super::id::{ObjectId, Sha256};
 use super::Store;
-use crate::error::{Error, IoContext, Result};
+use crate::store::error::{Error, IoContext, Result};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

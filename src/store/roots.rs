@@ -5,7 +5,7 @@
 use super::durable;
 use super::id::ObjectId;
 use super::Store;
-use crate::error::{Error, IoContext, Result};
+use crate::store::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};

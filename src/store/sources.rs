@@ -9,7 +9,7 @@
 use super::durable;
 use super::id::ObjectId;
 use super::Store;
-use crate::error::{IoContext, Result};
+use crate::store::error::{IoContext, Result};
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;

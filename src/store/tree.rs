@@ -8,7 +8,7 @@ use super::durable;
 use super::id::ObjectId;
 use super::object::MODE_PLAIN;
 use super::Store;
-use crate::error::{Error, IoContext, Result};
+use crate::store::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs;

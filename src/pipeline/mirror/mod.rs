@@ -230,7 +230,11 @@ fn write_simple_index(dir: &Path, wheels: &BTreeMap<String, Vec<(String, Sha256)
         html.push_str(&format!("<a href=\"{p}/\">{p}</a><br/>\n"));
     }
     html.push_str("</body></html>\n");
-    crate::store::write_file_atomic(&simple.join("index.html"), html.as_bytes(), 0o644)
+    Ok(crate::store::write_file_atomic(
+        &simple.join("index.html"),
+        html.as_bytes(),
+        0o644,
+    )?)
 }
 
 /// The (file, sha256) links of a project page this module wrote.

@@ -1,0 +1,50 @@
+//! The store engine's errors.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A filesystem call failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A string that should be an object id is not one.
+    #[error("invalid id {0:?}: expected b3:<64 hex>, sha256:<64 hex> or 64 hex digits")]
+    InvalidId(String),
+    /// The id is well formed but the store does not hold it.
+    #[error("{0} is not in the store")]
+    NotFound(String),
+    /// A tree manifest that cannot be parsed or breaks a rule.
+    #[error("tree {id}: invalid manifest: {reason}")]
+    BadManifest { id: String, reason: String },
+    /// Input from the user or from disk that we refuse (bad paths, unsupported file types…).
+    #[error("{}: {reason}", path.display())]
+    BadInput { path: PathBuf, reason: String },
+    /// Bytes whose hash is not the one they were promised to have.
+    #[error("{what}: checksum mismatch: expected {expected}, got {actual}")]
+    Mismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    /// The redb index failed. The index is only an accelerator: `index rebuild` recreates it.
+    #[error("index {}: {reason}", path.display())]
+    Index { path: PathBuf, reason: String },
+    /// A GC root name that could escape `roots/` or is otherwise unusable.
+    #[error("invalid root name {0:?}: use letters, digits and . _ - + @ =, with / between parts")]
+    RootName(String),
+    /// A bundle that is malformed, truncated or tampered with.
+    #[error("bundle {}: {reason}", path.display())]
+    Bundle { path: PathBuf, reason: String },
+    /// The store directory is not usable as a store.
+    #[error("store {}: {reason}", path.display())]
+    Store { path: PathBuf, reason: String },
+}
+
+crate::error::error_support!(Error);
