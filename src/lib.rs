@@ -33,5 +33,5 @@ pub mod secret;
 pub mod store;
 pub mod worker;
 
-pub use error::{Error, Result};
+pub use pipeline::error::{Error, Result};
 pub use store::{ObjectId, Sha256, Store};

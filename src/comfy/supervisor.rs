@@ -2,7 +2,7 @@
 //! until it answers while watching that it has not died, keep the last lines of its log for
 //! error reports, restart it, and stop it (SIGTERM, then SIGKILL after a grace period).
 
-use crate::error::{Error, Result};
+use crate::pipeline::error::{Error, Result};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

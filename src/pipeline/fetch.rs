@@ -6,10 +6,10 @@
 //! content is pinned by the GC root `lock/<tag>`.
 
 use super::mirror::layout as mirror;
-use crate::error::Result;
 use crate::git::{fetch_tree, GitSource};
 use crate::http::{Download, Downloaded, Expect, Fetcher, HttpOptions, FILE_SCHEME};
 use crate::lockfile::{Lockfile, Part};
+use crate::pipeline::error::Result;
 use crate::store::{ObjectId, Root, Store};
 use rayon::prelude::*;
 use serde::Serialize;

@@ -5,8 +5,8 @@
 //! `PATH/venv` from the store, installing it only the first time that package set is seen.
 //! Running it again changes nothing and says so. `lock` then makes the first version.
 
-use crate::error::{Error, IoContext, Result};
 use crate::git;
+use crate::pipeline::error::{Error, IoContext, Result};
 use crate::pipeline::materialize;
 use crate::pipeline::version::VENV_DIR;
 use crate::place::{LinkMode, MaterializeReport};

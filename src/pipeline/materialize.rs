@@ -12,8 +12,8 @@
 
 use super::fetch::{fetch_lock, FetchOptions, FetchReport};
 use super::version::{compose, shared_model_path, Parts, MODELS_DIR, VENV_DIR};
-use crate::error::{Error, IoContext, Result};
 use crate::lockfile::{Lockfile, Part};
+use crate::pipeline::error::{Error, IoContext, Result};
 use crate::place::{self, Layout, LinkMode, LinkPolicy, Marker, MaterializeReport, PrefixRule};
 use crate::python::{self, EnvReport, EnvSpec, Interpreter, Resolver};
 use crate::store::{Entry, Manifest, Node, Store};

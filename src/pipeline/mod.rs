@@ -8,6 +8,7 @@
 //! - [`mirror`]: an offline mirror of a lock;
 //! - [`init`]: clone ComfyUI and give it a pinned environment.
 
+pub mod error;
 pub mod fetch;
 pub mod init;
 pub mod lock;

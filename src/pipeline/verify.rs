@@ -9,8 +9,8 @@
 use super::fetch::{fetch_lock, FetchOptions, FetchReport};
 use super::materialize::place_env_with;
 use super::version::{compose, Parts, VENV_DIR};
-use crate::error::Result;
 use crate::lockfile::{Lockfile, Part};
+use crate::pipeline::error::Result;
 use crate::place::{
     self, status_against, Layout, LinkMode, LinkPolicy, Marker, MaterializeReport, PrefixRule,
     StatusReport,

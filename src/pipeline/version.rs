@@ -11,8 +11,8 @@
 //! trees (stat-cache checks, in-place switching that keeps user files, per-prefix link modes)
 //! works for versions, and `verify LOCK DEST` is a status check against this tree.
 
-use crate::error::{Error, IoContext, Result};
 use crate::lockfile::{Lockfile, Part, DISABLED_DIR};
+use crate::pipeline::error::{Error, IoContext, Result};
 use crate::store::{Entry, Manifest, Node, ObjectId, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

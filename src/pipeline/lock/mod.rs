@@ -12,12 +12,12 @@ mod python;
 pub use models::skip_name as not_a_model;
 
 use super::python_section::fill_wheels;
-use crate::error::{Error, IoContext, Result};
 use crate::git;
 use crate::lockfile::{
     check_tag, comfyui_excludes, redact_url, ComfyUi, CustomNode, Lockfile, Model, Python,
     Registry, DISABLED_DIR,
 };
+use crate::pipeline::error::{Error, IoContext, Result};
 use crate::store::{AdoptMode, ObjectId, Store, CACHE_NAMES};
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@
 //! Hugging Face caches (whose blobs are named by SHA-256 and whose snapshots name repo and
 //! revision).
 
-use crate::error::{Error, IoContext, Result};
+use crate::pipeline::error::{Error, IoContext, Result};
 use crate::store::Sha256;
 use crate::store::CACHE_NAMES;
 use serde::Deserialize;

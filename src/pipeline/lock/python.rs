@@ -1,8 +1,8 @@
 //! What a venv holds: the interpreter's version and wheel tags, and every installed
 //! distribution, read from its `.dist-info` (and legacy `.egg-info`) metadata.
 
-use crate::error::{Error, IoContext, Result};
 use crate::lockfile::{normalize_package_name, Package, Python};
+use crate::pipeline::error::{Error, IoContext, Result};
 use crate::python::Interpreter;
 use crate::store::Sha256;
 use serde::Deserialize;

@@ -2,7 +2,7 @@
 //! it needs: the manifest, where a wheel lives, and importing its bundles. `fetch` reads
 //! mirrors through this; `mirror` writes them.
 
-use crate::error::{IoContext, Result};
+use crate::pipeline::error::{IoContext, Result};
 use crate::store::{ObjectId, Store};
 use serde::{Deserialize, Serialize};
 use std::fs;

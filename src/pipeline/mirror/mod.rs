@@ -20,8 +20,8 @@ pub mod layout;
 pub use layout::{import_bundles, wheel_path, MirrorFile, MirrorManifest, MANIFEST, MIRROR_SCHEMA};
 
 use super::fetch::{fetch_lock, FetchOptions, FetchReport};
-use crate::error::{Error, IoContext, Result};
 use crate::lockfile::{normalize_package_name, Lockfile, Part};
+use crate::pipeline::error::{Error, IoContext, Result};
 use crate::place::{place_object, LinkMode};
 use crate::store::{ObjectId, Sha256, Store};
 use serde::Serialize;
