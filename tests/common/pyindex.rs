@@ -4,30 +4,25 @@
 //!
 //! The wheels (see [`WHEELS`]) are built once per test process, deterministically (fixed zip
 //! timestamps and modes), into `$CARGO_TARGET_TMPDIR/pyindex-wheels-<hash of their spec>/`
-//! and reused by later runs. Each test serves them with its own [`IndexServer`]:
+//! and reused by later runs. Each test serves them with its own [`IndexServer`], routes on the
+//! tests' one HTTP server ([`TestServer`]):
 //!
 //! ```text
 //! /simple/                 <a href="tinyfoo/">tinyfoo</a> ...            text/html
 //! /simple/<name>/          <a href="../../files/X.whl#sha256=HEX">X.whl</a>   text/html
 //! /files/X.whl             the wheel's bytes (or other bytes, see IndexServer::serve_bytes)
 //! ```
-//!
-//! Why not `TestServer` (tests/common/http.rs): it answers every route with
-//! `Content-Type: application/octet-stream`, and pip ignores index pages that are not
-//! `text/html` (or the PEP 691 types) — it would find no packages at all.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use super::http::{Behavior, TestServer, OCTET_STREAM};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::Write;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::OnceLock;
 
 /// What `tinycli` prints (its console script `tinycli = tinycli:main`).
 pub const TINYCLI_OUTPUT: &str = "tinycli says hello";
@@ -482,79 +477,33 @@ pub fn site_packages(venv: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // The index server.
 
-/// One request the server received.
-#[derive(Clone, Debug)]
-pub struct Req {
-    pub method: String,
-    /// Without the query string.
-    pub path: String,
-}
+/// How the index serves pages and files: whole bodies, without `Accept-Ranges`, so pip and uv
+/// fetch every wheel in one GET (uv would otherwise read wheel metadata through Range requests)
+/// and the tests' request counts stay simple.
+const WHOLE: Behavior = Behavior::IgnoreRange {
+    drop_first_after: None,
+};
 
-struct Route {
-    body: Vec<u8>,
-    content_type: String,
-}
+/// A [`TestServer`] whose routes are a PEP 503 index (see the module docs); everything else of
+/// the server (`url`, `requests`, `requests_for`, `add`...) through `Deref`.
+pub struct IndexServer(TestServer);
 
-#[derive(Default)]
-struct State {
-    routes: HashMap<String, Route>,
-    requests: Vec<Req>,
-}
+impl Deref for IndexServer {
+    type Target = TestServer;
 
-/// A minimal HTTP/1.1 server (std only, `Connection: close`) serving fixed bodies with their
-/// own Content-Type; unknown paths get 404. GET and HEAD. Every request is recorded.
-pub struct IndexServer {
-    pub port: u16,
-    state: Arc<Mutex<State>>,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
+    fn deref(&self) -> &TestServer {
+        &self.0
+    }
 }
 
 impl IndexServer {
-    /// An empty server on 127.0.0.1:<ephemeral>.
-    pub fn start() -> IndexServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind index server");
-        let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(Mutex::new(State::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let accept = {
-            let state = state.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("pyindex-{port}"))
-                .spawn(move || {
-                    for conn in listener.incoming() {
-                        if stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let Ok(conn) = conn else { continue };
-                        let state = state.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("pyindex-conn".into())
-                            .spawn(move || serve(conn, &state));
-                    }
-                })
-                .expect("spawn accept loop")
-        };
-        IndexServer {
-            port,
-            state,
-            stop,
-            accept: Some(accept),
-        }
-    }
-
     /// A server with a PEP 503 index of `wheels` (see the module docs).
     pub fn with_index(wheels: &[Wheel]) -> IndexServer {
-        let srv = IndexServer::start();
+        let srv = IndexServer(TestServer::start());
         let mut projects: BTreeMap<&str, Vec<&Wheel>> = BTreeMap::new();
         for w in wheels {
             projects.entry(&w.name).or_default().push(w);
-            srv.add(
-                &format!("/files/{}", w.file),
-                w.bytes.clone(),
-                "application/octet-stream",
-            );
+            srv.serve_bytes(w, w.bytes.clone());
         }
         let mut root = String::from(
             "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.0\"><title>Simple index</title></head><body>\n",
@@ -572,10 +521,10 @@ impl IndexServer {
                 ));
             }
             page.push_str("</body></html>\n");
-            srv.add(&format!("/simple/{name}/"), page.into_bytes(), "text/html");
+            srv.page(&format!("/simple/{name}/"), page);
         }
         root.push_str("</body></html>\n");
-        srv.add("/simple/", root.into_bytes(), "text/html");
+        srv.page("/simple/", root);
         srv
     }
 
@@ -584,30 +533,20 @@ impl IndexServer {
         IndexServer::with_index(&wheel_set().wheels)
     }
 
-    /// Serve `body` at `path` with `content_type` (replaces an earlier route).
-    pub fn add(&self, path: &str, body: Vec<u8>, content_type: &str) {
-        self.state.lock().unwrap().routes.insert(
-            path.to_string(),
-            Route {
-                body,
-                content_type: content_type.to_string(),
-            },
-        );
+    /// An index page: `text/html`, the only type (besides PEP 691's JSON) pip reads pages of.
+    fn page(&self, path: &str, html: String) {
+        self.add_typed(path, html.into_bytes(), WHOLE, "text/html");
     }
 
     /// Serve `bytes` as the file of `wheel`, while the index keeps announcing the wheel's real
     /// sha256.
     pub fn serve_bytes(&self, wheel: &Wheel, bytes: Vec<u8>) {
-        self.add(
+        self.add_typed(
             &format!("/files/{}", wheel.file),
             bytes,
-            "application/octet-stream",
+            WHOLE,
+            OCTET_STREAM,
         );
-    }
-
-    /// `http://127.0.0.1:{port}{path}`
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     /// The index URL: `http://127.0.0.1:{port}/simple/`
@@ -618,102 +557,5 @@ impl IndexServer {
     /// The URL the index gives `wheel` (without the fragment).
     pub fn file_url(&self, wheel: &Wheel) -> String {
         self.url(&format!("/files/{}", wheel.file))
-    }
-
-    /// Every request seen, in arrival order.
-    pub fn requests(&self) -> Vec<Req> {
-        self.state.lock().unwrap().requests.clone()
-    }
-
-    /// Requests for `path` (without query).
-    pub fn requests_for(&self, path: &str) -> Vec<Req> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.path == path)
-            .collect()
-    }
-}
-
-impl Drop for IndexServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn serve(mut conn: TcpStream, state: &Mutex<State>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 2048];
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > 64 * 1024 {
-            return;
-        }
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut first = head.lines().next().unwrap_or("").split_whitespace();
-    let method = first.next().unwrap_or("").to_ascii_uppercase();
-    let mut target = first.next().unwrap_or("/").to_string();
-    if let Some(rest) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
-        target = rest
-            .find('/')
-            .map_or("/".to_string(), |i| rest[i..].to_string());
-    }
-    let path = target.split('?').next().unwrap_or("").to_string();
-    let (status, ctype, body) = {
-        let mut st = state.lock().unwrap();
-        st.requests.push(Req {
-            method: method.clone(),
-            path: path.clone(),
-        });
-        match st.routes.get(&path) {
-            Some(r) if method == "GET" || method == "HEAD" => {
-                ("200 OK", r.content_type.clone(), r.body.clone())
-            }
-            Some(_) => (
-                "405 Method Not Allowed",
-                "text/plain".to_string(),
-                b"405\n".to_vec(),
-            ),
-            None => (
-                "404 Not Found",
-                "text/plain".to_string(),
-                b"404 Not Found\n".to_vec(),
-            ),
-        }
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = conn.write_all(head.as_bytes());
-    if method != "HEAD" {
-        let _ = conn.write_all(&body);
-    }
-    let _ = conn.flush();
-    let _ = conn.shutdown(Shutdown::Write);
-    // Let the client read everything before the socket goes (no reset).
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-    while let Ok(n) = conn.read(&mut chunk) {
-        if n == 0 {
-            break;
-        }
     }
 }
