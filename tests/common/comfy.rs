@@ -31,8 +31,8 @@
 //! pip >= 22.3 for `pip --python`) on PATH.
 #![allow(dead_code)]
 
+use super::wheel::{self, WheelSpec};
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -150,41 +150,6 @@ fn python_cmd(exe: &Path) -> Command {
     cmd
 }
 
-/// Builds a wheel from a JSON spec on stdin; prints the wheel's path.
-const BUILD_WHEEL_PY: &str = r#"
-import base64, hashlib, json, re, sys, zipfile
-spec = json.load(sys.stdin)
-name, version = spec["name"], spec["version"]
-dist = re.sub(r"[-_.]+", "_", name)          # wheel file/dist-info escaping; case kept
-info = f"{dist}-{version}.dist-info"
-files = sorted((p, c.encode()) for p, c in spec["files"])
-top = sorted({p.split("/")[0][:-3] if "/" not in p and p.endswith(".py") else p.split("/")[0]
-              for p, _ in files})
-meta = [
-    (f"{info}/METADATA", (f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-                          f"Summary: comfystore test fixture package {name}\n\n").encode()),
-    (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: comfystore-test-fixture\n"
-                      b"Root-Is-Purelib: true\nTag: py3-none-any\n"),
-    (f"{info}/top_level.txt", "".join(t + "\n" for t in top).encode()),
-]
-entries = files + meta
-record = ""
-for p, data in entries:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    record += f"{p},sha256={digest},{len(data)}\n"
-record += f"{info}/RECORD,,\n"
-entries.append((f"{info}/RECORD", record.encode()))
-path = f"{spec['out_dir']}/{dist}-{version}-py3-none-any.whl"
-with zipfile.ZipFile(path, "w") as zf:
-    for p, data in entries:
-        zi = zipfile.ZipInfo(p, date_time=(1980, 1, 1, 0, 0, 0))
-        zi.create_system = 3
-        zi.external_attr = 0o100644 << 16
-        zi.compress_type = zipfile.ZIP_DEFLATED
-        zf.writestr(zi, data)
-print(path)
-"#;
-
 impl ComfyFixture {
     /// Run git in `dir` with fixed author/committer name, email and date, no signing, no user
     /// or system config and no inherited GIT_* variables. Panics (with stderr) on failure;
@@ -237,10 +202,9 @@ impl ComfyFixture {
         Self::git(dir, &["rev-parse", "HEAD"])
     }
 
-    /// Build a pure-Python `{name}-{version}-py3-none-any.whl` (name with runs of `-_.` turned
-    /// into `_`, case kept) into `out_dir` from (relative path, content) files, with METADATA
-    /// (2.1), WHEEL, top_level.txt and RECORD (sha256, urlsafe base64). Deterministic: fixed
-    /// zip timestamps and modes, payload sorted, dist-info last. Returns the wheel's path.
+    /// Build a pure-Python `{name}-{version}-py3-none-any.whl` of (relative path, content)
+    /// files into `out_dir` (created), with the tests' one wheel builder ([`wheel::build`]:
+    /// byte-stable). Returns the wheel's path.
     pub fn build_wheel(
         out_dir: &Path,
         name: &str,
@@ -249,28 +213,8 @@ impl ComfyFixture {
     ) -> PathBuf {
         fs::create_dir_all(out_dir).unwrap();
         let out_dir = out_dir.canonicalize().unwrap();
-        let spec = serde_json::json!({
-            "name": name,
-            "version": version,
-            "out_dir": out_dir.to_str().expect("utf-8 path"),
-            "files": files,
-        });
-        let mut cmd = python_cmd(python());
-        cmd.args(["-c", BUILD_WHEEL_PY])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("run python3");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(spec.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let path = PathBuf::from(check(&format!("build wheel {name} {version}"), out));
-        assert!(path.is_file(), "no wheel at {}", path.display());
-        path
+        let spec = WheelSpec::plain(name, version, files);
+        wheel::build(&[(&spec, &out_dir)]).remove(0)
     }
 
     /// Install into the fixture venv with no network, through the outer pip:
