@@ -31,12 +31,13 @@
 //! pip >= 22.3 for `pip --python`) on PATH.
 #![allow(dead_code)]
 
+use super::check;
+use super::pyindex::{python3, python_cmd};
 use super::wheel::{self, WheelSpec};
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 
 /// Author and committer of every fixture commit.
 pub const GIT_NAME: &str = "Fixture Author";
@@ -90,73 +91,17 @@ fn put(path: &Path, data: impl AsRef<[u8]>) {
     fs::write(path, data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-fn check(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8 stdout")
-        .trim()
-        .to_string()
-}
-
-/// Remove from `cmd` every inherited variable whose name starts with one of `prefixes`.
-fn scrub_env(cmd: &mut Command, prefixes: &[&str]) {
-    for (k, _) in std::env::vars_os() {
-        let name = k.to_string_lossy();
-        if prefixes.iter().any(|p| name.starts_with(p)) {
-            cmd.env_remove(&k);
-        }
-    }
-}
-
-/// The real interpreter behind `python3` (skips e.g. pyenv's shell shim on every later call).
-fn python() -> &'static Path {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let mut cmd = python_cmd(Path::new("python3"));
-        cmd.args(["-c", "import sys; print(sys.executable)"]);
-        let exe = check(
-            "python3 -c 'print(sys.executable)'",
-            cmd.output().expect("run python3"),
-        );
-        assert!(!exe.is_empty(), "python3 reports no sys.executable");
-        PathBuf::from(exe)
-    })
-}
-
-/// A command running `exe` with no PYTHON*/PIP*/virtualenv settings (nor pip config files)
-/// leaking in from the environment.
-fn python_cmd(exe: &Path) -> Command {
-    let mut cmd = Command::new(exe);
-    scrub_env(
-        &mut cmd,
-        &[
-            "PYTHON",
-            "PIP_",
-            "VIRTUAL_ENV",
-            "CONDA_PREFIX",
-            "__PYVENV_LAUNCHER__",
-        ],
-    );
-    cmd.env("PIP_CONFIG_FILE", "/dev/null") // pip reads no config file at all
-        .env("PIP_NO_INPUT", "1")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null());
-    cmd
-}
-
 impl ComfyFixture {
     /// Run git in `dir` with fixed author/committer name, email and date, no signing, no user
     /// or system config and no inherited GIT_* variables. Panics (with stderr) on failure;
     /// returns stdout trimmed.
     pub fn git(dir: &Path, args: &[&str]) -> String {
         let mut cmd = Command::new("git");
-        scrub_env(&mut cmd, &["GIT_"]);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("GIT_") {
+                cmd.env_remove(&k);
+            }
+        }
         cmd.current_dir(dir)
             .env("HOME", "/dev/null")
             .env_remove("XDG_CONFIG_HOME")
@@ -186,7 +131,7 @@ impl ComfyFixture {
         }
         cmd.args(args);
         let out = cmd.output().expect("run git");
-        check(&format!("git {args:?} in {}", dir.display()), out)
+        check(&format!("git {args:?} in {}", dir.display()), &out)
     }
 
     /// Commit (in the repo at `dir`) a write of `content` to `file` (relative path, force-added
@@ -223,7 +168,7 @@ impl ComfyFixture {
     /// `NAME==VER` specs are index-like installs (no direct_url.json); a spec that is a wheel's
     /// path is a direct-URL install (pip writes direct_url.json with a file:// URL).
     pub fn pip_install(&self, specs: &[&str]) {
-        let mut cmd = python_cmd(python());
+        let mut cmd = python_cmd(python3());
         cmd.args(["-m", "pip", "--python"])
             .arg(self.venv.join("bin/python"))
             .args([
@@ -237,7 +182,7 @@ impl ComfyFixture {
             .args(specs);
         check(
             &format!("pip install {specs:?}"),
-            cmd.output().expect("run python3 -m pip"),
+            &cmd.output().expect("run python3 -m pip"),
         );
     }
 
@@ -418,11 +363,11 @@ impl ComfyFixture {
         );
         let direct = Self::build_wheel(w, "directpkg", "0.3", &[("directpkg.py", "VALUE = 3\n")]);
 
-        let mut cmd = python_cmd(python());
+        let mut cmd = python_cmd(python3());
         cmd.args(["-m", "venv", "--without-pip"]).arg(&self.venv);
         check(
             "python3 -m venv",
-            cmd.output().expect("run python3 -m venv"),
+            &cmd.output().expect("run python3 -m venv"),
         );
 
         // One pip run: two index-like installs and one by wheel path (direct URL).
