@@ -6,9 +6,10 @@
 //! its own thread. Every response carries `Connection: close` and the socket is closed after it
 //! (no keep-alive). Paths are registered with [`TestServer::add`] (as
 //! `application/octet-stream`) or [`TestServer::add_typed`] (any Content-Type: pip ignores index
-//! pages that are not `text/html`) together with a [`Behavior`]; unknown paths get 404. Every request is recorded (method, path, lowercased headers, host,
-//! arrival time) and can be inspected with [`TestServer::requests`] /
-//! [`TestServer::requests_for`]. The server stops on `Drop`.
+//! pages that are not `text/html`) together with a [`Behavior`]; unknown paths get 404. Every
+//! request is recorded (method, path, lowercased headers, host, arrival time) and can be
+//! inspected with [`TestServer::requests`] / [`TestServer::requests_for`]. The server stops on
+//! `Drop`.
 //!
 //! Counting: `FailStatus` counts every request to the path (GET and HEAD), the body-shaping
 //! behaviours (`DropAfter`, `IgnoreRange`, `Trickle`) count GET requests only, so a HEAD probe
