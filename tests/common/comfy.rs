@@ -31,12 +31,13 @@
 //! pip >= 22.3 for `pip --python`) on PATH.
 #![allow(dead_code)]
 
+use super::check;
+use super::pyindex::{python3, python_cmd};
+use super::wheel::{self, WheelSpec};
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 
 /// Author and committer of every fixture commit.
 pub const GIT_NAME: &str = "Fixture Author";
@@ -90,108 +91,17 @@ fn put(path: &Path, data: impl AsRef<[u8]>) {
     fs::write(path, data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-fn check(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8 stdout")
-        .trim()
-        .to_string()
-}
-
-/// Remove from `cmd` every inherited variable whose name starts with one of `prefixes`.
-fn scrub_env(cmd: &mut Command, prefixes: &[&str]) {
-    for (k, _) in std::env::vars_os() {
-        let name = k.to_string_lossy();
-        if prefixes.iter().any(|p| name.starts_with(p)) {
-            cmd.env_remove(&k);
-        }
-    }
-}
-
-/// The real interpreter behind `python3` (skips e.g. pyenv's shell shim on every later call).
-fn python() -> &'static Path {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let mut cmd = python_cmd(Path::new("python3"));
-        cmd.args(["-c", "import sys; print(sys.executable)"]);
-        let exe = check(
-            "python3 -c 'print(sys.executable)'",
-            cmd.output().expect("run python3"),
-        );
-        assert!(!exe.is_empty(), "python3 reports no sys.executable");
-        PathBuf::from(exe)
-    })
-}
-
-/// A command running `exe` with no PYTHON*/PIP*/virtualenv settings (nor pip config files)
-/// leaking in from the environment.
-fn python_cmd(exe: &Path) -> Command {
-    let mut cmd = Command::new(exe);
-    scrub_env(
-        &mut cmd,
-        &[
-            "PYTHON",
-            "PIP_",
-            "VIRTUAL_ENV",
-            "CONDA_PREFIX",
-            "__PYVENV_LAUNCHER__",
-        ],
-    );
-    cmd.env("PIP_CONFIG_FILE", "/dev/null") // pip reads no config file at all
-        .env("PIP_NO_INPUT", "1")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// Builds a wheel from a JSON spec on stdin; prints the wheel's path.
-const BUILD_WHEEL_PY: &str = r#"
-import base64, hashlib, json, re, sys, zipfile
-spec = json.load(sys.stdin)
-name, version = spec["name"], spec["version"]
-dist = re.sub(r"[-_.]+", "_", name)          # wheel file/dist-info escaping; case kept
-info = f"{dist}-{version}.dist-info"
-files = sorted((p, c.encode()) for p, c in spec["files"])
-top = sorted({p.split("/")[0][:-3] if "/" not in p and p.endswith(".py") else p.split("/")[0]
-              for p, _ in files})
-meta = [
-    (f"{info}/METADATA", (f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-                          f"Summary: comfystore test fixture package {name}\n\n").encode()),
-    (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: comfystore-test-fixture\n"
-                      b"Root-Is-Purelib: true\nTag: py3-none-any\n"),
-    (f"{info}/top_level.txt", "".join(t + "\n" for t in top).encode()),
-]
-entries = files + meta
-record = ""
-for p, data in entries:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    record += f"{p},sha256={digest},{len(data)}\n"
-record += f"{info}/RECORD,,\n"
-entries.append((f"{info}/RECORD", record.encode()))
-path = f"{spec['out_dir']}/{dist}-{version}-py3-none-any.whl"
-with zipfile.ZipFile(path, "w") as zf:
-    for p, data in entries:
-        zi = zipfile.ZipInfo(p, date_time=(1980, 1, 1, 0, 0, 0))
-        zi.create_system = 3
-        zi.external_attr = 0o100644 << 16
-        zi.compress_type = zipfile.ZIP_DEFLATED
-        zf.writestr(zi, data)
-print(path)
-"#;
-
 impl ComfyFixture {
     /// Run git in `dir` with fixed author/committer name, email and date, no signing, no user
     /// or system config and no inherited GIT_* variables. Panics (with stderr) on failure;
     /// returns stdout trimmed.
     pub fn git(dir: &Path, args: &[&str]) -> String {
         let mut cmd = Command::new("git");
-        scrub_env(&mut cmd, &["GIT_"]);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("GIT_") {
+                cmd.env_remove(&k);
+            }
+        }
         cmd.current_dir(dir)
             .env("HOME", "/dev/null")
             .env_remove("XDG_CONFIG_HOME")
@@ -221,7 +131,7 @@ impl ComfyFixture {
         }
         cmd.args(args);
         let out = cmd.output().expect("run git");
-        check(&format!("git {args:?} in {}", dir.display()), out)
+        check(&format!("git {args:?} in {}", dir.display()), &out)
     }
 
     /// Commit (in the repo at `dir`) a write of `content` to `file` (relative path, force-added
@@ -237,10 +147,9 @@ impl ComfyFixture {
         Self::git(dir, &["rev-parse", "HEAD"])
     }
 
-    /// Build a pure-Python `{name}-{version}-py3-none-any.whl` (name with runs of `-_.` turned
-    /// into `_`, case kept) into `out_dir` from (relative path, content) files, with METADATA
-    /// (2.1), WHEEL, top_level.txt and RECORD (sha256, urlsafe base64). Deterministic: fixed
-    /// zip timestamps and modes, payload sorted, dist-info last. Returns the wheel's path.
+    /// Build a pure-Python `{name}-{version}-py3-none-any.whl` of (relative path, content)
+    /// files into `out_dir` (created), with the tests' one wheel builder ([`wheel::build`]:
+    /// byte-stable). Returns the wheel's path.
     pub fn build_wheel(
         out_dir: &Path,
         name: &str,
@@ -249,28 +158,8 @@ impl ComfyFixture {
     ) -> PathBuf {
         fs::create_dir_all(out_dir).unwrap();
         let out_dir = out_dir.canonicalize().unwrap();
-        let spec = serde_json::json!({
-            "name": name,
-            "version": version,
-            "out_dir": out_dir.to_str().expect("utf-8 path"),
-            "files": files,
-        });
-        let mut cmd = python_cmd(python());
-        cmd.args(["-c", BUILD_WHEEL_PY])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("run python3");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(spec.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let path = PathBuf::from(check(&format!("build wheel {name} {version}"), out));
-        assert!(path.is_file(), "no wheel at {}", path.display());
-        path
+        let spec = WheelSpec::plain(name, version, files);
+        wheel::build(&[(&spec, &out_dir)]).remove(0)
     }
 
     /// Install into the fixture venv with no network, through the outer pip:
@@ -279,7 +168,7 @@ impl ComfyFixture {
     /// `NAME==VER` specs are index-like installs (no direct_url.json); a spec that is a wheel's
     /// path is a direct-URL install (pip writes direct_url.json with a file:// URL).
     pub fn pip_install(&self, specs: &[&str]) {
-        let mut cmd = python_cmd(python());
+        let mut cmd = python_cmd(python3());
         cmd.args(["-m", "pip", "--python"])
             .arg(self.venv.join("bin/python"))
             .args([
@@ -293,7 +182,7 @@ impl ComfyFixture {
             .args(specs);
         check(
             &format!("pip install {specs:?}"),
-            cmd.output().expect("run python3 -m pip"),
+            &cmd.output().expect("run python3 -m pip"),
         );
     }
 
@@ -474,11 +363,11 @@ impl ComfyFixture {
         );
         let direct = Self::build_wheel(w, "directpkg", "0.3", &[("directpkg.py", "VALUE = 3\n")]);
 
-        let mut cmd = python_cmd(python());
+        let mut cmd = python_cmd(python3());
         cmd.args(["-m", "venv", "--without-pip"]).arg(&self.venv);
         check(
             "python3 -m venv",
-            cmd.output().expect("run python3 -m venv"),
+            &cmd.output().expect("run python3 -m venv"),
         );
 
         // One pip run: two index-like installs and one by wheel path (direct URL).

@@ -1,11 +1,15 @@
-//! A small real HTTP/1.1 server for the download tests, std only, with fault injection.
+//! The one loopback HTTP/1.1 server of the tests, std only (so a test never depends on the
+//! client it is testing), with fault injection: the download tests use it directly, the Python
+//! index of tests/common/pyindex.rs is routes on it.
 //!
 //! `TestServer::start()` listens on `127.0.0.1:<ephemeral port>` and serves each connection on
 //! its own thread. Every response carries `Connection: close` and the socket is closed after it
-//! (no keep-alive). Paths are registered with [`TestServer::add`] together with a [`Behavior`];
-//! unknown paths get 404. Every request is recorded (method, path, lowercased headers, host,
-//! arrival time) and can be inspected with [`TestServer::requests`] /
-//! [`TestServer::requests_for`]. The server stops on `Drop`.
+//! (no keep-alive). Paths are registered with [`TestServer::add`] (as
+//! `application/octet-stream`) or [`TestServer::add_typed`] (any Content-Type: pip ignores index
+//! pages that are not `text/html`) together with a [`Behavior`]; unknown paths get 404. Every
+//! request is recorded (method, path, lowercased headers, host, arrival time) and can be
+//! inspected with [`TestServer::requests`] / [`TestServer::requests_for`]. The server stops on
+//! `Drop`.
 //!
 //! Counting: `FailStatus` counts every request to the path (GET and HEAD), the body-shaping
 //! behaviours (`DropAfter`, `IgnoreRange`, `Trickle`) count GET requests only, so a HEAD probe
@@ -83,9 +87,14 @@ impl Request {
     }
 }
 
+/// The Content-Type of [`TestServer::add`]'s routes.
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
 struct Route {
     body: Vec<u8>,
     behavior: Behavior,
+    /// Of the body's responses (200, 206); the small status bodies are `text/plain`.
+    content_type: String,
     /// Requests of any method seen so far.
     all: usize,
     /// GET requests seen so far.
@@ -150,14 +159,20 @@ impl TestServer {
         format!("http://{host}:{}{path}", self.port)
     }
 
-    /// Serve `body` at `path` (no query string) with `behavior`; replaces an earlier route and
-    /// resets its counters.
+    /// Serve `body` at `path` (no query string) with `behavior`, as [`OCTET_STREAM`]; replaces
+    /// an earlier route and resets its counters.
     pub fn add(&self, path: &str, body: Vec<u8>, behavior: Behavior) {
+        self.add_typed(path, body, behavior, OCTET_STREAM);
+    }
+
+    /// [`TestServer::add`] with the body's Content-Type.
+    pub fn add_typed(&self, path: &str, body: Vec<u8>, behavior: Behavior, content_type: &str) {
         self.state.lock().unwrap().routes.insert(
             path.to_string(),
             Route {
                 body,
                 behavior,
+                content_type: content_type.to_string(),
                 all: 0,
                 gets: 0,
             },
@@ -314,14 +329,11 @@ fn small(status: u16) -> Plan {
     }
 }
 
-/// 200 or 206 for `body`, honouring Range and If-Range when `ranges`.
-fn full_or_range(req: &Request, body: &[u8], ranges: bool) -> Plan {
+/// 200 or 206 for `body` of `ctype`, honouring Range and If-Range when `ranges`.
+fn full_or_range(req: &Request, body: &[u8], ctype: &str, ranges: bool) -> Plan {
     let etag = etag_of(body);
     let mut headers = vec![
-        (
-            "Content-Type".to_string(),
-            "application/octet-stream".to_string(),
-        ),
+        ("Content-Type".to_string(), ctype.to_string()),
         ("ETag".to_string(), etag.clone()),
     ];
     if ranges {
@@ -411,17 +423,18 @@ fn plan(req: &Request, state: &Mutex<State>) -> Plan {
     let nth_all = route.all;
     let nth_get = if is_get { route.gets } else { usize::MAX };
     let body = &route.body;
+    let ctype = route.content_type.as_str();
     match &route.behavior {
-        Behavior::Normal => full_or_range(req, body, true),
+        Behavior::Normal => full_or_range(req, body, ctype, true),
         Behavior::DropAfter { bytes, times } => {
-            let mut p = full_or_range(req, body, true);
+            let mut p = full_or_range(req, body, ctype, true);
             if nth_get <= *times {
                 p.cut = Some(*bytes);
             }
             p
         }
         Behavior::IgnoreRange { drop_first_after } => {
-            let mut p = full_or_range(req, body, false);
+            let mut p = full_or_range(req, body, ctype, false);
             if nth_get == 1 {
                 p.cut = *drop_first_after;
             }
@@ -439,7 +452,7 @@ fn plan(req: &Request, state: &Mutex<State>) -> Plan {
                 }
                 p
             } else {
-                full_or_range(req, body, true)
+                full_or_range(req, body, ctype, true)
             }
         }
         Behavior::Status(status) => small(*status),
@@ -448,7 +461,7 @@ fn plan(req: &Request, state: &Mutex<State>) -> Plan {
             delay_ms,
             times,
         } => {
-            let mut p = full_or_range(req, body, true);
+            let mut p = full_or_range(req, body, ctype, true);
             if nth_get <= *times {
                 p.trickle = Some((*first, *delay_ms));
             }
@@ -464,7 +477,7 @@ fn plan(req: &Request, state: &Mutex<State>) -> Plan {
             if let Some(b) = wrong.first_mut() {
                 *b ^= 0xff;
             }
-            full_or_range(req, &wrong, true)
+            full_or_range(req, &wrong, ctype, true)
         }
     }
 }

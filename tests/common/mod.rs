@@ -5,6 +5,7 @@ pub mod comfy;
 pub mod http;
 pub mod net;
 pub mod pyindex;
+pub mod wheel;
 
 use serde_json::Value;
 use std::fs;
@@ -126,6 +127,12 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Require a helper command (python3, pip, git) to have succeeded; returns its stdout, trimmed.
+pub fn check(what: &str, out: &Output) -> String {
+    assert!(out.status.success(), "{what} failed: {}", describe(out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 pub fn stderr(out: &Output) -> String {

@@ -4,66 +4,38 @@
 //!
 //! The wheels (see [`WHEELS`]) are built once per test process, deterministically (fixed zip
 //! timestamps and modes), into `$CARGO_TARGET_TMPDIR/pyindex-wheels-<hash of their spec>/`
-//! and reused by later runs. Each test serves them with its own [`IndexServer`]:
+//! and reused by later runs. Each test serves them with its own [`IndexServer`], routes on the
+//! tests' one HTTP server ([`TestServer`]):
 //!
 //! ```text
 //! /simple/                 <a href="tinyfoo/">tinyfoo</a> ...            text/html
 //! /simple/<name>/          <a href="../../files/X.whl#sha256=HEX">X.whl</a>   text/html
 //! /files/X.whl             the wheel's bytes (or other bytes, see IndexServer::serve_bytes)
 //! ```
-//!
-//! Why not `TestServer` (tests/common/http.rs): it answers every route with
-//! `Content-Type: application/octet-stream`, and pip ignores index pages that are not
-//! `text/html` (or the PEP 691 types) — it would find no packages at all.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use super::http::{Behavior, TestServer, OCTET_STREAM};
+use super::wheel::{self, squash_separators, WheelSpec};
+use super::{check, sha256_hex};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::OnceLock;
 
 /// What `tinycli` prints (its console script `tinycli = tinycli:main`).
 pub const TINYCLI_OUTPUT: &str = "tinycli says hello";
-
-/// One wheel to build.
-pub struct WheelSpec {
-    pub name: &'static str,
-    pub version: &'static str,
-    /// `Requires-Dist:` lines.
-    pub requires: &'static [&'static str],
-    /// `[console_scripts]` entries, `name = module:func`.
-    pub scripts: &'static [&'static str],
-    /// (path in the wheel, content).
-    pub files: &'static [(&'static str, &'static str)],
-}
 
 const TINYCLI_INIT: &str = "import sys\n\n\ndef main():\n    print(\"tinycli says hello\")\n    return 0\n\n\nif __name__ == \"__main__\":\n    sys.exit(main())\n";
 
 /// The wheels of the index: `tinyfoo` 1.0 and 2.0 (so pinning has a version to pick),
 /// `tinycli` (a console script), `tinydep` (needs `tinyfoo>=1.0`), and a stand-in `requests`
 /// (what `init` adds to ComfyUI's requirements). `tinyghost` is never built.
-pub const WHEELS: &[WheelSpec] = &[
-    WheelSpec {
-        name: "tinyfoo",
-        version: "1.0",
-        requires: &[],
-        scripts: &[],
-        files: &[("tinyfoo/__init__.py", "__version__ = \"1.0\"\n")],
-    },
-    WheelSpec {
-        name: "tinyfoo",
-        version: "2.0",
-        requires: &[],
-        scripts: &[],
-        files: &[("tinyfoo/__init__.py", "__version__ = \"2.0\"\n")],
-    },
+pub const WHEELS: &[WheelSpec<'static>] = &[
+    WheelSpec::plain("tinyfoo", "1.0", &[("tinyfoo/__init__.py", "__version__ = \"1.0\"\n")]),
+    WheelSpec::plain("tinyfoo", "2.0", &[("tinyfoo/__init__.py", "__version__ = \"2.0\"\n")]),
     WheelSpec {
         name: "tinycli",
         version: "0.3",
@@ -81,69 +53,23 @@ pub const WHEELS: &[WheelSpec] = &[
             "import tinyfoo\n\nFOO_VERSION = tinyfoo.__version__\n",
         )],
     },
-    WheelSpec {
-        name: "requests",
-        version: "2.32.3",
-        requires: &[],
-        scripts: &[],
-        files: &[(
+    WheelSpec::plain(
+        "requests",
+        "2.32.3",
+        &[(
             "requests/__init__.py",
             "# a stand-in for the real requests, for comfystore's tests\n__version__ = \"2.32.3\"\n",
         )],
-    },
+    ),
 ];
 
 /// A valid wheel with the same file name as `tinyfoo-2.0-py3-none-any.whl` but other bytes
 /// (for serving bytes that do not match the index's `#sha256=`).
-pub const TAMPERED: WheelSpec = WheelSpec {
-    name: "tinyfoo",
-    version: "2.0",
-    requires: &[],
-    scripts: &[],
-    files: &[("tinyfoo/__init__.py", "__version__ = \"2.0\"  # tampered\n")],
-};
-
-/// Builds every wheel of a JSON list on stdin into its `out_dir`.
-const BUILD_WHEELS_PY: &str = r#"
-import base64, hashlib, json, re, sys, zipfile
-for spec in json.load(sys.stdin):
-    name, version = spec["name"], spec["version"]
-    dist = re.sub(r"[-_.]+", "_", name)
-    info = f"{dist}-{version}.dist-info"
-    files = sorted((p, c.encode()) for p, c in spec["files"])
-    top = sorted({p.split("/")[0][:-3] if "/" not in p and p.endswith(".py") else p.split("/")[0]
-                  for p, _ in files})
-    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-    meta += f"Summary: comfystore test fixture package {name}\n"
-    for r in spec["requires"]:
-        meta += f"Requires-Dist: {r}\n"
-    meta += "\n"
-    extra = [
-        (f"{info}/METADATA", meta.encode()),
-        (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: comfystore-test-fixture\n"
-                          b"Root-Is-Purelib: true\nTag: py3-none-any\n"),
-        (f"{info}/top_level.txt", "".join(t + "\n" for t in top).encode()),
-    ]
-    if spec["scripts"]:
-        ep = "[console_scripts]\n" + "".join(s + "\n" for s in spec["scripts"])
-        extra.append((f"{info}/entry_points.txt", ep.encode()))
-    entries = files + sorted(extra)
-    record = ""
-    for p, data in entries:
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record += f"{p},sha256={digest},{len(data)}\n"
-    record += f"{info}/RECORD,,\n"
-    entries.append((f"{info}/RECORD", record.encode()))
-    path = f"{spec['out_dir']}/{dist}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as zf:
-        for p, data in entries:
-            zi = zipfile.ZipInfo(p, date_time=(1980, 1, 1, 0, 0, 0))
-            zi.create_system = 3
-            zi.external_attr = 0o100644 << 16
-            zi.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(zi, data)
-    print(path)
-"#;
+pub const TAMPERED: WheelSpec<'static> = WheelSpec::plain(
+    "tinyfoo",
+    "2.0",
+    &[("tinyfoo/__init__.py", "__version__ = \"2.0\"  # tampered\n")],
+);
 
 /// One built wheel.
 #[derive(Clone, Debug)]
@@ -189,90 +115,29 @@ impl WheelSet {
 
 /// PEP 503 normalisation: lowercase, runs of `-_.` become `-`.
 pub fn normalize(name: &str) -> String {
-    let mut out = String::new();
-    let mut sep = false;
-    for c in name.chars() {
-        if matches!(c, '-' | '_' | '.') {
-            sep = true;
-        } else {
-            if sep && !out.is_empty() {
-                out.push('-');
-            }
-            sep = false;
-            out.push(c.to_ascii_lowercase());
-        }
-    }
-    out
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(data))
-}
-
-fn fnv64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-fn spec_json(spec: &WheelSpec, out_dir: &Path) -> serde_json::Value {
-    serde_json::json!({
-        "name": spec.name,
-        "version": spec.version,
-        "requires": spec.requires,
-        "scripts": spec.scripts,
-        "files": spec.files,
-        "out_dir": out_dir.to_str().expect("utf-8 path"),
-    })
+    squash_separators(name, "-").to_ascii_lowercase()
 }
 
 fn load(path: &Path, spec: &WheelSpec) -> Wheel {
     let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let file = path.file_name().unwrap().to_str().unwrap().to_string();
     Wheel {
         name: normalize(spec.name),
         version: spec.version.to_string(),
-        file,
+        file: spec.file_name(),
         path: path.to_path_buf(),
         sha256: sha256_hex(&bytes),
         bytes,
     }
 }
 
-fn wheel_file(spec: &WheelSpec) -> String {
-    let mut dist = String::new();
-    let mut sep = false;
-    for c in spec.name.chars() {
-        if matches!(c, '-' | '_' | '.') {
-            sep = true;
-        } else {
-            if sep {
-                dist.push('_');
-            }
-            sep = false;
-            dist.push(c);
-        }
-    }
-    format!("{dist}-{}-py3-none-any.whl", spec.version)
-}
-
 /// Build (or reuse) the fixture wheels.
 pub fn wheel_set() -> &'static WheelSet {
     static SET: OnceLock<WheelSet> = OnceLock::new();
     SET.get_or_init(|| {
-        // The folder name hashes everything that decides the wheels' bytes, so a folder left
-        // by an earlier run (or another process) is reused only when it is exactly this set.
-        let mut key = String::from(BUILD_WHEELS_PY);
-        for s in WHEELS.iter().chain(std::iter::once(&TAMPERED)) {
-            key.push_str(&spec_json(s, Path::new("/")).to_string());
-        }
+        let all: Vec<&WheelSpec> = WHEELS.iter().chain([&TAMPERED]).collect();
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         fs::create_dir_all(&base).unwrap();
-        let final_dir = base.join(format!("pyindex-wheels-{:016x}", fnv64(key.as_bytes())));
+        let final_dir = base.join(format!("pyindex-wheels-{}", wheel::fingerprint(&all)));
         if !final_dir.join(".complete").is_file() {
             let tmp = tempfile::Builder::new()
                 .prefix(".pyindex-build-")
@@ -282,23 +147,9 @@ pub fn wheel_set() -> &'static WheelSet {
             let alt = tmp.path().join("tampered");
             fs::create_dir_all(&main).unwrap();
             fs::create_dir_all(&alt).unwrap();
-            let mut specs: Vec<serde_json::Value> =
-                WHEELS.iter().map(|s| spec_json(s, &main)).collect();
-            specs.push(spec_json(&TAMPERED, &alt));
-            let mut cmd = python_cmd(python3());
-            cmd.args(["-c", BUILD_WHEELS_PY])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            let mut child = cmd.spawn().expect("run python3");
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(serde_json::Value::from(specs).to_string().as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            check("build the fixture wheels", &out);
+            let mut specs: Vec<(&WheelSpec, &Path)> = WHEELS.iter().map(|s| (s, &*main)).collect();
+            specs.push((&TAMPERED, &alt));
+            wheel::build(&specs);
             fs::write(tmp.path().join(".complete"), b"").unwrap();
             // Another process may have won the race: then its (identical) folder is used.
             if fs::rename(tmp.path(), &final_dir).is_ok() {
@@ -308,10 +159,10 @@ pub fn wheel_set() -> &'static WheelSet {
         let main = final_dir.join("wheels");
         let wheels = WHEELS
             .iter()
-            .map(|s| load(&main.join(wheel_file(s)), s))
+            .map(|s| load(&main.join(s.file_name()), s))
             .collect();
         let tampered = load(
-            &final_dir.join("tampered").join(wheel_file(&TAMPERED)),
+            &final_dir.join("tampered").join(TAMPERED.file_name()),
             &TAMPERED,
         );
         WheelSet {
@@ -324,16 +175,6 @@ pub fn wheel_set() -> &'static WheelSet {
 
 // ---------------------------------------------------------------------------------------------
 // Running python, pip and uv without the machine's configuration.
-
-fn check(what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Prefixes of the variables that configure Python, pip, uv, virtualenvs or git: removed from
 /// every child process of these tests (this machine sets PIP_FIND_LINKS,
@@ -386,8 +227,7 @@ pub fn python3() -> &'static Path {
             .args(["-c", "import sys; print(sys.executable)"])
             .output()
             .expect("run python3");
-        check("python3 -c 'print(sys.executable)'", &out);
-        let exe = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let exe = check("python3 -c 'print(sys.executable)'", &out);
         assert!(!exe.is_empty(), "python3 reports no sys.executable");
         PathBuf::from(exe)
     })
@@ -415,8 +255,7 @@ pub fn python_info() -> &'static PyInfo {
             ])
             .output()
             .unwrap();
-        check("python3 info", &out);
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = check("python3 info", &out);
         let mut l = text.lines();
         PyInfo {
             version: l.next().unwrap().to_string(),
@@ -482,79 +321,33 @@ pub fn site_packages(venv: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // The index server.
 
-/// One request the server received.
-#[derive(Clone, Debug)]
-pub struct Req {
-    pub method: String,
-    /// Without the query string.
-    pub path: String,
-}
+/// How the index serves pages and files: whole bodies, without `Accept-Ranges`, so pip and uv
+/// fetch every wheel in one GET (uv would otherwise read wheel metadata through Range requests)
+/// and the tests' request counts stay simple.
+const WHOLE: Behavior = Behavior::IgnoreRange {
+    drop_first_after: None,
+};
 
-struct Route {
-    body: Vec<u8>,
-    content_type: String,
-}
+/// A [`TestServer`] whose routes are a PEP 503 index (see the module docs); everything else of
+/// the server (`url`, `requests`, `requests_for`, `add`...) through `Deref`.
+pub struct IndexServer(TestServer);
 
-#[derive(Default)]
-struct State {
-    routes: HashMap<String, Route>,
-    requests: Vec<Req>,
-}
+impl Deref for IndexServer {
+    type Target = TestServer;
 
-/// A minimal HTTP/1.1 server (std only, `Connection: close`) serving fixed bodies with their
-/// own Content-Type; unknown paths get 404. GET and HEAD. Every request is recorded.
-pub struct IndexServer {
-    pub port: u16,
-    state: Arc<Mutex<State>>,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
+    fn deref(&self) -> &TestServer {
+        &self.0
+    }
 }
 
 impl IndexServer {
-    /// An empty server on 127.0.0.1:<ephemeral>.
-    pub fn start() -> IndexServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind index server");
-        let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(Mutex::new(State::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let accept = {
-            let state = state.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("pyindex-{port}"))
-                .spawn(move || {
-                    for conn in listener.incoming() {
-                        if stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let Ok(conn) = conn else { continue };
-                        let state = state.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("pyindex-conn".into())
-                            .spawn(move || serve(conn, &state));
-                    }
-                })
-                .expect("spawn accept loop")
-        };
-        IndexServer {
-            port,
-            state,
-            stop,
-            accept: Some(accept),
-        }
-    }
-
     /// A server with a PEP 503 index of `wheels` (see the module docs).
     pub fn with_index(wheels: &[Wheel]) -> IndexServer {
-        let srv = IndexServer::start();
+        let srv = IndexServer(TestServer::start());
         let mut projects: BTreeMap<&str, Vec<&Wheel>> = BTreeMap::new();
         for w in wheels {
             projects.entry(&w.name).or_default().push(w);
-            srv.add(
-                &format!("/files/{}", w.file),
-                w.bytes.clone(),
-                "application/octet-stream",
-            );
+            srv.serve_bytes(w, w.bytes.clone());
         }
         let mut root = String::from(
             "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.0\"><title>Simple index</title></head><body>\n",
@@ -572,10 +365,10 @@ impl IndexServer {
                 ));
             }
             page.push_str("</body></html>\n");
-            srv.add(&format!("/simple/{name}/"), page.into_bytes(), "text/html");
+            srv.page(&format!("/simple/{name}/"), page);
         }
         root.push_str("</body></html>\n");
-        srv.add("/simple/", root.into_bytes(), "text/html");
+        srv.page("/simple/", root);
         srv
     }
 
@@ -584,30 +377,20 @@ impl IndexServer {
         IndexServer::with_index(&wheel_set().wheels)
     }
 
-    /// Serve `body` at `path` with `content_type` (replaces an earlier route).
-    pub fn add(&self, path: &str, body: Vec<u8>, content_type: &str) {
-        self.state.lock().unwrap().routes.insert(
-            path.to_string(),
-            Route {
-                body,
-                content_type: content_type.to_string(),
-            },
-        );
+    /// An index page: `text/html`, the only type (besides PEP 691's JSON) pip reads pages of.
+    fn page(&self, path: &str, html: String) {
+        self.add_typed(path, html.into_bytes(), WHOLE, "text/html");
     }
 
     /// Serve `bytes` as the file of `wheel`, while the index keeps announcing the wheel's real
     /// sha256.
     pub fn serve_bytes(&self, wheel: &Wheel, bytes: Vec<u8>) {
-        self.add(
+        self.add_typed(
             &format!("/files/{}", wheel.file),
             bytes,
-            "application/octet-stream",
+            WHOLE,
+            OCTET_STREAM,
         );
-    }
-
-    /// `http://127.0.0.1:{port}{path}`
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     /// The index URL: `http://127.0.0.1:{port}/simple/`
@@ -618,102 +401,5 @@ impl IndexServer {
     /// The URL the index gives `wheel` (without the fragment).
     pub fn file_url(&self, wheel: &Wheel) -> String {
         self.url(&format!("/files/{}", wheel.file))
-    }
-
-    /// Every request seen, in arrival order.
-    pub fn requests(&self) -> Vec<Req> {
-        self.state.lock().unwrap().requests.clone()
-    }
-
-    /// Requests for `path` (without query).
-    pub fn requests_for(&self, path: &str) -> Vec<Req> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.path == path)
-            .collect()
-    }
-}
-
-impl Drop for IndexServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn serve(mut conn: TcpStream, state: &Mutex<State>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 2048];
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > 64 * 1024 {
-            return;
-        }
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut first = head.lines().next().unwrap_or("").split_whitespace();
-    let method = first.next().unwrap_or("").to_ascii_uppercase();
-    let mut target = first.next().unwrap_or("/").to_string();
-    if let Some(rest) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
-        target = rest
-            .find('/')
-            .map_or("/".to_string(), |i| rest[i..].to_string());
-    }
-    let path = target.split('?').next().unwrap_or("").to_string();
-    let (status, ctype, body) = {
-        let mut st = state.lock().unwrap();
-        st.requests.push(Req {
-            method: method.clone(),
-            path: path.clone(),
-        });
-        match st.routes.get(&path) {
-            Some(r) if method == "GET" || method == "HEAD" => {
-                ("200 OK", r.content_type.clone(), r.body.clone())
-            }
-            Some(_) => (
-                "405 Method Not Allowed",
-                "text/plain".to_string(),
-                b"405\n".to_vec(),
-            ),
-            None => (
-                "404 Not Found",
-                "text/plain".to_string(),
-                b"404 Not Found\n".to_vec(),
-            ),
-        }
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = conn.write_all(head.as_bytes());
-    if method != "HEAD" {
-        let _ = conn.write_all(&body);
-    }
-    let _ = conn.flush();
-    let _ = conn.shutdown(Shutdown::Write);
-    // Let the client read everything before the socket goes (no reset).
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-    while let Ok(n) = conn.read(&mut chunk) {
-        if n == 0 {
-            break;
-        }
     }
 }
