@@ -1,7 +1,7 @@
 //! What `git` says about a checkout: its commit, origin, dirtiness and the files it would check
-//! out. We shell out to `git` rather than re-implement it.
+//! out.
 
-use super::command;
+use super::{process, reason};
 use crate::error::{Error, Result};
 use crate::store::{is_cache_path, CACHE_NAMES, CACHE_SUFFIXES};
 use std::path::Path;
@@ -22,24 +22,12 @@ pub struct GitState {
     pub ignored: Vec<String>,
 }
 
+/// Run `git -C dir ARGS`; its stdout.
 fn git(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
-    let out = command(dir).args(args).output().map_err(|e| {
-        Error::bad_input(
-            dir,
-            format!("cannot run git ({e}); git must be on the PATH to lock a repo"),
-        )
-    })?;
-    if !out.status.success() {
-        return Err(Error::bad_input(
-            dir,
-            format!(
-                "git {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(out.stdout)
+    process(dir)
+        .args(args)
+        .run()
+        .map_err(|e| Error::bad_input(dir, reason(e, &args.join(" "), "lock a repo")))
 }
 
 fn split_z(bytes: &[u8], dir: &Path) -> Result<Vec<String>> {
