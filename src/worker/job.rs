@@ -277,6 +277,13 @@ pub fn error_answer(error: &str, details: &[String]) -> Value {
     serde_json::json!({ "error": error, "details": details })
 }
 
+/// A failed job's answer split as RunPod reports it: its `error` (popped to the top), and the
+/// rest as the output.
+pub fn pop_error(mut answer: Value) -> (Option<Value>, Value) {
+    let error = answer.as_object_mut().and_then(|o| o.remove("error"));
+    (error, answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
