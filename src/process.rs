@@ -131,6 +131,12 @@ impl Process {
         &mut self.cmd
     }
 
+    /// The underlying command, for a caller that runs it itself (and so gives up the
+    /// capture, time limit and redaction above).
+    pub fn into_command(self) -> Command {
+        self.cmd
+    }
+
     /// Run to the end and return what it gave, whatever its exit status.
     pub fn output(&mut self) -> Result<Finished, ProcessError> {
         let spawn_err = |source| ProcessError::Spawn {

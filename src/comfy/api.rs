@@ -124,43 +124,72 @@ pub fn read_history(body: &Value, prompt_id: &str) -> Finished {
     let Some(entry) = body.get(prompt_id) else {
         return Finished::Pending;
     };
-    let mut files = Vec::new();
-    if let Some(outputs) = entry.get("outputs").and_then(Value::as_object) {
-        let mut nodes: Vec<&String> = outputs.keys().collect();
-        nodes.sort();
-        for node in nodes {
-            let Some(keys) = outputs[node].as_object() else {
-                continue;
-            };
-            for (key, list) in keys {
-                for f in list.as_array().into_iter().flatten() {
-                    let (Some(filename), kind) = (
-                        f.get("filename").and_then(Value::as_str),
-                        f.get("type").and_then(Value::as_str).unwrap_or("output"),
-                    ) else {
-                        continue;
-                    };
-                    files.push(Produced {
-                        node: node.clone(),
-                        output: key.clone(),
-                        filename: filename.to_string(),
-                        subfolder: f
-                            .get("subfolder")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
-                        kind: kind.to_string(),
-                    });
-                }
-            }
-        }
-    }
-    let status = entry.get("status");
-    let status_str = status
+    let files = produced_files(entry);
+    let status_str = entry
+        .get("status")
         .and_then(|s| s.get("status_str"))
         .and_then(Value::as_str)
         .unwrap_or("success");
-    let messages = status
+    let details = status_messages(entry);
+    let interrupted = details
+        .iter()
+        .any(|d| d.starts_with("Workflow interrupted"));
+    if status_str == "error" || !details.is_empty() {
+        Finished::Failed {
+            error: if interrupted {
+                "Job interrupted".into()
+            } else {
+                "Job processing failed".into()
+            },
+            details,
+            files,
+        }
+    } else {
+        Finished::Success { files }
+    }
+}
+
+/// The files an entry's `outputs` list, node by node in id order.
+fn produced_files(entry: &Value) -> Vec<Produced> {
+    let mut files = Vec::new();
+    let Some(outputs) = entry.get("outputs").and_then(Value::as_object) else {
+        return files;
+    };
+    let mut nodes: Vec<&String> = outputs.keys().collect();
+    nodes.sort();
+    for node in nodes {
+        let Some(keys) = outputs[node].as_object() else {
+            continue;
+        };
+        for (key, list) in keys {
+            for f in list.as_array().into_iter().flatten() {
+                let (Some(filename), kind) = (
+                    f.get("filename").and_then(Value::as_str),
+                    f.get("type").and_then(Value::as_str).unwrap_or("output"),
+                ) else {
+                    continue;
+                };
+                files.push(Produced {
+                    node: node.clone(),
+                    output: key.clone(),
+                    filename: filename.to_string(),
+                    subfolder: f
+                        .get("subfolder")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    kind: kind.to_string(),
+                });
+            }
+        }
+    }
+    files
+}
+
+/// One line per execution error or interruption in an entry's `status.messages`.
+fn status_messages(entry: &Value) -> Vec<String> {
+    let messages = entry
+        .get("status")
         .and_then(|s| s.get("messages"))
         .and_then(Value::as_array);
     let mut details = Vec::new();
@@ -184,22 +213,7 @@ pub fn read_history(body: &Value, prompt_id: &str) -> Finished {
             _ => {}
         }
     }
-    let interrupted = details
-        .iter()
-        .any(|d| d.starts_with("Workflow interrupted"));
-    if status_str == "error" || !details.is_empty() {
-        Finished::Failed {
-            error: if interrupted {
-                "Job interrupted".into()
-            } else {
-                "Job processing failed".into()
-            },
-            details,
-            files,
-        }
-    } else {
-        Finished::Success { files }
-    }
+    details
 }
 
 #[cfg(test)]

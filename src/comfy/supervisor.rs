@@ -1,8 +1,13 @@
 //! Keeping one ComfyUI process alive for a version: start it from the version's venv, wait
 //! until it answers while watching that it has not died, keep the last lines of its log for
 //! error reports, restart it, and stop it (SIGTERM, then SIGKILL after a grace period).
+//!
+//! ComfyUI is spawned here rather than through [`crate::process::Process`]: that runner runs a
+//! program to its end and hands back its output, while ComfyUI runs for the worker's life with
+//! its output streamed into a log ring, and must die with its parent (`pre_exec`).
 
-use crate::pipeline::error::{Error, Result};
+use super::error::{Error, Result};
+use super::folders::Folders;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -111,14 +116,17 @@ impl Supervisor {
         &self.cmd.args
     }
 
+    /// Where it keeps input, output and temp files.
+    pub fn folders(&self) -> Folders {
+        Folders::of(&self.cmd.dest, &self.cmd.args)
+    }
+
     /// Start ComfyUI (stopping a previous process first).
     pub fn start(&mut self) -> Result<()> {
         self.stop(Duration::from_secs(5));
-        let mut child = self.cmd.command().spawn().map_err(|e| {
-            Error::python(
-                self.cmd.python.display().to_string(),
-                format!("cannot start ComfyUI: {e}"),
-            )
+        let mut child = self.cmd.command().spawn().map_err(|source| Error::Start {
+            python: self.cmd.python.clone(),
+            source,
         })?;
         for stream in [
             child
@@ -165,16 +173,20 @@ impl Supervisor {
         let deadline = Instant::now() + timeout;
         loop {
             if !self.alive() {
-                return Err(self.failure("ComfyUI exited while starting"));
+                return Err(Error::Exited {
+                    log: self.log_tail(20),
+                });
             }
             if http_ok(&url) {
                 tracing::info!("ComfyUI answered on {url}");
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(self.failure(&format!(
-                    "ComfyUI did not answer on {url} within {timeout:?}"
-                )));
+                return Err(Error::NotReady {
+                    url,
+                    timeout,
+                    log: self.log_tail(20),
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -239,16 +251,6 @@ impl Supervisor {
     fn push_log(&self, line: String) {
         push_line(&self.log, line);
     }
-
-    fn failure(&self, what: &str) -> Error {
-        Error::python(
-            "comfyui",
-            format!(
-                "{what}; last log lines:\n  {}",
-                self.log_tail(20).join("\n  ")
-            ),
-        )
-    }
 }
 
 /// Append to the log ring, dropping its oldest line when full.
@@ -267,8 +269,8 @@ impl Drop for Supervisor {
     }
 }
 
-/// A plain HTTP GET that says whether the server answered 2xx (std only: called before any
-/// runtime exists, and many times a second while ComfyUI starts).
+/// A plain HTTP GET that says whether the server answered 2xx (std only: the supervisor is
+/// synchronous and asks many times a second while ComfyUI starts).
 fn http_ok(url: &str) -> bool {
     use std::io::Write;
     let Some(rest) = url.strip_prefix("http://") else {

@@ -14,7 +14,6 @@ use crate::git::error::{Error, Result};
 use crate::store::{ObjectId, Store};
 use base64::Engine;
 use std::path::Path;
-use std::process::Command;
 
 /// One tree to rebuild from git.
 #[derive(Clone, Debug)]
@@ -56,6 +55,45 @@ fn auth_header(
     Some((format!("http.https://{host}/.extraHeader"), value, token))
 }
 
+/// Tokens for https git servers: `GITHUB_TOKEN` for github.com, `GIT_TOKEN` for any host
+/// (`user:token` where the host wants a user). Built at the edge and passed in, so the engine
+/// reads no environment of its own.
+#[derive(Clone, Default)]
+pub struct GitCredentials {
+    github_token: Option<String>,
+    git_token: Option<String>,
+}
+
+impl std::fmt::Debug for GitCredentials {
+    /// Whether each token is set, never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |t: &Option<String>| t.as_ref().map(|_| "<set>");
+        f.debug_struct("GitCredentials")
+            .field("github_token", &set(&self.github_token))
+            .field("git_token", &set(&self.git_token))
+            .finish()
+    }
+}
+
+impl GitCredentials {
+    /// `GITHUB_TOKEN` and `GIT_TOKEN` from the environment.
+    pub fn from_env() -> GitCredentials {
+        GitCredentials {
+            github_token: std::env::var("GITHUB_TOKEN").ok(),
+            git_token: std::env::var("GIT_TOKEN").ok(),
+        }
+    }
+
+    /// The config key, header and token to use for `repo`, if any.
+    fn header_for(&self, repo: &str) -> Option<(String, String, String)> {
+        auth_header(repo, |k| match k {
+            "GITHUB_TOKEN" => self.github_token.clone(),
+            "GIT_TOKEN" => self.git_token.clone(),
+            _ => None,
+        })
+    }
+}
+
 /// Runs git for one source, with its token (if any) in the environment only.
 struct Git<'a> {
     src: &'a GitSource,
@@ -64,8 +102,8 @@ struct Git<'a> {
 
 impl Git<'_> {
     fn run(&self, dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
-        let mut cmd: Command = super::command(dir);
-        cmd.args([
+        let mut git = super::process(dir);
+        git.args([
             "-c",
             "core.autocrlf=false",
             "-c",
@@ -76,38 +114,22 @@ impl Git<'_> {
         .args(args)
         // Never wait for a password on a terminal nobody watches.
         .env("GIT_TERMINAL_PROMPT", "0");
-        if let Some((key, value, _)) = &self.auth {
+        if let Some((key, value, token)) = &self.auth {
             let n: usize = std::env::var("GIT_CONFIG_COUNT")
                 .ok()
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0);
-            cmd.env("GIT_CONFIG_COUNT", (n + 1).to_string())
+            git.env("GIT_CONFIG_COUNT", (n + 1).to_string())
                 .env(format!("GIT_CONFIG_KEY_{n}"), key)
-                .env(format!("GIT_CONFIG_VALUE_{n}"), value);
+                .env(format!("GIT_CONFIG_VALUE_{n}"), value)
+                .secret(token.as_str())
+                .secret(value.as_str());
         }
         tracing::debug!("{}: git {}", self.src.label, args.join(" "));
-        let out = cmd.output().map_err(|e| {
-            self.error(format!(
-                "cannot run git ({e}); git must be on the PATH to fetch a repo"
-            ))
-        })?;
-        if !out.status.success() {
-            return Err(self.error(format!(
-                "git {} failed: {}",
-                args.first().copied().unwrap_or(""),
-                self.redact(String::from_utf8_lossy(&out.stderr).trim())
-            )));
-        }
-        Ok(out.stdout)
-    }
-
-    fn redact(&self, s: &str) -> String {
-        match &self.auth {
-            Some((_, value, token)) => s
-                .replace(token.as_str(), "***")
-                .replace(value.as_str(), "***"),
-            None => s.to_string(),
-        }
+        git.run().map_err(|e| {
+            let shown = args.first().copied().unwrap_or("");
+            self.error(super::reason(e, shown, "fetch a repo"))
+        })
     }
 
     fn error(&self, reason: String) -> Error {
@@ -127,12 +149,17 @@ fn short(commit: &str) -> &str {
     &commit[..12.min(commit.len())]
 }
 
-/// Fetch `src.commit` from `src.repo`, check it out without `.git`, store it, and check its
-/// tree id against the lock's. Returns the tree id.
+/// [`fetch_tree_with`] the tokens of the environment ([`GitCredentials::from_env`]).
 pub fn fetch_tree(store: &Store, src: &GitSource) -> Result<ObjectId> {
+    fetch_tree_with(store, src, &GitCredentials::from_env())
+}
+
+/// Fetch `src.commit` from `src.repo` (with `creds` over https), check it out without `.git`,
+/// store it, and check its tree id against the lock's. Returns the tree id.
+pub fn fetch_tree_with(store: &Store, src: &GitSource, creds: &GitCredentials) -> Result<ObjectId> {
     let git = Git {
         src,
-        auth: auth_header(&src.repo, |k| std::env::var(k).ok()),
+        auth: creds.header_for(&src.repo),
     };
     if !crate::ident::is_commit(&src.commit) {
         return Err(git.error("the lock's commit is not a full commit id".into()));
@@ -147,6 +174,23 @@ pub fn fetch_tree(store: &Store, src: &GitSource) -> Result<ObjectId> {
         })?;
     let dir = tmp.path();
     git.run(dir, &["init", "-q"])?;
+    fetch_commit(&git, dir)?;
+    check_out(&git, dir)?;
+    let (_, add) = super::store_checkout(store, dir, &src.excludes)?;
+    match src.expect {
+        Some(want) if want != add.id => Err(git.error(format!(
+            "the checkout gives tree {}, but the lock says {want}: the lock was made from a \
+             modified checkout, or the repo's history was rewritten",
+            add.id
+        ))),
+        _ => Ok(add.id),
+    }
+}
+
+/// Fetch the commit alone (shallow); where the server refuses that, every branch and tag,
+/// which must then hold it.
+fn fetch_commit(git: &Git, dir: &Path) -> Result<()> {
+    let src = git.src;
     let shallow = git.run(
         dir,
         &[
@@ -159,40 +203,38 @@ pub fn fetch_tree(store: &Store, src: &GitSource) -> Result<ObjectId> {
             &src.commit,
         ],
     );
-    if let Err(e) = shallow {
-        tracing::info!(
-            "{}: shallow fetch refused ({e}); fetching the whole repo",
-            src.label
-        );
-        git.run(
-            dir,
-            &[
-                "fetch",
-                "-q",
-                "--no-tags",
-                &src.repo,
-                "+refs/heads/*:refs/remotes/origin/*",
-                "+refs/tags/*:refs/tags/*",
-            ],
-        )?;
-        let want = format!("{}^{{commit}}", src.commit);
-        git.run(dir, &["cat-file", "-e", &want]).map_err(|_| {
-            git.error("the repo does not have this commit (was history rewritten?)".into())
-        })?;
-    }
-    git.run(dir, &["checkout", "-q", "--detach", &src.commit])?;
+    let Err(e) = shallow else {
+        return Ok(());
+    };
+    tracing::info!(
+        "{}: shallow fetch refused ({e}); fetching the whole repo",
+        src.label
+    );
+    git.run(
+        dir,
+        &[
+            "fetch",
+            "-q",
+            "--no-tags",
+            &src.repo,
+            "+refs/heads/*:refs/remotes/origin/*",
+            "+refs/tags/*:refs/tags/*",
+        ],
+    )?;
+    let want = format!("{}^{{commit}}", src.commit);
+    git.run(dir, &["cat-file", "-e", &want]).map_err(|_| {
+        git.error("the repo does not have this commit (was history rewritten?)".into())
+    })?;
+    Ok(())
+}
+
+/// Check the commit out (detached), with its submodules.
+fn check_out(git: &Git, dir: &Path) -> Result<()> {
+    git.run(dir, &["checkout", "-q", "--detach", &git.src.commit])?;
     if dir.join(".gitmodules").is_file() {
         git.run(dir, &["submodule", "update", "-q", "--init", "--recursive"])?;
     }
-    let (_, add) = super::store_checkout(store, dir, &src.excludes)?;
-    match src.expect {
-        Some(want) if want != add.id => Err(git.error(format!(
-            "the checkout gives tree {}, but the lock says {want}: the lock was made from a \
-             modified checkout, or the repo's history was rewritten",
-            add.id
-        ))),
-        _ => Ok(add.id),
-    }
+    Ok(())
 }
 
 #[cfg(test)]

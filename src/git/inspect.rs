@@ -1,7 +1,7 @@
 //! What `git` says about a checkout: its commit, origin, dirtiness and the files it would check
-//! out. We shell out to `git` rather than re-implement it.
+//! out.
 
-use super::command;
+use super::{process, reason};
 use crate::git::error::{Error, Result};
 use crate::store::{is_cache_path, CACHE_NAMES, CACHE_SUFFIXES};
 use std::path::Path;
@@ -22,24 +22,12 @@ pub struct GitState {
     pub ignored: Vec<String>,
 }
 
+/// Run `git -C dir ARGS`; its stdout.
 fn git(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
-    let out = command(dir).args(args).output().map_err(|e| {
-        Error::bad_input(
-            dir,
-            format!("cannot run git ({e}); git must be on the PATH to lock a repo"),
-        )
-    })?;
-    if !out.status.success() {
-        return Err(Error::bad_input(
-            dir,
-            format!(
-                "git {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(out.stdout)
+    process(dir)
+        .args(args)
+        .run()
+        .map_err(|e| Error::bad_input(dir, reason(e, &args.join(" "), "lock a repo")))
 }
 
 fn split_z(bytes: &[u8], dir: &Path) -> Result<Vec<String>> {
@@ -80,72 +68,29 @@ pub fn inspect(dir: &Path, excludes: &[&str]) -> Result<Option<GitState>> {
     if !is_repo_root(dir) {
         return Ok(None);
     }
-    let head = match git(dir, &["rev-parse", "--verify", "-q", "HEAD^{commit}"]) {
-        Ok(out) => String::from_utf8_lossy(&out).trim().to_string(),
-        Err(_) => {
-            tracing::warn!(
-                "{}: a git repo without commits; locking it as a plain folder",
-                dir.display()
-            );
-            return Ok(None);
-        }
+    let Ok(out) = git(dir, &["rev-parse", "--verify", "-q", "HEAD^{commit}"]) else {
+        tracing::warn!(
+            "{}: a git repo without commits; locking it as a plain folder",
+            dir.display()
+        );
+        return Ok(None);
     };
-    let remotes = String::from_utf8_lossy(&git(dir, &["remote"])?).into_owned();
-    let remote = remotes
-        .lines()
-        .find(|r| *r == "origin")
-        .or_else(|| remotes.lines().next());
-    let repo = match remote {
-        Some(r) => {
-            let url = git(dir, &["remote", "get-url", r])?;
-            Some(crate::secret::redact_url(
-                String::from_utf8_lossy(&url).trim(),
-            ))
-        }
-        None => None,
-    };
+    let head = String::from_utf8_lossy(&out).trim().to_string();
+    let repo = origin(dir)?;
     let specs = pathspecs(excludes);
-    let mut args = vec![
-        "status",
-        "--porcelain=v1",
-        "-z",
-        "--untracked-files=all",
-        "--",
-    ];
-    args.extend(specs.iter().map(String::as_str));
-    let dirty = !git(dir, &args)?.is_empty();
-
-    let mut args = vec![
+    let status = ["status", "--porcelain=v1", "-z", "--untracked-files=all"];
+    let dirty = !git_over(dir, &status, &specs)?.is_empty();
+    let listed = [
         "ls-files",
         "-z",
         "--cached",
         "--others",
         "--exclude-standard",
-        "--",
     ];
-    args.extend(specs.iter().map(String::as_str));
-    let mut files = split_z(&git(dir, &args)?, dir)?;
+    let mut files = split_z(&git_over(dir, &listed, &specs)?, dir)?;
     files.sort();
     files.dedup();
-
-    let mut args = vec![
-        "ls-files",
-        "-z",
-        "--others",
-        "--ignored",
-        "--exclude-standard",
-        "--directory",
-        "--",
-    ];
-    args.extend(specs.iter().map(String::as_str));
-    // `--directory` reports whole ignored folders even where a pathspec excludes them.
-    let ignored = split_z(&git(dir, &args)?, dir)?
-        .into_iter()
-        .filter(|p| {
-            let top = p.split('/').next().unwrap_or("");
-            !is_cache_path(p) && !excludes.contains(&top)
-        })
-        .collect();
+    let ignored = ignored_files(dir, excludes, &specs)?;
     Ok(Some(GitState {
         commit: head,
         repo,
@@ -153,4 +98,48 @@ pub fn inspect(dir: &Path, excludes: &[&str]) -> Result<Option<GitState>> {
         files,
         ignored,
     }))
+}
+
+/// The `origin` remote's URL (else the first remote's), credentials removed.
+fn origin(dir: &Path) -> Result<Option<String>> {
+    let remotes = String::from_utf8_lossy(&git(dir, &["remote"])?).into_owned();
+    let remote = remotes
+        .lines()
+        .find(|r| *r == "origin")
+        .or_else(|| remotes.lines().next());
+    let Some(r) = remote else {
+        return Ok(None);
+    };
+    let url = git(dir, &["remote", "get-url", r])?;
+    Ok(Some(crate::secret::redact_url(
+        String::from_utf8_lossy(&url).trim(),
+    )))
+}
+
+/// Ignored files outside `excludes`, caches left out.
+fn ignored_files(dir: &Path, excludes: &[&str], specs: &[String]) -> Result<Vec<String>> {
+    let args = [
+        "ls-files",
+        "-z",
+        "--others",
+        "--ignored",
+        "--exclude-standard",
+        "--directory",
+    ];
+    // `--directory` reports whole ignored folders even where a pathspec excludes them.
+    Ok(split_z(&git_over(dir, &args, specs)?, dir)?
+        .into_iter()
+        .filter(|p| {
+            let top = p.split('/').next().unwrap_or("");
+            !is_cache_path(p) && !excludes.contains(&top)
+        })
+        .collect())
+}
+
+/// `git ARGS -- SPECS`.
+fn git_over(dir: &Path, args: &[&str], specs: &[String]) -> Result<Vec<u8>> {
+    let mut all = args.to_vec();
+    all.push("--");
+    all.extend(specs.iter().map(String::as_str));
+    git(dir, &all)
 }

@@ -1,5 +1,5 @@
 //! The git engine: inspect a checkout, store it as a tree, and rebuild a tree from a repo and
-//! commit. We shell out to `git` rather than re-implement it.
+//! commit. We shell out to `git` rather than re-implement it, always through [`process`].
 
 pub mod error;
 
@@ -9,16 +9,17 @@ mod fetch;
 mod inspect;
 
 pub use checkout::store_checkout;
-pub use fetch::{fetch_tree, GitSource};
+pub use fetch::{fetch_tree, fetch_tree_with, GitCredentials, GitSource};
 pub use inspect::{inspect, is_repo_root, GitState};
 
+use crate::process::{Process, ProcessError};
 use std::path::Path;
 use std::process::Command;
 
-/// `git -C dir` with the settings every comfystore git call needs.
-pub fn command(dir: &Path) -> Command {
-    let mut cmd = Command::new("git");
-    cmd.arg("-C")
+/// `git -C dir` with the settings every comfystore git call needs, as a [`Process`].
+pub fn process(dir: &Path) -> Process {
+    let mut p = Process::new("git");
+    p.arg("-C")
         .arg(dir)
         // Repos that may belong to another user (a volume, a container).
         .args(["-c", "safe.directory=*", "-c", "core.quotePath=false"])
@@ -28,5 +29,23 @@ pub fn command(dir: &Path) -> Command {
         .env_remove("GIT_WORK_TREE")
         .env_remove("GIT_INDEX_FILE")
         .env("LC_ALL", "C");
-    cmd
+    p
+}
+
+/// [`process`] as a bare `Command`, for callers that still run git themselves
+/// (`pipeline/init.rs`); new callers use [`process`].
+pub fn command(dir: &Path) -> Command {
+    process(dir).into_command()
+}
+
+/// Why a git run failed, in the words every git message uses: `shown` is the command as the
+/// message names it, `purpose` what git was needed for.
+fn reason(e: ProcessError, shown: &str, purpose: &str) -> String {
+    match e {
+        ProcessError::Spawn { source, .. } => {
+            format!("cannot run git ({source}); git must be on the PATH to {purpose}")
+        }
+        ProcessError::Failed { stderr, .. } => format!("git {shown} failed: {stderr}"),
+        e @ ProcessError::TimedOut { .. } => e.to_string(),
+    }
 }

@@ -21,9 +21,6 @@ pub enum Error {
     /// Something a lock or a command names that is not there.
     #[error("{0} is not in the store")]
     NotFound(String),
-    /// A Python interpreter, resolver or installer, or the worker's runtime, failed.
-    #[error("python {what}: {reason}")]
-    Python { what: String, reason: String },
     #[error(transparent)]
     Store(#[from] crate::store::Error),
     #[error(transparent)]
@@ -33,19 +30,9 @@ pub enum Error {
     #[error(transparent)]
     Http(#[from] crate::http::Error),
     #[error(transparent)]
-    PythonEnv(#[from] crate::python::Error),
+    Python(#[from] crate::python::Error),
     #[error(transparent)]
     Lockfile(#[from] crate::lockfile::Error),
 }
 
 crate::error::error_support!(Error);
-
-impl Error {
-    /// A `Python` error about `what`.
-    pub fn python(what: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Python {
-            what: what.into(),
-            reason: reason.into(),
-        }
-    }
-}

@@ -104,41 +104,10 @@ pub fn parse_input(input: &Value, limits: &Limits) -> Result<JobInput, InputErro
         serde_json::to_vec(obj).map(|v| v.len()).unwrap_or(0),
         limits.input_bytes,
     )?;
-    let workflow = match obj.get("workflow") {
-        None | Some(Value::Null) => return Err(InputError::MissingWorkflow),
-        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return Err(InputError::BadWorkflow("not an object".into())),
-            Err(e) => return Err(InputError::BadWorkflow(e.to_string())),
-        },
-        Some(Value::Object(m)) => m.clone(),
-        Some(_) => return Err(InputError::BadWorkflow("not an object".into())),
-    };
+    let workflow = workflow_of(obj)?;
     check_workflow(&workflow)?;
-    let images = match obj.get("images") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(list)) => {
-            if list.len() > limits.images {
-                return Err(InputError::TooLarge {
-                    what: "the image list".into(),
-                    size: list.len(),
-                    limit: limits.images,
-                });
-            }
-            list.iter()
-                .map(|v| parse_image(v, limits))
-                .collect::<Result<_, _>>()?
-        }
-        Some(_) => return Err(InputError::BadImages),
-    };
-    let max = limits.max_timeout.as_secs();
-    let timeout = match obj.get("timeout_s") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_f64() {
-            Some(s) if s > 0.0 && s <= max as f64 => Some(Duration::from_secs_f64(s)),
-            _ => return Err(InputError::BadTimeout { max }),
-        },
-    };
+    let images = images_of(obj, limits)?;
+    let timeout = timeout_of(obj, limits)?;
     let comfy_org_api_key = obj
         .get("comfy_org_api_key")
         .and_then(Value::as_str)
@@ -149,6 +118,50 @@ pub fn parse_input(input: &Value, limits: &Limits) -> Result<JobInput, InputErro
         timeout,
         comfy_org_api_key,
     })
+}
+
+/// `workflow`: an object, or the same as a JSON string.
+fn workflow_of(obj: &Map<String, Value>) -> Result<Map<String, Value>, InputError> {
+    match obj.get("workflow") {
+        None | Some(Value::Null) => Err(InputError::MissingWorkflow),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(InputError::BadWorkflow("not an object".into())),
+            Err(e) => Err(InputError::BadWorkflow(e.to_string())),
+        },
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(_) => Err(InputError::BadWorkflow("not an object".into())),
+    }
+}
+
+/// `images`: none, or a list within the limits.
+fn images_of(obj: &Map<String, Value>, limits: &Limits) -> Result<Vec<InputImage>, InputError> {
+    match obj.get("images") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(list)) => {
+            if list.len() > limits.images {
+                return Err(InputError::TooLarge {
+                    what: "the image list".into(),
+                    size: list.len(),
+                    limit: limits.images,
+                });
+            }
+            list.iter().map(|v| parse_image(v, limits)).collect()
+        }
+        Some(_) => Err(InputError::BadImages),
+    }
+}
+
+/// `timeout_s`: none, or a positive number of seconds up to the limit.
+fn timeout_of(obj: &Map<String, Value>, limits: &Limits) -> Result<Option<Duration>, InputError> {
+    let max = limits.max_timeout.as_secs();
+    match obj.get("timeout_s") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(s) if s > 0.0 && s <= max as f64 => Ok(Some(Duration::from_secs_f64(s))),
+            _ => Err(InputError::BadTimeout { max }),
+        },
+    }
 }
 
 fn check_size(what: &str, size: usize, limit: usize) -> Result<(), InputError> {
@@ -275,6 +288,13 @@ pub struct JobOutput {
 /// A failed job's answer: `{"error": …, "details": […]}`.
 pub fn error_answer(error: &str, details: &[String]) -> Value {
     serde_json::json!({ "error": error, "details": details })
+}
+
+/// A failed job's answer split as RunPod reports it: its `error` (popped to the top), and the
+/// rest as the output.
+pub fn pop_error(mut answer: Value) -> (Option<Value>, Value) {
+    let error = answer.as_object_mut().and_then(|o| o.remove("error"));
+    (error, answer)
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@
 //!
 //! Jobs run one at a time, in order, on the one ComfyUI.
 
-use super::runner::Worker;
+use super::error::Error;
+use super::job::pop_error;
+use super::runner::{Answer, Worker};
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -36,10 +38,25 @@ struct Api {
     counter: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Why a job was not queued; the client reads `{"error": …}`.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("the request has no 'input'")]
+    NoInput,
+    #[error("the worker has stopped")]
+    Stopped,
+}
+
+impl Refused {
+    fn answer(&self) -> Value {
+        json!({ "error": self.to_string() })
+    }
+}
+
 impl Api {
-    fn submit(&self, body: &Value, prefix: &str) -> Result<String, Value> {
+    fn submit(&self, body: &Value, prefix: &str) -> Result<String, Refused> {
         let Some(input) = body.get("input") else {
-            return Err(json!({ "error": "the request has no 'input'" }));
+            return Err(Refused::NoInput);
         };
         let n = self
             .counter
@@ -62,7 +79,7 @@ impl Api {
         }
         self.queue
             .send((id.clone(), input.clone()))
-            .map_err(|_| json!({ "error": "the worker has stopped" }))?;
+            .map_err(|_| Refused::Stopped)?;
         Ok(id)
     }
 
@@ -91,71 +108,83 @@ impl Api {
     }
 }
 
-/// Serve the local API on `addr` until the process ends. The worker runs the jobs on a thread
-/// of its own.
-pub fn serve(mut worker: Worker, addr: std::net::SocketAddr) -> crate::Result<()> {
+/// Serve the local API on `addr` until the process ends, on the worker's runtime. The worker
+/// runs the jobs on a thread of its own.
+pub fn serve(worker: Worker, addr: std::net::SocketAddr) -> Result<(), Error> {
+    let rt = worker.runtime();
     let (tx, rx) = mpsc::channel::<(String, Value)>();
     let api = Api {
         jobs: Arc::new(Mutex::new(HashMap::new())),
         queue: tx,
         counter: Arc::new(std::sync::atomic::AtomicU64::new(1)),
     };
-    let jobs = api.jobs.clone();
-    let runner = std::thread::spawn(move || {
-        for (id, input) in rx {
-            if let Ok(mut j) = jobs.lock() {
-                if let Some(job) = j.get_mut(&id) {
-                    job.status = "IN_PROGRESS";
-                    job.started = Some(Instant::now());
-                }
-            }
-            let answer = worker.run(&id, &input);
-            if let Ok(mut j) = jobs.lock() {
-                if let Some(job) = j.get_mut(&id) {
-                    job.finished = Some(Instant::now());
-                    match answer {
-                        Ok(o) => {
-                            job.status = "COMPLETED";
-                            job.output = Some(o);
-                        }
-                        Err(mut e) => {
-                            job.status = "FAILED";
-                            job.error = e.as_object_mut().and_then(|o| o.remove("error"));
-                            job.output = Some(e);
-                        }
-                    }
-                }
-            }
-        }
-        // The queue is closed: stop ComfyUI with the worker.
-        drop(worker);
-    });
+    let runner = spawn_runner(worker, rx, api.jobs.clone());
     let app = Router::new()
         .route("/run", post(run))
         .route("/runsync", post(runsync))
         .route("/status/{id}", get(status).post(status))
         .route("/health", get(health))
         .with_state(api);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| crate::Error::python("local api", format!("runtime: {e}")))?;
     let served = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| crate::Error::python("local api", format!("bind {addr}: {e}")))?;
+            .map_err(|source| Error::Bind { addr, source })?;
         tracing::info!("local API on http://{addr} (POST /run, /runsync; GET /status/ID, /health)");
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown())
             .await
-            .map_err(|e| crate::Error::python("local api", e.to_string()))
+            .map_err(Error::Serve)
     });
     // The router (and with it the queue's sender) is gone: the runner finishes the job in
-    // progress, drops the worker (stopping ComfyUI) and ends.
-    drop(rt);
+    // progress, drops the worker (stopping ComfyUI, then the runtime) and ends.
     let _ = runner.join();
     served
+}
+
+/// The thread that runs the queued jobs one by one, recording each state, until the queue
+/// closes; then it drops the worker.
+fn spawn_runner(
+    mut worker: Worker,
+    rx: mpsc::Receiver<(String, Value)>,
+    jobs: Arc<Mutex<HashMap<String, Job>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for (id, input) in rx {
+            update(&jobs, &id, |job| {
+                job.status = "IN_PROGRESS";
+                job.started = Some(Instant::now());
+            });
+            let answer = worker.run(&id, &input);
+            update(&jobs, &id, |job| finish(job, answer));
+        }
+        // The queue is closed: stop ComfyUI with the worker.
+        drop(worker);
+    })
+}
+
+fn update(jobs: &Mutex<HashMap<String, Job>>, id: &str, f: impl FnOnce(&mut Job)) {
+    if let Ok(mut j) = jobs.lock() {
+        if let Some(job) = j.get_mut(id) {
+            f(job);
+        }
+    }
+}
+
+/// Record a job's answer: its output, or its error popped to the top as RunPod does.
+fn finish(job: &mut Job, answer: Answer) {
+    job.finished = Some(Instant::now());
+    match answer {
+        Ok(o) => {
+            job.status = "COMPLETED";
+            job.output = Some(o);
+        }
+        Err(e) => {
+            job.status = "FAILED";
+            let (error, output) = pop_error(e);
+            job.error = error;
+            job.output = Some(output);
+        }
+    }
 }
 
 /// SIGTERM or SIGINT.
@@ -176,14 +205,14 @@ async fn shutdown() {
 async fn run(State(api): State<Api>, Json(body): Json<Value>) -> Json<Value> {
     Json(match api.submit(&body, "run") {
         Ok(id) => json!({ "id": id, "status": "IN_QUEUE" }),
-        Err(e) => e,
+        Err(e) => e.answer(),
     })
 }
 
 async fn runsync(State(api): State<Api>, Json(body): Json<Value>) -> Json<Value> {
     let id = match api.submit(&body, "sync") {
         Ok(id) => id,
-        Err(e) => return Json(e),
+        Err(e) => return Json(e.answer()),
     };
     loop {
         let v = api.state(&id);

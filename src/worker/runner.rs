@@ -10,12 +10,18 @@
 //! the earlier files, which must still be there. Completion is read from `GET /history/{id}`,
 //! the source of truth that survives a dropped websocket.
 
-use super::job::{error_answer, parse_input, JobOutput, Limits, OutputFile};
-use crate::comfy::api::{read_history, read_submit, Finished, Produced, Submitted};
+use super::error::Error;
+use super::failure::{JobError, OutputError, Trouble};
+use super::job::{parse_input, InputImage, JobInput, JobOutput, Limits, OutputFile};
+use super::sink::{self, Sink};
+use crate::comfy::api::{Finished, Produced, Submitted};
 use crate::comfy::supervisor::Supervisor;
+use crate::comfy::{Client, Folders, Watch};
 use crate::store::Store;
-use serde_json::{json, Value};
+use serde_json::{Map, Value};
 use sha2::Digest;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How jobs run.
@@ -48,54 +54,14 @@ pub struct Worker {
     /// Outputs are added here (by BLAKE3, with their SHA-256), when set.
     store: Option<Store>,
     /// Where output files go in the answer.
-    sink: Box<dyn super::sink::Sink>,
+    sink: Box<dyn Sink>,
+    /// The one runtime of the worker, its RunPod loop and its local API.
     rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
+    comfy: Client,
     /// Files the last job produced (outputs and previews), deleted after the next job.
-    kept: Vec<std::path::PathBuf>,
+    kept: Vec<PathBuf>,
     /// ComfyUI's input, output and temp folders.
     dirs: Folders,
-}
-
-/// Where ComfyUI keeps files: its own folders, or those `--input-directory`,
-/// `--output-directory` and `--temp-directory` name.
-#[derive(Clone, Debug)]
-struct Folders {
-    input: std::path::PathBuf,
-    output: std::path::PathBuf,
-    temp: std::path::PathBuf,
-}
-
-impl Folders {
-    fn of(dest: &std::path::Path, args: &[String]) -> Folders {
-        let flag = |name: &str, default: &str| {
-            let mut it = args.iter();
-            while let Some(a) = it.next() {
-                if let Some(v) = a.strip_prefix(&format!("{name}=")) {
-                    return dest.join(v);
-                }
-                if a == name {
-                    if let Some(v) = it.next() {
-                        return dest.join(v);
-                    }
-                }
-            }
-            dest.join(default)
-        };
-        Folders {
-            input: flag("--input-directory", "input"),
-            output: flag("--output-directory", "output"),
-            temp: flag("--temp-directory", "temp"),
-        }
-    }
-
-    fn of_kind(&self, kind: &str) -> &std::path::Path {
-        match kind {
-            "temp" => &self.temp,
-            "input" => &self.input,
-            _ => &self.output,
-        }
-    }
 }
 
 /// A job's answer: the handler's `output`, or `{"error", "details"}`.
@@ -112,39 +78,46 @@ impl Worker {
         sup: Supervisor,
         store: Option<Store>,
         opts: WorkerOptions,
-    ) -> crate::Result<Worker> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    ) -> Result<Worker, Error> {
+        // Two threads: the RunPod heartbeat and stop channel, or the local API's server, go on
+        // while a job blocks on ComfyUI.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
-            .map_err(|e| crate::Error::python("worker", format!("runtime: {e}")))?;
-        // No idle connections kept: after ComfyUI restarts, a pooled one would still lead to
-        // the dead process (and reuse saves nothing on loopback).
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| crate::Error::python("worker", format!("http client: {e}")))?;
-        let dirs = Folders::of(sup.dest(), sup.args());
+            .map_err(Error::Runtime)?;
+        let comfy = Client::new(sup.base_url())?;
+        let dirs = sup.folders();
         Ok(Worker {
             sup,
             opts,
             store,
             rt,
-            http,
+            comfy,
             kept: Vec::new(),
             dirs,
-            sink: Box::new(super::sink::Base64),
+            sink: Box::new(sink::Base64),
         })
     }
 
     /// Send output files to `sink` instead of base64 in the answer.
-    pub fn with_sink(mut self, sink: Box<dyn super::sink::Sink>) -> Worker {
+    pub fn with_sink(mut self, sink: Box<dyn Sink>) -> Worker {
         self.sink = sink;
         self
     }
 
+    /// The worker's runtime, for the RunPod loop and the local API to run on too.
+    pub fn runtime(&self) -> tokio::runtime::Handle {
+        self.rt.handle().clone()
+    }
+
+    /// The client of the worker's ComfyUI.
+    pub fn comfy(&self) -> &Client {
+        &self.comfy
+    }
+
     /// Start ComfyUI if needed and wait until it answers.
-    pub fn ready(&mut self) -> crate::Result<()> {
+    pub fn ready(&mut self) -> crate::comfy::Result<()> {
         self.sup.ensure(self.opts.ready_timeout)
     }
 
@@ -162,11 +135,25 @@ impl Worker {
         input: &Value,
         progress: &mut dyn FnMut(&Value),
     ) -> Answer {
-        let job =
-            parse_input(input, &self.opts.limits).map_err(|e| error_answer(&e.to_string(), &[]))?;
-        if let Err(e) = self.ready() {
-            return Err(error_answer("ComfyUI is not reachable", &[e.to_string()]));
-        }
+        self.run_job(job_id, input, progress)
+            .map_err(|e| e.answer())
+    }
+
+    /// Delete the files the last job produced (when the worker stops).
+    pub fn cleanup(&mut self) {
+        self.replace_kept(Vec::new());
+    }
+
+    /// Check the input and that ComfyUI answers, run the job, and delete its inputs whatever
+    /// happened.
+    fn run_job(
+        &mut self,
+        job_id: &str,
+        input: &Value,
+        progress: &mut dyn FnMut(&Value),
+    ) -> Result<Value, JobError> {
+        let job = parse_input(input, &self.opts.limits)?;
+        self.ready().map_err(JobError::Unreachable)?;
         let started = Instant::now();
         let mut uploaded = Vec::new();
         let result = self.run_in(job_id, job, &mut uploaded, progress);
@@ -182,174 +169,132 @@ impl Worker {
         result
     }
 
-    /// Delete the files the last job produced (when the worker stops).
-    pub fn cleanup(&mut self) {
-        self.replace_kept(Vec::new());
-    }
-
-    /// Keep `now` (this job's files) and delete the previous job's others, with the folders
-    /// that leaves empty.
-    fn replace_kept(&mut self, now: Vec<std::path::PathBuf>) {
-        for old in std::mem::replace(&mut self.kept, now) {
-            if self.kept.contains(&old) {
-                continue;
-            }
-            let _ = std::fs::remove_file(&old);
-            let mut dir = old.parent();
-            while let Some(d) = dir {
-                let root = [&self.dirs.input, &self.dirs.output, &self.dirs.temp]
-                    .iter()
-                    .any(|r| d == r.as_path());
-                if root || std::fs::remove_dir(d).is_err() {
-                    break;
-                }
-                dir = d.parent();
-            }
-        }
-    }
-
+    /// The job on a ready ComfyUI, phase by phase.
     fn run_in(
         &mut self,
         job_id: &str,
-        job: super::job::JobInput,
+        job: JobInput,
         uploaded: &mut Vec<String>,
         progress: &mut dyn FnMut(&Value),
-    ) -> Answer {
-        let base = self.sup.base_url();
+    ) -> Result<Value, JobError> {
         let mut workflow = job.workflow;
-        // 1. Input images, each into a folder named by its content.
-        let mut renamed = std::collections::HashMap::new();
-        for img in &job.images {
+        let renamed = self.upload_inputs(&job.images, uploaded)?;
+        rename_inputs(&mut workflow, &renamed);
+        // Listening before submitting (progress, and an early "done"; the history stays the
+        // source of truth when the socket drops or never connects). Stopped on every way out.
+        let watch = self.rt.block_on(self.comfy.watch());
+        let prompt_id = self.submit(&workflow, &watch, job.comfy_org_api_key.as_deref())?;
+        let deadline = Instant::now() + job.timeout.unwrap_or(self.opts.job_timeout);
+        let finished = self.wait_for(&prompt_id, &watch, deadline, progress)?;
+        let out = self.collect_outputs(job_id, &prompt_id, finished)?;
+        Ok(serde_json::to_value(&out)?)
+    }
+
+    /// 1. Upload the input images, each into a folder named by its content (listed in
+    ///    `uploaded`, to be deleted after the job). Gives each image's name in the workflow →
+    ///    its name in ComfyUI's input folder.
+    fn upload_inputs(
+        &self,
+        images: &[InputImage],
+        uploaded: &mut Vec<String>,
+    ) -> Result<HashMap<String, String>, JobError> {
+        let mut renamed = HashMap::new();
+        for img in images {
             let tag = format!(
                 "comfystore-{}",
                 &hex::encode(sha2::Sha256::digest(&img.bytes))[..16]
             );
             uploaded.push(tag.clone());
-            let part =
-                reqwest::multipart::Part::bytes(img.bytes.clone()).file_name(img.name.clone());
-            let form = reqwest::multipart::Form::new()
-                .part("image", part)
-                .text("overwrite", "true")
-                .text("type", "input")
-                .text("subfolder", tag.to_string());
-            let r = self.rt.block_on(async {
-                let resp = self
-                    .http
-                    .post(format!("{base}/upload/image"))
-                    .multipart(form)
-                    .send()
-                    .await?;
-                resp.error_for_status()?.json::<Value>().await
-            });
-            match r {
-                Ok(v) => {
-                    let name = v.get("name").and_then(Value::as_str).unwrap_or(&img.name);
+            let stored = self
+                .rt
+                .block_on(self.comfy.upload_image(&tag, &img.name, &img.bytes));
+            match stored {
+                Ok(name) => {
                     renamed.insert(img.name.clone(), format!("{tag}/{name}"));
                 }
                 Err(e) => {
-                    return Err(self.failed(
-                        "Failed to upload one or more input images",
-                        vec![format!("{}: {e}", img.name)],
-                    ))
+                    return Err(self.failed(Trouble::Upload, vec![format!("{}: {e}", img.name)]))
                 }
             }
         }
-        for node in workflow.values_mut() {
-            let Some(inputs) = node.get_mut("inputs").and_then(Value::as_object_mut) else {
-                continue;
-            };
-            for v in inputs.values_mut() {
-                if let Some(r) = v.as_str().and_then(|s| renamed.get(s)) {
-                    *v = Value::String(r.clone());
-                }
-            }
+        Ok(renamed)
+    }
+
+    /// 2. Queue the workflow under the watch's client id; its prompt id.
+    fn submit(
+        &mut self,
+        workflow: &Map<String, Value>,
+        watch: &Watch,
+        comfy_org_api_key: Option<&str>,
+    ) -> Result<String, JobError> {
+        let submitted = self.rt.block_on(self.comfy.submit(
+            workflow,
+            watch.client_id(),
+            comfy_org_api_key,
+        ));
+        match submitted {
+            Ok(Submitted::Queued { prompt_id }) => Ok(prompt_id),
+            Ok(Submitted::Refused { error, details }) => Err(JobError::Reported { error, details }),
+            Err(e) => Err(self.lost_comfyui(Trouble::Submit, e)),
         }
-        // 2. Submit, listening on the websocket first (progress, and an early "done"; the
-        //    history stays the source of truth when the socket drops or never connects).
-        let client_id = client_id();
-        let watch = Watch::default();
-        // Stopped on every way out of this function.
-        let _reader = self
-            .rt
-            .block_on(watch.connect(&base, &client_id))
-            .map(AbortOnDrop);
-        let mut body = json!({ "prompt": workflow, "client_id": client_id });
-        if let Some(k) = &job.comfy_org_api_key {
-            body["extra_data"] = json!({ "api_key_comfy_org": k });
-        }
-        let submitted = self.rt.block_on(async {
-            let resp = self
-                .http
-                .post(format!("{base}/prompt"))
-                .json(&body)
-                .send()
-                .await?;
-            let status = resp.status().as_u16();
-            let v = resp.json::<Value>().await.unwrap_or(Value::Null);
-            Ok::<_, reqwest::Error>((status, v))
-        });
-        let prompt_id = match submitted {
-            Ok((status, v)) => match read_submit(status, &v) {
-                Submitted::Queued { prompt_id } => prompt_id,
-                Submitted::Refused { error, details } => {
-                    return Err(error_answer(&error, &details))
-                }
-            },
-            Err(e) => return Err(self.lost_comfyui("HTTP communication error with ComfyUI", e)),
-        };
-        // 3. Wait, watching the process.
-        let deadline = Instant::now() + job.timeout.unwrap_or(self.opts.job_timeout);
+    }
+
+    /// 3. Wait until the prompt's history entry says it ended, watching the process for death
+    ///    and hangs and the deadline, and passing progress on.
+    fn wait_for(
+        &mut self,
+        prompt_id: &str,
+        watch: &Watch,
+        deadline: Instant,
+        progress: &mut dyn FnMut(&Value),
+    ) -> Result<Finished, JobError> {
         let mut answered = Instant::now();
-        let finished = loop {
-            if !self.sup.alive() {
-                return Err(self.crashed(vec![]));
-            }
-            if answered.elapsed() > self.sup.hang() {
-                let err = self.failed("ComfyUI stopped answering during the job", vec![]);
-                let _ = self.sup.restart(self.opts.ready_timeout);
-                return Err(err);
-            }
-            // Bounded by the hang timeout: a hung ComfyUI accepts and never answers.
-            let hang = self.sup.hang();
-            let h = self.rt.block_on(async {
-                self.http
-                    .get(format!("{base}/history/{prompt_id}"))
-                    .timeout(hang)
-                    .send()
-                    .await?
-                    .json::<Value>()
-                    .await
-            });
-            if let Ok(h) = h {
+        loop {
+            self.check_process(answered)?;
+            let history = self
+                .rt
+                .block_on(self.comfy.history(prompt_id, self.sup.hang()));
+            if let Ok(h) = history {
                 answered = Instant::now();
-                match read_history(&h, &prompt_id) {
+                match h {
                     Finished::Pending => {}
-                    f => break f,
+                    f => return Ok(f),
                 }
             }
             if Instant::now() > deadline {
-                let _ = self.rt.block_on(async {
-                    self.http
-                        .post(format!("{base}/interrupt"))
-                        .json(&json!({ "prompt_id": prompt_id }))
-                        .send()
-                        .await
-                });
-                return Err(self.failed("The job timed out", vec![]));
+                let _ = self.rt.block_on(self.comfy.interrupt(Some(prompt_id)));
+                return Err(self.failed(Trouble::TimedOut, vec![]));
             }
-            if let Some(p) = watch.progress_of(&prompt_id) {
+            if let Some(p) = watch.progress_of(prompt_id) {
                 progress(&p);
             }
-            let done = watch.done.clone();
-            let poll = self.opts.poll;
-            self.rt.block_on(async {
-                tokio::select! {
-                    _ = done.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                }
-            });
-        };
+            self.rt.block_on(watch.done_or(self.opts.poll));
+        }
+    }
 
+    /// ComfyUI died, or has not answered since `answered` for longer than its hang time (then
+    /// it is restarted for the next job).
+    fn check_process(&mut self, answered: Instant) -> Result<(), JobError> {
+        if !self.sup.alive() {
+            return Err(self.crashed(vec![]));
+        }
+        if answered.elapsed() > self.sup.hang() {
+            let err = self.failed(Trouble::Hung, vec![]);
+            let _ = self.sup.restart(self.opts.ready_timeout);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// 4. Every output file into the answer (previews are deleted, not answered); then the
+    ///    previous job's files and this prompt's history entry go. A failed prompt that still
+    ///    produced files answers them, with its errors.
+    fn collect_outputs(
+        &mut self,
+        job_id: &str,
+        prompt_id: &str,
+        finished: Finished,
+    ) -> Result<JobOutput, JobError> {
         let (files, failure) = match finished {
             Finished::Success { files } => (files, None),
             Finished::Failed {
@@ -359,88 +304,83 @@ impl Worker {
             } => (files, Some((error, details))),
             Finished::Pending => (Vec::new(), None),
         };
-        // 4. Outputs (previews are deleted, not answered).
-        let now: Vec<std::path::PathBuf> = files
-            .iter()
-            .map(|f| {
-                self.dirs
-                    .of_kind(&f.kind)
-                    .join(&f.subfolder)
-                    .join(&f.filename)
-            })
-            .collect();
         let mut out = JobOutput::default();
         for f in files.iter().filter(|f| f.kind != "temp") {
-            match self.fetch(&base, job_id, f) {
+            match self.deliver(job_id, f) {
                 Ok(file) => out.images.push(file),
                 Err(e) => out.errors.push(format!("{}: {e}", f.filename)),
             }
         }
-        self.replace_kept(now);
-        let _ = self.rt.block_on(async {
-            self.http
-                .post(format!("{base}/history"))
-                .json(&json!({ "delete": [prompt_id] }))
-                .send()
-                .await
-        });
+        self.release(prompt_id, &files);
         if let Some((error, mut details)) = failure {
             if out.images.is_empty() {
                 details.extend(out.errors);
-                return Err(error_answer(&error, &details));
+                return Err(JobError::Reported { error, details });
             }
             out.errors.extend(details);
         }
-        serde_json::to_value(&out).map_err(|e| error_answer(&e.to_string(), &[]))
+        Ok(out)
     }
 
-    /// `GET /view` one file; hash it, store it, encode it.
-    fn fetch(
-        &self,
-        base: &str,
-        job_id: &str,
-        f: &Produced,
-    ) -> std::result::Result<OutputFile, String> {
-        let bytes = self
-            .rt
-            .block_on(async {
-                let query = url::form_urlencoded::Serializer::new(String::new())
-                    .append_pair("filename", &f.filename)
-                    .append_pair("subfolder", &f.subfolder)
-                    .append_pair("type", &f.kind)
-                    .finish();
-                let url = format!("{base}/view?{query}");
-                self.http
-                    .get(url)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .bytes()
-                    .await
+    /// One output file: `GET /view`, into the store, then to the sink.
+    fn deliver(&self, job_id: &str, f: &Produced) -> Result<OutputFile, OutputError> {
+        let bytes = self.rt.block_on(self.comfy.view(f))?;
+        self.store_output(&f.filename, &bytes);
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        self.sink
+            .deliver(&sink::Produced {
+                job_id,
+                filename: &f.filename,
+                output: &f.output,
+                node: &f.node,
+                bytes: &bytes,
+                sha256: &sha256,
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(OutputError::Sink)
+    }
+
+    /// Add an output to the store, when the worker has one; a failure only warns (the answer
+    /// still carries the file).
+    fn store_output(&self, filename: &str, bytes: &[u8]) {
         if let Some(store) = &self.store {
             let put = store
-                .put_bytes(&bytes, false, true)
+                .put_bytes(bytes, false, true)
                 .and_then(|p| store.record_object(&p).map(|()| p));
             if let Err(e) = put {
-                tracing::warn!("output {} not stored: {e}", f.filename);
+                tracing::warn!("output {filename} not stored: {e}");
             }
         }
-        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-        self.sink.deliver(&super::sink::Produced {
-            job_id,
-            filename: &f.filename,
-            output: &f.output,
-            node: &f.node,
-            bytes: &bytes,
-            sha256: &sha256,
-        })
+    }
+
+    /// 5. Keep this job's files (deleting the previous job's others) and let ComfyUI forget
+    ///    the prompt.
+    fn release(&mut self, prompt_id: &str, files: &[Produced]) {
+        let now = files.iter().map(|f| self.dirs.path_of(f)).collect();
+        self.replace_kept(now);
+        let _ = self.rt.block_on(self.comfy.forget(prompt_id));
+    }
+
+    /// Keep `now` (this job's files) and delete the previous job's others, with the folders
+    /// that leaves empty.
+    fn replace_kept(&mut self, now: Vec<PathBuf>) {
+        for old in std::mem::replace(&mut self.kept, now) {
+            if self.kept.contains(&old) {
+                continue;
+            }
+            let _ = std::fs::remove_file(&old);
+            let mut dir = old.parent();
+            while let Some(d) = dir {
+                if self.dirs.is_root(d) || std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
     }
 
     /// A request to ComfyUI failed: if the process died, say so and start it again for the
     /// next job; else report the HTTP error.
-    fn lost_comfyui(&mut self, what: &str, e: reqwest::Error) -> Value {
+    fn lost_comfyui(&mut self, what: Trouble, e: crate::comfy::Error) -> JobError {
         if self.sup.alive() {
             return self.failed(what, vec![e.to_string()]);
         }
@@ -448,102 +388,32 @@ impl Worker {
     }
 
     /// ComfyUI died during the job: the error, with its log; then start it for the next job.
-    fn crashed(&mut self, details: Vec<String>) -> Value {
-        let err = self.failed("ComfyUI crashed while running the job", details);
+    fn crashed(&mut self, details: Vec<String>) -> JobError {
+        let err = self.failed(Trouble::Crashed, details);
         let _ = self.ready();
         err
     }
 
-    /// An error answer with ComfyUI's recent log.
-    fn failed(&self, error: &str, mut details: Vec<String>) -> Value {
-        let tail = self.sup.log_tail(20);
-        if !tail.is_empty() {
-            details.push(format!("ComfyUI log (last lines):\n{}", tail.join("\n")));
+    /// A failure around ComfyUI, with its recent log.
+    fn failed(&self, what: Trouble, details: Vec<String>) -> JobError {
+        JobError::Logged {
+            what,
+            details,
+            log: self.sup.log_tail(20),
         }
-        error_answer(error, &details)
     }
 }
 
-/// What the job's websocket said: the latest progress event, and a signal when ComfyUI says
-/// a prompt is done (`executing` with no node).
-#[derive(Default, Clone)]
-struct Watch {
-    latest: std::sync::Arc<std::sync::Mutex<Option<Value>>>,
-    /// The progress last handed to the caller, so each event is reported once.
-    reported: std::sync::Arc<std::sync::Mutex<Option<Value>>>,
-    done: std::sync::Arc<tokio::sync::Notify>,
-}
-
-impl Watch {
-    /// Connect `ws://…/ws?clientId=` and read it in a task of the worker's runtime (it runs
-    /// while the worker waits). `None` when the socket cannot be opened: polling does it all.
-    async fn connect(&self, base: &str, client_id: &str) -> Option<tokio::task::JoinHandle<()>> {
-        use futures_util::StreamExt;
-        let url = format!(
-            "{}/ws?clientId={client_id}",
-            base.replacen("http://", "ws://", 1)
-        );
-        let connect = tokio_tungstenite::connect_async(url);
-        let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(5), connect).await {
-            Ok(Ok(c)) => c,
-            other => {
-                tracing::debug!("websocket not used: {:?}", other.err().map(|_| "timeout"));
-                return None;
-            }
+/// Point the workflow's inputs that name an uploaded image at its name in ComfyUI.
+fn rename_inputs(workflow: &mut Map<String, Value>, renamed: &HashMap<String, String>) {
+    for node in workflow.values_mut() {
+        let Some(inputs) = node.get_mut("inputs").and_then(Value::as_object_mut) else {
+            continue;
         };
-        tracing::debug!("websocket {client_id} connected");
-        let watch = self.clone();
-        Some(tokio::spawn(async move {
-            while let Some(Ok(msg)) = ws.next().await {
-                let Ok(text) = msg.to_text() else { continue };
-                let Ok(v) = serde_json::from_str::<Value>(text) else {
-                    continue;
-                };
-                match v["type"].as_str() {
-                    Some("progress") => {
-                        if let Ok(mut l) = watch.latest.lock() {
-                            *l = Some(v["data"].clone());
-                        }
-                    }
-                    Some("executing") if v["data"]["node"].is_null() => watch.done.notify_one(),
-                    _ => {}
-                }
+        for v in inputs.values_mut() {
+            if let Some(r) = v.as_str().and_then(|s| renamed.get(s)) {
+                *v = Value::String(r.clone());
             }
-            tracing::debug!("websocket closed");
-        }))
-    }
-
-    /// The newest progress event of `prompt_id` not reported yet.
-    fn progress_of(&self, prompt_id: &str) -> Option<Value> {
-        let latest = self.latest.lock().ok()?.clone()?;
-        if latest["prompt_id"].as_str() != Some(prompt_id) {
-            return None;
         }
-        let mut reported = self.reported.lock().ok()?;
-        if reported.as_ref() == Some(&latest) {
-            return None;
-        }
-        *reported = Some(latest.clone());
-        Some(json!({
-            "node": latest["node"],
-            "value": latest["value"],
-            "max": latest["max"],
-        }))
     }
-}
-
-/// A task that ends when this goes out of scope.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A fresh websocket client id, `comfystore-<random>`.
-fn client_id() -> String {
-    let mut r = [0u8; 8];
-    let _ = getrandom::fill(&mut r);
-    format!("comfystore-{}", hex::encode(r))
 }

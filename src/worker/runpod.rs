@@ -5,11 +5,14 @@
 //! The platform sets the URL templates and the key in the environment. Every call carries the
 //! key verbatim as `Authorization` (no "Bearer"). The key is never logged.
 
+use super::error::Error;
+use super::job::pop_error;
 use super::runner::Worker;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::runtime::Handle;
 
 const SDK_VERSION: &str = concat!("comfystore-", env!("CARGO_PKG_VERSION"));
 
@@ -86,118 +89,156 @@ fn with_query(url: &str, params: &[(&str, &str)]) -> String {
 type Current = Arc<Mutex<Option<String>>>;
 
 /// Take jobs until `stop` is set (SIGTERM): long-poll, run, post the result. The job in
-/// progress when SIGTERM arrives is finished first.
-pub fn serve(worker: &mut Worker, cfg: &RunPodConfig, stop: Arc<AtomicBool>) -> crate::Result<()> {
+/// progress when SIGTERM arrives is finished first. Runs on the worker's runtime.
+pub fn serve(worker: &mut Worker, cfg: &RunPodConfig, stop: Arc<AtomicBool>) -> Result<(), Error> {
+    let rt = worker.runtime();
     let current: Current = Arc::new(Mutex::new(None));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| crate::Error::python("runpod", format!("runtime: {e}")))?;
     let http = client(cfg, Duration::from_secs(100))?;
-    if let Some(ping) = cfg.ping.clone() {
-        rt.spawn(heartbeat(
-            client(cfg, cfg.ping_interval * 2)?,
-            ping,
-            cfg.ping_interval,
-            current.clone(),
-            stop.clone(),
-        ));
-    }
-    if cfg.get_job.contains("/job-take/") {
-        let url = cfg.get_job.replace("/job-take/", "/job-stop/");
-        rt.spawn(stop_channel(
-            http.clone(),
-            url,
-            worker.sup.base_url(),
-            current.clone(),
-            stop.clone(),
-        ));
-    }
+    // They end with this function, as the loop does.
+    let _side = side_channels(&rt, cfg, &http, worker.comfy(), &current, &stop)?;
     tracing::info!("RunPod worker {} taking jobs", cfg.worker_id);
     while !stop.load(Ordering::SeqCst) {
-        let take = with_query(&cfg.get_job, &[("job_in_progress", "0")]);
-        let job = rt.block_on(async {
-            let r = http.get(&take).send().await?;
-            let status = r.status().as_u16();
-            let body = r.bytes().await?;
-            Ok::<_, reqwest::Error>((status, body))
-        });
-        let job: Value = match job {
-            Ok((200, body)) if !body.is_empty() => match serde_json::from_slice(&body) {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!("job take: not JSON: {e}");
-                    continue;
-                }
-            },
-            Ok((429, _)) => {
-                std::thread::sleep(Duration::from_secs(5));
-                continue;
-            }
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!("job take: {e}");
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let (Some(id), Some(input)) = (job.get("id").and_then(Value::as_str), job.get("input"))
-        else {
-            tracing::warn!("job take: a job without id or input");
+        let Some((id, input)) = take(&rt, &http, cfg) else {
             continue;
         };
-        let id = id.to_string();
-        if let Ok(mut c) = current.lock() {
-            *c = Some(id.clone());
-        }
-        // Progress, at most once a second, as the SDK's progress_update posts it.
-        let mut last: Option<std::time::Instant> = None;
-        let progress_url = with_query(
-            &cfg.post_output.replace("$ID", &id),
-            &[("isStream", "false")],
-        );
-        let mut on_progress = |p: &Value| {
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                return;
-            }
-            last = Some(std::time::Instant::now());
-            let body = json!({ "status": "IN_PROGRESS", "output": p });
-            let _ = rt.block_on(async {
-                http.post(&progress_url)
-                    .header("Content-Type", "application/x-www-form-urlencoded")
-                    .header("X-Request-ID", &id)
-                    .body(body.to_string())
-                    .send()
-                    .await
-            });
-        };
-        let result = match worker.run_with_progress(&id, input, &mut on_progress) {
-            Ok(output) => json!({ "output": output }),
-            // The SDK pops `error` to the top and leaves the rest as the output.
-            Err(mut err) => {
-                let error = err
-                    .as_object_mut()
-                    .and_then(|o| o.remove("error"))
-                    .unwrap_or(Value::String("job failed".into()));
-                json!({ "error": error, "output": err })
-            }
-        };
+        set_current(&current, Some(id.clone()));
+        let result = run_job(worker, &rt, &http, cfg, &id, &input);
         post_result(&rt, &http, cfg, &id, &result);
-        if let Ok(mut c) = current.lock() {
-            *c = None;
-        }
+        set_current(&current, None);
     }
     tracing::info!("RunPod worker stopping (SIGTERM)");
     Ok(())
 }
 
-fn client(cfg: &RunPodConfig, timeout: Duration) -> crate::Result<reqwest::Client> {
+/// The heartbeat (when the platform gives a ping URL) and the stop channel (on the job-take
+/// protocol), as tasks on the runtime that end when the handles are dropped.
+fn side_channels(
+    rt: &Handle,
+    cfg: &RunPodConfig,
+    http: &reqwest::Client,
+    comfy: &crate::comfy::Client,
+    current: &Current,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<AbortOnDrop>, Error> {
+    let mut tasks = Vec::new();
+    if let Some(ping) = cfg.ping.clone() {
+        tasks.push(AbortOnDrop(rt.spawn(heartbeat(
+            client(cfg, cfg.ping_interval * 2)?,
+            ping,
+            cfg.ping_interval,
+            current.clone(),
+            stop.clone(),
+        ))));
+    }
+    if cfg.get_job.contains("/job-take/") {
+        let url = cfg.get_job.replace("/job-take/", "/job-stop/");
+        tasks.push(AbortOnDrop(rt.spawn(stop_channel(
+            http.clone(),
+            url,
+            comfy.clone(),
+            current.clone(),
+            stop.clone(),
+        ))));
+    }
+    Ok(tasks)
+}
+
+/// 1. Long-poll for a job: its id and input, or `None` to ask again (after a pause when the
+///    platform asks for one or cannot be reached).
+fn take(rt: &Handle, http: &reqwest::Client, cfg: &RunPodConfig) -> Option<(String, Value)> {
+    let take = with_query(&cfg.get_job, &[("job_in_progress", "0")]);
+    let job = rt.block_on(async {
+        let r = http.get(&take).send().await?;
+        let status = r.status().as_u16();
+        let body = r.bytes().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    });
+    let mut job: Value = match job {
+        Ok((200, body)) if !body.is_empty() => match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("job take: not JSON: {e}");
+                return None;
+            }
+        },
+        Ok((429, _)) => {
+            std::thread::sleep(Duration::from_secs(5));
+            return None;
+        }
+        Ok(_) => return None,
+        Err(e) => {
+            tracing::warn!("job take: {e}");
+            std::thread::sleep(Duration::from_secs(1));
+            return None;
+        }
+    };
+    let id = job.get("id").and_then(Value::as_str).map(String::from);
+    let (Some(id), Some(input)) = (id, job.get_mut("input").map(Value::take)) else {
+        tracing::warn!("job take: a job without id or input");
+        return None;
+    };
+    Some((id, input))
+}
+
+/// 2. Run the job, posting its progress at most once a second, as the SDK's progress_update
+///    posts it; the result to post.
+fn run_job(
+    worker: &mut Worker,
+    rt: &Handle,
+    http: &reqwest::Client,
+    cfg: &RunPodConfig,
+    id: &str,
+    input: &Value,
+) -> Value {
+    let mut last: Option<std::time::Instant> = None;
+    let progress_url = with_query(
+        &cfg.post_output.replace("$ID", id),
+        &[("isStream", "false")],
+    );
+    let mut on_progress = |p: &Value| {
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        last = Some(std::time::Instant::now());
+        let body = json!({ "status": "IN_PROGRESS", "output": p });
+        let _ = rt.block_on(async {
+            http.post(&progress_url)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .header("X-Request-ID", id)
+                .body(body.to_string())
+                .send()
+                .await
+        });
+    };
+    match worker.run_with_progress(id, input, &mut on_progress) {
+        Ok(output) => json!({ "output": output }),
+        // The SDK pops `error` to the top and leaves the rest as the output.
+        Err(err) => {
+            let (error, output) = pop_error(err);
+            json!({ "error": error.unwrap_or(Value::String("job failed".into())), "output": output })
+        }
+    }
+}
+
+fn set_current(current: &Current, job: Option<String>) {
+    if let Ok(mut c) = current.lock() {
+        *c = job;
+    }
+}
+
+/// A task that ends when this goes out of scope.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn client(cfg: &RunPodConfig, timeout: Duration) -> Result<reqwest::Client, Error> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(k) = &cfg.api_key {
-        let mut v = reqwest::header::HeaderValue::from_str(k).map_err(|_| {
-            crate::Error::python("runpod", "RUNPOD_AI_API_KEY is not a valid header value")
-        })?;
+        let mut v = reqwest::header::HeaderValue::from_str(k).map_err(|_| Error::ApiKey)?;
         v.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
@@ -206,18 +247,12 @@ fn client(cfg: &RunPodConfig, timeout: Duration) -> crate::Result<reqwest::Clien
         .user_agent(SDK_VERSION)
         .timeout(timeout)
         .build()
-        .map_err(|e| crate::Error::python("runpod", format!("http client: {e}")))
+        .map_err(Error::RunPodClient)
 }
 
-/// POST the result, 3 tries (1 s, 2 s apart). A result that cannot be delivered is logged:
-/// the platform then retries or times the job out.
-fn post_result(
-    rt: &tokio::runtime::Runtime,
-    http: &reqwest::Client,
-    cfg: &RunPodConfig,
-    id: &str,
-    result: &Value,
-) {
+/// 3. POST the result, 3 tries (1 s, 2 s apart). A result that cannot be delivered is logged:
+///    the platform then retries or times the job out.
+fn post_result(rt: &Handle, http: &reqwest::Client, cfg: &RunPodConfig, id: &str, result: &Value) {
     let url = with_query(
         &cfg.post_output.replace("$ID", id),
         &[("isStream", "false")],
@@ -271,7 +306,7 @@ async fn heartbeat(
 async fn stop_channel(
     http: reqwest::Client,
     url: String,
-    comfy: String,
+    comfy: crate::comfy::Client,
     current: Current,
     stop: Arc<AtomicBool>,
 ) {
@@ -288,11 +323,7 @@ async fn stop_channel(
                 let ours = current.lock().ok().and_then(|c| c.clone());
                 if let Some(job) = ours.filter(|j| ids.contains(&j.as_str())) {
                     tracing::info!("job {job}: stopped by the platform; interrupting ComfyUI");
-                    let _ = http
-                        .post(format!("{comfy}/interrupt"))
-                        .json(&json!({}))
-                        .send()
-                        .await;
+                    let _ = comfy.interrupt(None).await;
                 }
                 Duration::from_secs(1)
             }

@@ -16,16 +16,19 @@ pub struct Produced<'a> {
     pub sha256: &'a str,
 }
 
+/// Why a sink could not deliver a file: any error of the sink's own (storage clients differ).
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Delivers output files. Errors are per file: they become the answer's `errors`.
 pub trait Sink: Send {
-    fn deliver(&self, file: &Produced) -> Result<OutputFile, String>;
+    fn deliver(&self, file: &Produced) -> Result<OutputFile, SinkError>;
 }
 
 /// The file's bytes in the answer, base64-encoded (`type: "base64"`).
 pub struct Base64;
 
 impl Sink for Base64 {
-    fn deliver(&self, f: &Produced) -> Result<OutputFile, String> {
+    fn deliver(&self, f: &Produced) -> Result<OutputFile, SinkError> {
         use base64::Engine;
         Ok(OutputFile {
             filename: f.filename.to_string(),
