@@ -6,15 +6,16 @@
 //! the store's files like everything else (and `root rm env/<key>` lets gc take it).
 
 use super::interpreter::{self, Interpreter};
-use super::pin::{link_object, uv_available, Resolver};
+use super::pin::{link_object, Resolver};
 use super::relocate;
 use super::spec::EnvSpec;
+use super::tool;
 use crate::error::{Error, IoContext, Result};
+use crate::process::Process;
 use crate::store::{ObjectId, Root, Store};
 use serde::Serialize;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 /// Configuration that would make an installer look elsewhere than the wheels we hand it.
 const INSTALLER_ENV: &[&str] = &[
@@ -166,13 +167,9 @@ pub fn ensure_env(
     let reqs_path = stage.path().join("requirements.txt");
     fs::write(&reqs_path, reqs).ctx("write", &reqs_path)?;
     let venv = stage.path().join("venv");
-    let use_uv = match installer {
-        Resolver::Pip => false,
-        Resolver::Uv => true,
-        Resolver::Auto => uv_available(),
-    };
+    let use_uv = installer.pick() == Resolver::Uv;
     if use_uv {
-        let mut c = Command::new("uv");
+        let mut c = tool::command("uv", INSTALLER_ENV);
         c.args([
             "venv",
             "--no-config",
@@ -183,7 +180,7 @@ pub fn ensure_env(
         .arg(&base.executable)
         .arg(&venv);
         install_step(c, stage.path(), "uv venv")?;
-        let mut c = Command::new("uv");
+        let mut c = tool::command("uv", INSTALLER_ENV);
         c.args([
             "pip",
             "install",
@@ -200,10 +197,10 @@ pub fn ensure_env(
         .arg(&reqs_path);
         install_step(c, stage.path(), "uv pip install")?;
     } else {
-        let mut c = Command::new(&base.executable);
+        let mut c = tool::command(&base.executable, INSTALLER_ENV);
         c.args(["-m", "venv", "--without-pip"]).arg(&venv);
         install_step(c, stage.path(), "python -m venv")?;
-        let mut c = Command::new(&base.executable);
+        let mut c = tool::command(&base.executable, INSTALLER_ENV);
         c.args(["-m", "pip", "--python"])
             .arg(venv.join("bin/python"))
             .args([
@@ -239,24 +236,7 @@ pub fn ensure_env(
     })
 }
 
-fn install_step(mut cmd: Command, cwd: &Path, what: &str) -> Result<()> {
-    for v in INSTALLER_ENV {
-        cmd.env_remove(v);
-    }
+fn install_step(mut cmd: Process, cwd: &Path, what: &str) -> Result<()> {
     cmd.current_dir(cwd).env("PYTHONDONTWRITEBYTECODE", "1");
-    tracing::debug!("running {cmd:?}");
-    let out = cmd
-        .output()
-        .map_err(|e| Error::python(what, format!("cannot run: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::python(
-            what,
-            format!(
-                "failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(())
+    tool::run(&mut cmd, what).map(drop)
 }

@@ -7,6 +7,7 @@ pub mod interpreter;
 pub mod pin;
 pub mod relocate;
 mod spec;
+mod tool;
 pub mod wheel;
 
 pub use install::{ensure_env, env_key, find_env, missing_wheels, EnvReport};

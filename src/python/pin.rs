@@ -7,16 +7,16 @@
 
 use super::interpreter::{self, Interpreter};
 use super::spec::{EnvSpec, Package};
-use super::wheel;
+use super::{tool, wheel};
 use crate::error::{Error, IoContext, Result};
 use crate::http::{Download, Expect, Fetcher, HttpOptions};
 use crate::ident::normalize_package_name;
+use crate::process::Process;
 use crate::store::{Sha256, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Schema line of a pins file (`pin -o FILE`).
 pub const PINS_SCHEMA: &str = "comfystore.pins/1";
@@ -46,10 +46,7 @@ impl Resolver {
 
 /// Whether `uv` runs.
 pub fn uv_available() -> bool {
-    Command::new("uv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    tool::succeeds("uv", &["--version"])
 }
 
 /// What to pin for, and where wheels may come from.
@@ -365,17 +362,15 @@ impl Target {
 /// Environment variables that would make uv or pip read configuration other than ours.
 const FOREIGN_CONFIG: &[&str] = &["PIP_REQUIRE_VIRTUALENV", "PIP_TARGET", "PIP_PREFIX"];
 
-fn run(mut cmd: Command, what: &str) -> Result<()> {
-    for v in FOREIGN_CONFIG {
-        cmd.env_remove(v);
-    }
-    tracing::debug!("running {cmd:?}");
-    let out = cmd
-        .output()
-        .map_err(|e| Error::python(what, format!("cannot run: {e}")))?;
+/// Run a resolver; a failure shows the last 25 lines it printed.
+fn run(mut cmd: Process, what: &str) -> Result<()> {
+    let out = tool::output(&mut cmd, what)?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let err: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        let err: Vec<&str> = out
+            .stderr_lines
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         return Err(Error::python(
             what,
             format!(
@@ -387,7 +382,7 @@ fn run(mut cmd: Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn index_args(cmd: &mut Command, opts: &PinOptions, find_links: &[PathBuf]) {
+fn index_args(cmd: &mut Process, opts: &PinOptions, find_links: &[PathBuf]) {
     if opts.offline {
         cmd.arg("--no-index");
     } else {
@@ -413,7 +408,7 @@ fn resolve_uv(
     work: &Path,
 ) -> Result<Vec<Resolved>> {
     let out = work.join("pylock.toml");
-    let mut cmd = Command::new("uv");
+    let mut cmd = tool::command("uv", FOREIGN_CONFIG);
     cmd.args(["pip", "compile", "--quiet", "--no-header", "--no-config"])
         .args(["--format", "pylock.toml", "--only-binary", ":all:"])
         .args(["--python-version", &target.minor()])
@@ -521,7 +516,7 @@ fn resolve_pip(
         Some(i) => i.executable.clone(),
         None => PathBuf::from("python3"),
     };
-    let mut cmd = Command::new(&python);
+    let mut cmd = tool::command(&python, FOREIGN_CONFIG);
     cmd.args([
         "-m",
         "pip",
