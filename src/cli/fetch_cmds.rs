@@ -63,7 +63,7 @@ impl HttpArgs {
             jobs: self.jobs,
             offline: self.offline,
             connections: self.connections.clamp(1, 32),
-            ..HttpOptions::default()
+            ..comfystore::pipeline::http_env::http_options()
         }
     }
 }

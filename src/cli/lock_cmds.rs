@@ -32,6 +32,7 @@ pub fn run(cli: &Cli, cmd: LockCommand) -> Result<u8> {
                     extra_index_urls: a.extra_index_url.clone(),
                     wheels_dirs: a.wheels_dir.clone(),
                     offline: a.offline,
+                    http: comfystore::pipeline::http_env::http_options(),
                     ..Default::default()
                 }),
             };

@@ -1,0 +1,91 @@
+//! One HTTP source: a pipeline thread stores what the transfer streams into it, and the
+//! transfer retries and resumes until the file is complete or hopeless.
+
+use super::download::{Download, Downloaded};
+use super::fetcher::{Fetcher, SourceFailed};
+use super::pipe::{ChannelReader, Chunk};
+use super::state::{backoff, Fail, Transfer};
+use crate::error::Error;
+use crate::report;
+use crate::secret::redact_url;
+use crate::store::Store;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, SyncSender};
+
+impl Fetcher {
+    /// Download `url` into the store, checked against what `d` expects.
+    pub(super) fn try_source(
+        &self,
+        store: &Store,
+        d: &Download,
+        url: &str,
+        bar: &dyn report::Progress,
+    ) -> std::result::Result<Downloaded, SourceFailed> {
+        let shown = redact_url(url);
+        let (tx, rx) = sync_channel::<Chunk>(16);
+        let mut progress = Transfer {
+            total: d.expect.size,
+            ..Default::default()
+        };
+        let (transfer, put) = std::thread::scope(|s| {
+            let pipe = s.spawn(|| {
+                let mut reader = ChannelReader::new(rx);
+                store.put_reader_checked(&mut reader, false, true, Path::new(&shown), &|dg| {
+                    d.expect.check(dg, "downloaded bytes")
+                })
+            });
+            let transfer = self
+                .rt
+                .block_on(self.transfer(url, &tx, &mut progress, bar));
+            if let Err(e) = &transfer {
+                let _ = tx.send(Err(e.clone()));
+            }
+            drop(tx);
+            let put = pipe.join().unwrap_or_else(|_| {
+                Err(Error::Download {
+                    what: d.label.clone(),
+                    reason: "the store pipeline panicked".into(),
+                })
+            });
+            (transfer, put)
+        });
+        let attempts = progress.attempts;
+        match (transfer, put) {
+            (Err(reason), _) => Err((reason, attempts)),
+            (Ok(()), Err(e)) => Err((e.to_string(), attempts)),
+            (Ok(()), Ok(put)) => {
+                store
+                    .record_object(&put)
+                    .map_err(|e| (e.to_string(), attempts))?;
+                Ok(Downloaded::of(d, &put, shown, attempts, progress.resumed))
+            }
+        }
+    }
+
+    /// Stream `url` into `tx`, retrying and resuming until it is complete or hopeless.
+    async fn transfer(
+        &self,
+        url: &str,
+        tx: &SyncSender<Chunk>,
+        p: &mut Transfer,
+        bar: &dyn report::Progress,
+    ) -> std::result::Result<(), String> {
+        let mut retries = 0;
+        loop {
+            p.attempts += 1;
+            match self.attempt(url, tx, p, bar).await {
+                Ok(()) => return Ok(()),
+                Err(Fail::Final(m)) => return Err(m),
+                Err(Fail::Retry(m, after)) => {
+                    if retries >= self.opts.retries {
+                        return Err(format!("gave up after {} attempts: {m}", p.attempts));
+                    }
+                    retries += 1;
+                    let delay = after.unwrap_or_else(|| backoff(self.opts.backoff, retries));
+                    tracing::info!("{}: {m}; retrying in {:?}", redact_url(url), delay);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
