@@ -6,6 +6,7 @@ pub mod install;
 pub mod interpreter;
 pub mod pin;
 pub mod relocate;
+mod resolve;
 mod spec;
 mod tool;
 pub mod wheel;
