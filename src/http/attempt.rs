@@ -2,26 +2,19 @@
 //! its own host), what its status and headers mean for a resumed transfer, and its body.
 
 use super::fetcher::Fetcher;
-use super::pipe::{deliver, Chunk};
+use super::pipe::Sink;
 use super::state::{content_range, describe, retry_after, validator, Fail, Transfer};
-use crate::report;
 use reqwest::header::{AUTHORIZATION, IF_RANGE, LOCATION, RANGE};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
-use std::sync::mpsc::SyncSender;
 
 /// More redirects than this and the source is given up.
 const MAX_REDIRECTS: usize = 10;
 
 impl Fetcher {
     /// One request (following redirects) and its body.
-    pub(super) async fn attempt(
-        &self,
-        url: &str,
-        tx: &SyncSender<Chunk>,
-        p: &mut Transfer,
-        bar: &dyn report::Progress,
-    ) -> Result<(), Fail> {
-        let (current, resp) = self.request(url, p).await?;
+    pub(super) async fn attempt(&self, url: &str, sink: &mut Sink<'_>) -> Result<(), Fail> {
+        let (current, resp) = self.request(url, sink.at).await?;
+        let p = &mut *sink.at;
         let skip = accept(&resp, p)?;
         if p.offset == 0 {
             p.validator = validator(resp.headers());
@@ -29,9 +22,10 @@ impl Fetcher {
         if self.segmentable(resp.status(), resp.headers(), p) {
             // This response only told us the server can do ranges; its body is not read.
             drop(resp);
-            return self.segmented(&current, tx, p, bar).await;
+            return self.segmented(&current, sink).await;
         }
-        self.stream_body(resp, skip, tx, p, bar).await?;
+        self.stream_body(resp, skip, sink).await?;
+        let p = &sink.at;
         match p.total {
             Some(t) if p.offset < t => Err(Fail::Retry(
                 format!("connection closed after {} of {t} bytes", p.offset),
@@ -87,11 +81,9 @@ impl Fetcher {
         &self,
         mut resp: Response,
         mut skip: u64,
-        tx: &SyncSender<Chunk>,
-        p: &mut Transfer,
-        bar: &dyn report::Progress,
+        sink: &mut Sink<'_>,
     ) -> Result<(), Fail> {
-        let resuming = p.offset > 0 && skip == 0;
+        let resuming = sink.at.offset > 0 && skip == 0;
         loop {
             let stall = self.opts.stall_timeout;
             let mut chunk = match tokio::time::timeout(stall, resp.chunk()).await {
@@ -108,9 +100,9 @@ impl Fetcher {
                     continue;
                 }
             }
-            let n = deliver(tx, p, bar, chunk)?;
+            let n = sink.deliver(chunk)?;
             if resuming {
-                p.resumed += n;
+                sink.at.resumed += n;
             }
         }
     }

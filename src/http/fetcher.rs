@@ -22,6 +22,13 @@ pub struct Fetcher {
 /// Why one source failed, and the requests it took.
 pub(super) type SourceFailed = (String, u32);
 
+/// One download in progress: where it goes, what it must be, where it is shown.
+pub(super) struct Job<'a> {
+    pub(super) store: &'a Store,
+    pub(super) d: &'a Download,
+    pub(super) bar: &'a dyn report::Progress,
+}
+
 impl Fetcher {
     pub fn new(opts: HttpOptions) -> Result<Fetcher> {
         let client = reqwest::Client::builder()
@@ -93,11 +100,12 @@ impl Fetcher {
         let sources = self.sources_to_try(d)?;
         // Held until the download is stored and recorded: gc must not take it meanwhile.
         let _writer = store.lock_shared()?;
+        let job = Job { store, d, bar };
         let mut errors = Vec::new();
         let mut attempts = 0;
         for url in sources {
             let shown = redact_url(url);
-            match self.try_one(store, d, url, bar) {
+            match self.try_one(&job, url) {
                 Ok(mut r) => {
                     r.attempts += attempts;
                     // A local mirror is where this machine found it, not a source to lock.
@@ -145,16 +153,10 @@ impl Fetcher {
     }
 
     /// One source: a local file or a URL.
-    fn try_one(
-        &self,
-        store: &Store,
-        d: &Download,
-        url: &str,
-        bar: &dyn report::Progress,
-    ) -> std::result::Result<Downloaded, SourceFailed> {
+    fn try_one(&self, job: &Job, url: &str) -> std::result::Result<Downloaded, SourceFailed> {
         match url.strip_prefix(FILE_SCHEME) {
-            Some(path) => self.try_file(store, d, Path::new(path), bar),
-            None => self.try_source(store, d, url, bar),
+            Some(path) => self.try_file(job, Path::new(path)),
+            None => self.try_source(job, url),
         }
     }
 }

@@ -1,22 +1,20 @@
 //! `file://` sources (an offline mirror): stored like a download and checked the same way,
 //! without the network.
 
-use super::download::{Download, Downloaded};
-use super::fetcher::{Fetcher, SourceFailed};
+use super::download::Downloaded;
+use super::fetcher::{Fetcher, Job, SourceFailed};
 use super::FILE_SCHEME;
-use crate::report::{self, ProgressRead};
-use crate::store::Store;
+use crate::report::ProgressRead;
 use std::path::Path;
 
 impl Fetcher {
     /// A local file. A missing file is a failed source, so the next one is tried.
     pub(super) fn try_file(
         &self,
-        store: &Store,
-        d: &Download,
+        job: &Job,
         path: &Path,
-        bar: &dyn report::Progress,
     ) -> std::result::Result<Downloaded, SourceFailed> {
+        let Job { store, d, bar } = *job;
         let fail = |e: String| (e, 1);
         let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
         let put = store

@@ -41,20 +41,24 @@ impl Read for ChannelReader {
     }
 }
 
-/// Hand `chunk` to the pipeline and move the transfer (and its bar) past it; its length.
-pub(super) fn deliver(
-    tx: &SyncSender<Chunk>,
-    p: &mut Transfer,
-    bar: &dyn report::Progress,
-    chunk: Bytes,
-) -> Result<u64, Fail> {
-    let n = chunk.len() as u64;
-    if tx.send(Ok(chunk)).is_err() {
-        return Err(Fail::Final(
-            "the store stopped reading (see the error above)".into(),
-        ));
+/// Where a transfer's bytes go: the pipeline, with the transfer's state and bar kept in step.
+pub(super) struct Sink<'a> {
+    pub(super) tx: &'a SyncSender<Chunk>,
+    pub(super) at: &'a mut Transfer,
+    pub(super) bar: &'a dyn report::Progress,
+}
+
+impl Sink<'_> {
+    /// Hand `chunk` to the pipeline and move the transfer (and its bar) past it; its length.
+    pub(super) fn deliver(&mut self, chunk: Bytes) -> Result<u64, Fail> {
+        let n = chunk.len() as u64;
+        if self.tx.send(Ok(chunk)).is_err() {
+            return Err(Fail::Final(
+                "the store stopped reading (see the error above)".into(),
+            ));
+        }
+        self.at.offset += n;
+        self.bar.set_position(self.at.offset);
+        Ok(n)
     }
-    p.offset += n;
-    bar.set_position(p.offset);
-    Ok(n)
 }

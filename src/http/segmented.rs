@@ -2,14 +2,12 @@
 //! the pipeline in order so hashing stays one pass.
 
 use super::fetcher::Fetcher;
-use super::pipe::{deliver, Chunk};
+use super::pipe::Sink;
 use super::state::{content_range, describe, Fail, Transfer};
-use crate::report;
 use crate::secret::redact_url;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, ACCEPT_RANGES, IF_RANGE, RANGE};
 use reqwest::{StatusCode, Url};
-use std::sync::mpsc::SyncSender;
 
 impl Fetcher {
     /// Whether to fetch the rest of this response's file as parallel ranges: asked for, a
@@ -32,14 +30,9 @@ impl Fetcher {
     /// Fetch `[p.offset, total)` as ranges, `connections` at a time, and feed them to the
     /// pipeline in order. Memory is bounded by `connections + 1` segments. Any failure falls
     /// back to one resumable stream from the bytes already delivered.
-    pub(super) async fn segmented(
-        &self,
-        url: &Url,
-        tx: &SyncSender<Chunk>,
-        p: &mut Transfer,
-        bar: &dyn report::Progress,
-    ) -> Result<(), Fail> {
+    pub(super) async fn segmented(&self, url: &Url, sink: &mut Sink<'_>) -> Result<(), Fail> {
         use futures_util::stream::{self, StreamExt};
+        let p = &mut *sink.at;
         let total = p.total.unwrap_or(0);
         let size = self.opts.segment_size.max(1 << 20);
         let starts: Vec<u64> = (p.offset..total).step_by(size as usize).collect();
@@ -64,14 +57,14 @@ impl Fetcher {
         );
         while let Some((start, got)) = segments.next().await {
             let chunks = got.map_err(|reason| {
-                p.single = true;
+                sink.at.single = true;
                 Fail::Retry(
                     format!("range from {start}: {reason}; continuing with one stream"),
                     None,
                 )
             })?;
             for c in chunks {
-                deliver(tx, p, bar, c)?;
+                sink.deliver(c)?;
             }
         }
         Ok(())

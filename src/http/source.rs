@@ -1,26 +1,23 @@
 //! One HTTP source: a pipeline thread stores what the transfer streams into it, and the
 //! transfer retries and resumes until the file is complete or hopeless.
 
-use super::download::{Download, Downloaded};
-use super::fetcher::{Fetcher, SourceFailed};
-use super::pipe::{ChannelReader, Chunk};
+use super::download::Downloaded;
+use super::fetcher::{Fetcher, Job, SourceFailed};
+use super::pipe::{ChannelReader, Chunk, Sink};
 use super::state::{backoff, Fail, Transfer};
 use crate::error::Error;
-use crate::report;
 use crate::secret::redact_url;
-use crate::store::Store;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::sync_channel;
 
 impl Fetcher {
     /// Download `url` into the store, checked against what `d` expects.
     pub(super) fn try_source(
         &self,
-        store: &Store,
-        d: &Download,
+        job: &Job,
         url: &str,
-        bar: &dyn report::Progress,
     ) -> std::result::Result<Downloaded, SourceFailed> {
+        let Job { store, d, bar } = *job;
         let shown = redact_url(url);
         let (tx, rx) = sync_channel::<Chunk>(16);
         let mut progress = Transfer {
@@ -34,9 +31,12 @@ impl Fetcher {
                     d.expect.check(dg, "downloaded bytes")
                 })
             });
-            let transfer = self
-                .rt
-                .block_on(self.transfer(url, &tx, &mut progress, bar));
+            let sink = Sink {
+                tx: &tx,
+                at: &mut progress,
+                bar,
+            };
+            let transfer = self.rt.block_on(self.transfer(url, sink));
             if let Err(e) = &transfer {
                 let _ = tx.send(Err(e.clone()));
             }
@@ -63,22 +63,16 @@ impl Fetcher {
     }
 
     /// Stream `url` into `tx`, retrying and resuming until it is complete or hopeless.
-    async fn transfer(
-        &self,
-        url: &str,
-        tx: &SyncSender<Chunk>,
-        p: &mut Transfer,
-        bar: &dyn report::Progress,
-    ) -> std::result::Result<(), String> {
+    async fn transfer(&self, url: &str, mut sink: Sink<'_>) -> std::result::Result<(), String> {
         let mut retries = 0;
         loop {
-            p.attempts += 1;
-            match self.attempt(url, tx, p, bar).await {
+            sink.at.attempts += 1;
+            match self.attempt(url, &mut sink).await {
                 Ok(()) => return Ok(()),
                 Err(Fail::Final(m)) => return Err(m),
                 Err(Fail::Retry(m, after)) => {
                     if retries >= self.opts.retries {
-                        return Err(format!("gave up after {} attempts: {m}", p.attempts));
+                        return Err(format!("gave up after {} attempts: {m}", sink.at.attempts));
                     }
                     retries += 1;
                     let delay = after.unwrap_or_else(|| backoff(self.opts.backoff, retries));
