@@ -48,8 +48,10 @@ impl ProcessError {
 pub struct Finished {
     pub status: ExitStatus,
     pub stdout: Vec<u8>,
-    /// Redacted.
+    /// Redacted and trimmed.
     pub stderr: String,
+    /// Redacted, whitespace as printed: for callers that show its lines indented.
+    pub stderr_lines: String,
 }
 
 /// A program to run.
@@ -131,12 +133,6 @@ impl Process {
         &mut self.cmd
     }
 
-    /// The underlying command, for a caller that runs it itself (and so gives up the
-    /// capture, time limit and redaction above).
-    pub fn into_command(self) -> Command {
-        self.cmd
-    }
-
     /// Run to the end and return what it gave, whatever its exit status.
     pub fn output(&mut self) -> Result<Finished, ProcessError> {
         let spawn_err = |source| ProcessError::Spawn {
@@ -169,10 +165,12 @@ impl Process {
         let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
         let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        let stderr_lines = redact_all(&String::from_utf8_lossy(&stderr), &secrets);
         Ok(Finished {
             status,
             stdout,
-            stderr: redact_all(String::from_utf8_lossy(&stderr).trim(), &secrets),
+            stderr: stderr_lines.trim().to_string(),
+            stderr_lines,
         })
     }
 

@@ -1,10 +1,11 @@
 //! Handlers of the commands that get what the store lacks: `add-url`, `fetch`, `verify`,
 //! `mirror`.
 
-use super::{open_store, Cli, FetchCommand, HttpArgs, SourceArgs};
+use super::{open_store, AddUrlArgs, Cli, HttpArgs, SourceArgs, VerifyArgs};
 use anyhow::{bail, Context, Result};
 use comfystore::http::{Download, Expect, Fetcher, HttpOptions};
 use comfystore::pipeline::fetch::{FetchOptions, FetchReport};
+use comfystore::pipeline::verify::{VerifyOptions, VerifyReport, VerifyState};
 use comfystore::place::LinkMode;
 use comfystore::store::{ObjectId, Sha256};
 use std::path::{Path, PathBuf};
@@ -12,36 +13,6 @@ use std::path::{Path, PathBuf};
 /// `verify` exit codes (after e2fsck's: problems fixed, problems left).
 pub const EXIT_FIXED: u8 = 3;
 pub const EXIT_BROKEN: u8 = 4;
-
-pub fn run(cli: &Cli, cmd: FetchCommand) -> Result<u8> {
-    match cmd {
-        FetchCommand::AddUrl {
-            url,
-            sha256,
-            blake3,
-            path,
-            comfy,
-            http,
-        } => add_url(
-            cli,
-            &url,
-            sha256.as_deref(),
-            blake3.as_deref(),
-            path.as_deref(),
-            comfy,
-            &http,
-        ),
-        FetchCommand::Fetch { lock, sources } => fetch(cli, &lock, &sources),
-        FetchCommand::Verify {
-            lock,
-            dest,
-            fix,
-            full,
-            sources,
-        } => verify(cli, &lock, &dest, fix, full, &sources),
-        FetchCommand::Mirror { lock, dir, sources } => mirror(cli, &lock, &dir, &sources),
-    }
-}
 
 impl SourceArgs {
     pub(crate) fn options(&self) -> FetchOptions {
@@ -63,51 +34,15 @@ impl HttpArgs {
             jobs: self.jobs,
             offline: self.offline,
             connections: self.connections.clamp(1, 32),
-            ..HttpOptions::default()
+            ..comfystore::pipeline::http_env::http_options()
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add_url(
-    cli: &Cli,
-    url: &str,
-    sha256: Option<&str>,
-    blake3: Option<&str>,
-    path: Option<&str>,
-    comfy_dir: Option<PathBuf>,
-    http: &HttpArgs,
-) -> Result<u8> {
-    let expect = Expect {
-        sha256: sha256
-            .map(|s| {
-                Sha256::from_hex(&s.to_ascii_lowercase())
-                    .context("--sha256: expected 64 hex digits")
-            })
-            .transpose()?,
-        blake3: blake3
-            .map(|s| {
-                s.parse::<ObjectId>()
-                    .context("--blake3: expected 64 hex digits")
-            })
-            .transpose()?,
-        size: None,
-    };
-    let dest = match path {
-        Some(p) => {
-            comfystore::store::check_rel_path(p)
-                .map_err(|e| anyhow::anyhow!("--path {p:?}: {e}"))?;
-            let Some(dir) = comfy_dir else {
-                bail!("--path needs the ComfyUI folder: --comfy DIR or $COMFY_HOME");
-            };
-            let dest = dir.join(p);
-            if dest.exists() {
-                bail!("{}: already exists", dest.display());
-            }
-            Some(dest)
-        }
-        None => None,
-    };
+pub fn add_url(cli: &Cli, a: &AddUrlArgs) -> Result<u8> {
+    let expect = expected(a)?;
+    let dest = place_at(a)?;
+    let (url, http) = (&a.url, &a.http);
     let store = open_store(cli)?;
     let fetcher = Fetcher::new(http.options())?;
     let item = Download {
@@ -146,7 +81,44 @@ fn add_url(
     Ok(0)
 }
 
-fn fetch(cli: &Cli, lock: &Path, sources: &SourceArgs) -> Result<u8> {
+/// What `--sha256` and `--blake3` promise.
+fn expected(a: &AddUrlArgs) -> Result<Expect> {
+    Ok(Expect {
+        sha256: a
+            .sha256
+            .as_deref()
+            .map(|s| {
+                Sha256::from_hex(&s.to_ascii_lowercase())
+                    .context("--sha256: expected 64 hex digits")
+            })
+            .transpose()?,
+        blake3: a
+            .blake3
+            .as_deref()
+            .map(|s| {
+                s.parse::<ObjectId>()
+                    .context("--blake3: expected 64 hex digits")
+            })
+            .transpose()?,
+        size: None,
+    })
+}
+
+/// Where `--path` places the file in the ComfyUI folder: somewhere nothing is yet.
+fn place_at(a: &AddUrlArgs) -> Result<Option<PathBuf>> {
+    let Some(p) = &a.path else { return Ok(None) };
+    comfystore::store::check_rel_path(p).map_err(|e| anyhow::anyhow!("--path {p:?}: {e}"))?;
+    let Some(dir) = &a.comfy else {
+        bail!("--path needs the ComfyUI folder: --comfy DIR or $COMFY_HOME");
+    };
+    let dest = dir.join(p);
+    if dest.exists() {
+        bail!("{}: already exists", dest.display());
+    }
+    Ok(Some(dest))
+}
+
+pub fn fetch(cli: &Cli, lock: &Path, sources: &SourceArgs) -> Result<u8> {
     let lockfile = comfystore::lockfile::Lockfile::read(lock)?;
     let store = open_store(cli)?;
     let report = comfystore::pipeline::fetch::fetch_lock(&store, &lockfile, &sources.options())?;
@@ -192,65 +164,23 @@ fn print_fetch(cli: &Cli, lock: &Path, report: &FetchReport) {
     }
 }
 
-fn verify(
-    cli: &Cli,
-    lock: &Path,
-    dest: &Path,
-    fix: bool,
-    full: bool,
-    sources: &SourceArgs,
-) -> Result<u8> {
-    use comfystore::pipeline::verify::{VerifyOptions, VerifyState};
+pub fn verify(cli: &Cli, a: &VerifyArgs) -> Result<u8> {
+    let (lock, dest, fix) = (&a.lock, &a.dest, a.fix);
     let lockfile = comfystore::lockfile::Lockfile::read(lock)?;
     if !dest.is_dir() {
         bail!("{}: not a folder", dest.display());
     }
     let store = open_store(cli)?;
     let opts = VerifyOptions {
-        full,
+        full: a.full,
         fix,
-        fetch: sources.options(),
+        fetch: a.sources.options(),
     };
     let r = comfystore::pipeline::verify::verify(&store, &lockfile, dest, &opts)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        if let Some(f) = &r.fetched {
-            print_fetch(cli, lock, f);
-        }
-        let list = |what: &str, v: &[String]| {
-            for p in v {
-                println!("{what}\t{p}");
-            }
-        };
-        list("missing", &r.found.missing);
-        list("modified", &r.found.modified);
-        list("store-object-changed", &r.found.store_objects_changed);
-        list("extra-model", &r.extra_models);
-        list("unchecked", &r.unchecked);
-        if let Some(after) = &r.after {
-            list("still-missing", &after.missing);
-            list("still-modified", &after.modified);
-        }
-        if !cli.quiet {
-            let f = &r.found;
-            eprintln!(
-                "{}: {} entries, {} ok, {} missing, {} modified, {} extra model(s), {} rehashed: {}",
-                dest.display(),
-                f.entries,
-                f.ok,
-                f.missing.len(),
-                f.modified.len() + f.store_objects_changed.len(),
-                r.extra_models.len(),
-                f.rehashed,
-                match r.state {
-                    VerifyState::Clean => "clean",
-                    VerifyState::Fixed => "fixed",
-                    VerifyState::Broken if fix => "still broken",
-                    VerifyState::Broken => "broken (--fix restores it)",
-                }
-            );
-        }
+        print_verify(cli, lock, dest, fix, &r);
     }
     Ok(match r.state {
         VerifyState::Clean => 0,
@@ -259,7 +189,47 @@ fn verify(
     })
 }
 
-fn mirror(cli: &Cli, lock: &Path, dir: &Path, sources: &SourceArgs) -> Result<u8> {
+/// What verify found (and fixed), for people: one line per path, then a summary.
+fn print_verify(cli: &Cli, lock: &Path, dest: &Path, fix: bool, r: &VerifyReport) {
+    if let Some(f) = &r.fetched {
+        print_fetch(cli, lock, f);
+    }
+    let list = |what: &str, v: &[String]| {
+        for p in v {
+            println!("{what}\t{p}");
+        }
+    };
+    list("missing", &r.found.missing);
+    list("modified", &r.found.modified);
+    list("store-object-changed", &r.found.store_objects_changed);
+    list("extra-model", &r.extra_models);
+    list("unchecked", &r.unchecked);
+    if let Some(after) = &r.after {
+        list("still-missing", &after.missing);
+        list("still-modified", &after.modified);
+    }
+    if !cli.quiet {
+        let f = &r.found;
+        eprintln!(
+            "{}: {} entries, {} ok, {} missing, {} modified, {} extra model(s), {} rehashed: {}",
+            dest.display(),
+            f.entries,
+            f.ok,
+            f.missing.len(),
+            f.modified.len() + f.store_objects_changed.len(),
+            r.extra_models.len(),
+            f.rehashed,
+            match r.state {
+                VerifyState::Clean => "clean",
+                VerifyState::Fixed => "fixed",
+                VerifyState::Broken if fix => "still broken",
+                VerifyState::Broken => "broken (--fix restores it)",
+            }
+        );
+    }
+}
+
+pub fn mirror(cli: &Cli, lock: &Path, dir: &Path, sources: &SourceArgs) -> Result<u8> {
     let lockfile = comfystore::lockfile::Lockfile::read(lock)?;
     let store = open_store(cli)?;
     let r = comfystore::pipeline::mirror::write_mirror(&store, &lockfile, dir, &sources.options())?;

@@ -1,6 +1,6 @@
 //! Handlers of `lock`, `diff`, `show`, `import-snapshot` and `export-snapshot`.
 
-use super::{open_store, Cli, LockCommand, EXIT_FAILURE, EXIT_USAGE};
+use super::{open_store, Cli, LockArgs, EXIT_FAILURE, EXIT_USAGE};
 use anyhow::{Context, Result};
 use comfystore::lockfile::{diff, snapshot, Lockfile};
 use comfystore::pipeline::lock::{self, LockOptions};
@@ -10,148 +10,159 @@ use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub fn run(cli: &Cli, cmd: LockCommand) -> Result<u8> {
-    let json = cli.json;
-    match cmd {
-        LockCommand::Lock(a) => {
-            let store = open_store(cli)?;
-            let comfy_dir = a
-                .comfy_dir
-                .context("no ComfyUI folder: give COMFY_DIR or set $COMFY_HOME")?;
-            let opts = LockOptions {
-                comfy_dir,
-                tag: a.tag.clone(),
-                venv: a.venv,
-                no_python: a.no_python,
-                models_dir: a.models_dir,
-                sources: a.sources,
-                hf_caches: a.hf_cache,
-                adopt: a.adopt,
-                pin_wheels: a.pin_wheels.then(|| comfystore::python::PinOptions {
-                    index_url: a.index_url.clone(),
-                    extra_index_urls: a.extra_index_url.clone(),
-                    wheels_dirs: a.wheels_dir.clone(),
-                    offline: a.offline,
-                    ..Default::default()
-                }),
-            };
-            let (lockfile, report) = lock::lock(&store, &opts)?;
-            let out = a
-                .output
-                .unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{}.lock.json", a.tag)));
-            let unchanged = !lockfile.write(&out)?;
-            let root = format!("lock/{}", a.tag);
-            if !a.no_root {
-                let abs = std::path::absolute(&out).unwrap_or(out.clone());
-                store.add_root(
-                    &root,
-                    &Root {
-                        ids: lockfile.store_ids(),
-                        path: Some(abs),
-                    },
-                )?;
-            }
-            if json {
+pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
+    let store = open_store(cli)?;
+    let (lockfile, report) = lock::lock(&store, &lock_options(a)?)?;
+    let out = a
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{}.lock.json", a.tag)));
+    let unchanged = !lockfile.write(&out)?;
+    let root = format!("lock/{}", a.tag);
+    if !a.no_root {
+        let abs = std::path::absolute(&out).unwrap_or(out.clone());
+        store.add_root(
+            &root,
+            &Root {
+                ids: lockfile.store_ids(),
+                path: Some(abs),
+            },
+        )?;
+    }
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "lockfile": out,
+                "unchanged": unchanged,
+                "root": (!a.no_root).then_some(root),
+                "report": report,
+            }))?
+        );
+    } else {
+        print_lock_report(cli, &report);
+        println!(
+            "{}{}",
+            out.display(),
+            if unchanged { " (unchanged)" } else { "" }
+        );
+    }
+    Ok(0)
+}
+
+/// What `lock` scans and how, from its flags.
+fn lock_options(a: &LockArgs) -> Result<LockOptions> {
+    let comfy_dir = a
+        .comfy_dir
+        .clone()
+        .context("no ComfyUI folder: give COMFY_DIR or set $COMFY_HOME")?;
+    Ok(LockOptions {
+        comfy_dir,
+        tag: a.tag.clone(),
+        venv: a.venv.clone(),
+        no_python: a.no_python,
+        models_dir: a.models_dir.clone(),
+        sources: a.sources.clone(),
+        hf_caches: a.hf_cache.clone(),
+        adopt: a.adopt,
+        pin_wheels: a.pin_wheels.then(|| comfystore::python::PinOptions {
+            index_url: a.index_url.clone(),
+            extra_index_urls: a.extra_index_url.clone(),
+            wheels_dirs: a.wheels_dir.clone(),
+            offline: a.offline,
+            http: comfystore::pipeline::http_env::http_options(),
+            ..Default::default()
+        }),
+    })
+}
+
+/// Warnings, and (unless quiet) a summary of what was locked.
+fn print_lock_report(cli: &Cli, report: &lock::LockReport) {
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    if cli.quiet {
+        return;
+    }
+    let adoption: Vec<String> = report
+        .model_adoption
+        .iter()
+        .map(|(how, n)| format!("{n} {how}"))
+        .collect();
+    eprintln!(
+        "{} nodes, {} packages, {} models ({}; {}); {} files hashed, {} unchanged by stat",
+        report.custom_nodes,
+        report.packages,
+        report.models,
+        HumanBytes(report.model_bytes),
+        if adoption.is_empty() {
+            "none".into()
+        } else {
+            adoption.join(", ")
+        },
+        report.hashed_files,
+        report.cached_files,
+    );
+}
+
+pub fn diff(cli: &Cli, a: &Path, b: &Path) -> Result<u8> {
+    match (Lockfile::read(a), Lockfile::read(b)) {
+        (Ok(la), Ok(lb)) => {
+            let changes = diff::diff(&la, &lb);
+            if cli.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({
-                        "lockfile": out,
-                        "unchanged": unchanged,
-                        "root": (!a.no_root).then_some(root),
-                        "report": report,
-                    }))?
+                    serde_json::to_string_pretty(
+                        &json!({ "equal": changes.is_empty(), "changes": changes })
+                    )?
                 );
             } else {
-                for w in &report.warnings {
-                    eprintln!("warning: {w}");
+                for c in &changes {
+                    let values = match (&c.from, &c.to) {
+                        (Some(f), Some(t)) => format!(": {f} -> {t}"),
+                        _ => String::new(),
+                    };
+                    println!("{} {} {} {}{}", c.sign(), c.part, c.name, c.change, values);
                 }
-                if !cli.quiet {
-                    let adoption: Vec<String> = report
-                        .model_adoption
-                        .iter()
-                        .map(|(how, n)| format!("{n} {how}"))
-                        .collect();
-                    eprintln!(
-                        "{} nodes, {} packages, {} models ({}; {}); {} files hashed, {} unchanged by stat",
-                        report.custom_nodes,
-                        report.packages,
-                        report.models,
-                        HumanBytes(report.model_bytes),
-                        if adoption.is_empty() { "none".into() } else { adoption.join(", ") },
-                        report.hashed_files,
-                        report.cached_files,
-                    );
-                }
-                println!(
-                    "{}{}",
-                    out.display(),
-                    if unchanged { " (unchanged)" } else { "" }
-                );
             }
-            Ok(0)
+            Ok(if changes.is_empty() { 0 } else { EXIT_FAILURE })
         }
-        LockCommand::Diff { a, b } => match (Lockfile::read(&a), Lockfile::read(&b)) {
-            (Ok(la), Ok(lb)) => {
-                let changes = diff::diff(&la, &lb);
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(
-                            &json!({ "equal": changes.is_empty(), "changes": changes })
-                        )?
-                    );
-                } else {
-                    for c in &changes {
-                        let values = match (&c.from, &c.to) {
-                            (Some(f), Some(t)) => format!(": {f} -> {t}"),
-                            _ => String::new(),
-                        };
-                        println!("{} {} {} {}{}", c.sign(), c.part, c.name, c.change, values);
-                    }
-                }
-                Ok(if changes.is_empty() { 0 } else { EXIT_FAILURE })
+        // Like diff(1): trouble is 2, so that 1 always means "they differ".
+        (Err(e), _) | (_, Err(e)) => {
+            if cli.json {
+                println!("{}", json!({ "error": e.to_string() }));
             }
-            // Like diff(1): trouble is 2, so that 1 always means "they differ".
-            (Err(e), _) | (_, Err(e)) => {
-                if json {
-                    println!("{}", json!({ "error": e.to_string() }));
-                }
-                eprintln!("error: {e}");
-                Ok(EXIT_USAGE)
-            }
-        },
-        LockCommand::Show { lock } => show(cli, &lock),
-        LockCommand::ImportSnapshot {
-            snapshot: path,
-            tag,
-            output,
-        } => {
-            let snap = snapshot::Snapshot::read(&path)?;
-            let mut warnings = Vec::new();
-            let lockfile = snapshot::import(&snap, &tag, &mut warnings);
-            let out =
-                output.unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{tag}.lock.json")));
-            lockfile.write(&out)?;
-            report_warnings(json, &out, &warnings)?;
-            Ok(0)
-        }
-        LockCommand::ExportSnapshot { lock, output } => {
-            let lockfile = Lockfile::read(&lock)?;
-            let mut warnings = Vec::new();
-            let snap = snapshot::export(&lockfile, &mut warnings);
-            let bytes = snap.to_json();
-            match &output {
-                Some(p) if p.as_os_str() != "-" => {
-                    comfystore::store::write_file_atomic(p, &bytes, 0o644)?
-                }
-                _ => std::io::stdout().write_all(&bytes)?,
-            }
-            for w in &warnings {
-                eprintln!("warning: {w}");
-            }
-            Ok(0)
+            eprintln!("error: {e}");
+            Ok(EXIT_USAGE)
         }
     }
+}
+
+pub fn import_snapshot(cli: &Cli, path: &Path, tag: &str, output: Option<&Path>) -> Result<u8> {
+    let snap = snapshot::Snapshot::read(path)?;
+    let mut warnings = Vec::new();
+    let lockfile = snapshot::import(&snap, tag, &mut warnings);
+    let out = output
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{tag}.lock.json")));
+    lockfile.write(&out)?;
+    report_warnings(cli.json, &out, &warnings)?;
+    Ok(0)
+}
+
+pub fn export_snapshot(lock: &Path, output: Option<&Path>) -> Result<u8> {
+    let lockfile = Lockfile::read(lock)?;
+    let mut warnings = Vec::new();
+    let snap = snapshot::export(&lockfile, &mut warnings);
+    let bytes = snap.to_json();
+    match output {
+        Some(p) if p.as_os_str() != "-" => comfystore::store::write_file_atomic(p, &bytes, 0o644)?,
+        _ => std::io::stdout().write_all(&bytes)?,
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(0)
 }
 
 fn report_warnings(json: bool, out: &Path, warnings: &[String]) -> Result<()> {
@@ -170,7 +181,7 @@ fn report_warnings(json: bool, out: &Path, warnings: &[String]) -> Result<()> {
 }
 
 /// A readable summary, and what the store would need to download.
-fn show(cli: &Cli, path: &Path) -> Result<u8> {
+pub fn show(cli: &Cli, path: &Path) -> Result<u8> {
     let l = Lockfile::read(path)?;
     // Only look at an existing store: `show` must not create one.
     let dir = cli.store.clone().unwrap_or_else(super::default_store_dir);
@@ -179,49 +190,86 @@ fn show(cli: &Cli, path: &Path) -> Result<u8> {
     } else {
         None
     };
-    let has_tree = |id: &Option<ObjectId>| match (&store, id) {
-        (Some(s), Some(id)) => s.has_tree(id),
-        _ => false,
-    };
-    let has_obj = |id: &ObjectId| store.as_ref().is_some_and(|s| s.has_object(id));
-    let nodes_missing: Vec<&str> = l
-        .custom_nodes
-        .iter()
-        .filter(|n| match n.file {
-            Some(f) => !has_obj(&f),
-            None => !has_tree(&n.tree),
-        })
-        .map(|n| n.name.as_str())
-        .collect();
-    let models_missing: Vec<&comfystore::lockfile::Model> =
-        l.models.iter().filter(|m| !has_obj(&m.blake3)).collect();
-    let model_bytes: u64 = l.models.iter().map(|m| m.size).sum();
-    let missing_bytes: u64 = models_missing.iter().map(|m| m.size).sum();
-    let py = l.python.as_ref();
-    // The lock's own environment tree, or one installed earlier for the same wheels.
-    let env_in_store = match (py, &store) {
-        (Some(p), Some(s)) => comfystore::python::find_env(s, &p.into())?.is_some(),
-        _ => false,
-    };
-    let wheels_missing = match (py, &store) {
-        (Some(p), Some(s)) if !env_in_store => comfystore::python::missing_wheels(s, &p.into())?,
-        (Some(p), None) => p.packages.iter().map(|p| p.name.clone()).collect(),
-        _ => Vec::new(),
-    };
+    let present = Present::of(&l, store.as_ref())?;
     if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "lockfile": path,
-                "tag": l.tag,
-                "comfyui": { "repo": l.comfyui.repo, "commit": l.comfyui.commit, "dirty": l.comfyui.dirty, "in_store": has_tree(&l.comfyui.tree) },
-                "custom_nodes": { "count": l.custom_nodes.len(), "disabled": l.custom_nodes.iter().filter(|n| n.disabled).count(), "missing": nodes_missing },
-                "python": py.map(|p| json!({ "version": p.version, "platform": p.platform, "packages": p.packages.len(), "environment_in_store": env_in_store, "wheels_missing": wheels_missing })),
-                "models": { "count": l.models.len(), "bytes": model_bytes, "missing": models_missing.iter().map(|m| &m.path).collect::<Vec<_>>(), "missing_bytes": missing_bytes },
-            }))?
-        );
-        return Ok(0);
+        show_json(path, &l, &present)?;
+    } else {
+        show_text(path, &l, &present);
     }
+    Ok(0)
+}
+
+/// What of a lock the store holds (nothing, without a store).
+struct Present<'l> {
+    comfyui: bool,
+    nodes_missing: Vec<&'l str>,
+    models_missing: Vec<&'l comfystore::lockfile::Model>,
+    model_bytes: u64,
+    missing_bytes: u64,
+    /// The lock's own environment tree, or one installed earlier for the same wheels.
+    env_in_store: bool,
+    wheels_missing: Vec<String>,
+}
+
+impl<'l> Present<'l> {
+    fn of(l: &'l Lockfile, store: Option<&Store>) -> Result<Present<'l>> {
+        let has_tree = |id: &Option<ObjectId>| match (store, id) {
+            (Some(s), Some(id)) => s.has_tree(id),
+            _ => false,
+        };
+        let has_obj = |id: &ObjectId| store.is_some_and(|s| s.has_object(id));
+        let nodes_missing = l
+            .custom_nodes
+            .iter()
+            .filter(|n| match n.file {
+                Some(f) => !has_obj(&f),
+                None => !has_tree(&n.tree),
+            })
+            .map(|n| n.name.as_str())
+            .collect();
+        let models_missing: Vec<&comfystore::lockfile::Model> =
+            l.models.iter().filter(|m| !has_obj(&m.blake3)).collect();
+        let py = l.python.as_ref();
+        let env_in_store = match (py, store) {
+            (Some(p), Some(s)) => comfystore::python::find_env(s, &p.into())?.is_some(),
+            _ => false,
+        };
+        let wheels_missing = match (py, store) {
+            (Some(p), Some(s)) if !env_in_store => {
+                comfystore::python::missing_wheels(s, &p.into())?
+            }
+            (Some(p), None) => p.packages.iter().map(|p| p.name.clone()).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Present {
+            comfyui: has_tree(&l.comfyui.tree),
+            nodes_missing,
+            model_bytes: l.models.iter().map(|m| m.size).sum(),
+            missing_bytes: models_missing.iter().map(|m| m.size).sum(),
+            models_missing,
+            env_in_store,
+            wheels_missing,
+        })
+    }
+}
+
+fn show_json(path: &Path, l: &Lockfile, p: &Present) -> Result<()> {
+    let (env_in_store, wheels_missing) = (p.env_in_store, &p.wheels_missing);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "lockfile": path,
+            "tag": l.tag,
+            "comfyui": { "repo": l.comfyui.repo, "commit": l.comfyui.commit, "dirty": l.comfyui.dirty, "in_store": p.comfyui },
+            "custom_nodes": { "count": l.custom_nodes.len(), "disabled": l.custom_nodes.iter().filter(|n| n.disabled).count(), "missing": p.nodes_missing },
+            "python": l.python.as_ref().map(|p| json!({ "version": p.version, "platform": p.platform, "packages": p.packages.len(), "environment_in_store": env_in_store, "wheels_missing": wheels_missing })),
+            "models": { "count": l.models.len(), "bytes": p.model_bytes, "missing": p.models_missing.iter().map(|m| &m.path).collect::<Vec<_>>(), "missing_bytes": p.missing_bytes },
+        }))?
+    );
+    Ok(())
+}
+
+fn show_text(path: &Path, l: &Lockfile, p: &Present) {
     let mark = |present: bool| if present { "in store" } else { "missing" };
     println!("{} (tag {})", path.display(), l.tag);
     println!(
@@ -232,7 +280,7 @@ fn show(cli: &Cli, path: &Path) -> Result<u8> {
             .as_deref()
             .map_or("(no commit)", |c| &c[..12.min(c.len())]),
         if l.comfyui.dirty { " (dirty)" } else { "" },
-        mark(has_tree(&l.comfyui.tree))
+        mark(p.comfyui)
     );
     let git = l.custom_nodes.iter().filter(|n| n.commit.is_some()).count();
     println!(
@@ -240,43 +288,22 @@ fn show(cli: &Cli, path: &Path) -> Result<u8> {
         l.custom_nodes.len(),
         git,
         l.custom_nodes.iter().filter(|n| n.disabled).count(),
-        nodes_missing.len(),
-        if nodes_missing.is_empty() {
+        p.nodes_missing.len(),
+        if p.nodes_missing.is_empty() {
             String::new()
         } else {
-            format!(": {}", nodes_missing.join(", "))
+            format!(": {}", p.nodes_missing.join(", "))
         }
     );
-    match py {
-        Some(p) => println!(
-            "python    {} {} {}, {} packages, environment [{}]{}",
-            p.version.as_deref().unwrap_or("?"),
-            p.abi.as_deref().unwrap_or("?"),
-            p.platform.as_deref().unwrap_or("?"),
-            p.packages.len(),
-            if env_in_store {
-                "in store"
-            } else if wheels_missing.is_empty() {
-                "installed from the stored wheels when needed"
-            } else {
-                "missing"
-            },
-            if wheels_missing.is_empty() || env_in_store {
-                String::new()
-            } else {
-                format!(", {} wheels to fetch", wheels_missing.len())
-            }
-        ),
-        None => println!("python    (none)"),
-    }
+    show_python(l, p);
     println!(
         "models    {} ({}), {} to download ({})",
         l.models.len(),
-        HumanBytes(model_bytes),
-        models_missing.len(),
-        HumanBytes(missing_bytes)
+        HumanBytes(p.model_bytes),
+        p.models_missing.len(),
+        HumanBytes(p.missing_bytes)
     );
-    for m in &models_missing {
+    for m in &p.models_missing {
         println!(
             "  missing {} ({}){}",
             m.path,
@@ -288,5 +315,31 @@ fn show(cli: &Cli, path: &Path) -> Result<u8> {
             }
         );
     }
-    Ok(0)
+}
+
+fn show_python(l: &Lockfile, present: &Present) {
+    let Some(p) = &l.python else {
+        println!("python    (none)");
+        return;
+    };
+    let (env_in_store, wheels_missing) = (present.env_in_store, &present.wheels_missing);
+    println!(
+        "python    {} {} {}, {} packages, environment [{}]{}",
+        p.version.as_deref().unwrap_or("?"),
+        p.abi.as_deref().unwrap_or("?"),
+        p.platform.as_deref().unwrap_or("?"),
+        p.packages.len(),
+        if env_in_store {
+            "in store"
+        } else if wheels_missing.is_empty() {
+            "installed from the stored wheels when needed"
+        } else {
+            "missing"
+        },
+        if wheels_missing.is_empty() || env_in_store {
+            String::new()
+        } else {
+            format!(", {} wheels to fetch", wheels_missing.len())
+        }
+    );
 }

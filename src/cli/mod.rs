@@ -232,23 +232,7 @@ pub enum FetchCommand {
     #[command(
         after_help = "Examples:\n  comfystore add-url https://huggingface.co/org/repo/resolve/main/model.safetensors --sha256 31e3…\n  comfystore add-url https://civitai.com/api/download/models/128078 --path models/loras/style.safetensors --comfy /workspace/ComfyUI"
     )]
-    AddUrl {
-        url: String,
-        /// Expected SHA-256 (64 hex): anything else is refused and not stored.
-        #[arg(long, value_name = "HEX")]
-        sha256: Option<String>,
-        /// Expected BLAKE3 (64 hex, or b3:<hex>).
-        #[arg(long, value_name = "HEX")]
-        blake3: Option<String>,
-        /// Also place the file at this path of the ComfyUI folder (e.g. models/loras/x.safetensors).
-        #[arg(long, value_name = "REL_PATH")]
-        path: Option<String>,
-        /// The ComfyUI folder, for --path.
-        #[arg(long, env = "COMFY_HOME", value_name = "DIR")]
-        comfy: Option<PathBuf>,
-        #[command(flatten)]
-        http: HttpArgs,
-    },
+    AddUrl(AddUrlArgs),
     /// Make the store complete for a lockfile: trees from git, models and wheels over HTTP.
     ///
     /// Says what the store lacks, gets it and reports. Source trees are rebuilt from their
@@ -277,20 +261,7 @@ pub enum FetchCommand {
     #[command(
         after_help = "Examples:\n  comfystore verify lockfiles/comfy-v1.lock.json /workspace/ComfyUI\n  comfystore verify lockfiles/comfy-v1.lock.json /workspace/ComfyUI --only models --fix\n  comfystore verify lockfiles/comfy-v1.lock.json /workspace/ComfyUI --full --json\n  comfystore verify lockfiles/comfy-v1.lock.json /workspace/ComfyUI --fix --offline --mirror /mnt/mirror"
     )]
-    Verify {
-        lock: PathBuf,
-        /// The ComfyUI folder.
-        #[arg(env = "COMFY_HOME")]
-        dest: PathBuf,
-        /// Restore missing and corrupt files (fetching what the store lacks).
-        #[arg(long)]
-        fix: bool,
-        /// Rehash every file instead of trusting unchanged stat data.
-        #[arg(long)]
-        full: bool,
-        #[command(flatten)]
-        sources: SourceArgs,
-    },
+    Verify(VerifyArgs),
     /// Write an offline mirror of a lockfile: models, wheels (PEP 503 index and flat
     /// find-links), and a bundle of its trees.
     ///
@@ -309,6 +280,43 @@ pub enum FetchCommand {
         #[command(flatten)]
         sources: SourceArgs,
     },
+}
+
+// `add-url`'s arguments (no doc comment: the subcommand's own text is its help).
+#[derive(Args, Debug)]
+pub struct AddUrlArgs {
+    pub url: String,
+    /// Expected SHA-256 (64 hex): anything else is refused and not stored.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Expected BLAKE3 (64 hex, or b3:<hex>).
+    #[arg(long, value_name = "HEX")]
+    pub blake3: Option<String>,
+    /// Also place the file at this path of the ComfyUI folder (e.g. models/loras/x.safetensors).
+    #[arg(long, value_name = "REL_PATH")]
+    pub path: Option<String>,
+    /// The ComfyUI folder, for --path.
+    #[arg(long, env = "COMFY_HOME", value_name = "DIR")]
+    pub comfy: Option<PathBuf>,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+// `verify`'s arguments (no doc comment: the subcommand's own text is its help).
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    pub lock: PathBuf,
+    /// The ComfyUI folder.
+    #[arg(env = "COMFY_HOME")]
+    pub dest: PathBuf,
+    /// Restore missing and corrupt files (fetching what the store lacks).
+    #[arg(long)]
+    pub fix: bool,
+    /// Rehash every file instead of trusting unchanged stat data.
+    #[arg(long)]
+    pub full: bool,
+    #[command(flatten)]
+    pub sources: SourceArgs,
 }
 
 /// Where fetching commands look, and which part of a lock they handle.
@@ -535,7 +543,7 @@ pub fn main() -> ExitCode {
     };
     init_logging();
     let json = cli.json;
-    match store_cmds::run(cli) {
+    match dispatch(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             if json {
@@ -544,6 +552,76 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+/// Run the command line's command: one handler per command; its exit code.
+fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
+    let (json, quiet) = (cli.json, cli.quiet);
+    match &cli.command {
+        // Lockfile commands open the store themselves, only when they need one.
+        Command::Versions(cmd) => match cmd {
+            LockCommand::Lock(a) => lock_cmds::lock(cli, a),
+            LockCommand::Diff { a, b } => lock_cmds::diff(cli, a, b),
+            LockCommand::Show { lock } => lock_cmds::show(cli, lock),
+            LockCommand::ImportSnapshot {
+                snapshot,
+                tag,
+                output,
+            } => lock_cmds::import_snapshot(cli, snapshot, tag, output.as_deref()),
+            LockCommand::ExportSnapshot { lock, output } => {
+                lock_cmds::export_snapshot(lock, output.as_deref())
+            }
+        },
+        Command::Sources(cmd) => match cmd {
+            FetchCommand::AddUrl(a) => fetch_cmds::add_url(cli, a),
+            FetchCommand::Fetch { lock, sources } => fetch_cmds::fetch(cli, lock, sources),
+            FetchCommand::Verify(a) => fetch_cmds::verify(cli, a),
+            FetchCommand::Mirror { lock, dir, sources } => {
+                fetch_cmds::mirror(cli, lock, dir, sources)
+            }
+        },
+        Command::Python(cmd) => match cmd {
+            python_cmds::PythonCommand::Pin(a) => python_cmds::pin(cli, a),
+            python_cmds::PythonCommand::Init(a) => python_cmds::init(cli, a),
+        },
+        Command::RunJob(args) => run_cmds::run_job(cli, args),
+        Command::Serve(args) => run_cmds::serve(cli, args),
+        Command::Add(args) => store_cmds::add(&open_store(cli)?, args, json),
+        Command::Cat { id } => store_cmds::cat(&open_store(cli)?, id),
+        Command::Ls { id } => store_cmds::ls(&open_store(cli)?, id, json),
+        Command::Stats => store_cmds::stats(&open_store(cli)?, json),
+        Command::Fsck { repair, sha256 } => {
+            let opts = comfystore::store::FsckOptions {
+                repair: *repair,
+                sha256: *sha256,
+            };
+            store_cmds::fsck(cli, &open_store(cli)?, &opts)
+        }
+        Command::Gc { dry_run, grace } => {
+            let opts = comfystore::store::GcOptions {
+                grace: *grace,
+                dry_run: *dry_run,
+            };
+            store_cmds::gc(&open_store(cli)?, &opts, json)
+        }
+        Command::Materialize(args) => {
+            materialize_cmds::materialize(&open_store(cli)?, args, json, quiet)
+        }
+        Command::Status { dest, verify } => {
+            materialize_cmds::status(&open_store(cli)?, dest, *verify, json)
+        }
+        Command::Remove { dest, all } => {
+            materialize_cmds::remove(&open_store(cli)?, dest, *all, json)
+        }
+        Command::Root(cmd) => store_cmds::root(&open_store(cli)?, cmd, json),
+        Command::Index(IndexCommand::Rebuild) => store_cmds::rebuild_index(&open_store(cli)?, json),
+        Command::Export { ids, output } => store_cmds::export(cli, &open_store(cli)?, ids, output),
+        Command::Import {
+            file,
+            dry_run,
+            root,
+        } => store_cmds::import(cli, &open_store(cli)?, file, *dry_run, root.as_deref()),
     }
 }
 

@@ -4,9 +4,9 @@ use super::{open_store, Cli, HttpArgs};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use comfystore::lockfile::Lockfile;
-use comfystore::pipeline::init::{init, InitOptions, COMFYUI_REPO};
+use comfystore::pipeline::init::{InitOptions, COMFYUI_REPO};
 use comfystore::place::LinkMode;
-use comfystore::python::{pin, PinOptions, Resolver};
+use comfystore::python::{PinOptions, Resolver};
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
@@ -116,88 +116,86 @@ pub struct InitArgs {
     pub resolve: ResolveArgs,
 }
 
-pub fn run(cli: &Cli, cmd: &PythonCommand) -> Result<u8> {
+pub fn pin(cli: &Cli, a: &PinArgs) -> Result<u8> {
     let store = open_store(cli)?;
-    match cmd {
-        PythonCommand::Pin(a) => {
-            let opts = PinOptions {
-                platform: a.platform.clone(),
-                wheel_urls: a.wheel_url.clone(),
-                ..a.resolve.options()
-            };
-            let report = pin(&store, &a.requirements, &opts)?;
-            let n = report.pins.python.packages.len();
-            if let Some(path) = &a.lock {
-                let mut lock = Lockfile::read(path)?;
-                lock.python = Some(report.pins.python.clone().into());
-                lock.canonicalize();
-                let changed = lock.write(path)?;
-                if !cli.quiet && !cli.json {
-                    eprintln!(
-                        "{}: pinned {n} packages ({} downloaded) with {:?}{}",
-                        path.display(),
-                        report.downloaded,
-                        report.resolver,
-                        if changed { "" } else { " (unchanged)" }
-                    );
-                }
-            } else if let Some(path) = &a.output {
-                comfystore::store::write_file_atomic(path, &report.pins.to_bytes(), 0o644)
-                    .with_context(|| format!("write {}", path.display()))?;
-                if !cli.quiet && !cli.json {
-                    eprintln!(
-                        "{}: pinned {n} packages ({} downloaded)",
-                        path.display(),
-                        report.downloaded
-                    );
-                }
-            } else if !cli.json {
-                print!("{}", String::from_utf8_lossy(&report.pins.to_bytes()));
-            }
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
-            Ok(0)
+    let opts = PinOptions {
+        platform: a.platform.clone(),
+        wheel_urls: a.wheel_url.clone(),
+        ..a.resolve.options()
+    };
+    let report = comfystore::python::pin(&store, &a.requirements, &opts)?;
+    let n = report.pins.python.packages.len();
+    if let Some(path) = &a.lock {
+        let mut lock = Lockfile::read(path)?;
+        lock.python = Some(report.pins.python.clone().into());
+        lock.canonicalize();
+        let changed = lock.write(path)?;
+        if !cli.quiet && !cli.json {
+            eprintln!(
+                "{}: pinned {n} packages ({} downloaded) with {:?}{}",
+                path.display(),
+                report.downloaded,
+                report.resolver,
+                if changed { "" } else { " (unchanged)" }
+            );
         }
-        PythonCommand::Init(a) => {
-            let report = init(
-                &store,
-                &InitOptions {
-                    path: a.path.clone(),
-                    reference: a.reference.clone(),
-                    repo: a.repo.clone(),
-                    pin: a.resolve.options(),
-                    venv_link: a.venv_link,
-                },
-            )?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else if !cli.quiet {
-                let what = if !report.changed {
-                    "already up to date".to_string()
-                } else if report.cloned {
-                    "cloned".to_string()
-                } else if report.moved {
-                    "moved".to_string()
-                } else {
-                    "environment updated".to_string()
-                };
-                println!(
-                    "{}: {what} at {} ({} packages, environment {}{}, python {})",
-                    report.path.display(),
-                    &report.commit[..report.commit.len().min(12)],
-                    report.packages,
-                    report.env.tree,
-                    if report.env.built {
-                        ", installed now"
-                    } else {
-                        ", from the store"
-                    },
-                    report.python.display()
-                );
-                println!("next: comfystore lock {} --tag v1", report.path.display());
-            }
-            Ok(0)
+    } else if let Some(path) = &a.output {
+        comfystore::store::write_file_atomic(path, &report.pins.to_bytes(), 0o644)
+            .with_context(|| format!("write {}", path.display()))?;
+        if !cli.quiet && !cli.json {
+            eprintln!(
+                "{}: pinned {n} packages ({} downloaded)",
+                path.display(),
+                report.downloaded
+            );
         }
+    } else if !cli.json {
+        print!("{}", String::from_utf8_lossy(&report.pins.to_bytes()));
     }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(0)
+}
+
+pub fn init(cli: &Cli, a: &InitArgs) -> Result<u8> {
+    let store = open_store(cli)?;
+    let report = comfystore::pipeline::init::init(
+        &store,
+        &InitOptions {
+            path: a.path.clone(),
+            reference: a.reference.clone(),
+            repo: a.repo.clone(),
+            pin: a.resolve.options(),
+            venv_link: a.venv_link,
+        },
+    )?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !cli.quiet {
+        let what = if !report.changed {
+            "already up to date".to_string()
+        } else if report.cloned {
+            "cloned".to_string()
+        } else if report.moved {
+            "moved".to_string()
+        } else {
+            "environment updated".to_string()
+        };
+        println!(
+            "{}: {what} at {} ({} packages, environment {}{}, python {})",
+            report.path.display(),
+            &report.commit[..report.commit.len().min(12)],
+            report.packages,
+            report.env.tree,
+            if report.env.built {
+                ", installed now"
+            } else {
+                ", from the store"
+            },
+            report.python.display()
+        );
+        println!("next: comfystore lock {} --tag v1", report.path.display());
+    }
+    Ok(0)
 }

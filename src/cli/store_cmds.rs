@@ -1,161 +1,137 @@
 //! Handlers of the store commands.
 
-use super::{AddArgs, Cli, Command, IndexCommand, RootCommand, EXIT_FAILURE};
+use super::{AddArgs, Cli, RootCommand, EXIT_FAILURE};
 use anyhow::{bail, Context, Result};
 use comfystore::store::{AddOptions, AnyId, FsckOptions, GcOptions, Node, ObjectId, Root, Store};
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 
-pub fn run(mut cli: Cli) -> Result<u8> {
-    // Lockfile commands open the store themselves, only when they need one.
-    let command = match std::mem::replace(&mut cli.command, Command::Stats) {
-        Command::Versions(cmd) => return super::lock_cmds::run(&cli, cmd),
-        Command::Sources(cmd) => return super::fetch_cmds::run(&cli, cmd),
-        Command::Python(cmd) => return super::python_cmds::run(&cli, &cmd),
-        Command::RunJob(args) => return super::run_cmds::run_job(&cli, &args),
-        Command::Serve(args) => return super::run_cmds::serve(&cli, &args),
-        other => other,
-    };
-    let store = super::open_store(&cli)?;
-    let json = cli.json;
-    match command {
-        Command::Add(args) => add(&store, &args, json),
-        Command::Cat { id } => cat(&store, &id),
-        Command::Ls { id } => ls(&store, &id, json),
-        Command::Stats => stats(&store, json),
-        Command::Fsck { repair, sha256 } => {
-            let report = store.fsck(&FsckOptions { repair, sha256 })?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                for p in &report.problems {
-                    println!("{}\t{}\t{}", p.kind, p.path.display(), p.detail);
+pub fn fsck(cli: &Cli, store: &Store, opts: &FsckOptions) -> Result<u8> {
+    let report = store.fsck(opts)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for p in &report.problems {
+            println!("{}\t{}\t{}", p.kind, p.path.display(), p.detail);
+        }
+        for q in &report.quarantined {
+            eprintln!("quarantined: {}", q.display());
+        }
+        if !cli.quiet {
+            eprintln!(
+                "checked {} objects ({} bytes) and {} trees: {}",
+                report.objects_checked,
+                report.bytes_checked,
+                report.trees_checked,
+                if report.is_clean() {
+                    "clean".to_string()
+                } else {
+                    format!("{} problems", report.problems.len())
                 }
-                for q in &report.quarantined {
-                    eprintln!("quarantined: {}", q.display());
-                }
-                if !cli.quiet {
-                    eprintln!(
-                        "checked {} objects ({} bytes) and {} trees: {}",
-                        report.objects_checked,
-                        report.bytes_checked,
-                        report.trees_checked,
-                        if report.is_clean() {
-                            "clean".to_string()
-                        } else {
-                            format!("{} problems", report.problems.len())
-                        }
-                    );
-                }
-            }
-            Ok(if report.is_clean() { 0 } else { EXIT_FAILURE })
-        }
-        Command::Gc { dry_run, grace } => {
-            let report = store.gc(&GcOptions { grace, dry_run })?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                let verb = if dry_run { "would delete" } else { "deleted" };
-                println!(
-                    "{verb} {} objects and {} trees ({} bytes); kept {} live objects and {} live trees from {} roots; {} unreachable but younger than the grace period",
-                    report.deleted_objects, report.deleted_trees, report.freed_bytes,
-                    report.live_objects, report.live_trees, report.roots, report.kept_young
-                );
-                for r in &report.dangling_roots {
-                    eprintln!("warning: root {r:?} names ids the store does not have");
-                }
-            }
-            Ok(0)
-        }
-        Command::Materialize(args) => {
-            super::materialize_cmds::materialize(&store, &args, json, cli.quiet)
-        }
-        Command::Status { dest, verify } => {
-            super::materialize_cmds::status(&store, &dest, verify, json)
-        }
-        Command::Remove { dest, all } => super::materialize_cmds::remove(&store, &dest, all, json),
-        Command::Root(cmd) => root(&store, cmd, json),
-        Command::Index(IndexCommand::Rebuild) => {
-            let (index_path, stats) = store
-                .rebuild_index()?
-                .context("the store was opened without an index")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
-            } else {
-                println!(
-                    "rebuilt {}: {} objects, {} trees",
-                    index_path.display(),
-                    stats.objects,
-                    stats.trees
-                );
-            }
-            Ok(0)
-        }
-        Command::Export { ids, output } => {
-            let ids = resolve_all(&store, &ids)?;
-            let report = if output.as_os_str() == "-" {
-                let stdout = std::io::stdout();
-                let mut lock = stdout.lock();
-                store.export(&ids, &mut lock)?
-            } else {
-                store.export_to_file(&ids, &output)?
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else if !cli.quiet {
-                eprintln!(
-                    "exported {} trees and {} objects ({} bytes)",
-                    report.trees, report.objects, report.bytes
-                );
-            }
-            Ok(0)
-        }
-        Command::Import {
-            file,
-            dry_run,
-            root,
-        } => {
-            let report = if file.as_os_str() == "-" {
-                store.import(&mut std::io::stdin().lock(), Path::new("(stdin)"), dry_run)?
-            } else {
-                let mut f = std::fs::File::open(&file)
-                    .with_context(|| format!("open {}", file.display()))?;
-                store.import(&mut f, &file, dry_run)?
-            };
-            if let (Some(name), false) = (root, dry_run) {
-                store.add_root(
-                    &name,
-                    &Root {
-                        ids: report.roots.clone(),
-                        path: None,
-                    },
-                )?;
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                for r in &report.roots {
-                    println!("{r}");
-                }
-                if !cli.quiet {
-                    let verb = if dry_run { "verified" } else { "imported" };
-                    eprintln!(
-                        "{verb} {} trees and {} objects ({} new, {} bytes)",
-                        report.trees, report.objects, report.new_objects, report.bytes
-                    );
-                }
-            }
-            Ok(0)
-        }
-        Command::Versions(_)
-        | Command::Sources(_)
-        | Command::Python(_)
-        | Command::RunJob(_)
-        | Command::Serve(_) => {
-            unreachable!("dispatched above, before the store is opened")
+            );
         }
     }
+    Ok(if report.is_clean() { 0 } else { EXIT_FAILURE })
+}
+
+pub fn gc(store: &Store, opts: &GcOptions, json: bool) -> Result<u8> {
+    let report = store.gc(opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let verb = if opts.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        println!(
+            "{verb} {} objects and {} trees ({} bytes); kept {} live objects and {} live trees from {} roots; {} unreachable but younger than the grace period",
+            report.deleted_objects, report.deleted_trees, report.freed_bytes,
+            report.live_objects, report.live_trees, report.roots, report.kept_young
+        );
+        for r in &report.dangling_roots {
+            eprintln!("warning: root {r:?} names ids the store does not have");
+        }
+    }
+    Ok(0)
+}
+
+pub fn rebuild_index(store: &Store, json: bool) -> Result<u8> {
+    let (index_path, stats) = store
+        .rebuild_index()?
+        .context("the store was opened without an index")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        println!(
+            "rebuilt {}: {} objects, {} trees",
+            index_path.display(),
+            stats.objects,
+            stats.trees
+        );
+    }
+    Ok(0)
+}
+
+pub fn export(cli: &Cli, store: &Store, ids: &[String], output: &Path) -> Result<u8> {
+    let ids = resolve_all(store, ids)?;
+    let report = if output.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        store.export(&ids, &mut lock)?
+    } else {
+        store.export_to_file(&ids, output)?
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !cli.quiet {
+        eprintln!(
+            "exported {} trees and {} objects ({} bytes)",
+            report.trees, report.objects, report.bytes
+        );
+    }
+    Ok(0)
+}
+
+pub fn import(
+    cli: &Cli,
+    store: &Store,
+    file: &Path,
+    dry_run: bool,
+    root: Option<&str>,
+) -> Result<u8> {
+    let report = if file.as_os_str() == "-" {
+        store.import(&mut std::io::stdin().lock(), Path::new("(stdin)"), dry_run)?
+    } else {
+        let mut f =
+            std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
+        store.import(&mut f, file, dry_run)?
+    };
+    if let (Some(name), false) = (root, dry_run) {
+        store.add_root(
+            name,
+            &Root {
+                ids: report.roots.clone(),
+                path: None,
+            },
+        )?;
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for r in &report.roots {
+            println!("{r}");
+        }
+        if !cli.quiet {
+            let verb = if dry_run { "verified" } else { "imported" };
+            eprintln!(
+                "{verb} {} trees and {} objects ({} new, {} bytes)",
+                report.trees, report.objects, report.new_objects, report.bytes
+            );
+        }
+    }
+    Ok(0)
 }
 
 pub(super) fn resolve_all(store: &Store, ids: &[String]) -> Result<Vec<ObjectId>> {
@@ -164,7 +140,7 @@ pub(super) fn resolve_all(store: &Store, ids: &[String]) -> Result<Vec<ObjectId>
         .collect()
 }
 
-fn add(store: &Store, args: &AddArgs, json: bool) -> Result<u8> {
+pub fn add(store: &Store, args: &AddArgs, json: bool) -> Result<u8> {
     let opts = AddOptions {
         exclude: args.exclude.clone(),
         exclude_names: args.exclude_name.clone(),
@@ -194,7 +170,7 @@ fn add(store: &Store, args: &AddArgs, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-fn cat(store: &Store, id: &str) -> Result<u8> {
+pub fn cat(store: &Store, id: &str) -> Result<u8> {
     let id = store.resolve(&id.parse::<AnyId>()?)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -210,7 +186,7 @@ fn cat(store: &Store, id: &str) -> Result<u8> {
     }
 }
 
-fn ls(store: &Store, id: &str, json: bool) -> Result<u8> {
+pub fn ls(store: &Store, id: &str, json: bool) -> Result<u8> {
     let id = store.resolve(&id.parse::<AnyId>()?)?;
     if !store.has_tree(&id) {
         bail!("{id} is not a tree (use `comfystore cat` for objects)");
@@ -248,7 +224,7 @@ fn ls(store: &Store, id: &str, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-fn stats(store: &Store, json: bool) -> Result<u8> {
+pub fn stats(store: &Store, json: bool) -> Result<u8> {
     let (index_path, s) = store
         .index_stats()?
         .context("the store was opened without an index")?;
@@ -274,14 +250,14 @@ fn stats(store: &Store, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-fn root(store: &Store, cmd: RootCommand, json: bool) -> Result<u8> {
+pub fn root(store: &Store, cmd: &RootCommand, json: bool) -> Result<u8> {
     match cmd {
         RootCommand::Add { name, ids } => {
-            let ids = resolve_all(store, &ids)?;
-            store.add_root(&name, &Root { ids, path: None })?;
+            let ids = resolve_all(store, ids)?;
+            store.add_root(name, &Root { ids, path: None })?;
         }
         RootCommand::Rm { name } => {
-            if !store.remove_root(&name)? {
+            if !store.remove_root(name)? {
                 bail!("no root named {name:?}");
             }
         }

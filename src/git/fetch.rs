@@ -149,14 +149,9 @@ fn short(commit: &str) -> &str {
     &commit[..12.min(commit.len())]
 }
 
-/// [`fetch_tree_with`] the tokens of the environment ([`GitCredentials::from_env`]).
-pub fn fetch_tree(store: &Store, src: &GitSource) -> Result<ObjectId> {
-    fetch_tree_with(store, src, &GitCredentials::from_env())
-}
-
 /// Fetch `src.commit` from `src.repo` (with `creds` over https), check it out without `.git`,
 /// store it, and check its tree id against the lock's. Returns the tree id.
-pub fn fetch_tree_with(store: &Store, src: &GitSource, creds: &GitCredentials) -> Result<ObjectId> {
+pub fn fetch_tree(store: &Store, src: &GitSource, creds: &GitCredentials) -> Result<ObjectId> {
     let git = Git {
         src,
         auth: creds.header_for(&src.repo),

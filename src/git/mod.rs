@@ -5,16 +5,17 @@ pub mod error;
 
 pub use error::{Error, Result};
 mod checkout;
+mod clone;
 mod fetch;
 mod inspect;
 
 pub use checkout::store_checkout;
-pub use fetch::{fetch_tree, fetch_tree_with, GitCredentials, GitSource};
+pub use clone::{checkout, clone, fetch_origin, resolve};
+pub use fetch::{fetch_tree, GitCredentials, GitSource};
 pub use inspect::{inspect, is_repo_root, GitState};
 
 use crate::process::{Process, ProcessError};
 use std::path::Path;
-use std::process::Command;
 
 /// `git -C dir` with the settings every comfystore git call needs, as a [`Process`].
 pub fn process(dir: &Path) -> Process {
@@ -30,12 +31,6 @@ pub fn process(dir: &Path) -> Process {
         .env_remove("GIT_INDEX_FILE")
         .env("LC_ALL", "C");
     p
-}
-
-/// [`process`] as a bare `Command`, for callers that still run git themselves
-/// (`pipeline/init.rs`); new callers use [`process`].
-pub fn command(dir: &Path) -> Command {
-    process(dir).into_command()
 }
 
 /// Why a git run failed, in the words every git message uses: `shown` is the command as the

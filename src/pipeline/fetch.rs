@@ -6,14 +6,14 @@
 //! content is pinned by the GC root `lock/<tag>`.
 
 use super::mirror::layout as mirror;
-use crate::git::{fetch_tree, GitSource};
+use crate::git::{fetch_tree, GitCredentials, GitSource};
 use crate::http::{Download, Downloaded, Expect, Fetcher, HttpOptions, FILE_SCHEME};
 use crate::lockfile::{Lockfile, Part};
 use crate::pipeline::error::Result;
 use crate::store::{ObjectId, Root, Store};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where to look and how.
 #[derive(Clone, Debug, Default)]
@@ -101,47 +101,79 @@ fn source_trees(lock: &Lockfile) -> Vec<LockedTree> {
 
 /// Fetch what `lock` names and the store lacks, then pin it with the root `lock/<tag>`.
 pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result<FetchReport> {
-    let mut report = FetchReport::default();
     // Held throughout: gc must not collect what we fetch before the root names it.
     let _writer = store.lock_shared()?;
-    let missing_tree = |t: &Option<ObjectId>| t.is_none_or(|t| !store.has_tree(&t));
-    // The environment, when the store has neither the lock's tree nor one installed earlier
-    // for the same wheels (asked again after a mirror's bundles are imported).
-    let python_missing = || -> Result<bool> {
-        match &lock.python {
-            Some(py) => Ok(crate::python::find_env(store, &py.into())?.is_none()),
-            None => Ok(false),
-        }
+    let mut f = Fetch {
+        store,
+        lock,
+        opts,
+        report: FetchReport::default(),
     };
-    let trees_missing = (opts.wants(Part::Nodes)
-        && source_trees(lock).iter().any(|t| missing_tree(&t.tree)))
-        || (opts.wants(Part::Python) && python_missing()?);
-    if trees_missing {
-        for dir in &opts.mirror_dirs {
-            report
-                .imported
-                .extend(mirror::import_bundles(store, dir, &lock.tag)?);
+    f.import_mirror_bundles()?;
+    let mut rebuilt = Vec::new();
+    if opts.wants(Part::Nodes) {
+        let git = f.git_sources();
+        rebuilt = f.trees_from_git(git)?;
+        f.single_file_nodes();
+    }
+    let mut items = Vec::new();
+    if opts.wants(Part::Python) {
+        items.extend(f.wheel_downloads()?);
+    }
+    if opts.wants(Part::Models) {
+        items.extend(f.model_downloads());
+    }
+    f.download(&items)?;
+    add_lock_root(store, lock, rebuilt, &f.report)?;
+    Ok(f.report)
+}
+
+/// One fetch: what it works from, and what it has found and done so far.
+struct Fetch<'a> {
+    store: &'a Store,
+    lock: &'a Lockfile,
+    opts: &'a FetchOptions,
+    report: FetchReport,
+}
+
+impl Fetch<'_> {
+    /// Trees from an offline mirror's bundles, when the store lacks any the lock wants.
+    fn import_mirror_bundles(&mut self) -> Result<()> {
+        let trees_missing = (self.opts.wants(Part::Nodes)
+            && source_trees(self.lock)
+                .iter()
+                .any(|t| missing_tree(self.store, &t.tree)))
+            || (self.opts.wants(Part::Python) && python_missing(self.store, self.lock)?);
+        if trees_missing {
+            for dir in &self.opts.mirror_dirs {
+                self.report.imported.extend(mirror::import_bundles(
+                    self.store,
+                    dir,
+                    &self.lock.tag,
+                )?);
+            }
         }
+        Ok(())
     }
 
-    let mut rebuilt: Vec<ObjectId> = Vec::new();
-    if opts.wants(Part::Nodes) {
+    /// The missing source trees git can rebuild; the others are reported as failed, with why.
+    fn git_sources(&mut self) -> Vec<GitSource> {
         let mut git = Vec::new();
-        for t in source_trees(lock)
+        for t in source_trees(self.lock)
             .into_iter()
-            .filter(|t| missing_tree(&t.tree))
+            .filter(|t| missing_tree(self.store, &t.tree))
         {
             let what = match t.tree {
                 Some(id) => format!("tree {} ({id})", t.label),
                 None => format!("tree {} (not in the lock)", t.label),
             };
-            report.needed.push(what);
+            self.report.needed.push(what);
             match (&t.repo, &t.commit) {
-                _ if t.dirty => report.failed.push((
+                _ if t.dirty => self.report.failed.push((
                     t.label,
                     "locked from uncommitted changes: only a bundle or mirror of its tree can restore it".into(),
                 )),
-                (Some(repo), Some(commit)) if opts.http.offline => report.failed.push((
+                (Some(repo), Some(commit)) if self.opts.http.offline => self.report.failed.push((
                     t.label,
                     format!("offline: would fetch {}@{commit}", crate::secret::redact_url(repo)),
                 )),
@@ -152,120 +184,71 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
                     expect: t.tree,
                     excludes: t.excludes,
                 }),
-                _ => report.failed.push((
+                _ => self.report.failed.push((
                     t.label,
                     "no repo and commit to fetch it from: import a bundle or mirror".into(),
                 )),
             }
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.http.jobs.clamp(1, 16))
-            .build()
-            .map_err(|e| crate::http::Error::Download {
-                what: "git".into(),
-                reason: e.to_string(),
-            })?;
-        let results: Vec<_> =
-            pool.install(|| git.par_iter().map(|g| fetch_tree(store, g)).collect());
-        for (g, r) in git.into_iter().zip(results) {
-            match r {
-                Ok(tree) => {
-                    rebuilt.push(tree);
-                    report.trees.push(FetchedTree {
-                        label: g.label,
-                        tree,
-                        repo: crate::secret::redact_url(&g.repo),
-                        commit: g.commit,
-                    });
-                }
-                Err(e) => report.failed.push((g.label, e.to_string())),
-            }
-        }
-        for n in &lock.custom_nodes {
-            if let Some(id) = n.file.filter(|id| !store.has_object(id)) {
-                let label = format!("custom_nodes/{}", n.name);
-                report.needed.push(format!("file {label}"));
-                report.failed.push((
-                    label,
-                    format!("single-file node {id} has no source: import a bundle or mirror"),
-                ));
-            }
-        }
+        git
     }
 
-    let mut items: Vec<Download> = Vec::new();
-    if opts.wants(Part::Python) {
-        let python_missing = python_missing()?;
+    /// The wheels to download: all the store lacks with `all_wheels`, else only when the
+    /// environment is missing (they are what rebuilds it). Packages no wheel pins are reported.
+    fn wheel_downloads(&mut self) -> Result<Vec<Download>> {
+        let python_missing = python_missing(self.store, self.lock)?;
         if python_missing {
-            report
+            self.report
                 .needed
                 .push("environment (installed from the wheels)".into());
-            // Packages no wheel pins (VCS, editable, unpinned) cannot be installed.
-            if let Some(py) = &lock.python {
-                for p in py
-                    .packages
-                    .iter()
-                    .filter(|p| p.wheel.is_none() || p.sha256.is_none())
-                {
-                    report.failed.push((
-                        format!("python/{}", p.name),
-                        format!(
-                            "{} {} is not pinned to a wheel ({}), and the store lacks the environment: pin it with `comfystore pin`, or import a bundle or mirror",
-                            p.name,
-                            p.version,
-                            p.url.as_deref().unwrap_or("installed from an index")
-                        ),
-                    ));
-                }
-            }
+            unpinned_packages(self.lock, &mut self.report);
         }
-        if opts.all_wheels || python_missing {
-            for (file, sha, url) in lock.pinned_wheels() {
-                if store
-                    .lookup_sha256(&sha)?
-                    .is_some_and(|b3| store.has_object(&b3))
-                {
-                    continue;
-                }
-                let label = format!("wheels/{file}");
-                report.needed.push(format!("wheel {file}"));
-                let mut sources: Vec<String> = opts
-                    .mirror_dirs
-                    .iter()
-                    .map(|d| format!("{FILE_SCHEME}{}", mirror::wheel_path(d, &file).display()))
-                    .collect();
-                sources.extend(by_sha256(&opts.mirror_urls, &sha));
-                sources.extend(url);
-                items.push(Download {
-                    label,
-                    sources,
-                    expect: Expect {
-                        sha256: Some(sha),
-                        ..Default::default()
-                    },
-                });
-            }
+        let mut items = Vec::new();
+        if !(self.opts.all_wheels || python_missing) {
+            return Ok(items);
         }
+        for (file, sha, url) in self.lock.pinned_wheels() {
+            if self
+                .store
+                .lookup_sha256(&sha)?
+                .is_some_and(|b3| self.store.has_object(&b3))
+            {
+                continue;
+            }
+            self.report.needed.push(format!("wheel {file}"));
+            let in_mirror = |d: &Path| mirror::wheel_path(d, &file);
+            items.push(Download {
+                label: format!("wheels/{file}"),
+                sources: sources(self.opts, in_mirror, &sha, url),
+                expect: Expect {
+                    sha256: Some(sha),
+                    ..Default::default()
+                },
+            });
+        }
+        Ok(items)
     }
-    if opts.wants(Part::Models) {
+
+    /// The models the store lacks; identical models (same content at two paths) are downloaded
+    /// once.
+    fn model_downloads(&mut self) -> Vec<Download> {
+        let mut items = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for m in lock.models.iter().filter(|m| !store.has_object(&m.blake3)) {
-            report.needed.push(format!("model {}", m.path));
-            // Identical models (same content at two paths) are downloaded once.
+        for m in self
+            .lock
+            .models
+            .iter()
+            .filter(|m| !self.store.has_object(&m.blake3))
+        {
+            self.report.needed.push(format!("model {}", m.path));
             if !seen.insert(m.blake3) {
                 continue;
             }
-            report.needed_bytes += m.size;
-            let mut sources: Vec<String> = opts
-                .mirror_dirs
-                .iter()
-                .map(|d| format!("{FILE_SCHEME}{}", d.join(&m.path).display()))
-                .collect();
-            sources.extend(by_sha256(&opts.mirror_urls, &m.sha256));
-            sources.extend(m.sources.iter().cloned());
+            self.report.needed_bytes += m.size;
+            let in_mirror = |d: &Path| d.join(&m.path);
             items.push(Download {
                 label: m.path.clone(),
-                sources,
+                sources: sources(self.opts, in_mirror, &m.sha256, m.sources.iter().cloned()),
                 expect: Expect {
                     sha256: Some(m.sha256),
                     blake3: Some(m.blake3),
@@ -273,17 +256,133 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
                 },
             });
         }
+        items
     }
-    if !items.is_empty() {
-        let fetcher = Fetcher::new(opts.http.clone())?;
-        for (item, r) in items.iter().zip(fetcher.download_all(store, &items)) {
+
+    /// Rebuild trees from git, `jobs` at a time, each checked against the lock's tree id; the
+    /// trees it gave.
+    fn trees_from_git(&mut self, git: Vec<GitSource>) -> Result<Vec<ObjectId>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.opts.http.jobs.clamp(1, 16))
+            .build()
+            .map_err(|e| crate::http::Error::Download {
+                what: "git".into(),
+                reason: e.to_string(),
+            })?;
+        let creds = GitCredentials::from_env();
+        let results: Vec<_> = pool.install(|| {
+            git.par_iter()
+                .map(|g| fetch_tree(self.store, g, &creds))
+                .collect()
+        });
+        let mut rebuilt = Vec::new();
+        for (g, r) in git.into_iter().zip(results) {
             match r {
-                Ok(d) => report.downloaded.push(d),
-                Err(e) => report.failed.push((item.label.clone(), e.to_string())),
+                Ok(tree) => {
+                    rebuilt.push(tree);
+                    self.report.trees.push(FetchedTree {
+                        label: g.label,
+                        tree,
+                        repo: crate::secret::redact_url(&g.repo),
+                        commit: g.commit,
+                    });
+                }
+                Err(e) => self.report.failed.push((g.label, e.to_string())),
+            }
+        }
+        Ok(rebuilt)
+    }
+
+    /// Single-file nodes the store lacks: nothing but a bundle or mirror has them.
+    fn single_file_nodes(&mut self) {
+        for n in &self.lock.custom_nodes {
+            if let Some(id) = n.file.filter(|id| !self.store.has_object(id)) {
+                let label = format!("custom_nodes/{}", n.name);
+                self.report.needed.push(format!("file {label}"));
+                self.report.failed.push((
+                    label,
+                    format!("single-file node {id} has no source: import a bundle or mirror"),
+                ));
             }
         }
     }
-    // Pin what the store now holds, keeping the lockfile path a `lock` run recorded.
+
+    /// Download the items in parallel, reporting each as downloaded or failed.
+    fn download(&mut self, items: &[Download]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let fetcher = Fetcher::new(self.opts.http.clone())?;
+        for (item, r) in items.iter().zip(fetcher.download_all(self.store, items)) {
+            match r {
+                Ok(d) => self.report.downloaded.push(d),
+                Err(e) => self.report.failed.push((item.label.clone(), e.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the store lacks a tree (or the lock names none).
+fn missing_tree(store: &Store, t: &Option<ObjectId>) -> bool {
+    t.is_none_or(|t| !store.has_tree(&t))
+}
+
+/// Whether the lock has an environment the store holds neither as the lock's tree nor as one
+/// installed earlier for the same wheels.
+fn python_missing(store: &Store, lock: &Lockfile) -> Result<bool> {
+    match &lock.python {
+        Some(py) => Ok(crate::python::find_env(store, &py.into())?.is_none()),
+        None => Ok(false),
+    }
+}
+
+/// Packages no wheel pins (VCS, editable, unpinned) cannot be installed.
+fn unpinned_packages(lock: &Lockfile, report: &mut FetchReport) {
+    let Some(py) = &lock.python else { return };
+    for p in py
+        .packages
+        .iter()
+        .filter(|p| p.wheel.is_none() || p.sha256.is_none())
+    {
+        report.failed.push((
+            format!("python/{}", p.name),
+            format!(
+                "{} {} is not pinned to a wheel ({}), and the store lacks the environment: pin it with `comfystore pin`, or import a bundle or mirror",
+                p.name,
+                p.version,
+                p.url.as_deref().unwrap_or("installed from an index")
+            ),
+        ));
+    }
+}
+
+/// Where to look for a file, in order: the offline mirrors (`in_mirror` of each folder), the
+/// HTTP mirrors by SHA-256, then the file's own sources.
+fn sources(
+    opts: &FetchOptions,
+    in_mirror: impl Fn(&Path) -> PathBuf,
+    sha: &crate::store::Sha256,
+    own: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let mut sources: Vec<String> = opts
+        .mirror_dirs
+        .iter()
+        .map(|d| format!("{FILE_SCHEME}{}", in_mirror(d).display()))
+        .collect();
+    sources.extend(by_sha256(&opts.mirror_urls, sha));
+    sources.extend(own);
+    sources
+}
+
+/// Pin what the store now holds with `lock/<tag>`, keeping the lockfile path a `lock` run
+/// recorded.
+fn add_lock_root(
+    store: &Store,
+    lock: &Lockfile,
+    rebuilt: Vec<ObjectId>,
+    report: &FetchReport,
+) -> Result<()> {
     let mut ids: Vec<_> = lock
         .store_ids()
         .into_iter()
@@ -293,16 +392,16 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
     ids.extend(report.downloaded.iter().map(|d| d.id));
     ids.sort();
     ids.dedup();
-    if !ids.is_empty() {
-        let name = format!("lock/{}", lock.tag);
-        let path = store
-            .list_roots()?
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, r)| r.path);
-        store.add_root(&name, &Root { ids, path })?;
+    if ids.is_empty() {
+        return Ok(());
     }
-    Ok(report)
+    let name = format!("lock/{}", lock.tag);
+    let path = store
+        .list_roots()?
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, r)| r.path);
+    Ok(store.add_root(&name, &Root { ids, path })?)
 }
 
 /// `<mirror>/<sha256>` for every HTTP mirror.

@@ -46,79 +46,17 @@ pub struct InitReport {
     pub changed: bool,
 }
 
+/// Clone (or reuse) the checkout, move it to the reference, pin its requirements and place
+/// the environment; say whether anything changed.
 pub fn init(store: &Store, opts: &InitOptions) -> Result<InitReport> {
     let path = std::path::absolute(&opts.path).ctx("resolve", &opts.path)?;
-    let mut cloned = false;
-    if !path.exists() {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).ctx("create", parent)?;
-        }
-        run_git(
-            git::command(path.parent().unwrap_or(Path::new("/")))
-                .args(["clone", "--quiet", &opts.repo])
-                .arg(&path),
-            &path,
-        )?;
-        cloned = true;
-    } else if !path.join(".git").exists() {
-        return Err(Error::bad_input(
-            &path,
-            "exists and is not a git checkout: give an empty or new --path, or an existing ComfyUI clone",
-        ));
-    }
+    let cloned = clone_if_missing(&path, &opts.repo)?;
     let before = head(&path)?;
     if let Some(r) = &opts.reference {
-        let target = match resolve(&path, r) {
-            Some(c) => c,
-            None => {
-                run_git(
-                    git::command(&path).args(["fetch", "--quiet", "--tags", "origin"]),
-                    &path,
-                )?;
-                resolve(&path, r)
-                    .or_else(|| resolve(&path, &format!("origin/{r}")))
-                    .ok_or_else(|| {
-                        Error::bad_input(
-                            &path,
-                            format!("no branch, tag or commit {r:?} in {}", opts.repo),
-                        )
-                    })?
-            }
-        };
-        if target != before {
-            run_git(
-                git::command(&path).args([
-                    "-c",
-                    "advice.detachedHead=false",
-                    "checkout",
-                    "--quiet",
-                    &target,
-                ]),
-                &path,
-            )?;
-        }
+        check_out(&path, r, &opts.repo, &before)?;
     }
     let commit = head(&path)?;
-
-    let req = path.join("requirements.txt");
-    if !req.is_file() {
-        return Err(Error::bad_input(
-            &req,
-            "missing: is this a ComfyUI checkout?",
-        ));
-    }
-    let work = tempfile::Builder::new()
-        .prefix(crate::store::TEMP_PREFIX)
-        .tempdir_in(store.tmp_dir())
-        .ctx("create a temp folder in", &store.tmp_dir())?;
-    let all = work.path().join("requirements.txt");
-    let mut body = format!("-r {}\n", req.display());
-    for r in IMPLICIT_REQUIREMENTS {
-        body.push_str(&format!("{r}\n"));
-    }
-    std::fs::write(&all, body).ctx("write", &all)?;
-    let pinned = python::pin(store, &all, &opts.pin)?;
-    let py = pinned.pins.python;
+    let py = pin_requirements(store, &path, &opts.pin)?;
     let base = python::interpreter::find_for(store, &py, opts.pin.python.as_deref())?;
     let venv_dir = path.join(VENV_DIR);
     let (env, rendered) =
@@ -138,36 +76,67 @@ pub fn init(store: &Store, opts: &InitOptions) -> Result<InitReport> {
     })
 }
 
-fn head(dir: &Path) -> Result<String> {
-    resolve(dir, "HEAD").ok_or_else(|| Error::bad_input(dir, "git rev-parse HEAD failed"))
-}
-
-/// The commit `r` names in the repo at `dir`, if any.
-fn resolve(dir: &Path, r: &str) -> Option<String> {
-    let out = git::command(dir)
-        .args([
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            &format!("{r}^{{commit}}"),
-        ])
-        .output()
-        .ok()?;
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !s.is_empty()).then_some(s)
-}
-
-fn run_git(cmd: &mut std::process::Command, dir: &Path) -> Result<()> {
-    let out = cmd.output().map_err(|e| crate::git::Error::Git {
-        what: dir.display().to_string(),
-        reason: format!("cannot run git: {e}"),
-    })?;
-    if !out.status.success() {
-        return Err(crate::git::Error::Git {
-            what: dir.display().to_string(),
-            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+/// Clone `repo` at `path` if nothing is there; an existing folder must be a git checkout.
+/// Whether it cloned.
+fn clone_if_missing(path: &Path, repo: &str) -> Result<bool> {
+    if path.exists() {
+        if !path.join(".git").exists() {
+            return Err(Error::bad_input(
+                path,
+                "exists and is not a git checkout: give an empty or new --path, or an existing ComfyUI clone",
+            ));
         }
-        .into());
+        return Ok(false);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).ctx("create", parent)?;
+    }
+    git::clone(repo, path)?;
+    Ok(true)
+}
+
+/// Move the checkout at `path` (now at `before`) to the branch, tag or commit `r`, fetching
+/// from origin when it is not known here.
+fn check_out(path: &Path, r: &str, repo: &str, before: &str) -> Result<()> {
+    let target = match git::resolve(path, r) {
+        Some(c) => c,
+        None => {
+            git::fetch_origin(path)?;
+            git::resolve(path, r)
+                .or_else(|| git::resolve(path, &format!("origin/{r}")))
+                .ok_or_else(|| {
+                    Error::bad_input(path, format!("no branch, tag or commit {r:?} in {repo}"))
+                })?
+        }
+    };
+    if target != before {
+        git::checkout(path, &target)?;
     }
     Ok(())
+}
+
+/// Pin the checkout's `requirements.txt` plus what ComfyUI imports without listing it.
+fn pin_requirements(store: &Store, path: &Path, pin: &PinOptions) -> Result<python::EnvSpec> {
+    let req = path.join("requirements.txt");
+    if !req.is_file() {
+        return Err(Error::bad_input(
+            &req,
+            "missing: is this a ComfyUI checkout?",
+        ));
+    }
+    let work = tempfile::Builder::new()
+        .prefix(crate::store::TEMP_PREFIX)
+        .tempdir_in(store.tmp_dir())
+        .ctx("create a temp folder in", &store.tmp_dir())?;
+    let all = work.path().join("requirements.txt");
+    let mut body = format!("-r {}\n", req.display());
+    for r in IMPLICIT_REQUIREMENTS {
+        body.push_str(&format!("{r}\n"));
+    }
+    std::fs::write(&all, body).ctx("write", &all)?;
+    Ok(python::pin(store, &all, pin)?.pins.python)
+}
+
+fn head(dir: &Path) -> Result<String> {
+    git::resolve(dir, "HEAD").ok_or_else(|| Error::bad_input(dir, "git rev-parse HEAD failed"))
 }

@@ -6,10 +6,13 @@
 //! - [`materialize`]: fetch, build the environment, compose, place;
 //! - [`verify`]: check (and repair) an install against its lock;
 //! - [`mirror`]: an offline mirror of a lock;
-//! - [`init`]: clone ComfyUI and give it a pinned environment.
+//! - [`init`]: clone ComfyUI and give it a pinned environment;
+//! - [`http_env`]: download settings (tokens, backoff, range size) from the environment, for
+//!   the command line to pass down.
 
 pub mod error;
 pub mod fetch;
+pub mod http_env;
 pub mod init;
 pub mod lock;
 pub mod materialize;

@@ -6,15 +6,16 @@
 //! the store's files like everything else (and `root rm env/<key>` lets gc take it).
 
 use super::interpreter::{self, Interpreter};
-use super::pin::{link_object, uv_available, Resolver};
+use super::pin::{link_object, Resolver};
 use super::relocate;
 use super::spec::EnvSpec;
+use super::tool;
+use crate::process::Process;
 use crate::python::error::{Error, IoContext, Result};
 use crate::store::{ObjectId, Root, Store};
 use serde::Serialize;
 use std::fs;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 
 /// Configuration that would make an installer look elsewhere than the wheels we hand it.
 const INSTALLER_ENV: &[&str] = &[
@@ -150,81 +151,14 @@ pub fn ensure_env(
         .prefix(crate::store::TEMP_PREFIX)
         .tempdir_in(store.tmp_dir())
         .ctx("create a temp folder in", &store.tmp_dir())?;
-    let house = stage.path().join("wheels");
-    fs::create_dir_all(&house).ctx("create", &house)?;
-    let mut reqs = String::new();
-    for p in &py.packages {
-        let (Some(file), Some(sha)) = (&p.wheel, p.sha256) else {
-            continue;
-        };
-        let id = store
-            .lookup_sha256(&sha)?
-            .ok_or_else(|| crate::store::Error::NotFound(format!("sha256:{}", sha.hex())))?;
-        link_object(store, &id, &house.join(file))?;
-        reqs.push_str(&format!("{}=={}\n", p.name, p.version));
-    }
-    let reqs_path = stage.path().join("requirements.txt");
-    fs::write(&reqs_path, reqs).ctx("write", &reqs_path)?;
-    let venv = stage.path().join("venv");
-    let use_uv = match installer {
-        Resolver::Pip => false,
-        Resolver::Uv => true,
-        Resolver::Auto => uv_available(),
-    };
+    let staged = stage_wheels(store, py, stage.path())?;
+    let use_uv = installer.pick() == Resolver::Uv;
     if use_uv {
-        let mut c = Command::new("uv");
-        c.args([
-            "venv",
-            "--no-config",
-            "--quiet",
-            "--relocatable",
-            "--python",
-        ])
-        .arg(&base.executable)
-        .arg(&venv);
-        install_step(c, stage.path(), "uv venv")?;
-        let mut c = Command::new("uv");
-        c.args([
-            "pip",
-            "install",
-            "--no-config",
-            "--quiet",
-            "--offline",
-            "--no-index",
-        ])
-        .args(["--no-deps", "--link-mode", "copy", "--python"])
-        .arg(venv.join("bin/python"))
-        .arg("--find-links")
-        .arg(&house)
-        .arg("-r")
-        .arg(&reqs_path);
-        install_step(c, stage.path(), "uv pip install")?;
+        install_with_uv(base, &staged)?;
     } else {
-        let mut c = Command::new(&base.executable);
-        c.args(["-m", "venv", "--without-pip"]).arg(&venv);
-        install_step(c, stage.path(), "python -m venv")?;
-        let mut c = Command::new(&base.executable);
-        c.args(["-m", "pip", "--python"])
-            .arg(venv.join("bin/python"))
-            .args([
-                "install",
-                "--no-index",
-                "--no-deps",
-                "--no-compile",
-                "--quiet",
-            ])
-            .args([
-                "--disable-pip-version-check",
-                "--no-input",
-                "--no-warn-script-location",
-            ])
-            .arg("--find-links")
-            .arg(&house)
-            .arg("-r")
-            .arg(&reqs_path);
-        install_step(c, stage.path(), "pip install")?;
+        install_with_pip(base, &staged)?;
     }
-    let (tree, _) = relocate::ingest(store, &venv, base, Some(&py.packages))?;
+    let (tree, _) = relocate::ingest(store, &staged.venv, base, Some(&py.packages))?;
     store.add_root(
         &env_root(&key),
         &Root {
@@ -239,24 +173,99 @@ pub fn ensure_env(
     })
 }
 
-fn install_step(mut cmd: Command, cwd: &Path, what: &str) -> Result<()> {
-    for v in INSTALLER_ENV {
-        cmd.env_remove(v);
+/// A staging folder: the wheels, a requirements file naming them, and where the venv goes.
+struct Staged {
+    dir: PathBuf,
+    house: PathBuf,
+    reqs: PathBuf,
+    venv: PathBuf,
+}
+
+/// Link every pinned wheel from the store into `dir/wheels` and list them as
+/// `name==version` requirements.
+fn stage_wheels(store: &Store, py: &EnvSpec, dir: &Path) -> Result<Staged> {
+    let house = dir.join("wheels");
+    fs::create_dir_all(&house).ctx("create", &house)?;
+    let mut reqs = String::new();
+    for p in &py.packages {
+        let (Some(file), Some(sha)) = (&p.wheel, p.sha256) else {
+            continue;
+        };
+        let id = store
+            .lookup_sha256(&sha)?
+            .ok_or_else(|| crate::store::Error::NotFound(format!("sha256:{}", sha.hex())))?;
+        link_object(store, &id, &house.join(file))?;
+        reqs.push_str(&format!("{}=={}\n", p.name, p.version));
     }
+    let reqs_path = dir.join("requirements.txt");
+    fs::write(&reqs_path, reqs).ctx("write", &reqs_path)?;
+    Ok(Staged {
+        dir: dir.to_path_buf(),
+        house,
+        reqs: reqs_path,
+        venv: dir.join("venv"),
+    })
+}
+
+/// `uv venv --relocatable`, then `uv pip install` from the staged wheels only.
+fn install_with_uv(base: &Interpreter, s: &Staged) -> Result<()> {
+    let mut c = tool::command("uv", INSTALLER_ENV);
+    c.args([
+        "venv",
+        "--no-config",
+        "--quiet",
+        "--relocatable",
+        "--python",
+    ])
+    .arg(&base.executable)
+    .arg(&s.venv);
+    install_step(c, &s.dir, "uv venv")?;
+    let mut c = tool::command("uv", INSTALLER_ENV);
+    c.args([
+        "pip",
+        "install",
+        "--no-config",
+        "--quiet",
+        "--offline",
+        "--no-index",
+    ])
+    .args(["--no-deps", "--link-mode", "copy", "--python"])
+    .arg(s.venv.join("bin/python"))
+    .arg("--find-links")
+    .arg(&s.house)
+    .arg("-r")
+    .arg(&s.reqs);
+    install_step(c, &s.dir, "uv pip install")
+}
+
+/// `python -m venv`, then `pip --python VENV install` from the staged wheels only.
+fn install_with_pip(base: &Interpreter, s: &Staged) -> Result<()> {
+    let mut c = tool::command(&base.executable, INSTALLER_ENV);
+    c.args(["-m", "venv", "--without-pip"]).arg(&s.venv);
+    install_step(c, &s.dir, "python -m venv")?;
+    let mut c = tool::command(&base.executable, INSTALLER_ENV);
+    c.args(["-m", "pip", "--python"])
+        .arg(s.venv.join("bin/python"))
+        .args([
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--quiet",
+        ])
+        .args([
+            "--disable-pip-version-check",
+            "--no-input",
+            "--no-warn-script-location",
+        ])
+        .arg("--find-links")
+        .arg(&s.house)
+        .arg("-r")
+        .arg(&s.reqs);
+    install_step(c, &s.dir, "pip install")
+}
+
+fn install_step(mut cmd: Process, cwd: &Path, what: &str) -> Result<()> {
     cmd.current_dir(cwd).env("PYTHONDONTWRITEBYTECODE", "1");
-    tracing::debug!("running {cmd:?}");
-    let out = cmd
-        .output()
-        .map_err(|e| Error::python(what, format!("cannot run: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::python(
-            what,
-            format!(
-                "failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(())
+    tool::run(&mut cmd, what).map(drop)
 }

@@ -7,13 +7,14 @@
 //! taken from the lock.
 
 use super::spec::EnvSpec;
+use super::tool;
+use crate::process::Process;
 use crate::python::error::{Error, Result};
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Probe results, in the store: starting an interpreter (through a pyenv shim, say) costs
 /// 50–150 ms, more than linking a whole environment, so a program whose file has not changed
@@ -61,10 +62,10 @@ pub struct Interpreter {
 impl Interpreter {
     /// Run `python` and read its facts. Fails with the interpreter's own stderr.
     pub fn probe(python: &Path) -> Result<Interpreter> {
-        let out = Command::new(python)
-            .args(["-I", "-S", "-c", PROBE])
-            .output()
-            .map_err(|e| Error::python(python.display().to_string(), format!("cannot run: {e}")))?;
+        let out = tool::output(
+            Process::new(python).args(["-I", "-S", "-c", PROBE]),
+            &python.display().to_string(),
+        )?;
         let not_python = |why: String| {
             Error::python(
                 python.display().to_string(),
@@ -72,11 +73,10 @@ impl Interpreter {
             )
         };
         if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(not_python(if err.is_empty() {
+            return Err(not_python(if out.stderr.is_empty() {
                 format!("it exited with {}", out.status)
             } else {
-                err
+                out.stderr
             }));
         }
         serde_json::from_slice(&out.stdout)
@@ -137,7 +137,7 @@ fn is_version(spec: &str) -> bool {
 }
 
 fn uv_python_find(version: &str) -> Option<PathBuf> {
-    let out = Command::new("uv")
+    let out = Process::new("uv")
         .args(["python", "find", "--no-project", version])
         .output()
         .ok()?;

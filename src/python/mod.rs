@@ -9,7 +9,9 @@ pub mod install;
 pub mod interpreter;
 pub mod pin;
 pub mod relocate;
+mod resolve;
 mod spec;
+mod tool;
 pub mod wheel;
 
 pub use install::{ensure_env, env_key, find_env, missing_wheels, EnvReport};

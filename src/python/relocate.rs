@@ -63,7 +63,42 @@ pub fn ingest(
         },
     )?;
     let mut manifest = store.read_tree(&add.id)?;
-    let subst = Substitutions::of(venv, base);
+    let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
+    let packages = match packages {
+        Some(p) => p.to_vec(),
+        None => read_meta_file(venv)?
+            .map(|m| m.packages)
+            .unwrap_or_default(),
+    };
+    let meta = EnvMeta {
+        schema: META_SCHEMA.into(),
+        python: base.section(),
+        templates,
+        packages,
+    };
+    let bytes = serde_json::to_vec_pretty(&meta)
+        .map_err(|e| Error::bad_input(venv, format!("environment metadata: {e}")))?;
+    let put = store.put_bytes(&bytes, false, false)?;
+    manifest.entries.push(Entry {
+        path: ENV_META.into(),
+        node: Node::File {
+            exec: false,
+            size: put.digests.size,
+            id: put.digests.b3,
+        },
+    });
+    manifest.sort();
+    Ok((store.put_tree(&manifest)?.0, add))
+}
+
+/// Replace the venv's own paths in symlinks and text files by tokens (new file contents go
+/// into the store); the paths of the entries that became templates.
+fn templatize(
+    store: &Store,
+    venv: &Path,
+    subst: &Substitutions,
+    manifest: &mut Manifest,
+) -> Result<Vec<String>> {
     let mut templates = Vec::new();
     for e in manifest.entries.iter_mut() {
         match &mut e.node {
@@ -99,31 +134,7 @@ pub fn ingest(
             _ => {}
         }
     }
-    let packages = match packages {
-        Some(p) => p.to_vec(),
-        None => read_meta_file(venv)?
-            .map(|m| m.packages)
-            .unwrap_or_default(),
-    };
-    let meta = EnvMeta {
-        schema: META_SCHEMA.into(),
-        python: base.section(),
-        templates,
-        packages,
-    };
-    let bytes = serde_json::to_vec_pretty(&meta)
-        .map_err(|e| Error::bad_input(venv, format!("environment metadata: {e}")))?;
-    let put = store.put_bytes(&bytes, false, false)?;
-    manifest.entries.push(Entry {
-        path: ENV_META.into(),
-        node: Node::File {
-            exec: false,
-            size: put.digests.size,
-            id: put.digests.b3,
-        },
-    });
-    manifest.sort();
-    Ok((store.put_tree(&manifest)?.0, add))
+    Ok(templates)
 }
 
 /// `pyvenv.cfg` keys that name the base interpreter, whatever path the venv tool wrote.

@@ -117,31 +117,15 @@ impl Store {
             size: stat.size,
             how,
         };
-        if let (Some(id), Some(index)) = (cached, self.index()) {
-            if let Some(sha) = index.object_sha256(&id)? {
-                if self.has_object(&id) {
-                    return Ok((report(id, sha, "cached"), None, false));
-                }
-            }
+        if let Some((id, sha)) = self.known(cached)? {
+            return Ok((report(id, sha, "cached"), None, false));
         }
         // Work on the file itself: a model is often a symlink (into a Hugging Face cache, onto a
         // volume), and link(2) would link the symlink, not what it points to.
         let real = path.canonicalize().ctx("resolve", path)?;
         let path = real.as_path();
         let started = SystemTime::now();
-        let mut file = File::open(path).ctx("open", path)?;
-        let digests = hash::stream(&mut file, None, true).ctx("read", path)?;
-        let after = StatKey::of(&file.metadata().ctx("stat", path)?);
-        if after != stat || digests.size != stat.size {
-            return Err(Error::bad_input(
-                path,
-                "file changed while it was being hashed; try again",
-            ));
-        }
-        let sha = digests
-            .sha256
-            .ok_or_else(|| Error::bad_input(path, "no SHA-256 computed"))?;
-        let id = digests.b3;
+        let (id, sha) = hash_unchanged(path, &stat)?;
         let stable = |k: StatKey| {
             (k.ino == stat.ino
                 && k.size == stat.size
@@ -149,24 +133,50 @@ impl Store {
                 && !super::ingest::racy_mtime(k.mtime_ns, started))
             .then_some(k)
         };
-        if self.has_object(&id) {
-            return Ok((report(id, sha, "present"), stable(stat), true));
+        let (how, now) = self.take_in(path, &stat, &id, mode)?;
+        Ok((report(id, sha, how), stable(now), true))
+    }
+
+    /// The id and SHA-256 of an unchanged file the stat cache vouches for, when the store
+    /// still holds the object.
+    fn known(&self, cached: Option<ObjectId>) -> Result<Option<(ObjectId, Sha256)>> {
+        if let (Some(id), Some(index)) = (cached, self.index()) {
+            if let Some(sha) = index.object_sha256(&id)? {
+                if self.has_object(&id) {
+                    return Ok(Some((id, sha)));
+                }
+            }
         }
-        let dest = self.object_path(&id, false);
+        Ok(None)
+    }
+
+    /// Get the hashed file `id` into the store: already there, shared (reflink, hardlink) or
+    /// copied; how, and the file's stat after.
+    fn take_in(
+        &self,
+        path: &Path,
+        stat: &StatKey,
+        id: &ObjectId,
+        mode: AdoptMode,
+    ) -> Result<(&'static str, StatKey)> {
+        if self.has_object(id) {
+            return Ok(("present", *stat));
+        }
+        let dest = self.object_path(id, false);
         if mode != AdoptMode::Copy {
-            if let Some(how) = self.try_share(path, &stat, &dest, mode)? {
+            if let Some(how) = self.try_share(path, stat, &dest, mode)? {
                 let now = StatKey::of(&fs::metadata(path).ctx("stat", path)?);
-                return Ok((report(id, sha, how), stable(now), true));
+                return Ok((how, now));
             }
         }
         let put = self.put_file(path, false, true)?;
-        if put.digests.b3 != id {
+        if put.digests.b3 != *id {
             return Err(Error::bad_input(
                 path,
                 "file changed while it was being added; try again",
             ));
         }
-        Ok((report(id, sha, "copy"), stable(stat), true))
+        Ok(("copy", *stat))
     }
 
     /// Publish `src`'s bytes at `dest` by reflink or hardlink. `Ok(None)`: neither is possible
@@ -225,4 +235,21 @@ impl Store {
             }
         }
     }
+}
+
+/// BLAKE3 and SHA-256 of `path`, which must still have the stat it was listed with.
+fn hash_unchanged(path: &Path, stat: &StatKey) -> Result<(ObjectId, Sha256)> {
+    let mut file = File::open(path).ctx("open", path)?;
+    let digests = hash::stream(&mut file, None, true).ctx("read", path)?;
+    let after = StatKey::of(&file.metadata().ctx("stat", path)?);
+    if after != *stat || digests.size != stat.size {
+        return Err(Error::bad_input(
+            path,
+            "file changed while it was being hashed; try again",
+        ));
+    }
+    let sha = digests
+        .sha256
+        .ok_or_else(|| Error::bad_input(path, "no SHA-256 computed"))?;
+    Ok((digests.b3, sha))
 }

@@ -67,34 +67,22 @@ fn bundle_err(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-impl Store {
-    /// Write the closure of `ids` (trees with all their objects, or single objects) to `out`.
-    pub fn export(&self, ids: &[ObjectId], out: &mut dyn Write) -> Result<ExportReport> {
-        let mut trees: BTreeMap<ObjectId, Vec<u8>> = BTreeMap::new();
-        let mut objects: BTreeMap<ObjectId, (u64, bool)> = BTreeMap::new();
-        for id in ids {
-            if self.has_tree(id) {
-                let bytes = self.tree_bytes(id)?;
-                let m = Manifest::parse(&bytes, &id.to_string())?;
-                for (oid, size, exec) in m.objects() {
-                    let slot = objects.entry(oid).or_insert((size, false));
-                    slot.1 |= exec;
-                }
-                trees.insert(*id, bytes);
-            } else if self.has_object(id) {
-                let path = self
-                    .find_object(id, false)
-                    .ok_or_else(|| Error::NotFound(id.to_string()))?;
-                let size = fs::metadata(&path).ctx("stat", &path)?.len();
-                objects.entry(*id).or_insert((size, false));
-            } else {
-                return Err(Error::NotFound(id.to_string()));
-            }
-        }
-        let index = BundleIndex {
+/// What an export holds: every tree's canonical bytes and every object's size and mode.
+#[derive(Default)]
+struct Closure {
+    trees: BTreeMap<ObjectId, Vec<u8>>,
+    /// (size, exec) by id; an object some tree names executable is exported executable.
+    objects: BTreeMap<ObjectId, (u64, bool)>,
+}
+
+impl Closure {
+    /// The bundle's first member: what follows it, so a reader can tell a truncated bundle.
+    fn index(&self, roots: &[ObjectId]) -> BundleIndex {
+        BundleIndex {
             schema: BUNDLE_SCHEMA.into(),
-            roots: ids.to_vec(),
-            trees: trees
+            roots: roots.to_vec(),
+            trees: self
+                .trees
                 .iter()
                 .map(|(id, b)| BundleItem {
                     id: *id,
@@ -102,7 +90,8 @@ impl Store {
                     exec: false,
                 })
                 .collect(),
-            objects: objects
+            objects: self
+                .objects
                 .iter()
                 .map(|(id, (size, exec))| BundleItem {
                     id: *id,
@@ -110,16 +99,26 @@ impl Store {
                     exec: *exec,
                 })
                 .collect(),
-        };
-        let index_bytes = serde_json::to_vec_pretty(&index)
-            .map_err(|e| Error::bad_input("(bundle)", e.to_string()))?;
-        let io = |e: std::io::Error| Error::Io {
-            op: "write bundle",
-            path: PathBuf::from("(bundle)"),
-            source: e,
-        };
+        }
+    }
+}
 
-        let mut enc = zstd::stream::Encoder::new(out, 3).map_err(io)?;
+/// An `io::Error` while writing a bundle.
+fn write_err(e: std::io::Error) -> Error {
+    Error::Io {
+        op: "write bundle",
+        path: PathBuf::from("(bundle)"),
+        source: e,
+    }
+}
+
+impl Store {
+    /// Write the closure of `ids` (trees with all their objects, or single objects) to `out`.
+    pub fn export(&self, ids: &[ObjectId], out: &mut dyn Write) -> Result<ExportReport> {
+        let closure = self.closure(ids)?;
+        let index_bytes = serde_json::to_vec_pretty(&closure.index(ids))
+            .map_err(|e| Error::bad_input("(bundle)", e.to_string()))?;
+        let mut enc = zstd::stream::Encoder::new(out, 3).map_err(write_err)?;
         // Two workers: compression overlaps with reading objects.
         let _ = enc.multithread(2);
         let mut tar = tar::Builder::new(enc);
@@ -130,36 +129,9 @@ impl Store {
             &mut &index_bytes[..],
             index_bytes.len() as u64,
         )
-        .map_err(io)?;
-        let bar = self.reporter().start(
-            "export",
-            Some(objects.values().map(|(s, _)| s).sum()),
-            crate::report::Unit::Bytes,
-        );
-        let mut bytes = 0;
-        for (id, (size, exec)) in &objects {
-            let path = self
-                .find_object(id, *exec)
-                .ok_or_else(|| Error::NotFound(id.to_string()))?;
-            let mut f = fs::File::open(&path).ctx("open", &path)?;
-            let mode = if *exec { MODE_EXEC } else { MODE_PLAIN };
-            append(
-                &mut tar,
-                &format!("objects/{}", id.hex()),
-                mode,
-                &mut f,
-                *size,
-            )
-            .map_err(|e| Error::Io {
-                op: "read",
-                path: path.clone(),
-                source: e,
-            })?;
-            bytes += size;
-            bar.inc(*size);
-        }
-        bar.finish();
-        for (id, b) in &trees {
+        .map_err(write_err)?;
+        let bytes = self.append_objects(&mut tar, &closure.objects)?;
+        for (id, b) in &closure.trees {
             append(
                 &mut tar,
                 &format!("trees/{}", id.hex()),
@@ -167,15 +139,75 @@ impl Store {
                 &mut &b[..],
                 b.len() as u64,
             )
-            .map_err(io)?;
+            .map_err(write_err)?;
         }
-        let enc = tar.into_inner().map_err(io)?;
-        enc.finish().map_err(io)?.flush().map_err(io)?;
+        let enc = tar.into_inner().map_err(write_err)?;
+        enc.finish()
+            .map_err(write_err)?
+            .flush()
+            .map_err(write_err)?;
         Ok(ExportReport {
-            trees: trees.len() as u64,
-            objects: objects.len() as u64,
+            trees: closure.trees.len() as u64,
+            objects: closure.objects.len() as u64,
             bytes,
         })
+    }
+
+    /// The trees and objects `ids` reach.
+    fn closure(&self, ids: &[ObjectId]) -> Result<Closure> {
+        let mut c = Closure::default();
+        for id in ids {
+            if self.has_tree(id) {
+                let bytes = self.tree_bytes(id)?;
+                let m = Manifest::parse(&bytes, &id.to_string())?;
+                for (oid, size, exec) in m.objects() {
+                    let slot = c.objects.entry(oid).or_insert((size, false));
+                    slot.1 |= exec;
+                }
+                c.trees.insert(*id, bytes);
+            } else if self.has_object(id) {
+                let path = self
+                    .find_object(id, false)
+                    .ok_or_else(|| Error::NotFound(id.to_string()))?;
+                let size = fs::metadata(&path).ctx("stat", &path)?.len();
+                c.objects.entry(*id).or_insert((size, false));
+            } else {
+                return Err(Error::NotFound(id.to_string()));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Every object as `objects/<hex>`, counted on a progress bar; the bytes written.
+    fn append_objects<W: Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        objects: &BTreeMap<ObjectId, (u64, bool)>,
+    ) -> Result<u64> {
+        let bar = self.reporter().start(
+            "export",
+            Some(objects.values().map(|(s, _)| s).sum()),
+            crate::report::Unit::Bytes,
+        );
+        let mut bytes = 0;
+        for (id, (size, exec)) in objects {
+            let path = self
+                .find_object(id, *exec)
+                .ok_or_else(|| Error::NotFound(id.to_string()))?;
+            let mut f = fs::File::open(&path).ctx("open", &path)?;
+            let mode = if *exec { MODE_EXEC } else { MODE_PLAIN };
+            append(tar, &format!("objects/{}", id.hex()), mode, &mut f, *size).map_err(|e| {
+                Error::Io {
+                    op: "read",
+                    path: path.clone(),
+                    source: e,
+                }
+            })?;
+            bytes += size;
+            bar.inc(*size);
+        }
+        bar.finish();
+        Ok(bytes)
     }
 
     /// Write a bundle to `path` atomically (temp file beside it, then rename).
@@ -212,132 +244,187 @@ impl Store {
         let mut entries = archive
             .entries()
             .map_err(|e| bundle_err(name, format!("not a tar stream: {e}")))?;
-
-        let index: BundleIndex = {
-            let mut first = entries
-                .next()
-                .ok_or_else(|| bundle_err(name, "empty bundle"))?
-                .map_err(|e| bundle_err(name, format!("unreadable member: {e}")))?;
-            let path = first
-                .path()
-                .map(|p| p.to_string_lossy().to_string())
-                .unwrap_or_default();
-            if path != INDEX_NAME || first.size() > 256 << 20 {
-                return Err(bundle_err(
-                    name,
-                    format!("first member must be {INDEX_NAME}, found {path:?}"),
-                ));
-            }
-            let mut buf = Vec::new();
-            first
-                .read_to_end(&mut buf)
-                .map_err(|e| bundle_err(name, format!("{INDEX_NAME}: {e}")))?;
-            serde_json::from_slice(&buf)
-                .map_err(|e| bundle_err(name, format!("{INDEX_NAME}: {e}")))?
+        let index = read_index(&mut entries, name)?;
+        let mut import = Import {
+            store: self,
+            name,
+            dry_run,
+            expected: index.members(),
+            staged: Staged(Vec::new()),
+            trees: Vec::new(),
         };
-        if index.schema != BUNDLE_SCHEMA {
-            return Err(bundle_err(
-                name,
-                format!(
-                    "schema {:?} is not supported (expected {BUNDLE_SCHEMA:?})",
-                    index.schema
-                ),
-            ));
-        }
-        let mut expected: HashMap<String, (BundleItem, bool)> = HashMap::new();
-        for (item, is_tree) in index
-            .trees
-            .iter()
-            .map(|i| (i, true))
-            .chain(index.objects.iter().map(|i| (i, false)))
-        {
-            let key = format!(
-                "{}/{}",
-                if is_tree { "trees" } else { "objects" },
-                item.id.hex()
-            );
-            expected.insert(key, (item.clone(), is_tree));
-        }
-
-        let mut staged = Staged(Vec::new());
-        let mut trees: Vec<(ObjectId, Manifest)> = Vec::new();
         let bar = self.reporter().start(
             "import",
             Some(index.objects.iter().map(|i| i.size).sum()),
             crate::report::Unit::Bytes,
         );
         for entry in entries {
-            let mut entry = entry
+            let entry = entry
                 .map_err(|e| bundle_err(name, format!("unreadable member (truncated?): {e}")))?;
-            let member = entry
-                .path()
-                .map(|p| p.to_string_lossy().to_string())
-                .unwrap_or_default();
-            let (item, is_tree) = expected.remove(&member).ok_or_else(|| {
-                bundle_err(
-                    name,
-                    format!("member {member:?} is not in the index, or appears twice"),
-                )
-            })?;
-            if entry.size() != item.size {
-                return Err(bundle_err(
-                    name,
-                    format!(
-                        "member {member}: {} bytes, the index says {}",
-                        entry.size(),
-                        item.size
-                    ),
-                ));
+            if let Some(size) = import.member(entry)? {
+                bar.inc(size);
             }
-            let tampered = |actual: ObjectId| {
-                bundle_err(name, format!("member {member}: content hashes to {actual}, not {}: the bundle is corrupt or was tampered with", item.id))
-            };
-            if is_tree {
-                let mut buf = Vec::new();
-                entry
-                    .read_to_end(&mut buf)
-                    .map_err(|e| bundle_err(name, format!("member {member}: {e}")))?;
-                let actual = hash::hash_bytes(&buf, false).b3;
-                if actual != item.id {
-                    return Err(tampered(actual));
-                }
-                trees.push((item.id, Manifest::parse(&buf, &item.id.to_string())?));
-                continue;
-            }
-            let digests = if dry_run {
-                hash::stream(&mut entry, None, false)
-            } else {
-                let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
-                staged.0.push((item.clone(), tmp.clone()));
-                let d = hash::stream(&mut entry, Some(&mut f), false);
-                let mode = if item.exec { MODE_EXEC } else { MODE_PLAIN };
-                f.set_permissions(fs::Permissions::from_mode(mode))
-                    .ctx("chmod", &tmp)?;
-                d
-            };
-            let digests = digests
-                .map_err(|e| bundle_err(name, format!("member {member}: {e} (truncated?)")))?;
-            if digests.b3 != item.id || digests.size != item.size {
-                return Err(tampered(digests.b3));
-            }
-            bar.inc(item.size);
         }
         bar.finish();
-        if let Some(missing) = expected.keys().min() {
+        import.check_complete(&index)?;
+        let mut report = ImportReport {
+            roots: index.roots.clone(),
+            trees: import.trees.len() as u64,
+            objects: index.objects.len() as u64,
+            new_objects: 0,
+            bytes: index.objects.iter().map(|i| i.size).sum(),
+        };
+        if !dry_run {
+            report.new_objects = import.publish()?;
+        }
+        Ok(report)
+    }
+}
+
+impl BundleIndex {
+    /// Every member the index lists, by its path in the bundle, with whether it is a tree.
+    fn members(&self) -> HashMap<String, (BundleItem, bool)> {
+        let trees = self.trees.iter().map(|i| (i, true));
+        let objects = self.objects.iter().map(|i| (i, false));
+        trees
+            .chain(objects)
+            .map(|(item, is_tree)| {
+                let kind = if is_tree { "trees" } else { "objects" };
+                (format!("{kind}/{}", item.id.hex()), (item.clone(), is_tree))
+            })
+            .collect()
+    }
+}
+
+/// The first member, `index.json`, of a supported schema.
+fn read_index<R: Read>(entries: &mut tar::Entries<'_, R>, name: &Path) -> Result<BundleIndex> {
+    let mut first = entries
+        .next()
+        .ok_or_else(|| bundle_err(name, "empty bundle"))?
+        .map_err(|e| bundle_err(name, format!("unreadable member: {e}")))?;
+    let path = first
+        .path()
+        .map(|p| p.to_string_lossy().to_string())
+        .unwrap_or_default();
+    if path != INDEX_NAME || first.size() > 256 << 20 {
+        return Err(bundle_err(
+            name,
+            format!("first member must be {INDEX_NAME}, found {path:?}"),
+        ));
+    }
+    let mut buf = Vec::new();
+    first
+        .read_to_end(&mut buf)
+        .map_err(|e| bundle_err(name, format!("{INDEX_NAME}: {e}")))?;
+    let index: BundleIndex =
+        serde_json::from_slice(&buf).map_err(|e| bundle_err(name, format!("{INDEX_NAME}: {e}")))?;
+    if index.schema != BUNDLE_SCHEMA {
+        return Err(bundle_err(
+            name,
+            format!(
+                "schema {:?} is not supported (expected {BUNDLE_SCHEMA:?})",
+                index.schema
+            ),
+        ));
+    }
+    Ok(index)
+}
+
+/// An import in progress: the members still expected, the objects verified into temp files,
+/// the trees read.
+struct Import<'a> {
+    store: &'a Store,
+    name: &'a Path,
+    dry_run: bool,
+    expected: HashMap<String, (BundleItem, bool)>,
+    staged: Staged,
+    trees: Vec<(ObjectId, Manifest)>,
+}
+
+impl Import<'_> {
+    /// Read and verify one member against the index; an object's size, for the progress bar.
+    fn member<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<Option<u64>> {
+        let name = self.name;
+        let member = entry
+            .path()
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let (item, is_tree) = self.expected.remove(&member).ok_or_else(|| {
+            bundle_err(
+                name,
+                format!("member {member:?} is not in the index, or appears twice"),
+            )
+        })?;
+        if entry.size() != item.size {
             return Err(bundle_err(
                 name,
                 format!(
-                    "truncated: {} listed members are missing (first: {missing})",
-                    expected.len()
+                    "member {member}: {} bytes, the index says {}",
+                    entry.size(),
+                    item.size
                 ),
             ));
         }
-        for (tid, m) in &trees {
+        let tampered = |actual: ObjectId| {
+            bundle_err(name, format!("member {member}: content hashes to {actual}, not {}: the bundle is corrupt or was tampered with", item.id))
+        };
+        if is_tree {
+            let mut buf = Vec::new();
+            entry
+                .read_to_end(&mut buf)
+                .map_err(|e| bundle_err(name, format!("member {member}: {e}")))?;
+            let actual = hash::hash_bytes(&buf, false).b3;
+            if actual != item.id {
+                return Err(tampered(actual));
+            }
+            self.trees
+                .push((item.id, Manifest::parse(&buf, &item.id.to_string())?));
+            return Ok(None);
+        }
+        let digests = self
+            .stage(&item, &mut entry)?
+            .map_err(|e| bundle_err(name, format!("member {member}: {e} (truncated?)")))?;
+        if digests.b3 != item.id || digests.size != item.size {
+            return Err(tampered(digests.b3));
+        }
+        Ok(Some(item.size))
+    }
+
+    /// Hash an object member, into a temp file unless this is a dry run.
+    fn stage(
+        &mut self,
+        item: &BundleItem,
+        entry: &mut dyn Read,
+    ) -> Result<std::io::Result<hash::Digests>> {
+        if self.dry_run {
+            return Ok(hash::stream(entry, None, false));
+        }
+        let (mut f, tmp) = durable::create_temp(&self.store.tmp_dir())?;
+        self.staged.0.push((item.clone(), tmp.clone()));
+        let d = hash::stream(entry, Some(&mut f), false);
+        let mode = if item.exec { MODE_EXEC } else { MODE_PLAIN };
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .ctx("chmod", &tmp)?;
+        Ok(d)
+    }
+
+    /// Every listed member arrived, and every tree's objects are in the bundle or the store.
+    fn check_complete(&self, index: &BundleIndex) -> Result<()> {
+        if let Some(missing) = self.expected.keys().min() {
+            return Err(bundle_err(
+                self.name,
+                format!(
+                    "truncated: {} listed members are missing (first: {missing})",
+                    self.expected.len()
+                ),
+            ));
+        }
+        for (tid, m) in &self.trees {
             for (oid, _, _) in m.objects() {
                 let in_bundle = index.objects.iter().any(|i| i.id == oid);
-                if !in_bundle && !self.has_object(&oid) {
+                if !in_bundle && !self.store.has_object(&oid) {
                     return Err(bundle_err(
-                        name,
+                        self.name,
                         format!(
                             "tree {tid} needs {oid}, which neither the bundle nor the store has"
                         ),
@@ -345,36 +432,33 @@ impl Store {
                 }
             }
         }
-        let mut report = ImportReport {
-            roots: index.roots.clone(),
-            trees: trees.len() as u64,
-            objects: index.objects.len() as u64,
-            new_objects: 0,
-            bytes: index.objects.iter().map(|i| i.size).sum(),
-        };
-        if dry_run {
-            return Ok(report);
-        }
-        // Everything verified: publish objects, flush once, then the trees that name them.
+        Ok(())
+    }
+
+    /// Everything verified: publish objects, flush once, then the trees that name them; the
+    /// objects that were new.
+    fn publish(mut self) -> Result<u64> {
+        let store = self.store;
+        let mut new_objects = 0;
         let mut batch = Batch::default();
-        while let Some((item, tmp)) = staged.0.pop() {
-            let dest = self.object_path(&item.id, item.exec);
+        while let Some((item, tmp)) = self.staged.0.pop() {
+            let dest = store.object_path(&item.id, item.exec);
             if durable::publish_no_replace(&tmp, &dest)? == Published::New {
-                report.new_objects += 1;
+                new_objects += 1;
             }
             batch.objects.push((item.id, item.size, None));
         }
-        self.sync()?;
-        for (_, m) in &trees {
-            let (id, _) = self.put_tree(m)?;
+        store.sync()?;
+        for (_, m) in &self.trees {
+            let (id, _) = store.put_tree(m)?;
             batch
                 .trees
                 .push((id, m.entries.len() as u64, m.logical_bytes()));
         }
-        if let Some(index) = self.index() {
+        if let Some(index) = store.index() {
             index.commit(&batch)?;
         }
-        Ok(report)
+        Ok(new_objects)
     }
 }
 

@@ -2,7 +2,7 @@
 //! what is corrupt to `quarantine/` so it can be fetched or added again.
 
 use super::durable::{self, TEMP_PREFIX};
-use super::gc::scan_store;
+use super::gc::{scan_store, StoreScan};
 use super::hash;
 use super::id::ObjectId;
 use super::object::{MODE_EXEC, MODE_PLAIN};
@@ -59,172 +59,24 @@ impl Store {
         } else {
             None
         };
-        let scan = scan_store(self)?;
-        let mut report = FsckReport::default();
-        let total: u64 = scan.object_files.iter().map(|f| f.size).sum();
-        let bar = self
-            .reporter()
-            .start("fsck", Some(total), crate::report::Unit::Bytes);
-        let results: Vec<Option<FsckProblem>> = scan
-            .object_files
-            .par_iter()
-            .map(|f| {
-                let r = match hash::b3_file(&f.path) {
-                    Ok((id, _)) if id == f.id => None,
-                    Ok((id, _)) => Some(FsckProblem {
-                        kind: "corrupt-object",
-                        path: f.path.clone(),
-                        detail: format!("content hashes to {id}, not {}", f.id),
-                    }),
-                    Err(e) => Some(FsckProblem {
-                        kind: "corrupt-object",
-                        path: f.path.clone(),
-                        detail: format!("cannot read: {e}"),
-                    }),
-                };
-                bar.inc(f.size);
-                r
-            })
-            .collect();
-        bar.finish();
-        report.objects_checked = scan.object_files.len() as u64;
-        report.bytes_checked = total;
-
-        let mut corrupt: HashSet<PathBuf> = HashSet::new();
-        for p in results.into_iter().flatten() {
-            corrupt.insert(p.path.clone());
-            report.problems.push(p);
-        }
-        for f in &scan.object_files {
-            if corrupt.contains(&f.path) {
-                continue;
-            }
-            let want = if f.exec { MODE_EXEC } else { MODE_PLAIN };
-            let mode = fs::symlink_metadata(&f.path)
-                .map(|m| m.permissions().mode() & 0o7777)
-                .unwrap_or(want);
-            if mode != want {
-                report.problems.push(FsckProblem {
-                    kind: "bad-mode",
-                    path: f.path.clone(),
-                    detail: format!("mode {mode:o}, expected {want:o}"),
-                });
-                if opts.repair {
-                    fs::set_permissions(&f.path, fs::Permissions::from_mode(want))
-                        .ctx("chmod", &f.path)?;
-                }
-            }
-        }
-        // Objects that remain good, for the reference checks below.
-        let good: HashSet<ObjectId> = scan
-            .object_files
-            .iter()
-            .filter(|f| !corrupt.contains(&f.path))
-            .map(|f| f.id)
-            .collect();
-
-        for t in &scan.tree_files {
-            report.trees_checked += 1;
-            match self.read_tree(&t.id) {
-                Err(e) => {
-                    corrupt.insert(t.path.clone());
-                    report.problems.push(FsckProblem {
-                        kind: "corrupt-tree",
-                        path: t.path.clone(),
-                        detail: e.to_string(),
-                    });
-                }
-                Ok(m) => {
-                    for e in &m.entries {
-                        if let super::Node::File { id, .. } = &e.node {
-                            if !good.contains(id) {
-                                report.problems.push(FsckProblem {
-                                    kind: "missing-object",
-                                    path: t.path.clone(),
-                                    detail: format!("tree {} entry {:?} needs {id}, which is missing or corrupt", t.id, e.path),
-                                });
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
-        for ((sha, id), (_, path)) in scan.aliases.iter().zip(&scan.alias_files) {
-            let problem = if !good.contains(id) {
-                Some(format!("{sha} points to {id}, which is missing or corrupt"))
-            } else if opts.sha256 {
-                let digests = self
-                    .open_object(id)
-                    .and_then(|mut f| hash::stream(&mut f, None, true).ctx("read", path));
-                match digests {
-                    Ok(d) if d.sha256 == Some(*sha) => None,
-                    Ok(d) => Some(format!("{id} has SHA-256 {:?}, not {sha}", d.sha256)),
-                    Err(e) => Some(e.to_string()),
-                }
-            } else {
-                None
-            };
-            if let Some(detail) = problem {
-                report.problems.push(FsckProblem {
-                    kind: "bad-alias",
-                    path: path.clone(),
-                    detail,
-                });
-                if opts.repair {
-                    let _ = fs::remove_file(path);
-                }
-            }
-        }
-        // Roots whose content is gone: gc would keep nothing for them.
-        for (name, root) in self.list_roots()? {
-            for id in &root.ids {
-                let tree_ok = scan.trees.contains(id) && !corrupt.contains(&self.tree_path(id));
-                if !tree_ok && !good.contains(id) {
-                    report.problems.push(FsckProblem {
-                        kind: "dangling-root",
-                        path: self.root().join("roots").join(&name),
-                        detail: format!("root {name:?} names {id}, which is missing or corrupt"),
-                    });
-                }
-            }
-        }
-        for p in &scan.stray {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            report.problems.push(FsckProblem {
-                kind: "stray-file",
-                path: p.clone(),
-                detail: "not a store file".into(),
-            });
-            if opts.repair && name.starts_with(TEMP_PREFIX) {
-                let _ = fs::remove_file(p);
-            }
-        }
-
+        let mut check = Fsck {
+            store: self,
+            opts,
+            scan: scan_store(self)?,
+            report: FsckReport::default(),
+            corrupt: HashSet::new(),
+            good: HashSet::new(),
+        };
+        check.rehash_objects();
+        check.object_modes()?;
+        check.trees();
+        check.aliases();
+        check.dangling_roots()?;
+        check.stray_files();
         if opts.repair {
-            let mut objs = Vec::new();
-            let mut trees = Vec::new();
-            for f in scan
-                .object_files
-                .iter()
-                .filter(|f| corrupt.contains(&f.path))
-            {
-                report.quarantined.push(self.quarantine(&f.path)?);
-                objs.push(f.id);
-            }
-            for t in scan.tree_files.iter().filter(|t| corrupt.contains(&t.path)) {
-                report.quarantined.push(self.quarantine(&t.path)?);
-                trees.push(t.id);
-            }
-            if let Some(index) = self.index() {
-                objs.retain(|id| !self.has_object(id));
-                index.remove(&objs, &trees)?;
-            }
+            check.quarantine_corrupt()?;
         }
-        Ok(report)
+        Ok(check.report)
     }
 
     /// Move a damaged file to `quarantine/` under a unique name; returns the new path.
@@ -244,5 +96,208 @@ impl Store {
             .join(format!("{shard}{name}.{}", durable::unique_name("")));
         fs::rename(path, &dest).ctx("quarantine", path)?;
         Ok(dest)
+    }
+}
+
+fn problem(kind: &'static str, path: &Path, detail: String) -> FsckProblem {
+    FsckProblem {
+        kind,
+        path: path.to_path_buf(),
+        detail,
+    }
+}
+
+/// One fsck run: what the scan found, and what the checks so far made of it.
+struct Fsck<'a> {
+    store: &'a Store,
+    opts: &'a FsckOptions,
+    scan: StoreScan,
+    report: FsckReport,
+    /// Object and tree files found damaged.
+    corrupt: HashSet<PathBuf>,
+    /// Objects that remain good, for the reference checks.
+    good: HashSet<ObjectId>,
+}
+
+impl Fsck<'_> {
+    /// Rehash every object, in parallel; the good ones are what trees may reference.
+    fn rehash_objects(&mut self) {
+        let files = &self.scan.object_files;
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        let bar = self
+            .store
+            .reporter()
+            .start("fsck", Some(total), crate::report::Unit::Bytes);
+        let results: Vec<Option<FsckProblem>> = files
+            .par_iter()
+            .map(|f| {
+                let detail = match hash::b3_file(&f.path) {
+                    Ok((id, _)) if id == f.id => None,
+                    Ok((id, _)) => Some(format!("content hashes to {id}, not {}", f.id)),
+                    Err(e) => Some(format!("cannot read: {e}")),
+                };
+                bar.inc(f.size);
+                detail.map(|detail| FsckProblem {
+                    kind: "corrupt-object",
+                    path: f.path.clone(),
+                    detail,
+                })
+            })
+            .collect();
+        bar.finish();
+        self.report.objects_checked = files.len() as u64;
+        self.report.bytes_checked = total;
+        for p in results.into_iter().flatten() {
+            self.corrupt.insert(p.path.clone());
+            self.report.problems.push(p);
+        }
+        self.good = files
+            .iter()
+            .filter(|f| !self.corrupt.contains(&f.path))
+            .map(|f| f.id)
+            .collect();
+    }
+
+    /// Intact objects with the wrong mode (fixed with `repair`).
+    fn object_modes(&mut self) -> Result<()> {
+        for f in &self.scan.object_files {
+            if self.corrupt.contains(&f.path) {
+                continue;
+            }
+            let want = if f.exec { MODE_EXEC } else { MODE_PLAIN };
+            let mode = fs::symlink_metadata(&f.path)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(want);
+            if mode != want {
+                let detail = format!("mode {mode:o}, expected {want:o}");
+                self.report
+                    .problems
+                    .push(problem("bad-mode", &f.path, detail));
+                if self.opts.repair {
+                    fs::set_permissions(&f.path, fs::Permissions::from_mode(want))
+                        .ctx("chmod", &f.path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every tree parses and names only good objects.
+    fn trees(&mut self) {
+        let store = self.store;
+        for t in &self.scan.tree_files {
+            let (id, path) = (t.id, &t.path);
+            self.report.trees_checked += 1;
+            match store.read_tree(&id) {
+                Err(e) => {
+                    self.corrupt.insert(path.clone());
+                    let p = problem("corrupt-tree", path, e.to_string());
+                    self.report.problems.push(p);
+                }
+                Ok(m) => {
+                    for e in &m.entries {
+                        if let super::Node::File { id: oid, .. } = &e.node {
+                            if !self.good.contains(oid) {
+                                let detail = format!(
+                                    "tree {id} entry {:?} needs {oid}, which is missing or corrupt",
+                                    e.path
+                                );
+                                let p = problem("missing-object", path, detail);
+                                self.report.problems.push(p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// SHA-256 aliases point to good objects (and, with `sha256`, to the right ones).
+    fn aliases(&mut self) {
+        for ((sha, id), (_, path)) in self.scan.aliases.iter().zip(&self.scan.alias_files) {
+            let (sha, id) = (*sha, *id);
+            let found = if !self.good.contains(&id) {
+                Some(format!("{sha} points to {id}, which is missing or corrupt"))
+            } else if self.opts.sha256 {
+                let digests = self
+                    .store
+                    .open_object(&id)
+                    .and_then(|mut f| hash::stream(&mut f, None, true).ctx("read", path));
+                match digests {
+                    Ok(d) if d.sha256 == Some(sha) => None,
+                    Ok(d) => Some(format!("{id} has SHA-256 {:?}, not {sha}", d.sha256)),
+                    Err(e) => Some(e.to_string()),
+                }
+            } else {
+                None
+            };
+            if let Some(detail) = found {
+                self.report
+                    .problems
+                    .push(problem("bad-alias", path, detail));
+                if self.opts.repair {
+                    let _ = fs::remove_file(path);
+                }
+            }
+        }
+    }
+
+    /// Roots whose content is gone: gc would keep nothing for them.
+    fn dangling_roots(&mut self) -> Result<()> {
+        let store = self.store;
+        for (name, root) in store.list_roots()? {
+            for id in &root.ids {
+                let tree_ok =
+                    self.scan.trees.contains(id) && !self.corrupt.contains(&store.tree_path(id));
+                if !tree_ok && !self.good.contains(id) {
+                    self.report.problems.push(problem(
+                        "dangling-root",
+                        &store.root().join("roots").join(&name),
+                        format!("root {name:?} names {id}, which is missing or corrupt"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Files in the store's folders that are not store files (leftover temps are removed
+    /// with `repair`).
+    fn stray_files(&mut self) {
+        for p in &self.scan.stray {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let found = problem("stray-file", p, "not a store file".into());
+            self.report.problems.push(found);
+            if self.opts.repair && name.starts_with(TEMP_PREFIX) {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+
+    /// Move corrupt objects and trees to `quarantine/` and out of the index.
+    fn quarantine_corrupt(&mut self) -> Result<()> {
+        let store = self.store;
+        let mut objs = Vec::new();
+        let mut trees = Vec::new();
+        for f in self.scan.object_files.iter() {
+            if self.corrupt.contains(&f.path) {
+                self.report.quarantined.push(store.quarantine(&f.path)?);
+                objs.push(f.id);
+            }
+        }
+        for t in self.scan.tree_files.iter() {
+            if self.corrupt.contains(&t.path) {
+                self.report.quarantined.push(store.quarantine(&t.path)?);
+                trees.push(t.id);
+            }
+        }
+        if let Some(index) = store.index() {
+            objs.retain(|id| !store.has_object(id));
+            index.remove(&objs, &trees)?;
+        }
+        Ok(())
     }
 }

@@ -168,6 +168,13 @@ pub struct GcReport {
     pub dangling_roots: Vec<String>,
 }
 
+/// What the roots reach.
+#[derive(Default)]
+struct Live {
+    trees: HashSet<ObjectId>,
+    objects: HashSet<ObjectId>,
+}
+
 impl Store {
     /// Delete what no root reaches. Refuses to run if a rooted tree cannot be read (that would
     /// make its objects look unreachable).
@@ -177,84 +184,21 @@ impl Store {
             dry_run: opts.dry_run,
             ..Default::default()
         };
-        let mut live_trees: HashSet<ObjectId> = HashSet::new();
-        let mut live_objects: HashSet<ObjectId> = HashSet::new();
-        let roots = self.list_roots()?;
-        report.roots = roots.len() as u64;
-        for (name, root) in &roots {
-            for id in &root.ids {
-                if self.has_tree(id) {
-                    if live_trees.insert(*id) {
-                        let m = self.read_tree(id).map_err(|e| Error::Store {
-                            path: self.root().to_path_buf(),
-                            reason: format!(
-                                "gc stopped: root {name:?} names tree {id}, which cannot be read ({e}); run `comfystore fsck`"
-                            ),
-                        })?;
-                        live_objects.extend(m.objects().into_iter().map(|(o, _, _)| o));
-                    }
-                } else if self.has_object(id) {
-                    live_objects.insert(*id);
-                } else {
-                    report.dangling_roots.push(name.clone());
-                }
-            }
-        }
-        report.live_trees = live_trees.len() as u64;
-        report.live_objects = live_objects.len() as u64;
-
+        let live = self.mark(&mut report)?;
         let cutoff = SystemTime::now()
             .checked_sub(opts.grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let scan = scan_store(self)?;
-        let mut gone_objects = Vec::new();
-        let mut gone_trees = Vec::new();
-        for (files, live, gone, count) in [
-            (
-                &scan.object_files,
-                &live_objects,
-                &mut gone_objects,
-                &mut report.deleted_objects,
-            ),
-            (
-                &scan.tree_files,
-                &live_trees,
-                &mut gone_trees,
-                &mut report.deleted_trees,
-            ),
-        ] {
-            for f in files {
-                if live.contains(&f.id) {
-                    continue;
-                }
-                // Look again right before deleting: a writer may just have freshened it.
-                let young = fs::symlink_metadata(&f.path)
-                    .and_then(|m| m.modified())
-                    .map(|t| t > cutoff)
-                    .unwrap_or(true);
-                if young {
-                    report.kept_young += 1;
-                    continue;
-                }
-                if !opts.dry_run {
-                    match fs::remove_file(&f.path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(e).ctx("delete", &f.path),
-                    }
-                }
-                *count += 1;
-                report.freed_bytes += f.size;
-                gone.push(f.id);
-            }
-        }
-        let gone_set: HashSet<ObjectId> = gone_objects.iter().copied().collect();
-        for ((_, id), (_, path)) in scan.aliases.iter().zip(&scan.alias_files) {
-            let remains = !gone_set.contains(id) && self.has_object(id);
-            if !remains && (opts.dry_run || remove_if_present(path)?) {
-                report.deleted_aliases += 1;
-            }
-        }
+        let mut sweep = Sweep {
+            cutoff,
+            dry_run: opts.dry_run,
+            report: &mut report,
+        };
+        let (gone_objects, deleted_objects) = sweep.files(&scan.object_files, &live.objects)?;
+        let (gone_trees, deleted_trees) = sweep.files(&scan.tree_files, &live.trees)?;
+        report.deleted_objects = deleted_objects;
+        report.deleted_trees = deleted_trees;
+        self.sweep_aliases(&scan, &gone_objects, opts.dry_run, &mut report)?;
         if !opts.dry_run {
             for path in self.orphan_sources()? {
                 if remove_if_present(&path)? {
@@ -264,18 +208,72 @@ impl Store {
         }
         report.deleted_temp_files = self.sweep_temp(cutoff, opts.dry_run)?;
         if !opts.dry_run {
-            // Drop only ids with no file left (both variants of an object may not have gone).
-            let mut objs: Vec<ObjectId> = gone_objects
-                .into_iter()
-                .filter(|id| !self.has_object(id))
-                .collect();
-            objs.sort();
-            objs.dedup();
-            if let Some(index) = self.index() {
-                index.remove(&objs, &gone_trees)?;
-            }
+            self.forget(gone_objects, &gone_trees)?;
         }
         Ok(report)
+    }
+
+    /// Everything the roots reach; roots naming nothing the store has are reported.
+    fn mark(&self, report: &mut GcReport) -> Result<Live> {
+        let mut live = Live::default();
+        let roots = self.list_roots()?;
+        report.roots = roots.len() as u64;
+        for (name, root) in &roots {
+            for id in &root.ids {
+                if self.has_tree(id) {
+                    if live.trees.insert(*id) {
+                        let m = self.read_tree(id).map_err(|e| Error::Store {
+                            path: self.root().to_path_buf(),
+                            reason: format!(
+                                "gc stopped: root {name:?} names tree {id}, which cannot be read ({e}); run `comfystore fsck`"
+                            ),
+                        })?;
+                        live.objects
+                            .extend(m.objects().into_iter().map(|(o, _, _)| o));
+                    }
+                } else if self.has_object(id) {
+                    live.objects.insert(*id);
+                } else {
+                    report.dangling_roots.push(name.clone());
+                }
+            }
+        }
+        report.live_trees = live.trees.len() as u64;
+        report.live_objects = live.objects.len() as u64;
+        Ok(live)
+    }
+
+    /// SHA-256 aliases of objects that are gone (or going).
+    fn sweep_aliases(
+        &self,
+        scan: &StoreScan,
+        gone_objects: &[ObjectId],
+        dry_run: bool,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let gone_set: HashSet<ObjectId> = gone_objects.iter().copied().collect();
+        for ((_, id), (_, path)) in scan.aliases.iter().zip(&scan.alias_files) {
+            let remains = !gone_set.contains(id) && self.has_object(id);
+            if !remains && (dry_run || remove_if_present(path)?) {
+                report.deleted_aliases += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop deleted ids from the index: only ids with no file left (both variants of an
+    /// object may not have gone).
+    fn forget(&self, gone_objects: Vec<ObjectId>, gone_trees: &[ObjectId]) -> Result<()> {
+        let mut objs: Vec<ObjectId> = gone_objects
+            .into_iter()
+            .filter(|id| !self.has_object(id))
+            .collect();
+        objs.sort();
+        objs.dedup();
+        if let Some(index) = self.index() {
+            index.remove(&objs, gone_trees)?;
+        }
+        Ok(())
     }
 
     /// Remove temp files older than `cutoff` from `tmp/`, and leftover temp files of
@@ -318,6 +316,50 @@ impl Store {
             }
         }
         Ok(n)
+    }
+}
+
+/// Deleting unreachable files older than the grace period.
+struct Sweep<'a> {
+    cutoff: SystemTime,
+    dry_run: bool,
+    report: &'a mut GcReport,
+}
+
+impl Sweep<'_> {
+    /// Delete the files no live id names, unless young; the ids deleted and how many.
+    fn files(
+        &mut self,
+        files: &[StoredFile],
+        live: &HashSet<ObjectId>,
+    ) -> Result<(Vec<ObjectId>, u64)> {
+        let mut gone = Vec::new();
+        let mut count = 0;
+        for f in files {
+            if live.contains(&f.id) {
+                continue;
+            }
+            // Look again right before deleting: a writer may just have freshened it.
+            let young = fs::symlink_metadata(&f.path)
+                .and_then(|m| m.modified())
+                .map(|t| t > self.cutoff)
+                .unwrap_or(true);
+            if young {
+                self.report.kept_young += 1;
+                continue;
+            }
+            if !self.dry_run {
+                match fs::remove_file(&f.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e).ctx("delete", &f.path),
+                }
+            }
+            count += 1;
+            self.report.freed_bytes += f.size;
+            gone.push(f.id);
+        }
+        Ok((gone, count))
     }
 }
 

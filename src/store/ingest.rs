@@ -345,22 +345,8 @@ fn scan(
     opts: &AddOptions,
     store_root: &Path,
 ) -> Result<(Vec<ScannedFile>, Vec<Entry>)> {
-    let exclude: HashSet<&str> = opts
-        .exclude
-        .iter()
-        .map(|s| s.trim_end_matches('/'))
-        .collect();
-    let exclude_names: HashSet<&str> = opts.exclude_names.iter().map(String::as_str).collect();
-    let selection = opts.select.as_deref().map(Selection::new);
-    let mut files = Vec::new();
-    let mut others = Vec::new();
-    let mut dirs: BTreeSet<String> = BTreeSet::new();
-    let mut non_empty: HashSet<String> = HashSet::new();
-    // Where the store sits inside `dir`, if it does.
-    let store_rel: Option<PathBuf> = dir
-        .canonicalize()
-        .ok()
-        .and_then(|d| store_root.strip_prefix(d).ok().map(Path::to_path_buf));
+    let filter = Filter::new(dir, opts, store_root);
+    let mut found = Found::default();
     let mut walk = walkdir::WalkDir::new(dir)
         .follow_links(false)
         .min_depth(1)
@@ -379,47 +365,98 @@ fn scan(
             .to_str()
             .ok_or_else(|| Error::bad_input(entry.path(), "file name is not valid UTF-8"))?
             .to_string();
-        let name = entry.file_name().to_str().unwrap_or("");
-        let is_store = store_rel.as_deref() == Some(rel_path);
-        let is_marker = rel == super::MARKER_NAME;
-        let excluded_suffix = !entry.file_type().is_dir()
-            && opts
-                .exclude_suffixes
-                .iter()
-                .any(|s| name.ends_with(s.as_str()));
-        if exclude.contains(rel.as_str())
-            || exclude_names.contains(name)
-            || excluded_suffix
-            || is_store
-            || is_marker
-        {
+        if !filter.keeps(&entry, rel_path, &rel) {
             if entry.file_type().is_dir() {
                 walk.skip_current_dir();
             }
             continue;
         }
+        found.add(&entry, rel_path, rel)?;
+    }
+    Ok(found.into_parts())
+}
+
+/// What `scan` leaves out: exclusions by path, name and suffix, what a selection does not
+/// reach, the store itself and the marker.
+struct Filter<'a> {
+    opts: &'a AddOptions,
+    exclude: HashSet<&'a str>,
+    exclude_names: HashSet<&'a str>,
+    selection: Option<Selection>,
+    /// Where the store sits inside the folder, if it does.
+    store_rel: Option<PathBuf>,
+}
+
+impl<'a> Filter<'a> {
+    fn new(dir: &Path, opts: &'a AddOptions, store_root: &Path) -> Filter<'a> {
+        Filter {
+            opts,
+            exclude: opts
+                .exclude
+                .iter()
+                .map(|s| s.trim_end_matches('/'))
+                .collect(),
+            exclude_names: opts.exclude_names.iter().map(String::as_str).collect(),
+            selection: opts.select.as_deref().map(Selection::new),
+            store_rel: dir
+                .canonicalize()
+                .ok()
+                .and_then(|d| store_root.strip_prefix(d).ok().map(Path::to_path_buf)),
+        }
+    }
+
+    /// Whether the walk takes `entry` (a folder it does not take is not entered).
+    fn keeps(&self, entry: &walkdir::DirEntry, rel_path: &Path, rel: &str) -> bool {
+        let name = entry.file_name().to_str().unwrap_or("");
         let ft = entry.file_type();
-        if let Some(sel) = &selection {
-            let leads_on = ft.is_dir() && sel.ancestors.contains(&rel);
-            if !sel.keeps(rel_path) && !leads_on {
-                if ft.is_dir() {
-                    walk.skip_current_dir();
-                }
-                continue;
-            }
+        let is_store = self.store_rel.as_deref() == Some(rel_path);
+        let is_marker = rel == super::MARKER_NAME;
+        let excluded_suffix = !ft.is_dir()
+            && self
+                .opts
+                .exclude_suffixes
+                .iter()
+                .any(|s| name.ends_with(s.as_str()));
+        if self.exclude.contains(rel)
+            || self.exclude_names.contains(name)
+            || excluded_suffix
+            || is_store
+            || is_marker
+        {
+            return false;
         }
+        match &self.selection {
+            Some(sel) => sel.keeps(rel_path) || (ft.is_dir() && sel.ancestors.contains(rel)),
+            None => true,
+        }
+    }
+}
+
+/// What `scan` found so far.
+#[derive(Default)]
+struct Found {
+    files: Vec<ScannedFile>,
+    others: Vec<Entry>,
+    dirs: BTreeSet<String>,
+    non_empty: HashSet<String>,
+}
+
+impl Found {
+    /// One entry the walk takes: a folder, a file or a symlink; anything else is refused.
+    fn add(&mut self, entry: &walkdir::DirEntry, rel_path: &Path, rel: String) -> Result<()> {
         if let Some(parent) = rel_path.parent().and_then(Path::to_str) {
-            non_empty.insert(parent.to_string());
+            self.non_empty.insert(parent.to_string());
         }
+        let ft = entry.file_type();
         if ft.is_dir() {
-            dirs.insert(rel);
+            self.dirs.insert(rel);
         } else if ft.is_file() {
             let meta = entry.metadata().map_err(|e| Error::Io {
                 op: "stat",
                 path: entry.path().to_path_buf(),
                 source: e.into(),
             })?;
-            files.push(ScannedFile {
+            self.files.push(ScannedFile {
                 rel,
                 abs: entry.path().to_path_buf(),
                 stat: StatKey::of(&meta),
@@ -431,7 +468,7 @@ fn scan(
                 .to_str()
                 .ok_or_else(|| Error::bad_input(entry.path(), "symlink target is not valid UTF-8"))?
                 .to_string();
-            others.push(Entry {
+            self.others.push(Entry {
                 path: rel,
                 node: Node::Symlink { target },
             });
@@ -441,14 +478,19 @@ fn scan(
                 "unsupported file type (socket, fifo or device); exclude it with --exclude",
             ));
         }
+        Ok(())
     }
-    for d in dirs {
-        if !non_empty.contains(&d) {
-            others.push(Entry {
-                path: d,
-                node: Node::Dir,
-            });
+
+    /// The files, and the other entries with the empty folders.
+    fn into_parts(mut self) -> (Vec<ScannedFile>, Vec<Entry>) {
+        for d in self.dirs {
+            if !self.non_empty.contains(&d) {
+                self.others.push(Entry {
+                    path: d,
+                    node: Node::Dir,
+                });
+            }
         }
+        (self.files, self.others)
     }
-    Ok((files, others))
 }

@@ -66,85 +66,35 @@ pub struct LockReport {
 /// Scan `opts.comfy_dir` and return its lockfile (canonical and valid), having stored every
 /// part of it.
 pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)> {
-    check_tag(&opts.tag).map_err(|e| Error::bad_input(&opts.comfy_dir, e))?;
-    let comfy = opts.comfy_dir.canonicalize().ctx("open", &opts.comfy_dir)?;
-    if !comfy.is_dir() {
-        return Err(Error::bad_input(&comfy, "not a directory"));
-    }
-    if !comfy.join("main.py").is_file() {
-        tracing::warn!("{}: no main.py; is this a ComfyUI folder?", comfy.display());
-    }
+    let comfy = comfy_dir(opts)?;
     // Held throughout: gc must not collect what we store before a root names it.
     let _writer = store.lock_shared()?;
     let mut report = LockReport::default();
     let mut lock = Lockfile::new(&opts.tag);
-
     let venv = if opts.no_python {
         None
     } else {
         python::find_venv(&comfy, opts.venv.as_deref())
     };
-    // The venv and any other top-level folder that is a venv stay out of the source tree.
-    let mut excludes = comfyui_excludes();
-    if let Some(rel) = venv
-        .as_ref()
-        .and_then(|v| v.canonicalize().ok())
-        .and_then(|v| v.strip_prefix(&comfy).ok().map(Path::to_path_buf))
-    {
-        if let Some(first) = rel.components().next() {
-            excludes.push(first.as_os_str().to_string_lossy().into_owned());
-        }
-    }
-    excludes.sort();
-    excludes.dedup();
-
-    let (src, tree) = lock_source(store, &comfy, &excludes, "comfyui", &mut report)?;
-    lock.comfyui = ComfyUi {
-        repo: src.as_ref().and_then(|g| g.repo.clone()),
-        commit: src.as_ref().map(|g| g.commit.clone()),
-        dirty: src.as_ref().is_some_and(|g| g.dirty),
-        tree: Some(tree),
-    };
-    if src.is_none() {
-        report
-            .warnings
-            .push("ComfyUI is not a git checkout: locked by its tree only".into());
-    }
-
+    lock.comfyui = lock_comfyui(store, &comfy, venv.as_deref(), &mut report)?;
     let extra_yaml = comfy.join("extra_model_paths.yaml");
     let extra = if extra_yaml.is_file() {
         models::read_extra_paths(&extra_yaml)?
     } else {
         models::ExtraPaths::default()
     };
-
     let mut node_dirs = vec![comfy.join("custom_nodes")];
     node_dirs.extend(extra.custom_nodes.iter().cloned());
     lock.custom_nodes = lock_nodes(store, &node_dirs, &mut report)?;
     report.custom_nodes = lock.custom_nodes.len();
-
-    if let Some(venv) = &venv {
-        let (mut py, base) = python::inspect(venv)?;
-        // What comfystore installed it from: the wheel, URL and sha256 of each package.
-        if let Some(meta) = crate::python::relocate::read_meta_file(venv)? {
-            fill_wheels(&mut py.packages, &meta.packages);
-        }
-        if let Some(pin) = &opts.pin_wheels {
-            pin_index_packages(store, venv, &mut py, pin, &mut report)?;
-        }
-        // Stored path-independent: what names the venv's folder or interpreter is a template.
-        let (tree, add) = crate::python::relocate::ingest(store, venv, &base, None)?;
-        count(&mut report, &add);
-        py.tree = Some(tree);
-        report.packages = py.packages.len();
-        lock.python = Some(py);
-    } else if !opts.no_python {
-        report.warnings.push(
+    match &venv {
+        Some(venv) => lock.python = Some(lock_venv(store, venv, opts, &mut report)?),
+        None if !opts.no_python => report.warnings.push(
             "no venv found (COMFY_DIR/venv, COMFY_DIR/.venv, $VIRTUAL_ENV): python section left out; pass --venv"
                 .into(),
-        );
+        ),
+        None => {}
     }
-
     let models_dir = opts
         .models_dir
         .clone()
@@ -152,7 +102,6 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
     lock.models = lock_models(store, &models_dir, &extra, opts, &mut report)?;
     report.models = lock.models.len();
     report.model_bytes = lock.models.iter().map(|m| m.size).sum();
-
     lock.canonicalize();
     lock.validate().map_err(|e| {
         Error::bad_input(
@@ -161,6 +110,76 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
         )
     })?;
     Ok((lock, report))
+}
+
+/// The ComfyUI folder, checked (and the tag with it).
+fn comfy_dir(opts: &LockOptions) -> Result<PathBuf> {
+    check_tag(&opts.tag).map_err(|e| Error::bad_input(&opts.comfy_dir, e))?;
+    let comfy = opts.comfy_dir.canonicalize().ctx("open", &opts.comfy_dir)?;
+    if !comfy.is_dir() {
+        return Err(Error::bad_input(&comfy, "not a directory"));
+    }
+    if !comfy.join("main.py").is_file() {
+        tracing::warn!("{}: no main.py; is this a ComfyUI folder?", comfy.display());
+    }
+    Ok(comfy)
+}
+
+/// ComfyUI's own source tree; the venv and any other top-level folder that is a venv stay
+/// out of it.
+fn lock_comfyui(
+    store: &Store,
+    comfy: &Path,
+    venv: Option<&Path>,
+    report: &mut LockReport,
+) -> Result<ComfyUi> {
+    let mut excludes = comfyui_excludes();
+    if let Some(rel) = venv
+        .and_then(|v| v.canonicalize().ok())
+        .and_then(|v| v.strip_prefix(comfy).ok().map(Path::to_path_buf))
+    {
+        if let Some(first) = rel.components().next() {
+            excludes.push(first.as_os_str().to_string_lossy().into_owned());
+        }
+    }
+    excludes.sort();
+    excludes.dedup();
+    let (src, tree) = lock_source(store, comfy, &excludes, "comfyui", report)?;
+    if src.is_none() {
+        report
+            .warnings
+            .push("ComfyUI is not a git checkout: locked by its tree only".into());
+    }
+    Ok(ComfyUi {
+        repo: src.as_ref().and_then(|g| g.repo.clone()),
+        commit: src.as_ref().map(|g| g.commit.clone()),
+        dirty: src.as_ref().is_some_and(|g| g.dirty),
+        tree: Some(tree),
+    })
+}
+
+/// The venv's python section, its packages' wheels filled in where known, stored as a
+/// path-independent tree.
+fn lock_venv(
+    store: &Store,
+    venv: &Path,
+    opts: &LockOptions,
+    report: &mut LockReport,
+) -> Result<crate::lockfile::Python> {
+    let (mut py, base) = python::inspect(venv)?;
+    // What comfystore installed it from: the wheel, URL and sha256 of each package.
+    if let Some(meta) = crate::python::relocate::read_meta_file(venv)? {
+        fill_wheels(&mut py.packages, &meta.packages);
+    }
+    if let Some(pin) = &opts.pin_wheels {
+        pin_index_packages(store, venv, &mut py, pin, report)?;
+    }
+    // Stored path-independent: what names the venv's folder or interpreter is a template.
+    let (tree, add) = crate::python::relocate::ingest(store, venv, &base, None)?;
+    count(report, &add);
+    py.tree = Some(tree);
+    report.packages = py.packages.len();
+    Ok(py)
 }
 
 /// Fill in wheel, URL and sha256 of the packages an index installed (no `direct_url.json`),

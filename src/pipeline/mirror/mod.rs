@@ -64,15 +64,46 @@ pub fn write_mirror(
     };
     let _writer = store.lock_shared()?;
     let mut manifest = read_manifest(dir)?;
+    let (files, wheels) = mirror_files(store, lock, dir, opts)?;
+    let by_sha = dir.join("sha256");
+    fs::create_dir_all(&by_sha).ctx("create", &by_sha)?;
+    let bar = store.reporter().start(
+        "mirror",
+        Some(files.len() as u64),
+        crate::report::Unit::Items,
+    );
+    for file in &files {
+        place_file(store, dir, file, &mut manifest, &mut report)?;
+        bar.inc(1);
+    }
+    bar.finish();
+    write_simple_index(dir, &wheels)?;
+    write_bundle(store, lock, dir, &fetch, &mut report)?;
+    write_lock_and_manifest(lock, dir, manifest)?;
+    report.fetch = fetch;
+    Ok(report)
+}
 
-    // Files: models at their paths, wheels flat.
-    let mut files: Vec<(String, ObjectId, Sha256)> = Vec::new();
+/// A file of the mirror: its path there, its object and its SHA-256.
+type MirrorEntry = (String, ObjectId, Sha256);
+
+/// Wheel files with their SHA-256, by project: what the PEP 503 index lists.
+type WheelsByProject = BTreeMap<String, Vec<(String, Sha256)>>;
+
+/// Files: models at their paths, wheels flat (and the wheels by project, for the index).
+fn mirror_files(
+    store: &Store,
+    lock: &Lockfile,
+    dir: &Path,
+    opts: &FetchOptions,
+) -> Result<(Vec<MirrorEntry>, WheelsByProject)> {
+    let mut files: Vec<MirrorEntry> = Vec::new();
     if opts.wants(Part::Models) {
         for m in lock.models.iter().filter(|m| store.has_object(&m.blake3)) {
             files.push((m.path.clone(), m.blake3, m.sha256));
         }
     }
-    let mut wheels: BTreeMap<String, Vec<(String, Sha256)>> = BTreeMap::new();
+    let mut wheels = WheelsByProject::new();
     if opts.wants(Part::Python) {
         for (file, sha, _) in lock.pinned_wheels() {
             if let Some(id) = store.lookup_sha256(&sha)?.filter(|b| store.has_object(b)) {
@@ -88,73 +119,91 @@ pub fn write_mirror(
             }
         }
     }
-    let by_sha = dir.join("sha256");
-    fs::create_dir_all(&by_sha).ctx("create", &by_sha)?;
-    let bar = store.reporter().start(
-        "mirror",
-        Some(files.len() as u64),
-        crate::report::Unit::Items,
-    );
-    for (rel, id, sha) in &files {
-        let dest = dir.join(rel);
-        let src = store
-            .find_object(id, false)
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
-        let size = fs::metadata(&src).ctx("stat", &src)?.len();
-        if fs::metadata(&dest).is_ok_and(|m| m.len() == size)
-            && manifest
-                .files
-                .iter()
-                .any(|f| f.path == *rel && f.blake3 == *id)
-        {
-            report.present += 1;
-        } else {
-            let parent = dest.parent().unwrap_or(dir);
-            fs::create_dir_all(parent).ctx("create", parent)?;
-            let tmp = parent.join(crate::store::unique_name(crate::store::TEMP_PREFIX));
-            place_object(store, id, &tmp, LinkMode::Auto)?;
-            fs::rename(&tmp, &dest).ctx("publish", &dest)?;
-            report.written += 1;
-        }
-        report.bytes += size;
-        // By SHA-256, for HTTP mirrors: `python -m http.server` in DIR, then
-        // `fetch --mirror-url http://host:port/sha256`.
-        let link = by_sha.join(sha.hex());
-        let target = PathBuf::from("..").join(rel);
-        if fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
-            let tmp = dir
-                .join("sha256")
-                .join(crate::store::unique_name(crate::store::TEMP_PREFIX));
-            std::os::unix::fs::symlink(&target, &tmp).ctx("symlink", &tmp)?;
-            fs::rename(&tmp, &link).ctx("publish", &link)?;
-        }
-        manifest.files.retain(|f| f.path != *rel);
-        manifest.files.push(MirrorFile {
-            path: rel.clone(),
-            size,
-            sha256: sha.hex(),
-            blake3: *id,
-        });
-        bar.inc(1);
-    }
-    bar.finish();
-    write_simple_index(dir, &wheels)?;
+    Ok((files, wheels))
+}
 
-    // Trees (source, nodes, environment) with everything they hold, in one verified bundle.
+/// One file into the mirror (unless the manifest says it is there already), with its
+/// `sha256/HEX` link and its manifest entry.
+fn place_file(
+    store: &Store,
+    dir: &Path,
+    (rel, id, sha): &MirrorEntry,
+    manifest: &mut MirrorManifest,
+    report: &mut MirrorReport,
+) -> Result<()> {
+    let dest = dir.join(rel);
+    let src = store
+        .find_object(id, false)
+        .ok_or_else(|| Error::NotFound(id.to_string()))?;
+    let size = fs::metadata(&src).ctx("stat", &src)?.len();
+    if fs::metadata(&dest).is_ok_and(|m| m.len() == size)
+        && manifest
+            .files
+            .iter()
+            .any(|f| f.path == *rel && f.blake3 == *id)
+    {
+        report.present += 1;
+    } else {
+        let parent = dest.parent().unwrap_or(dir);
+        fs::create_dir_all(parent).ctx("create", parent)?;
+        let tmp = parent.join(crate::store::unique_name(crate::store::TEMP_PREFIX));
+        place_object(store, id, &tmp, LinkMode::Auto)?;
+        fs::rename(&tmp, &dest).ctx("publish", &dest)?;
+        report.written += 1;
+    }
+    report.bytes += size;
+    // By SHA-256, for HTTP mirrors: `python -m http.server` in DIR, then
+    // `fetch --mirror-url http://host:port/sha256`.
+    let link = dir.join("sha256").join(sha.hex());
+    let target = PathBuf::from("..").join(rel);
+    if fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+        let tmp = dir
+            .join("sha256")
+            .join(crate::store::unique_name(crate::store::TEMP_PREFIX));
+        std::os::unix::fs::symlink(&target, &tmp).ctx("symlink", &tmp)?;
+        fs::rename(&tmp, &link).ctx("publish", &link)?;
+    }
+    manifest.files.retain(|f| f.path != *rel);
+    manifest.files.push(MirrorFile {
+        path: rel.clone(),
+        size,
+        sha256: sha.hex(),
+        blake3: *id,
+    });
+    Ok(())
+}
+
+/// Trees (source, nodes, environment) with everything they hold, in one verified bundle.
+fn write_bundle(
+    store: &Store,
+    lock: &Lockfile,
+    dir: &Path,
+    fetch: &FetchReport,
+    report: &mut MirrorReport,
+) -> Result<()> {
     let trees: Vec<ObjectId> = lock
         .store_ids()
         .into_iter()
         .chain(fetch.trees.iter().map(|t| t.tree))
         .filter(|id| store.has_tree(id))
         .collect();
-    if !trees.is_empty() {
-        let path = dir.join("bundles").join(format!("{}.bundle", lock.tag));
-        fs::create_dir_all(dir.join("bundles")).ctx("create", &dir.join("bundles"))?;
-        store.export_to_file(&trees, &path)?;
-        report.bundle_bytes = fs::metadata(&path).ctx("stat", &path)?.len();
-        report.bundle = Some(path);
+    if trees.is_empty() {
+        return Ok(());
     }
+    let path = dir.join("bundles").join(format!("{}.bundle", lock.tag));
+    fs::create_dir_all(dir.join("bundles")).ctx("create", &dir.join("bundles"))?;
+    store.export_to_file(&trees, &path)?;
+    report.bundle_bytes = fs::metadata(&path).ctx("stat", &path)?.len();
+    report.bundle = Some(path);
+    Ok(())
+}
 
+/// The lockfile, then the manifest that lists it (written last: it says what is here).
+fn write_lock_and_manifest(
+    lock: &Lockfile,
+    dir: &Path,
+    mut manifest: MirrorManifest,
+) -> Result<()> {
     let lock_path = dir
         .join("lockfiles")
         .join(format!("comfy-{}.lock.json", lock.tag));
@@ -167,9 +216,11 @@ pub fn write_mirror(
     manifest.files.sort();
     let bytes = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::bad_input(dir.join(MANIFEST), e.to_string()))?;
-    crate::store::write_file_atomic(&dir.join(MANIFEST), &bytes, 0o644)?;
-    report.fetch = fetch;
-    Ok(report)
+    Ok(crate::store::write_file_atomic(
+        &dir.join(MANIFEST),
+        &bytes,
+        0o644,
+    )?)
 }
 
 fn read_manifest(dir: &Path) -> Result<MirrorManifest> {
@@ -192,7 +243,7 @@ fn read_manifest(dir: &Path) -> Result<MirrorManifest> {
 }
 
 /// PEP 503 pages for the wheels now in `DIR/wheels` (merged with projects already listed).
-fn write_simple_index(dir: &Path, wheels: &BTreeMap<String, Vec<(String, Sha256)>>) -> Result<()> {
+fn write_simple_index(dir: &Path, wheels: &WheelsByProject) -> Result<()> {
     let simple = dir.join("simple");
     for (project, files) in wheels {
         let pdir = simple.join(project);
