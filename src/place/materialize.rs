@@ -22,15 +22,7 @@ pub fn materialize(
     dest: &Path,
     policy: &LinkPolicy,
 ) -> Result<MaterializeReport> {
-    Placement {
-        tree,
-        manifest: None,
-        dest,
-        policy,
-        marked: true,
-        layout: None,
-    }
-    .apply(store)
+    Placement::new(tree, dest, policy).apply(store)
 }
 
 /// [`materialize`], recording where the lock's other parts went (`layout`) in the marker.
@@ -44,12 +36,9 @@ pub fn materialize_laid_out(
     layout: &Layout,
 ) -> Result<MaterializeReport> {
     Placement {
-        tree,
         manifest: Some(manifest),
-        dest,
-        policy,
-        marked: true,
         layout: Some(layout),
+        ..Placement::new(tree, dest, policy)
     }
     .apply(store)
 }
@@ -64,12 +53,8 @@ pub fn repair_in_place(
     policy: &LinkPolicy,
 ) -> Result<MaterializeReport> {
     Placement {
-        tree,
-        manifest: None,
-        dest,
-        policy,
         marked: false,
-        layout: None,
+        ..Placement::new(tree, dest, policy)
     }
     .apply(store)
 }
@@ -84,11 +69,23 @@ struct Placement<'a> {
     /// DEST is or becomes a materialized directory (a marker and a GC root); false for
     /// `repair_in_place`.
     marked: bool,
-    /// The Layout to record in the marker.
+    /// The Layout to record in the marker (else the previous marker's is kept).
     layout: Option<&'a Layout>,
 }
 
-impl Placement<'_> {
+impl<'a> Placement<'a> {
+    /// A plain materialize: marked, the manifest read from the store, the Layout kept.
+    fn new(tree: &'a ObjectId, dest: &'a Path, policy: &'a LinkPolicy) -> Self {
+        Placement {
+            tree,
+            manifest: None,
+            dest,
+            policy,
+            marked: true,
+            layout: None,
+        }
+    }
+
     fn apply(&self, store: &Store) -> Result<MaterializeReport> {
         let read;
         let manifest = match self.manifest {
