@@ -22,7 +22,8 @@ pub struct PlanInput<'a> {
     pub dest: &'a Path,
     pub store_root: &'a Path,
     pub policy: &'a LinkPolicy,
-    /// DEST as scanned, and each entry of `manifest` as checked there (in entry order).
+    /// DEST as scanned, and each entry of `manifest` as the Checker found it against that
+    /// scan (in entry order).
     pub scan: &'a Scan,
     pub states: &'a [EntryState],
     /// What the previous version drops, when DEST held another tree.
@@ -133,20 +134,28 @@ pub fn dropped(old: &Manifest, new: &Manifest) -> Manifest {
 /// Folders a tree implies: every ancestor of every entry, plus its empty-folder entries;
 /// sorted.
 pub fn tree_dirs(m: &Manifest) -> Vec<&str> {
-    let mut dirs: HashSet<&str> = HashSet::new();
+    let mut dirs: Vec<&str> = Vec::new();
+    let mut prev = "";
     for e in &m.entries {
+        // In a sorted tree the paths under a folder are contiguous, so only the ancestors the
+        // previous entry does not share are new: no set of every ancestor of every entry.
         let mut end = 0;
         while let Some(i) = e.path[end..].find('/') {
-            dirs.insert(&e.path[..end + i]);
+            let dir = &e.path[..end + i];
+            if !prev.starts_with(dir) || prev.as_bytes().get(dir.len()) != Some(&b'/') {
+                dirs.push(dir);
+            }
             end += i + 1;
         }
         if matches!(e.node, Node::Dir) {
-            dirs.insert(&e.path);
+            dirs.push(&e.path);
         }
+        prev = &e.path;
     }
-    let mut v: Vec<&str> = dirs.into_iter().collect();
-    v.sort();
-    v
+    // A folder entry, or an unsorted tree, may repeat a folder.
+    dirs.sort_unstable();
+    dirs.dedup();
+    dirs
 }
 
 /// The folders of `dirs` that `keep` does not list, deepest first.
@@ -202,8 +211,11 @@ fn refuse_conflicts(input: &PlanInput, dirs: &[&str], remove: &[Removal]) -> Res
                 ),
             });
         }
+        // An intact entry is no folder, and a missing one is nothing: only a differing file
+        // or symlink may have a folder in its place.
+        let differs = !matches!(state, EntryState::Ok | EntryState::Missing);
         let leaf = matches!(e.node, Node::File { .. } | Node::Symlink { .. });
-        if leaf && input.scan.get(&e.path).is_some_and(|s| s.is_dir()) {
+        if differs && leaf && input.scan.get(&e.path).is_some_and(|s| s.is_dir()) {
             return Err(Error::bad_input(
                 input.dest.join(&e.path),
                 "is a directory where the tree has a file; refusing to replace it",
@@ -261,4 +273,41 @@ fn by_depth<'a>(dirs: &[&'a str]) -> Vec<Vec<&'a str>> {
         levels.entry(d.matches('/').count()).or_default().push(d);
     }
     levels.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(paths: &[(&str, bool)]) -> Manifest {
+        let mut m = Manifest {
+            entries: paths
+                .iter()
+                .map(|(p, dir)| Entry {
+                    path: p.to_string(),
+                    node: if *dir {
+                        Node::Dir
+                    } else {
+                        Node::Symlink { target: "x".into() }
+                    },
+                })
+                .collect(),
+        };
+        m.sort();
+        m
+    }
+
+    #[test]
+    fn tree_dirs_lists_each_folder_once_in_byte_order() {
+        // `a/b-x` sorts between `a/b` and `a/b/…`: the folder `a/b` is not contiguous.
+        let m = tree(&[
+            ("a/b", true),
+            ("a/b-x/d", false),
+            ("a/b/c/e", false),
+            ("a/b/f", false),
+            ("a/bc/g", false),
+            ("z", true),
+        ]);
+        assert_eq!(tree_dirs(&m), ["a", "a/b", "a/b-x", "a/b/c", "a/bc", "z"]);
+    }
 }
