@@ -7,7 +7,7 @@ use comfystore::comfy::supervisor::{ComfyCommand, Supervisor};
 use comfystore::lockfile::Lockfile;
 use comfystore::pipeline::materialize::{self, LockOptions};
 use comfystore::pipeline::version::VENV_DIR;
-use comfystore::place::Marker;
+use comfystore::place;
 use comfystore::worker::runner::{Worker, WorkerOptions};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -74,9 +74,7 @@ pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
             .with_context(|| format!("materialize {} at {}", lock.tag, a.dest.display()))?;
     }
     let dest = std::path::absolute(&a.dest)?;
-    let layout = Marker::read(&dest)?
-        .and_then(|m| m.layout)
-        .unwrap_or_default();
+    let layout = place::read_marker(&dest)?.layout;
     let venv = layout.venv.clone().unwrap_or_else(|| dest.join(VENV_DIR));
     // Models in a shared folder are named by the generated extra_model_paths.yaml.
     let extra_model_paths = layout

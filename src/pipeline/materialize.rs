@@ -14,9 +14,9 @@ use super::fetch::{fetch_lock, FetchOptions, FetchReport};
 use super::version::{compose, shared_model_path, Parts, MODELS_DIR, VENV_DIR};
 use crate::lockfile::{Lockfile, Part};
 use crate::pipeline::error::{Error, IoContext, Result};
-use crate::place::{self, Layout, LinkMode, LinkPolicy, Marker, MaterializeReport, PrefixRule};
+use crate::place::{self, Layout, LinkMode, LinkPolicy, MaterializeReport, PrefixRule};
 use crate::python::{self, EnvReport, EnvSpec, Interpreter, Resolver};
-use crate::store::{Entry, Manifest, Node, Store};
+use crate::store::{Entry, Manifest, Node, ObjectId, Store};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -103,60 +103,163 @@ pub fn materialize_lock(
     dest: &Path,
     opts: &LockOptions,
 ) -> Result<LockReport> {
-    let dest_abs = std::path::absolute(dest).ctx("resolve", dest)?;
-    let venv_dir = match &opts.venv {
-        Some(v) => std::path::absolute(v).ctx("resolve", v)?,
-        None => dest_abs.join(VENV_DIR),
+    let at = Paths::resolve(dest, opts)?;
+    let timer = Timer {
+        tag: &lock.tag,
+        t0: std::time::Instant::now(),
     };
-    let models_dir = match &opts.models_dir {
-        Some(m) => Some(std::path::absolute(m).ctx("resolve", m)?),
-        None => None,
-    };
-
-    let t0 = std::time::Instant::now();
-    let phase =
-        |what: &str| tracing::debug!("materialize {}: {what} after {:?}", lock.tag, t0.elapsed());
     // 1. Everything into the store first; stop before writing if anything is missing.
-    let fetched = fetch_lock(store, lock, &opts.fetch)?;
-    phase("fetch checked");
-    if !fetched.failed.is_empty() {
-        let lines: Vec<String> = fetched
-            .failed
-            .iter()
-            .map(|(what, why)| format!("{what}: {why}"))
-            .collect();
-        return Err(Error::bad_input(
-            dest,
-            format!(
-                "not written: {} part(s) of lock {} are not in the store and could not be fetched{}:\n  {}",
-                lines.len(),
-                lock.tag,
-                if opts.fetch.http.offline { " (offline)" } else { "" },
-                lines.join("\n  ")
-            ),
-        ));
-    }
-
+    let fetched = fetch(store, lock, dest, opts)?;
+    timer.phase("fetch checked");
     // 2. The environment, found or installed once.
-    let wants_env = opts.fetch.wants(Part::Python) && lock.python.is_some();
-    let (env, base, rendered) = match (&lock.python, wants_env) {
-        (Some(py), true) => {
-            let py = EnvSpec::from(py);
-            let base = python::interpreter::find_for(store, &py, opts.python.as_deref())?;
-            phase("interpreter found");
-            let (env, rendered) = rendered_env(store, &py, &venv_dir, &base, opts.installer)?;
-            phase("environment rendered");
-            (Some(env), Some(base), Some(rendered))
-        }
-        _ => (None, None, None),
-    };
-
+    let env = environment(store, lock, &at, opts, &timer)?;
     // 3. The version at DEST.
+    let (version, layout) = compose_version(store, lock, dest, &at, env.as_ref(), opts)?;
+    timer.phase("version composed");
+    let (report, old_venv) = place_version(store, &version, dest, &at, &layout, opts)?;
+    timer.phase("version placed");
+    let venv = place_outside_env(store, &at, env.as_ref(), old_venv, opts)?;
+    // 4. Shared models: added where missing or damaged, never removed (other versions use
+    //    the same folder).
+    let models = match &at.models_dir {
+        Some(dir) if opts.fetch.wants(Part::Models) => {
+            Some(place_shared_models(store, lock, dir, opts.models_link)?)
+        }
+        _ => None,
+    };
+    let (env, python) = match env {
+        Some(e) => (Some(e.report), Some(e.base.executable)),
+        None => (None, None),
+    };
+    Ok(LockReport {
+        lock: lock.tag.clone(),
+        version: report,
+        fetched,
+        env,
+        python,
+        venv,
+        models,
+    })
+}
+
+/// Where a lock's parts go, as absolute paths.
+struct Paths {
+    dest: PathBuf,
+    /// DEST/venv, or `--venv`.
+    venv_dir: PathBuf,
+    models_dir: Option<PathBuf>,
+}
+
+impl Paths {
+    fn resolve(dest: &Path, opts: &LockOptions) -> Result<Paths> {
+        let dest_abs = std::path::absolute(dest).ctx("resolve", dest)?;
+        let venv_dir = match &opts.venv {
+            Some(v) => std::path::absolute(v).ctx("resolve", v)?,
+            None => dest_abs.join(VENV_DIR),
+        };
+        let models_dir = match &opts.models_dir {
+            Some(m) => Some(std::path::absolute(m).ctx("resolve", m)?),
+            None => None,
+        };
+        Ok(Paths {
+            dest: dest_abs,
+            venv_dir,
+            models_dir,
+        })
+    }
+}
+
+/// Debug-logs how long each phase took.
+struct Timer<'a> {
+    tag: &'a str,
+    t0: std::time::Instant,
+}
+
+impl Timer<'_> {
+    fn phase(&self, what: &str) {
+        tracing::debug!(
+            "materialize {}: {what} after {:?}",
+            self.tag,
+            self.t0.elapsed()
+        );
+    }
+}
+
+/// The environment of a version: how it was found or built, the interpreter it runs on, and
+/// its tree rendered for where it goes.
+struct Env {
+    report: EnvReport,
+    base: Interpreter,
+    rendered: Manifest,
+}
+
+/// 1. Fetch what the store lacks; any part that cannot be had stops everything, before DEST
+///    is touched.
+fn fetch(store: &Store, lock: &Lockfile, dest: &Path, opts: &LockOptions) -> Result<FetchReport> {
+    let fetched = fetch_lock(store, lock, &opts.fetch)?;
+    if fetched.failed.is_empty() {
+        return Ok(fetched);
+    }
+    let lines: Vec<String> = fetched
+        .failed
+        .iter()
+        .map(|(what, why)| format!("{what}: {why}"))
+        .collect();
+    Err(Error::bad_input(
+        dest,
+        format!(
+            "not written: {} part(s) of lock {} are not in the store and could not be fetched{}:\n  {}",
+            lines.len(),
+            lock.tag,
+            if opts.fetch.http.offline { " (offline)" } else { "" },
+            lines.join("\n  ")
+        ),
+    ))
+}
+
+/// 2. The environment (if the lock has one and it is wanted): the interpreter, the stored
+///    environment (installed once if the store lacks it), rendered for its folder.
+fn environment(
+    store: &Store,
+    lock: &Lockfile,
+    at: &Paths,
+    opts: &LockOptions,
+    timer: &Timer,
+) -> Result<Option<Env>> {
+    let Some(py) = lock
+        .python
+        .as_ref()
+        .filter(|_| opts.fetch.wants(Part::Python))
+    else {
+        return Ok(None);
+    };
+    let py = EnvSpec::from(py);
+    let base = python::interpreter::find_for(store, &py, opts.python.as_deref())?;
+    timer.phase("interpreter found");
+    let (report, rendered) = rendered_env(store, &py, &at.venv_dir, &base, opts.installer)?;
+    timer.phase("environment rendered");
+    Ok(Some(Env {
+        report,
+        base,
+        rendered,
+    }))
+}
+
+/// 3a. The version tree (ComfyUI, nodes, the environment unless it goes elsewhere, models
+///     unless shared), stored, and the Layout its marker records.
+fn compose_version(
+    store: &Store,
+    lock: &Lockfile,
+    dest: &Path,
+    at: &Paths,
+    env: Option<&Env>,
+    opts: &LockOptions,
+) -> Result<(Stored, Layout)> {
     let elsewhere = opts.venv.is_some();
     let parts = Parts {
-        env: if elsewhere { None } else { rendered.clone() },
+        env: env.filter(|_| !elsewhere).map(|e| e.rendered.clone()),
         env_elsewhere: elsewhere,
-        models_dir: models_dir.clone(),
+        models_dir: at.models_dir.clone(),
     };
     let version = compose(store, lock, |p| opts.fetch.wants(p), &parts)?;
     if !version.missing.is_empty() {
@@ -169,35 +272,71 @@ pub fn materialize_lock(
         ));
     }
     let layout = Layout {
-        venv: opts.venv.as_ref().map(|_| venv_dir.clone()),
-        models_dir: models_dir.clone(),
-        python: base.as_ref().map(|b| b.executable.clone()),
-        env: env.as_ref().map(|e| e.tree),
+        venv: opts.venv.as_ref().map(|_| at.venv_dir.clone()),
+        models_dir: at.models_dir.clone(),
+        python: env.map(|e| e.base.executable.clone()),
+        env: env.map(|e| e.report.tree),
     };
     let (tree, _) = store.put_tree(&version.manifest)?;
-    phase("version composed");
-    // An environment the previous version placed outside DEST, somewhere else than now.
-    let old_venv = Marker::read(&dest_abs)
+    let stored = Stored {
+        tree,
+        manifest: version.manifest,
+    };
+    Ok((stored, layout))
+}
+
+/// A version tree as stored.
+struct Stored {
+    tree: ObjectId,
+    manifest: Manifest,
+}
+
+/// 3b. Place the version at DEST, switching it in place from the one it held. Returns the
+///     report and where the previous version placed its environment, if outside DEST and
+///     somewhere else than now.
+fn place_version(
+    store: &Store,
+    version: &Stored,
+    dest: &Path,
+    at: &Paths,
+    layout: &Layout,
+    opts: &LockOptions,
+) -> Result<(MaterializeReport, Option<PathBuf>)> {
+    let old_venv = place::read_marker(&at.dest)
         .ok()
-        .flatten()
-        .and_then(|m| m.layout.and_then(|l| l.venv))
+        .and_then(|m| m.layout.venv)
         .filter(|old| layout.venv.as_ref() != Some(old));
     let report = place::materialize_laid_out(
         store,
-        &tree,
+        &version.tree,
         &version.manifest,
         dest,
         &opts.policy(),
-        &layout,
+        layout,
     )?;
-    phase("version placed");
+    Ok((report, old_venv))
+}
 
-    // The environment outside DEST is a materialized folder of its own.
-    let venv = match (elsewhere, &rendered) {
-        (true, Some(env)) => Some(place_env(store, env, &venv_dir, opts.venv_link)?),
-        _ => None,
+/// 3c. The environment outside DEST (`--venv`) is a materialized folder of its own; the one
+///     the previous version placed elsewhere is removed.
+fn place_outside_env(
+    store: &Store,
+    at: &Paths,
+    env: Option<&Env>,
+    old_venv: Option<PathBuf>,
+    opts: &LockOptions,
+) -> Result<Option<MaterializeReport>> {
+    let venv = match env.filter(|_| opts.venv.is_some()) {
+        Some(env) => Some(place_env(
+            store,
+            &env.rendered,
+            &at.venv_dir,
+            opts.venv_link,
+        )?),
+        None => None,
     };
-    if let Some(old) = old_venv.filter(|o| Marker::read(o).is_ok_and(|m| m.is_some())) {
+    let old_venv = old_venv.filter(|o| place::read_marker(o).is_ok_and(|m| m.marker.is_some()));
+    if let Some(old) = old_venv {
         let r = place::remove(store, &old, false)?;
         tracing::info!(
             "removed the previous environment at {} ({} entries; {} kept)",
@@ -206,35 +345,25 @@ pub fn materialize_lock(
             r.kept.len()
         );
     }
+    Ok(venv)
+}
 
-    // 4. Shared models: added where missing or damaged, never removed (other versions use
-    //    the same folder).
-    let models = match &models_dir {
-        Some(dir) if opts.fetch.wants(Part::Models) => {
-            let manifest = shared_models(lock);
-            let (tree, _) = store.put_tree(&manifest)?;
-            std::fs::create_dir_all(dir).ctx("create", dir)?;
-            Some(place::repair_in_place(
-                store,
-                &tree,
-                dir,
-                &LinkPolicy {
-                    default: opts.models_link,
-                    rules: Vec::new(),
-                },
-            )?)
-        }
-        _ => None,
-    };
-    Ok(LockReport {
-        lock: lock.tag.clone(),
-        version: report,
-        fetched,
-        env,
-        python: base.map(|b| b.executable),
-        venv,
-        models,
-    })
+/// 4. The lock's models under `models/` in the shared folder, repaired in place: added where
+///    missing or damaged, nothing removed.
+fn place_shared_models(
+    store: &Store,
+    lock: &Lockfile,
+    dir: &Path,
+    mode: LinkMode,
+) -> Result<MaterializeReport> {
+    let (tree, _) = store.put_tree(&shared_models(lock))?;
+    std::fs::create_dir_all(dir).ctx("create", dir)?;
+    Ok(place::repair_in_place(
+        store,
+        &tree,
+        dir,
+        &LinkPolicy::only(mode),
+    )?)
 }
 
 /// Materialize an environment tree (already rendered for `dir`) at `dir`.
@@ -244,15 +373,7 @@ pub fn place_env(
     dir: &Path,
     mode: LinkMode,
 ) -> Result<MaterializeReport> {
-    place_env_with(
-        store,
-        env,
-        dir,
-        &LinkPolicy {
-            default: mode,
-            rules: Vec::new(),
-        },
-    )
+    place_env_with(store, env, dir, &LinkPolicy::only(mode))
 }
 
 /// [`place_env`] with a whole link policy (a repair keeps the one the folder was made with).

@@ -8,14 +8,14 @@
 
 use super::fetch::{fetch_lock, FetchOptions, FetchReport};
 use super::materialize::place_env_with;
-use super::version::{compose, Parts, VENV_DIR};
+use super::version::{compose, Parts, Version, VENV_DIR};
 use crate::lockfile::{Lockfile, Part};
 use crate::pipeline::error::Result;
 use crate::place::{
-    self, status_against, Layout, LinkMode, LinkPolicy, Marker, MaterializeReport, PrefixRule,
+    self, status_against, Layout, LinkMode, LinkPolicy, Marked, MaterializeReport, PrefixRule,
     StatusReport,
 };
-use crate::store::Store;
+use crate::store::{Manifest, Store};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -67,63 +67,21 @@ pub fn verify(
     dest: &Path,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
-    let wants = |p: Part| opts.fetch.wants(p);
     let dest_abs = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
-    let marker = Marker::read(&dest_abs)?;
-    let layout = marker
-        .as_ref()
-        .and_then(|m| m.layout.clone())
-        .unwrap_or_default();
-    let parts = parts_for(store, lock, &dest_abs, &layout, wants(Part::Python));
-    let version = compose(store, lock, wants, &parts)?;
+    let Marked { marker, layout } = place::read_marker(&dest_abs)?;
+    let v = Verifier {
+        store,
+        lock,
+        dest,
+        dest_abs,
+        layout,
+        opts,
+    };
+    // 1. Check DEST, and an environment placed outside it, against the lock's version.
+    let version = v.compose()?;
     let mut found = status_against(store, dest, &version.manifest, opts.full)?;
-    // An environment placed with `--venv DIR` is checked where it is.
-    let outside = match (&layout.venv, wants(Part::Python) && lock.python.is_some()) {
-        (Some(dir), true) => Some((dir.clone(), env_for(store, lock, dir, &layout))),
-        _ => None,
-    };
-    let mut outside_broken = false;
-    if let Some((dir, env)) = &outside {
-        match env {
-            Some(env) => {
-                let r = status_against(store, dir, env, opts.full)?;
-                outside_broken = !r.is_clean();
-                merge(&mut found, r, dir);
-            }
-            None => outside_broken = true,
-        }
-    }
-    // Repos' own `.git` folders and byte-code caches are expected beside a version.
-    found
-        .extra
-        .retain(|p| !crate::store::is_cache_path(p) && !p.split('/').any(|c| c == ".git"));
-    let extra_models: Vec<String> = if wants(Part::Models) {
-        found
-            .extra
-            .iter()
-            .filter(|p| {
-                p.starts_with("models/") && !p.split('/').any(crate::pipeline::lock::not_a_model)
-            })
-            .cloned()
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut report = VerifyReport {
-        state: VerifyState::Clean,
-        lock: lock.tag.clone(),
-        dest: dest.to_path_buf(),
-        extra_models,
-        unchecked: version.missing.clone(),
-        found,
-        fetched: None,
-        repaired: None,
-        after: None,
-    };
-    let broken = |r: &StatusReport, unchecked: &[String]| !r.is_clean() || !unchecked.is_empty();
-    if let Some((dir, None)) = &outside {
-        report.unchecked.push(format!("python ({})", dir.display()));
-    }
+    let outside = v.check_outside(&mut found)?;
+    let mut report = v.report(found, &version, outside.as_ref());
     if !broken(&report.found, &report.unchecked) {
         return Ok(report);
     }
@@ -131,42 +89,10 @@ pub fn verify(
         report.state = VerifyState::Broken;
         return Ok(report);
     }
-    // The store must hold every tree and every object the repair writes.
-    let needs_fetch = !version.missing.is_empty()
-        || version
-            .manifest
-            .objects()
-            .iter()
-            .any(|(id, _, _)| !store.has_object(id));
-    let version = if needs_fetch {
-        report.fetched = Some(fetch_lock(store, lock, &opts.fetch)?);
-        let parts = parts_for(store, lock, &dest_abs, &layout, wants(Part::Python));
-        compose(store, lock, wants, &parts)?
-    } else {
-        version
-    };
-    // Only write what the store can supply; what it cannot stays reported as broken.
-    let mut placeable = version.manifest.clone();
-    placeable.entries.retain(|e| match &e.node {
-        crate::store::Node::File { id, .. } => store.has_object(id),
-        _ => true,
-    });
-    let (tree, _) = store.put_tree(&placeable)?;
-    report.repaired = Some(match marker {
-        Some(m) => place::materialize(store, &tree, dest, &m.policy)?,
-        None => place::repair_in_place(store, &tree, dest, &default_policy())?,
-    });
-    let mut after = status_against(store, dest, &version.manifest, false)?;
-    if let Some((dir, Some(env))) = &outside {
-        if outside_broken {
-            let policy = Marker::read(dir)?.map(|m| m.policy).unwrap_or(LinkPolicy {
-                default: LinkMode::Auto,
-                rules: Vec::new(),
-            });
-            place_env_with(store, env, dir, &policy)?;
-        }
-        merge(&mut after, status_against(store, dir, env, false)?, dir);
-    }
+    // 2. Fetch what the store lacks, restore what is missing or corrupt, check again.
+    let version = v.fetch_if_needed(version, &mut report)?;
+    report.repaired = Some(v.restore(&version, marker.map(|m| m.policy))?);
+    let after = v.check_again(&version, outside.as_ref())?;
     report.state = if broken(&after, &version.missing) {
         VerifyState::Broken
     } else {
@@ -175,6 +101,166 @@ pub fn verify(
     report.unchecked = version.missing;
     report.after = Some(after);
     Ok(report)
+}
+
+/// Whether a check found anything wrong, or could not check everything.
+fn broken(r: &StatusReport, unchecked: &[String]) -> bool {
+    !r.is_clean() || !unchecked.is_empty()
+}
+
+/// One `verify` of DEST against a lock, laid out as DEST's marker says (else the default).
+struct Verifier<'a> {
+    store: &'a Store,
+    lock: &'a Lockfile,
+    dest: &'a Path,
+    dest_abs: PathBuf,
+    layout: Layout,
+    opts: &'a VerifyOptions,
+}
+
+/// An environment placed with `--venv DIR`, checked where it is.
+struct Outside {
+    dir: PathBuf,
+    /// What it should hold; `None` when the store or the machine cannot supply it.
+    env: Option<Manifest>,
+    /// It was found incomplete or damaged (or could not be checked).
+    broken: bool,
+}
+
+impl Verifier<'_> {
+    fn wants(&self, p: Part) -> bool {
+        self.opts.fetch.wants(p)
+    }
+
+    /// The lock's version tree as DEST was laid out.
+    fn compose(&self) -> Result<Version> {
+        let parts = parts_for(
+            self.store,
+            self.lock,
+            &self.dest_abs,
+            &self.layout,
+            self.wants(Part::Python),
+        );
+        compose(self.store, self.lock, |p| self.wants(p), &parts)
+    }
+
+    /// 1b. The environment placed outside DEST, if any: checked, and folded into `found`.
+    fn check_outside(&self, found: &mut StatusReport) -> Result<Option<Outside>> {
+        let wanted = self.wants(Part::Python) && self.lock.python.is_some();
+        let Some(dir) = self.layout.venv.clone().filter(|_| wanted) else {
+            return Ok(None);
+        };
+        let env = env_for(self.store, self.lock, &dir, &self.layout);
+        let broken = match &env {
+            Some(env) => {
+                let r = status_against(self.store, &dir, env, self.opts.full)?;
+                let broken = !r.is_clean();
+                merge(found, r, &dir);
+                broken
+            }
+            None => true,
+        };
+        Ok(Some(Outside { dir, env, broken }))
+    }
+
+    /// 1c. The report of the check: user files that belong beside a version left out of
+    ///     `extra`, models the lock does not list picked out.
+    fn report(
+        &self,
+        mut found: StatusReport,
+        version: &Version,
+        outside: Option<&Outside>,
+    ) -> VerifyReport {
+        // Repos' own `.git` folders and byte-code caches are expected beside a version.
+        found
+            .extra
+            .retain(|p| !crate::store::is_cache_path(p) && !p.split('/').any(|c| c == ".git"));
+        let extra_models: Vec<String> = if self.wants(Part::Models) {
+            found
+                .extra
+                .iter()
+                .filter(|p| {
+                    p.starts_with("models/")
+                        && !p.split('/').any(crate::pipeline::lock::not_a_model)
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut unchecked = version.missing.clone();
+        if let Some(Outside { dir, env: None, .. }) = outside {
+            unchecked.push(format!("python ({})", dir.display()));
+        }
+        VerifyReport {
+            state: VerifyState::Clean,
+            lock: self.lock.tag.clone(),
+            dest: self.dest.to_path_buf(),
+            extra_models,
+            unchecked,
+            found,
+            fetched: None,
+            repaired: None,
+            after: None,
+        }
+    }
+
+    /// 2a. The store must hold every tree and every object the repair writes: fetch (and
+    ///     compose again) if it does not.
+    fn fetch_if_needed(&self, version: Version, report: &mut VerifyReport) -> Result<Version> {
+        let needs_fetch = !version.missing.is_empty()
+            || version
+                .manifest
+                .objects()
+                .iter()
+                .any(|(id, _, _)| !self.store.has_object(id));
+        if !needs_fetch {
+            return Ok(version);
+        }
+        report.fetched = Some(fetch_lock(self.store, self.lock, &self.opts.fetch)?);
+        self.compose()
+    }
+
+    /// 2b. Write what the store can supply (what it cannot stays reported as broken): a
+    ///     materialized DEST is switched or repaired with its own policy, any other folder
+    ///     is repaired in place.
+    fn restore(&self, version: &Version, policy: Option<LinkPolicy>) -> Result<MaterializeReport> {
+        let mut placeable = version.manifest.clone();
+        placeable.entries.retain(|e| match &e.node {
+            crate::store::Node::File { id, .. } => self.store.has_object(id),
+            _ => true,
+        });
+        let (tree, _) = self.store.put_tree(&placeable)?;
+        Ok(match policy {
+            Some(policy) => place::materialize(self.store, &tree, self.dest, &policy),
+            None => place::repair_in_place(self.store, &tree, self.dest, &default_policy()),
+        }?)
+    }
+
+    /// 2c. The check after the fix; an environment outside DEST that was broken is placed
+    ///     again first, with the policy it was made with.
+    fn check_again(&self, version: &Version, outside: Option<&Outside>) -> Result<StatusReport> {
+        let mut after = status_against(self.store, self.dest, &version.manifest, false)?;
+        if let Some(Outside {
+            dir,
+            env: Some(env),
+            broken,
+        }) = outside
+        {
+            if *broken {
+                let policy = place::read_marker(dir)?
+                    .marker
+                    .map_or_else(|| LinkPolicy::only(LinkMode::Auto), |m| m.policy);
+                place_env_with(self.store, env, dir, &policy)?;
+            }
+            merge(
+                &mut after,
+                status_against(self.store, dir, env, false)?,
+                dir,
+            );
+        }
+        Ok(after)
+    }
 }
 
 /// The parts of the version at DEST as it was laid out: the environment rendered for
@@ -202,15 +288,10 @@ fn parts_for(
 /// The environment as it should be at `dir`: the stored tree the marker names (else the one
 /// for the lock's wheels), rendered for the interpreter the marker names (else one that fits).
 /// `None`, with a warning, when the store or the machine cannot supply it.
-fn env_for(
-    store: &Store,
-    lock: &Lockfile,
-    dir: &Path,
-    layout: &Layout,
-) -> Option<crate::store::Manifest> {
+fn env_for(store: &Store, lock: &Lockfile, dir: &Path, layout: &Layout) -> Option<Manifest> {
     let py = crate::python::EnvSpec::from(lock.python.as_ref()?);
     let py = &py;
-    let env = (|| -> Result<Option<crate::store::Manifest>> {
+    let env = (|| -> Result<Option<Manifest>> {
         let placed = layout.env.filter(|t| store.has_tree(t));
         let Some(tree) =
             placed.map_or_else(|| crate::python::find_env(store, py), |t| Ok(Some(t)))?

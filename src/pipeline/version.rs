@@ -82,21 +82,65 @@ pub fn compose(
     wants: impl Fn(Part) -> bool,
     parts: &Parts,
 ) -> Result<Version> {
-    let mut entries: BTreeMap<String, Node> = BTreeMap::new();
-    let mut missing = Vec::new();
-    let mut put = |path: String, node: Node, owner: &str| -> Result<()> {
-        match entries.insert(path.clone(), node) {
-            // Two parts may imply the same folder; anything else is a clash.
+    let mut c = Composer {
+        lock,
+        entries: BTreeMap::new(),
+        missing: Vec::new(),
+    };
+    let trees = if wants(Part::Nodes) {
+        c.put_nodes(store)?
+    } else {
+        Vec::new()
+    };
+    if wants(Part::Python) && lock.python.is_some() && !parts.env_elsewhere {
+        c.put_env(parts.env.as_ref())?;
+    }
+    c.put_trees(store, trees)?;
+    if wants(Part::Models) {
+        c.put_models(parts)?;
+        if let Some(dir) = &parts.models_dir {
+            c.put_extra_model_paths(store, dir)?;
+        }
+    }
+    c.finish()
+}
+
+/// A part whose tree goes in at `base` ("" for the top): ComfyUI or a custom node.
+struct TreePart {
+    base: String,
+    tree: Option<ObjectId>,
+    label: String,
+}
+
+/// A version tree being built: its entries by path, and the parts the store lacks.
+struct Composer<'a> {
+    lock: &'a Lockfile,
+    entries: BTreeMap<String, Node>,
+    missing: Vec<String>,
+}
+
+impl Composer<'_> {
+    /// Add one entry for `owner`. Two parts may imply the same folder; anything else placed
+    /// twice is a clash.
+    fn put(&mut self, path: String, node: Node, owner: &str) -> Result<()> {
+        match self.entries.insert(path.clone(), node) {
             Some(Node::Dir) | None => Ok(()),
             Some(_) => Err(Error::bad_input(
-                format!("lock {}", lock.tag),
+                format!("lock {}", self.lock.tag),
                 format!("{owner}: {path:?} is placed twice"),
             )),
         }
-    };
-    let mut trees: Vec<(String, Option<ObjectId>, String)> = Vec::new();
-    if wants(Part::Nodes) {
-        trees.push((String::new(), lock.comfyui.tree, "comfyui".into()));
+    }
+
+    /// ComfyUI and the custom nodes: single-file nodes go in now; the trees (ComfyUI's
+    /// first) are returned to go in after the environment.
+    fn put_nodes(&mut self, store: &Store) -> Result<Vec<TreePart>> {
+        let lock = self.lock;
+        let mut trees = vec![TreePart {
+            base: String::new(),
+            tree: lock.comfyui.tree,
+            label: "comfyui".into(),
+        }];
         for n in &lock.custom_nodes {
             let base = if n.disabled {
                 format!("custom_nodes/{DISABLED_DIR}/{}", n.name)
@@ -104,57 +148,70 @@ pub fn compose(
                 format!("custom_nodes/{}", n.name)
             };
             let label = format!("custom_nodes/{}", n.name);
-            match n.file {
-                Some(id) => match store.find_object(&id, false) {
-                    Some(p) => {
-                        let size = std::fs::metadata(&p).ctx("stat", &p)?.len();
-                        put(
-                            base,
-                            Node::File {
-                                exec: false,
-                                size,
-                                id,
-                            },
-                            &label,
-                        )?;
-                    }
-                    None => missing.push(label),
-                },
-                None => trees.push((base, n.tree, label)),
-            }
-        }
-    }
-    if wants(Part::Python) && lock.python.is_some() && !parts.env_elsewhere {
-        match &parts.env {
-            Some(env) => {
-                put(VENV_DIR.into(), Node::Dir, "python")?;
-                for e in &env.entries {
-                    put(format!("{VENV_DIR}/{}", e.path), e.node.clone(), "python")?;
-                }
-            }
-            None => missing.push("python".into()),
-        }
-    }
-    for (base, tree, label) in trees {
-        let Some(id) = tree.filter(|t| store.has_tree(t)) else {
-            missing.push(label);
-            continue;
-        };
-        if !base.is_empty() {
-            put(base.clone(), Node::Dir, &label)?;
-        }
-        for e in store.read_tree(&id)?.entries {
-            let path = if base.is_empty() {
-                e.path
-            } else {
-                format!("{base}/{}", e.path)
+            let Some(id) = n.file else {
+                trees.push(TreePart {
+                    base,
+                    tree: n.tree,
+                    label,
+                });
+                continue;
             };
-            put(path, e.node, &label)?;
+            match store.find_object(&id, false) {
+                Some(p) => {
+                    let size = std::fs::metadata(&p).ctx("stat", &p)?.len();
+                    let node = Node::File {
+                        exec: false,
+                        size,
+                        id,
+                    };
+                    self.put(base, node, &label)?;
+                }
+                None => self.missing.push(label),
+            }
         }
+        Ok(trees)
     }
-    // Models need no store object to be checked (a file is vouched for by its hash), only to
-    // be placed; callers that place check `has_object`.
-    if wants(Part::Models) {
+
+    /// The environment at `venv/` (`None`: the store cannot supply it).
+    fn put_env(&mut self, env: Option<&Manifest>) -> Result<()> {
+        let Some(env) = env else {
+            self.missing.push("python".into());
+            return Ok(());
+        };
+        self.put(VENV_DIR.into(), Node::Dir, "python")?;
+        for e in &env.entries {
+            self.put(format!("{VENV_DIR}/{}", e.path), e.node.clone(), "python")?;
+        }
+        Ok(())
+    }
+
+    /// Each tree's entries under its base; a tree the store lacks is missing.
+    fn put_trees(&mut self, store: &Store, trees: Vec<TreePart>) -> Result<()> {
+        for TreePart { base, tree, label } in trees {
+            let Some(id) = tree.filter(|t| store.has_tree(t)) else {
+                self.missing.push(label);
+                continue;
+            };
+            if !base.is_empty() {
+                self.put(base.clone(), Node::Dir, &label)?;
+            }
+            for e in store.read_tree(&id)?.entries {
+                let path = if base.is_empty() {
+                    e.path
+                } else {
+                    format!("{base}/{}", e.path)
+                };
+                self.put(path, e.node, &label)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each model at its lock path, except those a shared models folder holds. Models need
+    /// no store object to be checked (a file is vouched for by its hash), only to be placed;
+    /// callers that place check `has_object`.
+    fn put_models(&mut self, parts: &Parts) -> Result<()> {
+        let lock = self.lock;
         for m in lock
             .models
             .iter()
@@ -165,36 +222,46 @@ pub fn compose(
                 size: m.size,
                 id: m.blake3,
             };
-            put(m.path.clone(), node, &m.path)?;
+            self.put(m.path.clone(), node, &m.path)?;
         }
+        Ok(())
     }
-    if wants(Part::Models) {
-        if let Some(dir) = &parts.models_dir {
-            let yaml = extra_model_paths(lock, dir);
-            let put_yaml = store.put_bytes(yaml.as_bytes(), false, false)?;
-            // Ours wins over one the ComfyUI tree carries: it is what makes the models found.
-            entries.insert(
-                EXTRA_MODEL_PATHS.into(),
-                Node::File {
-                    exec: false,
-                    size: put_yaml.digests.size,
-                    id: put_yaml.digests.b3,
-                },
-            );
-        }
+
+    /// The `extra_model_paths.yaml` that points ComfyUI at the shared models folder `dir`.
+    /// Ours wins over one the ComfyUI tree carries: it is what makes the models found.
+    fn put_extra_model_paths(&mut self, store: &Store, dir: &Path) -> Result<()> {
+        let yaml = extra_model_paths(self.lock, dir);
+        let put_yaml = store.put_bytes(yaml.as_bytes(), false, false)?;
+        self.entries.insert(
+            EXTRA_MODEL_PATHS.into(),
+            Node::File {
+                exec: false,
+                size: put_yaml.digests.size,
+                id: put_yaml.digests.b3,
+            },
+        );
+        Ok(())
     }
-    let mut manifest = Manifest {
-        entries: entries
-            .into_iter()
-            .map(|(path, node)| Entry { path, node })
-            .collect(),
-    };
-    manifest.sort();
-    manifest.validate().map_err(|e| {
-        Error::bad_input(
-            format!("lock {}", lock.tag),
-            format!("its parts do not fit together: {e}"),
-        )
-    })?;
-    Ok(Version { manifest, missing })
+
+    /// The sorted, validated tree.
+    fn finish(self) -> Result<Version> {
+        let mut manifest = Manifest {
+            entries: self
+                .entries
+                .into_iter()
+                .map(|(path, node)| Entry { path, node })
+                .collect(),
+        };
+        manifest.sort();
+        manifest.validate().map_err(|e| {
+            Error::bad_input(
+                format!("lock {}", self.lock.tag),
+                format!("its parts do not fit together: {e}"),
+            )
+        })?;
+        Ok(Version {
+            manifest,
+            missing: self.missing,
+        })
+    }
 }

@@ -116,14 +116,19 @@ impl Default for LinkPolicy {
     /// Reflink else copy: source trees are edited by users and custom nodes, and an edit must
     /// never reach the store.
     fn default() -> Self {
-        LinkPolicy {
-            default: LinkMode::Reflink,
-            rules: Vec::new(),
-        }
+        LinkPolicy::only(LinkMode::Reflink)
     }
 }
 
 impl LinkPolicy {
+    /// One mode for every path.
+    pub fn only(mode: LinkMode) -> LinkPolicy {
+        LinkPolicy {
+            default: mode,
+            rules: Vec::new(),
+        }
+    }
+
     /// Parse `PREFIX=MODE` (e.g. `venv=hardlink`, `models/checkpoints=symlink`).
     pub fn parse_rule(s: &str) -> std::result::Result<PrefixRule, String> {
         let (prefix, mode) = s

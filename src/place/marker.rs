@@ -46,7 +46,7 @@ impl Marker {
     }
 
     /// Read DEST's marker; `Ok(None)` if there is none.
-    pub fn read(dest: &Path) -> Result<Option<Marker>> {
+    fn read(dest: &Path) -> Result<Option<Marker>> {
         let path = dest.join(MARKER_NAME);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -78,6 +78,26 @@ impl Marker {
         body.push(b'\n');
         Ok(crate::store::write_file_atomic(&path, &body, 0o644)?)
     }
+}
+
+/// DEST as its marker describes it.
+#[derive(Clone, Debug, Default)]
+pub struct Marked {
+    /// `None`: DEST is not a materialized directory (no marker).
+    pub marker: Option<Marker>,
+    /// Where the version's parts went: what the marker records, else the default (all in DEST).
+    pub layout: Layout,
+}
+
+/// Read DEST's marker and its Layout. The one reader: the engine, the pipelines and the CLI
+/// all ask here, so they agree on whether DEST was materialized and how it was laid out.
+pub fn read_marker(dest: &Path) -> Result<Marked> {
+    let marker = Marker::read(dest)?;
+    let layout = marker
+        .as_ref()
+        .and_then(|m| m.layout.clone())
+        .unwrap_or_default();
+    Ok(Marked { marker, layout })
 }
 
 /// Where a lock's parts go besides DEST. Recorded in the marker, so `verify` and `remove`

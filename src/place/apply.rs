@@ -1,0 +1,279 @@
+//! The executor: carry out a [`Plan`] in DEST. The marker says "incomplete" before the first
+//! change and "complete" after the last, once the placed bytes are durable; each file goes in
+//! with the link mode its policy prefix names, falling back where the filesystems refuse.
+
+use super::check::commit_cache;
+use super::link::{self, LinkMode, LinkPolicy, Method};
+use super::marker::Marker;
+use super::plan::{MarkerPlan, Plan, Write};
+use super::remove::{remove_empty_dirs, remove_entries};
+use crate::place::error::{Error, IoContext, Result};
+use crate::store::{Entry, Node, ObjectId, Root, StatKey, Store};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Result of `materialize`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MaterializeReport {
+    pub tree: Option<ObjectId>,
+    pub dest: PathBuf,
+    /// Entries written (new or repaired).
+    pub written: u64,
+    /// Entries already intact and left alone.
+    pub unchanged: u64,
+    /// Entries of the previous tree that the new one does not have, removed.
+    pub removed: u64,
+    /// Entries of the previous tree that were modified by the user: kept.
+    pub kept_modified: Vec<String>,
+    pub methods: BTreeMap<Method, u64>,
+    pub extra: u64,
+}
+
+/// Carries out one plan: `tree` into `dest` (canonical) under `policy`.
+pub(super) struct Executor<'a> {
+    pub store: &'a Store,
+    pub tree: &'a ObjectId,
+    pub dest: &'a Path,
+    pub policy: &'a LinkPolicy,
+}
+
+/// A stat-cache row: a placed file's stat (the object's, for a symlink) under its id.
+type CacheRow = (StatKey, ObjectId);
+
+/// What placing one entry did.
+struct Placed {
+    /// The policy prefix that chose its mode ("" for the default).
+    prefix: String,
+    /// The method used (none for symlink entries).
+    method: Option<Method>,
+    row: Option<CacheRow>,
+}
+
+impl Executor<'_> {
+    pub fn execute(&self, plan: Plan) -> Result<MaterializeReport> {
+        let mut report = MaterializeReport {
+            tree: Some(*self.tree),
+            dest: self.dest.to_path_buf(),
+            unchanged: plan.unchanged,
+            kept_modified: plan.kept_modified,
+            extra: plan.extra,
+            ..Default::default()
+        };
+        let mut marker = plan.marker;
+        if let Some(m) = &marker {
+            self.begin(m)?;
+        }
+        report.removed = remove_entries(self.dest, &plan.remove)?;
+        remove_empty_dirs(self.dest, &plan.prune);
+        self.make_dirs(&plan.mkdirs)?;
+        let placed = self.place_all(&plan.write)?;
+        report.written = placed.len() as u64;
+        let rows = tally(placed, &mut report, marker.as_mut().map(|m| &mut m.marker));
+        self.finish(marker, rows)?;
+        Ok(report)
+    }
+
+    /// Before the first change: the GC root (gc keeps the tree from now on) and an incomplete
+    /// marker (a crash from here on is seen as one).
+    fn begin(&self, m: &MarkerPlan) -> Result<()> {
+        let root = Root {
+            ids: vec![*self.tree],
+            path: Some(self.dest.to_path_buf()),
+        };
+        self.store.add_root(&m.marker.root, &root)?;
+        if m.write {
+            m.marker.write(self.dest)?;
+        }
+        Ok(())
+    }
+
+    /// After the last change: the placed bytes durable, then the marker complete, then the
+    /// stat-cache rows of the placed files.
+    fn finish(&self, marker: Option<MarkerPlan>, rows: Vec<CacheRow>) -> Result<()> {
+        crate::store::sync_filesystem(self.dest)?;
+        if let Some(MarkerPlan {
+            mut marker,
+            write: true,
+        }) = marker
+        {
+            marker.complete = true;
+            marker.write(self.dest)?;
+        }
+        commit_cache(self.store, rows)
+    }
+
+    /// Folders level by level, each level in parallel; one that exists is fine if it is a
+    /// folder (it may have appeared since the scan).
+    fn make_dirs(&self, levels: &[Vec<&str>]) -> Result<()> {
+        for level in levels {
+            level.par_iter().try_for_each(|d| {
+                let path = self.dest.join(d);
+                match fs::create_dir(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        let m = fs::symlink_metadata(&path).ctx("stat", &path)?;
+                        if m.is_dir() {
+                            Ok(())
+                        } else {
+                            Err(Error::bad_input(
+                                &path,
+                                "is not a directory; refusing to write through it",
+                            ))
+                        }
+                    }
+                    Err(e) => Err(e).ctx("create", &path),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Write the entries in parallel, counting them on the store's reporter.
+    fn place_all(&self, work: &[Write]) -> Result<Vec<Placed>> {
+        let dest_dev = fs::metadata(self.dest).ctx("stat", self.dest)?.dev();
+        let root = self.store.root();
+        let store_dev = fs::metadata(root).ctx("stat", root)?.dev();
+        let placer = Placer {
+            store: self.store,
+            probe: link::Probe::default(),
+            devs: (store_dev, dest_dev),
+            policy: self.policy,
+            dest: self.dest,
+        };
+        let bar = self.store.reporter().start(
+            "placing",
+            Some(work.len() as u64),
+            crate::report::Unit::Items,
+        );
+        let placed = work
+            .par_iter()
+            .map(|w| {
+                let r = placer.place(w.entry, w.replace);
+                bar.inc(1);
+                r
+            })
+            .collect::<Result<_>>()?;
+        bar.finish();
+        Ok(placed)
+    }
+}
+
+/// Count the methods used (per policy prefix in the marker, in total in the report); returns
+/// the stat-cache rows.
+fn tally(
+    placed: Vec<Placed>,
+    report: &mut MaterializeReport,
+    mut marker: Option<&mut Marker>,
+) -> Vec<CacheRow> {
+    let mut rows = Vec::new();
+    for p in placed {
+        if let Some(m) = p.method {
+            if let Some(marker) = marker.as_deref_mut() {
+                *marker
+                    .used
+                    .entry(p.prefix)
+                    .or_default()
+                    .entry(m)
+                    .or_default() += 1;
+            }
+            *report.methods.entry(m).or_default() += 1;
+        }
+        rows.extend(p.row);
+    }
+    rows
+}
+
+/// Places single entries; shared by the parallel writers of one plan.
+struct Placer<'a> {
+    store: &'a Store,
+    /// The methods the (store, DEST) filesystems were found to refuse.
+    probe: link::Probe,
+    devs: (u64, u64),
+    policy: &'a LinkPolicy,
+    dest: &'a Path,
+}
+
+impl Placer<'_> {
+    /// Write one entry. `replace`: something differing is at the path, so write beside it,
+    /// then rename over it, and the path never disappears.
+    fn place(&self, e: &Entry, replace: bool) -> Result<Placed> {
+        let (prefix, mode) = self.policy.mode_for(&e.path);
+        let done = |method, row| Placed {
+            prefix: prefix.to_string(),
+            method,
+            row,
+        };
+        if matches!(e.node, Node::Dir) {
+            return Ok(done(None, None));
+        }
+        let final_path = self.dest.join(&e.path);
+        let target = if replace {
+            let parent = final_path.parent().unwrap_or(self.dest);
+            parent.join(crate::store::unique_name(".tmp-"))
+        } else {
+            final_path.clone()
+        };
+        let (method, row) = match &e.node {
+            Node::File { exec, size, id } => {
+                let (method, row) = self.write_file(&e.path, mode, (*exec, *size, id), &target)?;
+                (Some(method), Some(row))
+            }
+            Node::Symlink { target: t } => {
+                std::os::unix::fs::symlink(t, &target).ctx("symlink", &target)?;
+                (None, None)
+            }
+            Node::Dir => (None, None),
+        };
+        if replace {
+            rename_over(&target, &final_path)?;
+        }
+        Ok(done(method, row))
+    }
+
+    /// A file at `target`: empty files created, small rewritten-in-place files copied, the
+    /// rest linked as `mode` allows. Returns the method and the placed file's cache row.
+    fn write_file(
+        &self,
+        rel: &str,
+        mode: LinkMode,
+        (exec, size, id): (bool, u64, &ObjectId),
+        target: &Path,
+    ) -> Result<(Method, CacheRow)> {
+        let method = if size == 0 {
+            link::create_empty(target, exec)?
+        } else {
+            let force_copy = link::rewritten_in_place(rel, size);
+            let src = if mode.shares_inode() && !force_copy {
+                self.store.ensure_variant(id, exec)?
+            } else {
+                self.store
+                    .find_object(id, exec)
+                    .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?
+            };
+            link::place(&self.probe, self.devs, mode, &src, target, exec, force_copy)?
+        };
+        let meta = fs::metadata(target).ctx("stat", target)?;
+        Ok((method, (StatKey::of(&meta), *id)))
+    }
+}
+
+/// Rename the new entry at `tmp` over `path`; a folder that appeared there since the scan is
+/// refused (and `tmp` cleaned up), never replaced.
+fn rename_over(tmp: &Path, path: &Path) -> Result<()> {
+    let res = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Err(Error::bad_input(
+            path,
+            "is a directory where the tree has a file",
+        )),
+        _ => fs::rename(tmp, path).ctx("replace", path),
+    };
+    if res.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    res
+}

@@ -1,0 +1,202 @@
+//! Make DEST hold a tree: create it, repair it, or switch it from the tree it held before.
+//! Survey (the trees, one scan, the checks) → [`plan`](super::plan) → [`apply`](super::apply).
+//! Only missing or differing entries are written; files the user added are never touched.
+
+use super::apply::{Executor, MaterializeReport};
+use super::check::{Checker, EntryState};
+use super::dest::check_dest;
+use super::link::LinkPolicy;
+use super::marker::{read_marker, Layout, Marker, MARKER_NAME};
+use super::plan::{self, Dropped, PlanInput};
+use super::scan::scan;
+use crate::place::error::{Error, IoContext, Result};
+use crate::store::{Manifest, ObjectId, Store};
+use rayon::prelude::*;
+use std::fs;
+use std::path::Path;
+
+/// Make DEST hold `tree` (a materialized directory, with a marker and a GC root).
+pub fn materialize(
+    store: &Store,
+    tree: &ObjectId,
+    dest: &Path,
+    policy: &LinkPolicy,
+) -> Result<MaterializeReport> {
+    Placement::new(tree, dest, policy).apply(store)
+}
+
+/// [`materialize`], recording where the lock's other parts went (`layout`) in the marker.
+/// `manifest` is the tree's manifest, which the caller just stored (not read again).
+pub fn materialize_laid_out(
+    store: &Store,
+    tree: &ObjectId,
+    manifest: &Manifest,
+    dest: &Path,
+    policy: &LinkPolicy,
+    layout: &Layout,
+) -> Result<MaterializeReport> {
+    Placement {
+        manifest: Some(manifest),
+        layout: Some(layout),
+        ..Placement::new(tree, dest, policy)
+    }
+    .apply(store)
+}
+
+/// Write the missing or differing entries of `tree` into DEST, an install that was not
+/// materialized (no marker), leaving everything else alone: no marker, no GC root, nothing
+/// removed. `verify --fix` repairs a user's own ComfyUI folder this way.
+pub fn repair_in_place(
+    store: &Store,
+    tree: &ObjectId,
+    dest: &Path,
+    policy: &LinkPolicy,
+) -> Result<MaterializeReport> {
+    Placement {
+        marked: false,
+        ..Placement::new(tree, dest, policy)
+    }
+    .apply(store)
+}
+
+/// What to place where, and how.
+struct Placement<'a> {
+    tree: &'a ObjectId,
+    /// The tree's manifest when the caller has it (else it is read from the store).
+    manifest: Option<&'a Manifest>,
+    dest: &'a Path,
+    policy: &'a LinkPolicy,
+    /// DEST is or becomes a materialized directory (a marker and a GC root); false for
+    /// `repair_in_place`.
+    marked: bool,
+    /// The Layout to record in the marker (else the previous marker's is kept).
+    layout: Option<&'a Layout>,
+}
+
+impl<'a> Placement<'a> {
+    /// A plain materialize: marked, the manifest read from the store, the Layout kept.
+    fn new(tree: &'a ObjectId, dest: &'a Path, policy: &'a LinkPolicy) -> Self {
+        Placement {
+            tree,
+            manifest: None,
+            dest,
+            policy,
+            marked: true,
+            layout: None,
+        }
+    }
+
+    fn apply(&self, store: &Store) -> Result<MaterializeReport> {
+        let read;
+        let manifest = match self.manifest {
+            Some(m) => m,
+            None => {
+                read = store.read_tree(self.tree)?;
+                &read
+            }
+        };
+        check_placeable(store, self.tree, manifest)?;
+        // Writers' lock: gc must not delete the objects while we link them.
+        let _lock = store.lock_shared()?;
+        let dest = check_dest(store, self.dest, true)?;
+        let previous = self.previous_marker(&dest)?;
+        let old = match &previous {
+            Some(p) if p.tree != *self.tree => Some(store.read_tree(&p.tree)?),
+            _ => None,
+        };
+        let scan = scan(&dest)?;
+        let checker = Checker {
+            store,
+            dest: &dest,
+            verify: false,
+        };
+        let states = states_of(&checker, manifest, &scan)?;
+        // Old entries the new tree drops: removed if the user did not change them.
+        let dropped = old.as_ref().map(|old| plan::dropped(old, manifest));
+        let dropped_states = match &dropped {
+            Some(d) => states_of(&checker, d, &scan)?,
+            None => Vec::new(),
+        };
+        let plan = plan::plan(&PlanInput {
+            tree: self.tree,
+            manifest,
+            dest: &dest,
+            store_root: store.root(),
+            policy: self.policy,
+            scan: &scan,
+            states: &states,
+            dropped: old
+                .as_ref()
+                .zip(dropped.as_ref())
+                .map(|(old, entries)| Dropped {
+                    old,
+                    entries,
+                    states: &dropped_states,
+                }),
+            marked: self.marked,
+            previous: previous.as_ref(),
+            layout: self.layout,
+        })?;
+        Executor {
+            store,
+            tree: self.tree,
+            dest: &dest,
+            policy: self.policy,
+        }
+        .execute(plan)
+    }
+
+    /// DEST's marker before this run (a materialize only), refusing to materialize over a
+    /// folder that has files and no marker.
+    fn previous_marker(&self, dest: &Path) -> Result<Option<Marker>> {
+        if !self.marked {
+            return Ok(None);
+        }
+        let previous = read_marker(dest)?.marker;
+        if previous.is_none() && fs::read_dir(dest).ctx("list", dest)?.next().is_some() {
+            return Err(Error::bad_input(
+                dest,
+                format!(
+                    "directory is not empty and has no {MARKER_NAME}; refusing to materialize over it"
+                ),
+            ));
+        }
+        Ok(previous)
+    }
+}
+
+/// Refuse a tree that lists the marker's name, or whose objects the store lacks.
+fn check_placeable(store: &Store, tree: &ObjectId, manifest: &Manifest) -> Result<()> {
+    if let Some(e) = manifest.entries.iter().find(|e| e.path == MARKER_NAME) {
+        return Err(crate::store::Error::BadManifest {
+            id: tree.to_string(),
+            reason: format!("{:?} is reserved for the materialize marker", e.path),
+        }
+        .into());
+    }
+    let missing: Vec<String> = manifest
+        .objects()
+        .into_par_iter()
+        .filter(|(id, _, _)| !store.has_object(id))
+        .map(|(id, _, _)| id.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(crate::store::Error::NotFound(format!(
+            "{} objects of tree {tree} (first: {})",
+            missing.len(),
+            missing[0]
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Each entry's state in DEST (the stat-cache rows of this check are not saved: a materialize
+/// saves the rows of what it places).
+fn states_of(checker: &Checker, m: &Manifest, scan: &super::scan::Scan) -> Result<Vec<EntryState>> {
+    Ok(checker
+        .check_all(m, scan)?
+        .into_iter()
+        .map(|c| c.state)
+        .collect())
+}

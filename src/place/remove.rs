@@ -1,0 +1,179 @@
+//! Remove a materialized DEST: exactly what its marker's tree placed (unmodified), then
+//! folders left empty, then the marker and the GC root. User files and modified files stay
+//! unless `all`.
+
+use super::check::{load, EntryState, Found};
+use super::dest::check_dest;
+use super::marker::{read_marker, Marker, MARKER_NAME};
+use super::plan::{prunable, tree_dirs, Removal};
+use super::scan::extras;
+use crate::place::error::{Error, IoContext, Result};
+use crate::store::{is_cache_path, Node, Store};
+use serde::Serialize;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::Path;
+
+/// Result of `remove`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RemoveReport {
+    pub removed_entries: u64,
+    pub removed_dirs: u64,
+    /// Files the tree does not list (or that were modified), left in place.
+    pub kept: Vec<String>,
+    pub dest_removed: bool,
+}
+
+/// Delete what the marker's tree placed, then the marker and the GC root, then an environment
+/// the version placed outside DEST.
+pub fn remove(store: &Store, dest: &Path, all: bool) -> Result<RemoveReport> {
+    let meta = fs::symlink_metadata(dest).ctx("stat", dest)?;
+    if meta.file_type().is_symlink() {
+        return Err(Error::bad_input(
+            dest,
+            "is a symlink; give the real directory",
+        ));
+    }
+    let dest = check_dest(store, dest, false)?;
+    let found = load(
+        store,
+        &dest,
+        false,
+        "refusing to remove a directory comfystore did not make",
+    )?;
+    let mut report = RemoveReport::default();
+    remove_placed(&dest, &found, all, &mut report)?;
+    if all {
+        remove_the_rest(&dest, &found, &mut report)?;
+    } else {
+        remove_caches(&dest, &found, &mut report)?;
+    }
+    let marker_path = dest.join(MARKER_NAME);
+    fs::remove_file(&marker_path).ctx("remove", &marker_path)?;
+    store.remove_root(&found.marker.root)?;
+    report.dest_removed = fs::remove_dir(&dest).is_ok();
+    remove_outside_venv(store, &found.marker, all, &mut report)?;
+    Ok(report)
+}
+
+/// The tree's files and symlinks, deepest first; modified ones are kept unless `all`. Never
+/// through a symlink: the scan does not descend into one, so a path below one is not seen.
+fn remove_placed(dest: &Path, found: &Found, all: bool, report: &mut RemoveReport) -> Result<()> {
+    let mut order: Vec<_> = found.manifest.entries.iter().zip(&found.checked).collect();
+    order.sort_by(|a, b| b.0.path.cmp(&a.0.path));
+    for (e, c) in order {
+        if matches!(e.node, Node::Dir) || !found.scan.contains_key(&e.path) {
+            continue;
+        }
+        if c.state != EntryState::Ok && !all {
+            report.kept.push(e.path.clone());
+            continue;
+        }
+        let path = dest.join(&e.path);
+        fs::remove_file(&path).ctx("remove", &path)?;
+        report.removed_entries += 1;
+    }
+    Ok(())
+}
+
+/// `all`: every other file and symlink, then every folder that empties.
+fn remove_the_rest(dest: &Path, found: &Found, report: &mut RemoveReport) -> Result<()> {
+    let extra = extras(&found.manifest, &found.scan);
+    report.removed_entries += remove_files(dest, &extra)?;
+    let dirs: Vec<&str> = found
+        .scan
+        .iter()
+        .filter(|(_, s)| s.is_dir())
+        .map(|(p, _)| p.as_str())
+        .collect();
+    report.removed_dirs = remove_empty_dirs(dest, &prunable(dirs, &[]));
+    Ok(())
+}
+
+/// Without `all`: byte-code caches are Python's, derived from what was placed, so they go too;
+/// user files are kept; the tree's folders and cache folders go where they empty.
+fn remove_caches(dest: &Path, found: &Found, report: &mut RemoveReport) -> Result<()> {
+    let (caches, user): (Vec<String>, Vec<String>) = extras(&found.manifest, &found.scan)
+        .into_iter()
+        .partition(|p| is_cache_path(p));
+    report.removed_entries += remove_files(dest, &caches)?;
+    report.kept.extend(user);
+    report.kept.sort();
+    let mut dirs = tree_dirs(&found.manifest);
+    dirs.extend(
+        found
+            .scan
+            .iter()
+            .filter(|(p, s)| s.is_dir() && is_cache_path(p))
+            .map(|(p, _)| p.as_str()),
+    );
+    report.removed_dirs = remove_empty_dirs(dest, &prunable(dirs, &[]));
+    Ok(())
+}
+
+/// An environment placed outside DEST (`--venv`) belongs to the version: it goes too.
+fn remove_outside_venv(
+    store: &Store,
+    marker: &Marker,
+    all: bool,
+    report: &mut RemoveReport,
+) -> Result<()> {
+    let Some(venv) = marker.layout.as_ref().and_then(|l| l.venv.as_ref()) else {
+        return Ok(());
+    };
+    if read_marker(venv)?.marker.is_none() {
+        return Ok(());
+    }
+    let r = remove(store, venv, all)?;
+    report.removed_entries += r.removed_entries;
+    report.removed_dirs += r.removed_dirs;
+    report.kept.extend(
+        r.kept
+            .into_iter()
+            .map(|k| format!("{}/{k}", venv.display())),
+    );
+    Ok(())
+}
+
+/// Remove these files (paths in DEST); one already gone is not an error. Returns how many went.
+fn remove_files(dest: &Path, paths: &[String]) -> Result<u64> {
+    let entries: Vec<Removal> = paths
+        .iter()
+        .map(|p| Removal {
+            path: p,
+            dir: false,
+        })
+        .collect();
+    remove_entries(dest, &entries)
+}
+
+/// Remove these entries in order (a folder only if empty); one already gone, or a folder that
+/// is not empty, is passed over. Returns how many went.
+pub(super) fn remove_entries(dest: &Path, entries: &[Removal]) -> Result<u64> {
+    let mut n = 0;
+    for r in entries {
+        let path = dest.join(r.path);
+        let res = if r.dir {
+            fs::remove_dir(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match res {
+            Ok(()) => n += 1,
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::DirectoryNotEmpty) => {}
+            Err(e) => return Err(e).ctx("remove", &path),
+        }
+    }
+    Ok(n)
+}
+
+/// Remove these folders in order where they are empty; returns how many went.
+pub(super) fn remove_empty_dirs(dest: &Path, dirs: &[&str]) -> u64 {
+    let mut n = 0;
+    for d in dirs {
+        if fs::remove_dir(dest.join(d)).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
