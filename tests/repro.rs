@@ -2,8 +2,8 @@
 //! through the real binary: a lock against itself, against the install it was made from, and
 //! against that install after a node commit, another package version and a changed model.
 //!
-//! Every run has HF_HOME, HF_HUB_CACHE and HOME inside the test's temp dir and no
-//! VIRTUAL_ENV, so nothing from the machine leaks into a scan.
+//! Every run has HOME inside the test's temp dir and no HF_HOME, HF_HUB_CACHE or VIRTUAL_ENV,
+//! so nothing from the machine leaks into a scan.
 
 mod common;
 
@@ -14,9 +14,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+/// The fixture and the store, in one temp dir.
 struct Env {
     _tmp: tempfile::TempDir,
-    dir: PathBuf,
     f: ComfyFixture,
     store: PathBuf,
 }
@@ -24,43 +24,26 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().canonicalize().unwrap();
-        let f = ComfyFixture::build(&dir.join("fx"));
-        for d in ["hf/hub", "home"] {
-            fs::create_dir_all(dir.join(d)).unwrap();
-        }
+        let f = ComfyFixture::build(&tmp.path().join("fx"));
+        let store = f.root.with_file_name("store");
         Env {
-            store: dir.join("store"),
             _tmp: tmp,
-            dir,
             f,
+            store,
         }
     }
 
-    /// `comfystore --store S ARGS` with a clean environment.
+    /// `comfystore --store S ARGS`; HOME is the fixture's folder and no Hugging Face cache
+    /// or venv is named, so no cache of the machine is read.
     fn run(&self, args: &[&str]) -> Output {
-        let (hf, hub, home) = (
-            self.dir.join("hf"),
-            self.dir.join("hf/hub"),
-            self.dir.join("home"),
-        );
-        run_env(
-            &self.store,
-            args,
-            &[
-                ("HF_HOME", Some(hf.as_os_str())),
-                ("HF_HUB_CACHE", Some(hub.as_os_str())),
-                ("HOME", Some(home.as_os_str())),
-                ("VIRTUAL_ENV", None),
-                ("COMFY_HOME", None),
-                ("RUST_LOG", None),
-            ],
-        )
+        let home = Some(self.f.root.as_os_str());
+        let unset = ["HF_HOME", "HF_HUB_CACHE", "VIRTUAL_ENV"].map(|k| (k, None));
+        run_env(&self.store, args, &[&[("HOME", home)], &unset[..]].concat())
     }
 
     /// Lock the fixture's install as `tag`; the lockfile's path.
     fn lock(&self, tag: &str) -> PathBuf {
-        let out = self.dir.join(format!("{tag}.lock.json"));
+        let out = self.store.with_file_name(format!("{tag}.lock.json"));
         let o = self.run(&["lock", s(&self.f.comfy), "--tag", tag, "-o", s(&out)]);
         assert_eq!(code(&o), 0, "lock: {}", describe(&o));
         out
