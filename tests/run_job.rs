@@ -859,6 +859,45 @@ fn identical_job_twice_gives_identical_bytes_with_comfyui_metadata() {
     assert!(d1 == d2);
 }
 
+/// The workflow reaches ComfyUI with the client's key order, byte for byte: ComfyUI embeds
+/// the prompt it received in every PNG, so a reordered prompt gives other bytes (and another
+/// sha256) than worker-comfyui gives for the same job. Node ids and input keys here are in
+/// neither sorted nor numeric order.
+#[test]
+fn the_workflow_reaches_comfyui_in_the_clients_key_order() {
+    let env = Env::new();
+    let workflow = concat!(
+        r#"{"5":{"inputs":{"width":8,"height":4,"batch_size":1,"color":255},"class_type":"EmptyImage"},"#,
+        r#""10":{"class_type":"ImageInvert","inputs":{"image":["5",0]}},"#,
+        r#""2":{"inputs":{"images":["10",0],"filename_prefix":"order"},"class_type":"SaveImage"}}"#
+    );
+    let job = env.job_text(&format!(r#"{{"input": {{"workflow": {workflow}}}}}"#));
+    let record = env.dir.join("prompt-body.json");
+    let flag = format!("--comfy-arg=--fake-record-prompt={}", s(&record));
+    let out = env.run_job(&job, &[&flag]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let body = String::from_utf8(fs::read(&record).expect("the fake recorded no prompt")).unwrap();
+    assert!(
+        body.contains(&format!(r#""prompt":{workflow}"#)),
+        "the prompt sent to ComfyUI is not the client's workflow, byte for byte:\n sent {body}\n want {workflow}"
+    );
+    // And so the prompt ComfyUI embeds in the PNG keeps that order.
+    let (_, png) = one_file(&parse(&out));
+    let text = String::from_utf8_lossy(&png);
+    let at = |key: &str| {
+        text.find(key)
+            .unwrap_or_else(|| panic!("{key} not in the PNG's prompt"))
+    };
+    assert!(
+        at(r#""5""#) < at(r#""10""#) && at(r#""10""#) < at(r#""2""#),
+        "{text}"
+    );
+    assert!(
+        at("width") < at("height") && at("height") < at("batch_size"),
+        "{text}"
+    );
+}
+
 #[test]
 fn execution_error_names_the_node() {
     let env = Env::new();

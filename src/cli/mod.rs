@@ -6,6 +6,7 @@ mod lock_cmds;
 mod materialize_cmds;
 mod progress;
 mod python_cmds;
+mod repro_cmds;
 mod run_cmds;
 mod store_cmds;
 
@@ -31,6 +32,7 @@ Examples:
   comfystore serve --lock lockfiles/comfy-v1.lock.json --dest /workspace/v1   # the RunPod worker
   comfystore diff lockfiles/comfy-v1.lock.json lockfiles/comfy-v2.lock.json
   comfystore show lockfiles/comfy-v1.lock.json
+  comfystore repro env lockfiles/comfy-v1.lock.json ./ComfyUI   # does the install still match its lock?
   comfystore fetch lockfiles/comfy-v1.lock.json   # get what the store lacks (git, HTTP, mirrors)
   comfystore verify lockfiles/comfy-v1.lock.json ./ComfyUI --fix
   comfystore add ./ComfyUI --exclude models --exclude-name .git
@@ -69,6 +71,9 @@ pub enum Command {
     Sources(FetchCommand),
     #[command(flatten)]
     Python(python_cmds::PythonCommand),
+    /// Is a version the same elsewhere? `repro env A B` compares locks and installs.
+    #[command(subcommand)]
+    Repro(repro_cmds::ReproCommand),
     /// Run one job from a file on a version, as the RunPod worker would, and print its answer.
     ///
     /// Materializes (or checks) the version from --lock at --dest, starts its ComfyUI,
@@ -585,6 +590,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
             python_cmds::PythonCommand::Pin(a) => python_cmds::pin(cli, a),
             python_cmds::PythonCommand::Init(a) => python_cmds::init(cli, a),
         },
+        Command::Repro(repro_cmds::ReproCommand::Env { a, b }) => repro_cmds::env(cli, a, b),
         Command::RunJob(args) => run_cmds::run_job(cli, args),
         Command::Serve(args) => run_cmds::serve(cli, args),
         Command::Add(args) => store_cmds::add(&open_store(cli)?, args, json),

@@ -149,7 +149,7 @@ pub fn read_history(body: &Value, prompt_id: &str) -> Finished {
     }
 }
 
-/// The files an entry's `outputs` list, node by node in id order.
+/// The files an entry's `outputs` list, node by node in id order, then by output key.
 fn produced_files(entry: &Value) -> Vec<Produced> {
     let mut files = Vec::new();
     let Some(outputs) = entry.get("outputs").and_then(Value::as_object) else {
@@ -161,6 +161,9 @@ fn produced_files(entry: &Value) -> Vec<Produced> {
         let Some(keys) = outputs[node].as_object() else {
             continue;
         };
+        // Output keys in name order too: answers keep one order whatever ComfyUI's JSON had.
+        let mut keys: Vec<(&String, &Value)> = keys.iter().collect();
+        keys.sort_by_key(|(k, _)| *k);
         for (key, list) in keys {
             for f in list.as_array().into_iter().flatten() {
                 let (Some(filename), kind) = (

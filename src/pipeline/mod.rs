@@ -7,6 +7,7 @@
 //! - [`verify`]: check (and repair) an install against its lock;
 //! - [`mirror`]: an offline mirror of a lock;
 //! - [`init`]: clone ComfyUI and give it a pinned environment;
+//! - [`repro`]: are two versions (locks or installs) the same, byte for byte;
 //! - [`http_env`]: download settings (tokens, backoff, range size) from the environment, for
 //!   the command line to pass down.
 
@@ -18,5 +19,6 @@ pub mod lock;
 pub mod materialize;
 pub mod mirror;
 pub mod python_section;
+pub mod repro;
 pub mod verify;
 pub mod version;

@@ -40,7 +40,9 @@ impl Default for Limits {
 /// A job's input, checked.
 #[derive(Clone, Debug)]
 pub struct JobInput {
-    /// The ComfyUI API-format graph: node id → `{class_type, inputs}`.
+    /// The ComfyUI API-format graph: node id → `{class_type, inputs}`, in the client's key
+    /// order (serde_json's `preserve_order`): ComfyUI embeds the prompt in every PNG, so the
+    /// order is part of the output's bytes.
     pub workflow: Map<String, Value>,
     pub images: Vec<InputImage>,
     /// `input.timeout_s`: how long the job may run in ComfyUI.
@@ -377,6 +379,20 @@ mod tests {
         let wf: Value = serde_json::from_str(include_str!("../../workflows/minimal.json")).unwrap();
         let job = parse_input(&json!({ "workflow": wf }), &Limits::default()).unwrap();
         assert_eq!(job.workflow.len(), 3);
+    }
+
+    #[test]
+    fn the_workflow_keeps_the_clients_key_order() {
+        let text = r#"{"5":{"inputs":{"width":8,"batch_size":1},"class_type":"EmptyImage"},"10":{"class_type":"X"}}"#;
+        let l = Limits::default();
+        let as_object: Value = serde_json::from_str(text).unwrap();
+        for input in [
+            json!({ "workflow": as_object }),
+            json!({ "workflow": text }),
+        ] {
+            let job = parse_input(&input, &l).unwrap();
+            assert_eq!(serde_json::to_string(&job.workflow).unwrap(), text);
+        }
     }
 
     #[test]
