@@ -97,19 +97,24 @@ fn tree_str(v: &Value) -> &str {
         .unwrap_or_else(|| panic!("not a tree id: {v}"))
 }
 
-/// label → tree of a fetch report's `trees`.
-fn fetched_trees(report: &Value) -> BTreeMap<String, String> {
-    report["trees"]
+/// `key` → `value` of each object in the array `report[list]`.
+fn pairs(report: &Value, list: &str, key: &str, value: &str) -> BTreeMap<String, String> {
+    report[list]
         .as_array()
-        .unwrap_or_else(|| panic!("no trees array in {report:#}"))
+        .unwrap_or_else(|| panic!("no {list} array in {report:#}"))
         .iter()
         .map(|t| {
             (
-                t["label"].as_str().unwrap().to_string(),
-                t["tree"].as_str().unwrap().to_string(),
+                t[key].as_str().unwrap().to_string(),
+                t[value].as_str().unwrap().to_string(),
             )
         })
         .collect()
+}
+
+/// label → tree of a fetch report's `trees`.
+fn fetched_trees(report: &Value) -> BTreeMap<String, String> {
+    pairs(report, "trees", "label", "tree")
 }
 
 /// what → why of a fetch report's `failed`.
@@ -892,17 +897,7 @@ fn stored_count(store: &Path) -> usize {
 
 /// part → state of a verify report's `by_hash`.
 fn by_hash(r: &Value) -> BTreeMap<String, String> {
-    r["by_hash"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no by_hash array in {r:#}"))
-        .iter()
-        .map(|p| {
-            (
-                p["part"].as_str().unwrap().to_string(),
-                p["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    pairs(r, "by_hash", "part", "state")
 }
 
 /// The lock, and the install materialized from the lock's store into `dir/dest` (copies, so
@@ -984,7 +979,7 @@ fn verify_by_hash_needs_no_stored_tree() {
 }
 
 /// `verify --fix` against a store that lacks the trees fetches only the parts that hashed
-/// different: ComfyUI, intact, is taken from DEST (its repo here leads nowhere), the node is
+/// different: ComfyUI, intact, is not fetched (its repo here leads nowhere), the node is
 /// fetched from git and repaired, file by file.
 #[test]
 fn verify_fix_fetches_only_broken_parts() {
@@ -1031,6 +1026,14 @@ fn verify_fix_fetches_only_broken_parts() {
         "{r:#}"
     );
     assert_eq!(fs::read(&f).unwrap(), good);
+    let comfy_tree = tree_str(&lock["comfyui"]["tree"]);
+    let out = e.cs(&empty, &["ls", comfy_tree]);
+    assert_ne!(
+        code(&out),
+        0,
+        "ComfyUI's tree was fetched: {}",
+        describe(&out)
+    );
     let out = e.cs(&empty, &["verify", lp, s(&dest)]);
     assert_eq!(code(&out), 0, "{}", describe(&out));
 }

@@ -24,6 +24,7 @@ impl SourceArgs {
             mirror_dirs: self.mirror.clone(),
             http: self.http.options(),
             all_wheels: false,
+            intact: Vec::new(),
         }
     }
 }

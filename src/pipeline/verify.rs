@@ -3,9 +3,9 @@
 //! DEST is compared with the lock's version tree ([`compose`]) through the stat cache,
 //! so unchanged files are not read (`full` rehashes them all). A source part whose tree the
 //! store lacks (ComfyUI, a custom node) is checked by hashing its folder in DEST: a tree id is
-//! a hash, so comparing needs no stored object and writes none. With `fix`, parts found
-//! intact go into the store from DEST, whatever else the store lacks is fetched (unless
-//! offline), then missing and corrupt files are restored from the store: a materialized DEST
+//! a hash, so comparing needs no stored object and writes none. With `fix`, whatever the store
+//! lacks, except the parts found intact, is fetched (unless offline), then missing and
+//! corrupt files are restored from the store: a materialized DEST
 //! is switched or repaired like `materialize` does, any other folder (a ComfyUI install locked
 //! in place), or a version the store cannot wholly supply, is repaired in place.
 
@@ -141,19 +141,19 @@ pub fn verify(
         report.state = VerifyState::Broken;
         return Ok(report);
     }
-    // 2. Store the intact parts, fetch what the store still lacks, name the files of parts
-    //    that hashed different, restore what is missing or corrupt, check again.
-    v.store_intact(&mut report.by_hash)?;
-    let version = v.fetch_if_needed(v.compose()?, &mut report)?;
+    // 2. Fetch what the store lacks and is not intact in DEST, name the files of parts that
+    //    hashed different, restore what is missing or corrupt, check again.
+    let version = v.fetch_if_needed(version, &mut report)?;
     v.name_files(&version, outside.as_ref(), &mut report)?;
     report.repaired = Some(v.restore(&version, marker.as_ref())?);
     let after = v.check_again(&version, outside.as_ref())?;
-    report.state = if broken(&after, &version.missing) {
+    let unchecked = report.not_intact(&version.missing);
+    report.state = if broken(&after, &unchecked) {
         VerifyState::Broken
     } else {
         VerifyState::Fixed
     };
-    report.unchecked = version.missing;
+    report.unchecked = unchecked;
     report.after = Some(after);
     Ok(report)
 }
@@ -163,6 +163,25 @@ impl VerifyReport {
     fn is_broken(&self) -> bool {
         broken(&self.found, &self.unchecked)
             || self.by_hash.iter().any(|h| h.state != PartState::Ok)
+    }
+
+    /// The parts the store lacks (`missing`) less those DEST holds intact.
+    fn not_intact(&self, missing: &[String]) -> Vec<String> {
+        let intact = self.intact();
+        missing
+            .iter()
+            .filter(|m| !intact.contains(m))
+            .cloned()
+            .collect()
+    }
+
+    /// The parts checked by hash and found intact.
+    fn intact(&self) -> Vec<String> {
+        self.by_hash
+            .iter()
+            .filter(|h| h.state == PartState::Ok)
+            .map(|h| h.part.clone())
+            .collect()
     }
 }
 
@@ -335,27 +354,7 @@ impl Verifier<'_> {
         }
     }
 
-    /// 2a. Parts found intact by hash go into the store from DEST: they are the lock's trees
-    ///     (checked again as they are stored), so the fix fetches only what is broken.
-    fn store_intact(&self, by_hash: &mut [HashedPart]) -> Result<()> {
-        for p in by_hash.iter_mut().filter(|p| p.state == PartState::Ok) {
-            let path = self.dest.join(&p.base);
-            let id = if p.file {
-                self.store.add_file(&path)?.id
-            } else {
-                crate::git::store_checkout(self.store, &path, &p.excludes)?
-                    .1
-                    .id
-            };
-            if id != p.expected {
-                p.state = PartState::Modified;
-                p.got = Some(id);
-            }
-        }
-        Ok(())
-    }
-
-    /// 2c. When a part that hashed different could be fetched, check DEST again before the
+    /// 2b. When a part that hashed different could be fetched, check DEST again before the
     ///     repair, so the report names its files and not only the part.
     fn name_files(
         &self,
@@ -377,10 +376,10 @@ impl Verifier<'_> {
         Ok(())
     }
 
-    /// 2b. The store must hold every tree and every object the repair writes: fetch (and
-    ///     compose again) if it does not.
+    /// 2a. The store must hold every tree and every object the repair writes: fetch (and
+    ///     compose again) if it does not, leaving out the parts DEST holds intact.
     fn fetch_if_needed(&self, version: Version, report: &mut VerifyReport) -> Result<Version> {
-        let needs_fetch = !version.missing.is_empty()
+        let needs_fetch = !report.not_intact(&version.missing).is_empty()
             || version
                 .manifest
                 .objects()
@@ -389,11 +388,15 @@ impl Verifier<'_> {
         if !needs_fetch {
             return Ok(version);
         }
-        report.fetched = Some(fetch_lock(self.store, self.lock, &self.opts.fetch)?);
+        let opts = FetchOptions {
+            intact: report.intact(),
+            ..self.opts.fetch.clone()
+        };
+        report.fetched = Some(fetch_lock(self.store, self.lock, &opts)?);
         self.compose()
     }
 
-    /// 2d. Write what the store can supply (what it cannot stays reported as broken): a
+    /// 2c. Write what the store can supply (what it cannot stays reported as broken): a
     ///     materialized DEST is switched or repaired with its own policy when the store holds
     ///     the whole version and the tree DEST held; anything else is repaired in place, which
     ///     removes nothing (a partial switch would remove what the store cannot supply).
@@ -415,7 +418,7 @@ impl Verifier<'_> {
         }?)
     }
 
-    /// 2e. The check after the fix; an environment outside DEST that was broken is placed
+    /// 2d. The check after the fix; an environment outside DEST that was broken is placed
     ///     again first, with the policy it was made with.
     fn check_again(&self, version: &Version, outside: Option<&Outside>) -> Result<StatusReport> {
         let mut after = status_against(self.store, self.dest, &version.manifest, false)?;
