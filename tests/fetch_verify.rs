@@ -97,19 +97,24 @@ fn tree_str(v: &Value) -> &str {
         .unwrap_or_else(|| panic!("not a tree id: {v}"))
 }
 
-/// label → tree of a fetch report's `trees`.
-fn fetched_trees(report: &Value) -> BTreeMap<String, String> {
-    report["trees"]
+/// `key` → `value` of each object in the array `report[list]`.
+fn pairs(report: &Value, list: &str, key: &str, value: &str) -> BTreeMap<String, String> {
+    report[list]
         .as_array()
-        .unwrap_or_else(|| panic!("no trees array in {report:#}"))
+        .unwrap_or_else(|| panic!("no {list} array in {report:#}"))
         .iter()
         .map(|t| {
             (
-                t["label"].as_str().unwrap().to_string(),
-                t["tree"].as_str().unwrap().to_string(),
+                t[key].as_str().unwrap().to_string(),
+                t[value].as_str().unwrap().to_string(),
             )
         })
         .collect()
+}
+
+/// label → tree of a fetch report's `trees`.
+fn fetched_trees(report: &Value) -> BTreeMap<String, String> {
+    pairs(report, "trees", "label", "tree")
 }
 
 /// what → why of a fetch report's `failed`.
@@ -879,6 +884,158 @@ fn verify_uses_the_stat_cache() {
         "{after:#}"
     );
     assert_eq!(after["found"]["rehashed"], 1, "{after:#}");
+}
+
+/// Files under a store's `objects/` and `trees/`: what a verify that only hashes must not add.
+fn stored_count(store: &Path) -> usize {
+    ["objects", "trees"]
+        .iter()
+        .flat_map(|d| walkdir::WalkDir::new(store.join(d)))
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_type().is_file()))
+        .count()
+}
+
+/// part → state of a verify report's `by_hash`.
+fn by_hash(r: &Value) -> BTreeMap<String, String> {
+    pairs(r, "by_hash", "part", "state")
+}
+
+/// The lock, and the install materialized from the lock's store into `dir/dest` (copies, so
+/// an edit in DEST is not an edit of a store object).
+fn locked_and_materialized(e: &Env) -> (PathBuf, Value, PathBuf) {
+    let (lock_path, lock) = e.lock(&[]);
+    let dest = e.p("dest");
+    e.ok(
+        &e.store,
+        &["materialize", s(&lock_path), s(&dest), "--link", "copy"],
+    );
+    (lock_path, lock, dest)
+}
+
+/// A tree id is a hash: a store that lacks the lock's trees still checks ComfyUI and the
+/// nodes, by hashing their folders in DEST (a materialized copy, walked; the original install,
+/// by git's file list), and writes nothing while doing so.
+#[test]
+fn verify_by_hash_needs_no_stored_tree() {
+    let e = Env::new(Url::Path);
+    let (lock_path, lock, dest) = locked_and_materialized(&e);
+    let empty = e.p("empty");
+    for d in [&dest, &e.comfy] {
+        let out = e.cs(&empty, &["--json", "verify", s(&lock_path), s(d)]);
+        assert_eq!(code(&out), 0, "verify {}: {}", d.display(), describe(&out));
+        let r = parse(&out);
+        assert_eq!(r["state"], "clean", "{r:#}");
+        assert_eq!(r["unchecked"], json!([]), "{r:#}");
+        let want = [("comfyui", "ok"), (NODE_LABEL, "ok")];
+        let want: BTreeMap<String, String> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(by_hash(&r), want, "{r:#}");
+        // Only user data is extra: the parts' files were checked by their hash.
+        let extra = r["found"]["extra"].as_array().unwrap();
+        assert!(
+            extra.iter().all(|p| {
+                let p = p.as_str().unwrap();
+                ["models/", "output/", "user/"]
+                    .iter()
+                    .any(|d| p.starts_with(d))
+            }),
+            "{r:#}"
+        );
+    }
+    assert_eq!(
+        stored_count(&empty),
+        0,
+        "verify without --fix stored something"
+    );
+
+    // One byte of one node file changed: that node is named, with both ids; ComfyUI is ok.
+    let f = dest.join(NODE_LABEL).join("nodes.py");
+    let mut data = fs::read(&f).unwrap();
+    data[0] ^= 0x20;
+    fs::write(&f, &data).unwrap();
+    let out = e.cs(&empty, &["--json", "verify", s(&lock_path), s(&dest)]);
+    assert_eq!(code(&out), 4, "{}", describe(&out));
+    let r = parse(&out);
+    assert_eq!(by_hash(&r)[NODE_LABEL], "modified", "{r:#}");
+    assert_eq!(by_hash(&r)["comfyui"], "ok", "{r:#}");
+    let node_tree = tree_str(&node(&lock, NODE)["tree"]);
+    let text = e.cs(&empty, &["verify", s(&lock_path), s(&dest)]);
+    assert_eq!(code(&text), 4, "{}", describe(&text));
+    let line = verify_lines(&text)
+        .into_iter()
+        .find(|l| l.starts_with(&format!("modified\t{NODE_LABEL}\t")))
+        .unwrap_or_else(|| panic!("no line for {NODE_LABEL}: {}", describe(&text)));
+    assert!(
+        line.contains(&format!("tree differs: expected {node_tree}, got b3:")),
+        "{line}"
+    );
+    assert_eq!(
+        stored_count(&empty),
+        0,
+        "verify without --fix stored something"
+    );
+}
+
+/// `verify --fix` against a store that lacks the trees fetches only the parts that hashed
+/// different: ComfyUI, intact, is not fetched (its repo here leads nowhere), the node is
+/// fetched from git and repaired, file by file.
+#[test]
+fn verify_fix_fetches_only_broken_parts() {
+    let e = Env::new(Url::Path);
+    let (lock_path, mut lock, dest) = locked_and_materialized(&e);
+    lock["comfyui"]["repo"] = json!(s(&e.p("git/nowhere.git")));
+    write_json(&lock_path, &lock);
+    let lp = s(&lock_path);
+    let empty = e.p("empty");
+
+    // Everything intact: offline is enough, nothing to fetch.
+    let out = e.cs(&empty, &["verify", lp, s(&dest), "--fix", "--offline"]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+
+    let f = dest.join(NODE_LABEL).join("nodes.py");
+    let good = fs::read(&f).unwrap();
+    fs::write(&f, b"class NodeA:\n    BROKEN = 1\n").unwrap();
+
+    // Offline: the node cannot be fetched, and nothing is tried for ComfyUI.
+    let out = e.cs(
+        &empty,
+        &["--json", "verify", lp, s(&dest), "--fix", "--offline"],
+    );
+    assert_eq!(code(&out), 4, "{}", describe(&out));
+    let r = parse(&out);
+    let failed = failures(&r["fetched"]);
+    assert!(failed.contains_key(NODE_LABEL), "{r:#}");
+    assert!(!failed.contains_key("comfyui"), "{r:#}");
+
+    // Online: only the node's tree is fetched; the files are named, and restored.
+    let out = e.cs(&empty, &["--json", "verify", lp, s(&dest), "--fix"]);
+    assert_eq!(code(&out), 3, "{}", describe(&out));
+    let r = parse(&out);
+    assert_eq!(r["state"], "fixed", "{r:#}");
+    assert_eq!(
+        fetched_trees(&r["fetched"]).keys().collect::<Vec<_>>(),
+        vec![NODE_LABEL],
+        "{r:#}"
+    );
+    assert!(!failures(&r["fetched"]).contains_key("comfyui"), "{r:#}");
+    assert_eq!(
+        r["found"]["modified"],
+        json!([format!("{NODE_LABEL}/nodes.py")]),
+        "{r:#}"
+    );
+    assert_eq!(fs::read(&f).unwrap(), good);
+    let comfy_tree = tree_str(&lock["comfyui"]["tree"]);
+    let out = e.cs(&empty, &["ls", comfy_tree]);
+    assert_ne!(
+        code(&out),
+        0,
+        "ComfyUI's tree was fetched: {}",
+        describe(&out)
+    );
+    let out = e.cs(&empty, &["verify", lp, s(&dest)]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ use super::{open_store, AddUrlArgs, Cli, HttpArgs, SourceArgs, VerifyArgs};
 use anyhow::{bail, Context, Result};
 use comfystore::http::{Download, Expect, Fetcher, HttpOptions};
 use comfystore::pipeline::fetch::{FetchOptions, FetchReport};
-use comfystore::pipeline::verify::{VerifyOptions, VerifyReport, VerifyState};
+use comfystore::pipeline::verify::{
+    HashedPart, PartState, VerifyOptions, VerifyReport, VerifyState,
+};
 use comfystore::place::LinkMode;
 use comfystore::store::{ObjectId, Sha256};
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ impl SourceArgs {
             mirror_dirs: self.mirror.clone(),
             http: self.http.options(),
             all_wheels: false,
+            intact: Vec::new(),
         }
     }
 }
@@ -199,6 +202,7 @@ fn print_verify(cli: &Cli, lock: &Path, dest: &Path, fix: bool, r: &VerifyReport
             println!("{what}\t{p}");
         }
     };
+    print_by_hash(&r.by_hash);
     list("missing", &r.found.missing);
     list("modified", &r.found.modified);
     list("store-object-changed", &r.found.store_objects_changed);
@@ -211,7 +215,7 @@ fn print_verify(cli: &Cli, lock: &Path, dest: &Path, fix: bool, r: &VerifyReport
     if !cli.quiet {
         let f = &r.found;
         eprintln!(
-            "{}: {} entries, {} ok, {} missing, {} modified, {} extra model(s), {} rehashed: {}",
+            "{}: {} entries, {} ok, {} missing, {} modified, {} extra model(s), {} rehashed, {} part(s) checked by hash: {}",
             dest.display(),
             f.entries,
             f.ok,
@@ -219,6 +223,7 @@ fn print_verify(cli: &Cli, lock: &Path, dest: &Path, fix: bool, r: &VerifyReport
             f.modified.len() + f.store_objects_changed.len(),
             r.extra_models.len(),
             f.rehashed,
+            r.by_hash.len(),
             match r.state {
                 VerifyState::Clean => "clean",
                 VerifyState::Fixed => "fixed",
@@ -226,6 +231,20 @@ fn print_verify(cli: &Cli, lock: &Path, dest: &Path, fix: bool, r: &VerifyReport
                 VerifyState::Broken => "broken (--fix restores it)",
             }
         );
+    }
+}
+
+/// The parts checked by hash that DEST does not match: one line each, with both ids.
+fn print_by_hash(parts: &[HashedPart]) {
+    for p in parts {
+        match (p.state, &p.got) {
+            (PartState::Modified, Some(got)) => println!(
+                "modified\t{}\ttree differs: expected {}, got {got}",
+                p.part, p.expected
+            ),
+            (PartState::Ok, _) => {}
+            _ => println!("missing\t{}", p.part),
+        }
     }
 }
 

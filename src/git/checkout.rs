@@ -2,7 +2,7 @@
 
 use super::inspect::{inspect, GitState};
 use crate::git::error::Result;
-use crate::store::{AddOptions, AddReport, Store, CACHE_NAMES, CACHE_SUFFIXES};
+use crate::store::{AddOptions, AddReport, ObjectId, Store, CACHE_NAMES, CACHE_SUFFIXES};
 use std::path::Path;
 
 /// Store a source folder: a git work tree by what git would check out, anything else by a walk.
@@ -14,6 +14,26 @@ pub fn store_checkout(
     dir: &Path,
     excludes: &[String],
 ) -> Result<(Option<GitState>, AddReport)> {
+    let (state, opts) = checkout_options(dir, excludes)?;
+    let add = store.add_tree(dir, &opts)?;
+    Ok((state, add))
+}
+
+/// The tree id [`store_checkout`] would give `dir`, with nothing written to the store: how
+/// `verify` compares a folder with a lock whose trees the store lacks. The stat cache vouches
+/// for unchanged files unless `rehash`.
+pub fn checkout_tree_id(
+    store: &Store,
+    dir: &Path,
+    excludes: &[String],
+    rehash: bool,
+) -> Result<ObjectId> {
+    let (_, opts) = checkout_options(dir, excludes)?;
+    Ok(store.hash_tree(dir, &opts, rehash)?)
+}
+
+/// What git says of `dir` (if it is a checkout), and the options that make its tree.
+fn checkout_options(dir: &Path, excludes: &[String]) -> Result<(Option<GitState>, AddOptions)> {
     let ex: Vec<&str> = excludes.iter().map(String::as_str).collect();
     let state = inspect(dir, &ex)?;
     let mut exclude_names: Vec<String> = CACHE_NAMES.iter().map(|s| s.to_string()).collect();
@@ -25,6 +45,5 @@ pub fn store_checkout(
         select: state.as_ref().map(|g| g.files.clone()),
         ..Default::default()
     };
-    let add = store.add_tree(dir, &opts)?;
-    Ok((state, add))
+    Ok((state, opts))
 }

@@ -9,7 +9,7 @@ mod clone;
 mod fetch;
 mod inspect;
 
-pub use checkout::store_checkout;
+pub use checkout::{checkout_tree_id, store_checkout};
 pub use clone::{checkout, clone, fetch_origin, resolve};
 pub use fetch::{fetch_tree, GitCredentials, GitSource};
 pub use inspect::{inspect, is_repo_root, GitState};

@@ -28,6 +28,9 @@ pub struct FetchOptions {
     /// Download every pinned wheel. Otherwise wheels are fetched only when the environment
     /// tree is missing (they are what rebuilds it).
     pub all_wheels: bool,
+    /// Source parts (`comfyui`, `custom_nodes/NAME`) `verify` found intact in DEST by their
+    /// tree id: not fetched, though the store lacks them.
+    pub intact: Vec<String>,
 }
 
 impl FetchOptions {
@@ -161,7 +164,7 @@ impl Fetch<'_> {
         let mut git = Vec::new();
         for t in source_trees(self.lock)
             .into_iter()
-            .filter(|t| missing_tree(self.store, &t.tree))
+            .filter(|t| missing_tree(self.store, &t.tree) && !self.opts.intact.contains(&t.label))
         {
             let what = match t.tree {
                 Some(id) => format!("tree {} ({id})", t.label),
@@ -296,8 +299,11 @@ impl Fetch<'_> {
     /// Single-file nodes the store lacks: nothing but a bundle or mirror has them.
     fn single_file_nodes(&mut self) {
         for n in &self.lock.custom_nodes {
+            let label = format!("custom_nodes/{}", n.name);
+            if self.opts.intact.contains(&label) {
+                continue;
+            }
             if let Some(id) = n.file.filter(|id| !self.store.has_object(id)) {
-                let label = format!("custom_nodes/{}", n.name);
                 self.report.needed.push(format!("file {label}"));
                 self.report.failed.push((
                     label,

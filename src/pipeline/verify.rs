@@ -1,21 +1,24 @@
 //! `verify LOCK DEST`: is this ComfyUI folder what the lockfile says, and if not, make it so.
 //!
 //! DEST is compared with the lock's version tree ([`compose`]) through the stat cache,
-//! so unchanged files are not read (`full` rehashes them all). With `fix`, whatever the store
-//! lacks is fetched first (unless offline), then missing and corrupt files are restored from
-//! the store: a materialized DEST is switched or repaired like `materialize` does, any other
-//! folder (a ComfyUI install locked in place) is repaired in place without a marker.
+//! so unchanged files are not read (`full` rehashes them all). A source part whose tree the
+//! store lacks (ComfyUI, a custom node) is checked by hashing its folder in DEST: a tree id is
+//! a hash, so comparing needs no stored object and writes none. With `fix`, whatever the store
+//! lacks, except the parts found intact, is fetched (unless offline), then missing and
+//! corrupt files are restored from the store: a materialized DEST
+//! is switched or repaired like `materialize` does, any other folder (a ComfyUI install locked
+//! in place), or a version the store cannot wholly supply, is repaired in place.
 
 use super::fetch::{fetch_lock, FetchOptions, FetchReport};
 use super::materialize::place_env_with;
-use super::version::{compose, Parts, Version, VENV_DIR};
-use crate::lockfile::{Lockfile, Part};
-use crate::pipeline::error::Result;
+use super::version::{compose, node_path, Parts, Version, EXTRA_MODEL_PATHS, VENV_DIR};
+use crate::lockfile::{comfyui_excludes, Lockfile, Part};
+use crate::pipeline::error::{IoContext, Result};
 use crate::place::{
-    self, status_against, Layout, LinkMode, LinkPolicy, Marked, MaterializeReport, PrefixRule,
-    StatusReport,
+    self, status_against, Layout, LinkMode, LinkPolicy, Marked, Marker, MaterializeReport,
+    PrefixRule, StatusReport,
 };
-use crate::store::{Manifest, Store};
+use crate::store::{Manifest, ObjectId, Store};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -52,12 +55,60 @@ pub struct VerifyReport {
     pub found: StatusReport,
     /// Model files under `models/` that the lock does not list.
     pub extra_models: Vec<String>,
-    /// Parts that could not be checked: the store lacks their tree.
+    /// Parts that could not be checked: the store lacks their tree and DEST cannot be hashed
+    /// against it (the environment).
     pub unchecked: Vec<String>,
+    /// Source parts whose tree the store lacked, checked by hashing their folder in DEST.
+    pub by_hash: Vec<HashedPart>,
     pub fetched: Option<FetchReport>,
     pub repaired: Option<MaterializeReport>,
     /// The check after the fix, when there was one.
     pub after: Option<StatusReport>,
+}
+
+/// What hashing a part in DEST found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartState {
+    /// DEST gives the lock's id.
+    Ok,
+    /// DEST gives another id: a file was changed, added or removed.
+    Modified,
+    /// DEST does not have the part's folder (or file).
+    Missing,
+}
+
+/// A source part (`comfyui`, `custom_nodes/NAME`) whose tree, or single file, the store
+/// lacks, checked by its id: the lock's, and the one DEST gives.
+#[derive(Clone, Debug, Serialize)]
+pub struct HashedPart {
+    pub part: String,
+    pub state: PartState,
+    pub expected: ObjectId,
+    /// `None` when DEST does not have it.
+    pub got: Option<ObjectId>,
+    /// Its path under DEST ("" for ComfyUI at the top).
+    #[serde(skip)]
+    base: String,
+    /// Top-level names left out of its tree (ComfyUI's data folders and venvs).
+    #[serde(skip)]
+    excludes: Vec<String>,
+    /// A single-file node: the id is the file's, not a tree's.
+    #[serde(skip)]
+    file: bool,
+}
+
+impl HashedPart {
+    /// Whether a path of DEST belongs to this part.
+    fn owns(&self, path: &str) -> bool {
+        if self.base.is_empty() {
+            let top = path.split('/').next().unwrap_or("");
+            !self.excludes.iter().any(|e| e == top)
+        } else {
+            path.strip_prefix(self.base.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        }
+    }
 }
 
 /// Check DEST against `lock`, and repair it with `opts.fix`.
@@ -77,30 +128,61 @@ pub fn verify(
         layout,
         opts,
     };
-    // 1. Check DEST, and an environment placed outside it, against the lock's version.
+    // 1. Check DEST, and an environment placed outside it, against the lock's version; hash
+    //    the parts the store lacks.
     let version = v.compose()?;
-    let mut found = status_against(store, dest, &version.manifest, opts.full)?;
-    let outside = v.check_outside(&mut found)?;
-    let mut report = v.report(found, &version, outside.as_ref());
-    if !broken(&report.found, &report.unchecked) {
+    let (found, outside) = v.check(&version)?;
+    let by_hash = v.hash_parts(&version.missing)?;
+    let mut report = v.report(found, &version, outside.as_ref(), by_hash);
+    if !report.is_broken() {
         return Ok(report);
     }
     if !opts.fix {
         report.state = VerifyState::Broken;
         return Ok(report);
     }
-    // 2. Fetch what the store lacks, restore what is missing or corrupt, check again.
+    // 2. Fetch what the store lacks and is not intact in DEST, name the files of parts that
+    //    hashed different, restore what is missing or corrupt, check again.
     let version = v.fetch_if_needed(version, &mut report)?;
-    report.repaired = Some(v.restore(&version, marker.map(|m| m.policy))?);
+    v.name_files(&version, outside.as_ref(), &mut report)?;
+    report.repaired = Some(v.restore(&version, marker.as_ref())?);
     let after = v.check_again(&version, outside.as_ref())?;
-    report.state = if broken(&after, &version.missing) {
+    let unchecked = report.not_intact(&version.missing);
+    report.state = if broken(&after, &unchecked) {
         VerifyState::Broken
     } else {
         VerifyState::Fixed
     };
-    report.unchecked = version.missing;
+    report.unchecked = unchecked;
     report.after = Some(after);
     Ok(report)
+}
+
+impl VerifyReport {
+    /// Whether the check found anything wrong, or could not check everything.
+    fn is_broken(&self) -> bool {
+        broken(&self.found, &self.unchecked)
+            || self.by_hash.iter().any(|h| h.state != PartState::Ok)
+    }
+
+    /// The parts the store lacks (`missing`) less those DEST holds intact.
+    fn not_intact(&self, missing: &[String]) -> Vec<String> {
+        let intact = self.intact();
+        missing
+            .iter()
+            .filter(|m| !intact.contains(m))
+            .cloned()
+            .collect()
+    }
+
+    /// The parts checked by hash and found intact.
+    fn intact(&self) -> Vec<String> {
+        self.by_hash
+            .iter()
+            .filter(|h| h.state == PartState::Ok)
+            .map(|h| h.part.clone())
+            .collect()
+    }
 }
 
 /// Whether a check found anything wrong, or could not check everything.
@@ -144,6 +226,13 @@ impl Verifier<'_> {
         compose(self.store, self.lock, |p| self.wants(p), &parts)
     }
 
+    /// 1a. DEST against `version`, and the environment placed outside it.
+    fn check(&self, version: &Version) -> Result<(StatusReport, Option<Outside>)> {
+        let mut found = status_against(self.store, self.dest, &version.manifest, self.opts.full)?;
+        let outside = self.check_outside(&mut found)?;
+        Ok((found, outside))
+    }
+
     /// 1b. The environment placed outside DEST, if any: checked, and folded into `found`.
     fn check_outside(&self, found: &mut StatusReport) -> Result<Option<Outside>> {
         let wanted = self.wants(Part::Python) && self.lock.python.is_some();
@@ -163,18 +252,76 @@ impl Verifier<'_> {
         Ok(Some(Outside { dir, env, broken }))
     }
 
-    /// 1c. The report of the check: user files that belong beside a version left out of
-    ///     `extra`, models the lock does not list picked out.
+    /// 1c. The source parts among `missing` (those whose tree or file the store lacks), each
+    ///     hashed in DEST and compared with the lock.
+    fn hash_parts(&self, missing: &[String]) -> Result<Vec<HashedPart>> {
+        let lock = self.lock;
+        let mut parts = Vec::new();
+        if let Some(tree) = lock
+            .comfyui
+            .tree
+            .filter(|_| missing.iter().any(|m| m == "comfyui"))
+        {
+            let mut excludes = comfyui_excludes();
+            if self.layout.models_dir.is_some() {
+                // Ours, written for the shared models folder: not ComfyUI's.
+                excludes.push(EXTRA_MODEL_PATHS.into());
+            }
+            parts.push(part("comfyui".into(), String::new(), excludes, tree, false));
+        }
+        for n in &lock.custom_nodes {
+            let label = format!("custom_nodes/{}", n.name);
+            let id = n.file.map(|f| (f, true)).or(n.tree.map(|t| (t, false)));
+            if let Some((id, file)) = id.filter(|_| missing.contains(&label)) {
+                parts.push(part(label, node_path(n), Vec::new(), id, file));
+            }
+        }
+        for p in &mut parts {
+            p.got = self.hash_part(p)?;
+            p.state = match p.got {
+                None => PartState::Missing,
+                Some(got) if got == p.expected => PartState::Ok,
+                Some(_) => PartState::Modified,
+            };
+        }
+        Ok(parts)
+    }
+
+    /// The id DEST gives a part (with the same selection and excludes `lock` used), or
+    /// `None` when DEST does not have it. Nothing is written to the store.
+    fn hash_part(&self, p: &HashedPart) -> Result<Option<ObjectId>> {
+        let path = self.dest.join(&p.base);
+        Ok(if p.file && path.is_file() {
+            Some(crate::store::b3_file(&path).ctx("read", &path)?.0)
+        } else if !p.file && path.is_dir() {
+            let rehash = self.opts.full;
+            Some(crate::git::checkout_tree_id(
+                self.store,
+                &path,
+                &p.excludes,
+                rehash,
+            )?)
+        } else {
+            None
+        })
+    }
+
+    /// 1d. The report of the check: user files that belong beside a version, and the files
+    ///     of parts checked by hash, left out of `extra`; models the lock does not list
+    ///     picked out.
     fn report(
         &self,
         mut found: StatusReport,
         version: &Version,
         outside: Option<&Outside>,
+        by_hash: Vec<HashedPart>,
     ) -> VerifyReport {
         // Repos' own `.git` folders and byte-code caches are expected beside a version.
-        found
-            .extra
-            .retain(|p| !crate::store::is_cache_path(p) && !p.split('/').any(|c| c == ".git"));
+        found.extra.retain(|p| {
+            !crate::store::is_cache_path(p)
+                && !p.split('/').any(|c| c == ".git")
+                && !by_hash.iter().any(|h| h.owns(p))
+        });
         let extra_models: Vec<String> = if self.wants(Part::Models) {
             found
                 .extra
@@ -189,6 +336,7 @@ impl Verifier<'_> {
             Vec::new()
         };
         let mut unchecked = version.missing.clone();
+        unchecked.retain(|m| !by_hash.iter().any(|h| h.part == *m));
         if let Some(Outside { dir, env: None, .. }) = outside {
             unchecked.push(format!("python ({})", dir.display()));
         }
@@ -198,6 +346,7 @@ impl Verifier<'_> {
             dest: self.dest.to_path_buf(),
             extra_models,
             unchecked,
+            by_hash,
             found,
             fetched: None,
             repaired: None,
@@ -205,10 +354,32 @@ impl Verifier<'_> {
         }
     }
 
+    /// 2b. When a part that hashed different could be fetched, check DEST again before the
+    ///     repair, so the report names its files and not only the part.
+    fn name_files(
+        &self,
+        version: &Version,
+        outside: Option<&Outside>,
+        report: &mut VerifyReport,
+    ) -> Result<()> {
+        let fetched = report
+            .by_hash
+            .iter()
+            .any(|p| p.state != PartState::Ok && !version.missing.contains(&p.part));
+        if !fetched {
+            return Ok(());
+        }
+        let (found, _) = self.check(version)?;
+        let again = self.report(found, version, outside, Vec::new());
+        report.found = again.found;
+        report.extra_models = again.extra_models;
+        Ok(())
+    }
+
     /// 2a. The store must hold every tree and every object the repair writes: fetch (and
-    ///     compose again) if it does not.
+    ///     compose again) if it does not, leaving out the parts DEST holds intact.
     fn fetch_if_needed(&self, version: Version, report: &mut VerifyReport) -> Result<Version> {
-        let needs_fetch = !version.missing.is_empty()
+        let needs_fetch = !report.not_intact(&version.missing).is_empty()
             || version
                 .manifest
                 .objects()
@@ -217,27 +388,37 @@ impl Verifier<'_> {
         if !needs_fetch {
             return Ok(version);
         }
-        report.fetched = Some(fetch_lock(self.store, self.lock, &self.opts.fetch)?);
+        let opts = FetchOptions {
+            intact: report.intact(),
+            ..self.opts.fetch.clone()
+        };
+        report.fetched = Some(fetch_lock(self.store, self.lock, &opts)?);
         self.compose()
     }
 
-    /// 2b. Write what the store can supply (what it cannot stays reported as broken): a
-    ///     materialized DEST is switched or repaired with its own policy, any other folder
-    ///     is repaired in place.
-    fn restore(&self, version: &Version, policy: Option<LinkPolicy>) -> Result<MaterializeReport> {
+    /// 2c. Write what the store can supply (what it cannot stays reported as broken): a
+    ///     materialized DEST is switched or repaired with its own policy when the store holds
+    ///     the whole version and the tree DEST held; anything else is repaired in place, which
+    ///     removes nothing (a partial switch would remove what the store cannot supply).
+    fn restore(&self, version: &Version, marker: Option<&Marker>) -> Result<MaterializeReport> {
         let mut placeable = version.manifest.clone();
         placeable.entries.retain(|e| match &e.node {
             crate::store::Node::File { id, .. } => self.store.has_object(id),
             _ => true,
         });
+        let whole =
+            version.missing.is_empty() && placeable.entries.len() == version.manifest.entries.len();
         let (tree, _) = self.store.put_tree(&placeable)?;
-        Ok(match policy {
-            Some(policy) => place::materialize(self.store, &tree, self.dest, &policy),
+        Ok(match marker {
+            Some(m) if whole && self.store.has_tree(&m.tree) => {
+                place::materialize(self.store, &tree, self.dest, &m.policy)
+            }
+            Some(m) => place::repair_in_place(self.store, &tree, self.dest, &m.policy),
             None => place::repair_in_place(self.store, &tree, self.dest, &default_policy()),
         }?)
     }
 
-    /// 2c. The check after the fix; an environment outside DEST that was broken is placed
+    /// 2d. The check after the fix; an environment outside DEST that was broken is placed
     ///     again first, with the policy it was made with.
     fn check_again(&self, version: &Version, outside: Option<&Outside>) -> Result<StatusReport> {
         let mut after = status_against(self.store, self.dest, &version.manifest, false)?;
@@ -260,6 +441,25 @@ impl Verifier<'_> {
             );
         }
         Ok(after)
+    }
+}
+
+/// A part to hash, not hashed yet.
+fn part(
+    label: String,
+    base: String,
+    excludes: Vec<String>,
+    id: ObjectId,
+    file: bool,
+) -> HashedPart {
+    HashedPart {
+        part: label,
+        state: PartState::Missing,
+        expected: id,
+        got: None,
+        base,
+        excludes,
+        file,
     }
 }
 

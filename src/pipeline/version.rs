@@ -11,7 +11,7 @@
 //! trees (stat-cache checks, in-place switching that keeps user files, per-prefix link modes)
 //! works for versions, and `verify LOCK DEST` is a status check against this tree.
 
-use crate::lockfile::{Lockfile, Part, DISABLED_DIR};
+use crate::lockfile::{CustomNode, Lockfile, Part, DISABLED_DIR};
 use crate::pipeline::error::{Error, IoContext, Result};
 use crate::store::{Entry, Manifest, Node, ObjectId, Store};
 use std::collections::{BTreeMap, BTreeSet};
@@ -112,6 +112,15 @@ struct TreePart {
     label: String,
 }
 
+/// Where a custom node sits in a version (disabled ones under `custom_nodes/.disabled/`).
+pub fn node_path(n: &CustomNode) -> String {
+    if n.disabled {
+        format!("custom_nodes/{DISABLED_DIR}/{}", n.name)
+    } else {
+        format!("custom_nodes/{}", n.name)
+    }
+}
+
 /// A version tree being built: its entries by path, and the parts the store lacks.
 struct Composer<'a> {
     lock: &'a Lockfile,
@@ -142,11 +151,7 @@ impl Composer<'_> {
             label: "comfyui".into(),
         }];
         for n in &lock.custom_nodes {
-            let base = if n.disabled {
-                format!("custom_nodes/{DISABLED_DIR}/{}", n.name)
-            } else {
-                format!("custom_nodes/{}", n.name)
-            };
+            let base = node_path(n);
             let label = format!("custom_nodes/{}", n.name);
             let Some(id) = n.file else {
                 trees.push(TreePart {

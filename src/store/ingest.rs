@@ -184,22 +184,9 @@ impl Store {
     pub fn add_tree(&self, dir: &Path, opts: &AddOptions) -> Result<AddReport> {
         let _lock = self.lock_shared()?;
         let (files, mut entries) = scan(dir, opts, self.root())?;
-        let cached = self.cached_ids(&files)?;
-        let bar = self.reporter().start(
-            "hashing",
-            Some(files.len() as u64),
-            crate::report::Unit::Items,
-        );
-        let outcomes: Vec<FileOutcome> = files
-            .par_iter()
-            .zip(cached.par_iter())
-            .map(|(f, c)| {
-                let r = self.ingest_file(f, *c, opts.tree_sha256);
-                bar.inc(1);
-                r
-            })
-            .collect::<Result<_>>()?;
-        bar.finish();
+        let outcomes: Vec<FileOutcome> = self.each_file(&files, true, |f, c| {
+            self.ingest_file(f, c, opts.tree_sha256)
+        })?;
 
         let mut batch = Batch::default();
         let mut report = AddReport {
@@ -215,14 +202,7 @@ impl Store {
             new_bytes: 0,
         };
         for (f, out) in files.iter().zip(&outcomes) {
-            entries.push(Entry {
-                path: f.rel.clone(),
-                node: Node::File {
-                    exec: f.exec,
-                    size: out.size,
-                    id: out.id,
-                },
-            });
+            entries.push(file_entry(f, out.size, out.id));
             finish_file(out, &mut batch);
             report.bytes += out.size;
             if out.hashed {
@@ -257,6 +237,55 @@ impl Store {
             index.commit(&batch)?;
         }
         Ok(report)
+    }
+
+    /// The tree id a directory would get from [`Store::add_tree`] with the same options,
+    /// computed without writing anything to the store: `verify` compares a folder with a lock
+    /// whose trees this store does not hold. The stat cache vouches for unchanged files unless
+    /// `rehash`.
+    pub fn hash_tree(&self, dir: &Path, opts: &AddOptions, rehash: bool) -> Result<ObjectId> {
+        let (files, mut entries) = scan(dir, opts, self.root())?;
+        let ids = self.each_file(&files, !rehash, |f, cached| match cached {
+            Some(id) => Ok((id, f.stat.size)),
+            None => super::hash::b3_file(&f.abs).ctx("read", &f.abs),
+        })?;
+        for (f, (id, size)) in files.iter().zip(ids) {
+            entries.push(file_entry(f, size, id));
+        }
+        let mut manifest = Manifest { entries };
+        manifest.sort();
+        Ok(manifest.id())
+    }
+
+    /// Run `one` on every file in parallel, with what the stat cache says of it (when
+    /// `use_cache`), counting on a "hashing" bar.
+    fn each_file<T: Send>(
+        &self,
+        files: &[ScannedFile],
+        use_cache: bool,
+        one: impl Fn(&ScannedFile, Option<ObjectId>) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        let cached = if use_cache {
+            self.cached_ids(files)?
+        } else {
+            vec![None; files.len()]
+        };
+        let bar = self.reporter().start(
+            "hashing",
+            Some(files.len() as u64),
+            crate::report::Unit::Items,
+        );
+        let out = files
+            .par_iter()
+            .zip(cached.par_iter())
+            .map(|(f, c)| {
+                let r = one(f, *c);
+                bar.inc(1);
+                r
+            })
+            .collect::<Result<_>>()?;
+        bar.finish();
+        Ok(out)
     }
 
     /// Stat-cache lookups for many files at once (one read transaction).
@@ -324,6 +353,18 @@ impl Store {
             new: put.new,
             cache: stable.then_some(before),
         })
+    }
+}
+
+/// A scanned file's entry in its tree.
+fn file_entry(f: &ScannedFile, size: u64, id: ObjectId) -> Entry {
+    Entry {
+        path: f.rel.clone(),
+        node: Node::File {
+            exec: f.exec,
+            size,
+            id,
+        },
     }
 }
 
@@ -492,5 +533,38 @@ impl Found {
             }
         }
         (self.files, self.others)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    /// `hash_tree` gives the id `add_tree` stores, and stores nothing.
+    #[test]
+    fn hash_tree_is_add_tree_without_writing() {
+        let t = tempfile::tempdir().expect("temp dir");
+        let dir = t.path().join("src");
+        fs::create_dir_all(dir.join("sub/empty")).expect("mkdir");
+        fs::write(dir.join("a.py"), b"print(1)\n").expect("write");
+        fs::write(dir.join("sub/skip.pyc"), b"cache").expect("write");
+        std::os::unix::fs::symlink("a.py", dir.join("link.py")).expect("symlink");
+        let opts = AddOptions {
+            exclude_suffixes: vec![".pyc".into()],
+            ..Default::default()
+        };
+        let fresh = Store::open(t.path().join("fresh"), &StoreOptions::default()).expect("store");
+        let hashed = fresh.hash_tree(&dir, &opts, false).expect("hash");
+        assert!(!fresh.has_tree(&hashed));
+        let file = crate::store::hash_bytes(b"print(1)\n", false).b3;
+        assert!(!fresh.has_object(&file), "hashing stored an object");
+
+        let other = Store::open(t.path().join("other"), &StoreOptions::default()).expect("store");
+        let added = other.add_tree(&dir, &opts).expect("add");
+        assert_eq!(hashed, added.id);
+        // Through the stat cache `add_tree` filled, and rehashing, the same id again.
+        assert_eq!(other.hash_tree(&dir, &opts, false).expect("hash"), added.id);
+        assert_eq!(other.hash_tree(&dir, &opts, true).expect("hash"), added.id);
     }
 }
