@@ -85,12 +85,9 @@ pub fn find_env(store: &Store, py: &EnvSpec) -> Result<Option<ObjectId>> {
     let Some(key) = env_key(py) else {
         return Ok(None);
     };
-    let name = env_root(&key);
     Ok(store
-        .list_roots()?
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, r)| r.ids.first().copied())
+        .read_root(&env_root(&key))?
+        .and_then(|r| r.ids.first().copied())
         .filter(|t| store.has_tree(t)))
 }
 
