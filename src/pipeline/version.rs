@@ -107,7 +107,8 @@ pub fn compose(
 
 /// The tree of a locked source: the lock's own, else the one `fetch` recorded for its repo and
 /// commit (a lock imported from a Manager snapshot names no trees). `excludes` are the
-/// top-level names its tree leaves out.
+/// top-level names its tree leaves out. Callers pass no repo for a dirty source: its commit
+/// does not say what it held.
 pub fn source_tree(
     store: &Store,
     tree: Option<ObjectId>,
@@ -159,7 +160,7 @@ impl Composer<'_> {
             tree: source_tree(
                 store,
                 c.tree,
-                c.repo.as_deref(),
+                c.repo.as_deref().filter(|_| !c.dirty),
                 c.commit.as_deref(),
                 &crate::lockfile::comfyui_excludes(),
             )?,
@@ -173,7 +174,8 @@ impl Composer<'_> {
             };
             let label = format!("custom_nodes/{}", n.name);
             let Some(id) = n.file else {
-                let (repo, commit) = (n.repo.as_deref(), n.commit.as_deref());
+                let repo = n.repo.as_deref().filter(|_| !n.dirty);
+                let commit = n.commit.as_deref();
                 trees.push(TreePart {
                     base,
                     tree: source_tree(store, n.tree, repo, commit, &[])?,
