@@ -155,7 +155,7 @@ pub fn ensure_env(
     } else {
         install_with_pip(base, &staged)?;
     }
-    let (tree, _) = relocate::ingest(store, &staged.venv, base, Some(&py.packages))?;
+    let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages)?;
     store.add_root(
         &env_root(&key),
         &Root {

@@ -43,7 +43,8 @@ pub struct EnvMeta {
     pub packages: Vec<Package>,
 }
 
-/// Store the venv at `venv` as a path-independent environment tree. `base` is the venv's base
+/// Store the venv at `venv` as a path-independent environment tree, file for file as it is
+/// (so `verify` of an install locked in place finds its own bytes). `base` is the venv's base
 /// interpreter; `packages` the wheels it was installed from, if known (else those of the
 /// metadata the venv already carries, when comfystore placed it).
 /// Byte-code caches (`__pycache__`) are left out; loose `.pyc` files are kept, since a
@@ -54,6 +55,29 @@ pub fn ingest(
     base: &Interpreter,
     packages: Option<&[Package]>,
 ) -> Result<(ObjectId, AddReport)> {
+    let (mut manifest, add) = add_venv(store, venv)?;
+    let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
+    finish(store, venv, base, packages, templates, manifest).map(|id| (id, add))
+}
+
+/// Store a venv comfystore installed from `packages` in a staging folder, with what the
+/// installer wrote about its run normalised, so the same wheels and interpreter give the
+/// same tree on every machine and at every time.
+pub fn ingest_installed(
+    store: &Store,
+    venv: &Path,
+    base: &Interpreter,
+    packages: &[Package],
+) -> Result<ObjectId> {
+    let (mut manifest, _) = add_venv(store, venv)?;
+    let dropped = drop_run_files(&mut manifest);
+    let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
+    normalize_records(store, venv, &templates, &dropped, &mut manifest)?;
+    finish(store, venv, base, Some(packages), templates, manifest)
+}
+
+/// The venv's files in the store, without byte-code caches and comfystore's own files.
+fn add_venv(store: &Store, venv: &Path) -> Result<(Manifest, AddReport)> {
     let add = store.add_tree(
         venv,
         &AddOptions {
@@ -62,10 +86,18 @@ pub fn ingest(
             ..Default::default()
         },
     )?;
-    let mut manifest = store.read_tree(&add.id)?;
-    let dropped = drop_run_files(&mut manifest);
-    let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
-    normalize_records(store, venv, &templates, &dropped, &mut manifest)?;
+    Ok((store.read_tree(&add.id)?, add))
+}
+
+/// Add [`ENV_META`] to the templatized manifest and store it.
+fn finish(
+    store: &Store,
+    venv: &Path,
+    base: &Interpreter,
+    packages: Option<&[Package]>,
+    templates: Vec<String>,
+    mut manifest: Manifest,
+) -> Result<ObjectId> {
     let packages = match packages {
         Some(p) => p.to_vec(),
         None => read_meta_file(venv)?
@@ -90,7 +122,7 @@ pub fn ingest(
         },
     });
     manifest.sort();
-    Ok((store.put_tree(&manifest)?.0, add))
+    Ok(store.put_tree(&manifest)?.0)
 }
 
 /// Replace the venv's own paths in symlinks and text files by tokens (new file contents go
