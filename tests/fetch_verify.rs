@@ -1420,3 +1420,79 @@ fn mirror_wheels_pep503() {
         "VALUE = 12\n"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A lock imported from a ComfyUI-Manager snapshot (repo + commit, no trees).
+
+#[test]
+fn snapshot_lock_fetches_once_and_materializes() {
+    let e = Env::new(Url::File);
+    let comfy_head = git(&e.comfy, &["rev-parse", "HEAD"]);
+    let node_head = git(&e.node_dir(), &["rev-parse", "HEAD"]);
+    let snap = e.p("snapshot.json");
+    write_json(
+        &snap,
+        &json!({
+            "comfyui": comfy_head,
+            "git_custom_nodes": { e.url(&e.node_bare, Url::File): { "hash": node_head, "disabled": false } },
+            "cnr_custom_nodes": {},
+            "file_custom_nodes": [],
+            "pips": {}
+        }),
+    );
+    // A snapshot never says where ComfyUI comes from: the import names GitHub, which git is
+    // told to find in the fixture's bare repo.
+    let redirect = format!(
+        "[url \"{}\"]\n\tinsteadOf = https://github.com/comfyanonymous/ComfyUI\n",
+        e.url(&e.comfy_bare, Url::File)
+    );
+    fs::write(&e.gitconfig, redirect).unwrap();
+    let lock = e.p("snap.lock.json");
+    let store = e.p("fresh-store");
+    e.ok(
+        &store,
+        &["import-snapshot", s(&snap), "--tag", "snap", "-o", s(&lock)],
+    );
+    assert_eq!(read_json(&lock)["comfyui"]["tree"], Value::Null);
+
+    let fetch = |what: &str| {
+        let out = e.cs(&store, &["--json", "fetch", s(&lock)]);
+        assert_eq!(code(&out), 0, "{what} fetch: {}", describe(&out));
+        parse(&out)
+    };
+    let first = fetch("first");
+    let trees = fetched_trees(&first);
+    let labels: Vec<&str> = trees.keys().map(String::as_str).collect();
+    assert_eq!(labels, ["comfyui", NODE_LABEL], "{first:#}");
+
+    // materialize composes the version from the trees fetch recorded for repo + commit.
+    let dest = e.p("dest");
+    e.ok(&store, &["materialize", s(&lock), s(&dest)]);
+    let skip = ["models", "custom_nodes", "output", "input", "user", "temp"];
+    assert_same_files(
+        &snapshot(&e.comfy, &skip),
+        &snapshot(&dest, &skip),
+        "comfyui",
+    );
+    assert_same_files(
+        &snapshot(&e.node_dir(), &[]),
+        &snapshot(&dest.join("custom_nodes").join(NODE), &[]),
+        NODE_LABEL,
+    );
+
+    // The repos are gone: a second fetch needs nothing and runs no git.
+    fs::rename(e.p("git"), e.p("git-moved")).unwrap();
+    let second = fetch("second");
+    assert_eq!(second["trees"], json!([]), "{second:#}");
+    assert_eq!(second["needed"], json!([]), "{second:#}");
+    assert_eq!(failures(&second), BTreeMap::new(), "{second:#}");
+    // gc keeps what the lock's root (and the record) name.
+    e.ok(&store, &["gc", "--grace", "0s"]);
+    let again = e.p("dest-again");
+    e.ok(&store, &["materialize", s(&lock), s(&again)]);
+    assert_same_files(
+        &snapshot(&dest, &[]),
+        &snapshot(&again, &[]),
+        "second materialize",
+    );
+}

@@ -1742,3 +1742,85 @@ fn concurrent_materializes_of_one_new_environment_both_work() {
     assert_eq!(rc["env"]["built"], false, "{rc:#}");
     assert_eq!(rc["env"]["tree"].as_str(), Some(rooted[0].as_str()));
 }
+
+impl Env {
+    /// `materialize LOCK DEST --only python --installer INSTALLER` into `store` (wheels
+    /// fetched there from the index); the environment tree id it reports.
+    fn env_tree_in(&self, store: &Path, lock: &Path, dest: &Path, installer: &str) -> String {
+        let args = [
+            "--json",
+            "materialize",
+            s(lock),
+            s(dest),
+            "--only",
+            "python",
+            "--installer",
+            installer,
+        ];
+        let out = self.cs(store, &args);
+        assert_eq!(code(&out), 0, "{args:?}: {}", describe(&out));
+        let report = parse(&out);
+        assert_eq!(report["env"]["built"], true, "{report:#}");
+        assert_eq!(report["env"]["installer"], installer, "{report:#}");
+        report["env"]["tree"].as_str().unwrap().to_string()
+    }
+
+    /// The lines of `ls TREE` in `store`, for a diff of two trees.
+    fn ls_lines(&self, store: &Path, tree: &str) -> Vec<String> {
+        let out = self.cs(store, &["ls", tree]);
+        assert_eq!(code(&out), 0, "ls {tree}: {}", describe(&out));
+        stdout(&out).lines().map(str::to_string).collect()
+    }
+}
+
+/// The entries of two `ls` listings that differ, with the content of differing files.
+fn ls_diff(e: &Env, (sa, a): (&Path, &[String]), (sb, b): (&Path, &[String])) -> String {
+    let mut out = String::new();
+    for (store, x, y, which) in [(sa, a, b, "first"), (sb, b, a, "second")] {
+        for line in x.iter().filter(|l| !y.contains(l)) {
+            out.push_str(&format!("only in the {which}: {line}\n"));
+            let id = line.split('\t').nth(2).unwrap_or("");
+            if id.starts_with("b3:") {
+                out.push_str(&stdout(&e.cs(store, &["cat", id])));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn same_wheels_give_the_same_environment_tree_in_two_stores() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let mut installers = vec!["pip"];
+    if uv_available() {
+        installers.push("uv");
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "uv is not on PATH, and CI needs the uv installer checked"
+        );
+        eprintln!("note: uv not on PATH, only the pip installer is checked");
+    }
+    for installer in installers {
+        let (sa, sb) = (
+            e.p(&format!("store-a-{installer}")),
+            e.p(&format!("s-b-{installer}")),
+        );
+        let ta = e.env_tree_in(&sa, &lock, &e.p(&format!("a-{installer}")), installer);
+        // Another second on the clock, another store path, another staging folder.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let tb = e.env_tree_in(&sb, &lock, &e.p(&format!("b-{installer}")), installer);
+        assert_eq!(
+            ta,
+            tb,
+            "{installer}: the same wheels gave two environment trees\n{}",
+            ls_diff(
+                &e,
+                (&sa, &e.ls_lines(&sa, &ta)),
+                (&sb, &e.ls_lines(&sb, &tb))
+            )
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! content is pinned by the GC root `lock/<tag>`.
 
 use super::mirror::layout as mirror;
+use super::version::source_tree;
 use crate::git::{fetch_tree, GitCredentials, GitSource};
 use crate::http::{Download, Downloaded, Expect, Fetcher, HttpOptions, FILE_SCHEME};
 use crate::lockfile::{Lockfile, Part};
@@ -80,13 +81,16 @@ struct LockedTree {
     excludes: Vec<String>,
 }
 
-fn source_trees(lock: &Lockfile) -> Vec<LockedTree> {
+/// The lock's source trees; where the lock names none, the tree an earlier fetch recorded for
+/// the repo and commit.
+fn source_trees(store: &Store, lock: &Lockfile) -> Result<Vec<LockedTree>> {
+    let c = &lock.comfyui;
     let mut v = vec![LockedTree {
         label: "comfyui".into(),
-        tree: lock.comfyui.tree,
-        repo: lock.comfyui.repo.clone(),
-        commit: lock.comfyui.commit.clone(),
-        dirty: lock.comfyui.dirty,
+        tree: c.tree,
+        repo: c.repo.clone(),
+        commit: c.commit.clone(),
+        dirty: c.dirty,
         excludes: crate::lockfile::comfyui_excludes(),
     }];
     for n in lock.custom_nodes.iter().filter(|n| n.file.is_none()) {
@@ -99,7 +103,11 @@ fn source_trees(lock: &Lockfile) -> Vec<LockedTree> {
             excludes: Vec::new(),
         });
     }
-    v
+    for t in v.iter_mut().filter(|t| !t.dirty) {
+        let (repo, commit) = (t.repo.as_deref(), t.commit.as_deref());
+        t.tree = source_tree(store, t.tree, repo, commit, &t.excludes)?;
+    }
+    Ok(v)
 }
 
 /// Fetch what `lock` names and the store lacks, then pin it with the root `lock/<tag>`.
@@ -113,10 +121,9 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
         report: FetchReport::default(),
     };
     f.import_mirror_bundles()?;
-    let mut rebuilt = Vec::new();
     if opts.wants(Part::Nodes) {
-        let git = f.git_sources();
-        rebuilt = f.trees_from_git(git)?;
+        let git = f.git_sources()?;
+        f.trees_from_git(git)?;
         f.single_file_nodes();
     }
     let mut items = Vec::new();
@@ -127,7 +134,7 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
         items.extend(f.model_downloads());
     }
     f.download(&items)?;
-    add_lock_root(store, lock, rebuilt, &f.report)?;
+    add_lock_root(store, lock, &f.report)?;
     Ok(f.report)
 }
 
@@ -143,7 +150,7 @@ impl Fetch<'_> {
     /// Trees from an offline mirror's bundles, when the store lacks any the lock wants.
     fn import_mirror_bundles(&mut self) -> Result<()> {
         let trees_missing = (self.opts.wants(Part::Nodes)
-            && source_trees(self.lock)
+            && source_trees(self.store, self.lock)?
                 .iter()
                 .any(|t| missing_tree(self.store, &t.tree)))
             || (self.opts.wants(Part::Python) && python_missing(self.store, self.lock)?);
@@ -160,9 +167,9 @@ impl Fetch<'_> {
     }
 
     /// The missing source trees git can rebuild; the others are reported as failed, with why.
-    fn git_sources(&mut self) -> Vec<GitSource> {
+    fn git_sources(&mut self) -> Result<Vec<GitSource>> {
         let mut git = Vec::new();
-        for t in source_trees(self.lock)
+        for t in source_trees(self.store, self.lock)?
             .into_iter()
             .filter(|t| missing_tree(self.store, &t.tree) && !self.opts.intact.contains(&t.label))
         {
@@ -193,7 +200,7 @@ impl Fetch<'_> {
                 )),
             }
         }
-        git
+        Ok(git)
     }
 
     /// The wheels to download: all the store lacks with `all_wheels`, else only when the
@@ -262,9 +269,9 @@ impl Fetch<'_> {
         items
     }
 
-    /// Rebuild trees from git, `jobs` at a time, each checked against the lock's tree id; the
-    /// trees it gave.
-    fn trees_from_git(&mut self, git: Vec<GitSource>) -> Result<Vec<ObjectId>> {
+    /// Rebuild trees from git, `jobs` at a time, each checked against the lock's tree id and
+    /// recorded for its repo and commit (so a lock without tree ids finds it again).
+    fn trees_from_git(&mut self, git: Vec<GitSource>) -> Result<()> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.opts.http.jobs.clamp(1, 16))
             .build()
@@ -278,11 +285,10 @@ impl Fetch<'_> {
                 .map(|g| fetch_tree(self.store, g, &creds))
                 .collect()
         });
-        let mut rebuilt = Vec::new();
         for (g, r) in git.into_iter().zip(results) {
             match r {
                 Ok(tree) => {
-                    rebuilt.push(tree);
+                    (self.store).record_git_tree(&g.repo, &g.commit, &g.excludes, tree)?;
                     self.report.trees.push(FetchedTree {
                         label: g.label,
                         tree,
@@ -293,7 +299,7 @@ impl Fetch<'_> {
                 Err(e) => self.report.failed.push((g.label, e.to_string())),
             }
         }
-        Ok(rebuilt)
+        Ok(())
     }
 
     /// Single-file nodes the store lacks: nothing but a bundle or mirror has them.
@@ -381,20 +387,16 @@ fn sources(
     sources
 }
 
-/// Pin what the store now holds with `lock/<tag>`, keeping the lockfile path a `lock` run
-/// recorded.
-fn add_lock_root(
-    store: &Store,
-    lock: &Lockfile,
-    rebuilt: Vec<ObjectId>,
-    report: &FetchReport,
-) -> Result<()> {
-    let mut ids: Vec<_> = lock
-        .store_ids()
-        .into_iter()
-        .filter(|id| store.has_tree(id) || store.has_object(id))
-        .collect();
-    ids.extend(rebuilt);
+/// Pin what the store now holds with `lock/<tag>` (with the trees recorded for repo and commit
+/// where the lock names none), keeping the lockfile path a `lock` run recorded.
+fn add_lock_root(store: &Store, lock: &Lockfile, report: &FetchReport) -> Result<()> {
+    let mut ids: Vec<_> = lock.store_ids();
+    ids.extend(
+        source_trees(store, lock)?
+            .into_iter()
+            .filter_map(|t| t.tree),
+    );
+    ids.retain(|id| store.has_tree(id) || store.has_object(id));
     ids.extend(report.downloaded.iter().map(|d| d.id));
     ids.sort();
     ids.dedup();
@@ -402,11 +404,7 @@ fn add_lock_root(
         return Ok(());
     }
     let name = format!("lock/{}", lock.tag);
-    let path = store
-        .list_roots()?
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, r)| r.path);
+    let path = store.read_root(&name)?.and_then(|r| r.path);
     Ok(store.add_root(&name, &Root { ids, path })?)
 }
 

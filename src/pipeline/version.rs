@@ -105,6 +105,24 @@ pub fn compose(
     c.finish()
 }
 
+/// The tree of a locked source: the lock's own, else the one `fetch` recorded for its repo and
+/// commit (a lock imported from a Manager snapshot names no trees). `excludes` are the
+/// top-level names its tree leaves out. Callers pass no repo for a dirty source: its commit
+/// does not say what it held.
+pub fn source_tree(
+    store: &Store,
+    tree: Option<ObjectId>,
+    repo: Option<&str>,
+    commit: Option<&str>,
+    excludes: &[String],
+) -> Result<Option<ObjectId>> {
+    match (tree, repo, commit) {
+        (Some(t), _, _) => Ok(Some(t)),
+        (None, Some(repo), Some(commit)) => Ok(store.git_tree(repo, commit, excludes)?),
+        _ => Ok(None),
+    }
+}
+
 /// A part whose tree goes in at `base` ("" for the top): ComfyUI or a custom node.
 struct TreePart {
     base: String,
@@ -145,18 +163,27 @@ impl Composer<'_> {
     /// first) are returned to go in after the environment.
     fn put_nodes(&mut self, store: &Store) -> Result<Vec<TreePart>> {
         let lock = self.lock;
+        let c = &lock.comfyui;
         let mut trees = vec![TreePart {
             base: String::new(),
-            tree: lock.comfyui.tree,
+            tree: source_tree(
+                store,
+                c.tree,
+                c.repo.as_deref().filter(|_| !c.dirty),
+                c.commit.as_deref(),
+                &crate::lockfile::comfyui_excludes(),
+            )?,
             label: "comfyui".into(),
         }];
         for n in &lock.custom_nodes {
             let base = node_path(n);
             let label = format!("custom_nodes/{}", n.name);
             let Some(id) = n.file else {
+                let repo = n.repo.as_deref().filter(|_| !n.dirty);
+                let commit = n.commit.as_deref();
                 trees.push(TreePart {
                     base,
-                    tree: n.tree,
+                    tree: source_tree(store, n.tree, repo, commit, &[])?,
                     label,
                 });
                 continue;

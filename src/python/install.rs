@@ -85,12 +85,9 @@ pub fn find_env(store: &Store, py: &EnvSpec) -> Result<Option<ObjectId>> {
     let Some(key) = env_key(py) else {
         return Ok(None);
     };
-    let name = env_root(&key);
     Ok(store
-        .list_roots()?
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, r)| r.ids.first().copied())
+        .read_root(&env_root(&key))?
+        .and_then(|r| r.ids.first().copied())
         .filter(|t| store.has_tree(t)))
 }
 
@@ -158,7 +155,7 @@ pub fn ensure_env(
     } else {
         install_with_pip(base, &staged)?;
     }
-    let (tree, _) = relocate::ingest(store, &staged.venv, base, Some(&py.packages))?;
+    let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages)?;
     store.add_root(
         &env_root(&key),
         &Root {

@@ -43,7 +43,8 @@ pub struct EnvMeta {
     pub packages: Vec<Package>,
 }
 
-/// Store the venv at `venv` as a path-independent environment tree. `base` is the venv's base
+/// Store the venv at `venv` as a path-independent environment tree, file for file as it is
+/// (so `verify` of an install locked in place finds its own bytes). `base` is the venv's base
 /// interpreter; `packages` the wheels it was installed from, if known (else those of the
 /// metadata the venv already carries, when comfystore placed it).
 /// Byte-code caches (`__pycache__`) are left out; loose `.pyc` files are kept, since a
@@ -54,6 +55,29 @@ pub fn ingest(
     base: &Interpreter,
     packages: Option<&[Package]>,
 ) -> Result<(ObjectId, AddReport)> {
+    let (mut manifest, add) = add_venv(store, venv)?;
+    let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
+    finish(store, venv, base, packages, templates, manifest).map(|id| (id, add))
+}
+
+/// Store a venv comfystore installed from `packages` in a staging folder, with what the
+/// installer wrote about its run normalised, so the same wheels and interpreter give the
+/// same tree on every machine and at every time.
+pub fn ingest_installed(
+    store: &Store,
+    venv: &Path,
+    base: &Interpreter,
+    packages: &[Package],
+) -> Result<ObjectId> {
+    let (mut manifest, _) = add_venv(store, venv)?;
+    let dropped = drop_run_files(&mut manifest);
+    let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
+    normalize_records(store, venv, &templates, &dropped, &mut manifest)?;
+    finish(store, venv, base, Some(packages), templates, manifest)
+}
+
+/// The venv's files in the store, without byte-code caches and comfystore's own files.
+fn add_venv(store: &Store, venv: &Path) -> Result<(Manifest, AddReport)> {
     let add = store.add_tree(
         venv,
         &AddOptions {
@@ -62,8 +86,18 @@ pub fn ingest(
             ..Default::default()
         },
     )?;
-    let mut manifest = store.read_tree(&add.id)?;
-    let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
+    Ok((store.read_tree(&add.id)?, add))
+}
+
+/// Add [`ENV_META`] to the templatized manifest and store it.
+fn finish(
+    store: &Store,
+    venv: &Path,
+    base: &Interpreter,
+    packages: Option<&[Package]>,
+    templates: Vec<String>,
+    mut manifest: Manifest,
+) -> Result<ObjectId> {
     let packages = match packages {
         Some(p) => p.to_vec(),
         None => read_meta_file(venv)?
@@ -88,7 +122,7 @@ pub fn ingest(
         },
     });
     manifest.sort();
-    Ok((store.put_tree(&manifest)?.0, add))
+    Ok(store.put_tree(&manifest)?.0)
 }
 
 /// Replace the venv's own paths in symlinks and text files by tokens (new file contents go
@@ -135,6 +169,119 @@ fn templatize(
         }
     }
     Ok(templates)
+}
+
+/// Files an installer writes about its own run, not about the package: uv's cache info holds
+/// the time of the install. They are left out of the tree (and out of `RECORD`).
+const RUN_FILES: &[&str] = &["uv_cache.json"];
+
+/// Leave out every [`RUN_FILES`] file of a `.dist-info` folder; their paths.
+fn drop_run_files(manifest: &mut Manifest) -> Vec<String> {
+    let (dropped, kept) = std::mem::take(&mut manifest.entries)
+        .into_iter()
+        .partition(|e| {
+            e.path
+                .rsplit_once('/')
+                .is_some_and(|(dir, name)| dir.ends_with(".dist-info") && RUN_FILES.contains(&name))
+        });
+    manifest.entries = kept;
+    dropped.into_iter().map(|e: Entry| e.path).collect()
+}
+
+/// Make `RECORD` files the same for every staging folder and every run: lines of dropped
+/// files go, and templates lose their hash and size. The installer hashed the file it wrote
+/// for the staging folder (a console script's `#!` line names it); the rendered file differs
+/// anyway.
+fn normalize_records(
+    store: &Store,
+    venv: &Path,
+    templates: &[String],
+    dropped: &[String],
+    manifest: &mut Manifest,
+) -> Result<()> {
+    for e in manifest.entries.iter_mut() {
+        let Some(dir) = record_base(&e.path) else {
+            continue;
+        };
+        let Node::File { exec, size, id } = &mut e.node else {
+            continue;
+        };
+        let path = venv.join(&e.path);
+        let bytes = fs::read(&path).ctx("read", &path)?;
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            continue;
+        };
+        let out = record_lines(text, dir, |p| {
+            if dropped.iter().any(|d| d == p) {
+                Line::Drop
+            } else if templates.binary_search_by(|t| t.as_str().cmp(p)).is_ok() {
+                Line::Unhash
+            } else {
+                Line::Keep
+            }
+        });
+        if out != text {
+            let put = store.put_bytes(out.as_bytes(), *exec, false)?;
+            *id = put.digests.b3;
+            *size = put.digests.size;
+        }
+    }
+    Ok(())
+}
+
+/// What becomes of one `RECORD` line.
+#[derive(PartialEq)]
+enum Line {
+    Keep,
+    Unhash,
+    Drop,
+}
+
+/// The folder `RECORD`'s paths are relative to (the one holding `X.dist-info/`), if `path`
+/// is a wheel's `RECORD`.
+fn record_base(path: &str) -> Option<&str> {
+    let dist_info = path.strip_suffix("/RECORD")?;
+    if !dist_info.ends_with(".dist-info") {
+        return None;
+    }
+    Some(dist_info.rsplit_once('/').map_or("", |(base, _)| base))
+}
+
+/// `RECORD` lines (`path,hash,size`; only the path may be quoted and hold commas), each
+/// kept, dropped or left without hash and size as `what` says of the venv path it names.
+fn record_lines(text: &str, base: &str, what: impl Fn(&str) -> Line) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let path = body.rsplitn(3, ',').nth(2).unwrap_or("");
+        let target = normalize(&format!("{base}/{}", path.trim_matches('"')));
+        match what(&target) {
+            _ if path.is_empty() => out.push_str(line),
+            Line::Keep => out.push_str(line),
+            Line::Drop => {}
+            Line::Unhash => {
+                out.push_str(path);
+                out.push_str(",,");
+                out.push_str(&line[body.len()..]);
+            }
+        }
+    }
+    out
+}
+
+/// `a/b/../c` as `a/c` (no leading `/`); `..` above the top is dropped.
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            _ => parts.push(p),
+        }
+    }
+    parts.join("/")
 }
 
 /// `pyvenv.cfg` keys that name the base interpreter, whatever path the venv tool wrote.
@@ -353,6 +500,24 @@ mod tests {
         assert_eq!(
             d.fill_tokens(&t),
             "#!/w/v1/venv/bin/python\n# /tmp/stage/venv2 stays\n"
+        );
+    }
+
+    #[test]
+    fn records_lose_the_hashes_of_templates() {
+        let base = record_base("lib/python3.11/site-packages/x-1.dist-info/RECORD").unwrap();
+        assert_eq!(base, "lib/python3.11/site-packages");
+        assert_eq!(record_base("lib/x/RECORD"), None);
+        let text = "../../../bin/x,sha256=abc,245\r\nx/__init__.py,sha256=def,3\n\
+                    x-1.dist-info/uv_cache.json,sha256=t,9\n\"x,y.py\",sha256=g,1";
+        let out = record_lines(text, base, |p| match p {
+            "bin/x" | "lib/python3.11/site-packages/x,y.py" => Line::Unhash,
+            "lib/python3.11/site-packages/x-1.dist-info/uv_cache.json" => Line::Drop,
+            _ => Line::Keep,
+        });
+        assert_eq!(
+            out,
+            "../../../bin/x,,\r\nx/__init__.py,sha256=def,3\n\"x,y.py\",,"
         );
     }
 

@@ -64,6 +64,18 @@ impl Store {
         durable::write_file_atomic(&path, &body, 0o644)
     }
 
+    /// The root called `name`, if there is one.
+    pub fn read_root(&self, name: &str) -> Result<Option<Root>> {
+        let path = self.root_path(name)?;
+        match read_root(&path) {
+            Ok(r) => Ok(Some(r)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Remove a root; false if there was none.
     pub fn remove_root(&self, name: &str) -> Result<bool> {
         let path = self.root_path(name)?;
