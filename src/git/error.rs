@@ -1,22 +1,14 @@
 //! The git engine's errors.
 
-use std::io;
-use std::path::PathBuf;
-
 /// What can go wrong inspecting a checkout or rebuilding a tree from git.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filesystem call failed.
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     /// A checkout git cannot read (git missing, not UTF-8 names, a failed command).
-    #[error("{}: {reason}", path.display())]
-    BadInput { path: PathBuf, reason: String },
+    #[error(transparent)]
+    BadInput(#[from] crate::error::BadInput),
     /// A git fetch or checkout failed, or gave another tree than the lock's.
     #[error("git {what}: {reason}")]
     Git { what: String, reason: String },

@@ -162,11 +162,7 @@ pub fn fetch_tree(store: &Store, src: &GitSource, creds: &GitCredentials) -> Res
     let tmp = tempfile::Builder::new()
         .prefix(&format!("{}git-", crate::store::TEMP_PREFIX))
         .tempdir_in(store.tmp_dir())
-        .map_err(|e| Error::Io {
-            op: "create a temp folder in",
-            path: store.tmp_dir(),
-            source: e,
-        })?;
+        .map_err(|e| Error::io("create a temp folder in", store.tmp_dir(), e))?;
     let dir = tmp.path();
     git.run(dir, &["init", "-q"])?;
     fetch_commit(&git, dir)?;

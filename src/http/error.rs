@@ -1,22 +1,14 @@
 //! The download engine's errors.
 
-use std::io;
-use std::path::PathBuf;
-
 /// What can go wrong downloading into the store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filesystem call failed.
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     /// A source or option we refuse.
-    #[error("{}: {reason}", path.display())]
-    BadInput { path: PathBuf, reason: String },
+    #[error(transparent)]
+    BadInput(#[from] crate::error::BadInput),
     /// A download that failed for good (after retries, on every source).
     #[error("download {what}: {reason}")]
     Download { what: String, reason: String },

@@ -1,22 +1,14 @@
 //! The lockfile format's errors.
 
-use std::io;
-use std::path::PathBuf;
-
 /// What can go wrong reading or writing a lockfile or a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filesystem call failed.
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     /// A file that is not a valid lock or snapshot: the field and the problem are named.
-    #[error("{}: {reason}", path.display())]
-    BadInput { path: PathBuf, reason: String },
+    #[error(transparent)]
+    BadInput(#[from] crate::error::BadInput),
     /// Writing the lock went through the store's durable write.
     #[error(transparent)]
     Store(#[from] crate::store::Error),

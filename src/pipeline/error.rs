@@ -1,23 +1,15 @@
 //! The pipelines' error: their own failures (bad input, I/O, a part not in the store) and every
 //! engine's error, passed on unchanged.
 
-use std::io;
-use std::path::PathBuf;
-
 /// The error type of the pipelines and the worker.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filesystem call failed.
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     /// Input from the user or from disk that we refuse.
-    #[error("{}: {reason}", path.display())]
-    BadInput { path: PathBuf, reason: String },
+    #[error(transparent)]
+    BadInput(#[from] crate::error::BadInput),
     /// Something a lock or a command names that is not there.
     #[error("{0} is not in the store")]
     NotFound(String),

@@ -51,13 +51,7 @@ impl Marker {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(Error::Io {
-                    op: "read",
-                    path,
-                    source: e,
-                })
-            }
+            Err(e) => return Err(Error::io("read", path, e)),
         };
         let m: Marker = serde_json::from_slice(&bytes)
             .map_err(|e| Error::bad_input(&path, format!("invalid materialize marker: {e}")))?;

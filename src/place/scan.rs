@@ -72,22 +72,16 @@ pub fn scan(dest: &Path) -> Result<Scan> {
     for e in walkdir::WalkDir::new(dest).follow_links(false).min_depth(1) {
         let e = e.map_err(|e| {
             let path = e.path().unwrap_or(dest).to_path_buf();
-            Error::Io {
-                op: "walk",
-                path,
-                source: e.into(),
-            }
+            Error::io("walk", path, e.into())
         })?;
         let rel = e.path().strip_prefix(dest).unwrap_or(e.path());
         let Some(rel) = rel.to_str() else { continue };
         if rel == MARKER_NAME {
             continue;
         }
-        let meta = e.metadata().map_err(|err| Error::Io {
-            op: "stat",
-            path: e.path().to_path_buf(),
-            source: err.into(),
-        })?;
+        let meta = e
+            .metadata()
+            .map_err(|err| Error::io("stat", e.path().to_path_buf(), err.into()))?;
         out.insert(rel.to_string(), Seen::of(&meta));
     }
     Ok(out)

@@ -1,22 +1,14 @@
 //! The python engine's errors.
 
-use std::io;
-use std::path::PathBuf;
-
 /// What can go wrong finding an interpreter, pinning or installing an environment.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filesystem call failed.
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     /// A requirements file, venv or interpreter we refuse.
-    #[error("{}: {reason}", path.display())]
-    BadInput { path: PathBuf, reason: String },
+    #[error(transparent)]
+    BadInput(#[from] crate::error::BadInput),
     /// A Python interpreter, resolver (uv, pip) or installer was missing or failed.
     #[error("python {what}: {reason}")]
     Python { what: String, reason: String },

@@ -105,11 +105,7 @@ impl Closure {
 
 /// An `io::Error` while writing a bundle.
 fn write_err(e: std::io::Error) -> Error {
-    Error::Io {
-        op: "write bundle",
-        path: PathBuf::from("(bundle)"),
-        source: e,
-    }
+    Error::io("write bundle", PathBuf::from("(bundle)"), e)
 }
 
 impl Store {
@@ -196,13 +192,8 @@ impl Store {
                 .ok_or_else(|| Error::NotFound(id.to_string()))?;
             let mut f = fs::File::open(&path).ctx("open", &path)?;
             let mode = if *exec { MODE_EXEC } else { MODE_PLAIN };
-            append(tar, &format!("objects/{}", id.hex()), mode, &mut f, *size).map_err(|e| {
-                Error::Io {
-                    op: "read",
-                    path: path.clone(),
-                    source: e,
-                }
-            })?;
+            append(tar, &format!("objects/{}", id.hex()), mode, &mut f, *size)
+                .map_err(|e| Error::io("read", path.clone(), e))?;
             bytes += size;
             bar.inc(*size);
         }

@@ -1,19 +1,13 @@
 //! The store engine's errors.
 
-use std::io;
 use std::path::PathBuf;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filesystem call failed.
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     /// A string that should be an object id is not one.
     #[error("invalid id {0:?}: expected b3:<64 hex>, sha256:<64 hex> or 64 hex digits")]
     InvalidId(String),
@@ -24,8 +18,8 @@ pub enum Error {
     #[error("tree {id}: invalid manifest: {reason}")]
     BadManifest { id: String, reason: String },
     /// Input from the user or from disk that we refuse (bad paths, unsupported file types…).
-    #[error("{}: {reason}", path.display())]
-    BadInput { path: PathBuf, reason: String },
+    #[error(transparent)]
+    BadInput(#[from] crate::error::BadInput),
     /// Bytes whose hash is not the one they were promised to have.
     #[error("{what}: checksum mismatch: expected {expected}, got {actual}")]
     Mismatch {

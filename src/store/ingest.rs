@@ -395,11 +395,7 @@ fn scan(
     while let Some(entry) = walk.next() {
         let entry = entry.map_err(|e| {
             let path = e.path().unwrap_or(dir).to_path_buf();
-            Error::Io {
-                op: "walk",
-                path,
-                source: e.into(),
-            }
+            Error::io("walk", path, e.into())
         })?;
         let rel_path = entry.path().strip_prefix(dir).unwrap_or(entry.path());
         let rel = rel_path
@@ -492,11 +488,9 @@ impl Found {
         if ft.is_dir() {
             self.dirs.insert(rel);
         } else if ft.is_file() {
-            let meta = entry.metadata().map_err(|e| Error::Io {
-                op: "stat",
-                path: entry.path().to_path_buf(),
-                source: e.into(),
-            })?;
+            let meta = entry
+                .metadata()
+                .map_err(|e| Error::io("stat", entry.path().to_path_buf(), e.into()))?;
             self.files.push(ScannedFile {
                 rel,
                 abs: entry.path().to_path_buf(),

@@ -214,11 +214,7 @@ impl Store {
         let other = self.object_path(id, !exec);
         let mut src = File::open(&other).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(id.to_string()),
-            _ => Error::Io {
-                op: "open",
-                path: other.clone(),
-                source: e,
-            },
+            _ => Error::io("open", other.clone(), e),
         })?;
         let put = self.put_reader(&mut src, exec, false, &other)?;
         if put.digests.b3 != *id {

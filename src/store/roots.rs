@@ -69,7 +69,9 @@ impl Store {
         let path = self.root_path(name)?;
         match read_root(&path) {
             Ok(r) => Ok(Some(r)),
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::Io(crate::error::IoError { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -92,11 +94,7 @@ impl Store {
         let dir = self.root().join("roots");
         let mut out = Vec::new();
         for entry in walkdir::WalkDir::new(&dir).min_depth(1) {
-            let entry = entry.map_err(|e| Error::Io {
-                op: "list roots",
-                path: dir.clone(),
-                source: e.into(),
-            })?;
+            let entry = entry.map_err(|e| Error::io("list roots", dir.clone(), e.into()))?;
             if !entry.file_type().is_file() {
                 continue;
             }

@@ -277,11 +277,7 @@ impl Store {
         let path = self.tree_path(id);
         let raw = fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(format!("tree {id}")),
-            _ => Error::Io {
-                op: "read",
-                path: path.clone(),
-                source: e,
-            },
+            _ => Error::io("read", path.clone(), e),
         })?;
         let bytes = decode_at_rest(raw, &id.to_string())?;
         let actual = ObjectId(*blake3::hash(&bytes).as_bytes());

@@ -112,11 +112,8 @@ fn walk_models(dir: &Path, prefix: &str, out: &mut Vec<FoundModel>) -> Result<()
         .sort_by_file_name()
         .into_iter();
     while let Some(entry) = walk.next() {
-        let entry = entry.map_err(|e| Error::Io {
-            op: "walk",
-            path: e.path().unwrap_or(dir).to_path_buf(),
-            source: e.into(),
-        })?;
+        let entry = entry
+            .map_err(|e| Error::io("walk", e.path().unwrap_or(dir).to_path_buf(), e.into()))?;
         let name = entry.file_name().to_string_lossy();
         if skip_name(&name) {
             if entry.file_type().is_dir() {
