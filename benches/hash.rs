@@ -48,7 +48,7 @@ fn hash(c: &mut Criterion) {
     let mem = hash_bytes(&bytes, true);
     assert_eq!((mem.b3, mem.size), (file_id, file_len));
     eprintln!(
-        "hash bench: {} bytes from {}, {} sha256:{}",
+        "hash bench: {} bytes from {}, {} {}",
         bytes.len(),
         path.display(),
         mem.b3,
