@@ -1510,11 +1510,20 @@ fn comfyuis_tracked_files_are_its_tree_not_nodes_or_models() {
 #[test]
 fn a_model_or_node_where_comfyui_has_a_file_is_not_locked() {
     let e = Env::new();
-    ComfyFixture::commit_file(&e.f.comfy, "models/configs/v1-inference.yaml", "a: 1\n");
-    // A models folder elsewhere with a file at the path ComfyUI's own config takes.
+    let c = &e.f.comfy;
+    ComfyFixture::commit_file(c, "models/configs/v1-inference.yaml", "a: 1\n");
+    // A models folder elsewhere with a file at the path ComfyUI's own config takes, and an
+    // extra nodes folder with a node named as ComfyUI's own file.
     let shared = e.p("other-models");
     write(&shared.join("configs/v1-inference.yaml"), b"a: 2\n");
     write(&shared.join("configs/other.yaml"), b"b: 1\n");
+    let nodes = e.p("extra-nodes");
+    write(&nodes.join("websocket_image_save.py"), b"# a copy\n");
+    write(&nodes.join("other_node.py"), b"# other\n");
+    let yaml = c.join("extra_model_paths.yaml");
+    let mut text = fs::read_to_string(&yaml).unwrap();
+    text.push_str(&format!("extra:\n    custom_nodes: {}\n", nodes.display()));
+    fs::write(&yaml, text).unwrap();
     let out = e.p("v1.lock.json");
     let (_, stderr) = e.lock_text("v1", &out, &["--no-python", "--models-dir", s(&shared)]);
     let lock = read_json(&out);
@@ -1526,11 +1535,25 @@ fn a_model_or_node_where_comfyui_has_a_file_is_not_locked() {
         .filter(|p| p.starts_with("models/configs/"))
         .collect();
     assert_eq!(paths, ["models/configs/other.yaml"], "{lock:#}");
+    node(&lock, "other_node.py");
     assert!(
-        stderr.contains("models/configs/v1-inference.yaml: also found at")
-            && stderr.contains("ComfyUI's own is kept"),
-        "{stderr}"
+        !lock["custom_nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "websocket_image_save.py"),
+        "{lock:#}"
     );
+    for shadowed in [
+        "models/configs/v1-inference.yaml: also found at",
+        "custom_nodes/websocket_image_save.py: found again at",
+    ] {
+        let line = stderr.lines().find(|l| l.contains(shadowed));
+        assert!(
+            line.is_some_and(|l| l.ends_with("ComfyUI's own is kept")),
+            "{shadowed}: {stderr}"
+        );
+    }
 }
 
 #[test]
