@@ -321,7 +321,7 @@ fn lock_records_every_part_of_the_install() {
         .collect();
     assert_eq!(
         names,
-        ["ComfyUI-NodeA", "ComfyUI-NodeB", "OldNode", "PlainNode",]
+        ["ComfyUI-NodeA", "ComfyUI-NodeB", "OldNode", "PlainNode"]
     );
     let a = node(&lock, "ComfyUI-NodeA");
     assert_eq!(keys(a), BTreeSet::from(["name", "repo", "commit", "tree"]));
@@ -1412,6 +1412,16 @@ fn loose_pyc_files_are_not_locked_in_sources_but_are_in_the_venv() {
 // ---------------------------------------------------------------------------------------------
 // 10. ComfyUI's repo decides what is its own; lock never locks its own outputs.
 
+/// The `key` of every entry of a lock's array (`custom_nodes` names, `models` paths).
+fn field_of<'a>(entries: &'a Value, key: &str) -> Vec<&'a str> {
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n[key].as_str().unwrap())
+        .collect()
+}
+
 /// The paths of a stored tree that are not folders.
 fn tree_files(store: &Path, tree: &Value) -> BTreeSet<String> {
     ls(store, tree)
@@ -1451,11 +1461,8 @@ fn comfyuis_tracked_files_are_its_tree_not_nodes_or_models() {
     for users in ["models/configs/mine.yaml", "custom_nodes/my_node.py"] {
         assert!(!tree.contains(users), "comfyui tree holds {users}");
     }
-    let names: BTreeSet<&str> = lock["custom_nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["name"].as_str().unwrap())
+    let names: BTreeSet<&str> = field_of(&lock["custom_nodes"], "name")
+        .into_iter()
         .collect();
     for not_a_node in [
         "websocket_image_save.py",
@@ -1473,12 +1480,7 @@ fn comfyuis_tracked_files_are_its_tree_not_nodes_or_models() {
     let stored = run(&e.store, &["cat", mine["file"].as_str().unwrap()]);
     assert_success(&stored, "cat");
     assert_eq!(stored.stdout, b"NODE_CLASS_MAPPINGS = {}\n");
-    let paths: BTreeSet<&str> = lock["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["path"].as_str().unwrap())
-        .collect();
+    let paths: BTreeSet<&str> = field_of(&lock["models"], "path").into_iter().collect();
     assert!(paths.contains("models/configs/mine.yaml"), "{paths:?}");
     assert!(
         !paths.contains("models/configs/v1-inference.yaml"),
@@ -1527,23 +1529,15 @@ fn a_model_or_node_where_comfyui_has_a_file_is_not_locked() {
     let out = e.p("v1.lock.json");
     let (_, stderr) = e.lock_text("v1", &out, &["--no-python", "--models-dir", s(&shared)]);
     let lock = read_json(&out);
-    let paths: Vec<&str> = lock["models"]
-        .as_array()
-        .unwrap()
+    let paths = field_of(&lock["models"], "path");
+    let configs: Vec<&&str> = paths
         .iter()
-        .map(|m| m["path"].as_str().unwrap())
         .filter(|p| p.starts_with("models/configs/"))
         .collect();
-    assert_eq!(paths, ["models/configs/other.yaml"], "{lock:#}");
-    node(&lock, "other_node.py");
-    assert!(
-        !lock["custom_nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["name"] == "websocket_image_save.py"),
-        "{lock:#}"
-    );
+    assert_eq!(configs, [&"models/configs/other.yaml"], "{lock:#}");
+    let names = field_of(&lock["custom_nodes"], "name");
+    assert!(names.contains(&"other_node.py"), "{names:?}");
+    assert!(!names.contains(&"websocket_image_save.py"), "{names:?}");
     for shadowed in [
         "models/configs/v1-inference.yaml: also found at",
         "custom_nodes/websocket_image_save.py: found again at",
