@@ -10,7 +10,7 @@ mod common;
 use common::comfy::{
     pseudo_random, ComfyFixture, COMFY_ORIGIN, NODE_A_ORIGIN, NODE_B_ORIGIN, OLD_NODE_ORIGIN,
 };
-use common::{json, model, node, ok, run, run_env, s, write};
+use common::{json, model, node, ok, run, s, write};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -65,21 +65,33 @@ impl Env {
         let mut args: Vec<&str> = pre.to_vec();
         args.extend(["lock", comfy, "--tag", tag, "-o", out.to_str().unwrap()]);
         args.extend_from_slice(extra);
+        self.comfystore(&self.dir, &self.store, &args)
+    }
+
+    /// `comfystore --store STORE ARGS...` run in `cwd`, with a clean environment (and git
+    /// without user or system config).
+    fn comfystore(&self, cwd: &Path, store: &Path, args: &[&str]) -> Output {
         let hf_home = self.p("hf");
         let hf_hub = self.p("hf/hub");
         let home = self.p("home");
-        run_env(
-            &self.store,
-            &args,
-            &[
-                ("HF_HOME", Some(hf_home.as_os_str())),
-                ("HF_HUB_CACHE", Some(hf_hub.as_os_str())),
-                ("HOME", Some(home.as_os_str())),
-                ("VIRTUAL_ENV", None),
-                ("COMFY_HOME", None),
-                ("RUST_LOG", None),
-            ],
-        )
+        Command::new(env!("CARGO_BIN_EXE_comfystore"))
+            .current_dir(cwd)
+            .arg("--store")
+            .arg(store)
+            .args(args)
+            .env("HF_HOME", hf_home)
+            .env("HF_HUB_CACHE", hf_hub)
+            .env("HOME", home)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("COMFYSTORE_DIR")
+            .env_remove("COMFYSTORE_INDEX")
+            .env_remove("VIRTUAL_ENV")
+            .env_remove("COMFY_HOME")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run comfystore")
     }
 
     /// `lock --json`, required to succeed; returns its JSON output.
@@ -228,7 +240,7 @@ fn lock_records_every_part_of_the_install() {
     assert_eq!(res["unchanged"], false);
     assert_eq!(res["root"], "lock/v1");
     assert_eq!(res["report"]["dirty"], json!([]), "{res:#}");
-    assert_eq!(res["report"]["custom_nodes"], 6);
+    assert_eq!(res["report"]["custom_nodes"], 4);
     assert_eq!(res["report"]["packages"], 3);
     assert_eq!(res["report"]["models"], 6);
 
@@ -269,7 +281,7 @@ fn lock_records_every_part_of_the_install() {
     assert_eq!(tree["latest.py"]["target"], "main.py");
     assert_eq!(tree["script_examples/run.sh"]["kind"], "exec");
     for p in tree.keys() {
-        for bad in ["models", "custom_nodes", "input", "output", "venv", ".git"] {
+        for bad in ["venv", ".git"] {
             assert!(
                 p != bad && !p.starts_with(&format!("{bad}/")),
                 "comfyui tree holds {p}"
@@ -277,19 +289,22 @@ fn lock_records_every_part_of_the_install() {
         }
         assert!(!p.contains("__pycache__") && !p.ends_with(".pyc"), "{p}");
     }
-    // Exactly what git would check out, minus the data folders.
-    let git_files: BTreeSet<String> = git(
-        &f.comfy,
-        &["ls-files", "--cached", "--others", "--exclude-standard"],
-    )
-    .lines()
-    .filter(|p| {
-        !["models/", "custom_nodes/", "input/", "output/"]
-            .iter()
-            .any(|d| p.starts_with(d))
-    })
-    .map(String::from)
-    .collect();
+    // Exactly what git would check out: every tracked file (those under the data folders
+    // too: they are ComfyUI's own), and untracked ones outside the data folders.
+    let mut git_files: BTreeSet<String> = git(&f.comfy, &["ls-files", "--cached"])
+        .lines()
+        .map(String::from)
+        .collect();
+    git_files.extend(
+        git(&f.comfy, &["ls-files", "--others", "--exclude-standard"])
+            .lines()
+            .filter(|p| {
+                !["models/", "custom_nodes/", "input/", "output/"]
+                    .iter()
+                    .any(|d| p.starts_with(d))
+            })
+            .map(String::from),
+    );
     let tree_files: BTreeSet<String> = tree
         .iter()
         .filter(|(_, v)| v["kind"] != "dir")
@@ -306,14 +321,7 @@ fn lock_records_every_part_of_the_install() {
         .collect();
     assert_eq!(
         names,
-        [
-            "ComfyUI-NodeA",
-            "ComfyUI-NodeB",
-            "OldNode",
-            "PlainNode",
-            "example_node.py.example",
-            "websocket_image_save.py"
-        ]
+        ["ComfyUI-NodeA", "ComfyUI-NodeB", "OldNode", "PlainNode"]
     );
     let a = node(&lock, "ComfyUI-NodeA");
     assert_eq!(keys(a), BTreeSet::from(["name", "repo", "commit", "tree"]));
@@ -357,19 +365,6 @@ fn lock_records_every_part_of_the_install() {
         1,
         "disabled written for enabled nodes"
     );
-
-    for file_node in ["websocket_image_save.py", "example_node.py.example"] {
-        let n = node(&lock, file_node);
-        assert_eq!(keys(n), BTreeSet::from(["name", "file"]), "{n:#}");
-        assert!(is_b3_id(&n["file"]));
-        // The object is the file's bytes.
-        let stored = run(&e.store, &["cat", n["file"].as_str().unwrap()]);
-        assert_success(&stored, "cat");
-        assert_eq!(
-            stored.stdout,
-            fs::read(f.comfy.join("custom_nodes").join(file_node)).unwrap()
-        );
-    }
 
     // Python.
     let py = &lock["python"];
@@ -1045,10 +1040,7 @@ fn export_snapshot_of_a_locked_install() {
     );
     assert_eq!(keys(g).len(), 3, "{g:#}");
     assert_eq!(snap["cnr_custom_nodes"], json!({}));
-    assert_eq!(
-        snap["file_custom_nodes"],
-        json!([{"filename": "websocket_image_save.py", "disabled": false}])
-    );
+    assert_eq!(snap["file_custom_nodes"], json!([]));
     let pips = snap["pips"].as_object().unwrap();
     assert_eq!(pips["tinyfoo==1.0.0"], "");
     assert_eq!(pips["tiny-bar==2.1"], "");
@@ -1083,7 +1075,7 @@ fn show_reports_what_the_store_lacks_and_never_creates_a_store() {
     let v = json(&e.store, &["show", s(&out)]);
     assert_eq!(v["tag"], "v1");
     assert_eq!(v["comfyui"]["in_store"], true);
-    assert_eq!(v["custom_nodes"]["count"], 6);
+    assert_eq!(v["custom_nodes"]["count"], 4);
     assert_eq!(v["custom_nodes"]["disabled"], 1);
     assert_eq!(v["custom_nodes"]["missing"], json!([]));
     assert_eq!(v["python"]["version"], lock["python"]["version"]);
@@ -1106,7 +1098,7 @@ fn show_reports_what_the_store_lacks_and_never_creates_a_store() {
     );
     assert_eq!(v["comfyui"]["in_store"], false);
     assert_eq!(v["python"]["environment_in_store"], false);
-    assert_eq!(v["custom_nodes"]["missing"].as_array().unwrap().len(), 6);
+    assert_eq!(v["custom_nodes"]["missing"].as_array().unwrap().len(), 4);
     assert_eq!(v["models"]["missing"], json!(MODEL_PATHS));
     assert_eq!(v["models"]["missing_bytes"], total);
     let text = ok(&nostore, &["show", s(&out)]);
@@ -1415,4 +1407,196 @@ fn loose_pyc_files_are_not_locked_in_sources_but_are_in_the_venv() {
     assert_eq!(code, 1);
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(changes[0]["name"], "environment");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. ComfyUI's repo decides what is its own; lock never locks its own outputs.
+
+/// The `key` of every entry of a lock's array (`custom_nodes` names, `models` paths).
+fn field_of<'a>(entries: &'a Value, key: &str) -> Vec<&'a str> {
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n[key].as_str().unwrap())
+        .collect()
+}
+
+/// The paths of a stored tree that are not folders.
+fn tree_files(store: &Path, tree: &Value) -> BTreeSet<String> {
+    ls(store, tree)
+        .into_iter()
+        .filter(|(_, v)| v["kind"] != "dir")
+        .map(|(p, _)| p)
+        .collect()
+}
+
+#[test]
+fn comfyuis_tracked_files_are_its_tree_not_nodes_or_models() {
+    let e = Env::new();
+    let c = &e.f.comfy;
+    // As in ComfyUI's repo: a tracked model config. Beside it the user's own files.
+    ComfyFixture::commit_file(c, "models/configs/v1-inference.yaml", "model: {}\n");
+    write(&c.join("models/configs/mine.yaml"), b"model: {mine: 1}\n");
+    write(
+        &c.join("custom_nodes/my_node.py"),
+        b"NODE_CLASS_MAPPINGS = {}\n",
+    );
+    write(&c.join("custom_nodes/untracked.py.example"), b"# example\n");
+    let out = e.p("v1.lock.json");
+    let res = e.lock("v1", &out, &["--no-python"]);
+    assert_eq!(res["report"]["dirty"], json!([]), "{res:#}");
+    let lock = read_json(&out);
+
+    let tree = tree_files(&e.store, &lock["comfyui"]["tree"]);
+    for own in [
+        "models/checkpoints/put_checkpoints_here",
+        "models/configs/v1-inference.yaml",
+        "custom_nodes/websocket_image_save.py",
+        "custom_nodes/example_node.py.example",
+        "input/example.png",
+    ] {
+        assert!(tree.contains(own), "comfyui tree lacks {own}: {tree:#?}");
+    }
+    for users in ["models/configs/mine.yaml", "custom_nodes/my_node.py"] {
+        assert!(!tree.contains(users), "comfyui tree holds {users}");
+    }
+    let names: BTreeSet<&str> = field_of(&lock["custom_nodes"], "name")
+        .into_iter()
+        .collect();
+    for not_a_node in [
+        "websocket_image_save.py",
+        "example_node.py.example",
+        "untracked.py.example",
+    ] {
+        assert!(
+            !names.contains(not_a_node),
+            "{not_a_node} is a node: {names:?}"
+        );
+    }
+    // The user's single-file node is one, stored as its bytes.
+    let mine = node(&lock, "my_node.py");
+    assert_eq!(keys(mine), BTreeSet::from(["name", "file"]), "{mine:#}");
+    let stored = run(&e.store, &["cat", mine["file"].as_str().unwrap()]);
+    assert_success(&stored, "cat");
+    assert_eq!(stored.stdout, b"NODE_CLASS_MAPPINGS = {}\n");
+    let paths: BTreeSet<&str> = field_of(&lock["models"], "path").into_iter().collect();
+    assert!(paths.contains("models/configs/mine.yaml"), "{paths:?}");
+    assert!(
+        !paths.contains("models/configs/v1-inference.yaml"),
+        "{paths:?}"
+    );
+
+    // Git rebuilds the very tree into an empty store (a bare clone of the install as origin).
+    let bare = e.p("ComfyUI.git");
+    git(&e.dir, &["clone", "-q", "--bare", s(c), s(&bare)]);
+    let mut only_comfy = lock.clone();
+    only_comfy["comfyui"]["repo"] = json!(s(&bare));
+    only_comfy["custom_nodes"] = json!([]);
+    let only_path = e.p("comfy-only.lock.json");
+    fs::write(&only_path, serde_json::to_vec_pretty(&only_comfy).unwrap()).unwrap();
+    let fetched = e.comfystore(
+        &e.dir,
+        &e.p("store2"),
+        &["--json", "fetch", s(&only_path), "--only", "nodes"],
+    );
+    assert_success(&fetched, "fetch");
+    let report: Value = serde_json::from_slice(&fetched.stdout).unwrap();
+    assert_eq!(report["trees"][0]["label"], "comfyui", "{report:#}");
+    assert_eq!(
+        report["trees"][0]["tree"], lock["comfyui"]["tree"],
+        "{report:#}"
+    );
+}
+
+#[test]
+fn a_model_or_node_where_comfyui_has_a_file_is_not_locked() {
+    let e = Env::new();
+    let c = &e.f.comfy;
+    ComfyFixture::commit_file(c, "models/configs/v1-inference.yaml", "a: 1\n");
+    // A models folder elsewhere with a file at the path ComfyUI's own config takes, and an
+    // extra nodes folder with a node named as ComfyUI's own file.
+    let shared = e.p("other-models");
+    write(&shared.join("configs/v1-inference.yaml"), b"a: 2\n");
+    write(&shared.join("configs/other.yaml"), b"b: 1\n");
+    let nodes = e.p("extra-nodes");
+    write(&nodes.join("websocket_image_save.py"), b"# a copy\n");
+    write(&nodes.join("other_node.py"), b"# other\n");
+    let yaml = c.join("extra_model_paths.yaml");
+    let mut text = fs::read_to_string(&yaml).unwrap();
+    text.push_str(&format!("extra:\n    custom_nodes: {}\n", nodes.display()));
+    fs::write(&yaml, text).unwrap();
+    let out = e.p("v1.lock.json");
+    let (_, stderr) = e.lock_text("v1", &out, &["--no-python", "--models-dir", s(&shared)]);
+    let lock = read_json(&out);
+    let paths = field_of(&lock["models"], "path");
+    let configs: Vec<&&str> = paths
+        .iter()
+        .filter(|p| p.starts_with("models/configs/"))
+        .collect();
+    assert_eq!(configs, [&"models/configs/other.yaml"], "{lock:#}");
+    let names = field_of(&lock["custom_nodes"], "name");
+    assert!(names.contains(&"other_node.py"), "{names:?}");
+    assert!(!names.contains(&"websocket_image_save.py"), "{names:?}");
+    for shadowed in [
+        "models/configs/v1-inference.yaml: also found at",
+        "custom_nodes/websocket_image_save.py: found again at",
+    ] {
+        let line = stderr.lines().find(|l| l.contains(shadowed));
+        assert!(
+            line.is_some_and(|l| l.ends_with("ComfyUI's own is kept")),
+            "{shadowed}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn lock_dot_inside_the_install_does_not_lock_itself() {
+    let e = Env::new();
+    let c = &e.f.comfy;
+    // What a materialize leaves at the top of DEST.
+    write(&c.join(".comfystore-materialized.json"), b"{}\n");
+    write(&c.join(".comfystore-env.json"), b"{}\n");
+    let lock_here = |extra: &[&str]| -> Value {
+        let mut args = vec!["--json", "lock", ".", "--tag", "v1", "--no-python"];
+        args.extend_from_slice(extra);
+        let o = e.comfystore(c, &e.store, &args);
+        assert_success(&o, "lock .");
+        let res: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(res["report"]["dirty"], json!([]), "{res:#}");
+        res
+    };
+    let default_out = c.join("lockfiles/comfy-v1.lock.json");
+    for extra in [
+        &[][..],
+        &["-o", "locks/v1.lock.json"][..],
+        &["-o", "custom_nodes/v1.lock.json"][..],
+        &["-o", "models/v1.lock.json"][..],
+    ] {
+        let first = lock_here(extra);
+        let path = match first["lockfile"].as_str() {
+            Some("lockfiles/comfy-v1.lock.json") => default_out.clone(),
+            Some(rel) => c.join(rel),
+            None => panic!("no lockfile in {first:#}"),
+        };
+        let bytes = fs::read(&path).unwrap();
+        let second = lock_here(extra);
+        assert_eq!(second["unchanged"], true, "{extra:?}: {second:#}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "{extra:?}");
+        let lock = read_json(&path);
+        let tree = tree_files(&e.store, &lock["comfyui"]["tree"]);
+        assert!(
+            !tree
+                .iter()
+                .any(|p| p.contains("lock.json") || p.contains(".comfystore-")),
+            "{extra:?}: {tree:#?}"
+        );
+        assert!(
+            !lock.to_string().contains("v1.lock.json"),
+            "{extra:?}: the lock names itself: {lock:#}"
+        );
+        // Another run's lock elsewhere is not this one's output: it goes before the next.
+        fs::remove_file(&path).unwrap();
+        let _ = fs::remove_dir(c.join("locks"));
+    }
 }

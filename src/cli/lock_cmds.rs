@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 
 pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
     let store = open_store(cli)?;
-    let (lockfile, report) = lock::lock(&store, &lock_options(a)?)?;
-    let out = a
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{}.lock.json", a.tag)));
+    let out = a.output.clone().unwrap_or_else(|| {
+        Path::new(lock::LOCKFILES_DIR).join(format!("comfy-{}.lock.json", a.tag))
+    });
+    let (lockfile, report) = lock::lock(&store, &lock_options(a, &out)?)?;
     let unchanged = !lockfile.write(&out)?;
     let root = format!("lock/{}", a.tag);
     if !a.no_root {
@@ -50,8 +49,8 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// What `lock` scans and how, from its flags.
-fn lock_options(a: &LockArgs) -> Result<LockOptions> {
+/// What `lock` scans and how, from its flags; `out` is where the lock goes.
+fn lock_options(a: &LockArgs, out: &Path) -> Result<LockOptions> {
     let comfy_dir = a
         .comfy_dir
         .clone()
@@ -73,6 +72,7 @@ fn lock_options(a: &LockArgs) -> Result<LockOptions> {
             http: comfystore::pipeline::http_env::http_options(),
             ..Default::default()
         }),
+        output: Some(out.to_path_buf()),
     })
 }
 

@@ -6,9 +6,11 @@ use crate::store::{AddOptions, AddReport, ObjectId, Store, CACHE_NAMES, CACHE_SU
 use std::path::Path;
 
 /// Store a source folder: a git work tree by what git would check out, anything else by a walk.
-/// Caches (`__pycache__`, `*.pyc`) and `.git` are never part of it; neither are the top-level
-/// names in `excludes`. `fetch` stores fresh checkouts through this too, so a clean repo's
-/// locked tree and the tree of a checkout of its commit are the same.
+/// Caches (`__pycache__`, `*.pyc`) and `.git` are never part of it. `excludes` (relative
+/// paths) leave out only what the repo does not track: a tracked file is the repo's wherever
+/// it is; in a folder that is not a repo they leave out everything beneath. `fetch` stores
+/// fresh checkouts through this too, so a clean repo's locked tree and the tree of a checkout
+/// of its commit are the same.
 pub fn store_checkout(
     store: &Store,
     dir: &Path,
@@ -39,7 +41,12 @@ fn checkout_options(dir: &Path, excludes: &[String]) -> Result<(Option<GitState>
     let mut exclude_names: Vec<String> = CACHE_NAMES.iter().map(|s| s.to_string()).collect();
     exclude_names.push(".git".into());
     let opts = AddOptions {
-        exclude: excludes.to_vec(),
+        // In a repo, git's list already leaves out what `excludes` should.
+        exclude: if state.is_some() {
+            Vec::new()
+        } else {
+            excludes.to_vec()
+        },
         exclude_names,
         exclude_suffixes: CACHE_SUFFIXES.iter().map(|s| s.to_string()).collect(),
         select: state.as_ref().map(|g| g.files.clone()),

@@ -24,7 +24,8 @@ pub struct GitSource {
     pub commit: String,
     /// The lock's tree id, when it has one (Manager-imported locks do not).
     pub expect: Option<ObjectId>,
-    /// Top-level names left out of the tree (the `comfyui` tree's data folders).
+    /// Paths whose untracked files stay out of the tree (the `comfyui` tree's data folders);
+    /// a fresh checkout has none, so its tree is the whole checkout.
     pub excludes: Vec<String>,
 }
 

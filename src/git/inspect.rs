@@ -13,10 +13,12 @@ pub struct GitState {
     pub commit: String,
     /// The `origin` remote (else the first remote), credentials removed.
     pub repo: Option<String>,
-    /// Uncommitted changes or untracked, non-ignored files outside `excludes`.
+    /// Uncommitted changes to tracked files (anywhere), or untracked, non-ignored files
+    /// outside `excludes`.
     pub dirty: bool,
-    /// Tracked files plus untracked, non-ignored ones (relative, `/`-separated): exactly what a
-    /// checkout of `commit` holds when the tree is clean.
+    /// Every tracked file, plus untracked, non-ignored ones outside `excludes` (relative,
+    /// `/`-separated): exactly what a checkout of `commit` holds when the tree is clean. Under
+    /// `excludes` it lists tracked files only.
     pub files: Vec<String>,
     /// Ignored files (not in `files`, so not locked), without caches like `__pycache__`.
     pub ignored: Vec<String>,
@@ -41,7 +43,7 @@ fn split_z(bytes: &[u8], dir: &Path) -> Result<Vec<String>> {
         .collect()
 }
 
-/// Pathspecs that leave `excludes` (top-level names) out.
+/// Pathspecs that leave `excludes` (relative paths, with everything beneath) and caches out.
 fn pathspecs(excludes: &[&str]) -> Vec<String> {
     let mut v = vec![".".to_string()];
     v.extend(excludes.iter().map(|e| format!(":(exclude,literal){e}")));
@@ -62,8 +64,10 @@ pub fn is_repo_root(dir: &Path) -> bool {
     dir.join(".git").exists()
 }
 
-/// Inspect the repo at `dir`, leaving the top-level names in `excludes` out of everything.
-/// `None` when `dir` is not a repo root, or is one without any commit.
+/// Inspect the repo at `dir`. The repo decides what belongs to it: tracked files count wherever
+/// they are, and `excludes` (relative paths: data folders, venvs, comfystore's outputs) only
+/// keep untracked and ignored files out. `None` when `dir` is not a repo root, or is one
+/// without any commit.
 pub fn inspect(dir: &Path, excludes: &[&str]) -> Result<Option<GitState>> {
     if !is_repo_root(dir) {
         return Ok(None);
@@ -77,20 +81,21 @@ pub fn inspect(dir: &Path, excludes: &[&str]) -> Result<Option<GitState>> {
     };
     let head = String::from_utf8_lossy(&out).trim().to_string();
     let repo = origin(dir)?;
-    let specs = pathspecs(excludes);
-    let status = ["status", "--porcelain=v1", "-z", "--untracked-files=all"];
-    let dirty = !git_over(dir, &status, &specs)?.is_empty();
-    let listed = [
-        "ls-files",
-        "-z",
-        "--cached",
-        "--others",
-        "--exclude-standard",
-    ];
-    let mut files = split_z(&git_over(dir, &listed, &specs)?, dir)?;
+    let everywhere = pathspecs(&[]);
+    let outside = pathspecs(excludes);
+    let changed = ["status", "--porcelain=v1", "-z", "--untracked-files=no"];
+    let changed = git_over(dir, &changed, &everywhere)?;
+    let untracked = ["ls-files", "-z", "--others", "--exclude-standard"];
+    let untracked = split_z(&git_over(dir, &untracked, &outside)?, dir)?;
+    let dirty = !changed.is_empty() || !untracked.is_empty();
+    let mut files = split_z(
+        &git_over(dir, &["ls-files", "-z", "--cached"], &everywhere)?,
+        dir,
+    )?;
+    files.extend(untracked);
     files.sort();
     files.dedup();
-    let ignored = ignored_files(dir, excludes, &specs)?;
+    let ignored = ignored_files(dir, excludes, &outside)?;
     Ok(Some(GitState {
         commit: head,
         repo,
@@ -129,11 +134,17 @@ fn ignored_files(dir: &Path, excludes: &[&str], specs: &[String]) -> Result<Vec<
     // `--directory` reports whole ignored folders even where a pathspec excludes them.
     Ok(split_z(&git_over(dir, &args, specs)?, dir)?
         .into_iter()
-        .filter(|p| {
-            let top = p.split('/').next().unwrap_or("");
-            !is_cache_path(p) && !excludes.contains(&top)
-        })
+        .filter(|p| !is_cache_path(p) && !is_under(p, excludes))
         .collect())
+}
+
+/// Whether `path` is one of `excludes` or lies beneath one.
+fn is_under(path: &str, excludes: &[&str]) -> bool {
+    let path = path.trim_end_matches('/');
+    excludes.iter().any(|e| {
+        path.strip_prefix(e.trim_end_matches('/'))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 /// `git ARGS -- SPECS`.

@@ -3,15 +3,15 @@
 
 use serde::Serialize;
 
-/// Top-level folders of a ComfyUI install that hold user data, models or nodes: not part of
-/// the `comfyui` tree.
+/// Top-level folders of a ComfyUI install that hold user data, models or nodes: what is
+/// untracked in them is not part of the `comfyui` tree (what ComfyUI's repo tracks there is).
 pub const COMFY_DATA_DIRS: &[&str] = &["models", "output", "input", "temp", "user", "custom_nodes"];
 
 /// Where ComfyUI-Manager moves disabled nodes.
 pub const DISABLED_DIR: &str = ".disabled";
 
-/// The top-level names left out of the `comfyui` tree (data folders and venvs), besides the
-/// venv `lock` finds elsewhere inside the install.
+/// The top-level names whose untracked files are left out of the `comfyui` tree (data folders
+/// and venvs), besides the venv `lock` finds elsewhere inside the install and `lock`'s outputs.
 pub fn comfyui_excludes() -> Vec<String> {
     let mut v: Vec<String> = COMFY_DATA_DIRS.iter().map(|s| s.to_string()).collect();
     v.extend(["venv".to_string(), ".venv".to_string()]);

@@ -6,9 +6,11 @@
 //! clean repo's tree is exactly its checkout (minus caches), so the tree can be rebuilt from
 //! the commit and checked against the lock.
 
+mod claimed;
 mod models;
 mod python;
 
+pub use claimed::LOCKFILES_DIR;
 pub use models::skip_name as not_a_model;
 
 use super::python_section::fill_wheels;
@@ -19,6 +21,7 @@ use crate::lockfile::{
 };
 use crate::pipeline::error::{Error, IoContext, Result};
 use crate::store::{AdoptMode, ObjectId, Store, CACHE_NAMES};
+use claimed::Claimed;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs;
@@ -43,6 +46,8 @@ pub struct LockOptions {
     /// Give packages installed from an index their wheel file, URL and sha256, by pinning
     /// `name==version` of each with `pin` (network, unless offline with local wheels).
     pub pin_wheels: Option<crate::python::PinOptions>,
+    /// Where the lockfile will be written: never locked itself, wherever it is.
+    pub output: Option<PathBuf>,
 }
 
 /// What `lock` did, beyond the lockfile itself.
@@ -76,7 +81,8 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
     } else {
         python::find_venv(&comfy, opts.venv.as_deref())
     };
-    lock.comfyui = lock_comfyui(store, &comfy, venv.as_deref(), &mut report)?;
+    let mut claimed = Claimed::new(&comfy, opts.output.as_deref());
+    lock.comfyui = lock_comfyui(store, &comfy, venv.as_deref(), &mut claimed, &mut report)?;
     let extra_yaml = comfy.join("extra_model_paths.yaml");
     let extra = if extra_yaml.is_file() {
         models::read_extra_paths(&extra_yaml)?
@@ -85,7 +91,7 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
     };
     let mut node_dirs = vec![comfy.join("custom_nodes")];
     node_dirs.extend(extra.custom_nodes.iter().cloned());
-    lock.custom_nodes = lock_nodes(store, &node_dirs, &mut report)?;
+    lock.custom_nodes = lock_nodes(store, &node_dirs, &claimed, &mut report)?;
     report.custom_nodes = lock.custom_nodes.len();
     match &venv {
         Some(venv) => lock.python = Some(lock_venv(store, venv, opts, &mut report)?),
@@ -99,7 +105,7 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
         .models_dir
         .clone()
         .unwrap_or_else(|| comfy.join("models"));
-    lock.models = lock_models(store, &models_dir, &extra, opts, &mut report)?;
+    lock.models = lock_models(store, &models_dir, &extra, opts, &claimed, &mut report)?;
     report.models = lock.models.len();
     report.model_bytes = lock.models.iter().map(|m| m.size).sum();
     lock.canonicalize();
@@ -125,15 +131,18 @@ fn comfy_dir(opts: &LockOptions) -> Result<PathBuf> {
     Ok(comfy)
 }
 
-/// ComfyUI's own source tree; the venv and any other top-level folder that is a venv stay
-/// out of it.
+/// ComfyUI's own source tree: in a git checkout, every file its repo tracks (also under the
+/// data folders) and untracked ones outside the data folders, the venv and `lock`'s outputs.
+/// What the tree holds is recorded in `claimed`, so no node or model takes it again.
 fn lock_comfyui(
     store: &Store,
     comfy: &Path,
     venv: Option<&Path>,
+    claimed: &mut Claimed,
     report: &mut LockReport,
 ) -> Result<ComfyUi> {
     let mut excludes = comfyui_excludes();
+    excludes.extend(claimed.output_excludes());
     if let Some(rel) = venv
         .and_then(|v| v.canonicalize().ok())
         .and_then(|v| v.strip_prefix(comfy).ok().map(Path::to_path_buf))
@@ -145,7 +154,9 @@ fn lock_comfyui(
     excludes.sort();
     excludes.dedup();
     let (src, tree) = lock_source(store, comfy, &excludes, "comfyui", report)?;
-    if src.is_none() {
+    if let Some(g) = &src {
+        claimed.set_tree(&g.files);
+    } else {
         report
             .warnings
             .push("ComfyUI is not a git checkout: locked by its tree only".into());
@@ -287,44 +298,85 @@ fn node_entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
 }
 
 /// Lock every custom node in `dirs` (ComfyUI's `custom_nodes` first, then extra folders).
-fn lock_nodes(store: &Store, dirs: &[PathBuf], report: &mut LockReport) -> Result<Vec<CustomNode>> {
+fn lock_nodes(
+    store: &Store,
+    dirs: &[PathBuf],
+    claimed: &Claimed,
+    report: &mut LockReport,
+) -> Result<Vec<CustomNode>> {
     let mut nodes: Vec<CustomNode> = Vec::new();
     for dir in dirs {
         for (name, path, disabled) in node_entries(dir)? {
-            let label = format!("custom_nodes/{name}");
-            if nodes.iter().any(|n| n.name == name) {
-                report.warnings.push(format!(
-                    "{label}: found again at {}; the first one is locked",
-                    path.display()
-                ));
+            if !is_users_node(&name, &path, &nodes, claimed, report) {
                 continue;
             }
-            let meta = fs::metadata(&path).ctx("stat", &path)?;
-            let mut node = CustomNode {
-                name,
-                disabled,
-                ..Default::default()
-            };
-            if meta.is_file() {
-                let add = store.add_file(&path)?;
-                count(report, &add);
-                node.file = Some(add.id);
-            } else if meta.is_dir() {
-                let (src, tree) = lock_source(store, &path, &[], &label, report)?;
-                if let Some(g) = src {
-                    node.repo = g.repo;
-                    node.commit = Some(g.commit);
-                    node.dirty = g.dirty;
-                }
-                node.registry = registry_pack(&path);
-                node.tree = Some(tree);
-            } else {
-                continue;
+            if let Some(node) = lock_node(store, name, &path, disabled, report)? {
+                nodes.push(node);
             }
-            nodes.push(node);
         }
     }
     Ok(nodes)
+}
+
+/// Whether an entry of a nodes folder is a node of the user's: not an `.example` file, not
+/// ComfyUI's own (its repo tracks it) or `lock`'s output, not found before.
+fn is_users_node(
+    name: &str,
+    path: &Path,
+    nodes: &[CustomNode],
+    claimed: &Claimed,
+    report: &mut LockReport,
+) -> bool {
+    if (name.ends_with(".example") && path.is_file()) || claimed.owns(path) {
+        return false;
+    }
+    let label = format!("custom_nodes/{name}");
+    let shadowed = if claimed.in_tree(&label) {
+        "ComfyUI's own is kept"
+    } else if nodes.iter().any(|n| n.name == name) {
+        "the first one is locked"
+    } else {
+        return true;
+    };
+    report.warnings.push(format!(
+        "{label}: found again at {}; {shadowed}",
+        path.display()
+    ));
+    false
+}
+
+/// One custom node: a single file, or a folder (by git commit and tree where it is a repo).
+fn lock_node(
+    store: &Store,
+    name: String,
+    path: &Path,
+    disabled: bool,
+    report: &mut LockReport,
+) -> Result<Option<CustomNode>> {
+    let label = format!("custom_nodes/{name}");
+    let meta = fs::metadata(path).ctx("stat", path)?;
+    let mut node = CustomNode {
+        name,
+        disabled,
+        ..Default::default()
+    };
+    if meta.is_file() {
+        let add = store.add_file(path)?;
+        count(report, &add);
+        node.file = Some(add.id);
+    } else if meta.is_dir() {
+        let (src, tree) = lock_source(store, path, &[], &label, report)?;
+        if let Some(g) = src {
+            node.repo = g.repo;
+            node.commit = Some(g.commit);
+            node.dirty = g.dirty;
+        }
+        node.registry = registry_pack(path);
+        node.tree = Some(tree);
+    } else {
+        return Ok(None);
+    }
+    Ok(Some(node))
 }
 
 /// A Comfy Registry pack, detected as ComfyUI-Manager does: a `.tracking` file and a
@@ -342,15 +394,34 @@ fn registry_pack(dir: &Path) -> Option<Registry> {
     })
 }
 
+/// Whether a file found among models is one: not ComfyUI's own (its repo tracks it, like
+/// `models/configs/*.yaml`) or `lock`'s output, and not at a path ComfyUI's tree holds.
+fn is_users_model(m: &models::FoundModel, claimed: &Claimed, report: &mut LockReport) -> bool {
+    if claimed.owns(&m.abs) {
+        return false;
+    }
+    if claimed.in_tree(&m.path) {
+        report.warnings.push(format!(
+            "{}: also found at {}; ComfyUI's own is kept",
+            m.path,
+            m.abs.display()
+        ));
+        return false;
+    }
+    true
+}
+
 /// Adopt every model into the store and gather its sources.
 fn lock_models(
     store: &Store,
     models_dir: &Path,
     extra: &models::ExtraPaths,
     opts: &LockOptions,
+    claimed: &Claimed,
     report: &mut LockReport,
 ) -> Result<Vec<Model>> {
-    let found = models::discover(models_dir, extra, &mut report.warnings)?;
+    let mut found = models::discover(models_dir, extra, &mut report.warnings)?;
+    found.retain(|m| is_users_model(m, claimed, report));
     let paths: Vec<PathBuf> = found.iter().map(|m| m.abs.clone()).collect();
     let adopted = store.adopt_files(&paths, opts.adopt)?;
     let given = match &opts.sources {
