@@ -1,7 +1,7 @@
 //! A source folder into the store, exactly as git would check it out.
 
 use super::inspect::{inspect, GitState};
-use crate::git::error::Result;
+use crate::git::error::{IoContext, Result};
 use crate::store::{AddOptions, AddReport, ObjectId, Store, CACHE_NAMES, CACHE_SUFFIXES};
 use std::path::Path;
 
@@ -24,14 +24,38 @@ pub fn store_checkout(
 /// The tree id [`store_checkout`] would give `dir`, with nothing written to the store: how
 /// `verify` compares a folder with a lock whose trees the store lacks. The stat cache vouches
 /// for unchanged files unless `rehash`.
+///
+/// `also` names files inside excluded folders that belong to the tree all the same (a
+/// materialized copy of a checkout has no git to say which); it matters only outside a repo.
 pub fn checkout_tree_id(
     store: &Store,
     dir: &Path,
     excludes: &[String],
+    also: &[String],
     rehash: bool,
 ) -> Result<ObjectId> {
-    let (_, opts) = checkout_options(dir, excludes)?;
+    let (state, mut opts) = checkout_options(dir, excludes)?;
+    if state.is_none() && !also.is_empty() {
+        let mut select = top_level_except(dir, excludes)?;
+        select.extend(also.iter().cloned());
+        opts.select = Some(select);
+        opts.exclude = Vec::new();
+    }
     Ok(store.hash_tree(dir, &opts, rehash)?)
+}
+
+/// The names at the top of `dir`, but those in `excludes`.
+fn top_level_except(dir: &Path, excludes: &[String]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
+        let entry = entry.ctx("list", dir)?;
+        if let Some(name) = entry.file_name().to_str() {
+            if !excludes.iter().any(|e| e == name) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    Ok(names)
 }
 
 /// What git says of `dir` (if it is a checkout), and the options that make its tree.

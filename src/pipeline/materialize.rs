@@ -276,6 +276,7 @@ fn compose_version(
         models_dir: at.models_dir.clone(),
         python: env.map(|e| e.base.executable.clone()),
         env: env.map(|e| e.report.tree),
+        source_data_files: comfyui_data_files(store, lock)?,
     };
     let (tree, _) = store.put_tree(&version.manifest)?;
     let stored = Stored {
@@ -293,6 +294,35 @@ struct Stored {
 
 /// 3b. Place the version at DEST, switching it in place from the one it held. Returns the
 ///     report and where the previous version placed its environment, if outside DEST and
+/// ComfyUI's own files inside the data folders (its repo tracks a few there), for the marker:
+/// see [`Layout::source_data_files`].
+fn comfyui_data_files(store: &Store, lock: &Lockfile) -> Result<Vec<String>> {
+    let c = &lock.comfyui;
+    let excludes = crate::lockfile::comfyui_excludes();
+    let Some(tree) = super::version::source_tree(
+        store,
+        c.tree,
+        c.repo.as_deref(),
+        c.commit.as_deref(),
+        &excludes,
+    )?
+    else {
+        return Ok(Vec::new());
+    };
+    let in_data = |p: &str| {
+        crate::lockfile::COMFY_DATA_DIRS
+            .iter()
+            .any(|d| p.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
+    };
+    let manifest = store.read_tree(&tree)?;
+    Ok(manifest
+        .entries
+        .iter()
+        .filter(|e| in_data(&e.path) && !matches!(e.node, crate::store::Node::Dir))
+        .map(|e| e.path.clone())
+        .collect())
+}
+
 ///     somewhere else than now.
 fn place_version(
     store: &Store,

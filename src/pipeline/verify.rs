@@ -284,6 +284,14 @@ impl Verifier<'_> {
                 Some(_) => PartState::Modified,
             };
         }
+        // Outside a git checkout, ComfyUI's tracked files inside the data folders
+        // (`models/configs/*.yaml`, `custom_nodes/websocket_image_save.py`, …) cannot be told
+        // from the user's files there unless DEST's marker lists them (materialize records
+        // them). Without that list a difference says nothing: the part stays unchecked, and
+        // its tree, once fetched, decides.
+        let vouched =
+            crate::git::is_repo_root(self.dest) || !self.layout.source_data_files.is_empty();
+        parts.retain(|p| p.part != "comfyui" || vouched || p.state == PartState::Ok);
         Ok(parts)
     }
 
@@ -295,10 +303,17 @@ impl Verifier<'_> {
             Some(crate::store::b3_file(&path).ctx("read", &path)?.0)
         } else if !p.file && path.is_dir() {
             let rehash = self.opts.full;
+            // ComfyUI's own files in the data folders, as materialize recorded them.
+            let also: &[String] = if p.part == "comfyui" {
+                &self.layout.source_data_files
+            } else {
+                &[]
+            };
             Some(crate::git::checkout_tree_id(
                 self.store,
                 &path,
                 &p.excludes,
+                also,
                 rehash,
             )?)
         } else {

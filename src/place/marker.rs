@@ -113,4 +113,10 @@ pub struct Layout {
     /// its wheels; this keeps `verify` checking the one that was placed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<ObjectId>,
+    /// Files of the source tree at the top that lie inside the data folders (`models/`,
+    /// `custom_nodes/`, … where ComfyUI's repo tracks a few of its own). A folder that is not
+    /// a git checkout cannot tell them from the user's files, so `verify` reads them here to
+    /// hash the source part of DEST without its stored tree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_data_files: Vec<String>,
 }
