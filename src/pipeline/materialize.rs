@@ -309,6 +309,11 @@ fn comfyui_data_files(store: &Store, lock: &Lockfile) -> Result<Vec<String>> {
     else {
         return Ok(Vec::new());
     };
+    // A version limited to other parts (`--only python`) places no ComfyUI tree, and the store
+    // need not hold it.
+    if !store.has_tree(&tree) {
+        return Ok(Vec::new());
+    }
     let in_data = |p: &str| {
         crate::lockfile::COMFY_DATA_DIRS
             .iter()
