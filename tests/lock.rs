@@ -1600,3 +1600,60 @@ fn lock_dot_inside_the_install_does_not_lock_itself() {
         let _ = fs::remove_dir(c.join("locks"));
     }
 }
+
+/// `show` says whether a lock rebuilds from its own sources and names what does not;
+/// `lock --portable` refuses such a lock and writes nothing. The fixture's models have no
+/// source and its index-installed packages are not pinned: each is named. A lock whose every
+/// part has a source is portable.
+#[test]
+fn show_and_lock_portable_name_what_a_fresh_machine_could_not_rebuild() {
+    let e = Env::new();
+    let out = e.p("v1.lock.json");
+    e.lock("v1", &out, &[]);
+    let v = json(&e.store, &["show", s(&out)]);
+    assert_eq!(v["portable"], false, "{v:#}");
+    let gaps: Vec<&str> = v["not_portable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    for m in MODEL_PATHS {
+        assert!(
+            gaps.iter()
+                .any(|g| g.starts_with(&format!("{m}: no known source"))),
+            "{m} not named: {gaps:?}"
+        );
+    }
+    assert!(
+        gaps.iter()
+            .any(|g| g.starts_with("python package tinyfoo: not pinned")),
+        "{gaps:?}"
+    );
+    let text = ok(&e.store, &["show", s(&out)]);
+    assert!(text.contains("portable  no:"), "{text}");
+
+    // --portable: exit 1, each item named, no lockfile written.
+    let refused = e.p("refused.lock.json");
+    let o = e.lock_output(&[], "v2", &refused, &["--portable"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not portable"), "{err}");
+    assert!(err.contains("python package tinyfoo"), "{err}");
+    assert!(!refused.exists(), "a non-portable lock was written");
+
+    // A lock whose every part has a source.
+    let mut lock = read_json(&out);
+    lock["custom_nodes"] = json!([]);
+    lock["python"] = Value::Null;
+    lock.as_object_mut().unwrap().remove("python");
+    for m in lock["models"].as_array_mut().unwrap() {
+        m["sources"] = json!(["https://example.invalid/model"]);
+    }
+    lock["comfyui"]["dirty"] = json!(false);
+    let portable = e.p("portable.lock.json");
+    fs::write(&portable, serde_json::to_vec_pretty(&lock).unwrap()).unwrap();
+    let v = json(&e.store, &["show", s(&portable)]);
+    assert_eq!(v["not_portable"], json!([]), "{v:#}");
+    assert_eq!(v["portable"], true, "{v:#}");
+}

@@ -16,6 +16,15 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
         Path::new(lock::LOCKFILES_DIR).join(format!("comfy-{}.lock.json", a.tag))
     });
     let (lockfile, report) = lock::lock(&store, &lock_options(a, &out)?)?;
+    let gaps = lockfile.not_portable();
+    if a.portable && !gaps.is_empty() {
+        anyhow::bail!(
+            "not portable, so {} was not written; {} item(s) cannot be rebuilt from the lock's own sources:\n  {}",
+            out.display(),
+            gaps.len(),
+            gaps.join("\n  ")
+        );
+    }
     let unchanged = !lockfile.write(&out)?;
     let root = format!("lock/{}", a.tag);
     if !a.no_root {
@@ -264,6 +273,8 @@ fn show_json(path: &Path, l: &Lockfile, p: &Present) -> Result<()> {
             "custom_nodes": { "count": l.custom_nodes.len(), "disabled": l.custom_nodes.iter().filter(|n| n.disabled).count(), "missing": p.nodes_missing },
             "python": l.python.as_ref().map(|p| json!({ "version": p.version, "platform": p.platform, "packages": p.packages.len(), "environment_in_store": env_in_store, "wheels_missing": wheels_missing })),
             "models": { "count": l.models.len(), "bytes": p.model_bytes, "missing": p.models_missing.iter().map(|m| &m.path).collect::<Vec<_>>(), "missing_bytes": p.missing_bytes },
+            "portable": l.not_portable().is_empty(),
+            "not_portable": l.not_portable(),
         }))?
     );
     Ok(())
@@ -314,6 +325,18 @@ fn show_text(path: &Path, l: &Lockfile, p: &Present) {
                 ""
             }
         );
+    }
+    let gaps = l.not_portable();
+    if gaps.is_empty() {
+        println!("portable  yes: everything can be rebuilt from the lock's own sources");
+    } else {
+        println!(
+            "portable  no: {} item(s) cannot be rebuilt from the lock's own sources",
+            gaps.len()
+        );
+        for g in &gaps {
+            println!("  {g}");
+        }
     }
 }
 

@@ -474,6 +474,11 @@ pub struct LockArgs {
     /// --pin-wheels from local wheels and the store only.
     #[arg(long, requires = "pin_wheels")]
     pub offline: bool,
+    /// Refuse (exit 1, no lockfile written) unless the lock can be rebuilt from its own
+    /// sources on a fresh machine: trees from clean git commits, models from URLs, packages
+    /// from pinned wheels. Each item that cannot is named.
+    #[arg(long)]
+    pub portable: bool,
 }
 
 /// How downloads behave (shared by the commands that download).

@@ -10,6 +10,7 @@ pub mod error;
 pub use error::{Error, Result};
 pub mod diff;
 mod layout;
+mod portable;
 pub mod snapshot;
 
 pub use crate::ident::{is_commit, normalize_package_name};
