@@ -1387,7 +1387,10 @@ fn mirror_wheels_pep503() {
 
     // pip installs it from the mirror alone, both ways.
     if code(&pip(&["--version"])) != 0 {
-        eprintln!("python3 -m pip is not available: pip checks skipped");
+        common::cannot_run(
+            "mirror_wheels_pep503 (its pip half)",
+            "python3 -m pip is not available",
+        );
         return;
     }
     let x = e.p("pip-find-links");

@@ -540,7 +540,10 @@ fn reflinks_on_xfs_and_fallback_across_filesystems() {
     let xfs = match Xfs::mount() {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("SKIPPED reflinks_on_xfs_and_fallback_across_filesystems: cannot mount an XFS loop filesystem ({e}); needs root and xfsprogs");
+            common::cannot_run(
+                "reflinks_on_xfs_and_fallback_across_filesystems",
+                &format!("cannot mount an XFS loop filesystem ({e}); needs root and xfsprogs"),
+            );
             return;
         }
     };

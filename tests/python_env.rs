@@ -624,7 +624,7 @@ fn harness_pip_installs_from_the_local_index() {
 #[test]
 fn harness_uv_resolves_from_the_local_index() {
     if !uv_available() {
-        eprintln!("skipped: uv not on PATH");
+        common::cannot_run("harness_uv_resolves_from_the_local_index", "uv not on PATH");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -747,7 +747,10 @@ fn pin_resolvers_pip_and_uv_agree() {
     let by_pip = read_json(&by_pip);
     assert_pinned(&by_pip, &v1_wheels(&e), Some(&e.srv));
     if !uv_available() {
-        eprintln!("skipped: uv not on PATH (only --resolver pip was checked)");
+        common::cannot_run(
+            "pin_resolvers_pip_and_uv_agree (its uv half)",
+            "uv not on PATH (only --resolver pip was checked)",
+        );
         return;
     }
     let by_uv = e.p("pins-uv.json");
@@ -876,7 +879,10 @@ fn pin_refuses_wheel_bytes_that_do_not_match_the_index_hash() {
     if uv_available() {
         resolvers.push("uv");
     } else {
-        eprintln!("skipped: uv not on PATH (--resolver uv not checked)");
+        common::cannot_run(
+            "pin_refuses_wheel_bytes_that_do_not_match_the_index_hash (its uv half)",
+            "uv not on PATH (--resolver uv not checked)",
+        );
     }
     for resolver in resolvers {
         let pins = e.p(&format!("pins-{resolver}.json"));
