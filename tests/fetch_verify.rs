@@ -1473,6 +1473,13 @@ fn snapshot_lock_fetches_once_and_materializes() {
     let labels: Vec<&str> = trees.keys().map(String::as_str).collect();
     assert_eq!(labels, ["comfyui", NODE_LABEL], "{first:#}");
 
+    // show counts the recorded trees as in the store (the lock itself names none).
+    let shown = e.cs(&store, &["--json", "show", s(&lock)]);
+    assert_eq!(code(&shown), 0, "show: {}", describe(&shown));
+    let shown = parse(&shown);
+    assert_eq!(shown["comfyui"]["in_store"], true, "{shown:#}");
+    assert_eq!(shown["custom_nodes"]["missing"], json!([]), "{shown:#}");
+
     // materialize composes the version from the trees fetch recorded for repo + commit.
     let dest = e.p("dest");
     e.ok(&store, &["materialize", s(&lock), s(&dest)]);

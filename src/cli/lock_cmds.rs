@@ -222,20 +222,34 @@ struct Present<'l> {
 
 impl<'l> Present<'l> {
     fn of(l: &'l Lockfile, store: Option<&Store>) -> Result<Present<'l>> {
-        let has_tree = |id: &Option<ObjectId>| match (store, id) {
-            (Some(s), Some(id)) => s.has_tree(id),
-            _ => false,
+        // A snapshot lock names no trees: the one `fetch` recorded for its repo and commit
+        // stands in.
+        let has_tree = |id: &Option<ObjectId>,
+                        repo: &Option<String>,
+                        commit: &Option<String>,
+                        excludes: &[String]|
+         -> Result<bool> {
+            let Some(s) = store else { return Ok(false) };
+            let tree = comfystore::pipeline::version::source_tree(
+                s,
+                *id,
+                repo.as_deref(),
+                commit.as_deref(),
+                excludes,
+            )?;
+            Ok(tree.is_some_and(|t| s.has_tree(&t)))
         };
         let has_obj = |id: &ObjectId| store.is_some_and(|s| s.has_object(id));
-        let nodes_missing = l
-            .custom_nodes
-            .iter()
-            .filter(|n| match n.file {
-                Some(f) => !has_obj(&f),
-                None => !has_tree(&n.tree),
-            })
-            .map(|n| n.name.as_str())
-            .collect();
+        let mut nodes_missing = Vec::new();
+        for n in &l.custom_nodes {
+            let present = match n.file {
+                Some(f) => has_obj(&f),
+                None => has_tree(&n.tree, &n.repo, &n.commit, &[])?,
+            };
+            if !present {
+                nodes_missing.push(n.name.as_str());
+            }
+        }
         let models_missing: Vec<&comfystore::lockfile::Model> =
             l.models.iter().filter(|m| !has_obj(&m.blake3)).collect();
         let py = l.python.as_ref();
@@ -251,7 +265,12 @@ impl<'l> Present<'l> {
             _ => Vec::new(),
         };
         Ok(Present {
-            comfyui: has_tree(&l.comfyui.tree),
+            comfyui: has_tree(
+                &l.comfyui.tree,
+                &l.comfyui.repo,
+                &l.comfyui.commit,
+                &comfystore::lockfile::comfyui_excludes(),
+            )?,
             nodes_missing,
             model_bytes: l.models.iter().map(|m| m.size).sum(),
             missing_bytes: models_missing.iter().map(|m| m.size).sum(),
