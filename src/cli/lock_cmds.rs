@@ -283,6 +283,7 @@ impl<'l> Present<'l> {
 
 fn show_json(path: &Path, l: &Lockfile, p: &Present) -> Result<()> {
     let (env_in_store, wheels_missing) = (p.env_in_store, &p.wheels_missing);
+    let not_portable = l.not_portable();
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({
@@ -292,8 +293,8 @@ fn show_json(path: &Path, l: &Lockfile, p: &Present) -> Result<()> {
             "custom_nodes": { "count": l.custom_nodes.len(), "disabled": l.custom_nodes.iter().filter(|n| n.disabled).count(), "missing": p.nodes_missing },
             "python": l.python.as_ref().map(|p| json!({ "version": p.version, "platform": p.platform, "packages": p.packages.len(), "environment_in_store": env_in_store, "wheels_missing": wheels_missing })),
             "models": { "count": l.models.len(), "bytes": p.model_bytes, "missing": p.models_missing.iter().map(|m| &m.path).collect::<Vec<_>>(), "missing_bytes": p.missing_bytes },
-            "portable": l.not_portable().is_empty(),
-            "not_portable": l.not_portable(),
+            "portable": not_portable.is_empty(),
+            "not_portable": not_portable,
         }))?
     );
     Ok(())
