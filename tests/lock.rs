@@ -87,6 +87,8 @@ impl Env {
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("COMFYSTORE_DIR")
             .env_remove("COMFYSTORE_INDEX")
+            // The fixture's packages are on no index (see common::run).
+            .env("COMFYSTORE_NO_PIN_WHEELS", "1")
             .env_remove("VIRTUAL_ENV")
             .env_remove("COMFY_HOME")
             .env_remove("RUST_LOG")

@@ -1286,27 +1286,131 @@ fn pip_installer_renders_absolute_shebangs_per_destination() {
 }
 
 #[test]
-fn a_plain_pip_venv_locked_with_pin_wheels_materializes_elsewhere() {
+fn a_package_no_index_offers_stays_unpinned_and_named_while_the_rest_are_pinned() {
+    let e = Env::new();
+    let orig = e.comfy.join("venv");
+    e.pip_venv(&orig);
+    let partial: Vec<Wheel> = v1_wheels(&e)
+        .into_iter()
+        .filter(|w| w.name != "tinydep")
+        .cloned()
+        .collect();
+    let srv = IndexServer::with_index(&partial);
+    let idx = srv.index_url();
+    let lock = e.p("partial.lock.json");
+    let args = |extra: &'static [&'static str]| {
+        let mut a = vec!["lock", s(&e.comfy), "--tag", "partial", "-o", s(&lock)];
+        a.extend_from_slice(extra);
+        a
+    };
+    let mut with_index = args(&[]);
+    with_index.extend(["--index-url", &idx]);
+    let out = e.cs_env(&e.store, &with_index, &[PIN_BY_DEFAULT]);
+    assert_eq!(code(&out), 0, "lock: {}", describe(&out));
+    let warned = stderr(&out);
+    assert!(
+        warned.contains("1 of 3") && warned.contains("tinydep==0.5"),
+        "the warning names the package: {}",
+        describe(&out)
+    );
+    let got = packages(&read_json(&lock));
+    for name in ["tinycli", "tinyfoo"] {
+        assert!(got[name]["sha256"].is_string(), "{name}: {}", got[name]);
+    }
+    assert!(got["tinydep"].get("wheel").is_none(), "{}", got["tinydep"]);
+
+    // --portable refuses it, naming the package, and writes nothing.
+    fs::remove_file(&lock).unwrap();
+    with_index.push("--portable");
+    let out = e.cs_env(&e.store, &with_index, &[PIN_BY_DEFAULT]);
+    assert_eq!(code(&out), 1, "lock --portable: {}", describe(&out));
+    assert!(stderr(&out).contains("tinydep"), "{}", describe(&out));
+    assert!(!lock.exists());
+
+    // --no-pin-wheels asks no index.
+    let before = srv.requests().len();
+    let out = e.cs_env(&e.store, &args(&["--no-pin-wheels"]), &[PIN_BY_DEFAULT]);
+    assert_eq!(code(&out), 0, "lock --no-pin-wheels: {}", describe(&out));
+    assert_eq!(srv.requests().len(), before);
+    let got = packages(&read_json(&lock));
+    assert!(got.values().all(|p| p.get("wheel").is_none()), "{got:?}");
+}
+
+/// `lock` with pinning on (the default; the harness turns it off for the fixtures).
+const PIN_BY_DEFAULT: (&str, Option<&OsStr>) = ("COMFYSTORE_NO_PIN_WHEELS", None);
+
+#[test]
+fn a_plain_pip_venv_locked_by_default_materializes_elsewhere() {
     let e = Env::new();
     let orig = e.comfy.join("venv");
     e.pip_venv(&orig);
     e.assert_venv_works(&orig, "2.0");
     let lock = e.p("plain.lock.json");
-    let idx = e.srv.index_url();
-    e.ok(&[
-        "lock",
-        s(&e.comfy),
-        "--tag",
-        "plain",
-        "--pin-wheels",
-        "--index-url",
-        &idx,
-        "-o",
-        s(&lock),
-    ]);
+    // The index with a credential in its URL (never recorded), and tinydep only on an extra
+    // index.
+    let (main_wheels, extra_wheels): (Vec<Wheel>, Vec<Wheel>) = v1_wheels(&e)
+        .into_iter()
+        .cloned()
+        .partition(|w| w.name != "tinydep");
+    let (main, extra) = (
+        IndexServer::with_index(&main_wheels),
+        IndexServer::with_index(&extra_wheels),
+    );
+    let idx = main.index_url().replace("http://", "http://alice:sekret@");
+    let out = e.cs_env(
+        &e.store,
+        &[
+            "lock",
+            s(&e.comfy),
+            "--tag",
+            "plain",
+            "--index-url",
+            &idx,
+            "--extra-index-url",
+            &extra.index_url(),
+            "-o",
+            s(&lock),
+        ],
+        &[PIN_BY_DEFAULT],
+    );
+    assert_eq!(code(&out), 0, "lock: {}", describe(&out));
+    let text = fs::read_to_string(&lock).unwrap();
+    assert!(
+        !text.contains("sekret") && !text.contains("alice"),
+        "{text}"
+    );
     let doc = read_json(&lock);
     assert_interpreter(&doc);
-    assert_pinned(&doc, &v1_wheels(&e), Some(&e.srv));
+    assert_eq!(
+        doc["python"]["index_url"],
+        main.index_url().as_str(),
+        "{doc:#}"
+    );
+    assert_eq!(
+        doc["python"]["extra_index_urls"],
+        serde_json::json!([extra.index_url()]),
+        "{doc:#}"
+    );
+    let got = packages(&doc);
+    assert_eq!(got.len(), 3, "{doc:#}");
+    let server_of = |w: &Wheel| if w.name == "tinydep" { &extra } else { &main };
+    for w in v1_wheels(&e) {
+        let p = &got[&w.name];
+        assert_eq!(p["wheel"], w.file.as_str(), "{p}");
+        assert_eq!(p["sha256"], sha256_hex(&w.bytes).as_str(), "{p}");
+        let url = p["url"].as_str().unwrap_or_else(|| panic!("no url: {p}"));
+        assert_eq!(strip_fragment(url), server_of(w).file_url(w), "{p}");
+    }
+    // No wheel was downloaded to lock: each sha256 is the one the index published.
+    for srv in [&main, &extra] {
+        let gets: Vec<String> = srv
+            .requests()
+            .into_iter()
+            .map(|r| r.path)
+            .filter(|p| p.starts_with("/files/"))
+            .collect();
+        assert!(gets.is_empty(), "lock downloaded {gets:?}");
+    }
 
     // In the same store (the locked venv tree is there), and in a store that has only the
     // lock's trees and model: there the wheels are fetched from their URLs and installed.
@@ -1315,7 +1419,11 @@ fn a_plain_pip_venv_locked_with_pin_wheels_materializes_elsewhere() {
     let wheel_gets = || {
         v1_wheels(&e)
             .iter()
-            .map(|w| e.srv.requests_for(&format!("/files/{}", w.file)).len())
+            .map(|w| {
+                server_of(w)
+                    .requests_for(&format!("/files/{}", w.file))
+                    .len()
+            })
             .collect::<Vec<_>>()
     };
     for (store, dest) in [(&e.store, e.p("elsewhere/one")), (&store2, e.p("two"))] {
@@ -1324,7 +1432,7 @@ fn a_plain_pip_venv_locked_with_pin_wheels_materializes_elsewhere() {
         assert_eq!(code(&out), 0, "materialize: {}", describe(&out));
         let after = wheel_gets();
         if store == &store2 {
-            // store2 had no wheel: each came from the URL `lock --pin-wheels` recorded.
+            // store2 had no wheel: each came from the URL `lock` recorded.
             assert!(
                 before.iter().zip(&after).all(|(b, a)| a > b),
                 "wheel downloads {before:?} -> {after:?}"

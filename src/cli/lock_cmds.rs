@@ -73,7 +73,7 @@ fn lock_options(a: &LockArgs, out: &Path) -> Result<LockOptions> {
         sources: a.sources.clone(),
         hf_caches: a.hf_cache.clone(),
         adopt: a.adopt,
-        pin_wheels: a.pin_wheels.then(|| comfystore::python::PinOptions {
+        pin_wheels: (!a.no_pin_wheels).then(|| comfystore::python::PinOptions {
             index_url: a.index_url.clone(),
             extra_index_urls: a.extra_index_url.clone(),
             wheels_dirs: a.wheels_dir.clone(),

@@ -458,21 +458,41 @@ pub struct LockArgs {
     /// Do not create the GC root lock/TAG.
     #[arg(long)]
     pub no_root: bool,
-    /// Pin packages installed from an index to their wheel (file, URL, sha256) by resolving
-    /// name==version of each, so `fetch` and `materialize` can reinstall them elsewhere.
-    #[arg(long)]
+    /// Leave packages installed from an index unpinned. By default each is pinned to its wheel
+    /// (file, URL, sha256) by resolving `name==version` for the venv's interpreter against the
+    /// indexes below, without downloading wheels the index publishes a sha256 for; that is
+    /// what lets `fetch` and `materialize` rebuild the environment on a fresh machine. A
+    /// package no index offers stays unpinned, with a warning naming it.
+    #[arg(long, env = "COMFYSTORE_NO_PIN_WHEELS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_pin_wheels: bool,
+    /// Pin packages to wheels (the default; kept for old scripts).
+    #[arg(long, hide = true, overrides_with = "no_pin_wheels")]
     pub pin_wheels: bool,
-    /// Package index for --pin-wheels (default: the resolver's, PyPI).
-    #[arg(long, value_name = "URL", requires = "pin_wheels")]
+    /// Package index to pin from (default: the resolver's, PyPI). Recorded in the lock without
+    /// credentials.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "COMFYSTORE_INDEX_URL",
+        conflicts_with = "no_pin_wheels"
+    )]
     pub index_url: Option<String>,
-    /// Another index for --pin-wheels (repeatable).
-    #[arg(long, value_name = "URL", requires = "pin_wheels")]
+    /// Another index to pin from (repeatable; the environment variable takes a space-separated
+    /// list), e.g. https://download.pytorch.org/whl/cu128 for CUDA builds of torch. Recorded in
+    /// the lock without credentials.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "COMFYSTORE_EXTRA_INDEX_URL",
+        value_delimiter = ' ',
+        conflicts_with = "no_pin_wheels"
+    )]
     pub extra_index_url: Vec<String>,
-    /// Local wheels for --pin-wheels (repeatable).
-    #[arg(long, value_name = "DIR", requires = "pin_wheels")]
+    /// Local wheels to pin from (repeatable).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_pin_wheels")]
     pub wheels_dir: Vec<PathBuf>,
-    /// --pin-wheels from local wheels and the store only.
-    #[arg(long, requires = "pin_wheels")]
+    /// Pin from local wheels and the store only.
+    #[arg(long, conflicts_with = "no_pin_wheels")]
     pub offline: bool,
     /// Refuse (exit 1, no lockfile written) unless the lock can be rebuilt from its own
     /// sources on a fresh machine: trees from clean git commits, models from URLs, packages

@@ -119,6 +119,13 @@ pub struct Python {
     /// Store tree of the installed environment (the venv folder) for this platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<ObjectId>,
+    /// The package index the wheels were pinned from (`--index-url`; none: the resolver's
+    /// default, PyPI). Never with credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_url: Option<String>,
+    /// Further indexes pinned from (`--extra-index-url`, e.g. PyTorch's for CUDA builds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_index_urls: Vec<String>,
     #[serde(default)]
     pub packages: Vec<Package>,
 }
@@ -339,6 +346,12 @@ impl Lockfile {
                 if v.as_deref().is_some_and(str::is_empty) {
                     return Err(format!("python.{f}: must not be empty"));
                 }
+            }
+            if let Some(u) = &py.index_url {
+                check_url(u).map_err(|e| format!("python.index_url: {e}"))?;
+            }
+            for (i, u) in py.extra_index_urls.iter().enumerate() {
+                check_url(u).map_err(|e| format!("python.extra_index_urls[{i}]: {e}"))?;
             }
             let mut seen = HashSet::new();
             for (i, p) in py.packages.iter().enumerate() {

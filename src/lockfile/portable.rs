@@ -1,7 +1,7 @@
 //! Whether a lock can be rebuilt on a machine that never saw the original install, from the
 //! sources the lock itself names: every tree from git at a clean commit, every model from a
 //! URL, every package from a pinned wheel. What cannot is named, so the user can fix it
-//! (`--sources`, `--pin-wheels`, a commit) or ship a bundle or mirror instead.
+//! (`--sources`, `--index-url`, a commit) or ship a bundle or mirror instead.
 
 use super::{Lockfile, Package};
 
@@ -54,7 +54,7 @@ fn package_gap(p: &Package) -> Option<String> {
     } else if p.url.is_some() && p.wheel.is_none() {
         "installed from a direct reference, not a wheel"
     } else {
-        "not pinned to a wheel (installed from an index; lock with --pin-wheels)"
+        "not pinned to a wheel (no index named to lock offered it: --index-url, --extra-index-url)"
     };
     Some(format!("python package {}: {why}", p.name))
 }

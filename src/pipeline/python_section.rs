@@ -28,6 +28,10 @@ impl From<EnvSpec> for Python {
             platform: e.platform,
             libc: e.libc,
             tree: e.tree,
+            // Where the packages were pinned from is the lock's, not the environment's: it
+            // changes no installed byte.
+            index_url: None,
+            extra_index_urls: Vec::new(),
             packages: e.packages.into_iter().map(Package::from).collect(),
         }
     }

@@ -63,6 +63,13 @@ pub struct PinOptions {
     pub wheel_urls: Vec<String>,
     /// Resolve from `wheels_dirs` and the store's wheels alone.
     pub offline: bool,
+    /// Find each requirement's wheel without resolving dependencies: the requirements are
+    /// already a complete set (an installed environment's `name==version` lines), which
+    /// may not satisfy a resolver (real environments often carry conflicts).
+    pub no_deps: bool,
+    /// Record URL and sha256 of a wheel the index publishes a sha256 for, without
+    /// downloading it (`lock`: torch is GBs); the rest are still downloaded to hash them.
+    pub record_only: bool,
     pub resolver: Resolver,
     pub http: HttpOptions,
 }
@@ -141,6 +148,7 @@ pub fn pin(store: &Store, requirements: &Path, opts: &PinOptions) -> Result<PinR
         index_url: opts.index_url.as_deref(),
         extra_index_urls: &opts.extra_index_urls,
         offline: opts.offline,
+        no_deps: opts.no_deps,
         work: work.path(),
     };
     let resolver = opts.resolver.pick();
@@ -148,7 +156,7 @@ pub fn pin(store: &Store, requirements: &Path, opts: &PinOptions) -> Result<PinR
         Resolver::Uv => resolve_uv(&request)?,
         _ => resolve_pip(&request)?,
     };
-    let mut stored = store_resolved(store, &resolved, &explicit)?;
+    let mut stored = store_resolved(store, &resolved, &explicit, opts.record_only)?;
     let downloaded = stored.downloads.len();
     download_wheels(store, opts, &mut stored)?;
     let mut packages = stored.packages;
@@ -241,11 +249,13 @@ struct Stored {
 }
 
 /// Every resolved wheel into the store: local files are copied in (checked against the
-/// sha256 the resolver reported), remote ones the store lacks are listed for download.
+/// sha256 the resolver reported), remote ones the store lacks are listed for download
+/// (with `record_only`, only those the index gave no sha256 for).
 fn store_resolved(
     store: &Store,
     resolved: &[Resolved],
     explicit: &ExplicitWheels,
+    record_only: bool,
 ) -> Result<Stored> {
     let mut out = Stored::default();
     for r in resolved {
@@ -271,9 +281,10 @@ fn store_resolved(
                     out.cached += 1;
                 }
                 Location::Url(url) => {
-                    pkg.url = Some(url.clone());
+                    // An index's credential is the environment's, never the lock's.
+                    pkg.url = Some(crate::secret::redact_url(url));
                     pkg.sha256 = r.sha256;
-                    if have_wheel(store, r.sha256)? {
+                    if (record_only && r.sha256.is_some()) || have_wheel(store, r.sha256)? {
                         out.cached += 1;
                     } else {
                         out.downloads

@@ -105,6 +105,8 @@ pub(super) struct Request<'a> {
     pub(super) extra_index_urls: &'a [String],
     /// Resolve from `find_links` alone.
     pub(super) offline: bool,
+    /// Each requirement alone, without its dependencies.
+    pub(super) no_deps: bool,
     /// A scratch folder for the resolver's output.
     pub(super) work: &'a Path,
 }
@@ -132,8 +134,12 @@ fn run(mut cmd: Process, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Where the resolver may look: the index (unless offline) and the local wheel folders.
+/// Where the resolver may look: the index (unless offline) and the local wheel folders;
+/// and whether it follows dependencies.
 fn index_args(cmd: &mut Process, r: &Request) {
+    if r.no_deps {
+        cmd.arg("--no-deps");
+    }
     if r.offline {
         cmd.arg("--no-index");
     } else {

@@ -13,15 +13,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// Run `comfystore --store STORE ARGS...` with no store-related environment leaking in.
+///
+/// `lock` pins index-installed packages against PyPI by default; the fixtures' packages are on
+/// no index and tests never use the internet, so pinning is off here
+/// (`COMFYSTORE_NO_PIN_WHEELS`) unless a test removes that variable and names its own index.
 pub fn run(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_comfystore"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("COMFYSTORE_DIR")
-        .env_remove("COMFYSTORE_INDEX")
-        .output()
-        .expect("run comfystore")
+    run_env(store, args, &[])
 }
 
 /// Run and require success; returns stdout.
@@ -50,14 +47,15 @@ pub fn write(path: &Path, data: &[u8]) {
 }
 
 /// Like [`run`], with environment changes: `(name, Some(value))` sets a variable,
-/// `(name, None)` removes it.
+/// `(name, None)` removes it (`COMFYSTORE_NO_PIN_WHEELS` too).
 pub fn run_env(store: &Path, args: &[&str], envs: &[(&str, Option<&std::ffi::OsStr>)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
     cmd.arg("--store")
         .arg(store)
         .args(args)
         .env_remove("COMFYSTORE_DIR")
-        .env_remove("COMFYSTORE_INDEX");
+        .env_remove("COMFYSTORE_INDEX")
+        .env("COMFYSTORE_NO_PIN_WHEELS", "1");
     for (k, v) in envs {
         match v {
             Some(v) => cmd.env(k, v),

@@ -194,7 +194,10 @@ fn lock_venv(
 }
 
 /// Fill in wheel, URL and sha256 of the packages an index installed (no `direct_url.json`),
-/// with the same resolution `pin` uses: `name==version` of each, for the venv's interpreter.
+/// with the same resolution `pin` uses: `name==version` of each, for the venv's interpreter,
+/// without downloading wheels whose sha256 the index publishes. A package no index offers
+/// stays unpinned, with a warning naming it (`show` and `--portable` then say the lock is
+/// not portable); the rest are pinned all the same.
 fn pin_index_packages(
     store: &Store,
     venv: &Path,
@@ -202,35 +205,119 @@ fn pin_index_packages(
     pin: &crate::python::PinOptions,
     report: &mut LockReport,
 ) -> Result<()> {
-    let wanted: Vec<String> = py
+    py.index_url = pin.index_url.as_deref().map(redact_url);
+    py.extra_index_urls = pin.extra_index_urls.iter().map(|u| redact_url(u)).collect();
+    let wanted: Vec<(String, String)> = py
         .packages
         .iter()
         .filter(|p| p.wheel.is_none() && p.url.is_none() && !p.version.is_empty())
-        .map(|p| format!("{}=={}", p.name, p.version))
+        .map(|p| (p.name.clone(), p.version.clone()))
         .collect();
     if wanted.is_empty() {
         return Ok(());
     }
+    let opts = crate::python::PinOptions {
+        python: Some(venv.join("bin/python").to_string_lossy().into_owned()),
+        no_deps: true,
+        record_only: true,
+        ..pin.clone()
+    };
+    let (pinned, refused) = pin_each(store, &wanted, &opts)?;
+    fill_wheels(&mut py.packages, &pinned);
+    if !refused.is_empty() {
+        let shown: Vec<String> = refused
+            .iter()
+            .take(8)
+            .map(|(req, why)| format!("{req} ({why})"))
+            .collect();
+        let more = refused.len().saturating_sub(shown.len());
+        report.warnings.push(format!(
+            "{} of {} index-installed packages could not be pinned to a wheel, so a fresh \
+             machine cannot install them: {}{}. Name the index they came from \
+             (--index-url, --extra-index-url, e.g. https://download.pytorch.org/whl/cpu) or \
+             a --wheels-dir; --no-pin-wheels leaves all unpinned",
+            refused.len(),
+            wanted.len(),
+            shown.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// Most resolver runs one pinning may take; past that, what is left is reported unpinned.
+const PIN_RUNS: usize = 12;
+
+/// Pin each `(name, version)`: the resolver takes them all at once; when it refuses, the
+/// packages its message names are set aside, or else the group is halved, so one package
+/// missing from the index leaves the others pinned. Returns the pinned wheels and each
+/// refused `name==version` with the resolver's reason.
+fn pin_each(
+    store: &Store,
+    wanted: &[(String, String)],
+    opts: &crate::python::PinOptions,
+) -> Result<(Vec<crate::python::Package>, Vec<(String, String)>)> {
     let work = tempfile::Builder::new()
         .prefix(crate::store::TEMP_PREFIX)
         .tempdir_in(store.tmp_dir())
         .ctx("create a temp folder in", &store.tmp_dir())?;
     let reqs = work.path().join("requirements.txt");
-    fs::write(&reqs, wanted.join("\n") + "\n").ctx("write", &reqs)?;
-    let opts = crate::python::PinOptions {
-        python: Some(venv.join("bin/python").to_string_lossy().into_owned()),
-        ..pin.clone()
-    };
-    let pinned = crate::python::pin(store, &reqs, &opts)?;
-    let filled = fill_wheels(&mut py.packages, &pinned.pins.python.packages);
-    if filled < wanted.len() {
-        report.warnings.push(format!(
-            "{} of {} index-installed packages could not be pinned to a wheel",
-            wanted.len() - filled,
-            wanted.len()
-        ));
+    let line = |(n, v): &(String, String)| format!("{n}=={v}");
+    let (mut pinned, mut refused) = (Vec::new(), Vec::new());
+    let mut todo = vec![wanted.to_vec()];
+    let mut runs = 0;
+    while let Some(group) = todo.pop() {
+        let body: String = group.iter().map(|p| line(p) + "\n").collect();
+        fs::write(&reqs, body).ctx("write", &reqs)?;
+        runs += 1;
+        let reason = match crate::python::pin(store, &reqs, opts) {
+            Ok(r) => {
+                pinned.extend(r.pins.python.packages);
+                continue;
+            }
+            Err(e @ (crate::python::Error::Python { .. } | crate::python::Error::Http(_))) => {
+                e.to_string()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // What the resolver printed, without our own words ("uv pip compile" names pip).
+        let said = reason
+            .split_once("failed:")
+            .map_or(reason.as_str(), |(_, r)| r);
+        let short = said
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("refused")
+            .to_string();
+        let named: Vec<bool> = group.iter().map(|(n, _)| mentions(said, n)).collect();
+        let all_named = named.iter().all(|b| *b);
+        if group.len() == 1 || runs >= PIN_RUNS {
+            refused.extend(group.iter().map(|p| (line(p), short.clone())));
+        } else if named.iter().any(|b| *b) && !all_named {
+            let (out, rest): (Vec<_>, Vec<_>) = group.into_iter().zip(named).partition(|(_, n)| *n);
+            refused.extend(out.iter().map(|(p, _)| (line(p), short.clone())));
+            todo.push(rest.into_iter().map(|(p, _)| p).collect());
+        } else {
+            let mut a = group;
+            let b = a.split_off(a.len() / 2);
+            todo.push(a);
+            todo.push(b);
+        }
     }
-    Ok(())
+    refused.sort();
+    Ok((pinned, refused))
+}
+
+/// Whether a resolver's message names the package `name` (as a whole word, any spelling
+/// PEP 503 folds together).
+fn mentions(text: &str, name: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        .any(|w| crate::ident::normalize_package_name(w) == name)
 }
 
 fn count(report: &mut LockReport, add: &crate::store::AddReport) {
