@@ -249,6 +249,9 @@ fn pin_index_packages(
     Ok(())
 }
 
+/// Pinned wheels, and each refused `name==version` with the resolver's reason.
+type PinOutcome = (Vec<crate::python::Package>, Vec<(String, String)>);
+
 /// Most resolver runs one pinning may take; past that, what is left is reported unpinned.
 const PIN_RUNS: usize = 12;
 
@@ -260,7 +263,7 @@ fn pin_each(
     store: &Store,
     wanted: &[(String, String)],
     opts: &crate::python::PinOptions,
-) -> Result<(Vec<crate::python::Package>, Vec<(String, String)>)> {
+) -> Result<PinOutcome> {
     let work = tempfile::Builder::new()
         .prefix(crate::store::TEMP_PREFIX)
         .tempdir_in(store.tmp_dir())
