@@ -1938,3 +1938,64 @@ fn same_wheels_give_the_same_environment_tree_in_two_stores() {
         );
     }
 }
+
+#[test]
+fn an_environment_comfystore_built_is_locked_as_such_and_a_rebuild_must_hash_to_it() {
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let dest = e.p("dest");
+    let (report, _) = e.materialize(&lock, &dest, &["--installer", "pip"]);
+    let built = report["env"]["tree"].as_str().unwrap().to_string();
+
+    // `lock DEST`: its venv is exactly what comfystore built from the lock's wheels.
+    let relock = e.p("relock.lock.json");
+    let out = e.cs(
+        &e.store,
+        &[
+            "lock",
+            s(&dest),
+            "--tag",
+            "re",
+            "--no-pin-wheels",
+            "-o",
+            s(&relock),
+        ],
+    );
+    assert_eq!(code(&out), 0, "lock DEST: {}", describe(&out));
+    let py = read_json(&relock)["python"].clone();
+    assert_eq!(py["tree"], built.as_str(), "{py:#}");
+    assert_eq!(py["built_with"], "pip", "{py:#}");
+
+    // The v1 lock with that python section, rebuilt in a store that has only the lock's
+    // trees and model: the same wheels give the same tree.
+    let portable = e.p("portable.lock.json");
+    fs::copy(&lock, &portable).unwrap();
+    edit_json(&portable, |d| d["python"] = py.clone());
+    let store2 = e.p("store2");
+    e.lock_into(&store2, &e.v1, "v1", &e.p("scratch.lock.json"));
+    let out = e.cs(
+        &store2,
+        &["--json", "materialize", s(&portable), s(&e.p("two"))],
+    );
+    assert_eq!(code(&out), 0, "materialize: {}", describe(&out));
+    let r2 = parse(&out);
+    assert_eq!(r2["env"]["built"], true, "{r2:#}");
+    assert_eq!(r2["env"]["tree"], built.as_str(), "{r2:#}");
+
+    // A lock whose tree the wheels do not give: the rebuild is refused, naming both trees,
+    // and DEST is not written.
+    let other = Value::from(format!("b3:{}", "5e".repeat(32)));
+    edit_json(&portable, |d| d["python"]["tree"] = other.clone());
+    let store3 = e.p("store3");
+    e.lock_into(&store3, &e.v1, "v1", &e.p("scratch3.lock.json"));
+    let three = e.p("three");
+    let out = e.cs(&store3, &["materialize", s(&portable), s(&three)]);
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&built) && err.contains(other.as_str().unwrap()),
+        "the error names both trees: {}",
+        describe(&out)
+    );
+    assert!(!three.exists(), "{:?}", listing(&three));
+}

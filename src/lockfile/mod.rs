@@ -119,6 +119,12 @@ pub struct Python {
     /// Store tree of the installed environment (the venv folder) for this platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<ObjectId>,
+    /// `uv` or `pip` when `tree` is comfystore's own install of `packages` from their wheels
+    /// with that installer (an environment `materialize` built): a rebuild on another machine
+    /// must then hash to `tree`. Absent for a venv made outside comfystore, whose installer
+    /// left bytes of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_with: Option<String>,
     /// The package index the wheels were pinned from (`--index-url`; none: the resolver's
     /// default, PyPI). Never with credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,6 +352,13 @@ impl Lockfile {
                 if v.as_deref().is_some_and(str::is_empty) {
                     return Err(format!("python.{f}: must not be empty"));
                 }
+            }
+            if let Some(b) = py
+                .built_with
+                .as_deref()
+                .filter(|b| !["uv", "pip"].contains(b))
+            {
+                return Err(format!("python.built_with: {b:?} is not \"uv\" or \"pip\""));
             }
             if let Some(u) = &py.index_url {
                 check_url(u).map_err(|e| format!("python.index_url: {e}"))?;

@@ -14,6 +14,7 @@ impl From<&Python> for EnvSpec {
             platform: p.platform.clone(),
             libc: p.libc.clone(),
             tree: p.tree,
+            built_with: p.built_with.clone(),
             packages: p.packages.iter().map(python::Package::from).collect(),
         }
     }
@@ -28,6 +29,7 @@ impl From<EnvSpec> for Python {
             platform: e.platform,
             libc: e.libc,
             tree: e.tree,
+            built_with: e.built_with,
             // Where the packages were pinned from is the lock's, not the environment's: it
             // changes no installed byte.
             index_url: None,

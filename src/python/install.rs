@@ -149,13 +149,21 @@ pub fn ensure_env(
         .tempdir_in(store.tmp_dir())
         .ctx("create a temp folder in", &store.tmp_dir())?;
     let staged = stage_wheels(store, py, stage.path())?;
+    // The installer the lock's tree was built with, unless the user chose one.
+    let installer = match (installer, py.built_with.as_deref()) {
+        (Resolver::Auto, Some("uv")) => Resolver::Uv,
+        (Resolver::Auto, Some("pip")) => Resolver::Pip,
+        (i, _) => i,
+    };
     let use_uv = installer.pick() == Resolver::Uv;
+    let name = if use_uv { "uv" } else { "pip" };
     if use_uv {
         install_with_uv(base, &staged)?;
     } else {
         install_with_pip(base, &staged)?;
     }
-    let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages)?;
+    let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages, name)?;
+    check_rebuild(store, py, base, tree, name)?;
     store.add_root(
         &env_root(&key),
         &Root {
@@ -168,6 +176,59 @@ pub fn ensure_env(
         built: true,
         installer: Some(if use_uv { "uv" } else { "pip" }),
     })
+}
+
+/// A rebuild of a lock's environment must hash to the lock's `tree` when that tree is
+/// comfystore's own install (`built_with`) with the same installer, for this interpreter and
+/// platform: the same wheels then give the same bytes on every machine. A difference is an
+/// error naming the files, when the store holds the lock's tree to compare with.
+fn check_rebuild(
+    store: &Store,
+    py: &EnvSpec,
+    base: &Interpreter,
+    built: ObjectId,
+    installer: &str,
+) -> Result<()> {
+    let (Some(want), Some(with)) = (py.tree, py.built_with.as_deref()) else {
+        return Ok(());
+    };
+    let here = base.section();
+    let same_target = with == installer
+        && [
+            (&py.implementation, &here.implementation),
+            (&py.abi, &here.abi),
+            (&py.platform, &here.platform),
+        ]
+        .iter()
+        .all(|(a, b)| a.is_none() || a == b)
+        && py.version.as_deref().map(interpreter::minor_of) == Some(base.minor());
+    if built == want || !same_target {
+        return Ok(());
+    }
+    let files = if store.has_tree(&want) {
+        let diff = store
+            .read_tree(&want)?
+            .differences(&store.read_tree(&built)?);
+        format!(
+            "; differing files:\n  {}",
+            diff.iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    } else {
+        " (the store lacks the lock's tree, so the differing files cannot be named; compare \
+         with `comfystore repro env` on the machine that has it)"
+            .to_string()
+    };
+    Err(Error::python(
+        "environment",
+        format!(
+            "the environment rebuilt from the lock's wheels with {installer} is tree {built}, \
+             not the lock's python.tree {want}{files}"
+        ),
+    ))
 }
 
 /// A staging folder: the wheels, a requirements file naming them, and where the venv goes.

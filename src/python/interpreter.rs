@@ -97,6 +97,7 @@ impl Interpreter {
             platform: Some(self.platform.clone()),
             libc: self.libc.clone(),
             tree: None,
+            built_with: None,
             packages: Vec::new(),
         }
     }

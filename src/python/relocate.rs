@@ -41,6 +41,9 @@ pub struct EnvMeta {
     /// installed it: `lock` reads them back, so a lock of an `init`ed install pins wheels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<Package>,
+    /// `uv` or `pip`, when comfystore installed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installer: Option<String>,
 }
 
 /// Store the venv at `venv` as a path-independent environment tree, file for file as it is
@@ -57,7 +60,26 @@ pub fn ingest(
 ) -> Result<(ObjectId, AddReport)> {
     let (mut manifest, add) = add_venv(store, venv)?;
     let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
-    finish(store, venv, base, packages, templates, manifest).map(|id| (id, add))
+    let made = match packages {
+        Some(p) => Made {
+            packages: p.to_vec(),
+            installer: None,
+        },
+        None => read_meta_file(venv)?.map_or_else(Made::default, |m| Made {
+            packages: m.packages,
+            installer: m.installer,
+        }),
+    };
+    finish(store, venv, base, made, templates, manifest).map(|id| (id, add))
+}
+
+/// How an environment was made, as its metadata records it.
+#[derive(Default)]
+struct Made {
+    /// The wheels it was installed from, if known.
+    packages: Vec<Package>,
+    /// `uv` or `pip`, when comfystore installed it.
+    installer: Option<String>,
 }
 
 /// Store a venv comfystore installed from `packages` in a staging folder, with what the
@@ -68,12 +90,17 @@ pub fn ingest_installed(
     venv: &Path,
     base: &Interpreter,
     packages: &[Package],
+    installer: &str,
 ) -> Result<ObjectId> {
     let (mut manifest, _) = add_venv(store, venv)?;
     let dropped = drop_run_files(&mut manifest);
     let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
     normalize_records(store, venv, &templates, &dropped, &mut manifest)?;
-    finish(store, venv, base, Some(packages), templates, manifest)
+    let made = Made {
+        packages: packages.to_vec(),
+        installer: Some(installer.to_string()),
+    };
+    finish(store, venv, base, made, templates, manifest)
 }
 
 /// The venv's files in the store, without byte-code caches and comfystore's own files.
@@ -94,21 +121,16 @@ fn finish(
     store: &Store,
     venv: &Path,
     base: &Interpreter,
-    packages: Option<&[Package]>,
+    made: Made,
     templates: Vec<String>,
     mut manifest: Manifest,
 ) -> Result<ObjectId> {
-    let packages = match packages {
-        Some(p) => p.to_vec(),
-        None => read_meta_file(venv)?
-            .map(|m| m.packages)
-            .unwrap_or_default(),
-    };
     let meta = EnvMeta {
         schema: META_SCHEMA.into(),
         python: base.section(),
         templates,
-        packages,
+        packages: made.packages,
+        installer: made.installer,
     };
     let bytes = serde_json::to_vec_pretty(&meta)
         .map_err(|e| Error::bad_input(venv, format!("environment metadata: {e}")))?;

@@ -34,6 +34,10 @@ pub struct EnvSpec {
     /// Store tree of the installed environment (the venv folder) for this platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<ObjectId>,
+    /// `uv` or `pip` when `tree` is comfystore's own install of `packages` with that
+    /// installer: then a rebuild from the wheels must hash to `tree`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_with: Option<String>,
     #[serde(default)]
     pub packages: Vec<Package>,
 }

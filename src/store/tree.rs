@@ -178,6 +178,33 @@ impl Manifest {
         out
     }
 
+    /// The paths whose entries differ from `other`'s, marked `+` (only in `other`), `-` (only
+    /// here) or `~` (changed), in path order: what makes two tree ids differ.
+    pub fn differences(&self, other: &Manifest) -> Vec<String> {
+        let mine: std::collections::BTreeMap<&str, &Node> = self
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), &e.node))
+            .collect();
+        let theirs: std::collections::BTreeMap<&str, &Node> = other
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), &e.node))
+            .collect();
+        let mut paths: Vec<&str> = mine.keys().chain(theirs.keys()).copied().collect();
+        paths.sort_unstable();
+        paths.dedup();
+        paths
+            .into_iter()
+            .filter_map(|p| match (mine.get(p), theirs.get(p)) {
+                (Some(a), Some(b)) if a == b => None,
+                (Some(_), Some(_)) => Some(format!("~ {p}")),
+                (Some(_), None) => Some(format!("- {p}")),
+                _ => Some(format!("+ {p}")),
+            })
+            .collect()
+    }
+
     /// The tree id: BLAKE3 of the canonical bytes.
     pub fn id(&self) -> ObjectId {
         ObjectId(*blake3::hash(&self.to_canonical()).as_bytes())

@@ -179,7 +179,8 @@ fn lock_venv(
 ) -> Result<crate::lockfile::Python> {
     let (mut py, base) = python::inspect(venv)?;
     // What comfystore installed it from: the wheel, URL and sha256 of each package.
-    if let Some(meta) = crate::python::relocate::read_meta_file(venv)? {
+    let meta = crate::python::relocate::read_meta_file(venv)?;
+    if let Some(meta) = &meta {
         fill_wheels(&mut py.packages, &meta.packages);
     }
     if let Some(pin) = &opts.pin_wheels {
@@ -188,6 +189,12 @@ fn lock_venv(
     // Stored path-independent: what names the venv's folder or interpreter is a template.
     let (tree, add) = crate::python::relocate::ingest(store, venv, &base, None)?;
     count(report, &add);
+    // Exactly the environment comfystore built from these wheels: a rebuild elsewhere must
+    // give the same tree.
+    let built = crate::python::find_env(store, &crate::python::EnvSpec::from(&py))?;
+    if built == Some(tree) {
+        py.built_with = meta.and_then(|m| m.installer);
+    }
     py.tree = Some(tree);
     report.packages = py.packages.len();
     Ok(py)
