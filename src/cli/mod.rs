@@ -33,6 +33,7 @@ Examples:
   comfystore diff lockfiles/comfy-v1.lock.json lockfiles/comfy-v2.lock.json
   comfystore show lockfiles/comfy-v1.lock.json
   comfystore repro env lockfiles/comfy-v1.lock.json ./ComfyUI   # does the install still match its lock?
+  comfystore repro run lockfiles/comfy-v1.lock.json workflows/minimal.json --expect workflows/minimal.expected.json
   comfystore fetch lockfiles/comfy-v1.lock.json   # get what the store lacks (git, HTTP, mirrors)
   comfystore verify lockfiles/comfy-v1.lock.json ./ComfyUI --fix
   comfystore add ./ComfyUI --exclude models --exclude-name .git
@@ -71,7 +72,8 @@ pub enum Command {
     Sources(FetchCommand),
     #[command(flatten)]
     Python(python_cmds::PythonCommand),
-    /// Is a version the same elsewhere? `repro env A B` compares locks and installs.
+    /// Is a version the same elsewhere? `repro env A B` compares locks and installs; `repro run
+    /// LOCK WORKFLOW` compares a workflow's outputs across fresh runs and with a recording.
     #[command(subcommand)]
     Repro(repro_cmds::ReproCommand),
     /// Run one job from a file on a version, as the RunPod worker would, and print its answer.
@@ -616,6 +618,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
             python_cmds::PythonCommand::Init(a) => python_cmds::init(cli, a),
         },
         Command::Repro(repro_cmds::ReproCommand::Env { a, b }) => repro_cmds::env(cli, a, b),
+        Command::Repro(repro_cmds::ReproCommand::Run(args)) => repro_cmds::run(cli, args),
         Command::RunJob(args) => run_cmds::run_job(cli, args),
         Command::Serve(args) => run_cmds::serve(cli, args),
         Command::Add(args) => store_cmds::add(&open_store(cli)?, args, json),

@@ -8,8 +8,10 @@ use comfystore::lockfile::Lockfile;
 use comfystore::pipeline::materialize::{self, LockOptions};
 use comfystore::pipeline::version::VENV_DIR;
 use comfystore::place;
+use comfystore::store::Store;
 use comfystore::worker::runner::{Worker, WorkerOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where ComfyUI runs and how (shared by the worker commands).
@@ -29,6 +31,16 @@ pub struct ComfyArgs {
     /// Keep the version's models in this shared folder (e.g. on the network volume).
     #[arg(long, env = "COMFYSTORE_MODELS_DIR", value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: ComfyRunArgs,
+    #[command(flatten)]
+    pub sources: SourceArgs,
+}
+
+/// How ComfyUI is started and how long it and its jobs may take (shared by the commands that
+/// run jobs: `run-job`, `serve`, `repro run`).
+#[derive(Args, Debug)]
+pub struct ComfyRunArgs {
     /// ComfyUI's port on 127.0.0.1.
     #[arg(long, env = "COMFY_PORT", default_value_t = 8188)]
     pub comfy_port: u16,
@@ -47,8 +59,6 @@ pub struct ComfyArgs {
     /// Largest job input in MB (RunPod allows 10 for /run, 20 for /runsync).
     #[arg(long, env = "COMFYSTORE_MAX_INPUT_MB", default_value_t = 20)]
     pub max_input_mb: usize,
-    #[command(flatten)]
-    pub sources: SourceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -73,7 +83,13 @@ pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
         materialize::materialize_lock(&store, &lock, &a.dest, &opts)
             .with_context(|| format!("materialize {} at {}", lock.tag, a.dest.display()))?;
     }
-    let dest = std::path::absolute(&a.dest)?;
+    worker_at(Arc::new(store), &a.dest, &a.run)
+}
+
+/// A worker on the version materialized at `dest` (ComfyUI not started yet); its outputs go
+/// into `store`.
+pub fn worker_at(store: Arc<Store>, dest: &Path, a: &ComfyRunArgs) -> Result<Worker> {
+    let dest = std::path::absolute(dest)?;
     let layout = place::read_marker(&dest)?.layout;
     let venv = layout.venv.clone().unwrap_or_else(|| dest.join(VENV_DIR));
     // Models in a shared folder are named by the generated extra_model_paths.yaml.

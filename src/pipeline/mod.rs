@@ -8,6 +8,8 @@
 //! - [`mirror`]: an offline mirror of a lock;
 //! - [`init`]: clone ComfyUI and give it a pinned environment;
 //! - [`repro`]: are two versions (locks or installs) the same, byte for byte;
+//! - [`repro_run`]: does a workflow give the same output files on every fresh run of a lock,
+//!   and the ones recorded (the runs themselves are the worker's, handed in);
 //! - [`http_env`]: download settings (tokens, backoff, range size) from the environment, for
 //!   the command line to pass down.
 
@@ -20,5 +22,6 @@ pub mod materialize;
 pub mod mirror;
 pub mod python_section;
 pub mod repro;
+pub mod repro_run;
 pub mod verify;
 pub mod version;

@@ -7,7 +7,7 @@
 //! 20 MB for `/runsync`).
 
 use base64::Engine;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -120,6 +120,27 @@ pub fn parse_input(input: &Value, limits: &Limits) -> Result<JobInput, InputErro
         timeout,
         comfy_org_api_key,
     })
+}
+
+/// The `input` of a job file: a worker-comfyui job (`{"input": {…}}`, the SDK's
+/// test_input.json), an input alone (`{"workflow": …}`), or a bare API-format workflow (node
+/// id → `{class_type, inputs}`, what ComfyUI's Export (API) writes), which becomes
+/// `{"workflow": …}` with its key order kept. Anything else is returned as it is, for
+/// [`parse_input`] to refuse.
+pub fn input_of(doc: Value) -> Value {
+    let Value::Object(mut m) = doc else {
+        return doc;
+    };
+    let is_node = |v: &Value| v.get("class_type").is_some();
+    if m.get("input").is_some_and(|v| !is_node(v)) {
+        return m.remove("input").unwrap_or(Value::Null);
+    }
+    if m.get("workflow").is_some_and(|v| !is_node(v)) {
+        return Value::Object(m);
+    }
+    let mut input = Map::new();
+    input.insert("workflow".into(), Value::Object(m));
+    Value::Object(input)
 }
 
 /// `workflow`: an object, or the same as a JSON string.
@@ -264,7 +285,7 @@ pub fn check_image_name(name: &str) -> Result<(), InputError> {
 }
 
 /// One output file of a job.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OutputFile {
     pub filename: String,
     /// `base64` (the file is in `data`), or the kind of link a sink returned.
@@ -279,11 +300,11 @@ pub struct OutputFile {
 }
 
 /// A successful job's `output`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct JobOutput {
     pub images: Vec<OutputFile>,
     /// Non-fatal problems.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
 }
 
@@ -393,6 +414,26 @@ mod tests {
             let job = parse_input(&input, &l).unwrap();
             assert_eq!(serde_json::to_string(&job.workflow).unwrap(), text);
         }
+    }
+
+    #[test]
+    fn a_job_file_is_a_job_an_input_or_a_bare_workflow() {
+        let l = Limits::default();
+        let text = r#"{"9":{"class_type":"SaveImage","inputs":{}},"1":{"class_type":"EmptyImage","inputs":{}}}"#;
+        let bare: Value = serde_json::from_str(text).unwrap();
+        for doc in [
+            json!({ "input": { "workflow": bare.clone() } }),
+            json!({ "workflow": bare.clone() }),
+            bare.clone(),
+        ] {
+            let job = parse_input(&input_of(doc), &l).unwrap();
+            assert_eq!(serde_json::to_string(&job.workflow).unwrap(), text);
+        }
+        // A node may be called "input": a bare workflow still.
+        let odd = json!({"input": {"class_type": "EmptyImage", "inputs": {}}});
+        assert_eq!(input_of(odd.clone()), json!({ "workflow": odd }));
+        assert!(parse_input(&input_of(json!([1])), &l).is_err());
+        assert!(parse_input(&input_of(json!({})), &l).is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use sha2::Digest;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How jobs run.
@@ -51,8 +52,9 @@ impl Default for WorkerOptions {
 pub struct Worker {
     pub sup: Supervisor,
     opts: WorkerOptions,
-    /// Outputs are added here (by BLAKE3, with their SHA-256), when set.
-    store: Option<Store>,
+    /// Outputs are added here (by BLAKE3, with their SHA-256), when set; shared, so a caller
+    /// that materializes versions from the same store (`repro run`) need not open it twice.
+    store: Option<Arc<Store>>,
     /// Where output files go in the answer.
     sink: Box<dyn Sink>,
     /// The one runtime of the worker, its RunPod loop and its local API.
@@ -76,7 +78,7 @@ impl Drop for Worker {
 impl Worker {
     pub fn new(
         sup: Supervisor,
-        store: Option<Store>,
+        store: Option<Arc<Store>>,
         opts: WorkerOptions,
     ) -> Result<Worker, Error> {
         // Two threads: the RunPod heartbeat and stop channel, or the local API's server, go on

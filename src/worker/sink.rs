@@ -1,6 +1,7 @@
 //! Where a job's output files go. The answer carries each file as a [`super::job::OutputFile`];
 //! a sink decides what its `type` and `data` are: the bytes themselves (`base64`, the
-//! worker-comfyui default) or, in sinks to come (GCS), a URL to them.
+//! worker-comfyui default), only their hash (`sha256`, for comparing runs) or, in sinks to
+//! come (GCS), a URL to them.
 
 use super::job::OutputFile;
 
@@ -34,6 +35,23 @@ impl Sink for Base64 {
             filename: f.filename.to_string(),
             kind: "base64".into(),
             data: base64::engine::general_purpose::STANDARD.encode(f.bytes),
+            sha256: f.sha256.to_string(),
+            output: f.output.to_string(),
+            node: f.node.to_string(),
+        })
+    }
+}
+
+/// Only the file's hash (`type: "sha256"`, empty `data`): for comparing runs (`repro run`),
+/// which read nothing else; the bytes are in the store when the worker has one.
+pub struct HashOnly;
+
+impl Sink for HashOnly {
+    fn deliver(&self, f: &Produced) -> Result<OutputFile, SinkError> {
+        Ok(OutputFile {
+            filename: f.filename.to_string(),
+            kind: "sha256".into(),
+            data: String::new(),
             sha256: f.sha256.to_string(),
             output: f.output.to_string(),
             node: f.node.to_string(),
