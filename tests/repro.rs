@@ -129,6 +129,61 @@ fn repro_env_names_a_moved_node_another_package_and_a_changed_model() {
 }
 
 #[test]
+fn a_materialized_install_is_the_same_version_as_its_lock() {
+    let e = Env::new();
+    let v1 = e.lock("v1");
+    let lock = parse_file(&v1);
+    let dest = e.f.root.with_file_name("dest");
+    let o = e.run(&["materialize", s(&v1), s(&dest)]);
+    assert_eq!(code(&o), 0, "materialize: {}", describe(&o));
+    // DEST has no git: ComfyUI's own files in the data folders
+    // (custom_nodes/websocket_image_save.py, …) are known from DEST's marker.
+    assert!(dest.join("custom_nodes/websocket_image_save.py").is_file());
+    let (rc, changes, _) = e.repro(&v1, &dest);
+    assert_eq!((rc, changes.len()), (0, 0), "{changes:#?}");
+
+    // `lock DEST` gives the same comfyui tree, and takes none of them for a node or model.
+    let relock = e.store.with_file_name("relock.lock.json");
+    let o = e.run(&["lock", s(&dest), "--tag", "re", "-o", s(&relock)]);
+    assert_eq!(code(&o), 0, "lock DEST: {}", describe(&o));
+    let again = parse_file(&relock);
+    assert_eq!(again["comfyui"]["tree"], lock["comfyui"]["tree"]);
+    let names = |l: &Value, k: &str, f: &str| -> Vec<Value> {
+        l[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x[f].clone())
+            .collect()
+    };
+    assert_eq!(
+        names(&again, "custom_nodes", "name"),
+        names(&lock, "custom_nodes", "name")
+    );
+    assert_eq!(
+        names(&again, "models", "path"),
+        names(&lock, "models", "path")
+    );
+
+    // A marker that names a path outside DEST is refused, naming the marker.
+    let marker = dest.join(".comfystore-materialized.json");
+    let mut m = parse_file(&marker);
+    m["layout"]["source_data_files"] = serde_json::json!(["../../etc/passwd"]);
+    fs::remove_file(&marker).unwrap();
+    fs::write(&marker, serde_json::to_vec(&m).unwrap()).unwrap();
+    let o = e.run(&["lock", s(&dest), "--tag", "re", "-o", s(&relock)]);
+    assert_ne!(code(&o), 0, "{}", describe(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(".comfystore-materialized.json"),
+        "{}",
+        describe(&o)
+    );
+}
+
+fn parse_file(p: &Path) -> Value {
+    serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+}
+
+#[test]
 fn repro_env_exits_2_on_what_it_cannot_read() {
     let tmp = tempfile::tempdir().unwrap();
     let lock = tmp.path().join("min.lock.json");

@@ -11,12 +11,16 @@ use std::path::Path;
 /// it is; in a folder that is not a repo they leave out everything beneath. `fetch` stores
 /// fresh checkouts through this too, so a clean repo's locked tree and the tree of a checkout
 /// of its commit are the same.
+///
+/// `also` names files inside excluded folders that belong to the tree all the same (a
+/// materialized copy of a checkout has no git to say which); it matters only outside a repo.
 pub fn store_checkout(
     store: &Store,
     dir: &Path,
     excludes: &[String],
+    also: &[String],
 ) -> Result<(Option<GitState>, AddReport)> {
-    let (state, opts) = checkout_options(dir, excludes)?;
+    let (state, opts) = checkout_options(dir, excludes, also)?;
     let add = store.add_tree(dir, &opts)?;
     Ok((state, add))
 }
@@ -24,9 +28,6 @@ pub fn store_checkout(
 /// The tree id [`store_checkout`] would give `dir`, with nothing written to the store: how
 /// `verify` compares a folder with a lock whose trees the store lacks. The stat cache vouches
 /// for unchanged files unless `rehash`.
-///
-/// `also` names files inside excluded folders that belong to the tree all the same (a
-/// materialized copy of a checkout has no git to say which); it matters only outside a repo.
 pub fn checkout_tree_id(
     store: &Store,
     dir: &Path,
@@ -34,13 +35,7 @@ pub fn checkout_tree_id(
     also: &[String],
     rehash: bool,
 ) -> Result<ObjectId> {
-    let (state, mut opts) = checkout_options(dir, excludes)?;
-    if state.is_none() && !also.is_empty() {
-        let mut select = top_level_except(dir, excludes)?;
-        select.extend(also.iter().cloned());
-        opts.select = Some(select);
-        opts.exclude = Vec::new();
-    }
+    let (_, opts) = checkout_options(dir, excludes, also)?;
     Ok(store.hash_tree(dir, &opts, rehash)?)
 }
 
@@ -59,7 +54,11 @@ fn top_level_except(dir: &Path, excludes: &[String]) -> Result<Vec<String>> {
 }
 
 /// What git says of `dir` (if it is a checkout), and the options that make its tree.
-fn checkout_options(dir: &Path, excludes: &[String]) -> Result<(Option<GitState>, AddOptions)> {
+fn checkout_options(
+    dir: &Path,
+    excludes: &[String],
+    also: &[String],
+) -> Result<(Option<GitState>, AddOptions)> {
     let ex: Vec<&str> = excludes.iter().map(String::as_str).collect();
     let state = inspect(dir, &ex)?;
     let mut exclude_names: Vec<String> = CACHE_NAMES.iter().map(|s| s.to_string()).collect();
@@ -76,5 +75,17 @@ fn checkout_options(dir: &Path, excludes: &[String]) -> Result<(Option<GitState>
         select: state.as_ref().map(|g| g.files.clone()),
         ..Default::default()
     };
+    if state.is_none() && !also.is_empty() {
+        let mut select = top_level_except(dir, excludes)?;
+        select.extend(also.iter().cloned());
+        return Ok((
+            state,
+            AddOptions {
+                select: Some(select),
+                exclude: Vec::new(),
+                ..opts
+            },
+        ));
+    }
     Ok((state, opts))
 }

@@ -61,6 +61,16 @@ impl Marker {
                 format!("marker schema {:?} is not supported", m.schema),
             ));
         }
+        // Paths DEST's own file names are untrusted: they are read and hashed under DEST.
+        let files = m.layout.iter().flat_map(|l| &l.source_data_files);
+        for f in files {
+            crate::store::check_rel_path(f).map_err(|e| {
+                Error::bad_input(
+                    &path,
+                    format!("invalid materialize marker: source_data_files: {e}"),
+                )
+            })?;
+        }
         Ok(Some(m))
     }
 

@@ -153,10 +153,14 @@ fn lock_comfyui(
     }
     excludes.sort();
     excludes.dedup();
-    let (src, tree) = lock_source(store, comfy, &excludes, "comfyui", report)?;
+    // A materialized install has no git; its marker lists ComfyUI's own files in the data
+    // folders (materialize recorded them from the comfyui tree).
+    let ours = crate::place::read_marker(comfy)?.layout.source_data_files;
+    let (src, tree) = lock_source(store, comfy, &excludes, &ours, "comfyui", report)?;
     if let Some(g) = &src {
         claimed.set_tree(&g.files);
     } else {
+        claimed.set_tree(&ours);
         report
             .warnings
             .push("ComfyUI is not a git checkout: locked by its tree only".into());
@@ -341,10 +345,11 @@ fn lock_source(
     store: &Store,
     dir: &Path,
     excludes: &[String],
+    also: &[String],
     label: &str,
     report: &mut LockReport,
 ) -> Result<(Option<git::GitState>, ObjectId)> {
-    let (state, add) = git::store_checkout(store, dir, excludes)?;
+    let (state, add) = git::store_checkout(store, dir, excludes, also)?;
     count(report, &add);
     if let Some(g) = &state {
         if g.dirty {
@@ -462,7 +467,7 @@ fn lock_node(
         count(report, &add);
         node.file = Some(add.id);
     } else if meta.is_dir() {
-        let (src, tree) = lock_source(store, path, &[], &label, report)?;
+        let (src, tree) = lock_source(store, path, &[], &[], &label, report)?;
         if let Some(g) = src {
             node.repo = g.repo;
             node.commit = Some(g.commit);
