@@ -8,15 +8,19 @@ use std::path::Path;
 /// Store a source folder: a git work tree by what git would check out, anything else by a walk.
 /// Caches (`__pycache__`, `*.pyc`) and `.git` are never part of it. `excludes` (relative
 /// paths) leave out only what the repo does not track: a tracked file is the repo's wherever
-/// it is; in a folder that is not a repo they leave out everything beneath. `fetch` stores
-/// fresh checkouts through this too, so a clean repo's locked tree and the tree of a checkout
-/// of its commit are the same.
+/// it is; in a folder that is not a repo they leave out everything beneath, but the files
+/// `also` names. `fetch` stores fresh checkouts through this too, so a clean repo's locked tree
+/// and the tree of a checkout of its commit are the same.
+///
+/// `also` names files inside excluded folders that belong to the tree all the same (a
+/// materialized copy of a checkout has no git to say which); it matters only outside a repo.
 pub fn store_checkout(
     store: &Store,
     dir: &Path,
     excludes: &[String],
+    also: &[String],
 ) -> Result<(Option<GitState>, AddReport)> {
-    let (state, opts) = checkout_options(dir, excludes)?;
+    let (state, opts) = checkout_options(dir, excludes, also)?;
     let add = store.add_tree(dir, &opts)?;
     Ok((state, add))
 }
@@ -24,9 +28,6 @@ pub fn store_checkout(
 /// The tree id [`store_checkout`] would give `dir`, with nothing written to the store: how
 /// `verify` compares a folder with a lock whose trees the store lacks. The stat cache vouches
 /// for unchanged files unless `rehash`.
-///
-/// `also` names files inside excluded folders that belong to the tree all the same (a
-/// materialized copy of a checkout has no git to say which); it matters only outside a repo.
 pub fn checkout_tree_id(
     store: &Store,
     dir: &Path,
@@ -34,13 +35,7 @@ pub fn checkout_tree_id(
     also: &[String],
     rehash: bool,
 ) -> Result<ObjectId> {
-    let (state, mut opts) = checkout_options(dir, excludes)?;
-    if state.is_none() && !also.is_empty() {
-        let mut select = top_level_except(dir, excludes)?;
-        select.extend(also.iter().cloned());
-        opts.select = Some(select);
-        opts.exclude = Vec::new();
-    }
+    let (_, opts) = checkout_options(dir, excludes, also)?;
     Ok(store.hash_tree(dir, &opts, rehash)?)
 }
 
@@ -59,12 +54,16 @@ fn top_level_except(dir: &Path, excludes: &[String]) -> Result<Vec<String>> {
 }
 
 /// What git says of `dir` (if it is a checkout), and the options that make its tree.
-fn checkout_options(dir: &Path, excludes: &[String]) -> Result<(Option<GitState>, AddOptions)> {
+fn checkout_options(
+    dir: &Path,
+    excludes: &[String],
+    also: &[String],
+) -> Result<(Option<GitState>, AddOptions)> {
     let ex: Vec<&str> = excludes.iter().map(String::as_str).collect();
     let state = inspect(dir, &ex)?;
     let mut exclude_names: Vec<String> = CACHE_NAMES.iter().map(|s| s.to_string()).collect();
     exclude_names.push(".git".into());
-    let opts = AddOptions {
+    let mut opts = AddOptions {
         // In a repo, git's list already leaves out what `excludes` should.
         exclude: if state.is_some() {
             Vec::new()
@@ -76,5 +75,17 @@ fn checkout_options(dir: &Path, excludes: &[String]) -> Result<(Option<GitState>
         select: state.as_ref().map(|g| g.files.clone()),
         ..Default::default()
     };
+    if state.is_none() && !also.is_empty() {
+        // The top level but the excluded names, and the `also` files beneath those; an
+        // exclude above an `also` file would hide it.
+        let mut select = top_level_except(dir, excludes)?;
+        select.extend(also.iter().cloned());
+        opts.select = Some(select);
+        let above = |e: &String| {
+            also.iter()
+                .any(|a| a == e || a.starts_with(&format!("{}/", e.trim_end_matches('/'))))
+        };
+        opts.exclude.retain(|e| !above(e));
+    }
     Ok((state, opts))
 }

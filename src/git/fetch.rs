@@ -168,7 +168,7 @@ pub fn fetch_tree(store: &Store, src: &GitSource, creds: &GitCredentials) -> Res
     git.run(dir, &["init", "-q"])?;
     fetch_commit(&git, dir)?;
     check_out(&git, dir)?;
-    let (_, add) = super::store_checkout(store, dir, &src.excludes)?;
+    let (_, add) = super::store_checkout(store, dir, &src.excludes, &[])?;
     match src.expect {
         Some(want) if want != add.id => Err(git.error(format!(
             "the checkout gives tree {}, but the lock says {want}: the lock was made from a \

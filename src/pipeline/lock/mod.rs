@@ -133,7 +133,9 @@ fn comfy_dir(opts: &LockOptions) -> Result<PathBuf> {
 
 /// ComfyUI's own source tree: in a git checkout, every file its repo tracks (also under the
 /// data folders) and untracked ones outside the data folders, the venv and `lock`'s outputs.
-/// What the tree holds is recorded in `claimed`, so no node or model takes it again.
+/// A folder `materialize` made has no git to say which files in the data folders are
+/// ComfyUI's: its marker lists them. What the tree holds is recorded in `claimed`, so no node
+/// or model takes it again.
 fn lock_comfyui(
     store: &Store,
     comfy: &Path,
@@ -153,10 +155,12 @@ fn lock_comfyui(
     }
     excludes.sort();
     excludes.dedup();
-    let (src, tree) = lock_source(store, comfy, &excludes, "comfyui", report)?;
+    let data_files = materialized_data_files(comfy, report);
+    let (src, tree) = lock_source(store, comfy, &excludes, &data_files, "comfyui", report)?;
     if let Some(g) = &src {
         claimed.set_tree(&g.files);
     } else {
+        claimed.set_tree(&data_files);
         report
             .warnings
             .push("ComfyUI is not a git checkout: locked by its tree only".into());
@@ -167,6 +171,21 @@ fn lock_comfyui(
         dirty: src.as_ref().is_some_and(|g| g.dirty),
         tree: Some(tree),
     })
+}
+
+/// ComfyUI's own files in the data folders of a folder `materialize` made, as its marker
+/// records them (`models/configs/*.yaml`, `custom_nodes/websocket_image_save.py`, …); none
+/// elsewhere, or when the marker cannot be read (said as a warning).
+fn materialized_data_files(comfy: &Path, report: &mut LockReport) -> Vec<String> {
+    match crate::place::read_marker(comfy) {
+        Ok(marked) => marked.layout.source_data_files,
+        Err(e) => {
+            report.warnings.push(format!(
+                "{e}: ComfyUI's own files in its data folders may be locked as models or nodes"
+            ));
+            Vec::new()
+        }
+    }
 }
 
 /// The venv's python section, its packages' wheels filled in where known, stored as a
@@ -341,10 +360,11 @@ fn lock_source(
     store: &Store,
     dir: &Path,
     excludes: &[String],
+    also: &[String],
     label: &str,
     report: &mut LockReport,
 ) -> Result<(Option<git::GitState>, ObjectId)> {
-    let (state, add) = git::store_checkout(store, dir, excludes)?;
+    let (state, add) = git::store_checkout(store, dir, excludes, also)?;
     count(report, &add);
     if let Some(g) = &state {
         if g.dirty {
@@ -462,7 +482,7 @@ fn lock_node(
         count(report, &add);
         node.file = Some(add.id);
     } else if meta.is_dir() {
-        let (src, tree) = lock_source(store, path, &[], &label, report)?;
+        let (src, tree) = lock_source(store, path, &[], &[], &label, report)?;
         if let Some(g) = src {
             node.repo = g.repo;
             node.commit = Some(g.commit);
