@@ -8,9 +8,9 @@ use std::path::Path;
 /// Store a source folder: a git work tree by what git would check out, anything else by a walk.
 /// Caches (`__pycache__`, `*.pyc`) and `.git` are never part of it. `excludes` (relative
 /// paths) leave out only what the repo does not track: a tracked file is the repo's wherever
-/// it is; in a folder that is not a repo they leave out everything beneath. `fetch` stores
-/// fresh checkouts through this too, so a clean repo's locked tree and the tree of a checkout
-/// of its commit are the same.
+/// it is; in a folder that is not a repo they leave out everything beneath, but the files
+/// `also` names. `fetch` stores fresh checkouts through this too, so a clean repo's locked tree
+/// and the tree of a checkout of its commit are the same.
 ///
 /// `also` names files inside excluded folders that belong to the tree all the same (a
 /// materialized copy of a checkout has no git to say which); it matters only outside a repo.
@@ -63,7 +63,7 @@ fn checkout_options(
     let state = inspect(dir, &ex)?;
     let mut exclude_names: Vec<String> = CACHE_NAMES.iter().map(|s| s.to_string()).collect();
     exclude_names.push(".git".into());
-    let opts = AddOptions {
+    let mut opts = AddOptions {
         // In a repo, git's list already leaves out what `excludes` should.
         exclude: if state.is_some() {
             Vec::new()
@@ -76,16 +76,16 @@ fn checkout_options(
         ..Default::default()
     };
     if state.is_none() && !also.is_empty() {
+        // The top level but the excluded names, and the `also` files beneath those; an
+        // exclude above an `also` file would hide it.
         let mut select = top_level_except(dir, excludes)?;
         select.extend(also.iter().cloned());
-        return Ok((
-            state,
-            AddOptions {
-                select: Some(select),
-                exclude: Vec::new(),
-                ..opts
-            },
-        ));
+        opts.select = Some(select);
+        let above = |e: &String| {
+            also.iter()
+                .any(|a| a == e || a.starts_with(&format!("{}/", e.trim_end_matches('/'))))
+        };
+        opts.exclude.retain(|e| !above(e));
     }
     Ok((state, opts))
 }

@@ -133,7 +133,9 @@ fn comfy_dir(opts: &LockOptions) -> Result<PathBuf> {
 
 /// ComfyUI's own source tree: in a git checkout, every file its repo tracks (also under the
 /// data folders) and untracked ones outside the data folders, the venv and `lock`'s outputs.
-/// What the tree holds is recorded in `claimed`, so no node or model takes it again.
+/// A folder `materialize` made has no git to say which files in the data folders are
+/// ComfyUI's: its marker lists them. What the tree holds is recorded in `claimed`, so no node
+/// or model takes it again.
 fn lock_comfyui(
     store: &Store,
     comfy: &Path,
