@@ -157,7 +157,11 @@ fn lock_comfyui(
     excludes.dedup();
     // A materialized install has no git; its marker lists ComfyUI's own files in the data
     // folders (materialize recorded them from the comfyui tree).
-    let ours = crate::place::read_marker(comfy)?.layout.source_data_files;
+    let ours = if git::is_repo_root(comfy) {
+        Vec::new()
+    } else {
+        crate::place::read_marker(comfy)?.layout.source_data_files
+    };
     let (src, tree) = lock_source(store, comfy, &excludes, &ours, "comfyui", report)?;
     if let Some(g) = &src {
         claimed.set_tree(&g.files);
