@@ -1076,3 +1076,58 @@ fn timeout_interrupts_the_job() {
     assert!(took < Duration::from_secs(6), "took {took:?}");
     env.assert_nothing_left();
 }
+
+/// A custom node chooses the `subfolder` and `filename` ComfyUI reports: a place outside
+/// ComfyUI's folders (absolute, `..`, a symlink the node made) is refused and named in the
+/// answer; nothing there is deleted and no byte of it reaches the answer. With no other output
+/// the job fails; with one, that output is answered and the refusal listed in `errors`.
+#[test]
+fn reported_outputs_outside_comfyuis_folders_are_neither_deleted_nor_read() {
+    let env = Env::new();
+    let victim = env.dir.join("victim");
+    let secret = b"victim secret 5f1c9a".to_vec();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&secret);
+    fs::create_dir_all(&victim).unwrap();
+    fs::write(victim.join("keep.txt"), &secret).unwrap();
+    let link = env.dest.join("output/evil");
+    let cases = [
+        json!({"filename": "keep.txt", "subfolder": s(&victim)}),
+        json!({"filename": "keep.txt", "subfolder": "../../victim"}),
+        json!({"filename": "keep.txt", "subfolder": "../../victim", "type": "temp"}),
+        json!({"filename": "../../victim/keep.txt", "subfolder": ""}),
+        json!({"filename": "keep.txt", "subfolder": "x", "type": "../../victim"}),
+        json!({"filename": "keep.txt", "subfolder": "evil", "link": "evil", "link_to": s(&victim)}),
+    ];
+    for (i, inputs) in cases.iter().enumerate() {
+        for with_image in [false, true] {
+            let mut wf = json!({"1": {"class_type": "ReportFile", "inputs": inputs}});
+            if with_image {
+                wf["2"] = json!({"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 1, "color": i}});
+                wf["3"] = json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "ok", "images": ["2", 0]}});
+            }
+            let out = env.run_job(&env.job_file(&json!({"input": {"workflow": wf}})), &[]);
+            let text = format!("{}{}", describe(&out), String::from_utf8_lossy(&out.stdout));
+            let v = parse(&out);
+            let what = format!("{inputs} (with an image: {with_image}): {v:#}");
+            if with_image {
+                assert_eq!(code(&out), 0, "{what}");
+                assert_eq!(v["images"].as_array().map(Vec::len), Some(1), "{what}");
+                assert!(v["errors"].to_string().contains("refused"), "{what}");
+            } else {
+                assert_eq!(code(&out), 1, "{what}");
+                assert!(error_text(&v).contains("refused"), "{what}");
+            }
+            assert!(
+                !text.contains(&b64) && !text.contains("victim secret"),
+                "the file outside was read into the answer: {what}"
+            );
+            assert_eq!(
+                fs::read(victim.join("keep.txt")).ok(),
+                Some(secret.clone()),
+                "the file outside was deleted: {what}"
+            );
+            let _ = fs::remove_file(&link);
+        }
+    }
+    env.assert_nothing_left();
+}
