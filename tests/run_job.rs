@@ -93,6 +93,11 @@ impl Env {
     /// [extra]`, with no Python, store, ComfyUI or proxy variables from the machine; then
     /// checks that ComfyUI was stopped.
     fn run_job(&self, job: &Path, extra: &[&str]) -> Output {
+        self.run_job_env(job, extra, &[])
+    }
+
+    /// [`Env::run_job`] with variables `set` in comfystore's environment.
+    fn run_job_env(&self, job: &Path, extra: &[&str], set: &[(&str, &str)]) -> Output {
         let port = self.port.to_string();
         let mut args = vec![
             "--json",
@@ -112,7 +117,9 @@ impl Env {
         let mut remove: Vec<String> = scrubbed_vars();
         remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
         remove.extend(["COMFY_PORT", "COMFY_HOME", "COMFY_ORG_API_KEY"].map(String::from));
-        let envs: Vec<(&str, Option<&OsStr>)> = remove.iter().map(|k| (k.as_str(), None)).collect();
+        let mut envs: Vec<(&str, Option<&OsStr>)> =
+            remove.iter().map(|k| (k.as_str(), None)).collect();
+        envs.extend(set.iter().map(|(k, v)| (*k, Some(OsStr::new(*v)))));
         let out = run_env(&self.store, &args, &envs);
         assert!(
             !listening(self.port),
@@ -1128,6 +1135,62 @@ fn reported_outputs_outside_comfyuis_folders_are_neither_deleted_nor_read() {
             );
             let _ = fs::remove_file(&link);
         }
+    }
+    env.assert_nothing_left();
+}
+
+/// ComfyUI runs every custom node in its process: it gets a cleaned environment, without
+/// comfystore's tokens and keys, plus what `--comfy-env` (and COMFYSTORE_COMFY_ENV) name.
+#[test]
+fn comfyui_gets_no_secrets_from_the_environment_only_what_comfy_env_names() {
+    let env = Env::new();
+    let job = env.job_file(&json!({"input": {"workflow": {
+        "1": {"class_type": "Environ", "inputs": {}},
+    }}}));
+    let set = [
+        ("HF_TOKEN", "hf_secret_token"),
+        ("RUNPOD_AI_API_KEY", "rp_secret"),
+        ("GOOGLE_APPLICATION_CREDENTIALS", "/secret/gcs.json"),
+        ("AWS_SECRET_ACCESS_KEY", "aws_secret"),
+        ("HF_HOME", "/cache/hf"),
+        ("CUDA_VISIBLE_DEVICES", "0"),
+        ("COMFYSTORE_TEST_PASSED", "1"),
+        ("COMFYSTORE_TEST_ALSO", "1"),
+        ("COMFYSTORE_TEST_FROM_VAR", "1"),
+    ];
+    let out = env.run_job_env(&job, &["--comfy-env", "COMFYSTORE_TEST_PASSED"], &set);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let (f, data) = one_file(&parse(&out));
+    assert_eq!(f["output"], "text", "{f:#}");
+    let names: Vec<String> = String::from_utf8(data)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    for secret in [
+        "HF_TOKEN",
+        "RUNPOD_AI_API_KEY",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "AWS_SECRET_ACCESS_KEY",
+        "COMFYSTORE_TEST_ALSO",
+        "COMFYSTORE_COMFY_ENV",
+    ] {
+        assert!(
+            !names.iter().any(|n| n == secret),
+            "ComfyUI got {secret}: {names:?}"
+        );
+    }
+    for passed in [
+        "PATH",
+        "HF_HOME",
+        "CUDA_VISIBLE_DEVICES",
+        "PYTHONUNBUFFERED",
+        "COMFYSTORE_TEST_PASSED",
+    ] {
+        assert!(
+            names.iter().any(|n| n == passed),
+            "ComfyUI lacks {passed}: {names:?}"
+        );
     }
     env.assert_nothing_left();
 }
