@@ -113,8 +113,7 @@ impl Git<'_> {
             "advice.detachedHead=false",
         ])
         .args(args)
-        // Never wait for a password on a terminal nobody watches.
-        .env("GIT_TERMINAL_PROMPT", "0");
+        .timeout(super::network_timeout());
         if let Some((key, value, token)) = &self.auth {
             let n: usize = std::env::var("GIT_CONFIG_COUNT")
                 .ok()
