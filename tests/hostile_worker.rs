@@ -190,3 +190,80 @@ fn git_children_die_when_comfystore_is_killed() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A lock with one model of `data`, as the lock says (`size`, `sha256`, `blake3`), from `source`.
+fn model_lock(data: &[u8], size: u64, source: &str) -> Value {
+    let mut lock = git_lock("https://example.invalid/comfyui");
+    lock["models"] = json!([{
+        "path": "models/checkpoints/m.safetensors",
+        "size": size,
+        "sha256": common::sha256_hex(data),
+        "blake3": blake3::hash(data).to_hex().to_string(),
+        "sources": [source],
+    }]);
+    lock
+}
+
+/// A lock's `file://` source is read only beneath `--mirror` or `--allow-file` folders
+/// (COMFYSTORE_ALLOW_FILE too), with symlinks resolved: `file:///etc/shadow` in someone else's
+/// lock must not be read, nor its size told.
+#[test]
+fn file_sources_outside_allowed_folders_are_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    let private = dir.join("private");
+    let allowed = dir.join("allowed");
+    fs::create_dir_all(&private).unwrap();
+    fs::create_dir_all(&allowed).unwrap();
+    let data: Vec<u8> = (0..12_345u32).map(|i| (i * 7 % 251) as u8).collect();
+    let secret = private.join("secret.bin");
+    fs::write(&secret, &data).unwrap();
+    std::os::unix::fs::symlink(&secret, allowed.join("link.bin")).unwrap();
+    let url = |p: &Path| format!("file://{}", p.display());
+    let fetch = |store: &str, lock: &Value, extra: &[&str], set: &[(&str, &str)]| {
+        let path = write_lock(&dir, lock);
+        let mut args = vec!["fetch", path.to_str().unwrap(), "--only", "models"];
+        args.extend_from_slice(extra);
+        run_limited(&dir.join(store), &args, set, Duration::from_secs(60))
+    };
+    // Refused: outside any allowed folder (the lock's size is wrong: an old comfystore told the
+    // real one), /etc/shadow, and a symlink in an allowed folder to a file outside.
+    let allow = ["--allow-file", allowed.to_str().unwrap()];
+    for (source, extra) in [
+        (url(&secret), &[][..]),
+        ("file:///etc/shadow".to_string(), &[][..]),
+        (url(&allowed.join("link.bin")), &allow[..]),
+        (
+            format!("file://{}/../private/secret.bin", allowed.display()),
+            &allow[..],
+        ),
+    ] {
+        let out = fetch("s1", &model_lock(&data, 100, &source), extra, &[]);
+        let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+        assert!(!out.status.success(), "{source}: read\n{}", describe(&out));
+        assert!(
+            text.contains("outside the folders"),
+            "{source}: not refused as outside\n{text}"
+        );
+        assert!(
+            !text.contains("12345") && !text.contains("12 345"),
+            "{source}: size told\n{text}"
+        );
+    }
+    // Allowed: the folder named with --allow-file, or COMFYSTORE_ALLOW_FILE.
+    let lock = model_lock(&data, data.len() as u64, &url(&secret));
+    let out = fetch(
+        "s2",
+        &lock,
+        &["--allow-file", private.to_str().unwrap()],
+        &[],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = fetch(
+        "s3",
+        &lock,
+        &[],
+        &[("COMFYSTORE_ALLOW_FILE", private.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+}
