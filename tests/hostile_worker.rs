@@ -267,3 +267,37 @@ fn file_sources_outside_allowed_folders_are_not_read() {
     );
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// A git fetch from a server that stalls ends at `COMFYSTORE_GIT_TIMEOUT`, with an error saying
+/// so, and leaves no git behind.
+#[test]
+fn a_stalled_git_fetch_ends_at_the_git_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let server = TestServer::start();
+    let stall = Behavior::Trickle {
+        first: 0,
+        delay_ms: 5000,
+        times: 1000,
+    };
+    server.add("/slow.git/info/refs", vec![b'0'; 4096], stall);
+    let path = write_lock(dir, &git_lock(&server.url("/slow.git")));
+    let t0 = Instant::now();
+    let out = run_limited(
+        &dir.join("store"),
+        &["fetch", path.to_str().unwrap()],
+        &[("COMFYSTORE_GIT_TIMEOUT", "2s")],
+        Duration::from_secs(40),
+    );
+    let err = common::stderr(&out);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(err.contains("did not finish within"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let needle = format!("127.0.0.1:{}", server.port);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        processes_with(&needle).is_empty(),
+        "git left behind: {:?}",
+        processes_with(&needle)
+    );
+}
