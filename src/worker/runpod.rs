@@ -63,14 +63,17 @@ impl RunPodConfig {
             post_output: fill(var("RUNPOD_WEBHOOK_POST_OUTPUT").unwrap_or_default()),
             ping: var("RUNPOD_WEBHOOK_PING").map(fill),
             api_key: var("RUNPOD_AI_API_KEY"),
-            ping_interval: Duration::from_millis(
-                var("RUNPOD_PING_INTERVAL")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(10_000),
-            ),
+            ping_interval: ping_interval(var("RUNPOD_PING_INTERVAL").as_deref()),
             worker_id,
         })
     }
+}
+
+/// The heartbeat's period from `RUNPOD_PING_INTERVAL` (ms; 10 s when unset or not a number),
+/// at least 100 ms: `0` would ping in a loop.
+fn ping_interval(ms: Option<&str>) -> Duration {
+    let ms = ms.and_then(|v| v.trim().parse().ok()).unwrap_or(10_000u64);
+    Duration::from_millis(ms.max(100))
 }
 
 /// `url` with more query parameters (`?` or `&` as the template needs).
@@ -421,6 +424,14 @@ async fn stop_channel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ping_interval_is_never_a_busy_loop() {
+        assert_eq!(ping_interval(None), Duration::from_secs(10));
+        assert_eq!(ping_interval(Some("300")), Duration::from_millis(300));
+        assert_eq!(ping_interval(Some("0")), Duration::from_millis(100));
+        assert_eq!(ping_interval(Some("x")), Duration::from_secs(10));
+    }
 
     #[test]
     fn query_joining() {
