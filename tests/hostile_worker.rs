@@ -266,6 +266,17 @@ fn file_sources_outside_allowed_folders_are_not_read() {
         &[("COMFYSTORE_ALLOW_FILE", private.to_str().unwrap())],
     );
     assert!(out.status.success(), "{}", describe(&out));
+    // And a file:// mirror URL given on the command line (files named by their sha256).
+    fs::write(private.join(common::sha256_hex(&data)), &data).unwrap();
+    let lock = model_lock(&data, data.len() as u64, "https://example.invalid/m");
+    let mirror = url(&private);
+    let out = fetch(
+        "s4",
+        &lock,
+        &["--mirror-url", &mirror, "--retries", "0"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
 }
 
 /// A git fetch from a server that stalls ends at `COMFYSTORE_GIT_TIMEOUT`, with an error saying
