@@ -60,17 +60,22 @@ pub struct Process {
     program: String,
     secrets: Vec<String>,
     timeout: Option<Duration>,
+    /// Run under a `sh` that kills the whole process group when comfystore dies.
+    group_dies: bool,
 }
 
 impl Process {
     /// `program`, with no arguments yet.
     pub fn new(program: impl AsRef<OsStr>) -> Process {
         let program = program.as_ref();
+        let mut cmd = Command::new(program);
+        die_with_parent(&mut cmd);
         Process {
-            cmd: Command::new(program),
+            cmd,
             program: program.to_string_lossy().into_owned(),
             secrets: Vec::new(),
             timeout: None,
+            group_dies: false,
         }
     }
 
@@ -115,6 +120,16 @@ impl Process {
         self
     }
 
+    /// Make everything the program starts die with comfystore too, not only the program
+    /// (git's `git-remote-http` helpers would otherwise outlive a killed comfystore, still
+    /// downloading). On Linux the program runs under `sh`, which gets SIGTERM when comfystore
+    /// dies and then kills its process group (the program and all it started); elsewhere this
+    /// does nothing more than [`Process::new`].
+    pub fn group_dies_with_parent(&mut self) -> &mut Process {
+        self.group_dies = true;
+        self
+    }
+
     /// The program's name, for messages.
     pub fn program(&self) -> &str {
         &self.program
@@ -139,8 +154,13 @@ impl Process {
             program: self.program.clone(),
             source,
         };
-        let mut child = self
-            .cmd
+        let mut wrapped = if self.group_dies {
+            group_wrapper(&self.cmd).map_err(spawn_err)?
+        } else {
+            None
+        };
+        let cmd = wrapped.as_mut().unwrap_or(&mut self.cmd);
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -153,7 +173,7 @@ impl Process {
             Some(limit) => match wait_until(&mut child, Instant::now() + limit) {
                 Some(status) => status,
                 None => {
-                    let _ = child.kill();
+                    kill_group(&mut child);
                     let _ = child.wait();
                     return Err(ProcessError::TimedOut {
                         program: self.program.clone(),
@@ -187,6 +207,99 @@ impl Process {
             })
         }
     }
+}
+
+/// Every child leads its own process group (so a time limit kills what it started too) and gets
+/// SIGTERM when comfystore dies, even by SIGKILL: no git, uv or pip outlives a killed
+/// comfystore (git, on SIGTERM, stops the helpers it started and removes its temp files).
+#[cfg(target_os = "linux")]
+fn die_with_parent(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    c.process_group(0);
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // work is allowed. It makes one prctl(PR_SET_PDEATHSIG) system call through rustix (a raw
+    // syscall: no allocation, no locks, no shared state), and an error is returned, not
+    // panicked on. The signal is sent when the thread that spawned the child ends; `output`
+    // waits for the child on that thread, so it is comfystore's death.
+    unsafe {
+        c.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Elsewhere there is no such signal: the process group still lets a time limit kill it all.
+#[cfg(all(unix, not(target_os = "linux")))]
+fn die_with_parent(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    c.process_group(0);
+}
+
+#[cfg(not(unix))]
+fn die_with_parent(_: &mut Command) {}
+
+/// `cmd` run as `sh -c 'trap "kill -KILL 0" TERM; "$0" "$@" & wait $!' PROGRAM ARGS…`, in its
+/// own process group, with the same environment and folder: the shell gets SIGTERM when
+/// comfystore dies (PR_SET_PDEATHSIG, kept across exec) and then SIGKILLs the group, which
+/// holds the program and every process it started. A program that cannot be found is an
+/// error here, as spawning it directly would be.
+#[cfg(target_os = "linux")]
+fn group_wrapper(cmd: &Command) -> std::io::Result<Option<Command>> {
+    let program = cmd.get_program();
+    let path_var = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "PATH")
+        .map(|(_, v)| v.map(OsStr::to_os_string))
+        .unwrap_or_else(|| std::env::var_os("PATH"));
+    let found = if Path::new(program).components().count() > 1 {
+        let p = match cmd.get_current_dir() {
+            Some(d) => d.join(program),
+            None => Path::new(program).to_path_buf(),
+        };
+        p.is_file()
+    } else {
+        path_var
+            .iter()
+            .flat_map(std::env::split_paths)
+            .any(|d| d.join(program).is_file())
+    };
+    if !found {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} not found", program.to_string_lossy()),
+        ));
+    }
+    let mut w = Command::new("sh");
+    w.arg("-c")
+        .arg(r#"trap 'kill -KILL 0' TERM; "$0" "$@" & wait $!"#)
+        .arg(program)
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => w.env(k, v),
+            None => w.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        w.current_dir(d);
+    }
+    die_with_parent(&mut w);
+    Ok(Some(w))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn group_wrapper(_: &Command) -> std::io::Result<Option<Command>> {
+    Ok(None)
+}
+
+/// Kill the child and its process group (what it started).
+fn kill_group(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = child.kill();
 }
 
 /// Read a pipe to its end on its own thread, so a chatty program never blocks on a full pipe.

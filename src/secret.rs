@@ -23,6 +23,25 @@ fn is_secret(scheme: &str, userinfo: &str) -> bool {
 }
 
 /// The scheme of `url` (`None` when it has no `scheme://`).
+/// Environment variables that hold comfystore's own credentials (download tokens, the RunPod
+/// key, cloud credentials): for comfystore's requests only, never for the programs it runs
+/// that execute other people's code (a package's build script, ComfyUI's custom nodes).
+pub const SECRET_VARS: &[&str] = &[
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "CIVITAI_API_TOKEN",
+    "COMFYSTORE_TOKENS",
+    "GITHUB_TOKEN",
+    "GIT_TOKEN",
+    "RUNPOD_AI_API_KEY",
+    "RUNPOD_API_KEY",
+    "COMFY_ORG_API_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
 pub fn scheme_of(url: &str) -> Option<&str> {
     split_userinfo(url).map(|(scheme, _, _)| scheme)
 }

@@ -418,7 +418,8 @@ fn redirect_to_another_host_drops_the_token() {
     );
     srv.add("/b", data.clone(), Behavior::Normal);
     let url = srv.url("/a");
-    let tokens = OsStr::new("127.0.0.1=sekrit");
+    // Plain HTTP carries a token only when the user says so for the host.
+    let tokens = OsStr::new("http://127.0.0.1=sekrit");
     let v = add_url_json(&store, &url, &[], &[("COMFYSTORE_TOKENS", Some(tokens))]);
     assert_eq!(v["id"], b3(&data).as_str(), "{v}");
     assert_eq!(v["sha256"], sha256_hex(&data).as_str(), "{v}");
@@ -440,6 +441,33 @@ fn redirect_to_another_host_drops_the_token() {
         );
     }
     assert_stored(&store, &data);
+}
+
+/// A token goes over https only: an `http://` URL on the token's host gets none (anyone on the
+/// path could read it), unless `COMFYSTORE_TOKENS` names the host as `http://host=token`.
+#[test]
+fn tokens_are_not_sent_over_plain_http() {
+    let (_t, store) = fresh();
+    let srv = TestServer::start();
+    let data = pseudo_random(10, 10_000);
+    srv.add("/m.bin", data.clone(), Behavior::Normal);
+    let tokens = OsStr::new("127.0.0.1=sekrit,localhost=sekrit");
+    let v = add_url_json(
+        &store,
+        &srv.url("/m.bin"),
+        &[],
+        &[("COMFYSTORE_TOKENS", Some(tokens))],
+    );
+    assert_eq!(v["sha256"], sha256_hex(&data).as_str(), "{v}");
+    let reqs = srv.requests_for("/m.bin");
+    assert!(!reqs.is_empty());
+    for r in reqs {
+        assert_eq!(
+            r.header("authorization"),
+            None,
+            "token sent over http: {r:#?}"
+        );
+    }
 }
 
 #[test]

@@ -93,6 +93,11 @@ impl Env {
     /// [extra]`, with no Python, store, ComfyUI or proxy variables from the machine; then
     /// checks that ComfyUI was stopped.
     fn run_job(&self, job: &Path, extra: &[&str]) -> Output {
+        self.run_job_env(job, extra, &[])
+    }
+
+    /// [`Env::run_job`] with variables `set` in comfystore's environment.
+    fn run_job_env(&self, job: &Path, extra: &[&str], set: &[(&str, &str)]) -> Output {
         let port = self.port.to_string();
         let mut args = vec![
             "--json",
@@ -112,7 +117,9 @@ impl Env {
         let mut remove: Vec<String> = scrubbed_vars();
         remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
         remove.extend(["COMFY_PORT", "COMFY_HOME", "COMFY_ORG_API_KEY"].map(String::from));
-        let envs: Vec<(&str, Option<&OsStr>)> = remove.iter().map(|k| (k.as_str(), None)).collect();
+        let mut envs: Vec<(&str, Option<&OsStr>)> =
+            remove.iter().map(|k| (k.as_str(), None)).collect();
+        envs.extend(set.iter().map(|(k, v)| (*k, Some(OsStr::new(*v)))));
         let out = run_env(&self.store, &args, &envs);
         assert!(
             !listening(self.port),
@@ -1074,5 +1081,116 @@ fn timeout_interrupts_the_job() {
     let took = t0.elapsed();
     assert!(v["error"].as_str().unwrap().contains("timed out"), "{v:#}");
     assert!(took < Duration::from_secs(6), "took {took:?}");
+    env.assert_nothing_left();
+}
+
+/// A custom node chooses the `subfolder` and `filename` ComfyUI reports: a place outside
+/// ComfyUI's folders (absolute, `..`, a symlink the node made) is refused and named in the
+/// answer; nothing there is deleted and no byte of it reaches the answer. With no other output
+/// the job fails; with one, that output is answered and the refusal listed in `errors`.
+#[test]
+fn reported_outputs_outside_comfyuis_folders_are_neither_deleted_nor_read() {
+    let env = Env::new();
+    let victim = env.dir.join("victim");
+    let secret = b"victim secret 5f1c9a".to_vec();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&secret);
+    fs::create_dir_all(&victim).unwrap();
+    fs::write(victim.join("keep.txt"), &secret).unwrap();
+    let link = env.dest.join("output/evil");
+    let cases = [
+        json!({"filename": "keep.txt", "subfolder": s(&victim)}),
+        json!({"filename": "keep.txt", "subfolder": "../../victim"}),
+        json!({"filename": "keep.txt", "subfolder": "../../victim", "type": "temp"}),
+        json!({"filename": "../../victim/keep.txt", "subfolder": ""}),
+        json!({"filename": "keep.txt", "subfolder": "x", "type": "../../victim"}),
+        json!({"filename": "keep.txt", "subfolder": "evil", "link": "evil", "link_to": s(&victim)}),
+    ];
+    for (i, inputs) in cases.iter().enumerate() {
+        for with_image in [false, true] {
+            let mut wf = json!({"1": {"class_type": "ReportFile", "inputs": inputs}});
+            if with_image {
+                wf["2"] = json!({"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 1, "color": i}});
+                wf["3"] = json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "ok", "images": ["2", 0]}});
+            }
+            let out = env.run_job(&env.job_file(&json!({"input": {"workflow": wf}})), &[]);
+            let text = format!("{}{}", describe(&out), String::from_utf8_lossy(&out.stdout));
+            let v = parse(&out);
+            let what = format!("{inputs} (with an image: {with_image}): {v:#}");
+            if with_image {
+                assert_eq!(code(&out), 0, "{what}");
+                assert_eq!(v["images"].as_array().map(Vec::len), Some(1), "{what}");
+                assert!(v["errors"].to_string().contains("refused"), "{what}");
+            } else {
+                assert_eq!(code(&out), 1, "{what}");
+                assert!(error_text(&v).contains("refused"), "{what}");
+            }
+            assert!(
+                !text.contains(&b64) && !text.contains("victim secret"),
+                "the file outside was read into the answer: {what}"
+            );
+            assert_eq!(
+                fs::read(victim.join("keep.txt")).ok(),
+                Some(secret.clone()),
+                "the file outside was deleted: {what}"
+            );
+            let _ = fs::remove_file(&link);
+        }
+    }
+    env.assert_nothing_left();
+}
+
+/// ComfyUI runs every custom node in its process: it gets a cleaned environment, without
+/// comfystore's tokens and keys, plus what `--comfy-env` (and COMFYSTORE_COMFY_ENV) name.
+#[test]
+fn comfyui_gets_no_secrets_from_the_environment_only_what_comfy_env_names() {
+    let env = Env::new();
+    let job = env.job_file(&json!({"input": {"workflow": {
+        "1": {"class_type": "Environ", "inputs": {}},
+    }}}));
+    let set = [
+        ("HF_TOKEN", "hf_secret_token"),
+        ("RUNPOD_AI_API_KEY", "rp_secret"),
+        ("GOOGLE_APPLICATION_CREDENTIALS", "/secret/gcs.json"),
+        ("AWS_SECRET_ACCESS_KEY", "aws_secret"),
+        ("HF_HOME", "/cache/hf"),
+        ("CUDA_VISIBLE_DEVICES", "0"),
+        ("COMFYSTORE_TEST_PASSED", "1"),
+        ("COMFYSTORE_TEST_ALSO", "1"),
+        ("COMFYSTORE_TEST_FROM_VAR", "1"),
+    ];
+    let out = env.run_job_env(&job, &["--comfy-env", "COMFYSTORE_TEST_PASSED"], &set);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let (f, data) = one_file(&parse(&out));
+    assert_eq!(f["output"], "text", "{f:#}");
+    let names: Vec<String> = String::from_utf8(data)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    for secret in [
+        "HF_TOKEN",
+        "RUNPOD_AI_API_KEY",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "AWS_SECRET_ACCESS_KEY",
+        "COMFYSTORE_TEST_ALSO",
+        "COMFYSTORE_COMFY_ENV",
+    ] {
+        assert!(
+            !names.iter().any(|n| n == secret),
+            "ComfyUI got {secret}: {names:?}"
+        );
+    }
+    for passed in [
+        "PATH",
+        "HF_HOME",
+        "CUDA_VISIBLE_DEVICES",
+        "PYTHONUNBUFFERED",
+        "COMFYSTORE_TEST_PASSED",
+    ] {
+        assert!(
+            names.iter().any(|n| n == passed),
+            "ComfyUI lacks {passed}: {names:?}"
+        );
+    }
     env.assert_nothing_left();
 }

@@ -73,6 +73,9 @@ struct Opts {
     fail_takes: u32,
     /// RUST_LOG for the worker (`info` when not given).
     rust_log: Option<&'static str>,
+    /// How long the fake holds a take or stop poll without a job before its 204 (1 s when
+    /// not given; 0: at once).
+    hold: Option<f64>,
 }
 
 /// One test's temp dir, fake job server and worker; both processes (and the worker's
@@ -126,7 +129,7 @@ impl Setup {
             .arg(FAKE_RUNPOD)
             .args([
                 "--hold",
-                "1.0",
+                &opts.hold.unwrap_or(1.0).to_string(),
                 "--fail-takes",
                 &opts.fail_takes.to_string(),
             ])
@@ -870,4 +873,71 @@ fn the_key_is_never_logged() {
     let out = fs::read_to_string(w.dir.join("worker.out")).unwrap();
     assert!(!out.contains(KEY), "the key is on stdout:\n{out}");
     assert_clean_protocol(&w.state());
+}
+
+/// Requests of `kind` (`takes`, `stop_polls`) the fake saw from `from` s (its clock) on.
+fn requests_since(st: &Value, kind: &str, from: f64) -> usize {
+    st[kind]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["t"].as_f64().unwrap() >= from)
+        .count()
+}
+
+/// A platform that answers "no job" at once, or fails, must not be asked thousands of times a
+/// second: after an empty answer the worker waits until 1 s after it asked (the SDK's stop
+/// channel pace), after a failure it backs off (1 s doubling, jittered, capped); SIGTERM still
+/// ends it at once.
+#[test]
+fn an_idle_worker_polls_at_the_sdks_pace_and_backs_off_on_errors() {
+    let mut w = Setup::start(Opts {
+        hold: Some(0.0),
+        ..Opts::default()
+    });
+    // Immediate 204s: at most one take and one stop poll a second (4 s: ~4 each).
+    let from = w.state()["now"].as_f64().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let st = w.state();
+    let takes = requests_since(&st, "takes", from);
+    let stops = requests_since(&st, "stop_polls", from);
+    assert!(
+        takes <= 8,
+        "{takes} takes in 4 s of immediate 204s\n{}",
+        w.report()
+    );
+    assert!(stops <= 8, "{stops} stop polls in 4 s of immediate 204s");
+    assert!(
+        takes >= 2,
+        "the worker stopped asking: {takes} takes in 4 s"
+    );
+    // Immediate 500s: back-off 0.5-1 s, 1-2 s, 2-4 s, ...: at most ~5 in 6 s.
+    let (code, _) = http(w.rp_port, "POST", "/control/take-status/500", b"");
+    assert_eq!(code, 200);
+    let from = w.state()["now"].as_f64().unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let st = w.state();
+    let takes = requests_since(&st, "takes", from);
+    let stops = requests_since(&st, "stop_polls", from);
+    assert!(
+        takes <= 6,
+        "{takes} takes in 6 s of errors: no back-off\n{}",
+        w.report()
+    );
+    assert!(
+        stops <= 6,
+        "{stops} stop polls in 6 s of errors: no back-off"
+    );
+    let t0 = Instant::now();
+    let status = w.sigterm(Duration::from_secs(5));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}\n{}",
+        w.report()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "SIGTERM waited for the back-off"
+    );
 }

@@ -37,6 +37,7 @@ impl HttpArgs {
             jobs: self.jobs,
             offline: self.offline,
             connections: self.connections.clamp(1, 32),
+            file_roots: Some(self.allow_file.clone()),
             ..comfystore::pipeline::http_env::http_options()
         }
     }
@@ -47,7 +48,11 @@ pub fn add_url(cli: &Cli, a: &AddUrlArgs) -> Result<u8> {
     let dest = place_at(a)?;
     let (url, http) = (&a.url, &a.http);
     let store = open_store(cli)?;
-    let fetcher = Fetcher::new(http.options())?;
+    // The URL is the user's own, typed here: a file:// one is read as given.
+    let fetcher = Fetcher::new(HttpOptions {
+        file_roots: None,
+        ..http.options()
+    })?;
     let item = Download {
         label: comfystore::secret::redact_url(url),
         sources: vec![url.to_string()],

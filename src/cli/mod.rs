@@ -522,6 +522,15 @@ pub struct HttpArgs {
     /// order. Helps where one stream is throttled (CDNs); 1 = one stream.
     #[arg(long, default_value_t = 1, env = "COMFYSTORE_CONNECTIONS")]
     pub connections: usize,
+    /// A folder a lock's `file://` sources may be read from (repeatable; the variable takes
+    /// several, `:`-separated). Besides --mirror folders, no other local file is read.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "COMFYSTORE_ALLOW_FILE",
+        value_delimiter = ':'
+    )]
+    pub allow_file: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

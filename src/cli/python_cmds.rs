@@ -67,7 +67,11 @@ impl ResolveArgs {
             wheels_dirs: self.wheels_dir.clone(),
             offline: self.http.offline,
             resolver: self.resolver,
-            http: self.http.options(),
+            // Wheel URLs and folders come from this command line (or the index it names).
+            http: comfystore::http::HttpOptions {
+                file_roots: None,
+                ..self.http.options()
+            },
             ..Default::default()
         }
     }

@@ -47,6 +47,16 @@ pub struct ComfyRunArgs {
     /// An argument for ComfyUI (repeatable), e.g. --comfy-arg=--cpu.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub comfy_arg: Vec<String>,
+    /// The name of one more environment variable ComfyUI gets (repeatable; the variable
+    /// gives several, space-separated). By default it gets only paths, caches, locale, Python
+    /// and GPU settings: no token or key (docs/runpod.md lists them).
+    #[arg(
+        long,
+        env = "COMFYSTORE_COMFY_ENV",
+        value_name = "NAME",
+        value_delimiter = ' '
+    )]
+    pub comfy_env: Vec<String>,
     /// Time limit of a job without `timeout_s`.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub job_timeout: Duration,
@@ -112,6 +122,12 @@ pub fn worker_at(store: Arc<Store>, dest: &Path, a: &ComfyRunArgs) -> Result<Wor
         args: a.comfy_arg.clone(),
         extra_model_paths,
         hang: a.hang_timeout,
+        pass_env: a
+            .comfy_env
+            .iter()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect(),
     });
     let mut opts = WorkerOptions {
         job_timeout: a.job_timeout,

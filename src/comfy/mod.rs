@@ -10,4 +10,4 @@ pub mod supervisor;
 
 pub use client::{Client, Watch};
 pub use error::{Error, Result};
-pub use folders::Folders;
+pub use folders::{Folders, Refused};

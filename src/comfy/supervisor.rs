@@ -32,6 +32,72 @@ pub struct ComfyCommand {
     pub extra_model_paths: Option<PathBuf>,
     /// How long a running ComfyUI may go without answering before it counts as hung.
     pub hang: Duration,
+    /// Names of more environment variables ComfyUI gets besides [`passed_to_comfyui`]'s
+    /// (`--comfy-env`).
+    pub pass_env: Vec<String>,
+}
+
+/// The environment variables ComfyUI inherits by default: where things are (paths, caches),
+/// locale and time zone, Python's behaviour, and GPU device selection. Everything else (
+/// `HF_TOKEN`, `RUNPOD_AI_API_KEY`, `GOOGLE_APPLICATION_CREDENTIALS`, AWS keys, proxies that
+/// may carry passwords, …) stays with comfystore: every custom node runs in ComfyUI's process
+/// and can read its environment. A name holding `TOKEN`, `SECRET`, `PASSWORD`, `CREDENTIAL`
+/// or `KEY` is never passed by this list (only by `--comfy-env`).
+pub const COMFY_ENV_EXACT: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "LD_LIBRARY_PATH",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    // Cache locations, never tokens (HF_TOKEN, HF_TOKEN_PATH are not here).
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "TRANSFORMERS_CACHE",
+    "TORCH_HOME",
+    // Python's behaviour (not PYTHONPATH or PYTHONHOME: the interpreter is the venv's).
+    "PYTHONHASHSEED",
+    "PYTHONIOENCODING",
+    "PYTHONUTF8",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONWARNINGS",
+    "PYTHONFAULTHANDLER",
+    // Threads and determinism of the numeric libraries.
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUBLAS_WORKSPACE_CONFIG",
+];
+
+/// Prefixes of the variables ComfyUI inherits by default: locale, and GPU devices and
+/// runtimes (CUDA, NVIDIA, ROCm/HIP, PyTorch's allocator settings).
+pub const COMFY_ENV_PREFIXES: &[&str] = &[
+    "LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCM_", "HSA_", "PYTORCH_",
+];
+
+/// Whether ComfyUI inherits the variable `name` by default (see [`COMFY_ENV_EXACT`]).
+pub fn passed_to_comfyui(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    if ["TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "KEY"]
+        .iter()
+        .any(|w| upper.contains(w))
+    {
+        return false;
+    }
+    COMFY_ENV_EXACT.contains(&name) || COMFY_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 impl ComfyCommand {
@@ -42,6 +108,14 @@ impl ComfyCommand {
             .arg("--disable-auto-launch");
         if let Some(p) = &self.extra_model_paths {
             c.arg("--extra-model-paths-config").arg(p);
+        }
+        // A cleaned environment: the allow-list and `--comfy-env`, nothing else.
+        c.env_clear();
+        for (k, v) in std::env::vars_os() {
+            let Some(name) = k.to_str() else { continue };
+            if passed_to_comfyui(name) || self.pass_env.iter().any(|p| p == name) {
+                c.env(&k, &v);
+            }
         }
         c.args(&self.args)
             .current_dir(&self.dest)

@@ -21,7 +21,10 @@ fn run(p: &mut Process, at: &Path) -> Result<()> {
 pub fn clone(repo: &str, path: &Path) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("/"));
     run(
-        process(parent).args(["clone", "--quiet", repo]).arg(path),
+        process(parent)
+            .args(["clone", "--quiet", repo])
+            .arg(path)
+            .timeout(super::network_timeout()),
         path,
     )
 }
@@ -29,7 +32,9 @@ pub fn clone(repo: &str, path: &Path) -> Result<()> {
 /// Fetch every branch and tag of `origin` into the checkout at `path`.
 pub fn fetch_origin(path: &Path) -> Result<()> {
     run(
-        process(path).args(["fetch", "--quiet", "--tags", "origin"]),
+        process(path)
+            .args(["fetch", "--quiet", "--tags", "origin"])
+            .timeout(super::network_timeout()),
         path,
     )
 }

@@ -11,6 +11,7 @@
 //! line or in a URL, and are cut out of any message git prints.
 
 use crate::git::error::{Error, Result};
+use crate::process::ProcessError;
 use crate::store::{ObjectId, Store};
 use base64::Engine;
 use std::path::Path;
@@ -103,6 +104,16 @@ struct Git<'a> {
 
 impl Git<'_> {
     fn run(&self, dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
+        self.try_run(dir, args).map_err(|e| self.failed(args, e))
+    }
+
+    /// The error of a failed [`Git::try_run`].
+    fn failed(&self, args: &[&str], e: ProcessError) -> Error {
+        let shown = args.first().copied().unwrap_or("");
+        self.error(super::reason(e, shown, "fetch a repo"))
+    }
+
+    fn try_run(&self, dir: &Path, args: &[&str]) -> std::result::Result<Vec<u8>, ProcessError> {
         let mut git = super::process(dir);
         git.args([
             "-c",
@@ -113,8 +124,7 @@ impl Git<'_> {
             "advice.detachedHead=false",
         ])
         .args(args)
-        // Never wait for a password on a terminal nobody watches.
-        .env("GIT_TERMINAL_PROMPT", "0");
+        .timeout(super::network_timeout());
         if let Some((key, value, token)) = &self.auth {
             let n: usize = std::env::var("GIT_CONFIG_COUNT")
                 .ok()
@@ -127,10 +137,7 @@ impl Git<'_> {
                 .secret(value.as_str());
         }
         tracing::debug!("{}: git {}", self.src.label, args.join(" "));
-        git.run().map_err(|e| {
-            let shown = args.first().copied().unwrap_or("");
-            self.error(super::reason(e, shown, "fetch a repo"))
-        })
+        git.run()
     }
 
     fn error(&self, reason: String) -> Error {
@@ -183,20 +190,20 @@ pub fn fetch_tree(store: &Store, src: &GitSource, creds: &GitCredentials) -> Res
 /// which must then hold it.
 fn fetch_commit(git: &Git, dir: &Path) -> Result<()> {
     let src = git.src;
-    let shallow = git.run(
-        dir,
-        &[
-            "fetch",
-            "-q",
-            "--depth",
-            "1",
-            "--no-tags",
-            &src.repo,
-            &src.commit,
-        ],
-    );
-    let Err(e) = shallow else {
-        return Ok(());
+    let args = [
+        "fetch",
+        "-q",
+        "--depth",
+        "1",
+        "--no-tags",
+        &src.repo,
+        &src.commit,
+    ];
+    let e = match git.try_run(dir, &args) {
+        Ok(_) => return Ok(()),
+        // A server that stalled is not asked again for everything.
+        Err(e @ ProcessError::TimedOut { .. }) => return Err(git.failed(&args, e)),
+        Err(e) => git.failed(&args, e),
     };
     tracing::info!(
         "{}: shallow fetch refused ({e}); fetching the whole repo",

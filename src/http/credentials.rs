@@ -4,9 +4,18 @@
 use std::fmt;
 
 /// Tokens by exact host name. Only a request to that very host carries its token: a redirect
-/// to a CDN never does.
+/// to a CDN never does. And only over https, where anyone on the path cannot read it: a plain
+/// `http://` URL on the token's host gets no token, unless the host was added with
+/// [`Credentials::add_plain_http`] (a mirror on a network the user trusts, said explicitly).
 #[derive(Clone, Default)]
-pub struct Credentials(Vec<(String, String)>);
+pub struct Credentials(Vec<Entry>);
+
+#[derive(Clone)]
+struct Entry {
+    host: String,
+    token: String,
+    plain_http: bool,
+}
 
 impl Credentials {
     /// No tokens.
@@ -15,18 +24,38 @@ impl Credentials {
     }
 
     /// Send `token` to `host` (compared lowercase). An earlier token for the same host wins.
+    /// Sent over https only.
     pub fn add(&mut self, host: impl Into<String>, token: impl Into<String>) -> &mut Credentials {
-        self.0.push((host.into(), token.into()));
+        self.push(host.into(), token.into(), false)
+    }
+
+    /// Send `token` to `host` over plain `http://` too (readable by anyone on the way there).
+    pub fn add_plain_http(
+        &mut self,
+        host: impl Into<String>,
+        token: impl Into<String>,
+    ) -> &mut Credentials {
+        self.push(host.into(), token.into(), true)
+    }
+
+    fn push(&mut self, host: String, token: String, plain_http: bool) -> &mut Credentials {
+        self.0.push(Entry {
+            host: host.to_ascii_lowercase(),
+            token,
+            plain_http,
+        });
         self
     }
 
-    /// The token for requests to `url`, if its host has one.
+    /// The token for requests to `url`, if its host has one and the scheme may carry it.
     pub(super) fn for_url(&self, url: &reqwest::Url) -> Option<&str> {
         let host = url.host_str()?.to_ascii_lowercase();
-        self.0
-            .iter()
-            .find(|(h, _)| *h == host)
-            .map(|(_, t)| t.as_str())
+        let e = self.0.iter().find(|e| e.host == host)?;
+        match url.scheme() {
+            "https" => Some(e.token.as_str()),
+            "http" if e.plain_http => Some(e.token.as_str()),
+            _ => None,
+        }
     }
 }
 
@@ -34,7 +63,7 @@ impl Credentials {
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.0.iter().map(|(h, _)| (h, "***")))
+            .entries(self.0.iter().map(|e| (&e.host, "***")))
             .finish()
     }
 }
@@ -54,5 +83,8 @@ mod tests {
             Some("hf_sekrit")
         );
         assert_eq!(c.for_url(&url("https://cdn-lfs.huggingface.co/x")), None);
+        assert_eq!(c.for_url(&url("http://huggingface.co/x")), None);
+        c.add_plain_http("mirror.lan", "m");
+        assert_eq!(c.for_url(&url("http://mirror.lan/x")), Some("m"));
     }
 }

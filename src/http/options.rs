@@ -2,6 +2,7 @@
 //! by the caller (the engine reads no environment).
 
 use super::credentials::Credentials;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The first backoff delay unless the caller picks another.
@@ -33,6 +34,12 @@ pub struct HttpOptions {
     pub segment_size: u64,
     /// Bearer tokens by host.
     pub credentials: Credentials,
+    /// Where `file://` sources may be read: `Some(folders)` only files beneath them (after
+    /// resolving symlinks), `None` any file. A lock's sources are untrusted (`file:///etc/shadow`
+    /// would be read with comfystore's rights, and its size told), so the default is
+    /// `Some(vec![])` (no local file); `fetch` allows its `--mirror` and `--allow-file` folders,
+    /// and a file the user named on the command line (`add-url`, `pin`) is read as given.
+    pub file_roots: Option<Vec<PathBuf>>,
 }
 
 impl HttpOptions {
@@ -61,6 +68,7 @@ impl Default for HttpOptions {
             segment_threshold: 0,
             segment_size: 0,
             credentials: Credentials::default(),
+            file_roots: Some(Vec::new()),
         }
         .with_segment_size(DEFAULT_SEGMENT_SIZE)
     }

@@ -222,13 +222,42 @@ fn check_url(url: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// A git remote: a URL, an scp-like `git@host:path`, or a local path.
+/// The URL schemes a lock's repo may use (git's own transports; `file` for a local repo).
+pub const REPO_SCHEMES: &[&str] = &["https", "http", "ssh", "git", "git+ssh", "ssh+git", "file"];
+
+/// A git remote: a URL of [`REPO_SCHEMES`], an scp-like `git@host:path`, or a local path.
+/// Refused: git's remote-helper form `<transport>::<address>` (`fd::3` hangs git on a file
+/// descriptor, `ext::sh -c …` runs a command), other schemes, control characters, and a
+/// leading `-` (an option to git).
 fn check_repo(repo: &str) -> std::result::Result<(), String> {
-    if repo.contains("://") {
-        return check_url(repo);
-    }
     if repo.is_empty() || repo.starts_with('-') {
         return Err(format!("{repo:?} is not a git remote"));
+    }
+    if repo.chars().any(char::is_control) {
+        return Err(format!("{repo:?} holds control characters"));
+    }
+    if let Some((transport, _)) = repo.split_once("::") {
+        if !transport.is_empty()
+            && transport
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-._".contains(&b))
+        {
+            return Err(format!(
+                "{repo:?} uses git's remote helper {transport:?} (`{transport}::`); only {} URLs, \
+                 git@host:path and local paths are allowed",
+                REPO_SCHEMES.join(", ")
+            ));
+        }
+    }
+    if repo.contains("://") {
+        check_url(repo)?;
+        let scheme = scheme_of(repo).unwrap_or_default().to_ascii_lowercase();
+        if !REPO_SCHEMES.contains(&scheme.as_str()) {
+            return Err(format!(
+                "{repo:?}: scheme {scheme:?} is not a git transport comfystore uses ({})",
+                REPO_SCHEMES.join(", ")
+            ));
+        }
     }
     Ok(())
 }
@@ -584,6 +613,19 @@ mod tests {
         assert!(check_url("https://github.com/a/b").is_ok());
         assert!(check_url("ssh://git@github.com/a/b").is_ok());
         assert!(check_repo("git@github.com:a/b.git").is_ok());
+        assert!(check_repo("/srv/repos/a.git").is_ok());
+        assert!(check_repo("file:///srv/repos/a.git").is_ok());
+        for bad in [
+            "fd::3",
+            "ext::sh -c touch% /tmp/pwned",
+            "ext::git-upload-pack",
+            "http::https://example.com/a",
+            "ftp://example.com/a.git",
+            "-uhelp",
+            "https://example.com/a\nb",
+        ] {
+            assert!(check_repo(bad).is_err(), "{bad}");
+        }
         assert_eq!(redact_url("ssh://git@h/a"), "ssh://git@h/a");
     }
 }

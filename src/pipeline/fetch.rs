@@ -324,7 +324,20 @@ impl Fetch<'_> {
         if items.is_empty() {
             return Ok(());
         }
-        let fetcher = Fetcher::new(self.opts.http.clone())?;
+        // A lock's file:// sources are read only beneath the allowed folders and the mirrors
+        // (folders, and `file://` mirror URLs).
+        let mut http = self.opts.http.clone();
+        if let Some(roots) = http.file_roots.as_mut() {
+            roots.extend(self.opts.mirror_dirs.iter().cloned());
+            roots.extend(
+                self.opts
+                    .mirror_urls
+                    .iter()
+                    .filter_map(|u| u.strip_prefix(FILE_SCHEME))
+                    .map(PathBuf::from),
+            );
+        }
+        let fetcher = Fetcher::new(http)?;
         for (item, r) in items.iter().zip(fetcher.download_all(self.store, items)) {
             match r {
                 Ok(d) => self.report.downloaded.push(d),

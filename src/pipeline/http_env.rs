@@ -24,7 +24,8 @@ pub fn http_options() -> HttpOptions {
 }
 
 /// `HF_TOKEN` for huggingface.co (and hf.co), `CIVITAI_API_TOKEN` for civitai.com, and
-/// `COMFYSTORE_TOKENS=host=token,host=token` for anything else (internal mirrors).
+/// `COMFYSTORE_TOKENS=host=token,host=token` for anything else (internal mirrors); all over
+/// https only. `http://host=token` in `COMFYSTORE_TOKENS` sends that token over plain HTTP too.
 pub fn credentials() -> Credentials {
     let mut c = Credentials::new();
     if let Ok(t) = std::env::var("HF_TOKEN") {
@@ -38,7 +39,10 @@ pub fn credentials() -> Credentials {
     if let Ok(list) = std::env::var("COMFYSTORE_TOKENS") {
         for pair in list.split(',') {
             if let Some((h, t)) = pair.split_once('=') {
-                c.add(h.trim().to_ascii_lowercase(), t.trim());
+                match h.trim().strip_prefix("http://") {
+                    Some(h) => c.add_plain_http(h.to_ascii_lowercase(), t.trim()),
+                    None => c.add(h.trim().to_ascii_lowercase(), t.trim()),
+                };
             }
         }
     }

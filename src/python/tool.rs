@@ -6,12 +6,15 @@ use crate::python::error::{Error, Result};
 use std::ffi::OsStr;
 
 /// `program` without the variables in `foreign` (configuration that would make it look
-/// elsewhere than where we point it).
+/// elsewhere than where we point it), and without comfystore's credentials
+/// ([`crate::secret::SECRET_VARS`]): pip and uv run packages' build scripts. The git they run
+/// for `git+` requirements may use the transports comfystore's own git may use.
 pub(super) fn command(program: impl AsRef<OsStr>, foreign: &[&str]) -> Process {
     let mut p = Process::new(program);
-    for v in foreign {
+    for v in foreign.iter().chain(crate::secret::SECRET_VARS) {
         p.env_remove(v);
     }
+    p.env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git:file");
     p
 }
 
@@ -40,4 +43,37 @@ fn reason(e: ProcessError) -> String {
 /// Whether `program args…` runs and succeeds (a tool on PATH).
 pub(super) fn succeeds(program: &str, args: &[&str]) -> bool {
     Process::new(program).args(args).run().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_tools_get_no_credentials_and_no_git_remote_helpers() {
+        let mut p = command("pip", &["PIP_INDEX_URL"]);
+        let envs: Vec<(String, Option<String>)> = p
+            .command()
+            .get_envs()
+            .map(|(k, v)| {
+                let s = |x: &OsStr| x.to_string_lossy().into_owned();
+                (s(k), v.map(s))
+            })
+            .collect();
+        for k in [
+            "HF_TOKEN",
+            "RUNPOD_AI_API_KEY",
+            "GIT_TOKEN",
+            "PIP_INDEX_URL",
+        ] {
+            assert!(
+                envs.contains(&(k.to_string(), None)),
+                "{k} reaches pip: {envs:?}"
+            );
+        }
+        assert!(envs.contains(&(
+            "GIT_ALLOW_PROTOCOL".to_string(),
+            Some("https:http:ssh:git:file".to_string())
+        )));
+    }
 }

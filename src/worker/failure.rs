@@ -72,4 +72,7 @@ pub enum OutputError {
     Fetch(#[from] crate::comfy::Error),
     #[error(transparent)]
     Sink(SinkError),
+    /// ComfyUI named a place outside its folders.
+    #[error(transparent)]
+    Refused(#[from] crate::comfy::Refused),
 }

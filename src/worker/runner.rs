@@ -307,25 +307,48 @@ impl Worker {
             Finished::Pending => (Vec::new(), None),
         };
         let mut out = JobOutput::default();
-        for f in files.iter().filter(|f| f.kind != "temp") {
+        // Every listed path is confined to ComfyUI's folders before anything is read or
+        // deleted: a custom node chooses `subfolder` and `filename`.
+        let mut now = Vec::new();
+        let mut refused = false;
+        for f in &files {
+            let path = match self.dirs.path_of(f) {
+                Ok(p) => p,
+                Err(r) => {
+                    tracing::warn!("job {job_id}: {r}");
+                    out.errors.push(r.to_string());
+                    refused = true;
+                    continue;
+                }
+            };
+            now.push(path);
+            if f.kind == "temp" {
+                continue;
+            }
             match self.deliver(job_id, f) {
                 Ok(file) => out.images.push(file),
                 Err(e) => out.errors.push(format!("{}: {e}", f.filename)),
             }
         }
-        self.release(prompt_id, &files);
+        self.release(prompt_id, now);
         if let Some((error, mut details)) = failure {
             if out.images.is_empty() {
                 details.extend(out.errors);
                 return Err(JobError::Reported { error, details });
             }
             out.errors.extend(details);
+        } else if refused && out.images.is_empty() {
+            return Err(JobError::Reported {
+                error: "ComfyUI named output files outside its folders".to_string(),
+                details: out.errors,
+            });
         }
         Ok(out)
     }
 
     /// One output file: `GET /view`, into the store, then to the sink.
     fn deliver(&self, job_id: &str, f: &Produced) -> Result<OutputFile, OutputError> {
+        self.dirs.path_of(f)?;
         let bytes = self.rt.block_on(self.comfy.view(f))?;
         self.store_output(&f.filename, &bytes);
         let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
@@ -356,8 +379,7 @@ impl Worker {
 
     /// 5. Keep this job's files (deleting the previous job's others) and let ComfyUI forget
     ///    the prompt.
-    fn release(&mut self, prompt_id: &str, files: &[Produced]) {
-        let now = files.iter().map(|f| self.dirs.path_of(f)).collect();
+    fn release(&mut self, prompt_id: &str, now: Vec<PathBuf>) {
         self.replace_kept(now);
         let _ = self.rt.block_on(self.comfy.forget(prompt_id));
     }
@@ -369,10 +391,19 @@ impl Worker {
             if self.kept.contains(&old) {
                 continue;
             }
+            // Checked again: a folder on the way may have become a symlink since.
+            if !self.dirs.beneath(&old) {
+                tracing::warn!(
+                    "{} is no longer inside ComfyUI's folders: kept",
+                    old.display()
+                );
+                continue;
+            }
             let _ = std::fs::remove_file(&old);
             let mut dir = old.parent();
             while let Some(d) = dir {
-                if self.dirs.is_root(d) || std::fs::remove_dir(d).is_err() {
+                if self.dirs.is_root(d) || !self.dirs.beneath(d) || std::fs::remove_dir(d).is_err()
+                {
                     break;
                 }
                 dir = d.parent();

@@ -11,7 +11,7 @@ use super::runner::Worker;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 const SDK_VERSION: &str = concat!("comfystore-", env!("CARGO_PKG_VERSION"));
@@ -63,14 +63,17 @@ impl RunPodConfig {
             post_output: fill(var("RUNPOD_WEBHOOK_POST_OUTPUT").unwrap_or_default()),
             ping: var("RUNPOD_WEBHOOK_PING").map(fill),
             api_key: var("RUNPOD_AI_API_KEY"),
-            ping_interval: Duration::from_millis(
-                var("RUNPOD_PING_INTERVAL")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(10_000),
-            ),
+            ping_interval: ping_interval(var("RUNPOD_PING_INTERVAL").as_deref()),
             worker_id,
         })
     }
+}
+
+/// The heartbeat's period from `RUNPOD_PING_INTERVAL` (ms; 10 s when unset or not a number),
+/// at least 100 ms: `0` would ping in a loop.
+fn ping_interval(ms: Option<&str>) -> Duration {
+    let ms = ms.and_then(|v| v.trim().parse().ok()).unwrap_or(10_000u64);
+    Duration::from_millis(ms.max(100))
 }
 
 /// `url` with more query parameters (`?` or `&` as the template needs).
@@ -97,9 +100,27 @@ pub fn serve(worker: &mut Worker, cfg: &RunPodConfig, stop: Arc<AtomicBool>) -> 
     // They end with this function, as the loop does.
     let _side = side_channels(&rt, cfg, &http, worker.comfy(), &current, &stop)?;
     tracing::info!("RunPod worker {} taking jobs", cfg.worker_id);
+    let mut pace = Pace::default();
     while !stop.load(Ordering::SeqCst) {
-        let Some((id, input)) = take(&rt, &http, cfg) else {
-            continue;
+        let asked = Instant::now();
+        let (id, input) = match take(&rt, &http, cfg) {
+            Taken::Job(id, input) => {
+                pace.answered();
+                (id, input)
+            }
+            Taken::Empty => {
+                pace.answered();
+                pause(&stop, EMPTY_POLL.saturating_sub(asked.elapsed()));
+                continue;
+            }
+            Taken::TooMany => {
+                pause(&stop, pace.failed().max(TOO_MANY));
+                continue;
+            }
+            Taken::Failed => {
+                pause(&stop, pace.failed());
+                continue;
+            }
         };
         set_current(&current, Some(id.clone()));
         let result = run_job(worker, &rt, &http, cfg, &id, &input);
@@ -108,6 +129,54 @@ pub fn serve(worker: &mut Worker, cfg: &RunPodConfig, stop: Arc<AtomicBool>) -> 
     }
     tracing::info!("RunPod worker stopping (SIGTERM)");
     Ok(())
+}
+
+/// The shortest time between two takes (and two stop-channel polls) when the platform
+/// answers "no job" at once. RunPod holds a take open (a long poll, up to 90 s), so the SDK
+/// asks again at once; a platform (or proxy) that answers 204 immediately would make it spin.
+/// Its stop channel, and older SDKs' take loop, wait 1 s after an empty answer: so do we.
+pub const EMPTY_POLL: Duration = Duration::from_secs(1);
+/// The pause after a 429, as the SDK's ("debounce for 5 seconds").
+pub const TOO_MANY: Duration = Duration::from_secs(5);
+/// Back-off after failed polls (no answer, 5xx, garbage): 1 s doubling up to this, with
+/// jitter (each pause is drawn from its upper half), back to 1 s after an answer.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// Exponential back-off with jitter for one polling loop.
+#[derive(Default)]
+struct Pace {
+    failures: u32,
+}
+
+impl Pace {
+    fn answered(&mut self) {
+        self.failures = 0;
+    }
+
+    /// One more failure: how long to wait before the next poll.
+    fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let base = Duration::from_secs(1)
+            .saturating_mul(1u32 << self.failures.saturating_sub(1).min(16))
+            .min(BACKOFF_CAP);
+        let mut r = [0u8; 2];
+        let _ = getrandom::fill(&mut r);
+        let frac = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX);
+        base.mul_f64(0.5 + 0.5 * frac)
+    }
+}
+
+/// Sleep `d`, in short steps, returning early once `stop` is set (SIGTERM is not delayed by
+/// a back-off).
+fn pause(stop: &AtomicBool, d: Duration) {
+    let end = Instant::now() + d;
+    while !stop.load(Ordering::SeqCst) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
 }
 
 /// The heartbeat (when the platform gives a ping URL) and the stop channel (on the job-take
@@ -143,9 +212,20 @@ fn side_channels(
     Ok(tasks)
 }
 
-/// 1. Long-poll for a job: its id and input, or `None` to ask again (after a pause when the
-///    platform asks for one or cannot be reached).
-fn take(rt: &Handle, http: &reqwest::Client, cfg: &RunPodConfig) -> Option<(String, Value)> {
+/// What a take gave.
+enum Taken {
+    /// A job: its id and input.
+    Job(String, Value),
+    /// No job (204, 400 under FlashBoot, an empty body).
+    Empty,
+    /// 429: asked to slow down.
+    TooMany,
+    /// No answer, an error status, or an answer that is not a job.
+    Failed,
+}
+
+/// 1. Long-poll for a job.
+fn take(rt: &Handle, http: &reqwest::Client, cfg: &RunPodConfig) -> Taken {
     let take = with_query(&cfg.get_job, &[("job_in_progress", "0")]);
     let job = rt.block_on(async {
         let r = http.get(&take).send().await?;
@@ -158,26 +238,26 @@ fn take(rt: &Handle, http: &reqwest::Client, cfg: &RunPodConfig) -> Option<(Stri
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!("job take: not JSON: {e}");
-                return None;
+                return Taken::Failed;
             }
         },
-        Ok((429, _)) => {
-            std::thread::sleep(Duration::from_secs(5));
-            return None;
+        Ok((200 | 204 | 400, _)) => return Taken::Empty,
+        Ok((429, _)) => return Taken::TooMany,
+        Ok((status, _)) => {
+            tracing::warn!("job take: HTTP {status}");
+            return Taken::Failed;
         }
-        Ok(_) => return None,
         Err(e) => {
             tracing::warn!("job take: {e}");
-            std::thread::sleep(Duration::from_secs(1));
-            return None;
+            return Taken::Failed;
         }
     };
     let id = job.get("id").and_then(Value::as_str).map(String::from);
     let (Some(id), Some(input)) = (id, job.get_mut("input").map(Value::take)) else {
         tracing::warn!("job take: a job without id or input");
-        return None;
+        return Taken::Failed;
     };
-    Some((id, input))
+    Taken::Job(id, input)
 }
 
 /// 2. Run the job, posting its progress at most once a second, as the SDK's progress_update
@@ -310,10 +390,13 @@ async fn stop_channel(
     current: Current,
     stop: Arc<AtomicBool>,
 ) {
+    let mut pace = Pace::default();
     while !stop.load(Ordering::SeqCst) {
+        let asked = Instant::now();
         let r = http.get(&url).send().await;
         let wait = match r {
             Ok(r) if r.status().as_u16() == 200 => {
+                pace.answered();
                 let v: Value = r.json().await.unwrap_or(Value::Null);
                 let ids: Vec<&str> = v
                     .get("jobsToStop")
@@ -325,11 +408,14 @@ async fn stop_channel(
                     tracing::info!("job {job}: stopped by the platform; interrupting ComfyUI");
                     let _ = comfy.interrupt(None).await;
                 }
-                Duration::from_secs(1)
+                EMPTY_POLL
             }
-            Ok(r) if r.status().as_u16() == 429 => Duration::from_secs(5),
-            Ok(_) => Duration::from_millis(200),
-            Err(_) => Duration::from_secs(1),
+            Ok(r) if r.status().as_u16() == 429 => pace.failed().max(TOO_MANY),
+            Ok(r) if r.status().is_success() || r.status().as_u16() == 400 => {
+                pace.answered();
+                EMPTY_POLL.saturating_sub(asked.elapsed())
+            }
+            _ => pace.failed(),
         };
         tokio::time::sleep(wait).await;
     }
@@ -338,6 +424,14 @@ async fn stop_channel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ping_interval_is_never_a_busy_loop() {
+        assert_eq!(ping_interval(None), Duration::from_secs(10));
+        assert_eq!(ping_interval(Some("300")), Duration::from_millis(300));
+        assert_eq!(ping_interval(Some("0")), Duration::from_millis(100));
+        assert_eq!(ping_interval(Some("x")), Duration::from_secs(10));
+    }
 
     #[test]
     fn query_joining() {
