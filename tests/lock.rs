@@ -989,6 +989,110 @@ fn manager_snapshot_round_trips_through_a_lock() {
 }
 
 #[test]
+fn manager_snapshots_as_manager_writes_and_reads_them() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let node = "89abcdef0123456789abcdef0123456789abcdef";
+    let import = |name: &str, text: &str, extra: &[&str]| -> (Output, PathBuf) {
+        let path = t.path().join(name);
+        fs::write(&path, text).unwrap();
+        let out = t.path().join(format!("{name}.lock.json"));
+        let mut args = vec!["import-snapshot", s(&path), "--tag", "m", "-o", s(&out)];
+        args.extend_from_slice(extra);
+        (run(&store, &args), out)
+    };
+    // `"pips": null` is what Manager writes for a snapshot without pips.
+    let snap = format!(
+        r#"{{"comfyui": "{commit}", "git_custom_nodes": {{"https://github.com/example/NodeA": {{"hash": "{node}", "disabled": false}}}}, "cnr_custom_nodes": {{}}, "file_custom_nodes": [], "pips": null}}"#
+    );
+    let (o, lock) = import("null-pips.json", &snap, &[]);
+    assert_success(&o, "import-snapshot with pips: null");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("--comfyui-repo"),
+        "the upstream default is said: {stderr}"
+    );
+    assert_eq!(read_json(&lock)["custom_nodes"][0]["commit"], node);
+
+    // A misspelled key is named, and nothing is written.
+    let typo = snap.replace("git_custom_nodes", "git_custom_node");
+    let (o, out) = import("typo.json", &typo, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("git_custom_node"));
+    assert!(!out.exists());
+
+    // A fork's repository, when given, is where the ComfyUI commit is.
+    let fork = "https://github.com/me/ComfyUI-fork";
+    let (o, lock) = import("fork.json", &snap, &["--comfyui-repo", fork]);
+    assert_success(&o, "import-snapshot --comfyui-repo");
+    assert_eq!(read_json(&lock)["comfyui"]["repo"], fork);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("--comfyui-repo"));
+
+    // YAML out: the snapshot under `custom_nodes:`, which is what Manager's restore reads
+    // (`yaml.load(...)['custom_nodes']`); and it imports back to the same lock.
+    let yaml = t.path().join("back.yaml");
+    let o = run(&store, &["export-snapshot", s(&lock), "-o", s(&yaml)]);
+    assert_success(&o, "export-snapshot -o back.yaml");
+    let read_back = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))['custom_nodes']))",
+            s(&yaml),
+        ])
+        .output()
+        .unwrap();
+    if read_back.status.success() {
+        let v: Value = serde_json::from_slice(&read_back.stdout).unwrap();
+        assert_eq!(v["comfyui"], commit, "{v}");
+        assert_eq!(
+            v["git_custom_nodes"]["https://github.com/example/NodeA"]["hash"],
+            node
+        );
+    } else {
+        common::cannot_run(
+            "manager_snapshots_as_manager_writes_and_reads_them (YAML by PyYAML)",
+            &String::from_utf8_lossy(&read_back.stderr),
+        );
+    }
+    let again = t.path().join("again.lock.json");
+    let o = run(
+        &store,
+        &[
+            "import-snapshot",
+            s(&yaml),
+            "--tag",
+            "m",
+            "-o",
+            s(&again),
+            "--comfyui-repo",
+            fork,
+        ],
+    );
+    assert_success(&o, "import-snapshot back.yaml");
+    assert_eq!(fs::read(&again).unwrap(), fs::read(&lock).unwrap());
+    // --format json wins over the extension.
+    let o = run(
+        &store,
+        &[
+            "export-snapshot",
+            s(&lock),
+            "-o",
+            s(&yaml),
+            "--format",
+            "json",
+        ],
+    );
+    assert_success(&o, "export-snapshot --format json");
+    assert!(serde_json::from_slice::<Value>(&fs::read(&yaml).unwrap()).is_ok());
+}
+
+#[test]
 fn import_snapshot_normalises_pip_names() {
     let t = tempfile::tempdir().unwrap();
     let snap_path = t.path().join("snapshot.json");

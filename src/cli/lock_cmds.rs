@@ -147,10 +147,19 @@ pub fn diff(cli: &Cli, a: &Path, b: &Path) -> Result<u8> {
     }
 }
 
-pub fn import_snapshot(cli: &Cli, path: &Path, tag: &str, output: Option<&Path>) -> Result<u8> {
+pub fn import_snapshot(
+    cli: &Cli,
+    path: &Path,
+    tag: &str,
+    output: Option<&Path>,
+    comfyui_repo: Option<&str>,
+) -> Result<u8> {
     let snap = snapshot::Snapshot::read(path)?;
     let mut warnings = Vec::new();
-    let lockfile = snapshot::import(&snap, tag, &mut warnings);
+    let lockfile = snapshot::import(&snap, tag, comfyui_repo, &mut warnings);
+    lockfile
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let out = output
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{tag}.lock.json")));
@@ -159,11 +168,29 @@ pub fn import_snapshot(cli: &Cli, path: &Path, tag: &str, output: Option<&Path>)
     Ok(0)
 }
 
-pub fn export_snapshot(lock: &Path, output: Option<&Path>) -> Result<u8> {
+/// The two files ComfyUI-Manager saves and restores a snapshot from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SnapshotFormat {
+    Json,
+    Yaml,
+}
+
+pub fn export_snapshot(
+    lock: &Path,
+    output: Option<&Path>,
+    format: Option<SnapshotFormat>,
+) -> Result<u8> {
     let lockfile = Lockfile::read(lock)?;
     let mut warnings = Vec::new();
     let snap = snapshot::export(&lockfile, &mut warnings);
-    let bytes = snap.to_json();
+    let by_name = output
+        .and_then(|p| p.extension())
+        .is_some_and(|e| e == "yaml" || e == "yml");
+    let bytes = match format {
+        Some(SnapshotFormat::Yaml) => snap.to_yaml(),
+        None if by_name => snap.to_yaml(),
+        _ => snap.to_json(),
+    };
     match output {
         Some(p) if p.as_os_str() != "-" => comfystore::store::write_file_atomic(p, &bytes, 0o644)?,
         _ => std::io::stdout().write_all(&bytes)?,

@@ -415,6 +415,10 @@ pub enum LockCommand {
         /// Output file (default lockfiles/comfy-TAG.lock.json).
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// The ComfyUI repository the snapshot's commit is in (a snapshot does not say; a fork's
+        /// commit is not upstream's). Default: upstream, with a warning.
+        #[arg(long, value_name = "URL")]
+        comfyui_repo: Option<String>,
     },
     /// Write a lockfile as a ComfyUI-Manager snapshot (for cm-cli restore-snapshot, comfy-cli).
     #[command(
@@ -425,6 +429,10 @@ pub enum LockCommand {
         /// Output file, or - for stdout (the default).
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// json (what Manager saves) or yaml (the snapshot under `custom_nodes:`, as Manager's
+        /// YAML restore reads it). Default: by the output's extension (.yaml, .yml), else json.
+        #[arg(long, value_enum)]
+        format: Option<lock_cmds::SnapshotFormat>,
     },
 }
 
@@ -609,10 +617,19 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
                 snapshot,
                 tag,
                 output,
-            } => lock_cmds::import_snapshot(cli, snapshot, tag, output.as_deref()),
-            LockCommand::ExportSnapshot { lock, output } => {
-                lock_cmds::export_snapshot(lock, output.as_deref())
-            }
+                comfyui_repo,
+            } => lock_cmds::import_snapshot(
+                cli,
+                snapshot,
+                tag,
+                output.as_deref(),
+                comfyui_repo.as_deref(),
+            ),
+            LockCommand::ExportSnapshot {
+                lock,
+                output,
+                format,
+            } => lock_cmds::export_snapshot(lock, output.as_deref(), *format),
         },
         Command::Sources(cmd) => match cmd {
             FetchCommand::AddUrl(a) => fetch_cmds::add_url(cli, a),

@@ -16,21 +16,34 @@ use std::path::Path;
 /// Where ComfyUI comes from when a snapshot does not say (it never does).
 pub const COMFYUI_REPO: &str = "https://github.com/comfyanonymous/ComfyUI";
 
-/// The snapshot as ComfyUI-Manager writes it (`get_current_snapshot`).
+/// The snapshot as ComfyUI-Manager writes it (`get_current_snapshot`). Every field Manager
+/// writes may be missing or `null` (it writes `"pips": null` when it saved no pips); any other
+/// key is refused by name, since a misspelled one would drop its nodes without a word.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Snapshot {
     pub comfyui: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub git_custom_nodes: BTreeMap<String, GitNode>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub cnr_custom_nodes: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub file_custom_nodes: Vec<FileNode>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub pips: BTreeMap<String, String>,
 }
 
+/// `null` read as the empty collection.
+fn null_as_empty<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GitNode {
     pub hash: String,
     #[serde(default)]
@@ -38,16 +51,19 @@ pub struct GitNode {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileNode {
     pub filename: String,
     #[serde(default)]
     pub disabled: bool,
 }
 
-/// The YAML form wraps the same dict under `custom_nodes`.
-#[derive(Deserialize)]
-struct YamlSnapshot {
-    custom_nodes: Snapshot,
+/// The YAML form wraps the same dict under `custom_nodes` (Manager's `save_snapshot` for a
+/// `.yaml` path, and what its restore reads).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct YamlSnapshot<S> {
+    custom_nodes: S,
 }
 
 impl Snapshot {
@@ -58,7 +74,7 @@ impl Snapshot {
             serde_json::from_str(&text)
                 .map_err(|e| Error::bad_input(path, format!("not a ComfyUI-Manager snapshot: {e}")))
         } else {
-            serde_saphyr::from_str::<YamlSnapshot>(&text)
+            serde_saphyr::from_str::<YamlSnapshot<Snapshot>>(&text)
                 .map(|y| y.custom_nodes)
                 .map_err(|e| Error::bad_input(path, format!("not a ComfyUI-Manager snapshot: {e}")))
         }
@@ -74,6 +90,15 @@ impl Snapshot {
         out.push(b'\n');
         out
     }
+
+    /// YAML as Manager's loader reads it: the snapshot under `custom_nodes:`.
+    pub fn to_yaml(&self) -> Vec<u8> {
+        let doc = YamlSnapshot { custom_nodes: self };
+        // Maps of strings cannot fail to serialise.
+        serde_saphyr::to_string(&doc)
+            .unwrap_or_default()
+            .into_bytes()
+    }
 }
 
 /// The folder name git would clone `url` into.
@@ -87,16 +112,27 @@ fn repo_dir_name(url: &str) -> String {
 }
 
 /// A snapshot as a lockfile: what it knows, with a warning for what it cannot say.
-pub fn import(snap: &Snapshot, tag: &str, warnings: &mut Vec<String>) -> Lockfile {
+/// `comfyui_repo` is where its ComfyUI commit is (a snapshot does not say): upstream if
+/// `None`, with a warning, since a fork's commit is not there.
+pub fn import(
+    snap: &Snapshot,
+    tag: &str,
+    comfyui_repo: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Lockfile {
     let mut lock = Lockfile::new(tag);
     lock.comfyui = ComfyUi {
-        repo: Some(COMFYUI_REPO.to_string()),
+        repo: Some(redact_url(comfyui_repo.unwrap_or(COMFYUI_REPO))),
         commit: snap.comfyui.clone().filter(|c| super::is_commit(c)),
         ..Default::default()
     };
     if lock.comfyui.commit.is_none() {
         lock.comfyui.repo = None;
         warnings.push("the snapshot names no ComfyUI commit".into());
+    } else if comfyui_repo.is_none() {
+        warnings.push(format!(
+            "a snapshot does not say where ComfyUI came from: its commit is taken from {COMFYUI_REPO} (give --comfyui-repo for a fork)"
+        ));
     }
     for (url, node) in &snap.git_custom_nodes {
         let name = repo_dir_name(url);
