@@ -26,7 +26,10 @@ fn the_quickstart_lock_is_made_again_byte_for_byte() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let out = tmp.path().join("demo.lock.json");
-    let no_home = [("HOME", Some(tmp.path().as_os_str())), ("VIRTUAL_ENV", None)];
+    let no_home = [
+        ("HOME", Some(tmp.path().as_os_str())),
+        ("VIRTUAL_ENV", None),
+    ];
     let o = run_env(
         &store,
         &[
@@ -86,7 +89,11 @@ fn the_quickstart_lock_is_made_again_byte_for_byte() {
 fn the_real_comfyui_lock_is_valid_and_portable_and_its_expectation_fits_the_workflow() {
     let tmp = tempfile::tempdir().unwrap();
     let lock = repo("lockfiles/comfy-0.3.64-cpu.lock.json");
-    let o = run_env(&tmp.path().join("store"), &["--json", "show", s(&lock)], &[]);
+    let o = run_env(
+        &tmp.path().join("store"),
+        &["--json", "show", s(&lock)],
+        &[],
+    );
     assert_eq!(code(&o), 0, "show: {}", describe(&o));
     let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(shown["portable"], true, "{shown:#}");
@@ -94,10 +101,13 @@ fn the_real_comfyui_lock_is_valid_and_portable_and_its_expectation_fits_the_work
     let py = &doc["python"];
     assert_eq!(py["built_with"], "uv", "{py:#}");
     let packages = py["packages"].as_array().unwrap();
-    assert!(packages.iter().any(|p| p["name"] == "torch" && p["version"] == "2.8.0"));
     assert!(packages
         .iter()
-        .all(|p| p["sha256"].is_string() && p["url"].as_str().is_some_and(|u| u.starts_with("https://"))));
+        .any(|p| p["name"] == "torch" && p["version"] == "2.8.0"));
+    assert!(packages
+        .iter()
+        .all(|p| p["sha256"].is_string()
+            && p["url"].as_str().is_some_and(|u| u.starts_with("https://"))));
 
     let expect = read_json(&repo("workflows/minimal.expected.json"));
     assert_eq!(expect["schema"], "comfystore.repro-expect/1");

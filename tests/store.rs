@@ -509,6 +509,7 @@ fn library_api_adds_with_exclusions_and_roots() {
             &Root {
                 ids: vec![report.id],
                 path: None,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -34,6 +34,7 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
             &Root {
                 ids: lockfile.store_ids(),
                 path: Some(abs),
+                ..Default::default()
             },
         )?;
     }

@@ -114,6 +114,7 @@ pub fn import(
             &Root {
                 ids: report.roots.clone(),
                 path: None,
+                ..Default::default()
             },
         )?;
     }
@@ -162,7 +163,14 @@ pub fn add(store: &Store, args: &AddArgs, json: bool) -> Result<u8> {
             .iter()
             .filter_map(|r| r["report"]["id"].as_str().and_then(|s| s.parse().ok()))
             .collect();
-        store.add_root(name, &Root { ids, path: None })?;
+        store.add_root(
+            name,
+            &Root {
+                ids,
+                path: None,
+                ..Default::default()
+            },
+        )?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -254,7 +262,14 @@ pub fn root(store: &Store, cmd: &RootCommand, json: bool) -> Result<u8> {
     match cmd {
         RootCommand::Add { name, ids } => {
             let ids = resolve_all(store, ids)?;
-            store.add_root(name, &Root { ids, path: None })?;
+            store.add_root(
+                name,
+                &Root {
+                    ids,
+                    path: None,
+                    ..Default::default()
+                },
+            )?;
         }
         RootCommand::Rm { name } => {
             if !store.remove_root(name)? {

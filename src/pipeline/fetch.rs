@@ -405,7 +405,14 @@ fn add_lock_root(store: &Store, lock: &Lockfile, report: &FetchReport) -> Result
     }
     let name = format!("lock/{}", lock.tag);
     let path = store.read_root(&name)?.and_then(|r| r.path);
-    Ok(store.add_root(&name, &Root { ids, path })?)
+    Ok(store.add_root(
+        &name,
+        &Root {
+            ids,
+            path,
+            ..Default::default()
+        },
+    )?)
 }
 
 /// `<mirror>/<sha256>` for every HTTP mirror.

@@ -337,9 +337,9 @@ fn place_version(
     layout: &Layout,
     opts: &LockOptions,
 ) -> Result<(MaterializeReport, Option<PathBuf>)> {
-    let old_venv = place::read_marker(&at.dest)
-        .ok()
-        .and_then(|m| m.layout.venv)
+    let old_venv = place::read_marker(store, &at.dest)?
+        .layout
+        .venv
         .filter(|old| layout.venv.as_ref() != Some(old));
     let report = place::materialize_laid_out(
         store,
@@ -370,7 +370,8 @@ fn place_outside_env(
         )?),
         None => None,
     };
-    let old_venv = old_venv.filter(|o| place::read_marker(o).is_ok_and(|m| m.marker.is_some()));
+    let old_venv =
+        old_venv.filter(|o| place::read_marker(store, o).is_ok_and(|m| m.marker.is_some()));
     if let Some(old) = old_venv {
         let r = place::remove(store, &old, false)?;
         tracing::info!(

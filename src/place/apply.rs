@@ -81,9 +81,18 @@ impl Executor<'_> {
     /// Before the first change: the GC root (gc keeps the tree from now on) and an incomplete
     /// marker (a crash from here on is seen as one).
     fn begin(&self, m: &MarkerPlan) -> Result<()> {
+        let layout = m.marker.layout.as_ref();
+        let outside = layout
+            .iter()
+            .flat_map(|l| [&l.venv, &l.models_dir, &l.python])
+            .flatten()
+            .filter(|p| !p.starts_with(self.dest))
+            .cloned()
+            .collect();
         let root = Root {
             ids: vec![*self.tree],
             path: Some(self.dest.to_path_buf()),
+            outside,
         };
         self.store.add_root(&m.marker.root, &root)?;
         if m.write {

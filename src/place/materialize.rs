@@ -99,7 +99,7 @@ impl<'a> Placement<'a> {
         // Writers' lock: gc must not delete the objects while we link them.
         let _lock = store.lock_shared()?;
         let dest = check_dest(store, self.dest, true)?;
-        let previous = self.previous_marker(&dest)?;
+        let previous = self.previous_marker(store, &dest)?;
         let old = match &previous {
             Some(p) if p.tree != *self.tree => Some(store.read_tree(&p.tree)?),
             _ => None,
@@ -148,11 +148,11 @@ impl<'a> Placement<'a> {
 
     /// DEST's marker before this run (a materialize only), refusing to materialize over a
     /// folder that has files and no marker.
-    fn previous_marker(&self, dest: &Path) -> Result<Option<Marker>> {
+    fn previous_marker(&self, store: &Store, dest: &Path) -> Result<Option<Marker>> {
         if !self.marked {
             return Ok(None);
         }
-        let previous = read_marker(dest)?.marker;
+        let previous = read_marker(store, dest)?.marker;
         if previous.is_none() && fs::read_dir(dest).ctx("list", dest)?.next().is_some() {
             return Err(Error::bad_input(
                 dest,

@@ -226,12 +226,12 @@ fn refuse_conflicts(input: &PlanInput, dirs: &[&str], remove: &[Removal]) -> Res
     Ok(())
 }
 
-/// The marker DEST gets: the previous one's GC root (else a new one named by DEST), the Layout
+/// The marker DEST gets: the GC root named by DEST's own path (never the marker's word), the Layout
 /// given (else the one the version was placed with), and, for the same version again, the
 /// previous counts and no write unless something changes.
 fn decide_marker(input: &PlanInput, nothing_removed: bool) -> MarkerPlan {
     let previous = input.previous;
-    let root = previous.map_or_else(|| root_name(input.dest), |p| p.root.clone());
+    let root = root_name(input.dest);
     let mut marker = Marker::new(*input.tree, input.store_root, root, input.policy.clone());
     marker.layout = input
         .layout

@@ -50,7 +50,10 @@ pub fn remove(store: &Store, dest: &Path, all: bool) -> Result<RemoveReport> {
     }
     let marker_path = dest.join(MARKER_NAME);
     fs::remove_file(&marker_path).ctx("remove", &marker_path)?;
+    // The marker's `root` was checked (DEST's own, or registered to DEST); DEST's own root
+    // goes either way.
     store.remove_root(&found.marker.root)?;
+    store.remove_root(&super::dest::root_name(&dest))?;
     report.dest_removed = fs::remove_dir(&dest).is_ok();
     remove_outside_venv(store, &found.marker, all, &mut report)?;
     Ok(report)
@@ -121,7 +124,7 @@ fn remove_outside_venv(
     let Some(venv) = marker.layout.as_ref().and_then(|l| l.venv.as_ref()) else {
         return Ok(());
     };
-    if read_marker(venv)?.marker.is_none() {
+    if read_marker(store, venv)?.marker.is_none() {
         return Ok(());
     }
     let r = remove(store, venv, all)?;

@@ -155,7 +155,9 @@ fn lock_comfyui(
     excludes.dedup();
     // A materialized install has no git; its marker lists ComfyUI's own files in the data
     // folders (materialize recorded them from the comfyui tree).
-    let ours = crate::place::read_marker(comfy)?.layout.source_data_files;
+    let ours = crate::place::read_marker(store, comfy)?
+        .layout
+        .source_data_files;
     let (src, tree) = lock_source(store, comfy, &excludes, &ours, "comfyui", report)?;
     if let Some(g) = &src {
         claimed.set_tree(&g.files);

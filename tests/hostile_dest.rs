@@ -1,0 +1,134 @@
+//! A hostile or careless DEST: a hand-edited marker, a user's edits that a switch would
+//! overwrite, symlinks planted (or swapped in during a run) that would lead writes outside.
+//! Each test names what it guards; all run the real binary on real filesystems.
+
+mod common;
+
+use common::{code, describe, json, ok, run, s as arg, stderr, write};
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const MARKER: &str = ".comfystore-materialized.json";
+
+struct Setup {
+    _t: tempfile::TempDir,
+    root: PathBuf,
+    store: PathBuf,
+}
+
+fn setup() -> Setup {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().to_path_buf();
+    let store = root.join("store");
+    Setup { _t: t, root, store }
+}
+
+/// Store a folder with these files; returns the tree id.
+fn tree(s: &Setup, name: &str, files: &[(&str, &[u8])]) -> String {
+    let dir = s.root.join("src").join(name);
+    for (p, data) in files {
+        write(&dir.join(p), data);
+    }
+    ok(&s.store, &["add", arg(&dir)])
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn read_marker(dest: &Path) -> Value {
+    serde_json::from_slice(&fs::read(dest.join(MARKER)).unwrap()).unwrap()
+}
+
+fn write_marker(dest: &Path, m: &Value) {
+    fs::write(dest.join(MARKER), serde_json::to_vec_pretty(m).unwrap()).unwrap();
+}
+
+fn roots(store: &Path) -> Vec<(String, Value)> {
+    json(store, &["root", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or_default().to_string(),
+                r.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Two versions materialized side by side: (tree A, DEST A, tree B, DEST B).
+fn two_versions(s: &Setup) -> (String, PathBuf, String, PathBuf) {
+    let ta = tree(s, "a", &[("main.py", b"a\n"), ("comfy/x.py", b"xa\n")]);
+    let tb = tree(s, "b", &[("main.py", b"b\n"), ("comfy/y.py", b"yb\n")]);
+    let (da, db) = (s.root.join("dest-a"), s.root.join("dest-b"));
+    ok(&s.store, &["materialize", &ta, arg(&da)]);
+    ok(&s.store, &["materialize", &tb, arg(&db)]);
+    (ta, da, tb, db)
+}
+
+#[test]
+fn a_hand_edited_marker_root_is_refused_by_remove_and_materialize() {
+    let s = setup();
+    let (ta, da, tb, db) = two_versions(&s);
+    let b_root = read_marker(&db)["root"].as_str().unwrap().to_string();
+    ok(&s.store, &["root", "add", "lock/v1", &tb]);
+
+    // remove A with a marker naming B's root: refused, naming the field; B's root stays.
+    let mut m = read_marker(&da);
+    m["root"] = Value::from(b_root.clone());
+    write_marker(&da, &m);
+    let out = run(&s.store, &["remove", arg(&da)]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    assert!(stderr(&out).contains("`root`"), "{}", describe(&out));
+    assert!(roots(&s.store).iter().any(|(n, _)| *n == b_root));
+    assert!(da.join("main.py").exists(), "nothing removed");
+
+    // materialize A again with a marker naming lock/v1: refused; lock/v1 still names B.
+    m["root"] = Value::from("lock/v1");
+    write_marker(&da, &m);
+    let out = run(&s.store, &["materialize", &ta, arg(&da)]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    assert!(stderr(&out).contains("`root`"), "{}", describe(&out));
+    let lock_root = roots(&s.store)
+        .into_iter()
+        .find(|(n, _)| n == "lock/v1")
+        .unwrap()
+        .1;
+    assert_eq!(lock_root["ids"][0], tb.as_str(), "{lock_root}");
+
+    // gc keeps B's content: its files are still all there after remove B's check.
+    ok(&s.store, &["gc", "--grace", "0s"]);
+    ok(&s.store, &["status", "--verify", arg(&db)]);
+}
+
+#[test]
+fn a_hand_edited_marker_layout_venv_cannot_make_remove_delete_another_version() {
+    let s = setup();
+    let (_ta, da, _tb, db) = two_versions(&s);
+    let mut m = read_marker(&da);
+    m["layout"] = serde_json::json!({ "venv": db });
+    write_marker(&da, &m);
+    let out = run(&s.store, &["remove", arg(&da)]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    assert!(stderr(&out).contains("`layout.venv`"), "{}", describe(&out));
+    assert!(db.join("main.py").exists(), "B untouched");
+    assert!(db.join(MARKER).exists(), "B's marker untouched");
+    ok(&s.store, &["status", arg(&db)]);
+
+    // models_dir and python: the same rule.
+    for field in ["models_dir", "python"] {
+        let mut m = read_marker(&da);
+        m["layout"] = serde_json::json!({ field: "/etc" });
+        write_marker(&da, &m);
+        let out = run(&s.store, &["status", arg(&da)]);
+        assert_eq!(code(&out), 1, "{}", describe(&out));
+        assert!(
+            stderr(&out).contains(&format!("`layout.{field}`")),
+            "{}",
+            describe(&out)
+        );
+    }
+}
