@@ -1659,3 +1659,71 @@ fn show_and_lock_portable_name_what_a_fresh_machine_could_not_rebuild() {
     assert_eq!(v["not_portable"], json!([]), "{v:#}");
     assert_eq!(v["portable"], true, "{v:#}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hardening: a reused tag never silently drops the old version's GC root.
+
+#[test]
+fn reusing_a_tag_for_another_lockfile_never_drops_the_old_root_silently() {
+    let e = Env::new();
+    let only = e.f.comfy.join("models/checkpoints/only-in-v1.safetensors");
+    let data = pseudo_random(4242, 96 << 10);
+    write(&only, &data);
+    let v1a = e.p("v1a.lock.json");
+    e.lock("v1", &v1a, &[]);
+    let id = format!(
+        "b3:{}",
+        model(
+            &read_json(&v1a),
+            "models/checkpoints/only-in-v1.safetensors"
+        )["blake3"]
+            .as_str()
+            .unwrap()
+    );
+    // The other install no longer has the model: its only copy is in the store.
+    fs::remove_file(&only).unwrap();
+    let v1b = e.p("v1b.lock.json");
+    let o = e.lock_output(&[], "v1", &v1b, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", common::describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("lock/v1") && err.contains(s(&v1a)) && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!v1b.exists(), "nothing written when refused");
+    let dry = json(&e.store, &["gc", "--dry-run", "--grace", "0"]);
+    assert!(
+        !dry["would_free"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["id"] == id.as_str()),
+        "the old version's model is still kept: {dry:#}"
+    );
+
+    // --force replaces it, says so, and gc --dry-run says why the model would go.
+    let (_, err) = e.lock_text("v1", &v1b, &["--force"]);
+    assert!(err.contains("root lock/v1 replaced"), "{err}");
+    let dry = json(&e.store, &["gc", "--dry-run", "--grace", "0"]);
+    let item = dry["would_free"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{dry:#}"));
+    assert!(
+        item["why"].as_str().unwrap().contains("named by no root"),
+        "{item}"
+    );
+
+    // `fetch` of the old lockfile (same tag) adds its ids to lock/v1, never replaces them.
+    let v1b_ids = json(&e.store, &["root", "ls"])[0]["ids"].clone();
+    let o = e.comfystore(&e.dir, &e.store, &["fetch", s(&v1a), "--offline"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::describe(&o));
+    let root = json(&e.store, &["root", "ls"])[0].clone();
+    let ids = root["ids"].as_array().unwrap();
+    assert!(ids.iter().any(|i| i == id.as_str()), "{root:#}");
+    for i in v1b_ids.as_array().unwrap() {
+        assert!(ids.contains(i), "fetch kept v1b's {i}: {root:#}");
+    }
+}

@@ -15,6 +15,13 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
     let out = a.output.clone().unwrap_or_else(|| {
         Path::new(lock::LOCKFILES_DIR).join(format!("comfy-{}.lock.json", a.tag))
     });
+    let root = format!("lock/{}", a.tag);
+    let abs = std::path::absolute(&out).unwrap_or(out.clone());
+    let previous = if a.no_root {
+        None
+    } else {
+        check_tag_root(&store, &root, &abs, a.force)?
+    };
     let (lockfile, report) = lock::lock(&store, &lock_options(a, &out)?)?;
     let gaps = lockfile.not_portable();
     if a.portable && !gaps.is_empty() {
@@ -26,9 +33,24 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
         );
     }
     let unchanged = !lockfile.write(&out)?;
-    let root = format!("lock/{}", a.tag);
     if !a.no_root {
-        let abs = std::path::absolute(&out).unwrap_or(out.clone());
+        if let Some(old) = &previous {
+            let new: std::collections::HashSet<_> = lockfile.store_ids().into_iter().collect();
+            let dropped = old.ids.iter().filter(|id| !new.contains(id)).count();
+            if dropped > 0 {
+                eprintln!(
+                    "warning: root {root} replaced: it kept {dropped} id(s) the new lock does not name (its lockfile {} {}); gc may free them",
+                    old.path.as_deref().unwrap_or(Path::new("(none recorded)")).display(),
+                    if old.path.as_deref() == Some(abs.as_path()) {
+                        "was rewritten"
+                    } else if a.force {
+                        "still exists: --force"
+                    } else {
+                        "is gone"
+                    },
+                );
+            }
+        }
         store.add_root(
             &root,
             &Root {
@@ -57,6 +79,25 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// The root `lock/TAG` as it is before this run. Refused (nothing locked, nothing written)
+/// when it keeps another lockfile that still exists, unless `force`: a tag reused for another
+/// install must never silently drop the old version's protection from gc.
+fn check_tag_root(store: &Store, root: &str, out: &Path, force: bool) -> Result<Option<Root>> {
+    let Some(old) = store.read_root(root)? else {
+        return Ok(None);
+    };
+    if let Some(other) = old.path.as_deref().filter(|p| *p != out && p.is_file()) {
+        if !force {
+            anyhow::bail!(
+                "root {root} keeps {} (another lockfile, still there); locking into {} would drop its protection from gc. Give another --tag, or --force to replace the root",
+                other.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(Some(old))
 }
 
 /// What `lock` scans and how, from its flags; `out` is where the lock goes.

@@ -460,6 +460,10 @@ pub struct LockArgs {
     /// Do not create the GC root lock/TAG.
     #[arg(long)]
     pub no_root: bool,
+    /// Replace the GC root lock/TAG even when it keeps another lockfile that still exists
+    /// (gc may then free what only that lockfile names).
+    #[arg(long)]
+    pub force: bool,
     /// Leave packages installed from an index unpinned. By default each is pinned to its wheel
     /// (file, URL, sha256) by resolving `name==version` for the venv's interpreter against the
     /// indexes below, without downloading wheels the index publishes a sha256 for; that is

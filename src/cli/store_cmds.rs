@@ -50,6 +50,12 @@ pub fn gc(store: &Store, opts: &GcOptions, json: bool) -> Result<u8> {
             report.deleted_objects, report.deleted_trees, report.freed_bytes,
             report.live_objects, report.live_trees, report.roots, report.kept_young
         );
+        for item in &report.would_free {
+            println!(
+                "would delete {} {} ({} bytes): {}",
+                item.kind, item.id, item.size, item.why
+            );
+        }
         for r in &report.dangling_roots {
             eprintln!("warning: root {r:?} names ids the store does not have");
         }

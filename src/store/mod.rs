@@ -30,7 +30,7 @@ pub use adopt::{AdoptMode, AdoptReport};
 pub use bundle::{ExportReport, ImportReport};
 pub use durable::{sync_filesystem, unique_name, write_file_atomic, TEMP_PREFIX};
 pub use fsck::{FsckOptions, FsckProblem, FsckReport};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{GcItem, GcOptions, GcReport};
 pub use git_trees::git_tree_root;
 pub use hash::b3_file;
 pub use hash::{hash_bytes, Digests};
