@@ -743,7 +743,8 @@ fn uncommitted_changes_make_a_repo_dirty_and_caches_do_not() {
     src.push_str("# local tweak\n");
     fs::write(&nodes_py, &src).unwrap();
     let dirty = e.p("dirty.lock.json");
-    let res = e.lock("v1", &dirty, &[]);
+    // Variants of the same tag in other files: their roots would drop clean's (refused).
+    let res = e.lock("v1", &dirty, &["--no-root"]);
     assert_eq!(
         res["report"]["dirty"],
         json!(["custom_nodes/ComfyUI-NodeA"]),
@@ -760,7 +761,7 @@ fn uncommitted_changes_make_a_repo_dirty_and_caches_do_not() {
     assert_ne!(a1["tree"], a0["tree"]);
     assert_eq!(dirty_lock["comfyui"].get("dirty"), None);
     assert_eq!(ls(&e.store, &a1["tree"])["nodes.py"]["size"], src.len());
-    let (_, stderr) = e.lock_text("v1", &e.p("dirty2.lock.json"), &[]);
+    let (_, stderr) = e.lock_text("v1", &e.p("dirty2.lock.json"), &["--no-root"]);
     assert!(
         stderr.lines().any(|l| l.starts_with("warning: ")
             && l.contains("custom_nodes/ComfyUI-NodeA")
@@ -773,7 +774,7 @@ fn uncommitted_changes_make_a_repo_dirty_and_caches_do_not() {
     let new_file = e.f.comfy.join("my_script.py");
     write(&new_file, b"print('mine')\n");
     let dirty = e.p("dirty3.lock.json");
-    let res = e.lock("v1", &dirty, &[]);
+    let res = e.lock("v1", &dirty, &["--no-root"]);
     assert_eq!(res["report"]["dirty"], json!(["comfyui"]), "{res:#}");
     let l = read_json(&dirty);
     assert_eq!(l["comfyui"]["dirty"], true);
@@ -1404,7 +1405,7 @@ fn loose_pyc_files_are_not_locked_in_sources_but_are_in_the_venv() {
         &pseudo_random(6, 50),
     );
     let c = e.p("c.lock.json");
-    e.lock("v1", &c, &[]);
+    e.lock("v1", &c, &["--no-root"]);
     let (code, changes, _) = diff(&e.store, &a, &c);
     assert_eq!(code, 1);
     assert_eq!(changes.len(), 1, "{changes:?}");
@@ -1726,4 +1727,24 @@ fn reusing_a_tag_for_another_lockfile_never_drops_the_old_root_silently() {
     for i in v1b_ids.as_array().unwrap() {
         assert!(ids.contains(i), "fetch kept v1b's {i}: {root:#}");
     }
+}
+
+#[test]
+fn relocking_with_no_python_keeps_the_pinned_python_section_unless_dropped() {
+    let e = Env::new();
+    let out = e.p("v1.lock.json");
+    e.lock("v1", &out, &[]);
+    let before = read_json(&out)["python"].clone();
+    assert!(before.is_object(), "the fixture has a venv");
+
+    let (_, err) = e.lock_text("v1", &out, &["--no-python"]);
+    assert!(
+        err.contains("python section") && err.contains("kept") && err.contains("--drop-python"),
+        "{err}"
+    );
+    assert_eq!(read_json(&out)["python"], before, "kept as it was");
+
+    let (_, err) = e.lock_text("v1", &out, &["--no-python", "--drop-python"]);
+    assert!(err.contains("dropped"), "{err}");
+    assert_eq!(read_json(&out)["python"], Value::Null);
 }

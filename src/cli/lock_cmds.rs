@@ -17,12 +17,12 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
     });
     let root = format!("lock/{}", a.tag);
     let abs = std::path::absolute(&out).unwrap_or(out.clone());
+    let (lockfile, report) = lock::lock(&store, &lock_options(a, &out)?)?;
     let previous = if a.no_root {
         None
     } else {
-        check_tag_root(&store, &root, &abs, a.force)?
+        check_tag_root(&store, &root, &abs, &lockfile.store_ids(), a.force)?
     };
-    let (lockfile, report) = lock::lock(&store, &lock_options(a, &out)?)?;
     let gaps = lockfile.not_portable();
     if a.portable && !gaps.is_empty() {
         anyhow::bail!(
@@ -81,15 +81,23 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// The root `lock/TAG` as it is before this run. Refused (nothing locked, nothing written)
-/// when it keeps another lockfile that still exists, unless `force`: a tag reused for another
-/// install must never silently drop the old version's protection from gc.
-fn check_tag_root(store: &Store, root: &str, out: &Path, force: bool) -> Result<Option<Root>> {
+/// The root `lock/TAG` as it is before this run. Refused (no lockfile written, the root
+/// unchanged) when it keeps another lockfile that still exists and ids the new lock does not
+/// name, unless `force`: a tag reused for another install must never silently drop the old
+/// version's protection from gc.
+fn check_tag_root(
+    store: &Store,
+    root: &str,
+    out: &Path,
+    new: &[ObjectId],
+    force: bool,
+) -> Result<Option<Root>> {
     let Some(old) = store.read_root(root)? else {
         return Ok(None);
     };
+    let drops = old.ids.iter().any(|id| !new.contains(id));
     if let Some(other) = old.path.as_deref().filter(|p| *p != out && p.is_file()) {
-        if !force {
+        if drops && !force {
             anyhow::bail!(
                 "root {root} keeps {} (another lockfile, still there); locking into {} would drop its protection from gc. Give another --tag, or --force to replace the root",
                 other.display(),
@@ -111,6 +119,7 @@ fn lock_options(a: &LockArgs, out: &Path) -> Result<LockOptions> {
         tag: a.tag.clone(),
         venv: a.venv.clone(),
         no_python: a.no_python,
+        drop_python: a.drop_python,
         models_dir: a.models_dir.clone(),
         sources: a.sources.clone(),
         hf_caches: a.hf_cache.clone(),

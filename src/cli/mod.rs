@@ -439,9 +439,13 @@ pub struct LockArgs {
     /// The venv (default COMFY_DIR/venv, COMFY_DIR/.venv, else $VIRTUAL_ENV).
     #[arg(long, value_name = "DIR")]
     pub venv: Option<PathBuf>,
-    /// Leave the Python environment out.
+    /// Do not scan the Python environment. The python section of the lockfile being
+    /// rewritten (-o) is kept, with a warning, unless --drop-python.
     #[arg(long, conflicts_with = "venv")]
     pub no_python: bool,
+    /// When no venv is scanned, drop the python section of the lockfile being rewritten.
+    #[arg(long, conflicts_with = "venv")]
+    pub drop_python: bool,
     /// Models folder, if not COMFY_DIR/models (its files lock as models/...).
     #[arg(long, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,

@@ -34,8 +34,11 @@ pub struct LockOptions {
     pub tag: String,
     /// The venv (default: `COMFY_DIR/venv`, `COMFY_DIR/.venv`, `$VIRTUAL_ENV`).
     pub venv: Option<PathBuf>,
-    /// Leave the Python environment out.
+    /// Leave the Python environment out (not scanned). A `python` section of the lockfile
+    /// being rewritten (`output`) is kept, with a warning, unless `drop_python`.
     pub no_python: bool,
+    /// When no venv is scanned, drop the `python` section of the lockfile being rewritten.
+    pub drop_python: bool,
     /// Models folder (default `COMFY_DIR/models`).
     pub models_dir: Option<PathBuf>,
     /// `--sources` map of path or sha256 to URLs.
@@ -101,6 +104,9 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
         ),
         None => {}
     }
+    if venv.is_none() {
+        lock.python = previous_python(opts, &mut report);
+    }
     let models_dir = opts
         .models_dir
         .clone()
@@ -116,6 +122,38 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
         )
     })?;
     Ok((lock, report))
+}
+
+/// No venv was scanned: the `python` section of the lockfile being rewritten is kept (a
+/// pinned environment is never dropped without a word), unless `drop_python`.
+fn previous_python(opts: &LockOptions, report: &mut LockReport) -> Option<Python> {
+    let out = opts.output.as_deref().filter(|p| p.is_file())?;
+    let old = match Lockfile::read(out) {
+        Ok(l) => l.python?,
+        Err(e) => {
+            report.warnings.push(format!(
+                "{} is not a readable lockfile ({e}); it is replaced",
+                out.display()
+            ));
+            return None;
+        }
+    };
+    if opts.drop_python {
+        report.warnings.push(format!(
+            "the python section of {} (environment {}) is dropped (--drop-python)",
+            out.display(),
+            old.tree
+                .map_or_else(|| "without a tree".to_string(), |t| t.to_string())
+        ));
+        None
+    } else {
+        report.warnings.push(format!(
+            "no venv scanned: the python section of {} (environment {}) is kept as it was; pass --drop-python to drop it",
+            out.display(),
+            old.tree.map_or_else(|| "without a tree".to_string(), |t| t.to_string())
+        ));
+        Some(old)
+    }
 }
 
 /// The ComfyUI folder, checked (and the tag with it).
@@ -155,9 +193,17 @@ fn lock_comfyui(
     excludes.dedup();
     // A materialized install has no git; its marker lists ComfyUI's own files in the data
     // folders (materialize recorded them from the comfyui tree).
-    let ours = crate::place::read_marker(store, comfy)?
-        .layout
-        .source_data_files;
+    // A marker lock cannot read or trust is only a file of the install: lock reads, never
+    // writes through it, so it warns and goes on without the list.
+    let ours = match crate::place::read_marker(store, comfy) {
+        Ok(m) => m.layout.source_data_files,
+        Err(e) => {
+            report.warnings.push(format!(
+                "{e}; ComfyUI's own files in the data folders are not told apart"
+            ));
+            Vec::new()
+        }
+    };
     let (src, tree) = lock_source(store, comfy, &excludes, &ours, "comfyui", report)?;
     if let Some(g) = &src {
         claimed.set_tree(&g.files);
