@@ -132,3 +132,77 @@ fn a_hand_edited_marker_layout_venv_cannot_make_remove_delete_another_version() 
         );
     }
 }
+
+#[test]
+fn a_switch_refuses_to_overwrite_a_users_edit_and_force_keeps_it_beside() {
+    let s = setup();
+    let t1 = tree(
+        &s,
+        "v1",
+        &[
+            ("main.py", b"v1\n"),
+            ("custom_nodes/node-a/__init__.py", b"a = 1\n"),
+        ],
+    );
+    let t2 = tree(
+        &s,
+        "v2",
+        &[
+            ("main.py", b"v2\n"),
+            ("custom_nodes/node-a/__init__.py", b"a = 2\n"),
+            ("custom_nodes/node-b/x.py", b"b = 2\n"),
+        ],
+    );
+    let dest = s.root.join("dest");
+    ok(&s.store, &["materialize", &t1, arg(&dest)]);
+    let edited = dest.join("custom_nodes/node-a/__init__.py");
+    fs::write(&edited, b"a = 1  # my fix\n").unwrap();
+    // The user's own file where v2 has one.
+    write(&dest.join("custom_nodes/node-b/x.py"), b"mine\n");
+    write(&dest.join("output/keep.png"), b"png");
+
+    let out = run(&s.store, &["materialize", &t2, arg(&dest)]);
+    assert_eq!(code(&out), 5, "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("custom_nodes/node-a/__init__.py")
+            && err.contains("custom_nodes/node-b/x.py")
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!err.contains("output/keep.png"), "{err}");
+    // Nothing changed.
+    assert_eq!(fs::read(&edited).unwrap(), b"a = 1  # my fix\n");
+    assert_eq!(fs::read(dest.join("main.py")).unwrap(), b"v1\n");
+    assert_eq!(read_marker(&dest)["tree"], t1.as_str());
+    assert_eq!(read_marker(&dest)["complete"], true);
+
+    let r = json(&s.store, &["materialize", "--force", &t2, arg(&dest)]);
+    let kept = r["kept_edits"].as_array().unwrap();
+    assert_eq!(kept.len(), 2, "{r:#}");
+    for (path, mine) in [
+        ("custom_nodes/node-a/__init__.py", &b"a = 1  # my fix\n"[..]),
+        ("custom_nodes/node-b/x.py", &b"mine\n"[..]),
+    ] {
+        let k = kept.iter().find(|k| k["path"] == path).expect(path);
+        let kept_as = k["kept_as"].as_str().unwrap();
+        assert!(
+            kept_as.starts_with(&format!("{path}.comfystore-kept-")),
+            "{k}"
+        );
+        assert_eq!(fs::read(dest.join(kept_as)).unwrap(), mine, "{k}");
+    }
+    assert_eq!(fs::read(&edited).unwrap(), b"a = 2\n");
+    assert_eq!(fs::read(dest.join("main.py")).unwrap(), b"v2\n");
+    assert_eq!(fs::read(dest.join("output/keep.png")).unwrap(), b"png");
+
+    // The text summary names the kept edit too.
+    fs::write(&edited, b"a = 2  # again\n").unwrap();
+    let out = run(&s.store, &["materialize", "--force", &t1, arg(&dest)]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("kept your edit of custom_nodes/node-a/__init__.py as"),
+        "{}",
+        describe(&out)
+    );
+}

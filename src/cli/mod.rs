@@ -18,6 +18,8 @@ use std::process::ExitCode;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code of bad usage (clap uses it too).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of a materialize that refused to replace the user's edits (nothing changed).
+pub const EXIT_EDITED: u8 = 5;
 
 const ABOUT: &str = "Keep ComfyUI installs (code, custom nodes, Python packages, models) in a \
 content-addressed store, once, named by BLAKE3.";
@@ -46,7 +48,8 @@ Examples:
   comfystore --json stats
 
 The store is --store DIR, else $COMFYSTORE_DIR, else $XDG_CACHE_HOME/comfystore (~/.cache/comfystore).
-Logging: RUST_LOG=debug. Exit codes: 0 success, 1 failure (or problems found), 2 bad usage.";
+Logging: RUST_LOG=debug. Exit codes: 0 success, 1 failure (or problems found), 2 bad usage, 5 materialize refused to \
+replace files you edited (nothing changed; --force keeps them beside the new ones).";
 
 #[derive(Parser, Debug)]
 #[command(name = "comfystore", version, about = ABOUT, after_help = EXAMPLES)]
@@ -375,6 +378,12 @@ pub struct MaterializeArgs {
     /// Installer for an environment the store lacks.
     #[arg(long, value_enum, default_value = "auto")]
     pub installer: comfystore::python::Resolver,
+    /// Switch even when files the previous version placed were edited (or the user put files
+    /// where the new version has some): each is kept beside the new file as
+    /// NAME.comfystore-kept-<unix time> and named in the summary. Without it such a switch
+    /// is refused (exit 5), naming the files, and DEST is left as it was.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub sources: SourceArgs,
 }
@@ -590,8 +599,28 @@ pub fn main() -> ExitCode {
                 println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
             }
             eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(exit_code_of(&e))
         }
+    }
+}
+
+/// The exit code of a failed command: 5 for a switch refused over the user's edits, else 1.
+fn exit_code_of(e: &anyhow::Error) -> u8 {
+    let edited = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<comfystore::Error>(),
+            Some(comfystore::Error::Place(
+                comfystore::place::Error::Edited { .. }
+            ))
+        ) || matches!(
+            c.downcast_ref::<comfystore::place::Error>(),
+            Some(comfystore::place::Error::Edited { .. })
+        )
+    });
+    if edited {
+        EXIT_EDITED
+    } else {
+        EXIT_FAILURE
     }
 }
 

@@ -40,6 +40,9 @@ pub struct LockOptions {
     /// Which installer builds an environment the store lacks.
     pub installer: Resolver,
     pub fetch: FetchOptions,
+    /// A switch replaces the user's edits, keeping each beside the new file, instead of
+    /// refusing.
+    pub force: bool,
 }
 
 impl Default for LockOptions {
@@ -54,6 +57,7 @@ impl Default for LockOptions {
             python: None,
             installer: Resolver::Auto,
             fetch: FetchOptions::default(),
+            force: false,
         }
     }
 }
@@ -348,6 +352,7 @@ fn place_version(
         dest,
         &opts.policy(),
         layout,
+        opts.force,
     )?;
     Ok((report, old_venv))
 }

@@ -30,8 +30,19 @@ pub struct MaterializeReport {
     pub removed: u64,
     /// Entries of the previous tree that were modified by the user: kept.
     pub kept_modified: Vec<String>,
+    /// Files the user edited that the new version replaced (`--force`): each was kept beside
+    /// it under a new name first.
+    pub kept_edits: Vec<KeptEdit>,
     pub methods: BTreeMap<Method, u64>,
     pub extra: u64,
+}
+
+/// A user's edit that a forced switch replaced, and the name it was kept under (both relative
+/// to DEST).
+#[derive(Clone, Debug, Serialize)]
+pub struct KeptEdit {
+    pub path: String,
+    pub kept_as: String,
 }
 
 /// Carries out one plan: `tree` into `dest` (canonical) under `policy`.
@@ -68,6 +79,7 @@ impl Executor<'_> {
         if let Some(m) = &marker {
             self.begin(m)?;
         }
+        report.kept_edits = keep_aside(self.dest, &plan.keep_aside)?;
         report.removed = remove_entries(self.dest, &plan.remove)?;
         remove_empty_dirs(self.dest, &plan.prune);
         self.make_dirs(&plan.mkdirs)?;
@@ -269,6 +281,48 @@ impl Placer<'_> {
         let meta = fs::metadata(target).ctx("stat", target)?;
         Ok((method, (StatKey::of(&meta), *id)))
     }
+}
+
+/// Keep each edited file under a new name beside it (a hard link: the same inode, nothing
+/// copied; the new entry is then renamed over the old name). The name never replaces
+/// anything: `link` fails on an existing name, and the next suffix is tried.
+fn keep_aside(dest: &Path, paths: &[&str]) -> Result<Vec<KeptEdit>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut kept = Vec::new();
+    for rel in paths {
+        let from = dest.join(rel);
+        let mut n = 0u32;
+        loop {
+            let kept_as = if n == 0 {
+                format!("{rel}.comfystore-kept-{now}")
+            } else {
+                format!("{rel}.comfystore-kept-{now}-{n}")
+            };
+            let to = dest.join(&kept_as);
+            let res = match fs::hard_link(&from, &to) {
+                // A filesystem without hard links: move it (the name is free, just checked).
+                Err(e) if e.kind() != ErrorKind::AlreadyExists => match fs::symlink_metadata(&to) {
+                    Err(m) if m.kind() == ErrorKind::NotFound => fs::rename(&from, &to),
+                    _ => Err(e),
+                },
+                r => r,
+            };
+            match res {
+                Ok(()) => {
+                    kept.push(KeptEdit {
+                        path: rel.to_string(),
+                        kept_as,
+                    });
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                Err(e) => return Err(e).ctx("keep", &from),
+            }
+        }
+    }
+    Ok(kept)
 }
 
 /// Rename the new entry at `tmp` over `path`; a folder that appeared there since the scan is

@@ -9,6 +9,13 @@ pub enum Error {
     /// A destination, marker or tree we refuse to place (not empty, escapes DEST, …).
     #[error(transparent)]
     BadInput(#[from] crate::error::BadInput),
+    /// Switching DEST to another version would replace files the user edited (or put where
+    /// the new version has a file); nothing was changed.
+    #[error("{}: switching versions would replace {} file(s) that differ from what the previous version placed (your edits), so nothing was changed: {}; save them, or give --force to keep each beside the new one as NAME.comfystore-kept-<time>", dest.display(), paths.len(), paths.join(", "))]
+    Edited {
+        dest: std::path::PathBuf,
+        paths: Vec<String>,
+    },
     /// The store failed, or lacks what the tree names.
     #[error(transparent)]
     Store(#[from] crate::store::Error),

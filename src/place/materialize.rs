@@ -25,8 +25,24 @@ pub fn materialize(
     Placement::new(tree, dest, policy).apply(store)
 }
 
-/// [`materialize`], recording where the lock's other parts went (`layout`) in the marker.
-/// `manifest` is the tree's manifest, which the caller just stored (not read again).
+/// [`materialize`]; with `force`, a switch replaces files the user edited, keeping each
+/// beside the new one (`NAME.comfystore-kept-<unix time>`) instead of refusing.
+pub fn materialize_force(
+    store: &Store,
+    tree: &ObjectId,
+    dest: &Path,
+    policy: &LinkPolicy,
+    force: bool,
+) -> Result<MaterializeReport> {
+    Placement {
+        force,
+        ..Placement::new(tree, dest, policy)
+    }
+    .apply(store)
+}
+
+/// [`materialize_force`], recording where the lock's other parts went (`layout`) in the
+/// marker. `manifest` is the tree's manifest, which the caller just stored (not read again).
 pub fn materialize_laid_out(
     store: &Store,
     tree: &ObjectId,
@@ -34,10 +50,12 @@ pub fn materialize_laid_out(
     dest: &Path,
     policy: &LinkPolicy,
     layout: &Layout,
+    force: bool,
 ) -> Result<MaterializeReport> {
     Placement {
         manifest: Some(manifest),
         layout: Some(layout),
+        force,
         ..Placement::new(tree, dest, policy)
     }
     .apply(store)
@@ -71,6 +89,8 @@ struct Placement<'a> {
     marked: bool,
     /// The Layout to record in the marker (else the previous marker's is kept).
     layout: Option<&'a Layout>,
+    /// A switch may replace the user's edits (each kept beside the new entry).
+    force: bool,
 }
 
 impl<'a> Placement<'a> {
@@ -83,6 +103,7 @@ impl<'a> Placement<'a> {
             policy,
             marked: true,
             layout: None,
+            force: false,
         }
     }
 
@@ -117,6 +138,12 @@ impl<'a> Placement<'a> {
             Some(d) => states_of(&checker, d, &scan)?,
             None => Vec::new(),
         };
+        let edited = match (&previous, &old) {
+            (Some(p), Some(old)) if p.complete => {
+                edited_files(&checker, manifest, &states, old, &scan)?
+            }
+            _ => Vec::new(),
+        };
         let plan = plan::plan(&PlanInput {
             tree: self.tree,
             manifest,
@@ -136,6 +163,8 @@ impl<'a> Placement<'a> {
             marked: self.marked,
             previous: previous.as_ref(),
             layout: self.layout,
+            edited: &edited,
+            force: self.force,
         })?;
         Executor {
             store,
@@ -189,6 +218,54 @@ fn check_placeable(store: &Store, tree: &ObjectId, manifest: &Manifest) -> Resul
         .into());
     }
     Ok(())
+}
+
+/// A switch from `old`: the files and symlinks the new tree would replace that are not what
+/// `old` placed there. An entry `old` lists at the same path is compared with `old`'s entry
+/// (through the stat cache): intact means the previous version's file, which may go. A path
+/// `old` does not list holds the user's own file.
+fn edited_files(
+    checker: &Checker,
+    manifest: &Manifest,
+    states: &[EntryState],
+    old: &Manifest,
+    scan: &super::scan::Scan,
+) -> Result<Vec<String>> {
+    use crate::store::Node;
+    let replaced: Vec<&str> = manifest
+        .entries
+        .iter()
+        .zip(states)
+        .filter(|(e, s)| {
+            matches!(s, EntryState::Modified { .. })
+                && !matches!(e.node, Node::Dir)
+                && scan.get(&e.path).is_some_and(|seen| !seen.is_dir())
+        })
+        .map(|(e, _)| e.path.as_str())
+        .collect();
+    if replaced.is_empty() {
+        return Ok(Vec::new());
+    }
+    let by_path: std::collections::HashMap<&str, &crate::store::Entry> =
+        old.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let previous = Manifest {
+        entries: replaced
+            .iter()
+            .filter_map(|p| by_path.get(p).map(|e| (*e).clone()))
+            .collect(),
+    };
+    let intact: std::collections::HashSet<&str> = previous
+        .entries
+        .iter()
+        .zip(states_of(checker, &previous, scan)?)
+        .filter(|(_, s)| *s == EntryState::Ok)
+        .map(|(e, _)| e.path.as_str())
+        .collect();
+    Ok(replaced
+        .into_iter()
+        .filter(|p| !intact.contains(p))
+        .map(str::to_string)
+        .collect())
 }
 
 /// Each entry's state in DEST (the stat-cache rows of this check are not saved: a materialize

@@ -21,11 +21,11 @@ mod remove;
 mod scan;
 mod status;
 
-pub use apply::MaterializeReport;
+pub use apply::{KeptEdit, MaterializeReport};
 pub use check::EntryState;
 pub use link::{LinkMode, LinkPolicy, Method, PrefixRule};
 pub use marker::{read_marker, Layout, Marked, Marker, MARKER_NAME};
-pub use materialize::{materialize, materialize_laid_out, repair_in_place};
+pub use materialize::{materialize, materialize_force, materialize_laid_out, repair_in_place};
 pub use plan::{
     dropped, plan, prunable, tree_dirs, Dropped, MarkerPlan, Plan, PlanInput, Removal, Write,
 };

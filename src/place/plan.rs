@@ -35,6 +35,12 @@ pub struct PlanInput<'a> {
     pub previous: Option<&'a Marker>,
     /// The Layout to record; `None` keeps the previous marker's.
     pub layout: Option<&'a Layout>,
+    /// Files and symlinks this run would replace that are not what the previous version
+    /// placed there (the user edited them, or put them there): a switch refuses them, named,
+    /// unless `force`.
+    pub edited: &'a [String],
+    /// Replace `edited` anyway, keeping each one beside the new entry.
+    pub force: bool,
 }
 
 /// The previous version's entries that the new tree does not list.
@@ -65,6 +71,8 @@ pub struct Plan<'a> {
     pub unchanged: u64,
     /// Entries of the previous version the user changed: kept.
     pub kept_modified: Vec<String>,
+    /// Edited files the new version replaces (`force`): each is kept beside it first.
+    pub keep_aside: Vec<&'a str>,
     /// Files and symlinks in DEST that the tree does not list.
     pub extra: u64,
 }
@@ -101,7 +109,14 @@ pub fn plan<'a>(input: &PlanInput<'a>) -> Result<Plan<'a>> {
     let dirs = tree_dirs(input.manifest);
     refuse_conflicts(input, &dirs, &remove)?;
     let write = writes(input.manifest, input.states);
+    if !input.edited.is_empty() && !input.force {
+        return Err(Error::Edited {
+            dest: input.dest.to_path_buf(),
+            paths: input.edited.to_vec(),
+        });
+    }
     Ok(Plan {
+        keep_aside: input.edited.iter().map(String::as_str).collect(),
         marker: input
             .marked
             .then(|| decide_marker(input, remove.is_empty())),
