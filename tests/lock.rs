@@ -1748,3 +1748,53 @@ fn relocking_with_no_python_keeps_the_pinned_python_section_unless_dropped() {
     assert!(err.contains("dropped"), "{err}");
     assert_eq!(read_json(&out)["python"], Value::Null);
 }
+
+/// A model behind a symlink to a private file outside the install: lock never changes that
+/// file (mode, link count), and never makes its bytes readable to other users through the
+/// store (new stores are 0700; a store opened to others refuses such a file).
+#[test]
+fn a_private_model_outside_the_install_is_never_hardlinked_or_exposed() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new();
+    let secret_dir = e.p("secret");
+    let key = secret_dir.join("key.safetensors");
+    write(&key, &pseudo_random(777, 40 << 10));
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(&secret_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let link = e.f.comfy.join("models/checkpoints/x.safetensors");
+    symlink(&key, &link).unwrap();
+    // A private model inside the install is not widened to 0444 either.
+    let inside = e.f.comfy.join("models/checkpoints/mine.safetensors");
+    write(&inside, &pseudo_random(778, 40 << 10));
+    fs::set_permissions(&inside, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = e.p("v1.lock.json");
+    e.lock("v1", &out, &[]);
+    for f in [&key, &inside] {
+        let m = fs::metadata(f).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", f.display());
+        assert_eq!(m.nlink(), 1, "{} was hardlinked", f.display());
+    }
+    let store_mode = fs::metadata(&e.store).unwrap().permissions().mode() & 0o777;
+    assert_eq!(store_mode, 0o700, "a new store is private");
+
+    // A store opened to others refuses the private file, naming it.
+    let shared = e.p("shared-store");
+    ok(&shared, &["root", "ls"]);
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = e.comfystore(
+        &e.dir,
+        &shared,
+        &[
+            "lock",
+            s(&e.f.comfy),
+            "--tag",
+            "v2",
+            "-o",
+            s(&e.p("v2.lock.json")),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", common::describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not readable by other users"), "{err}");
+}

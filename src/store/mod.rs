@@ -26,7 +26,7 @@ mod roots;
 mod sources;
 mod tree;
 
-pub use adopt::{AdoptMode, AdoptReport};
+pub use adopt::{AdoptMode, AdoptReport, AdoptScope};
 pub use bundle::{ExportReport, ImportReport};
 pub use durable::{sync_filesystem, unique_name, write_file_atomic, TEMP_PREFIX};
 pub use fsck::{FsckOptions, FsckProblem, FsckReport};
@@ -267,6 +267,13 @@ fn init_layout(root: &Path) -> Result<()> {
                 ),
             });
         }
+    }
+    // Private by default: objects are 0444, so whoever can search the store's top folder can
+    // read every model, key and source file ever stored. Sharing a store is a choice
+    // (`chmod 755`), after which `adopt` refuses files others cannot read.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).ctx("chmod", root)?;
     }
     for dir in ["objects/b3", "trees/b3", "aliases/sha256"] {
         for shard in 0..=255u8 {

@@ -573,7 +573,16 @@ fn lock_models(
     let mut found = models::discover(models_dir, extra, &mut report.warnings)?;
     found.retain(|m| is_users_model(m, claimed, report));
     let paths: Vec<PathBuf> = found.iter().map(|m| m.abs.clone()).collect();
-    let adopted = store.adopt_files(&paths, opts.adopt)?;
+    // Hardlinks only inside the install, the models folder and the model folders the
+    // install's extra_model_paths.yaml declares: a model behind a symlink that leads
+    // elsewhere is reflinked or copied, its mode and link count never touched.
+    let comfy = opts.comfy_dir.as_path();
+    let scope = crate::store::AdoptScope::new(
+        [comfy, models_dir]
+            .into_iter()
+            .chain(extra.models.iter().map(|(_, d)| d.as_path())),
+    );
+    let adopted = store.adopt_files(&paths, opts.adopt, &scope)?;
     let given = match &opts.sources {
         Some(p) => models::SourceMap::read(p)?,
         None => models::SourceMap::default(),
