@@ -206,3 +206,110 @@ fn a_switch_refuses_to_overwrite_a_users_edit_and_force_keeps_it_beside() {
         describe(&out)
     );
 }
+
+/// Files under `dir` (recursively), not following symlinks.
+fn count_files(dir: &Path) -> usize {
+    walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_type().is_dir())
+        .count()
+}
+
+/// While `materialize` runs, another process keeps swapping `DEST/custom_nodes` with a symlink
+/// to a folder outside (atomically: renameat2 RENAME_EXCHANGE). Nothing may ever be written
+/// outside. Runs may fail (the swapped folder is refused); the count of runs, refusals and
+/// escapes is printed.
+#[test]
+fn a_folder_swapped_for_a_symlink_during_materialize_never_gets_writes_outside() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let s = setup();
+    let files: Vec<(String, Vec<u8>)> = (0..150)
+        .map(|i| {
+            (
+                format!("custom_nodes/node-{}/f{i}.py", i % 5),
+                format!("x = {i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice()))
+        .chain([("main.py", &b"main\n"[..])])
+        .collect();
+    let t = tree(&s, "many", &refs);
+    let outside = s.root.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let runs = 60;
+    let (mut refused, mut escaped_runs) = (0, 0);
+    for run_no in 0..runs {
+        let dest = s.root.join(format!("dest-{run_no}"));
+        fs::create_dir_all(&dest).unwrap();
+        // A marker-less DEST must be empty: the swapper makes its link only once materialize
+        // has started (when custom_nodes appears).
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (stop, dest, outside) = (stop.clone(), dest.clone(), outside.clone());
+            std::thread::spawn(move || {
+                let (real, link) = (dest.join("custom_nodes"), dest.join("swap-link"));
+                let mut swaps = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if !real.is_dir() || fs::symlink_metadata(&real).is_ok_and(|m| m.is_symlink()) {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    if fs::symlink_metadata(&link).is_err() {
+                        let _ = std::os::unix::fs::symlink(&outside, &link);
+                    }
+                    if renameat_with(CWD, &real, CWD, &link, RenameFlags::EXCHANGE).is_ok() {
+                        swaps += 1;
+                        std::thread::yield_now();
+                        // And back: custom_nodes is the real folder again.
+                        let _ = renameat_with(CWD, &real, CWD, &link, RenameFlags::EXCHANGE);
+                    }
+                }
+                swaps
+            })
+        };
+        let out = run(&s.store, &["materialize", &t, arg(&dest)]);
+        stop.store(true, Ordering::Relaxed);
+        let _swaps = swapper.join().unwrap();
+        if code(&out) != 0 {
+            refused += 1;
+            if refused <= 2 {
+                eprintln!("a failed run: {}", stderr(&out).trim());
+            }
+        }
+        let n = count_files(&outside);
+        if n > 0 {
+            escaped_runs += 1;
+            for e in fs::read_dir(&outside).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    fs::remove_dir_all(&p).unwrap();
+                } else {
+                    fs::remove_file(&p).unwrap();
+                }
+            }
+        }
+        // Put custom_nodes back if the run ended mid-swap, then clean up.
+        if fs::symlink_metadata(dest.join("custom_nodes")).is_ok_and(|m| m.is_symlink()) {
+            let _ = renameat_with(
+                CWD,
+                dest.join("custom_nodes"),
+                CWD,
+                dest.join("swap-link"),
+                RenameFlags::EXCHANGE,
+            );
+        }
+        let _ = run(&s.store, &["remove", "--all", arg(&dest)]);
+        let _ = fs::remove_dir_all(&dest);
+    }
+    eprintln!(
+        "swap race: {runs} runs, {refused} refused (a folder swapped for a symlink), {escaped_runs} wrote outside"
+    );
+    assert_eq!(escaped_runs, 0, "runs that wrote outside DEST");
+}

@@ -120,6 +120,7 @@ impl<'a> Placement<'a> {
         // Writers' lock: gc must not delete the objects while we link them.
         let _lock = store.lock_shared()?;
         let dest = check_dest(store, self.dest, true)?;
+        let beneath = super::beneath::Beneath::open(&dest)?;
         let previous = self.previous_marker(store, &dest)?;
         let old = match &previous {
             Some(p) if p.tree != *self.tree => Some(store.read_tree(&p.tree)?),
@@ -170,6 +171,7 @@ impl<'a> Placement<'a> {
             store,
             tree: self.tree,
             dest: &dest,
+            beneath: &beneath,
             policy: self.policy,
         }
         .execute(plan)

@@ -10,6 +10,7 @@
 //! (plain data, no I/O), `apply` does.
 
 mod apply;
+pub mod beneath;
 mod check;
 mod dest;
 pub mod error;
