@@ -313,3 +313,61 @@ fn a_folder_swapped_for_a_symlink_during_materialize_never_gets_writes_outside()
     );
     assert_eq!(escaped_runs, 0, "runs that wrote outside DEST");
 }
+
+/// `add-url --path` places the file beneath the ComfyUI folder; a planted `models -> outside`
+/// is refused, never written through.
+#[test]
+fn add_url_path_never_writes_through_a_planted_models_symlink() {
+    use common::http::{Behavior, TestServer};
+    let s = setup();
+    let srv = TestServer::start();
+    let body = b"model bytes".repeat(1000);
+    srv.add("/m.safetensors", body.clone(), Behavior::Normal);
+    let url = srv.url("/m.safetensors");
+    let envs: Vec<(&str, Option<&std::ffi::OsStr>)> =
+        common::NETWORK_ENV.iter().map(|k| (*k, None)).collect();
+
+    // The plain case still places the file.
+    let comfy = s.root.join("ComfyUI");
+    fs::create_dir_all(&comfy).unwrap();
+    let out = common::run_env(
+        &s.store,
+        &[
+            "add-url",
+            &url,
+            "--path",
+            "models/loras/a.safetensors",
+            "--comfy",
+            arg(&comfy),
+        ],
+        &envs,
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert_eq!(
+        fs::read(comfy.join("models/loras/a.safetensors")).unwrap(),
+        body
+    );
+
+    // A planted symlink where a folder of the path is.
+    let evil = s.root.join("ComfyUI-evil");
+    let outside = s.root.join("outside");
+    fs::create_dir_all(&evil).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, evil.join("models")).unwrap();
+    let out = common::run_env(
+        &s.store,
+        &[
+            "add-url",
+            &url,
+            "--path",
+            "models/loras/b.safetensors",
+            "--comfy",
+            arg(&evil),
+        ],
+        &envs,
+    );
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    assert!(stderr(&out).contains("refusing"), "{}", describe(&out));
+    assert_eq!(count_files(&outside), 0, "nothing written outside");
+    assert!(fs::read_dir(&outside).unwrap().next().is_none());
+}

@@ -155,6 +155,15 @@ impl DirAt {
         &self.path
     }
 
+    /// A path naming this very folder, for calls that only take paths.
+    pub fn handle_path(&self) -> PathBuf {
+        if have_proc() {
+            PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+        } else {
+            self.path.clone()
+        }
+    }
+
     /// A path naming `name` in this very folder, for calls that only take paths.
     pub fn name_path(&self, name: &str) -> PathBuf {
         if have_proc() {
