@@ -16,6 +16,13 @@ pub enum Error {
         dest: std::path::PathBuf,
         paths: Vec<String>,
     },
+    /// DEST's marker file is not a marker at all (not JSON of the schema): no field of it is
+    /// used.
+    #[error("{}: invalid materialize marker: {reason}", path.display())]
+    BadMarker {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     /// The store failed, or lacks what the tree names.
     #[error(transparent)]
     Store(#[from] crate::store::Error),

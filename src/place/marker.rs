@@ -53,13 +53,15 @@ impl Marker {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("read", path, e)),
         };
-        let m: Marker = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::bad_input(&path, format!("invalid materialize marker: {e}")))?;
+        let m: Marker = serde_json::from_slice(&bytes).map_err(|e| Error::BadMarker {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if m.schema != SCHEMA {
-            return Err(Error::bad_input(
-                &path,
-                format!("marker schema {:?} is not supported", m.schema),
-            ));
+            return Err(Error::BadMarker {
+                path,
+                reason: format!("schema {:?} is not supported", m.schema),
+            });
         }
         // Paths DEST's own file names are untrusted: they are read and hashed under DEST.
         let files = m.layout.iter().flat_map(|l| &l.source_data_files);

@@ -193,16 +193,17 @@ fn lock_comfyui(
     excludes.dedup();
     // A materialized install has no git; its marker lists ComfyUI's own files in the data
     // folders (materialize recorded them from the comfyui tree).
-    // A marker lock cannot read or trust is only a file of the install: lock reads, never
-    // writes through it, so it warns and goes on without the list.
+    // A file that is no marker at all is only a file of the install: lock warns and goes on
+    // without the list. A marker whose fields cannot be trusted is refused, naming it.
     let ours = match crate::place::read_marker(store, comfy) {
         Ok(m) => m.layout.source_data_files,
-        Err(e) => {
+        Err(e @ crate::place::Error::BadMarker { .. }) => {
             report.warnings.push(format!(
                 "{e}; ComfyUI's own files in the data folders are not told apart"
             ));
             Vec::new()
         }
+        Err(e) => return Err(e.into()),
     };
     let (src, tree) = lock_source(store, comfy, &excludes, &ours, "comfyui", report)?;
     if let Some(g) = &src {
