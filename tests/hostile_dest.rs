@@ -371,3 +371,79 @@ fn add_url_path_never_writes_through_a_planted_models_symlink() {
     assert_eq!(count_files(&outside), 0, "nothing written outside");
     assert!(fs::read_dir(&outside).unwrap().next().is_none());
 }
+
+/// While `remove` runs, another thread keeps swapping `DEST/custom_nodes` with a symlink to a
+/// folder outside that holds files of the same names. None of them may be removed.
+#[test]
+fn a_folder_swapped_for_a_symlink_during_remove_never_loses_files_outside() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let s = setup();
+    let files: Vec<(String, Vec<u8>)> = (0..150)
+        .map(|i| {
+            (
+                format!("custom_nodes/node-{}/f{i}.py", i % 5),
+                format!("x = {i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice()))
+        .collect();
+    let t = tree(&s, "many", &refs);
+    let outside = s.root.join("outside");
+    let decoys = || {
+        for (p, d) in &files {
+            let rel = p.strip_prefix("custom_nodes/").unwrap();
+            write(&outside.join(rel), d);
+        }
+    };
+    decoys();
+    let runs = 30;
+    let (mut failed, mut lost_runs) = (0, 0);
+    for run_no in 0..runs {
+        let dest = s.root.join(format!("dest-{run_no}"));
+        ok(&s.store, &["materialize", &t, arg(&dest)]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (stop, dest, outside) = (stop.clone(), dest.clone(), outside.clone());
+            std::thread::spawn(move || {
+                let (real, link) = (dest.join("custom_nodes"), dest.join("swap-link"));
+                let _ = std::os::unix::fs::symlink(&outside, &link);
+                while !stop.load(Ordering::Relaxed) {
+                    if renameat_with(CWD, &real, CWD, &link, RenameFlags::EXCHANGE).is_ok() {
+                        std::thread::yield_now();
+                        let _ = renameat_with(CWD, &real, CWD, &link, RenameFlags::EXCHANGE);
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        };
+        let out = run(&s.store, &["remove", arg(&dest)]);
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        if code(&out) != 0 {
+            failed += 1;
+        }
+        if count_files(&outside) != files.len() {
+            lost_runs += 1;
+            decoys();
+        }
+        if fs::symlink_metadata(dest.join("custom_nodes")).is_ok_and(|m| m.is_symlink()) {
+            let _ = renameat_with(
+                CWD,
+                dest.join("custom_nodes"),
+                CWD,
+                dest.join("swap-link"),
+                RenameFlags::EXCHANGE,
+            );
+        }
+        let _ = fs::remove_file(dest.join("swap-link"));
+        let _ = run(&s.store, &["remove", "--all", arg(&dest)]);
+    }
+    eprintln!("remove swap race: {runs} runs, {failed} refused, {lost_runs} removed files outside");
+    assert_eq!(lost_runs, 0, "runs that removed files outside DEST");
+}

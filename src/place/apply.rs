@@ -111,7 +111,7 @@ impl Executor<'_> {
         };
         self.store.add_root(&m.marker.root, &root)?;
         if m.write {
-            m.marker.write(self.dest)?;
+            m.marker.write(&self.beneath.dir("")?.handle_path())?;
         }
         Ok(())
     }
@@ -126,7 +126,7 @@ impl Executor<'_> {
         }) = marker
         {
             marker.complete = true;
-            marker.write(self.dest)?;
+            marker.write(&self.beneath.dir("")?.handle_path())?;
         }
         commit_cache(self.store, rows)
     }
