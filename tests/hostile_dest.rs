@@ -447,3 +447,25 @@ fn a_folder_swapped_for_a_symlink_during_remove_never_loses_files_outside() {
     eprintln!("remove swap race: {runs} runs, {failed} refused, {lost_runs} removed files outside");
     assert_eq!(lost_runs, 0, "runs that removed files outside DEST");
 }
+
+/// A DEST moved elsewhere keeps working: its marker names the root of a folder that is gone,
+/// which `materialize` replaces with the root named by DEST's new path.
+#[test]
+fn a_moved_dest_is_not_taken_for_a_hostile_marker() {
+    let s = setup();
+    let t = tree(&s, "a", &[("main.py", b"a\n")]);
+    let (old, new) = (s.root.join("old"), s.root.join("new"));
+    ok(&s.store, &["materialize", &t, arg(&old)]);
+    fs::rename(&old, &new).unwrap();
+    ok(&s.store, &["materialize", &t, arg(&new)]);
+    let root = read_marker(&new)["root"].as_str().unwrap().to_string();
+    assert!(
+        roots(&s.store).iter().any(|(_, r)| r["path"] == arg(&new)),
+        "DEST's own root, by its new path"
+    );
+    let names: Vec<String> = roots(&s.store).into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&root), "{names:?}");
+    ok(&s.store, &["remove", arg(&new)]);
+    assert!(!new.exists());
+    assert!(roots(&s.store).is_empty(), "both roots went");
+}

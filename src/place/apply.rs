@@ -110,6 +110,9 @@ impl Executor<'_> {
             outside,
         };
         self.store.add_root(&m.marker.root, &root)?;
+        if let Some(old) = &m.drop_root {
+            self.store.remove_root(old)?;
+        }
         if m.write {
             m.marker.write(&self.beneath.dir("")?.handle_path())?;
         }
@@ -123,6 +126,7 @@ impl Executor<'_> {
         if let Some(MarkerPlan {
             mut marker,
             write: true,
+            ..
         }) = marker
         {
             marker.complete = true;

@@ -128,13 +128,19 @@ fn check_trusted(store: &Store, dest: &Path, m: &Marker) -> Result<()> {
     let own = super::dest::root_name(&dest);
     let own_root = store.read_root(&own).ok().flatten();
     if m.root != own {
-        let registered = store
-            .read_root(&m.root)
-            .ok()
-            .flatten()
-            .and_then(|r| r.path)
-            .is_some_and(|p| p == dest);
-        if !registered {
+        let other = store.read_root(&m.root).ok().flatten();
+        let registered = other
+            .as_ref()
+            .and_then(|r| r.path.as_ref())
+            .is_some_and(|p| *p == dest);
+        // A DEST that was moved: its old root stands for a folder that is no longer there
+        // (another materialized version's root is never stale like that).
+        // A root that is not there at all names nothing to harm.
+        let moved = m.root.starts_with("materialized/")
+            && other
+                .as_ref()
+                .is_none_or(|r| r.path.as_ref().is_some_and(|p| !p.exists()));
+        if !registered && !moved {
             return refuse(
                 "root",
                 format!(

@@ -84,6 +84,10 @@ pub struct MarkerPlan {
     /// False when the same version is already complete and intact: a run that changes
     /// nothing writes nothing (and keeps the counts of what placed the files).
     pub write: bool,
+    /// The previous marker's root, when it is not DEST's own (a moved DEST, an older name):
+    /// `read_marker` vouched that it stands for this DEST or for nothing, so it goes once
+    /// DEST's own root is written.
+    pub drop_root: Option<String>,
 }
 
 /// An entry of the previous version to remove.
@@ -254,6 +258,7 @@ fn decide_marker(input: &PlanInput, nothing_removed: bool) -> MarkerPlan {
         .or_else(|| previous.and_then(|p| p.layout.clone()));
     let same = previous.filter(|p| {
         p.complete
+            && p.root == marker.root
             && p.tree == *input.tree
             && p.policy == *input.policy
             && p.layout == marker.layout
@@ -263,6 +268,9 @@ fn decide_marker(input: &PlanInput, nothing_removed: bool) -> MarkerPlan {
     }
     let intact = input.states.iter().all(|s| *s == EntryState::Ok);
     MarkerPlan {
+        drop_root: previous
+            .map(|p| p.root.clone())
+            .filter(|r| *r != marker.root),
         marker,
         write: !(same.is_some() && nothing_removed && intact),
     }
