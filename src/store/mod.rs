@@ -271,9 +271,16 @@ fn init_layout(root: &Path) -> Result<()> {
     // Private by default: objects are 0444, so whoever can search the store's top folder can
     // read every model, key and source file ever stored. Sharing a store is a choice
     // (`chmod 755`), after which `adopt` refuses files others cannot read.
+    // A filesystem that ignores or refuses modes (some FUSE mounts) keeps its own: said, not
+    // fatal.
     {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).ctx("chmod", root)?;
+        if let Err(e) = fs::set_permissions(root, fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(
+                "{}: could not make the new store private (chmod 700): {e}",
+                root.display()
+            );
+        }
     }
     for dir in ["objects/b3", "trees/b3", "aliases/sha256"] {
         for shard in 0..=255u8 {
