@@ -367,12 +367,17 @@ fn place_outside_env(
     opts: &LockOptions,
 ) -> Result<Option<MaterializeReport>> {
     let venv = match env.filter(|_| opts.venv.is_some()) {
-        Some(env) => Some(place_env(
-            store,
-            &env.rendered,
-            &at.venv_dir,
-            opts.venv_link,
-        )?),
+        // `--force` reaches the environment too: an edit there is kept beside, not refused.
+        Some(env) => {
+            let (tree, _) = store.put_tree(&env.rendered)?;
+            Some(place::materialize_force(
+                store,
+                &tree,
+                &at.venv_dir,
+                &LinkPolicy::only(opts.venv_link),
+                opts.force,
+            )?)
+        }
         None => None,
     };
     let old_venv =
