@@ -41,12 +41,11 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
                 eprintln!(
                     "warning: root {root} replaced: it kept {dropped} id(s) the new lock does not name (its lockfile {} {}); gc may free them",
                     old.path.as_deref().unwrap_or(Path::new("(none recorded)")).display(),
-                    if old.path.as_deref() == Some(abs.as_path()) {
-                        "was rewritten"
-                    } else if a.force {
-                        "still exists: --force"
-                    } else {
-                        "is gone"
+                    match old.path.as_deref() {
+                        Some(p) if p == abs.as_path() => "was rewritten",
+                        Some(p) if p.is_file() => "still exists: replaced by --force",
+                        Some(_) => "is gone",
+                        None => "",
                     },
                 );
             }
