@@ -83,7 +83,58 @@ fn world_readable(real: &Path, mode: u32) -> bool {
             .all(|d| fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }
 
+/// Whether every folder from `dir` up to `/` is searchable by others (memoised).
+fn dir_public(dir: &Path, memo: &mut std::collections::HashMap<PathBuf, bool>) -> bool {
+    if let Some(v) = memo.get(dir) {
+        return *v;
+    }
+    let own = fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    let v = own && dir.parent().is_none_or(|p| dir_public(p, memo));
+    memo.insert(dir.to_path_buf(), v);
+    v
+}
+
 impl Store {
+    /// Refuse files under `dir` (outside the store) that other users cannot read where they
+    /// are, when the store is open to them: every object is 0444, so storing them would make
+    /// them readable. Files comfystore itself made in the store's `tmp/` (git checkouts,
+    /// installs) are not the user's private files and are not checked.
+    pub(super) fn check_private_files<'a>(
+        &self,
+        dir: &Path,
+        files: impl Iterator<Item = &'a Path>,
+    ) -> Result<()> {
+        if !self.is_shared() {
+            return Ok(());
+        }
+        let dir = dir.canonicalize().ctx("resolve", dir)?;
+        if dir.starts_with(self.root()) {
+            return Ok(());
+        }
+        let mut memo = std::collections::HashMap::new();
+        let mut private = Vec::new();
+        for f in files {
+            let mode = fs::symlink_metadata(f).ctx("stat", f)?.permissions().mode();
+            let parent_public = f.parent().is_some_and(|p| dir_public(p, &mut memo));
+            if mode & 0o004 == 0 || !parent_public {
+                private.push(f.display().to_string());
+            }
+        }
+        if private.is_empty() {
+            return Ok(());
+        }
+        Err(Error::bad_input(
+            &dir,
+            format!(
+                "{} file(s) here are not readable by other users (first: {}), but the store {} is open to them and its objects are 0444: refusing to make them readable through the store. `chmod 700 {}` (the default for new stores), or exclude them",
+                private.len(),
+                private[..private.len().min(3)].join(", "),
+                self.root().display(),
+                self.root().display()
+            ),
+        ))
+    }
+
     /// Whether users other than the store's owner can reach its objects (its top folder is
     /// group- or world-searchable). New stores are created 0700, so they cannot.
     pub fn is_shared(&self) -> bool {
