@@ -111,7 +111,9 @@ impl Beneath {
 /// `openat(O_NOFOLLOW)` one component at a time (kernels before 5.6, seccomp filters).
 fn open_beneath(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
     static NO_OPENAT2: OnceLock<()> = OnceLock::new();
-    if NO_OPENAT2.get().is_none() {
+    // EAGAIN: a rename elsewhere on the filesystem raced the lookup; the kernel asks to retry.
+    let mut tries = 0;
+    while NO_OPENAT2.get().is_none() {
         match rustix::fs::openat2(
             root,
             rel,
@@ -120,6 +122,7 @@ fn open_beneath(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
         ) {
             Ok(fd) => return Ok(fd),
+            Err(rustix::io::Errno::AGAIN) if tries < 16 => tries += 1,
             Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
                 let _ = NO_OPENAT2.set(());
             }
