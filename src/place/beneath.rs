@@ -129,6 +129,12 @@ fn open_beneath(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
             Err(e) => return Err(io_err(e)),
         }
     }
+    walk_nofollow(root, rel)
+}
+
+/// `rel` beneath `root`, one component at a time, each opened with `O_NOFOLLOW`: a symlink
+/// anywhere on the way fails (ELOOP, or ENOTDIR), `.` and `..` are refused.
+fn walk_nofollow(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
     let mut fd = root.try_clone()?;
     for part in rel.split('/').filter(|p| !p.is_empty()) {
         if part == ".." || part == "." {
@@ -215,5 +221,35 @@ impl DirAt {
         let st = rustix::fs::fstat(self.fd.as_fd()).map_err(io_err)?;
         #[allow(clippy::useless_conversion)]
         Ok(st.st_dev.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ways of opening beneath a root (openat2 where the kernel has it, the O_NOFOLLOW
+    /// walk elsewhere) refuse a symlink at any depth and `..`, and open real folders.
+    #[test]
+    fn a_symlink_on_the_way_is_refused_by_openat2_and_by_the_walk() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(outside.join("b")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let top = Beneath::open(&root).unwrap();
+        assert!(walk_nofollow(&top.root, "a/b").is_ok());
+        for bad in ["link", "link/b", "a/../link", ".."] {
+            assert!(walk_nofollow(&top.root, bad).is_err(), "walk: {bad}");
+            assert!(top.dir(bad).is_err(), "dir: {bad}");
+        }
+        assert!(top.dir("a/b").is_ok());
+        assert!(top.create_dirs("link/c").is_err());
+        assert!(!outside.join("c").exists());
+        assert!(
+            Beneath::open(&root.join("link")).is_err(),
+            "the root itself"
+        );
     }
 }
