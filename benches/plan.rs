@@ -247,6 +247,8 @@ fn bench_plan(c: &mut Criterion) {
         marked: true,
         previous,
         layout: None,
+        edited: &[],
+        force: false,
     };
 
     let empty = Scan::new();

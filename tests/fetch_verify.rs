@@ -1511,3 +1511,26 @@ fn snapshot_lock_fetches_once_and_materializes() {
         "second materialize",
     );
 }
+
+/// A mirror folder with a planted `models -> outside` symlink: refused, nothing written there.
+#[test]
+fn mirror_never_writes_through_a_planted_models_symlink() {
+    let e = Env::new(Url::Path);
+    let (lock_path, _) = e.lock(&[]);
+    let dir = e.p("mirror");
+    let outside = e.p("outside");
+    fs::create_dir_all(&dir).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("models")).unwrap();
+    let out = e.cs(&e.store, &["mirror", s(&lock_path), s(&dir)]);
+    assert_eq!(code(&out), 1, "mirror: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        fs::read_dir(&outside).unwrap().next().is_none(),
+        "nothing written outside the mirror"
+    );
+}

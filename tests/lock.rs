@@ -743,7 +743,8 @@ fn uncommitted_changes_make_a_repo_dirty_and_caches_do_not() {
     src.push_str("# local tweak\n");
     fs::write(&nodes_py, &src).unwrap();
     let dirty = e.p("dirty.lock.json");
-    let res = e.lock("v1", &dirty, &[]);
+    // Variants of the same tag in other files: their roots would drop clean's (refused).
+    let res = e.lock("v1", &dirty, &["--no-root"]);
     assert_eq!(
         res["report"]["dirty"],
         json!(["custom_nodes/ComfyUI-NodeA"]),
@@ -760,7 +761,7 @@ fn uncommitted_changes_make_a_repo_dirty_and_caches_do_not() {
     assert_ne!(a1["tree"], a0["tree"]);
     assert_eq!(dirty_lock["comfyui"].get("dirty"), None);
     assert_eq!(ls(&e.store, &a1["tree"])["nodes.py"]["size"], src.len());
-    let (_, stderr) = e.lock_text("v1", &e.p("dirty2.lock.json"), &[]);
+    let (_, stderr) = e.lock_text("v1", &e.p("dirty2.lock.json"), &["--no-root"]);
     assert!(
         stderr.lines().any(|l| l.starts_with("warning: ")
             && l.contains("custom_nodes/ComfyUI-NodeA")
@@ -773,7 +774,7 @@ fn uncommitted_changes_make_a_repo_dirty_and_caches_do_not() {
     let new_file = e.f.comfy.join("my_script.py");
     write(&new_file, b"print('mine')\n");
     let dirty = e.p("dirty3.lock.json");
-    let res = e.lock("v1", &dirty, &[]);
+    let res = e.lock("v1", &dirty, &["--no-root"]);
     assert_eq!(res["report"]["dirty"], json!(["comfyui"]), "{res:#}");
     let l = read_json(&dirty);
     assert_eq!(l["comfyui"]["dirty"], true);
@@ -1508,7 +1509,7 @@ fn loose_pyc_files_are_not_locked_in_sources_but_are_in_the_venv() {
         &pseudo_random(6, 50),
     );
     let c = e.p("c.lock.json");
-    e.lock("v1", &c, &[]);
+    e.lock("v1", &c, &["--no-root"]);
     let (code, changes, _) = diff(&e.store, &a, &c);
     assert_eq!(code, 1);
     assert_eq!(changes.len(), 1, "{changes:?}");
@@ -1762,4 +1763,142 @@ fn show_and_lock_portable_name_what_a_fresh_machine_could_not_rebuild() {
     let v = json(&e.store, &["show", s(&portable)]);
     assert_eq!(v["not_portable"], json!([]), "{v:#}");
     assert_eq!(v["portable"], true, "{v:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening: a reused tag never silently drops the old version's GC root.
+
+#[test]
+fn reusing_a_tag_for_another_lockfile_never_drops_the_old_root_silently() {
+    let e = Env::new();
+    let only = e.f.comfy.join("models/checkpoints/only-in-v1.safetensors");
+    let data = pseudo_random(4242, 96 << 10);
+    write(&only, &data);
+    let v1a = e.p("v1a.lock.json");
+    e.lock("v1", &v1a, &[]);
+    let id = format!(
+        "b3:{}",
+        model(
+            &read_json(&v1a),
+            "models/checkpoints/only-in-v1.safetensors"
+        )["blake3"]
+            .as_str()
+            .unwrap()
+    );
+    // The other install no longer has the model: its only copy is in the store.
+    fs::remove_file(&only).unwrap();
+    let v1b = e.p("v1b.lock.json");
+    let o = e.lock_output(&[], "v1", &v1b, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", common::describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("lock/v1") && err.contains(s(&v1a)) && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!v1b.exists(), "nothing written when refused");
+    let dry = json(&e.store, &["gc", "--dry-run", "--grace", "0"]);
+    assert!(
+        !dry["would_free"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["id"] == id.as_str()),
+        "the old version's model is still kept: {dry:#}"
+    );
+
+    // --force replaces it, says so, and gc --dry-run says why the model would go.
+    let (_, err) = e.lock_text("v1", &v1b, &["--force"]);
+    assert!(err.contains("root lock/v1 replaced"), "{err}");
+    let dry = json(&e.store, &["gc", "--dry-run", "--grace", "0"]);
+    let item = dry["would_free"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{dry:#}"));
+    assert!(
+        item["why"].as_str().unwrap().contains("named by no root"),
+        "{item}"
+    );
+
+    // `fetch` of the old lockfile (same tag) adds its ids to lock/v1, never replaces them.
+    let v1b_ids = json(&e.store, &["root", "ls"])[0]["ids"].clone();
+    let o = e.comfystore(&e.dir, &e.store, &["fetch", s(&v1a), "--offline"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::describe(&o));
+    let root = json(&e.store, &["root", "ls"])[0].clone();
+    let ids = root["ids"].as_array().unwrap();
+    assert!(ids.iter().any(|i| i == id.as_str()), "{root:#}");
+    for i in v1b_ids.as_array().unwrap() {
+        assert!(ids.contains(i), "fetch kept v1b's {i}: {root:#}");
+    }
+}
+
+#[test]
+fn relocking_with_no_python_keeps_the_pinned_python_section_unless_dropped() {
+    let e = Env::new();
+    let out = e.p("v1.lock.json");
+    e.lock("v1", &out, &[]);
+    let before = read_json(&out)["python"].clone();
+    assert!(before.is_object(), "the fixture has a venv");
+
+    let (_, err) = e.lock_text("v1", &out, &["--no-python"]);
+    assert!(
+        err.contains("python section") && err.contains("kept") && err.contains("--drop-python"),
+        "{err}"
+    );
+    assert_eq!(read_json(&out)["python"], before, "kept as it was");
+
+    let (_, err) = e.lock_text("v1", &out, &["--no-python", "--drop-python"]);
+    assert!(err.contains("dropped"), "{err}");
+    assert_eq!(read_json(&out)["python"], Value::Null);
+}
+
+/// A model behind a symlink to a private file outside the install: lock never changes that
+/// file (mode, link count), and never makes its bytes readable to other users through the
+/// store (new stores are 0700; a store opened to others refuses such a file).
+#[test]
+fn a_private_model_outside_the_install_is_never_hardlinked_or_exposed() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new();
+    let secret_dir = e.p("secret");
+    let key = secret_dir.join("key.safetensors");
+    write(&key, &pseudo_random(777, 40 << 10));
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(&secret_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let link = e.f.comfy.join("models/checkpoints/x.safetensors");
+    symlink(&key, &link).unwrap();
+    // A private model inside the install is not widened to 0444 either.
+    let inside = e.f.comfy.join("models/checkpoints/mine.safetensors");
+    write(&inside, &pseudo_random(778, 40 << 10));
+    fs::set_permissions(&inside, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = e.p("v1.lock.json");
+    e.lock("v1", &out, &[]);
+    for f in [&key, &inside] {
+        let m = fs::metadata(f).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", f.display());
+        assert_eq!(m.nlink(), 1, "{} was hardlinked", f.display());
+    }
+    let store_mode = fs::metadata(&e.store).unwrap().permissions().mode() & 0o777;
+    assert_eq!(store_mode, 0o700, "a new store is private");
+
+    // A store opened to others refuses the private file, naming it.
+    let shared = e.p("shared-store");
+    ok(&shared, &["root", "ls"]);
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = e.comfystore(
+        &e.dir,
+        &shared,
+        &[
+            "lock",
+            s(&e.f.comfy),
+            "--tag",
+            "v2",
+            "-o",
+            s(&e.p("v2.lock.json")),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", common::describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not readable by other users"), "{err}");
 }

@@ -509,6 +509,7 @@ fn library_api_adds_with_exclusions_and_roots() {
             &Root {
                 ids: vec![report.id],
                 path: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -520,4 +521,40 @@ fn library_api_adds_with_exclusions_and_roots() {
         .unwrap();
     assert_eq!(gc.deleted_trees, 0);
     assert!(store.has_tree(&report.id));
+}
+
+/// A store open to other users (group or world can enter it) never takes in a file they could
+/// not read where it is: every object is 0444. A new store is private (0700) and takes it.
+#[test]
+fn a_shared_store_refuses_files_other_users_cannot_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    // A world-searchable path down to the files, so only their own modes decide.
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    let src = root.join("src");
+    write(&src.join("public.txt"), b"everyone may read this\n");
+    write(&src.join("secret.key"), b"only me\n");
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(src.join("public.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(src.join("secret.key"), fs::Permissions::from_mode(0o600)).unwrap();
+
+    let private = root.join("private-store");
+    ok(&private, &["add", src.to_str().unwrap()]);
+    let mode = fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "a new store is private");
+
+    let shared = root.join("shared-store");
+    ok(&shared, &["root", "ls"]);
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+    for target in [src.clone(), src.join("secret.key")] {
+        let out = run(&shared, &["add", target.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}", common::describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not readable by other users") && err.contains("secret.key"),
+            "{err}"
+        );
+    }
+    ok(&shared, &["add", src.join("public.txt").to_str().unwrap()]);
 }

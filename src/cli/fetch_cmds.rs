@@ -62,14 +62,17 @@ pub fn add_url(cli: &Cli, a: &AddUrlArgs) -> Result<u8> {
         .download_all(&store, std::slice::from_ref(&item))
         .pop()
         .context("no result")??;
-    let placed = match &dest {
-        Some(d) => Some(comfystore::place::place_object(
+    // Placed beneath the ComfyUI folder through handles that never follow a symlink: a
+    // planted `models -> /elsewhere` is refused, not written through.
+    let placed = match (&dest, &a.path, &a.comfy) {
+        (Some(_), Some(rel), Some(comfy)) => Some(comfystore::place::place_object(
             &store,
             &got.id,
-            d,
+            comfy,
+            rel,
             LinkMode::Auto,
         )?),
-        None => None,
+        _ => None,
     };
     if cli.json {
         let mut v = serde_json::to_value(&got)?;

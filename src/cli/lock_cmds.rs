@@ -15,7 +15,14 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
     let out = a.output.clone().unwrap_or_else(|| {
         Path::new(lock::LOCKFILES_DIR).join(format!("comfy-{}.lock.json", a.tag))
     });
+    let root = format!("lock/{}", a.tag);
+    let abs = std::path::absolute(&out).unwrap_or(out.clone());
     let (lockfile, report) = lock::lock(&store, &lock_options(a, &out)?)?;
+    let previous = if a.no_root {
+        None
+    } else {
+        check_tag_root(&store, &root, &abs, &lockfile.store_ids(), a.force)?
+    };
     let gaps = lockfile.not_portable();
     if a.portable && !gaps.is_empty() {
         anyhow::bail!(
@@ -26,14 +33,29 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
         );
     }
     let unchanged = !lockfile.write(&out)?;
-    let root = format!("lock/{}", a.tag);
     if !a.no_root {
-        let abs = std::path::absolute(&out).unwrap_or(out.clone());
+        if let Some(old) = &previous {
+            let new: std::collections::HashSet<_> = lockfile.store_ids().into_iter().collect();
+            let dropped = old.ids.iter().filter(|id| !new.contains(id)).count();
+            if dropped > 0 {
+                eprintln!(
+                    "warning: root {root} replaced: it kept {dropped} id(s) the new lock does not name (its lockfile {} {}); gc may free them",
+                    old.path.as_deref().unwrap_or(Path::new("(none recorded)")).display(),
+                    match old.path.as_deref() {
+                        Some(p) if p == abs.as_path() => "was rewritten",
+                        Some(p) if p.is_file() => "still exists: replaced by --force",
+                        Some(_) => "is gone",
+                        None => "",
+                    },
+                );
+            }
+        }
         store.add_root(
             &root,
             &Root {
                 ids: lockfile.store_ids(),
                 path: Some(abs),
+                ..Default::default()
             },
         )?;
     }
@@ -58,6 +80,33 @@ pub fn lock(cli: &Cli, a: &LockArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// The root `lock/TAG` as it is before this run. Refused (no lockfile written, the root
+/// unchanged) when it keeps another lockfile that still exists and ids the new lock does not
+/// name, unless `force`: a tag reused for another install must never silently drop the old
+/// version's protection from gc.
+fn check_tag_root(
+    store: &Store,
+    root: &str,
+    out: &Path,
+    new: &[ObjectId],
+    force: bool,
+) -> Result<Option<Root>> {
+    let Some(old) = store.read_root(root)? else {
+        return Ok(None);
+    };
+    let drops = old.ids.iter().any(|id| !new.contains(id));
+    if let Some(other) = old.path.as_deref().filter(|p| *p != out && p.is_file()) {
+        if drops && !force {
+            anyhow::bail!(
+                "root {root} keeps {} (another lockfile, still there); locking into {} would drop its protection from gc. Give another --tag, or --force to replace the root",
+                other.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(Some(old))
+}
+
 /// What `lock` scans and how, from its flags; `out` is where the lock goes.
 fn lock_options(a: &LockArgs, out: &Path) -> Result<LockOptions> {
     let comfy_dir = a
@@ -69,6 +118,7 @@ fn lock_options(a: &LockArgs, out: &Path) -> Result<LockOptions> {
         tag: a.tag.clone(),
         venv: a.venv.clone(),
         no_python: a.no_python,
+        drop_python: a.drop_python,
         models_dir: a.models_dir.clone(),
         sources: a.sources.clone(),
         hf_caches: a.hf_cache.clone(),

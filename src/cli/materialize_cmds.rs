@@ -23,6 +23,7 @@ pub fn materialize(store: &Store, a: &MaterializeArgs, json: bool, quiet: bool) 
             python: a.python.clone(),
             installer: a.installer,
             fetch: a.sources.options(),
+            force: a.force,
         };
         let report = materialize::materialize_lock(store, &lock, &a.dest, &opts)?;
         if json {
@@ -70,7 +71,7 @@ pub fn materialize(store: &Store, a: &MaterializeArgs, json: bool, quiet: bool) 
         default: a.link,
         rules: a.link_prefix.clone(),
     };
-    let report = place::materialize(store, &id, &a.dest, &policy)?;
+    let report = place::materialize_force(store, &id, &a.dest, &policy, a.force)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if !quiet {
@@ -86,7 +87,7 @@ fn print_report(report: &MaterializeReport) {
         .map(|(m, n)| format!("{n} {m:?}").to_lowercase())
         .collect();
     println!(
-        "{}: wrote {} entries ({}), {} unchanged, {} removed from the previous version, {} user files kept",
+        "{}: wrote {} entries ({}), {} unchanged, {} removed from the previous version, {} other files (in no version) left alone",
         report.dest.display(),
         report.written,
         if methods.is_empty() { "none".to_string() } else { methods.join(", ") },
@@ -96,6 +97,12 @@ fn print_report(report: &MaterializeReport) {
     );
     for p in &report.kept_modified {
         eprintln!("kept (modified, not in the new tree): {p}");
+    }
+    for k in &report.kept_edits {
+        eprintln!(
+            "kept your edit of {} as {} (--force; the new version's file replaced it)",
+            k.path, k.kept_as
+        );
     }
 }
 

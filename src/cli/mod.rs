@@ -18,6 +18,8 @@ use std::process::ExitCode;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code of bad usage (clap uses it too).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of a materialize that refused to replace the user's edits (nothing changed).
+pub const EXIT_EDITED: u8 = 5;
 
 const ABOUT: &str = "Keep ComfyUI installs (code, custom nodes, Python packages, models) in a \
 content-addressed store, once, named by BLAKE3.";
@@ -46,7 +48,8 @@ Examples:
   comfystore --json stats
 
 The store is --store DIR, else $COMFYSTORE_DIR, else $XDG_CACHE_HOME/comfystore (~/.cache/comfystore).
-Logging: RUST_LOG=debug. Exit codes: 0 success, 1 failure (or problems found), 2 bad usage.";
+Logging: RUST_LOG=debug. Exit codes: 0 success, 1 failure (or problems found), 2 bad usage, 5 materialize refused to \
+replace files you edited (nothing changed; --force keeps them beside the new ones).";
 
 #[derive(Parser, Debug)]
 #[command(name = "comfystore", version, about = ABOUT, after_help = EXAMPLES)]
@@ -375,6 +378,12 @@ pub struct MaterializeArgs {
     /// Installer for an environment the store lacks.
     #[arg(long, value_enum, default_value = "auto")]
     pub installer: comfystore::python::Resolver,
+    /// Switch even when files the previous version placed were edited (or the user put files
+    /// where the new version has some): each is kept beside the new file as
+    /// NAME.comfystore-kept-<unix time> and named in the summary. Without it such a switch
+    /// is refused (exit 5), naming the files, and DEST is left as it was.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub sources: SourceArgs,
 }
@@ -447,9 +456,13 @@ pub struct LockArgs {
     /// The venv (default COMFY_DIR/venv, COMFY_DIR/.venv, else $VIRTUAL_ENV).
     #[arg(long, value_name = "DIR")]
     pub venv: Option<PathBuf>,
-    /// Leave the Python environment out.
+    /// Do not scan the Python environment. The python section of the lockfile being
+    /// rewritten (-o) is kept, with a warning, unless --drop-python.
     #[arg(long, conflicts_with = "venv")]
     pub no_python: bool,
+    /// When no venv is scanned, drop the python section of the lockfile being rewritten.
+    #[arg(long, conflicts_with = "venv")]
+    pub drop_python: bool,
     /// Models folder, if not COMFY_DIR/models (its files lock as models/...).
     #[arg(long, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
@@ -468,6 +481,10 @@ pub struct LockArgs {
     /// Do not create the GC root lock/TAG.
     #[arg(long)]
     pub no_root: bool,
+    /// Replace the GC root lock/TAG even when it keeps another lockfile that still exists
+    /// (gc may then free what only that lockfile names).
+    #[arg(long)]
+    pub force: bool,
     /// Leave packages installed from an index unpinned. By default each is pinned to its wheel
     /// (file, URL, sha256) by resolving `name==version` for the venv's interpreter against the
     /// indexes below, without downloading wheels the index publishes a sha256 for; that is
@@ -599,8 +616,28 @@ pub fn main() -> ExitCode {
                 println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
             }
             eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(exit_code_of(&e))
         }
+    }
+}
+
+/// The exit code of a failed command: 5 for a switch refused over the user's edits, else 1.
+fn exit_code_of(e: &anyhow::Error) -> u8 {
+    let edited = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<comfystore::Error>(),
+            Some(comfystore::Error::Place(
+                comfystore::place::Error::Edited { .. }
+            ))
+        ) || matches!(
+            c.downcast_ref::<comfystore::place::Error>(),
+            Some(comfystore::place::Error::Edited { .. })
+        )
+    });
+    if edited {
+        EXIT_EDITED
+    } else {
+        EXIT_FAILURE
     }
 }
 

@@ -100,7 +100,7 @@ pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
 /// into `store`.
 pub fn worker_at(store: Arc<Store>, dest: &Path, a: &ComfyRunArgs) -> Result<Worker> {
     let dest = std::path::absolute(dest)?;
-    let layout = place::read_marker(&dest)?.layout;
+    let layout = place::read_marker(&store, &dest)?.layout;
     let venv = layout.venv.clone().unwrap_or_else(|| dest.join(VENV_DIR));
     // Models in a shared folder are named by the generated extra_model_paths.yaml.
     let extra_model_paths = layout

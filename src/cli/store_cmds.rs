@@ -50,6 +50,12 @@ pub fn gc(store: &Store, opts: &GcOptions, json: bool) -> Result<u8> {
             report.deleted_objects, report.deleted_trees, report.freed_bytes,
             report.live_objects, report.live_trees, report.roots, report.kept_young
         );
+        for item in &report.would_free {
+            println!(
+                "would delete {} {} ({} bytes): {}",
+                item.kind, item.id, item.size, item.why
+            );
+        }
         for r in &report.dangling_roots {
             eprintln!("warning: root {r:?} names ids the store does not have");
         }
@@ -114,6 +120,7 @@ pub fn import(
             &Root {
                 ids: report.roots.clone(),
                 path: None,
+                ..Default::default()
             },
         )?;
     }
@@ -162,7 +169,14 @@ pub fn add(store: &Store, args: &AddArgs, json: bool) -> Result<u8> {
             .iter()
             .filter_map(|r| r["report"]["id"].as_str().and_then(|s| s.parse().ok()))
             .collect();
-        store.add_root(name, &Root { ids, path: None })?;
+        store.add_root(
+            name,
+            &Root {
+                ids,
+                path: None,
+                ..Default::default()
+            },
+        )?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -254,7 +268,14 @@ pub fn root(store: &Store, cmd: &RootCommand, json: bool) -> Result<u8> {
     match cmd {
         RootCommand::Add { name, ids } => {
             let ids = resolve_all(store, ids)?;
-            store.add_root(name, &Root { ids, path: None })?;
+            store.add_root(
+                name,
+                &Root {
+                    ids,
+                    path: None,
+                    ..Default::default()
+                },
+            )?;
         }
         RootCommand::Rm { name } => {
             if !store.remove_root(name)? {

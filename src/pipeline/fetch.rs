@@ -417,8 +417,27 @@ fn add_lock_root(store: &Store, lock: &Lockfile, report: &FetchReport) -> Result
         return Ok(());
     }
     let name = format!("lock/{}", lock.tag);
-    let path = store.read_root(&name)?.and_then(|r| r.path);
-    Ok(store.add_root(&name, &Root { ids, path })?)
+    let old = store.read_root(&name)?;
+    // Another lock with the same tag may have made this root: what it kept stays kept (a root
+    // never silently stops protecting content; `lock` replaces it, saying so).
+    if let Some(old) = &old {
+        ids.extend(
+            old.ids
+                .iter()
+                .filter(|id| store.has_tree(id) || store.has_object(id)),
+        );
+        ids.sort();
+        ids.dedup();
+    }
+    let path = old.and_then(|r| r.path);
+    Ok(store.add_root(
+        &name,
+        &Root {
+            ids,
+            path,
+            ..Default::default()
+        },
+    )?)
 }
 
 /// `<mirror>/<sha256>` for every HTTP mirror.

@@ -40,6 +40,9 @@ pub struct LockOptions {
     /// Which installer builds an environment the store lacks.
     pub installer: Resolver,
     pub fetch: FetchOptions,
+    /// A switch replaces the user's edits, keeping each beside the new file, instead of
+    /// refusing.
+    pub force: bool,
 }
 
 impl Default for LockOptions {
@@ -54,6 +57,7 @@ impl Default for LockOptions {
             python: None,
             installer: Resolver::Auto,
             fetch: FetchOptions::default(),
+            force: false,
         }
     }
 }
@@ -337,9 +341,9 @@ fn place_version(
     layout: &Layout,
     opts: &LockOptions,
 ) -> Result<(MaterializeReport, Option<PathBuf>)> {
-    let old_venv = place::read_marker(&at.dest)
-        .ok()
-        .and_then(|m| m.layout.venv)
+    let old_venv = place::read_marker(store, &at.dest)?
+        .layout
+        .venv
         .filter(|old| layout.venv.as_ref() != Some(old));
     let report = place::materialize_laid_out(
         store,
@@ -348,6 +352,7 @@ fn place_version(
         dest,
         &opts.policy(),
         layout,
+        opts.force,
     )?;
     Ok((report, old_venv))
 }
@@ -362,15 +367,21 @@ fn place_outside_env(
     opts: &LockOptions,
 ) -> Result<Option<MaterializeReport>> {
     let venv = match env.filter(|_| opts.venv.is_some()) {
-        Some(env) => Some(place_env(
-            store,
-            &env.rendered,
-            &at.venv_dir,
-            opts.venv_link,
-        )?),
+        // `--force` reaches the environment too: an edit there is kept beside, not refused.
+        Some(env) => {
+            let (tree, _) = store.put_tree(&env.rendered)?;
+            Some(place::materialize_force(
+                store,
+                &tree,
+                &at.venv_dir,
+                &LinkPolicy::only(opts.venv_link),
+                opts.force,
+            )?)
+        }
         None => None,
     };
-    let old_venv = old_venv.filter(|o| place::read_marker(o).is_ok_and(|m| m.marker.is_some()));
+    let old_venv =
+        old_venv.filter(|o| place::read_marker(store, o).is_ok_and(|m| m.marker.is_some()));
     if let Some(old) = old_venv {
         let r = place::remove(store, &old, false)?;
         tracing::info!(

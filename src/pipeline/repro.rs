@@ -32,14 +32,15 @@ pub fn version_of(path: &Path, store: impl FnOnce() -> Result<Store>) -> Result<
     if !path.is_dir() {
         return Ok((Kind::Lock, Lockfile::read(path)?));
     }
-    let marked = read_marker(path)?;
+    let store = store()?;
+    let marked = read_marker(&store, path)?;
     let opts = LockOptions {
         comfy_dir: path.to_path_buf(),
         tag: "repro".into(),
         venv: marked.layout.venv,
         ..Default::default()
     };
-    let (lock, report) = lock::lock(&store()?, &opts)?;
+    let (lock, report) = lock::lock(&store, &opts)?;
     for w in &report.warnings {
         tracing::debug!("{}: {w}", path.display());
     }

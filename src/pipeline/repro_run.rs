@@ -427,7 +427,7 @@ impl WorkDir<'_> {
         if self.keep {
             return;
         }
-        let materialized = place::read_marker(dest).is_ok_and(|m| m.marker.is_some());
+        let materialized = place::read_marker(self.store, dest).is_ok_and(|m| m.marker.is_some());
         if materialized {
             if let Err(e) = place::remove(self.store, dest, true) {
                 tracing::warn!("remove {}: {e}", dest.display());

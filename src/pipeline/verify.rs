@@ -119,7 +119,7 @@ pub fn verify(
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
     let dest_abs = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
-    let Marked { marker, layout } = place::read_marker(&dest_abs)?;
+    let Marked { marker, layout } = place::read_marker(store, &dest_abs)?;
     let v = Verifier {
         store,
         lock,
@@ -444,7 +444,7 @@ impl Verifier<'_> {
         }) = outside
         {
             if *broken {
-                let policy = place::read_marker(dir)?
+                let policy = place::read_marker(self.store, dir)?
                     .marker
                     .map_or_else(|| LinkPolicy::only(LinkMode::Auto), |m| m.policy);
                 place_env_with(self.store, env, dir, &policy)?;

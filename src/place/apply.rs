@@ -2,6 +2,7 @@
 //! change and "complete" after the last, once the placed bytes are durable; each file goes in
 //! with the link mode its policy prefix names, falling back where the filesystems refuse.
 
+use super::beneath::{Beneath, DirAt};
 use super::check::commit_cache;
 use super::link::{self, LinkMode, LinkPolicy, Method};
 use super::marker::Marker;
@@ -30,8 +31,19 @@ pub struct MaterializeReport {
     pub removed: u64,
     /// Entries of the previous tree that were modified by the user: kept.
     pub kept_modified: Vec<String>,
+    /// Files the user edited that the new version replaced (`--force`): each was kept beside
+    /// it under a new name first.
+    pub kept_edits: Vec<KeptEdit>,
     pub methods: BTreeMap<Method, u64>,
     pub extra: u64,
+}
+
+/// A user's edit that a forced switch replaced, and the name it was kept under (both relative
+/// to DEST).
+#[derive(Clone, Debug, Serialize)]
+pub struct KeptEdit {
+    pub path: String,
+    pub kept_as: String,
 }
 
 /// Carries out one plan: `tree` into `dest` (canonical) under `policy`.
@@ -39,6 +51,8 @@ pub(super) struct Executor<'a> {
     pub store: &'a Store,
     pub tree: &'a ObjectId,
     pub dest: &'a Path,
+    /// DEST opened without following symlinks: every write goes through it.
+    pub beneath: &'a Beneath,
     pub policy: &'a LinkPolicy,
 }
 
@@ -68,8 +82,9 @@ impl Executor<'_> {
         if let Some(m) = &marker {
             self.begin(m)?;
         }
-        report.removed = remove_entries(self.dest, &plan.remove)?;
-        remove_empty_dirs(self.dest, &plan.prune);
+        report.kept_edits = keep_aside(self.beneath, &plan.keep_aside)?;
+        report.removed = remove_entries(self.beneath, &plan.remove)?;
+        remove_empty_dirs(self.beneath, &plan.prune);
         self.make_dirs(&plan.mkdirs)?;
         let placed = self.place_all(&plan.write)?;
         report.written = placed.len() as u64;
@@ -81,13 +96,25 @@ impl Executor<'_> {
     /// Before the first change: the GC root (gc keeps the tree from now on) and an incomplete
     /// marker (a crash from here on is seen as one).
     fn begin(&self, m: &MarkerPlan) -> Result<()> {
+        let layout = m.marker.layout.as_ref();
+        let outside = layout
+            .iter()
+            .flat_map(|l| [&l.venv, &l.models_dir, &l.python])
+            .flatten()
+            .filter(|p| !p.starts_with(self.dest))
+            .cloned()
+            .collect();
         let root = Root {
             ids: vec![*self.tree],
             path: Some(self.dest.to_path_buf()),
+            outside,
         };
         self.store.add_root(&m.marker.root, &root)?;
+        if let Some(old) = &m.drop_root {
+            self.store.remove_root(old)?;
+        }
         if m.write {
-            m.marker.write(self.dest)?;
+            m.marker.write(&self.beneath.dir("")?.handle_path())?;
         }
         Ok(())
     }
@@ -99,10 +126,11 @@ impl Executor<'_> {
         if let Some(MarkerPlan {
             mut marker,
             write: true,
+            ..
         }) = marker
         {
             marker.complete = true;
-            marker.write(self.dest)?;
+            marker.write(&self.beneath.dir("")?.handle_path())?;
         }
         commit_cache(self.store, rows)
     }
@@ -113,11 +141,11 @@ impl Executor<'_> {
         for level in levels {
             level.par_iter().try_for_each(|d| {
                 let path = self.dest.join(d);
-                match fs::create_dir(&path) {
+                let (parent, name) = self.beneath.parent_of(d)?;
+                match parent.mkdir(name) {
                     Ok(()) => Ok(()),
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                        let m = fs::symlink_metadata(&path).ctx("stat", &path)?;
-                        if m.is_dir() {
+                        if parent.is_dir(name).ctx("stat", &path)? {
                             Ok(())
                         } else {
                             Err(Error::bad_input(
@@ -135,7 +163,7 @@ impl Executor<'_> {
 
     /// Write the entries in parallel, counting them on the store's reporter.
     fn place_all(&self, work: &[Write]) -> Result<Vec<Placed>> {
-        let dest_dev = fs::metadata(self.dest).ctx("stat", self.dest)?.dev();
+        let dest_dev = self.beneath.dir("")?.dev().ctx("stat", self.dest)?;
         let root = self.store.root();
         let store_dev = fs::metadata(root).ctx("stat", root)?.dev();
         let placer = Placer {
@@ -143,7 +171,7 @@ impl Executor<'_> {
             probe: link::Probe::default(),
             devs: (store_dev, dest_dev),
             policy: self.policy,
-            dest: self.dest,
+            beneath: self.beneath,
         };
         let bar = self.store.reporter().start(
             "placing",
@@ -195,7 +223,7 @@ struct Placer<'a> {
     probe: link::Probe,
     devs: (u64, u64),
     policy: &'a LinkPolicy,
-    dest: &'a Path,
+    beneath: &'a Beneath,
 }
 
 impl Placer<'_> {
@@ -211,26 +239,33 @@ impl Placer<'_> {
         if matches!(e.node, Node::Dir) {
             return Ok(done(None, None));
         }
-        let final_path = self.dest.join(&e.path);
-        let target = if replace {
-            let parent = final_path.parent().unwrap_or(self.dest);
-            parent.join(crate::store::unique_name(".tmp-"))
+        // The entry's folder, opened beneath DEST without following a symlink: a folder
+        // swapped for one since the scan is refused here, never written through.
+        let (dir, name) = self.beneath.parent_of(&e.path)?;
+        let final_path = dir.path().join(name);
+        let tmp;
+        let at = if replace {
+            tmp = crate::store::unique_name(".tmp-");
+            tmp.as_str()
         } else {
-            final_path.clone()
+            name
         };
+        let target = dir.name_path(at);
         let (method, row) = match &e.node {
             Node::File { exec, size, id } => {
-                let (method, row) = self.write_file(&e.path, mode, (*exec, *size, id), &target)?;
+                let (method, row) = self
+                    .write_file(&e.path, mode, (*exec, *size, id), &target)
+                    .map_err(|err| err.naming(&target, &dir.path().join(at)))?;
                 (Some(method), Some(row))
             }
             Node::Symlink { target: t } => {
-                std::os::unix::fs::symlink(t, &target).ctx("symlink", &target)?;
+                dir.symlink(t, at).ctx("symlink", &final_path)?;
                 (None, None)
             }
             Node::Dir => (None, None),
         };
         if replace {
-            rename_over(&target, &final_path)?;
+            rename_over(&dir, at, name, &final_path)?;
         }
         Ok(done(method, row))
     }
@@ -262,18 +297,61 @@ impl Placer<'_> {
     }
 }
 
-/// Rename the new entry at `tmp` over `path`; a folder that appeared there since the scan is
-/// refused (and `tmp` cleaned up), never replaced.
-fn rename_over(tmp: &Path, path: &Path) -> Result<()> {
-    let res = match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(Error::bad_input(
+/// Keep each edited file under a new name beside it (a hard link: the same inode, nothing
+/// copied; the new entry is then renamed over the old name). The name never replaces
+/// anything: `link` fails on an existing name, and the next suffix is tried.
+fn keep_aside(beneath: &Beneath, paths: &[&str]) -> Result<Vec<KeptEdit>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut kept = Vec::new();
+    for rel in paths {
+        let (dir, name) = beneath.parent_of(rel)?;
+        let from = dir.path().join(name);
+        let mut n = 0u32;
+        loop {
+            let kept_as = if n == 0 {
+                format!("{rel}.comfystore-kept-{now}")
+            } else {
+                format!("{rel}.comfystore-kept-{now}-{n}")
+            };
+            let kept_name = kept_as.rsplit('/').next().unwrap_or(&kept_as);
+            let res = match dir.link(name, kept_name) {
+                // A filesystem without hard links: move it (the name is free, just checked).
+                Err(e) if e.kind() != ErrorKind::AlreadyExists => match dir.is_dir(kept_name) {
+                    Err(m) if m.kind() == ErrorKind::NotFound => dir.rename(name, kept_name),
+                    _ => Err(e),
+                },
+                r => r,
+            };
+            match res {
+                Ok(()) => {
+                    kept.push(KeptEdit {
+                        path: rel.to_string(),
+                        kept_as,
+                    });
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                Err(e) => return Err(e).ctx("keep", &from),
+            }
+        }
+    }
+    Ok(kept)
+}
+
+/// Rename the new entry `tmp` over `name` (both in `dir`); a folder that appeared there since
+/// the scan is refused (and `tmp` cleaned up), never replaced.
+fn rename_over(dir: &DirAt, tmp: &str, name: &str, path: &Path) -> Result<()> {
+    let res = match dir.is_dir(name) {
+        Ok(true) => Err(Error::bad_input(
             path,
             "is a directory where the tree has a file",
         )),
-        _ => fs::rename(tmp, path).ctx("replace", path),
+        _ => dir.rename(tmp, name).ctx("replace", path),
     };
     if res.is_err() {
-        let _ = fs::remove_file(tmp);
+        let _ = dir.unlink(tmp, false);
     }
     res
 }

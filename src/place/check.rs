@@ -242,7 +242,7 @@ pub(super) struct Found {
 /// Read DEST's marker (refusing a directory without one, with `why` in the message), its tree,
 /// scan DEST once and check every entry.
 pub(super) fn load(store: &Store, dest: &Path, verify: bool, why: &str) -> Result<Found> {
-    let marker = read_marker(dest)?
+    let marker = read_marker(store, dest)?
         .marker
         .ok_or_else(|| Error::bad_input(dest, format!("no {MARKER_NAME}: {why}")))?;
     let manifest = store.read_tree(&marker.tree)?;

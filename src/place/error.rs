@@ -9,9 +9,41 @@ pub enum Error {
     /// A destination, marker or tree we refuse to place (not empty, escapes DEST, …).
     #[error(transparent)]
     BadInput(#[from] crate::error::BadInput),
+    /// Switching DEST to another version would replace files the user edited (or put where
+    /// the new version has a file); nothing was changed.
+    #[error("{}: switching versions would replace {} file(s) that differ from what the previous version placed (your edits), so nothing was changed: {}; save them, or give --force to keep each beside the new one as NAME.comfystore-kept-<time>", dest.display(), paths.len(), paths.join(", "))]
+    Edited {
+        dest: std::path::PathBuf,
+        paths: Vec<String>,
+    },
+    /// DEST's marker file is not a marker at all (not JSON of the schema): no field of it is
+    /// used.
+    #[error("{}: invalid materialize marker: {reason}", path.display())]
+    BadMarker {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     /// The store failed, or lacks what the tree names.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
 }
 
 crate::error::error_support!(Error);
+
+impl Error {
+    /// The same error, naming `to` where it named `from` (a `/proc/self/fd/…` path that a
+    /// write went through is reported as the path in DEST).
+    pub(crate) fn naming(self, from: &std::path::Path, to: &std::path::Path) -> Error {
+        match self {
+            Error::Io(mut e) if e.path == from => {
+                e.path = to.to_path_buf();
+                Error::Io(e)
+            }
+            Error::BadInput(mut e) if e.path == from => {
+                e.path = to.to_path_buf();
+                Error::BadInput(e)
+            }
+            e => e,
+        }
+    }
+}

@@ -259,8 +259,9 @@ pub fn place(
             continue;
         }
         let res = match m {
-            Method::Reflink => reflink_copy::reflink(src, dst)
-                .and_then(|()| fs::set_permissions(dst, fs::Permissions::from_mode(file_mode))),
+            Method::Reflink => {
+                reflink_copy::reflink(src, dst).and_then(|()| chmod_nofollow(dst, file_mode))
+            }
             Method::Hardlink => fs::hard_link(src, dst),
             Method::Symlink => std::os::unix::fs::symlink(src, dst),
             Method::Copy => copy_file(src, dst, file_mode),
@@ -289,6 +290,18 @@ fn method_op(m: Method) -> &'static str {
         Method::Symlink => "symlink",
         Method::Copy => "copy",
     }
+}
+
+/// Set the mode of the file just created at `dst` through a handle, never through a symlink
+/// that may have replaced it since (chmod by path would follow one, and change a file
+/// elsewhere).
+fn chmod_nofollow(dst: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dst)?
+        .set_permissions(fs::Permissions::from_mode(mode))
 }
 
 /// Copy bytes (the kernel's copy_file_range where it can) into a new file with `mode`.

@@ -4,8 +4,8 @@
 
 use super::link::{LinkPolicy, Method};
 use crate::place::error::{Error, Result};
-use crate::store::ObjectId;
 pub use crate::store::MARKER_NAME;
+use crate::store::{ObjectId, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,13 +53,15 @@ impl Marker {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("read", path, e)),
         };
-        let m: Marker = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::bad_input(&path, format!("invalid materialize marker: {e}")))?;
+        let m: Marker = serde_json::from_slice(&bytes).map_err(|e| Error::BadMarker {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if m.schema != SCHEMA {
-            return Err(Error::bad_input(
-                &path,
-                format!("marker schema {:?} is not supported", m.schema),
-            ));
+            return Err(Error::BadMarker {
+                path,
+                reason: format!("schema {:?} is not supported", m.schema),
+            });
         }
         // Paths DEST's own file names are untrusted: they are read and hashed under DEST.
         let files = m.layout.iter().flat_map(|l| &l.source_data_files);
@@ -95,13 +97,91 @@ pub struct Marked {
 
 /// Read DEST's marker and its Layout. The one reader: the engine, the pipelines and the CLI
 /// all ask here, so they agree on whether DEST was materialized and how it was laid out.
-pub fn read_marker(dest: &Path) -> Result<Marked> {
+///
+/// The marker is user-writable data, so nothing in it is trusted that could reach outside
+/// DEST: its `root` must be the one named by DEST's own path (or a root `store` registers to
+/// this DEST), and each path its `layout` names must lie inside DEST or be one that DEST's
+/// root in `store` registers (`Root::outside`). Anything else is refused, naming the field.
+pub fn read_marker(store: &Store, dest: &Path) -> Result<Marked> {
     let marker = Marker::read(dest)?;
+    if let Some(m) = &marker {
+        check_trusted(store, dest, m)?;
+    }
     let layout = marker
         .as_ref()
         .and_then(|m| m.layout.clone())
         .unwrap_or_default();
     Ok(Marked { marker, layout })
+}
+
+/// Refuse a marker whose `root` or `layout` paths reach outside DEST without the store's
+/// word for it.
+fn check_trusted(store: &Store, dest: &Path, m: &Marker) -> Result<()> {
+    let dest = dest.canonicalize().unwrap_or_else(|_| dest.to_path_buf());
+    let path = dest.join(MARKER_NAME);
+    let refuse = |field: &str, why: String| {
+        Err(Error::bad_input(
+            &path,
+            format!("untrusted materialize marker: field `{field}` {why}; refusing it (the marker is user-writable: remove the field, or materialize DEST again from a clean folder)"),
+        ))
+    };
+    let own = super::dest::root_name(&dest);
+    let own_root = store.read_root(&own).ok().flatten();
+    if m.root != own {
+        let other = store.read_root(&m.root).ok().flatten();
+        let registered = other
+            .as_ref()
+            .and_then(|r| r.path.as_ref())
+            .is_some_and(|p| *p == dest);
+        // A DEST that was moved: its old root stands for a folder that is no longer there
+        // (another materialized version's root is never stale like that).
+        // A root that is not there at all names nothing to harm.
+        let moved = m.root.starts_with("materialized/")
+            && other
+                .as_ref()
+                .is_none_or(|r| r.path.as_ref().is_some_and(|p| !p.exists()));
+        if !registered && !moved {
+            return refuse(
+                "root",
+                format!(
+                    "names {:?}, which is not DEST's own root ({own}) and which the store does not register to {}",
+                    m.root,
+                    dest.display()
+                ),
+            );
+        }
+    }
+    let Some(layout) = &m.layout else {
+        return Ok(());
+    };
+    let outside = own_root.map(|r| r.outside).unwrap_or_default();
+    for (field, p) in [
+        ("layout.venv", &layout.venv),
+        ("layout.models_dir", &layout.models_dir),
+        ("layout.python", &layout.python),
+    ] {
+        let Some(p) = p else { continue };
+        if !inside(&dest, p) && !outside.iter().any(|o| o == p) {
+            return refuse(
+                field,
+                format!(
+                    "names {}, which is neither inside DEST nor registered to DEST in the store",
+                    p.display()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `p` is DEST or below it: lexically (absolute, no `..`), and where it exists, after
+/// resolving symlinks too.
+fn inside(dest: &Path, p: &Path) -> bool {
+    use std::path::Component;
+    let lexical = p.is_absolute()
+        && p.starts_with(dest)
+        && !p.components().any(|c| matches!(c, Component::ParentDir));
+    lexical && p.canonicalize().map_or(true, |c| c.starts_with(dest))
 }
 
 /// Where a lock's parts go besides DEST. Recorded in the marker, so `verify` and `remove`

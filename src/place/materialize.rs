@@ -25,8 +25,24 @@ pub fn materialize(
     Placement::new(tree, dest, policy).apply(store)
 }
 
-/// [`materialize`], recording where the lock's other parts went (`layout`) in the marker.
-/// `manifest` is the tree's manifest, which the caller just stored (not read again).
+/// [`materialize`]; with `force`, a switch replaces files the user edited, keeping each
+/// beside the new one (`NAME.comfystore-kept-<unix time>`) instead of refusing.
+pub fn materialize_force(
+    store: &Store,
+    tree: &ObjectId,
+    dest: &Path,
+    policy: &LinkPolicy,
+    force: bool,
+) -> Result<MaterializeReport> {
+    Placement {
+        force,
+        ..Placement::new(tree, dest, policy)
+    }
+    .apply(store)
+}
+
+/// [`materialize_force`], recording where the lock's other parts went (`layout`) in the
+/// marker. `manifest` is the tree's manifest, which the caller just stored (not read again).
 pub fn materialize_laid_out(
     store: &Store,
     tree: &ObjectId,
@@ -34,10 +50,12 @@ pub fn materialize_laid_out(
     dest: &Path,
     policy: &LinkPolicy,
     layout: &Layout,
+    force: bool,
 ) -> Result<MaterializeReport> {
     Placement {
         manifest: Some(manifest),
         layout: Some(layout),
+        force,
         ..Placement::new(tree, dest, policy)
     }
     .apply(store)
@@ -71,6 +89,8 @@ struct Placement<'a> {
     marked: bool,
     /// The Layout to record in the marker (else the previous marker's is kept).
     layout: Option<&'a Layout>,
+    /// A switch may replace the user's edits (each kept beside the new entry).
+    force: bool,
 }
 
 impl<'a> Placement<'a> {
@@ -83,6 +103,7 @@ impl<'a> Placement<'a> {
             policy,
             marked: true,
             layout: None,
+            force: false,
         }
     }
 
@@ -99,7 +120,8 @@ impl<'a> Placement<'a> {
         // Writers' lock: gc must not delete the objects while we link them.
         let _lock = store.lock_shared()?;
         let dest = check_dest(store, self.dest, true)?;
-        let previous = self.previous_marker(&dest)?;
+        let beneath = super::beneath::Beneath::open(&dest)?;
+        let previous = self.previous_marker(store, &dest)?;
         let old = match &previous {
             Some(p) if p.tree != *self.tree => Some(store.read_tree(&p.tree)?),
             _ => None,
@@ -116,6 +138,12 @@ impl<'a> Placement<'a> {
         let dropped_states = match &dropped {
             Some(d) => states_of(&checker, d, &scan)?,
             None => Vec::new(),
+        };
+        let edited = match (&previous, &old) {
+            (Some(p), Some(old)) if p.complete => {
+                edited_files(&checker, manifest, &states, old, &scan)?
+            }
+            _ => Vec::new(),
         };
         let plan = plan::plan(&PlanInput {
             tree: self.tree,
@@ -136,11 +164,14 @@ impl<'a> Placement<'a> {
             marked: self.marked,
             previous: previous.as_ref(),
             layout: self.layout,
+            edited: &edited,
+            force: self.force,
         })?;
         Executor {
             store,
             tree: self.tree,
             dest: &dest,
+            beneath: &beneath,
             policy: self.policy,
         }
         .execute(plan)
@@ -148,11 +179,11 @@ impl<'a> Placement<'a> {
 
     /// DEST's marker before this run (a materialize only), refusing to materialize over a
     /// folder that has files and no marker.
-    fn previous_marker(&self, dest: &Path) -> Result<Option<Marker>> {
+    fn previous_marker(&self, store: &Store, dest: &Path) -> Result<Option<Marker>> {
         if !self.marked {
             return Ok(None);
         }
-        let previous = read_marker(dest)?.marker;
+        let previous = read_marker(store, dest)?.marker;
         if previous.is_none() && fs::read_dir(dest).ctx("list", dest)?.next().is_some() {
             return Err(Error::bad_input(
                 dest,
@@ -189,6 +220,54 @@ fn check_placeable(store: &Store, tree: &ObjectId, manifest: &Manifest) -> Resul
         .into());
     }
     Ok(())
+}
+
+/// A switch from `old`: the files and symlinks the new tree would replace that are not what
+/// `old` placed there. An entry `old` lists at the same path is compared with `old`'s entry
+/// (through the stat cache): intact means the previous version's file, which may go. A path
+/// `old` does not list holds the user's own file.
+fn edited_files(
+    checker: &Checker,
+    manifest: &Manifest,
+    states: &[EntryState],
+    old: &Manifest,
+    scan: &super::scan::Scan,
+) -> Result<Vec<String>> {
+    use crate::store::Node;
+    let replaced: Vec<&str> = manifest
+        .entries
+        .iter()
+        .zip(states)
+        .filter(|(e, s)| {
+            matches!(s, EntryState::Modified { .. })
+                && !matches!(e.node, Node::Dir)
+                && scan.get(&e.path).is_some_and(|seen| !seen.is_dir())
+        })
+        .map(|(e, _)| e.path.as_str())
+        .collect();
+    if replaced.is_empty() {
+        return Ok(Vec::new());
+    }
+    let by_path: std::collections::HashMap<&str, &crate::store::Entry> =
+        old.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let previous = Manifest {
+        entries: replaced
+            .iter()
+            .filter_map(|p| by_path.get(p).map(|e| (*e).clone()))
+            .collect(),
+    };
+    let intact: std::collections::HashSet<&str> = previous
+        .entries
+        .iter()
+        .zip(states_of(checker, &previous, scan)?)
+        .filter(|(_, s)| *s == EntryState::Ok)
+        .map(|(e, _)| e.path.as_str())
+        .collect();
+    Ok(replaced
+        .into_iter()
+        .filter(|p| !intact.contains(p))
+        .map(str::to_string)
+        .collect())
 }
 
 /// Each entry's state in DEST (the stat-cache rows of this check are not saved: a materialize

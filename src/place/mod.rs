@@ -10,6 +10,7 @@
 //! (plain data, no I/O), `apply` does.
 
 mod apply;
+pub mod beneath;
 mod check;
 mod dest;
 pub mod error;
@@ -21,11 +22,11 @@ mod remove;
 mod scan;
 mod status;
 
-pub use apply::MaterializeReport;
+pub use apply::{KeptEdit, MaterializeReport};
 pub use check::EntryState;
 pub use link::{LinkMode, LinkPolicy, Method, PrefixRule};
 pub use marker::{read_marker, Layout, Marked, Marker, MARKER_NAME};
-pub use materialize::{materialize, materialize_laid_out, repair_in_place};
+pub use materialize::{materialize, materialize_force, materialize_laid_out, repair_in_place};
 pub use plan::{
     dropped, plan, prunable, tree_dirs, Dropped, MarkerPlan, Plan, PlanInput, Removal, Write,
 };
@@ -41,27 +42,29 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// Put one stored object at `dest` (a new file; its folder is created), linked the way `mode`
-/// allows. For `add-url --path`: a single model placed into an install.
-pub fn place_object(store: &Store, id: &ObjectId, dest: &Path, mode: LinkMode) -> Result<Method> {
+/// Put one stored object at `rel` beneath `root` (a new file; its folders are created), linked
+/// the way `mode` allows. Every folder on the way is opened beneath `root` without following a
+/// symlink, so a planted `models -> /elsewhere` is refused, never written through. For
+/// `add-url --path` (a model placed into an install) and `mirror`.
+pub fn place_object(
+    store: &Store,
+    id: &ObjectId,
+    root: &Path,
+    rel: &str,
+    mode: LinkMode,
+) -> Result<Method> {
+    crate::store::check_rel_path(rel).map_err(|e| Error::bad_input(root.join(rel), e))?;
     let src = store
         .find_object(id, false)
         .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?;
-    let parent = dest
-        .parent()
-        .ok_or_else(|| Error::bad_input(dest, "no parent folder"))?;
-    fs::create_dir_all(parent).ctx("create", parent)?;
+    let top = beneath::Beneath::open(root)?;
+    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let dir = top.create_dirs(parent)?;
     let devs = (
         fs::metadata(&src).ctx("stat", &src)?.dev(),
-        fs::metadata(parent).ctx("stat", parent)?.dev(),
+        dir.dev().ctx("stat", dir.path())?,
     );
-    link::place(
-        &link::Probe::default(),
-        devs,
-        mode,
-        &src,
-        dest,
-        false,
-        false,
-    )
+    let at = dir.name_path(name);
+    link::place(&link::Probe::default(), devs, mode, &src, &at, false, false)
+        .map_err(|e| e.naming(&at, &dir.path().join(name)))
 }

@@ -35,6 +35,12 @@ pub struct PlanInput<'a> {
     pub previous: Option<&'a Marker>,
     /// The Layout to record; `None` keeps the previous marker's.
     pub layout: Option<&'a Layout>,
+    /// Files and symlinks this run would replace that are not what the previous version
+    /// placed there (the user edited them, or put them there): a switch refuses them, named,
+    /// unless `force`.
+    pub edited: &'a [String],
+    /// Replace `edited` anyway, keeping each one beside the new entry.
+    pub force: bool,
 }
 
 /// The previous version's entries that the new tree does not list.
@@ -65,6 +71,8 @@ pub struct Plan<'a> {
     pub unchanged: u64,
     /// Entries of the previous version the user changed: kept.
     pub kept_modified: Vec<String>,
+    /// Edited files the new version replaces (`force`): each is kept beside it first.
+    pub keep_aside: Vec<&'a str>,
     /// Files and symlinks in DEST that the tree does not list.
     pub extra: u64,
 }
@@ -76,6 +84,10 @@ pub struct MarkerPlan {
     /// False when the same version is already complete and intact: a run that changes
     /// nothing writes nothing (and keeps the counts of what placed the files).
     pub write: bool,
+    /// The previous marker's root, when it is not DEST's own (a moved DEST, an older name):
+    /// `read_marker` vouched that it stands for this DEST or for nothing, so it goes once
+    /// DEST's own root is written.
+    pub drop_root: Option<String>,
 }
 
 /// An entry of the previous version to remove.
@@ -101,7 +113,14 @@ pub fn plan<'a>(input: &PlanInput<'a>) -> Result<Plan<'a>> {
     let dirs = tree_dirs(input.manifest);
     refuse_conflicts(input, &dirs, &remove)?;
     let write = writes(input.manifest, input.states);
+    if !input.edited.is_empty() && !input.force {
+        return Err(Error::Edited {
+            dest: input.dest.to_path_buf(),
+            paths: input.edited.to_vec(),
+        });
+    }
     Ok(Plan {
+        keep_aside: input.edited.iter().map(String::as_str).collect(),
         marker: input
             .marked
             .then(|| decide_marker(input, remove.is_empty())),
@@ -226,12 +245,12 @@ fn refuse_conflicts(input: &PlanInput, dirs: &[&str], remove: &[Removal]) -> Res
     Ok(())
 }
 
-/// The marker DEST gets: the previous one's GC root (else a new one named by DEST), the Layout
+/// The marker DEST gets: the GC root named by DEST's own path (never the marker's word), the Layout
 /// given (else the one the version was placed with), and, for the same version again, the
 /// previous counts and no write unless something changes.
 fn decide_marker(input: &PlanInput, nothing_removed: bool) -> MarkerPlan {
     let previous = input.previous;
-    let root = previous.map_or_else(|| root_name(input.dest), |p| p.root.clone());
+    let root = root_name(input.dest);
     let mut marker = Marker::new(*input.tree, input.store_root, root, input.policy.clone());
     marker.layout = input
         .layout
@@ -239,6 +258,7 @@ fn decide_marker(input: &PlanInput, nothing_removed: bool) -> MarkerPlan {
         .or_else(|| previous.and_then(|p| p.layout.clone()));
     let same = previous.filter(|p| {
         p.complete
+            && p.root == marker.root
             && p.tree == *input.tree
             && p.policy == *input.policy
             && p.layout == marker.layout
@@ -248,6 +268,9 @@ fn decide_marker(input: &PlanInput, nothing_removed: bool) -> MarkerPlan {
     }
     let intact = input.states.iter().all(|s| *s == EntryState::Ok);
     MarkerPlan {
+        drop_root: previous
+            .map(|p| p.root.clone())
+            .filter(|r| *r != marker.root),
         marker,
         write: !(same.is_some() && nothing_removed && intact),
     }

@@ -2,6 +2,7 @@
 //! folders left empty, then the marker and the GC root. User files and modified files stay
 //! unless `all`.
 
+use super::beneath::Beneath;
 use super::check::{load, EntryState, Found};
 use super::dest::check_dest;
 use super::marker::{read_marker, Marker, MARKER_NAME};
@@ -42,15 +43,19 @@ pub fn remove(store: &Store, dest: &Path, all: bool) -> Result<RemoveReport> {
         "refusing to remove a directory comfystore did not make",
     )?;
     let mut report = RemoveReport::default();
-    remove_placed(&dest, &found, all, &mut report)?;
+    let beneath = Beneath::open(&dest)?;
+    remove_placed(&beneath, &found, all, &mut report)?;
     if all {
-        remove_the_rest(&dest, &found, &mut report)?;
+        remove_the_rest(&beneath, &found, &mut report)?;
     } else {
-        remove_caches(&dest, &found, &mut report)?;
+        remove_caches(&beneath, &found, &mut report)?;
     }
     let marker_path = dest.join(MARKER_NAME);
     fs::remove_file(&marker_path).ctx("remove", &marker_path)?;
+    // The marker's `root` was checked (DEST's own, or registered to DEST); DEST's own root
+    // goes either way.
     store.remove_root(&found.marker.root)?;
+    store.remove_root(&super::dest::root_name(&dest))?;
     report.dest_removed = fs::remove_dir(&dest).is_ok();
     remove_outside_venv(store, &found.marker, all, &mut report)?;
     Ok(report)
@@ -58,7 +63,12 @@ pub fn remove(store: &Store, dest: &Path, all: bool) -> Result<RemoveReport> {
 
 /// The tree's files and symlinks, deepest first; modified ones are kept unless `all`. Never
 /// through a symlink: the scan does not descend into one, so a path below one is not seen.
-fn remove_placed(dest: &Path, found: &Found, all: bool, report: &mut RemoveReport) -> Result<()> {
+fn remove_placed(
+    dest: &Beneath,
+    found: &Found,
+    all: bool,
+    report: &mut RemoveReport,
+) -> Result<()> {
     let mut order: Vec<_> = found.manifest.entries.iter().zip(&found.checked).collect();
     order.sort_by(|a, b| b.0.path.cmp(&a.0.path));
     for (e, c) in order {
@@ -69,15 +79,16 @@ fn remove_placed(dest: &Path, found: &Found, all: bool, report: &mut RemoveRepor
             report.kept.push(e.path.clone());
             continue;
         }
-        let path = dest.join(&e.path);
-        fs::remove_file(&path).ctx("remove", &path)?;
+        let path = dest.path().join(&e.path);
+        let (dir, name) = dest.parent_of(&e.path)?;
+        dir.unlink(name, false).ctx("remove", &path)?;
         report.removed_entries += 1;
     }
     Ok(())
 }
 
 /// `all`: every other file and symlink, then every folder that empties.
-fn remove_the_rest(dest: &Path, found: &Found, report: &mut RemoveReport) -> Result<()> {
+fn remove_the_rest(dest: &Beneath, found: &Found, report: &mut RemoveReport) -> Result<()> {
     let extra = extras(&found.manifest, &found.scan);
     report.removed_entries += remove_files(dest, &extra)?;
     let dirs: Vec<&str> = found
@@ -92,7 +103,7 @@ fn remove_the_rest(dest: &Path, found: &Found, report: &mut RemoveReport) -> Res
 
 /// Without `all`: byte-code caches are Python's, derived from what was placed, so they go too;
 /// user files are kept; the tree's folders and cache folders go where they empty.
-fn remove_caches(dest: &Path, found: &Found, report: &mut RemoveReport) -> Result<()> {
+fn remove_caches(dest: &Beneath, found: &Found, report: &mut RemoveReport) -> Result<()> {
     let (caches, user): (Vec<String>, Vec<String>) = extras(&found.manifest, &found.scan)
         .into_iter()
         .partition(|p| is_cache_path(p));
@@ -121,7 +132,7 @@ fn remove_outside_venv(
     let Some(venv) = marker.layout.as_ref().and_then(|l| l.venv.as_ref()) else {
         return Ok(());
     };
-    if read_marker(venv)?.marker.is_none() {
+    if read_marker(store, venv)?.marker.is_none() {
         return Ok(());
     }
     let r = remove(store, venv, all)?;
@@ -136,7 +147,7 @@ fn remove_outside_venv(
 }
 
 /// Remove these files (paths in DEST); one already gone is not an error. Returns how many went.
-fn remove_files(dest: &Path, paths: &[String]) -> Result<u64> {
+fn remove_files(dest: &Beneath, paths: &[String]) -> Result<u64> {
     let entries: Vec<Removal> = paths
         .iter()
         .map(|p| Removal {
@@ -148,16 +159,19 @@ fn remove_files(dest: &Path, paths: &[String]) -> Result<u64> {
 }
 
 /// Remove these entries in order (a folder only if empty); one already gone, or a folder that
-/// is not empty, is passed over. Returns how many went.
-pub(super) fn remove_entries(dest: &Path, entries: &[Removal]) -> Result<u64> {
+/// is not empty, is passed over. Returns how many went. Each goes through its folder opened
+/// beneath DEST without following a symlink, so nothing outside DEST is ever removed.
+pub(super) fn remove_entries(dest: &Beneath, entries: &[Removal]) -> Result<u64> {
     let mut n = 0;
     for r in entries {
-        let path = dest.join(r.path);
-        let res = if r.dir {
-            fs::remove_dir(&path)
-        } else {
-            fs::remove_file(&path)
+        let path = dest.path().join(r.path);
+        let (dir, name) = match dest.parent_of(r.path) {
+            Ok(d) => d,
+            // Its folder is gone: so is the entry.
+            Err(Error::Io(e)) if e.source.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         };
+        let res = dir.unlink(name, r.dir);
         match res {
             Ok(()) => n += 1,
             Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::DirectoryNotEmpty) => {}
@@ -167,11 +181,15 @@ pub(super) fn remove_entries(dest: &Path, entries: &[Removal]) -> Result<u64> {
     Ok(n)
 }
 
-/// Remove these folders in order where they are empty; returns how many went.
-pub(super) fn remove_empty_dirs(dest: &Path, dirs: &[&str]) -> u64 {
+/// Remove these folders in order where they are empty (beneath DEST, never through a
+/// symlink); returns how many went.
+pub(super) fn remove_empty_dirs(dest: &Beneath, dirs: &[&str]) -> u64 {
     let mut n = 0;
     for d in dirs {
-        if fs::remove_dir(dest.join(d)).is_ok() {
+        let gone = dest
+            .parent_of(d)
+            .is_ok_and(|(dir, name)| dir.unlink(name, true).is_ok());
+        if gone {
             n += 1;
         }
     }

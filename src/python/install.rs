@@ -169,6 +169,7 @@ pub fn ensure_env(
         &Root {
             ids: vec![tree],
             path: None,
+            ..Default::default()
         },
     )?;
     Ok(EnvReport {

@@ -47,10 +47,132 @@ pub struct AdoptReport {
     pub how: &'static str,
 }
 
+/// Where `adopt` may share a file's inode (a hardlink: the file becomes read-only, 0444).
+/// Files elsewhere (behind a symlink that leads out of these folders) are never changed: no
+/// mode, owner or link count of theirs moves; they are reflinked or copied.
+#[derive(Clone, Debug, Default)]
+pub struct AdoptScope {
+    /// Canonical folders whose files may be hardlinked (the install, `--models-dir`).
+    pub own: Vec<PathBuf>,
+}
+
+impl AdoptScope {
+    /// The folders given, canonical (those that do not resolve are left out).
+    pub fn new<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> AdoptScope {
+        AdoptScope {
+            own: dirs
+                .into_iter()
+                .filter_map(|d| d.canonicalize().ok())
+                .collect(),
+        }
+    }
+
+    fn may_hardlink(&self, real: &Path, mode: u32) -> bool {
+        // 0444 must not widen who can read the file where it is.
+        self.own.iter().any(|d| real.starts_with(d)) && mode & 0o044 == 0o044
+    }
+}
+
+/// Whether everyone can read `real` (canonical): the file readable by others and every
+/// folder above it searchable by others.
+fn world_readable(real: &Path, mode: u32) -> bool {
+    mode & 0o004 != 0
+        && real
+            .ancestors()
+            .skip(1)
+            .all(|d| fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
+/// Whether every folder from `dir` up to `/` is searchable by others (memoised).
+fn dir_public(dir: &Path, memo: &mut std::collections::HashMap<PathBuf, bool>) -> bool {
+    if let Some(v) = memo.get(dir) {
+        return *v;
+    }
+    let own = fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    let v = own && dir.parent().is_none_or(|p| dir_public(p, memo));
+    memo.insert(dir.to_path_buf(), v);
+    v
+}
+
 impl Store {
+    /// Refuse files under `dir` (outside the store) that other users cannot read where they
+    /// are, when the store is open to them: every object is 0444, so storing them would make
+    /// them readable. Files comfystore itself made in the store's `tmp/` (git checkouts,
+    /// installs) are not the user's private files and are not checked.
+    pub(super) fn check_private_files<'a>(
+        &self,
+        dir: &Path,
+        files: impl Iterator<Item = &'a Path>,
+    ) -> Result<()> {
+        if !self.is_shared() {
+            return Ok(());
+        }
+        let dir = dir.canonicalize().ctx("resolve", dir)?;
+        if dir.starts_with(self.root()) {
+            return Ok(());
+        }
+        let mut memo = std::collections::HashMap::new();
+        let mut private = Vec::new();
+        for f in files {
+            let mode = fs::symlink_metadata(f).ctx("stat", f)?.permissions().mode();
+            let parent_public = f.parent().is_some_and(|p| dir_public(p, &mut memo));
+            if mode & 0o004 == 0 || !parent_public {
+                private.push(f.display().to_string());
+            }
+        }
+        if private.is_empty() {
+            return Ok(());
+        }
+        Err(Error::bad_input(
+            &dir,
+            format!(
+                "{} file(s) here are not readable by other users (first: {}), but the store {} is open to them and its objects are 0444: refusing to make them readable through the store. `chmod 700 {}` (the default for new stores), or exclude them",
+                private.len(),
+                private[..private.len().min(3)].join(", "),
+                self.root().display(),
+                self.root().display()
+            ),
+        ))
+    }
+
+    /// Whether users other than the store's owner can reach its objects (its top folder is
+    /// group- or world-searchable). New stores are created 0700, so they cannot.
+    pub fn is_shared(&self) -> bool {
+        fs::metadata(self.root()).is_ok_and(|m| m.permissions().mode() & 0o011 != 0)
+    }
+
+    /// Refuse content that others cannot read where it is into a store that others can reach:
+    /// every object is 0444, so the store would make it readable to them.
+    fn check_private(&self, path: &Path) -> Result<()> {
+        if !self.is_shared() {
+            return Ok(());
+        }
+        let real = path.canonicalize().ctx("resolve", path)?;
+        let mode = fs::metadata(&real).ctx("stat", &real)?.permissions().mode();
+        if world_readable(&real, mode) {
+            return Ok(());
+        }
+        Err(Error::bad_input(
+            path,
+            format!(
+                "{} is not readable by other users, but the store {} is open to them (mode {:o}) and its objects are 0444: refusing to make it readable through the store. `chmod 700 {}` (the default for new stores), or make the file world-readable if it is not private",
+                real.display(),
+                self.root().display(),
+                fs::metadata(self.root()).map_or(0, |m| m.permissions().mode() & 0o777),
+                self.root().display()
+            ),
+        ))
+    }
+
     /// Add every file in `paths` (symlinks followed) with SHA-256, in parallel, reusing the
-    /// user's bytes where `mode` allows. One `syncfs` covers all new objects.
-    pub fn adopt_files(&self, paths: &[PathBuf], mode: AdoptMode) -> Result<Vec<AdoptReport>> {
+    /// user's bytes where `mode` allows (a hardlink only inside `scope`, for a file everyone
+    /// could already read). One `syncfs` covers all new objects.
+    pub fn adopt_files(
+        &self,
+        paths: &[PathBuf],
+        mode: AdoptMode,
+        scope: &AdoptScope,
+    ) -> Result<Vec<AdoptReport>> {
         let _lock = self.lock_shared()?;
         let mut metas = Vec::with_capacity(paths.len());
         for p in paths {
@@ -58,6 +180,7 @@ impl Store {
             if !m.is_file() {
                 return Err(Error::bad_input(p, "not a regular file"));
             }
+            self.check_private(p)?;
             metas.push(StatKey::of(&m));
         }
         let cached = match self.index() {
@@ -73,7 +196,7 @@ impl Store {
             .zip(metas.par_iter())
             .zip(cached.par_iter())
             .map(|((path, stat), cached)| {
-                let r = self.adopt_one(path, *stat, *cached, mode);
+                let r = self.adopt_one(path, *stat, *cached, mode, scope);
                 bar.inc(stat.size);
                 r
             })
@@ -109,6 +232,7 @@ impl Store {
         stat: StatKey,
         cached: Option<ObjectId>,
         mode: AdoptMode,
+        scope: &AdoptScope,
     ) -> Result<(AdoptReport, Option<StatKey>, bool)> {
         let report = |id, sha256, how| AdoptReport {
             path: path.to_path_buf(),
@@ -132,6 +256,11 @@ impl Store {
                 && k.mtime_ns == stat.mtime_ns
                 && !super::ingest::racy_mtime(k.mtime_ns, started))
             .then_some(k)
+        };
+        let file_mode = fs::metadata(path).ctx("stat", path)?.permissions().mode();
+        let mode = match mode {
+            AdoptMode::Auto if !scope.may_hardlink(path, file_mode) => AdoptMode::Reflink,
+            m => m,
         };
         let (how, now) = self.take_in(path, &stat, &id, mode)?;
         Ok((report(id, sha, how), stable(now), true))

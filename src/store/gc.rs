@@ -166,6 +166,20 @@ pub struct GcReport {
     pub deleted_sources: u64,
     /// Roots naming ids the store does not have.
     pub dangling_roots: Vec<String>,
+    /// With `dry_run`: each tree and object gc would delete, and why nothing keeps it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_free: Vec<GcItem>,
+}
+
+/// A file `gc --dry-run` would delete.
+#[derive(Clone, Debug, Serialize)]
+pub struct GcItem {
+    /// `tree` or `object` (`object-exec` for the executable variant).
+    pub kind: &'static str,
+    pub id: ObjectId,
+    pub size: u64,
+    /// Why nothing keeps it.
+    pub why: String,
 }
 
 /// What the roots reach.
@@ -194,8 +208,9 @@ impl Store {
             dry_run: opts.dry_run,
             report: &mut report,
         };
-        let (gone_objects, deleted_objects) = sweep.files(&scan.object_files, &live.objects)?;
-        let (gone_trees, deleted_trees) = sweep.files(&scan.tree_files, &live.trees)?;
+        let (gone_objects, deleted_objects) =
+            sweep.files(&scan.object_files, &live.objects, "object")?;
+        let (gone_trees, deleted_trees) = sweep.files(&scan.tree_files, &live.trees, "tree")?;
         report.deleted_objects = deleted_objects;
         report.deleted_trees = deleted_trees;
         self.sweep_aliases(&scan, &gone_objects, opts.dry_run, &mut report)?;
@@ -332,6 +347,7 @@ impl Sweep<'_> {
         &mut self,
         files: &[StoredFile],
         live: &HashSet<ObjectId>,
+        kind: &'static str,
     ) -> Result<(Vec<ObjectId>, u64)> {
         let mut gone = Vec::new();
         let mut count = 0;
@@ -354,6 +370,20 @@ impl Sweep<'_> {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e).ctx("delete", &f.path),
                 }
+            }
+            if self.dry_run {
+                self.report.would_free.push(GcItem {
+                    kind: match (kind, f.exec) {
+                        ("object", true) => "object-exec",
+                        (k, _) => k,
+                    },
+                    id: f.id,
+                    size: f.size,
+                    why: format!(
+                        "named by no root: no root lists it{}, and it is older than the grace period",
+                        if kind == "object" { " or a tree a root lists" } else { "" }
+                    ),
+                });
             }
             count += 1;
             self.report.freed_bytes += f.size;

@@ -52,6 +52,7 @@ impl Store {
             &Root {
                 ids: vec![tree],
                 path: None,
+                ..Default::default()
             },
         )
     }

@@ -146,6 +146,11 @@ impl Store {
     pub fn add_file(&self, path: &Path) -> Result<AddReport> {
         let _lock = self.lock_shared()?;
         let meta = fs::metadata(path).ctx("stat", path)?;
+        let real = path.canonicalize().ctx("resolve", path)?;
+        self.check_private_files(
+            real.parent().unwrap_or(Path::new("/")),
+            std::iter::once(real.as_path()),
+        )?;
         let file = ScannedFile {
             rel: String::new(),
             abs: path.to_path_buf(),
@@ -184,6 +189,7 @@ impl Store {
     pub fn add_tree(&self, dir: &Path, opts: &AddOptions) -> Result<AddReport> {
         let _lock = self.lock_shared()?;
         let (files, mut entries) = scan(dir, opts, self.root())?;
+        self.check_private_files(dir, files.iter().map(|f| f.abs.as_path()))?;
         let outcomes: Vec<FileOutcome> = self.each_file(&files, true, |f, c| {
             self.ingest_file(f, c, opts.tree_sha256)
         })?;

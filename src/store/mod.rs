@@ -26,11 +26,11 @@ mod roots;
 mod sources;
 mod tree;
 
-pub use adopt::{AdoptMode, AdoptReport};
+pub use adopt::{AdoptMode, AdoptReport, AdoptScope};
 pub use bundle::{ExportReport, ImportReport};
 pub use durable::{sync_filesystem, unique_name, write_file_atomic, TEMP_PREFIX};
 pub use fsck::{FsckOptions, FsckProblem, FsckReport};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{GcItem, GcOptions, GcReport};
 pub use git_trees::git_tree_root;
 pub use hash::b3_file;
 pub use hash::{hash_bytes, Digests};
@@ -266,6 +266,20 @@ fn init_layout(root: &Path) -> Result<()> {
                     "directory is not empty (it holds {name:?}) and has no {MARKER}: refusing to use it as a store"
                 ),
             });
+        }
+    }
+    // Private by default: objects are 0444, so whoever can search the store's top folder can
+    // read every model, key and source file ever stored. Sharing a store is a choice
+    // (`chmod 755`), after which `adopt` refuses files others cannot read.
+    // A filesystem that ignores or refuses modes (some FUSE mounts) keeps its own: said, not
+    // fatal.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = fs::set_permissions(root, fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(
+                "{}: could not make the new store private (chmod 700): {e}",
+                root.display()
+            );
         }
     }
     for dir in ["objects/b3", "trees/b3", "aliases/sha256"] {

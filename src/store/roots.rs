@@ -11,12 +11,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The content of a root file.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Root {
     pub ids: Vec<ObjectId>,
     /// The directory this root keeps alive, for roots made by `materialize`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// For a materialized directory: the paths outside it that its version placed or names
+    /// (an environment placed elsewhere, the shared models folder, the base interpreter).
+    /// DEST's marker is user-writable; a path it names outside DEST is only trusted when the
+    /// store registered it here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outside: Vec<PathBuf>,
 }
 
 /// Root names: letters, digits and `. _ - + @ =`, parts separated by `/`; no part starts with a

@@ -34,8 +34,11 @@ pub struct LockOptions {
     pub tag: String,
     /// The venv (default: `COMFY_DIR/venv`, `COMFY_DIR/.venv`, `$VIRTUAL_ENV`).
     pub venv: Option<PathBuf>,
-    /// Leave the Python environment out.
+    /// Leave the Python environment out (not scanned). A `python` section of the lockfile
+    /// being rewritten (`output`) is kept, with a warning, unless `drop_python`.
     pub no_python: bool,
+    /// When no venv is scanned, drop the `python` section of the lockfile being rewritten.
+    pub drop_python: bool,
     /// Models folder (default `COMFY_DIR/models`).
     pub models_dir: Option<PathBuf>,
     /// `--sources` map of path or sha256 to URLs.
@@ -101,6 +104,9 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
         ),
         None => {}
     }
+    if venv.is_none() {
+        lock.python = previous_python(opts, &mut report);
+    }
     let models_dir = opts
         .models_dir
         .clone()
@@ -116,6 +122,38 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
         )
     })?;
     Ok((lock, report))
+}
+
+/// No venv was scanned: the `python` section of the lockfile being rewritten is kept (a
+/// pinned environment is never dropped without a word), unless `drop_python`.
+fn previous_python(opts: &LockOptions, report: &mut LockReport) -> Option<Python> {
+    let out = opts.output.as_deref().filter(|p| p.is_file())?;
+    let old = match Lockfile::read(out) {
+        Ok(l) => l.python?,
+        Err(e) => {
+            report.warnings.push(format!(
+                "{} is not a readable lockfile ({e}); it is replaced",
+                out.display()
+            ));
+            return None;
+        }
+    };
+    if opts.drop_python {
+        report.warnings.push(format!(
+            "the python section of {} (environment {}) is dropped (--drop-python)",
+            out.display(),
+            old.tree
+                .map_or_else(|| "without a tree".to_string(), |t| t.to_string())
+        ));
+        None
+    } else {
+        report.warnings.push(format!(
+            "no venv scanned: the python section of {} (environment {}) is kept as it was; pass --drop-python to drop it",
+            out.display(),
+            old.tree.map_or_else(|| "without a tree".to_string(), |t| t.to_string())
+        ));
+        Some(old)
+    }
 }
 
 /// The ComfyUI folder, checked (and the tag with it).
@@ -160,7 +198,18 @@ fn lock_comfyui(
     let ours = if git::is_repo_root(comfy) {
         Vec::new()
     } else {
-        crate::place::read_marker(comfy)?.layout.source_data_files
+        // A file that is no marker at all is only a file of the install: lock warns and goes
+        // on without the list. A marker whose fields cannot be trusted is refused, naming it.
+        match crate::place::read_marker(store, comfy) {
+            Ok(m) => m.layout.source_data_files,
+            Err(e @ crate::place::Error::BadMarker { .. }) => {
+                report.warnings.push(format!(
+                    "{e}; ComfyUI's own files in the data folders are not told apart"
+                ));
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
     let (src, tree) = lock_source(store, comfy, &excludes, &ours, "comfyui", report)?;
     if let Some(g) = &src {
@@ -531,7 +580,16 @@ fn lock_models(
     let mut found = models::discover(models_dir, extra, &mut report.warnings)?;
     found.retain(|m| is_users_model(m, claimed, report));
     let paths: Vec<PathBuf> = found.iter().map(|m| m.abs.clone()).collect();
-    let adopted = store.adopt_files(&paths, opts.adopt)?;
+    // Hardlinks only inside the install, the models folder and the model folders the
+    // install's extra_model_paths.yaml declares: a model behind a symlink that leads
+    // elsewhere is reflinked or copied, its mode and link count never touched.
+    let comfy = opts.comfy_dir.as_path();
+    let scope = crate::store::AdoptScope::new(
+        [comfy, models_dir]
+            .into_iter()
+            .chain(extra.models.iter().map(|(_, d)| d.as_path())),
+    );
+    let adopted = store.adopt_files(&paths, opts.adopt, &scope)?;
     let given = match &opts.sources {
         Some(p) => models::SourceMap::read(p)?,
         None => models::SourceMap::default(),

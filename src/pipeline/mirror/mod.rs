@@ -22,6 +22,7 @@ pub use layout::{import_bundles, wheel_path, MirrorFile, MirrorManifest, MANIFES
 use super::fetch::{fetch_lock, FetchOptions, FetchReport};
 use crate::lockfile::{normalize_package_name, Lockfile, Part};
 use crate::pipeline::error::{Error, IoContext, Result};
+use crate::place::beneath::Beneath;
 use crate::place::{place_object, LinkMode};
 use crate::store::{ObjectId, Sha256, Store};
 use serde::Serialize;
@@ -58,6 +59,9 @@ pub fn write_mirror(
         },
     )?;
     fs::create_dir_all(dir).ctx("create", dir)?;
+    // Every folder of the mirror is opened beneath DIR without following a symlink: a planted
+    // `models -> /elsewhere` is refused, never written through.
+    let top = Beneath::open(dir)?;
     let mut report = MirrorReport {
         dir: dir.to_path_buf(),
         ..Default::default()
@@ -65,21 +69,20 @@ pub fn write_mirror(
     let _writer = store.lock_shared()?;
     let mut manifest = read_manifest(dir)?;
     let (files, wheels) = mirror_files(store, lock, dir, opts)?;
-    let by_sha = dir.join("sha256");
-    fs::create_dir_all(&by_sha).ctx("create", &by_sha)?;
+    top.create_dirs("sha256")?;
     let bar = store.reporter().start(
         "mirror",
         Some(files.len() as u64),
         crate::report::Unit::Items,
     );
     for file in &files {
-        place_file(store, dir, file, &mut manifest, &mut report)?;
+        place_file(store, &top, file, &mut manifest, &mut report)?;
         bar.inc(1);
     }
     bar.finish();
-    write_simple_index(dir, &wheels)?;
-    write_bundle(store, lock, dir, &fetch, &mut report)?;
-    write_lock_and_manifest(lock, dir, manifest)?;
+    write_simple_index(&top, &wheels)?;
+    write_bundle(store, lock, &top, &fetch, &mut report)?;
+    write_lock_and_manifest(lock, &top, manifest)?;
     report.fetch = fetch;
     Ok(report)
 }
@@ -126,17 +129,20 @@ fn mirror_files(
 /// `sha256/HEX` link and its manifest entry.
 fn place_file(
     store: &Store,
-    dir: &Path,
+    top: &Beneath,
     (rel, id, sha): &MirrorEntry,
     manifest: &mut MirrorManifest,
     report: &mut MirrorReport,
 ) -> Result<()> {
+    let dir = top.path();
     let dest = dir.join(rel);
+    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
+    let pdir = top.create_dirs(parent)?;
     let src = store
         .find_object(id, false)
         .ok_or_else(|| Error::NotFound(id.to_string()))?;
     let size = fs::metadata(&src).ctx("stat", &src)?.len();
-    if fs::metadata(&dest).is_ok_and(|m| m.len() == size)
+    if fs::symlink_metadata(pdir.name_path(name)).is_ok_and(|m| m.is_file() && m.len() == size)
         && manifest
             .files
             .iter()
@@ -144,24 +150,26 @@ fn place_file(
     {
         report.present += 1;
     } else {
-        let parent = dest.parent().unwrap_or(dir);
-        fs::create_dir_all(parent).ctx("create", parent)?;
-        let tmp = parent.join(crate::store::unique_name(crate::store::TEMP_PREFIX));
-        place_object(store, id, &tmp, LinkMode::Auto)?;
-        fs::rename(&tmp, &dest).ctx("publish", &dest)?;
+        let tmp = crate::store::unique_name(crate::store::TEMP_PREFIX);
+        let tmp_rel = match parent {
+            "" => tmp.clone(),
+            p => format!("{p}/{tmp}"),
+        };
+        place_object(store, id, dir, &tmp_rel, LinkMode::Auto)?;
+        pdir.rename(&tmp, name).ctx("publish", &dest)?;
         report.written += 1;
     }
     report.bytes += size;
     // By SHA-256, for HTTP mirrors: `python -m http.server` in DIR, then
     // `fetch --mirror-url http://host:port/sha256`.
+    let sdir = top.dir("sha256")?;
     let link = dir.join("sha256").join(sha.hex());
     let target = PathBuf::from("..").join(rel);
-    if fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
-        let tmp = dir
-            .join("sha256")
-            .join(crate::store::unique_name(crate::store::TEMP_PREFIX));
-        std::os::unix::fs::symlink(&target, &tmp).ctx("symlink", &tmp)?;
-        fs::rename(&tmp, &link).ctx("publish", &link)?;
+    if fs::read_link(sdir.name_path(&sha.hex())).ok().as_deref() != Some(target.as_path()) {
+        let tmp = crate::store::unique_name(crate::store::TEMP_PREFIX);
+        sdir.symlink(&target.to_string_lossy(), &tmp)
+            .ctx("symlink", &link)?;
+        sdir.rename(&tmp, &sha.hex()).ctx("publish", &link)?;
     }
     manifest.files.retain(|f| f.path != *rel);
     manifest.files.push(MirrorFile {
@@ -177,7 +185,7 @@ fn place_file(
 fn write_bundle(
     store: &Store,
     lock: &Lockfile,
-    dir: &Path,
+    top: &Beneath,
     fetch: &FetchReport,
     report: &mut MirrorReport,
 ) -> Result<()> {
@@ -190,10 +198,12 @@ fn write_bundle(
     if trees.is_empty() {
         return Ok(());
     }
-    let path = dir.join("bundles").join(format!("{}.bundle", lock.tag));
-    fs::create_dir_all(dir.join("bundles")).ctx("create", &dir.join("bundles"))?;
-    store.export_to_file(&trees, &path)?;
-    report.bundle_bytes = fs::metadata(&path).ctx("stat", &path)?.len();
+    let name = format!("{}.bundle", lock.tag);
+    let path = top.path().join("bundles").join(&name);
+    let bdir = top.create_dirs("bundles")?;
+    let at = bdir.name_path(&name);
+    let exported = store.export_to_file(&trees, &at)?;
+    report.bundle_bytes = fs::metadata(&at).map_or(exported.bytes, |m| m.len());
     report.bundle = Some(path);
     Ok(())
 }
@@ -201,14 +211,12 @@ fn write_bundle(
 /// The lockfile, then the manifest that lists it (written last: it says what is here).
 fn write_lock_and_manifest(
     lock: &Lockfile,
-    dir: &Path,
+    top: &Beneath,
     mut manifest: MirrorManifest,
 ) -> Result<()> {
-    let lock_path = dir
-        .join("lockfiles")
-        .join(format!("comfy-{}.lock.json", lock.tag));
-    fs::create_dir_all(dir.join("lockfiles")).ctx("create", &dir.join("lockfiles"))?;
-    lock.write(&lock_path)?;
+    let dir = top.path();
+    let ldir = top.create_dirs("lockfiles")?;
+    lock.write(&ldir.name_path(&format!("comfy-{}.lock.json", lock.tag)))?;
     manifest.schema = MIRROR_SCHEMA.into();
     manifest.locks.push(lock.tag.clone());
     manifest.locks.sort();
@@ -217,7 +225,7 @@ fn write_lock_and_manifest(
     let bytes = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::bad_input(dir.join(MANIFEST), e.to_string()))?;
     Ok(crate::store::write_file_atomic(
-        &dir.join(MANIFEST),
+        &top.dir("")?.name_path(MANIFEST),
         &bytes,
         0o644,
     )?)
@@ -243,13 +251,18 @@ fn read_manifest(dir: &Path) -> Result<MirrorManifest> {
 }
 
 /// PEP 503 pages for the wheels now in `DIR/wheels` (merged with projects already listed).
-fn write_simple_index(dir: &Path, wheels: &WheelsByProject) -> Result<()> {
-    let simple = dir.join("simple");
+fn write_simple_index(top: &Beneath, wheels: &WheelsByProject) -> Result<()> {
+    if wheels.is_empty() && top.dir("simple").is_err() {
+        return Ok(());
+    }
+    let simple_dir = top.create_dirs("simple")?;
+    let simple = simple_dir.handle_path();
     for (project, files) in wheels {
-        let pdir = simple.join(project);
-        fs::create_dir_all(&pdir).ctx("create", &pdir)?;
+        crate::store::check_rel_path(project)
+            .map_err(|e| Error::bad_input(top.path().join("simple"), e))?;
+        let pdir = top.create_dirs(&format!("simple/{project}"))?;
         // Keep links other locks wrote for this project.
-        let page = pdir.join("index.html");
+        let page = pdir.name_path("index.html");
         let mut links: BTreeMap<String, String> = fs::read_to_string(&page)
             .map(|t| parse_links(&t))
             .unwrap_or_default();
