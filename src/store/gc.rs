@@ -194,8 +194,22 @@ impl Store {
             dry_run: opts.dry_run,
             report: &mut report,
         };
-        let (gone_objects, deleted_objects) = sweep.files(&scan.object_files, &live.objects)?;
+        // Trees first, then only the objects no remaining tree names: a gc killed at any
+        // point leaves every tree still present complete (fsck stays clean).
         let (gone_trees, deleted_trees) = sweep.files(&scan.tree_files, &live.trees)?;
+        let mut keep = live.objects;
+        let gone: HashSet<ObjectId> = gone_trees.iter().copied().collect();
+        for t in &scan.trees {
+            if live.trees.contains(t) || gone.contains(t) || !self.has_tree(t) {
+                continue;
+            }
+            // An unrooted tree kept (young): its objects stay with it. One that cannot be
+            // read is fsck's to report; it protects nothing.
+            if let Ok(m) = self.read_tree(t) {
+                keep.extend(m.objects().into_iter().map(|(o, _, _)| o));
+            }
+        }
+        let (gone_objects, deleted_objects) = sweep.files(&scan.object_files, &keep)?;
         report.deleted_objects = deleted_objects;
         report.deleted_trees = deleted_trees;
         self.sweep_aliases(&scan, &gone_objects, opts.dry_run, &mut report)?;
