@@ -10,7 +10,7 @@ use super::Store;
 use crate::store::error::{IoContext, Result};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -27,8 +27,8 @@ pub struct FsckOptions {
 /// One thing wrong with the store.
 #[derive(Clone, Debug, Serialize)]
 pub struct FsckProblem {
-    /// `corrupt-object`, `corrupt-tree`, `missing-object`, `bad-mode`, `bad-alias`,
-    /// `dangling-root`, `stray-file`.
+    /// `corrupt-object`, `corrupt-tree`, `missing-object`, `bad-size` (a tree gives a file a
+    /// size its object does not have), `bad-mode`, `bad-alias`, `dangling-root`, `stray-file`.
     pub kind: &'static str,
     pub path: PathBuf,
     pub detail: String,
@@ -65,7 +65,7 @@ impl Store {
             scan: scan_store(self)?,
             report: FsckReport::default(),
             corrupt: HashSet::new(),
-            good: HashSet::new(),
+            good: HashMap::new(),
         };
         check.rehash_objects();
         check.object_modes()?;
@@ -115,8 +115,8 @@ struct Fsck<'a> {
     report: FsckReport,
     /// Object and tree files found damaged.
     corrupt: HashSet<PathBuf>,
-    /// Objects that remain good, for the reference checks.
-    good: HashSet<ObjectId>,
+    /// Objects that remain good, with their sizes, for the reference checks.
+    good: HashMap<ObjectId, u64>,
 }
 
 impl Fsck<'_> {
@@ -154,7 +154,7 @@ impl Fsck<'_> {
         self.good = files
             .iter()
             .filter(|f| !self.corrupt.contains(&f.path))
-            .map(|f| f.id)
+            .map(|f| (f.id, f.size))
             .collect();
     }
 
@@ -196,14 +196,27 @@ impl Fsck<'_> {
                 }
                 Ok(m) => {
                     for e in &m.entries {
-                        if let super::Node::File { id: oid, .. } = &e.node {
-                            if !self.good.contains(oid) {
-                                let detail = format!(
-                                    "tree {id} entry {:?} needs {oid}, which is missing or corrupt",
-                                    e.path
-                                );
-                                let p = problem("missing-object", path, detail);
-                                self.report.problems.push(p);
+                        if let super::Node::File { id: oid, size, .. } = &e.node {
+                            match self.good.get(oid) {
+                                None => {
+                                    let detail = format!(
+                                        "tree {id} entry {:?} needs {oid}, which is missing or corrupt",
+                                        e.path
+                                    );
+                                    let p = problem("missing-object", path, detail);
+                                    self.report.problems.push(p);
+                                }
+                                Some(actual) if actual != size => {
+                                    // Every materialize would "repair" this file again; with
+                                    // --repair the lying tree goes to quarantine.
+                                    self.corrupt.insert(path.clone());
+                                    let detail = format!(
+                                        "tree {id} entry {:?} says {oid} has {size} bytes; it has {actual}",
+                                        e.path
+                                    );
+                                    self.report.problems.push(problem("bad-size", path, detail));
+                                }
+                                Some(_) => {}
                             }
                         }
                     }
@@ -216,7 +229,7 @@ impl Fsck<'_> {
     fn aliases(&mut self) {
         for ((sha, id), (_, path)) in self.scan.aliases.iter().zip(&self.scan.alias_files) {
             let (sha, id) = (*sha, *id);
-            let found = if !self.good.contains(&id) {
+            let found = if !self.good.contains_key(&id) {
                 Some(format!("{sha} points to {id}, which is missing or corrupt"))
             } else if self.opts.sha256 {
                 let digests = self
@@ -249,7 +262,7 @@ impl Fsck<'_> {
             for id in &root.ids {
                 let tree_ok =
                     self.scan.trees.contains(id) && !self.corrupt.contains(&store.tree_path(id));
-                if !tree_ok && !self.good.contains(id) {
+                if !tree_ok && !self.good.contains_key(id) {
                     self.report.problems.push(problem(
                         "dangling-root",
                         &store.root().join("roots").join(&name),
