@@ -196,8 +196,9 @@ impl Store {
         };
         // Trees first, then only the objects no remaining tree names: a gc killed at any
         // point leaves every tree still present complete (fsck stays clean).
-        let (gone_trees, deleted_trees) = sweep.files(&scan.tree_files, &live.trees)?;
-        let mut keep = live.objects;
+        let (gone_trees, deleted_trees) =
+            sweep.files(&scan.tree_files, &live.trees, &HashSet::new())?;
+        let mut kept_by_trees = HashSet::new();
         let gone: HashSet<ObjectId> = gone_trees.iter().copied().collect();
         for t in &scan.trees {
             if live.trees.contains(t) || gone.contains(t) || !self.has_tree(t) {
@@ -206,10 +207,11 @@ impl Store {
             // An unrooted tree kept (young): its objects stay with it. One that cannot be
             // read is fsck's to report; it protects nothing.
             if let Ok(m) = self.read_tree(t) {
-                keep.extend(m.objects().into_iter().map(|(o, _, _)| o));
+                kept_by_trees.extend(m.objects().into_iter().map(|(o, _, _)| o));
             }
         }
-        let (gone_objects, deleted_objects) = sweep.files(&scan.object_files, &keep)?;
+        let (gone_objects, deleted_objects) =
+            sweep.files(&scan.object_files, &live.objects, &kept_by_trees)?;
         report.deleted_objects = deleted_objects;
         report.deleted_trees = deleted_trees;
         self.sweep_aliases(&scan, &gone_objects, opts.dry_run, &mut report)?;
@@ -341,16 +343,22 @@ struct Sweep<'a> {
 }
 
 impl Sweep<'_> {
-    /// Delete the files no live id names, unless young; the ids deleted and how many.
+    /// Delete the files no live id names, unless young or named by a young unrooted tree
+    /// (`kept`); the ids deleted and how many.
     fn files(
         &mut self,
         files: &[StoredFile],
         live: &HashSet<ObjectId>,
+        kept: &HashSet<ObjectId>,
     ) -> Result<(Vec<ObjectId>, u64)> {
         let mut gone = Vec::new();
         let mut count = 0;
         for f in files {
             if live.contains(&f.id) {
+                continue;
+            }
+            if kept.contains(&f.id) {
+                self.report.kept_young += 1;
                 continue;
             }
             // Look again right before deleting: a writer may just have freshened it.
