@@ -87,6 +87,7 @@ impl Store {
         let dest = self.object_path(&digests.b3, exec);
         let state = self.object_state(&dest, digests.size)?;
         if state == ObjectState::Present {
+            self.note_object(&digests, false);
             return Ok(PutResult {
                 digests,
                 new: false,
@@ -95,6 +96,7 @@ impl Store {
         let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
         let written = f.write_all(data).ctx("write", &tmp);
         let new = self.finish_temp(f, &tmp, written, &dest, exec, state)?;
+        self.note_object(&digests, new);
         Ok(PutResult { digests, new })
     }
 
@@ -140,12 +142,14 @@ impl Store {
         if state == ObjectState::Present {
             drop(f);
             let _ = fs::remove_file(&tmp);
+            self.note_object(&digests, false);
             return Ok(PutResult {
                 digests,
                 new: false,
             });
         }
         let new = self.finish_temp(f, &tmp, Ok(()), &dest, exec, state)?;
+        self.note_object(&digests, new);
         Ok(PutResult { digests, new })
     }
 

@@ -330,6 +330,8 @@ impl Store {
             id: "(new tree)".into(),
             reason,
         })?;
+        // The objects it names: durable and in the index before the tree is.
+        self.flush_pending(false)?;
         let canonical = manifest.to_canonical();
         let id = ObjectId(*blake3::hash(&canonical).as_bytes());
         let dest = self.tree_path(&id);
