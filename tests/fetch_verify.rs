@@ -1511,3 +1511,34 @@ fn snapshot_lock_fetches_once_and_materializes() {
         "second materialize",
     );
 }
+
+#[test]
+fn fetch_restores_a_lost_sha256_alias() {
+    let e = Env::new(Url::Path);
+    let srv = model_server();
+    let sources = e.sources_file(&srv);
+    let (lock_path, _) = e.lock(&["--sources", s(&sources)]);
+    let store2 = e.p("store2");
+    e.ok(&store2, &["fetch", s(&lock_path)]);
+    let sha = sha256_hex(&model_a());
+    let by_sha = format!("sha256:{sha}");
+    assert!(e.cs(&store2, &["cat", &by_sha]).stdout == model_a());
+
+    // What a fetch killed between publishing the model and writing its alias leaves: the
+    // object, without its alias file nor its index row.
+    let alias = store2
+        .join("aliases/sha256")
+        .join(&sha[..2])
+        .join(&sha[2..]);
+    fs::remove_file(&alias).unwrap();
+    e.ok(&store2, &["index", "rebuild"]);
+    assert_ne!(code(&e.cs(&store2, &["cat", &by_sha])), 0);
+
+    // Fetching again finds the model present and restores its alias.
+    e.ok(&store2, &["fetch", s(&lock_path)]);
+    assert!(alias.is_file(), "fetch did not restore {}", alias.display());
+    let out = e.cs(&store2, &["cat", &by_sha]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(out.stdout == model_a());
+    e.ok(&store2, &["fsck", "--sha256"]);
+}

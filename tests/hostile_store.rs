@@ -285,3 +285,37 @@ fn import_root_naming_an_id_missing_from_the_bundle_publishes_nothing() {
     assert_eq!(code(&out), 1, "{}", describe(&out));
     assert_eq!(published(&store), 0);
 }
+
+#[test]
+fn fsck_repair_restores_an_alias_the_index_knows() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let src = t.path().join("model.bin");
+    let data = b"a model the hub names by sha256".to_vec();
+    fs::write(&src, &data).unwrap();
+    ok(&store, &["add", s(&src)]);
+    let sha = common::sha256_hex(&data);
+    let alias = store.join("aliases/sha256").join(&sha[..2]).join(&sha[2..]);
+    // A writer killed after the object's index row and before its alias file.
+    fs::remove_file(&alias).unwrap();
+    let out = run(&store, &["--json", "fsck", "--repair"]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "missing-alias" && p["path"] == s(&alias)),
+        "{report:#}"
+    );
+    assert_eq!(
+        fs::read_to_string(&alias).unwrap().trim(),
+        b3(&data),
+        "alias restored"
+    );
+    ok(&store, &["index", "rebuild"]);
+    assert!(run(&store, &["cat", &format!("sha256:{sha}")]).stdout == data);
+    let report = json(&store, &["fsck", "--sha256"]);
+    assert_eq!(report["problems"].as_array().map(Vec::len), Some(0));
+}

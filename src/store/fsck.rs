@@ -28,7 +28,9 @@ pub struct FsckOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct FsckProblem {
     /// `corrupt-object`, `corrupt-tree`, `missing-object`, `bad-size` (a tree gives a file a
-    /// size its object does not have), `bad-mode`, `bad-alias`, `dangling-root`, `stray-file`.
+    /// size its object does not have), `bad-mode`, `bad-alias`, `missing-alias` (with
+    /// `repair`: the index knows an object's SHA-256 but its alias file is gone; restored after
+    /// rehashing), `dangling-root`, `stray-file`.
     pub kind: &'static str,
     pub path: PathBuf,
     pub detail: String,
@@ -71,6 +73,9 @@ impl Store {
         check.object_modes()?;
         check.trees();
         check.aliases();
+        if opts.repair {
+            check.restore_aliases()?;
+        }
         check.dangling_roots()?;
         check.stray_files();
         if opts.repair {
@@ -253,6 +258,35 @@ impl Fsck<'_> {
                 }
             }
         }
+    }
+
+    /// With `repair`: alias files the index knows of but that are gone (a process killed
+    /// between publishing a download and writing its alias), written again once the object's
+    /// SHA-256 is computed and matches.
+    fn restore_aliases(&mut self) -> Result<()> {
+        let Some(index) = self.store.index() else {
+            return Ok(());
+        };
+        let have: HashSet<_> = self.scan.aliases.iter().map(|(sha, _)| *sha).collect();
+        let mut ids: Vec<ObjectId> = self.good.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            let Some(sha) = index.object_sha256(&id)? else {
+                continue;
+            };
+            if have.contains(&sha) {
+                continue;
+            }
+            let path = self.store.alias_path(&sha);
+            let detail = match self.store.ensure_alias(&sha, &id) {
+                Ok(_) => format!("{sha} (of {id}) had no alias file; restored"),
+                Err(e) => format!("{sha} (of {id}) has no alias file and cannot get one: {e}"),
+            };
+            self.report
+                .problems
+                .push(problem("missing-alias", &path, detail));
+        }
+        Ok(())
     }
 
     /// Roots whose content is gone: gc would keep nothing for them.

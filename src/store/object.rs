@@ -252,6 +252,39 @@ impl Store {
         Ok(())
     }
 
+    /// Make sure `sha` names the stored object `id` (a kill between publishing a download
+    /// and writing its alias leaves the object without it). A missing alias is only written
+    /// after the object's SHA-256 is computed and found to be `sha`. Returns whether it was
+    /// restored; an object whose SHA-256 is not `sha` is an error.
+    pub fn ensure_alias(&self, sha: &Sha256, id: &ObjectId) -> Result<bool> {
+        if self.lookup_sha256(sha)? == Some(*id) && self.alias_path(sha).exists() {
+            return Ok(false);
+        }
+        let path = self
+            .find_object(id, false)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let mut f = File::open(&path).ctx("open", &path)?;
+        let d = hash::stream(&mut f, None, true).ctx("read", &path)?;
+        if d.b3 != *id || d.sha256 != Some(*sha) {
+            return Err(Error::Mismatch {
+                what: path.display().to_string(),
+                expected: format!("{id} with {sha}"),
+                actual: format!(
+                    "{} with {}",
+                    d.b3,
+                    d.sha256.map(|s| s.to_string()).unwrap_or_default()
+                ),
+            });
+        }
+        self.write_alias(sha, id)?;
+        if let Some(index) = self.index() {
+            let mut batch = super::index::Batch::default();
+            batch.objects.push((*id, d.size, Some(*sha)));
+            index.commit(&batch)?;
+        }
+        Ok(true)
+    }
+
     /// Record that the object with `sha` is `id`, as an alias file (the truth the index is
     /// rebuilt from). An existing alias is left alone.
     pub(crate) fn write_alias(&self, sha: &Sha256, id: &ObjectId) -> Result<()> {
