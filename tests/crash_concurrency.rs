@@ -1130,3 +1130,73 @@ fn kill_9_during_gc_leaves_every_remaining_tree_complete() {
     now.retain(|k, _| sentinel.contains_key(k));
     assert_eq!(now, sentinel, "files outside the store changed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. Temp files of killed writers
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn gc_removes_temp_files_of_a_killed_writer_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (src_store, store) = (t.path().join("src-store"), t.path().join("store"));
+    let dir = t.path().join("content");
+    write_random_file(&dir.join("big.bin"), 77, 3 * MIB);
+    for i in 0..20u64 {
+        write_file(
+            &dir.join(format!("s/f{i}")),
+            &Rng::new(900 + i).bytes(3_000),
+            false,
+        );
+    }
+    let tree = add_tree(&src_store, &dir, &[]);
+    let bundle = t.path().join("v.bundle");
+    ok(
+        &src_store,
+        &["export", &tree, "-o", bundle.to_str().unwrap()],
+    );
+    let bytes = fs::read(&bundle).unwrap();
+    init_store(&store);
+
+    // An import stalled before the end of its bundle: its staged files are in tmp/.
+    let mut child = command(&store, &["import", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn import");
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &bytes[..bytes.len() - 64]).unwrap();
+    std::io::Write::flush(&mut stdin).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tmp_entries(&store).len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "import staged nothing: {:?}",
+            tmp_entries(&store)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // (A live writer holds the gc lock shared, so gc waits for it; its temp files are not
+    // at stake here.) Killed, it leaves them: gc with the default grace period removes them
+    // at once, young as they are.
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    drop(stdin);
+    assert!(!tmp_entries(&store).is_empty());
+    ok(&store, &["gc"]);
+    assert_eq!(tmp_entries(&store), BTreeSet::new(), "tmp/ after gc");
+    let writers: Vec<_> = fs::read_dir(store.join("locks/writers"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        writers.is_empty(),
+        "lock files of gone writers: {writers:?}"
+    );
+    assert_fsck_clean(&store, "after gc");
+    // The import runs to the end afterwards.
+    let out = command(&store, &["import", bundle.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&["import"], &out));
+    assert_fsck_clean(&store, "after the import");
+}

@@ -439,7 +439,7 @@ impl Import<'_> {
             if self.dry_run {
                 self.trees.0.push((item, PathBuf::new()));
             } else {
-                let (mut f, tmp) = durable::create_temp(&self.store.tmp_dir())?;
+                let (mut f, tmp) = self.store.create_temp()?;
                 self.trees.0.push((item, tmp.clone()));
                 f.write_all(&buf).ctx("write", &tmp)?;
             }
@@ -463,7 +463,7 @@ impl Import<'_> {
         if self.dry_run {
             return Ok(hash::stream(entry, None, false));
         }
-        let (mut f, tmp) = durable::create_temp(&self.store.tmp_dir())?;
+        let (mut f, tmp) = self.store.create_temp()?;
         self.staged.0.push((item.clone(), tmp.clone()));
         let d = hash::stream(entry, Some(&mut f), false);
         let mode = if item.exec { MODE_EXEC } else { MODE_PLAIN };

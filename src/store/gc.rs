@@ -4,10 +4,11 @@
 
 use super::durable::TEMP_PREFIX;
 use super::id::{ObjectId, Sha256};
+use super::writer::{tag_of, writer_state, writers_dir, Writer};
 use super::Store;
 use crate::store::error::{Error, IoContext, Result};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -292,11 +293,13 @@ impl Store {
         Ok(())
     }
 
-    /// Remove temp files older than `cutoff` from `tmp/`, and leftover temp files of
-    /// `write_file_atomic` from `roots/`; also temp folders (git checkouts of a killed
-    /// `fetch`) at the top of `tmp/`.
+    /// Remove temp files from `tmp/` whose writer is gone (whatever their age) or, when that
+    /// cannot be told, that are older than `cutoff`; leftover temp files of
+    /// `write_file_atomic` from `roots/`; temp folders (git checkouts of a killed `fetch`) at
+    /// the top of `tmp/`; and the lock files of writers that are gone.
     fn sweep_temp(&self, cutoff: SystemTime, dry_run: bool) -> Result<u64> {
         let mut n = 0;
+        let mut writers: HashMap<String, Writer> = HashMap::new();
         if let Ok(entries) = fs::read_dir(self.tmp_dir()) {
             for e in entries.flatten() {
                 let old = e
@@ -326,8 +329,27 @@ impl Store {
                     .and_then(|m| m.modified().ok())
                     .map(|t| t <= cutoff)
                     .unwrap_or(false);
-                if old && (dry_run || remove_if_present(e.path())?) {
+                let writer = tag_of(&name).map(|tag| {
+                    *writers
+                        .entry(tag.to_string())
+                        .or_insert_with(|| writer_state(self.root(), tag, !dry_run))
+                });
+                let leftover = match writer {
+                    Some(Writer::Gone) => true,
+                    Some(Writer::Alive) => false,
+                    Some(Writer::Unknown) | None => old,
+                };
+                if leftover && (dry_run || remove_if_present(e.path())?) {
                     n += 1;
+                }
+            }
+        }
+        // Lock files of writers that died without leaving a temp file.
+        if let Ok(entries) = fs::read_dir(writers_dir(self.root())) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !writers.contains_key(&name) {
+                    writer_state(self.root(), &name, !dry_run);
                 }
             }
         }

@@ -25,6 +25,7 @@ mod reserved;
 mod roots;
 mod sources;
 mod tree;
+mod writer;
 
 pub use adopt::{AdoptMode, AdoptReport};
 pub use bundle::{ExportReport, ImportReport};
@@ -75,6 +76,8 @@ pub struct Store {
     /// yet: every publish goes through the index, at the next [`Store::sync`], before the tree
     /// or root that names it, or when the handle is dropped.
     pending: std::sync::Mutex<Pending>,
+    /// The lock that tells gc this handle's temp files are in use (taken on first use).
+    writer: std::sync::OnceLock<Option<writer::WriterLock>>,
 }
 
 #[derive(Default)]
@@ -112,6 +115,7 @@ impl Store {
             index: None,
             reporter: crate::report::silent(),
             pending: Default::default(),
+            writer: std::sync::OnceLock::new(),
         };
         if !opts.no_index {
             let path = match &opts.index_path {

@@ -93,7 +93,7 @@ impl Store {
                 new: false,
             });
         }
-        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let (mut f, tmp) = self.create_temp()?;
         let written = f.write_all(data).ctx("write", &tmp);
         let new = self.finish_temp(f, &tmp, written, &dest, exec, state)?;
         self.note_object(&digests, new);
@@ -121,7 +121,7 @@ impl Store {
         what: &Path,
         check: &dyn Fn(&Digests) -> Result<()>,
     ) -> Result<PutResult> {
-        let (f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let (f, tmp) = self.create_temp()?;
         let mut sink = durable::BoundedWriteback::new(&f);
         let streamed =
             hash::stream(src, Some(&mut sink), want_sha256).and_then(|d| sink.finish().map(|()| d));
@@ -292,7 +292,7 @@ impl Store {
         if dest.exists() {
             return Ok(());
         }
-        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let (mut f, tmp) = self.create_temp()?;
         let written = f
             .write_all(format!("{id}\n").as_bytes())
             .ctx("write", &tmp)

@@ -347,7 +347,7 @@ impl Store {
                 }
             }
         }
-        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let (mut f, tmp) = self.create_temp()?;
         let written = f
             .write_all(&body)
             .ctx("write", &tmp)
