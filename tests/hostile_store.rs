@@ -319,3 +319,70 @@ fn fsck_repair_restores_an_alias_the_index_knows() {
     let report = json(&store, &["fsck", "--sha256"]);
     assert_eq!(report["problems"].as_array().map(Vec::len), Some(0));
 }
+
+/// Append to a file through its hardlink (what root does when it ignores 0444; the owner can
+/// chmod the shared inode first).
+fn write_through(f: &Path, extra: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(f, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut h = fs::OpenOptions::new().append(true).open(f).unwrap();
+    std::io::Write::write_all(&mut h, extra).unwrap();
+    drop(h);
+    fs::set_permissions(f, fs::Permissions::from_mode(0o444)).unwrap();
+}
+
+fn quarantined(store: &Path) -> usize {
+    fs::read_dir(store.join("quarantine")).unwrap().count()
+}
+
+#[test]
+fn a_changed_object_is_never_copied_or_printed() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let (a_bytes, b_bytes) = (vec![b'a'; 10_000], vec![b'b'; 20_000]);
+    common::write(&a.join("a.txt"), &a_bytes);
+    common::write(&b.join("b.txt"), &b_bytes);
+    let tree_a = ok(&store, &["add", s(&a)]);
+    let tree_a = tree_a.split('\t').next().unwrap().to_string();
+    let tree_b = ok(&store, &["add", s(&b)]);
+    let tree_b = tree_b.split('\t').next().unwrap().to_string();
+    let (ida, idb) = (b3(&a_bytes), b3(&b_bytes));
+    // Both objects have been read once (vouched for) before they change.
+    assert!(run(&store, &["cat", &ida]).stdout == a_bytes);
+    let (da, db) = (t.path().join("da"), t.path().join("db"));
+    for (tree, d) in [(&tree_a, &da), (&tree_b, &db)] {
+        ok(&store, &["materialize", tree, s(d), "--link", "hardlink"]);
+    }
+    write_through(&da.join("a.txt"), b"x\n");
+    write_through(&db.join("b.txt"), b"x\n");
+
+    // cat refuses the changed bytes, and moves the object aside.
+    let out = run(&store, &["cat", &ida]);
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+    assert!(out.stdout.is_empty(), "cat printed changed bytes");
+    assert!(
+        stderr(&out).contains("changed on disk"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(quarantined(&store), 1);
+
+    // A copy into a new DEST refuses them too.
+    let d2 = t.path().join("d2");
+    let out = run(&store, &["materialize", &tree_b, s(&d2), "--link", "copy"]);
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+    assert!(stderr(&out).contains(&idb), "{}", describe(&out));
+    assert!(
+        fs::read(d2.join("b.txt")).map_or(true, |got| got == b_bytes),
+        "materialize copied the changed bytes"
+    );
+    assert_eq!(quarantined(&store), 2);
+
+    // Added again, the objects are sound and everything works.
+    ok(&store, &["add", s(&a)]);
+    ok(&store, &["add", s(&b)]);
+    assert!(run(&store, &["cat", &ida]).stdout == a_bytes);
+    ok(&store, &["materialize", &tree_b, s(&d2), "--link", "copy"]);
+    assert_eq!(fs::read(d2.join("b.txt")).unwrap(), b_bytes);
+}

@@ -44,9 +44,7 @@ use std::path::Path;
 /// Put one stored object at `dest` (a new file; its folder is created), linked the way `mode`
 /// allows. For `add-url --path`: a single model placed into an install.
 pub fn place_object(store: &Store, id: &ObjectId, dest: &Path, mode: LinkMode) -> Result<Method> {
-    let src = store
-        .find_object(id, false)
-        .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?;
+    let src = store.checked_object(id, false)?;
     let parent = dest
         .parent()
         .ok_or_else(|| Error::bad_input(dest, "no parent folder"))?;

@@ -192,9 +192,7 @@ impl Store {
         );
         let mut bytes = 0;
         for (id, (size, exec)) in objects {
-            let path = self
-                .find_object(id, *exec)
-                .ok_or_else(|| Error::NotFound(id.to_string()))?;
+            let path = self.checked_object(id, *exec)?;
             let mut f = fs::File::open(&path).ctx("open", &path)?;
             let mode = if *exec { MODE_EXEC } else { MODE_PLAIN };
             append(tar, &format!("objects/{}", id.hex()), mode, &mut f, *size)

@@ -85,7 +85,7 @@ impl Store {
     }
 
     /// Move a damaged file to `quarantine/` under a unique name; returns the new path.
-    fn quarantine(&self, path: &Path) -> Result<PathBuf> {
+    pub(crate) fn quarantine(&self, path: &Path) -> Result<PathBuf> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())

@@ -83,6 +83,9 @@ pub struct Store {
 #[derive(Default)]
 struct Pending {
     rows: Vec<(ObjectId, u64, Option<Sha256>)>,
+    /// Objects found sound by a rehash: their (size, mtime, ctime) vouch for them until they
+    /// change.
+    stats: Vec<(StatKey, ObjectId)>,
     /// Some of them are new and not yet flushed to disk.
     unsynced: bool,
 }
@@ -240,6 +243,12 @@ impl Store {
         self.flush_pending(true)
     }
 
+    /// Remember that a rehash found the object file with `key` sound.
+    pub(crate) fn note_sound(&self, key: StatKey, id: ObjectId) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.stats.push((key, id));
+    }
+
     /// Remember an object put by this handle, for its index row.
     pub(crate) fn note_object(&self, digests: &Digests, new: bool) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,17 +260,22 @@ impl Store {
     /// (or `force_sync`): nothing, the index included, refers to an object before it is
     /// durable.
     pub(crate) fn flush_pending(&self, force_sync: bool) -> Result<()> {
-        let (rows, unsynced) = {
+        let (rows, stats, unsynced) = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let unsynced = std::mem::take(&mut p.unsynced);
-            (std::mem::take(&mut p.rows), unsynced)
+            (
+                std::mem::take(&mut p.rows),
+                std::mem::take(&mut p.stats),
+                unsynced,
+            )
         };
         if force_sync || unsynced {
             durable::sync_filesystem(&self.root)?;
         }
-        if let (Some(index), false) = (self.index(), rows.is_empty()) {
+        if let (Some(index), false) = (self.index(), rows.is_empty() && stats.is_empty()) {
             index.commit(&index::Batch {
                 objects: rows,
+                stats,
                 ..Default::default()
             })?;
         }

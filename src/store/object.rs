@@ -52,12 +52,66 @@ impl Store {
             .find(|p| p.exists())
     }
 
-    /// Open an object for reading.
+    /// Open an object for reading, checked first ([`Store::checked_object`]).
     pub fn open_object(&self, id: &ObjectId) -> Result<File> {
-        let path = self
-            .find_object(id, false)
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let path = self.checked_object(id, false)?;
         File::open(&path).ctx("open", &path)
+    }
+
+    /// Path of an existing copy of the object (preferring the variant asked for), checked
+    /// before anything copies, links or prints it. Objects are never modified once published,
+    /// but root ignores their 0444 and can write through a hardlink in a materialized folder.
+    /// So the file's (size, mtime, ctime) must be those a rehash last found sound (the index's
+    /// stat cache); otherwise it is rehashed. A file whose bytes no longer match its name is
+    /// moved to `quarantine/` ([`Error::Corrupt`]) and the other variant, if any, is tried.
+    pub fn checked_object(&self, id: &ObjectId, exec: bool) -> Result<PathBuf> {
+        let mut last = None;
+        for variant in [exec, !exec] {
+            let path = self.object_path(id, variant);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).ctx("stat", &path),
+            };
+            let key = super::StatKey::of(&meta);
+            if let Some(index) = self.index() {
+                let vouched = index.lookup_stats(&[key])?.first().copied().flatten();
+                if vouched == Some(*id) {
+                    return Ok(path);
+                }
+            }
+            let (actual, _) = hash::b3_file(&path).ctx("read", &path)?;
+            if actual == *id {
+                // Vouch for it only if it did not change while hashed, and not within the
+                // racy window (a later write could keep the same coarse timestamps).
+                let after = fs::symlink_metadata(&path).map(|m| super::StatKey::of(&m));
+                if after.as_ref().ok() == Some(&key)
+                    && !super::ingest::racy_stat(&key, std::time::SystemTime::now())
+                {
+                    self.note_sound(key, *id);
+                }
+                return Ok(path);
+            }
+            let quarantined = self.quarantine(&path)?;
+            tracing::warn!(
+                "object {id} at {} hashes to {actual}: moved to {}",
+                path.display(),
+                quarantined.display()
+            );
+            if let Some(index) = self.index() {
+                if !self.has_object(id) {
+                    index.remove(&[*id], &[])?;
+                }
+            }
+            last = Some(Error::Corrupt {
+                id: id.to_string(),
+                path,
+                actual: actual.to_string(),
+                quarantined,
+            });
+        }
+        Err(last.unwrap_or_else(|| Error::NotFound(id.to_string())))
     }
 
     /// What is at an object's path: the object with `size` bytes (its mtime is refreshed for
@@ -215,7 +269,7 @@ impl Store {
         if want.exists() {
             return Ok(want);
         }
-        let other = self.object_path(id, !exec);
+        let other = self.checked_object(id, !exec)?;
         let mut src = File::open(&other).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(id.to_string()),
             _ => Error::io("open", other.clone(), e),
