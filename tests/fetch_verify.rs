@@ -1542,3 +1542,42 @@ fn fetch_restores_a_lost_sha256_alias() {
     assert!(out.stdout == model_a());
     e.ok(&store2, &["fsck", "--sha256"]);
 }
+
+/// A model changed through a hardlink in DEST changes the store's object: `verify` says
+/// `--fix` restores it, and `--fix` does (the object goes to quarantine and is downloaded
+/// again from the lock's sources).
+#[test]
+fn verify_fix_restores_a_store_object_changed_through_a_hardlink() {
+    let e = Env::new(Url::Path);
+    let srv = model_server();
+    let sources = e.sources_file(&srv);
+    let (lock_path, _) = e.lock(&["--sources", s(&sources)]);
+    let dest = e.p("dest");
+    e.ok(
+        &e.store,
+        &["materialize", s(&lock_path), s(&dest), "--link", "hardlink"],
+    );
+    let f = dest.join(A_PATH);
+    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut h = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut h, b"x\n").unwrap();
+    drop(h);
+
+    let out = e.cs(&e.store, &["verify", s(&lock_path), s(&dest)]);
+    assert_eq!(code(&out), 4, "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("--fix restores it"),
+        "{}",
+        describe(&out)
+    );
+    let out = e.cs(
+        &e.store,
+        &["--json", "verify", s(&lock_path), s(&dest), "--fix"],
+    );
+    assert_eq!(code(&out), 3, "verify --fix: {}", describe(&out));
+    assert_eq!(parse(&out)["state"], "fixed", "{}", describe(&out));
+    assert!(fs::read(&f).unwrap() == model_a());
+    let out = e.cs(&e.store, &["verify", s(&lock_path), s(&dest)]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    e.ok(&e.store, &["fsck"]);
+}
