@@ -1581,3 +1581,41 @@ fn verify_fix_restores_a_store_object_changed_through_a_hardlink() {
     assert_eq!(code(&out), 0, "{}", describe(&out));
     e.ok(&e.store, &["fsck"]);
 }
+
+/// A model changed through a hardlink in one DEST is not copied into another: materialize
+/// finds it changed, moves it to quarantine, downloads it again from the lock's sources and
+/// places the right bytes.
+#[test]
+fn materialize_fetches_again_an_object_found_changed() {
+    let e = Env::new(Url::Path);
+    let srv = model_server();
+    let sources = e.sources_file(&srv);
+    let (lock_path, _) = e.lock(&["--sources", s(&sources)]);
+    let (d1, d2) = (e.p("d1"), e.p("d2"));
+    e.ok(
+        &e.store,
+        &["materialize", s(&lock_path), s(&d1), "--link", "hardlink"],
+    );
+    let f = d1.join(A_PATH);
+    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut h = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut h, b"x\n").unwrap();
+    drop(h);
+    let before = srv.requests_for("/files/a.safetensors").len();
+
+    let out = e.cs(
+        &e.store,
+        &["materialize", s(&lock_path), s(&d2), "--link", "copy"],
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(
+        fs::read(d2.join(A_PATH)).unwrap() == model_a(),
+        "wrong bytes copied"
+    );
+    assert!(
+        srv.requests_for("/files/a.safetensors").len() > before,
+        "not fetched again"
+    );
+    assert_eq!(fs::read_dir(e.store.join("quarantine")).unwrap().count(), 1);
+    e.ok(&e.store, &["fsck"]);
+}

@@ -116,7 +116,16 @@ pub fn materialize_lock(
     // 3. The version at DEST.
     let (version, layout) = compose_version(store, lock, dest, &at, env.as_ref(), opts)?;
     timer.phase("version composed");
-    let (report, old_venv) = place_version(store, &version, dest, &at, &layout, opts)?;
+    let (report, old_venv) = match place_version(store, &version, dest, &at, &layout, opts) {
+        // An object found changed while placing went to quarantine: fetch it again from its
+        // sources (a part the lock cannot fetch stays an error) and place once more.
+        Err(e) if quarantined_an_object(&e) => {
+            tracing::warn!("{e}; fetching it again");
+            fetch(store, lock, dest, opts)?;
+            place_version(store, &version, dest, &at, &layout, opts)?
+        }
+        other => other?,
+    };
     timer.phase("version placed");
     let venv = place_outside_env(store, &at, env.as_ref(), old_venv, opts)?;
     // 4. Shared models: added where missing or damaged, never removed (other versions use
@@ -458,4 +467,15 @@ fn shared_models(lock: &Lockfile) -> Manifest {
     m.sort();
     m.entries.dedup_by(|a, b| a.path == b.path);
     m
+}
+
+/// Whether placing stopped because it found a store object changed and moved it aside.
+fn quarantined_an_object(e: &crate::Error) -> bool {
+    matches!(
+        e,
+        crate::Error::Store(crate::store::Error::Corrupt { .. })
+            | crate::Error::Place(crate::place::Error::Store(
+                crate::store::Error::Corrupt { .. }
+            ))
+    )
 }
