@@ -1619,3 +1619,86 @@ fn materialize_fetches_again_an_object_found_changed() {
     assert_eq!(fs::read_dir(e.store.join("quarantine")).unwrap().count(), 1);
     e.ok(&e.store, &["fsck"]);
 }
+
+/// kill -9 at random points of `fetch` (git trees, downloads, aliases, root), 20 times: after
+/// every kill the store passes fsck and the install is untouched; the rerun completes and
+/// every model is found by its SHA-256 (the alias is part of publishing a download).
+#[test]
+fn kill_9_during_fetch_leaves_fsck_clean_and_the_rerun_restores_every_alias() {
+    use std::os::unix::process::ExitStatusExt;
+    let e = Env::new(Url::Path);
+    let srv = model_server();
+    let sources = e.sources_file(&srv);
+    let (lock_path, _) = e.lock(&["--sources", s(&sources)]);
+    let install = snapshot(&e.comfy, &[]);
+    let spawn = |store: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_comfystore"));
+        c.arg("--store")
+            .arg(store)
+            .args(["fetch", s(&lock_path)])
+            .env("GIT_CONFIG_GLOBAL", &e.gitconfig)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", e.p("home"))
+            .env("HF_HOME", e.p("hf"))
+            .env("COMFYSTORE_NO_PIN_WHEELS", "1")
+            .env_remove("COMFYSTORE_DIR")
+            .env_remove("COMFYSTORE_INDEX")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for k in NETWORK_ENV {
+            c.env_remove(k);
+        }
+        c.spawn().expect("spawn fetch")
+    };
+    // Spread the kills over one whole fetch into an empty store.
+    let started = std::time::Instant::now();
+    let status = spawn(&e.p("scratch")).wait().unwrap();
+    assert!(status.success(), "fetch: {status}");
+    let span_ms = (started.elapsed().as_millis() as u64).clamp(10, 2_000);
+
+    let mut seed: u64 = 0x5eed_f37c;
+    let (mut killed, mut round) = (0, 0);
+    while killed < 20 {
+        round += 1;
+        assert!(
+            round <= 60,
+            "only {killed} fetches were killed while running"
+        );
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let store = e.p(&format!("s{round}"));
+        let mut child = spawn(&store);
+        std::thread::sleep(std::time::Duration::from_millis(seed % (span_ms + 1)));
+        let running = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if running {
+            killed += 1;
+            assert_eq!(status.signal(), Some(9), "round {round}: {status}");
+        }
+        if store.join("comfystore-store.json").exists() {
+            let out = e.cs(&store, &["--json", "fsck"]);
+            assert_eq!(code(&out), 0, "round {round}: fsck: {}", describe(&out));
+        }
+        assert!(
+            snapshot(&e.comfy, &[]) == install,
+            "round {round}: the install changed"
+        );
+        // The rerun completes, and restores what the kill left out.
+        e.ok(&store, &["fetch", s(&lock_path)]);
+        for (bytes, path) in [(model_a(), A_PATH), (model_b(), B_PATH)] {
+            let out = e.cs(&store, &["cat", &format!("sha256:{}", sha256_hex(&bytes))]);
+            assert!(
+                code(&out) == 0 && out.stdout == bytes,
+                "round {round}: {path} by its sha256: {}",
+                describe(&out)
+            );
+        }
+        e.ok(&store, &["fsck", "--sha256"]);
+        let _ = fs::remove_dir_all(&store);
+    }
+    eprintln!("{killed} of {round} fetches killed while running (span {span_ms} ms)");
+}
