@@ -1702,3 +1702,29 @@ fn kill_9_during_fetch_leaves_fsck_clean_and_the_rerun_restores_every_alias() {
     }
     eprintln!("{killed} of {round} fetches killed while running (span {span_ms} ms)");
 }
+
+/// A lock that gives a stored model another size makes no tree that lies about it (every
+/// materialize would "repair" the file again): materialize refuses, naming the model.
+#[test]
+fn a_lock_that_lies_about_a_model_size_makes_no_tree() {
+    let e = Env::new(Url::Path);
+    let (lock_path, mut lock) = e.lock(&[]);
+    let dest = e.p("dest");
+    let m = lock["models"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["path"] == A_PATH)
+        .unwrap();
+    m["size"] = json!(model_a().len() + 1);
+    write_json(&lock_path, &lock);
+    let out = e.cs(&e.store, &["materialize", s(&lock_path), s(&dest)]);
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!("{} bytes", model_a().len() + 1)),
+        "{}",
+        describe(&out)
+    );
+    assert!(!dest.join(A_PATH).exists());
+    e.ok(&e.store, &["fsck"]);
+}

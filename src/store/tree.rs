@@ -330,6 +330,31 @@ impl Store {
             id: "(new tree)".into(),
             reason,
         })?;
+        // A tree never gives a file a size its stored object does not have (it could never be
+        // materialized correctly: every run would "repair" the file again).
+        for e in &manifest.entries {
+            let Node::File {
+                id: oid,
+                size,
+                exec,
+            } = e.node
+            else {
+                continue;
+            };
+            let actual = [exec, !exec]
+                .into_iter()
+                .find_map(|v| fs::symlink_metadata(self.object_path(&oid, v)).ok())
+                .map(|m| m.len());
+            if let Some(actual) = actual.filter(|a| *a != size) {
+                return Err(Error::BadManifest {
+                    id: "(new tree)".into(),
+                    reason: format!(
+                        "{:?} is given {size} bytes, but its object {oid} has {actual}",
+                        e.path
+                    ),
+                });
+            }
+        }
         // The objects it names: durable and in the index before the tree is.
         self.flush_pending(false)?;
         let canonical = manifest.to_canonical();
