@@ -1728,3 +1728,31 @@ fn a_lock_that_lies_about_a_model_size_makes_no_tree() {
     assert!(!dest.join(A_PATH).exists());
     e.ok(&e.store, &["fsck"]);
 }
+
+/// Materializing a lock again over the DEST whose hardlink changed a model's object: the
+/// object goes to quarantine, is downloaded again and DEST gets the right bytes.
+#[test]
+fn materialize_over_a_dest_that_changed_an_object_fetches_it_again() {
+    let e = Env::new(Url::Path);
+    let srv = model_server();
+    let sources = e.sources_file(&srv);
+    let (lock_path, _) = e.lock(&["--sources", s(&sources)]);
+    let dest = e.p("dest");
+    let args = ["materialize", s(&lock_path), s(&dest), "--link", "hardlink"];
+    e.ok(&e.store, &args);
+    let f = dest.join(A_PATH);
+    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut h = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut h, b"x\n").unwrap();
+    drop(h);
+
+    let out = e.cs(&e.store, &args);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(
+        fs::read(&f).unwrap() == model_a(),
+        "DEST keeps the changed bytes"
+    );
+    assert_eq!(fs::read_dir(e.store.join("quarantine")).unwrap().count(), 1);
+    e.ok(&e.store, &["fsck"]);
+    e.ok(&e.store, &["status", "--verify", s(&dest)]);
+}

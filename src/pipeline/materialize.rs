@@ -116,15 +116,24 @@ pub fn materialize_lock(
     // 3. The version at DEST.
     let (version, layout) = compose_version(store, lock, dest, &at, env.as_ref(), opts)?;
     timer.phase("version composed");
-    let (report, old_venv) = match place_version(store, &version, dest, &at, &layout, opts) {
-        // An object found changed while placing went to quarantine: fetch it again from its
-        // sources (a part the lock cannot fetch stays an error) and place once more.
-        Err(e) if quarantined_an_object(&e) => {
-            tracing::warn!("{e}; fetching it again");
-            fetch(store, lock, dest, opts)?;
-            place_version(store, &version, dest, &at, &layout, opts)?
+    // An object found changed (through a hardlink in DEST, or while placing) goes to
+    // quarantine and is fetched again from its sources; a part the lock cannot fetch stays an
+    // error. Bounded: each round takes one changed object out.
+    let mut rounds = 0;
+    let (report, old_venv) = loop {
+        match place_version(store, &version, dest, &at, &layout, opts) {
+            // (Composing the version may itself have moved a changed object aside: then
+            // placing finds it missing, once.)
+            Err(e)
+                if rounds < 64
+                    && (quarantine_changed(store, &e)? || (rounds == 0 && lacks_objects(&e))) =>
+            {
+                tracing::warn!("{e}; fetching it again");
+                rounds += 1;
+                fetch(store, lock, dest, opts)?;
+            }
+            other => break other?,
         }
-        other => other?,
     };
     timer.phase("version placed");
     let venv = place_outside_env(store, &at, env.as_ref(), old_venv, opts)?;
@@ -469,13 +478,32 @@ fn shared_models(lock: &Lockfile) -> Manifest {
     m
 }
 
-/// Whether placing stopped because it found a store object changed and moved it aside.
-fn quarantined_an_object(e: &crate::Error) -> bool {
+/// Whether placing stopped on a store object that changed, now moved to quarantine (placing
+/// moves one it reads; one DEST's check found changed through a hardlink is moved here).
+fn quarantine_changed(store: &Store, e: &crate::Error) -> Result<bool> {
+    use crate::store::Error::{Corrupt, NotFound};
+    Ok(match e {
+        crate::Error::Store(Corrupt { .. })
+        | crate::Error::Place(crate::place::Error::Store(Corrupt { .. })) => true,
+        crate::Error::Place(crate::place::Error::ObjectChanged { id, .. }) => {
+            for exec in [true, false] {
+                match store.checked_object(id, exec) {
+                    Ok(_) | Err(Corrupt { .. }) | Err(NotFound(_)) => {}
+                    Err(other) => return Err(other.into()),
+                }
+            }
+            !store.has_object(id) || store.checked_object(id, true).is_err()
+        }
+        _ => false,
+    })
+}
+
+/// Whether placing stopped because the store lacks objects of the version.
+fn lacks_objects(e: &crate::Error) -> bool {
+    use crate::store::Error::NotFound;
     matches!(
         e,
-        crate::Error::Store(crate::store::Error::Corrupt { .. })
-            | crate::Error::Place(crate::place::Error::Store(
-                crate::store::Error::Corrupt { .. }
-            ))
+        crate::Error::Store(NotFound(_))
+            | crate::Error::Place(crate::place::Error::Store(NotFound(_)))
     )
 }
