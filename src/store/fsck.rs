@@ -237,9 +237,13 @@ impl Fsck<'_> {
             let found = if !self.good.contains_key(&id) {
                 Some(format!("{sha} points to {id}, which is missing or corrupt"))
             } else if self.opts.sha256 {
+                // The object was just rehashed (it is good): read it as it is, and never
+                // move anything aside without --repair.
                 let digests = self
                     .store
-                    .open_object(&id)
+                    .find_object(&id, false)
+                    .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))
+                    .and_then(|p| fs::File::open(&p).ctx("open", &p))
                     .and_then(|mut f| hash::stream(&mut f, None, true).ctx("read", path));
                 match digests {
                     Ok(d) if d.sha256 == Some(sha) => None,
