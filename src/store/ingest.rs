@@ -120,11 +120,6 @@ pub(super) fn racy_mtime(mtime_ns: i64, now: SystemTime) -> bool {
     now_ns - mtime_ns < RACY_WINDOW.as_nanos() as i64
 }
 
-/// Whether a file with this stat may still change without its timestamps moving.
-pub(super) fn racy_stat(stat: &StatKey, now: SystemTime) -> bool {
-    racy(stat, now)
-}
-
 fn racy(stat: &StatKey, now: SystemTime) -> bool {
     let now_ns = now
         .duration_since(SystemTime::UNIX_EPOCH)

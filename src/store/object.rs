@@ -86,9 +86,7 @@ impl Store {
                 // Vouch for it only if it did not change while hashed, and not within the
                 // racy window (a later write could keep the same coarse timestamps).
                 let after = fs::symlink_metadata(&path).map(|m| super::StatKey::of(&m));
-                if after.as_ref().ok() == Some(&key)
-                    && !super::ingest::racy_stat(&key, std::time::SystemTime::now())
-                {
+                if after.as_ref().ok() == Some(&key) && !key.is_racy(std::time::SystemTime::now()) {
                     self.note_sound(key, *id);
                 }
                 return Ok(path);
