@@ -1756,3 +1756,34 @@ fn materialize_over_a_dest_that_changed_an_object_fetches_it_again() {
     e.ok(&e.store, &["fsck"]);
     e.ok(&e.store, &["status", "--verify", s(&dest)]);
 }
+
+/// A model changed through a hardlink is not copied into a mirror.
+#[test]
+fn mirror_never_copies_a_changed_object() {
+    let e = Env::new(Url::Path);
+    let (lock_path, _) = e.lock(&[]);
+    let dest = e.p("dest");
+    e.ok(
+        &e.store,
+        &["materialize", s(&lock_path), s(&dest), "--link", "hardlink"],
+    );
+    let f = dest.join(A_PATH);
+    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut h = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut h, b"x\n").unwrap();
+    drop(h);
+    let dir = e.p("mirror");
+    let out = e.cs(&e.store, &["mirror", s(&lock_path), s(&dir)]);
+    for entry in walkdir::WalkDir::new(&dir).into_iter().flatten() {
+        if entry.file_type().is_file() {
+            let bytes = fs::read(entry.path()).unwrap();
+            assert!(
+                !bytes.ends_with(b"x\n") || bytes.len() != model_a().len() + 2,
+                "the mirror got the changed bytes at {}: {}",
+                entry.path().display(),
+                describe(&out)
+            );
+        }
+    }
+    assert_eq!(fs::read_dir(e.store.join("quarantine")).unwrap().count(), 1);
+}

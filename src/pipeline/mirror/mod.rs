@@ -132,9 +132,8 @@ fn place_file(
     report: &mut MirrorReport,
 ) -> Result<()> {
     let dest = dir.join(rel);
-    let src = store
-        .find_object(id, false)
-        .ok_or_else(|| Error::NotFound(id.to_string()))?;
+    // Checked: a changed object must not spread into the mirror.
+    let src = store.checked_object(id, false)?;
     let size = fs::metadata(&src).ctx("stat", &src)?.len();
     if fs::metadata(&dest).is_ok_and(|m| m.len() == size)
         && manifest
