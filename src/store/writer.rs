@@ -116,3 +116,42 @@ fn take_writer_lock(root: &Path) -> Result<Option<WriterLock>> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{GcOptions, StoreOptions};
+
+    /// gc keeps a live writer's temp files, young or old, and removes them once the writer is
+    /// gone (its lock released), whatever their age.
+    #[test]
+    fn gc_keeps_a_live_writers_temp_files_and_removes_a_gone_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            no_index: true,
+            ..Default::default()
+        };
+        let writer = Store::open(t.path(), &opts).unwrap();
+        let (_f, tmp) = writer.create_temp().unwrap();
+        let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
+        let tag = tag_of(&name)
+            .expect("a writer's temp file names its writer")
+            .to_string();
+        assert_eq!(writer_state(t.path(), &tag, false), Writer::Alive);
+
+        let gc = Store::open(t.path(), &opts).unwrap();
+        let grace0 = GcOptions {
+            grace: std::time::Duration::ZERO,
+            dry_run: false,
+        };
+        gc.gc(&grace0).unwrap();
+        assert!(tmp.exists(), "gc removed a live writer's temp file");
+
+        // The writer goes (as a killed process would, its lock released): its file stays.
+        drop(writer);
+        assert!(tmp.exists());
+        assert_eq!(writer_state(t.path(), &tag, false), Writer::Gone);
+        gc.gc(&GcOptions::default()).unwrap();
+        assert!(!tmp.exists(), "gc kept a gone writer's temp file");
+    }
+}
