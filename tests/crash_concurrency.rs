@@ -1020,3 +1020,398 @@ fn kill_9_during_store_creation_leaves_a_usable_store() {
         unusable.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. kill -9 during gc
+// ---------------------------------------------------------------------------------------------
+
+/// Every file under `dir` (path → BLAKE3, symlink → its target): a sentinel folder outside the
+/// store, compared before and after the kills, shows the killed runs changed nothing there.
+fn snapshot_files(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir).min_depth(1) {
+        let e = e.expect("walk sentinel");
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let what = if e.file_type().is_symlink() {
+            format!("-> {}", fs::read_link(e.path()).unwrap().display())
+        } else if e.file_type().is_file() {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o7777;
+            format!("{} {mode:o}", b3_file(e.path()))
+        } else {
+            "dir".into()
+        };
+        out.insert(rel, what);
+    }
+    out
+}
+
+/// A batch of unrooted trees of small files for gc to delete, new content each `round`.
+fn gc_fodder(store: &Path, base: &Path, round: u64) {
+    for k in 0..3u64 {
+        let dir = base.join(format!("r{round}/t{k}"));
+        for i in 0..120u64 {
+            let mut rng = Rng::new(round * 1_000_000 + k * 1_000 + i);
+            let len = rng.range(16, 2_000) as usize;
+            write_file(
+                &dir.join(format!("d{}/f{i}", i / 40)),
+                &rng.bytes(len),
+                i == 0,
+            );
+        }
+        add_tree(store, &dir, &[]);
+    }
+}
+
+#[test]
+fn kill_9_during_gc_leaves_every_remaining_tree_complete() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let fodder = t.path().join("fodder");
+    let kept = t.path().join("kept");
+    let expect = gc_race_tree(&kept, 7);
+    init_store(&store);
+    let kept_id = add_tree(&store, &kept, &["--root", "kept"]);
+
+    // Span the kills over one uninterrupted gc of a batch like the ones below (only to place
+    // the kills; nothing asserts on time).
+    gc_fodder(&store, &fodder, 0);
+    let started = Instant::now();
+    ok(&store, &["gc", "--grace", "0"]);
+    let span_ms = (started.elapsed().as_millis() as u64).clamp(10, 500);
+    let sentinel = snapshot_files(t.path().join("fodder").as_path());
+    let kept_before = snapshot_files(&kept);
+
+    const KILLS: usize = 20;
+    let mut delays = Rng::new(0x9c);
+    let mut killed = 0;
+    let mut round = 0;
+    while killed < KILLS {
+        round += 1;
+        assert!(
+            round <= 4 * KILLS as u64,
+            "only {killed} gc runs were killed while running"
+        );
+        gc_fodder(&store, &fodder, round);
+        let mut child = command(&store, &["gc", "--grace", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn gc");
+        thread::sleep(Duration::from_millis(delays.range(0, span_ms + 1)));
+        let running = child.try_wait().expect("try_wait").is_none();
+        child.kill().expect("SIGKILL");
+        let status = child.wait().expect("wait");
+        if running {
+            killed += 1;
+            assert_eq!(status.signal(), Some(9), "round {round}: {status}");
+        } else {
+            assert!(status.success(), "round {round}: gc failed: {status}");
+        }
+        // After every kill, not only after a rerun: every tree still present is complete.
+        assert_fsck_clean(&store, &format!("after gc killed in round {round}"));
+    }
+    eprintln!("{killed} of {round} gc runs killed while running (span {span_ms} ms)");
+
+    // The rerun completes and leaves only the rooted content.
+    ok(&store, &["gc", "--grace", "0"]);
+    assert_fsck_clean(&store, "after the rerun");
+    check_listing(&store, &kept_id, &kept, &expect);
+    assert_eq!(
+        snapshot_files(&kept),
+        kept_before,
+        "files outside the store changed"
+    );
+    let mut now = snapshot_files(&fodder);
+    now.retain(|k, _| sentinel.contains_key(k));
+    assert_eq!(now, sentinel, "files outside the store changed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Temp files of killed writers
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn gc_removes_temp_files_of_a_killed_writer_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (src_store, store) = (t.path().join("src-store"), t.path().join("store"));
+    let dir = t.path().join("content");
+    write_random_file(&dir.join("big.bin"), 77, 3 * MIB);
+    for i in 0..20u64 {
+        write_file(
+            &dir.join(format!("s/f{i}")),
+            &Rng::new(900 + i).bytes(3_000),
+            false,
+        );
+    }
+    let tree = add_tree(&src_store, &dir, &[]);
+    let bundle = t.path().join("v.bundle");
+    ok(
+        &src_store,
+        &["export", &tree, "-o", bundle.to_str().unwrap()],
+    );
+    let bytes = fs::read(&bundle).unwrap();
+    init_store(&store);
+
+    // An import stalled before the end of its bundle: its staged files are in tmp/.
+    let mut child = command(&store, &["import", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn import");
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &bytes[..bytes.len() - 64]).unwrap();
+    std::io::Write::flush(&mut stdin).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tmp_entries(&store).len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "import staged nothing: {:?}",
+            tmp_entries(&store)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // (A live writer holds the gc lock shared, so gc waits for it; its temp files are not
+    // at stake here.) Killed, it leaves them: gc with the default grace period removes them
+    // at once, young as they are.
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    drop(stdin);
+    assert!(!tmp_entries(&store).is_empty());
+    ok(&store, &["gc"]);
+    assert_eq!(tmp_entries(&store), BTreeSet::new(), "tmp/ after gc");
+    let writers: Vec<_> = fs::read_dir(store.join("locks/writers"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        writers.is_empty(),
+        "lock files of gone writers: {writers:?}"
+    );
+    assert_fsck_clean(&store, "after gc");
+    // The import runs to the end afterwards.
+    let out = command(&store, &["import", bundle.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&["import"], &out));
+    assert_fsck_clean(&store, "after the import");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. kill -9 during materialize and import
+// ---------------------------------------------------------------------------------------------
+
+/// A tree worth killing a run in: 300 small files, two 2 MiB ones, an executable, a symlink.
+fn kill_tree(dir: &Path) {
+    for i in 0..300u64 {
+        let mut rng = Rng::new(50_000 + i);
+        let len = rng.range(100, 3_000) as usize;
+        write_file(
+            &dir.join(format!("m{}/f{i}.py", i / 60)),
+            &rng.bytes(len),
+            i == 7,
+        );
+    }
+    write_random_file(&dir.join("big/a.bin"), 51, 2 * MIB);
+    write_random_file(&dir.join("big/b.bin"), 52, 2 * MIB);
+    symlink("m0/f0.py", dir.join("entry.py")).unwrap();
+}
+
+/// Spawn `args`, kill it after a random delay below `span_ms`; whether it was still running.
+fn spawn_and_kill(store: &Path, args: &[&str], delay_ms: u64) -> bool {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut child = command(store, args)
+        .stdout(Stdio::null())
+        .stderr(err.reopen().unwrap())
+        .spawn()
+        .expect("spawn");
+    thread::sleep(Duration::from_millis(delay_ms));
+    let running = child.try_wait().expect("try_wait").is_none();
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    if running {
+        assert_eq!(status.signal(), Some(9), "{args:?}: {status}");
+    } else {
+        assert!(
+            status.success(),
+            "{args:?} failed: {status}\n{}",
+            fs::read_to_string(err.path()).unwrap_or_default()
+        );
+    }
+    running
+}
+
+#[test]
+fn kill_9_during_materialize_leaves_fsck_clean_and_nothing_else_touched() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let src = t.path().join("src");
+    kill_tree(&src);
+    let sentinel = t.path().join("sentinel");
+    write_file(&sentinel.join("keep.txt"), b"not comfystore's", false);
+    symlink("../src", sentinel.join("link")).unwrap();
+    let tree = add_tree(&store, &src, &[]);
+    let outside = || (snapshot_files(&src), snapshot_files(&sentinel));
+    let before = outside();
+
+    let scratch = t.path().join("scratch");
+    let started = Instant::now();
+    ok(
+        &store,
+        &[
+            "materialize",
+            &tree,
+            scratch.to_str().unwrap(),
+            "--link",
+            "copy",
+        ],
+    );
+    let span_ms = (started.elapsed().as_millis() as u64).clamp(10, 800);
+
+    let dest = t.path().join("dest");
+    let args = [
+        "materialize",
+        &tree,
+        dest.to_str().unwrap(),
+        "--link",
+        "copy",
+    ];
+    let mut delays = Rng::new(0x3a7);
+    let (mut killed, mut round) = (0, 0);
+    while killed < 20 {
+        round += 1;
+        assert!(
+            round <= 80,
+            "only {killed} materialize runs were killed while running"
+        );
+        if round % 3 == 0 {
+            // Sometimes from scratch, mostly over what the last kill left.
+            let _ = fs::remove_dir_all(&dest);
+        }
+        if spawn_and_kill(&store, &args, delays.range(0, span_ms + 1)) {
+            killed += 1;
+        }
+        assert_fsck_clean(
+            &store,
+            &format!("after materialize killed in round {round}"),
+        );
+        assert!(
+            outside() == before,
+            "round {round}: files outside the store and DEST changed"
+        );
+    }
+    eprintln!("{killed} of {round} materialize runs killed while running (span {span_ms} ms)");
+    ok(
+        &store,
+        &[
+            "materialize",
+            &tree,
+            dest.to_str().unwrap(),
+            "--link",
+            "copy",
+        ],
+    );
+    ok(&store, &["status", "--verify", dest.to_str().unwrap()]);
+    assert_fsck_clean(&store, "after the rerun");
+    assert!(outside() == before);
+}
+
+#[test]
+fn kill_9_during_import_leaves_fsck_clean_and_gc_clears_its_temp_files() {
+    let t = tempfile::tempdir().unwrap();
+    let (src_store, store) = (t.path().join("src-store"), t.path().join("store"));
+    let src = t.path().join("src");
+    kill_tree(&src);
+    let tree = add_tree(&src_store, &src, &[]);
+    let bundle = t.path().join("v.bundle");
+    ok(
+        &src_store,
+        &["export", &tree, "-o", bundle.to_str().unwrap()],
+    );
+    let before = snapshot_files(&src);
+    init_store(&store);
+
+    let scratch = t.path().join("scratch-store");
+    let started = Instant::now();
+    ok(&scratch, &["import", bundle.to_str().unwrap()]);
+    let span_ms = (started.elapsed().as_millis() as u64).clamp(10, 800);
+
+    let args = ["import", bundle.to_str().unwrap(), "--root", "v"];
+    let mut delays = Rng::new(0x1b9);
+    let (mut killed, mut round) = (0, 0);
+    while killed < 20 {
+        round += 1;
+        assert!(
+            round <= 80,
+            "only {killed} imports were killed while running"
+        );
+        if spawn_and_kill(&store, &args, delays.range(0, span_ms + 1)) {
+            killed += 1;
+        } else {
+            // It finished: start again from an empty store so later kills land mid-import.
+            ok(&store, &["root", "rm", "v"]);
+            ok(&store, &["gc", "--grace", "0"]);
+        }
+        assert_fsck_clean(&store, &format!("after import killed in round {round}"));
+        // (A kill between publishing the content and writing its root leaves the content
+        // unrooted: fsck does not count that, and gc removes it after the grace period.)
+        // gc (default grace period) clears the killed import's temp files at once.
+        ok(&store, &["gc"]);
+        assert_eq!(
+            tmp_entries(&store),
+            BTreeSet::new(),
+            "round {round}: tmp/ after gc"
+        );
+    }
+    eprintln!("{killed} of {round} imports killed while running (span {span_ms} ms)");
+    ok(&store, &["import", bundle.to_str().unwrap(), "--root", "v"]);
+    assert_fsck_clean(&store, "after the rerun");
+    check_listing(&store, &tree, &src, &{
+        let mut m: BTreeMap<String, Expect> = (0..300u64)
+            .map(|i| {
+                (
+                    format!("m{}/f{i}.py", i / 60),
+                    Expect::File { exec: i == 7 },
+                )
+            })
+            .collect();
+        m.insert("big/a.bin".into(), Expect::File { exec: false });
+        m.insert("big/b.bin".into(), Expect::File { exec: false });
+        m.insert(
+            "entry.py".into(),
+            Expect::Symlink {
+                target: "m0/f0.py".into(),
+            },
+        );
+        m
+    });
+    assert_eq!(snapshot_files(&src), before, "the source changed");
+}
+
+#[test]
+fn materialize_killed_while_writing_its_first_marker_can_be_run_again() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let src = t.path().join("src");
+    write_file(&src.join("a.txt"), b"a", false);
+    let tree = add_tree(&store, &src, &[]);
+    // What a kill during the marker's first write leaves: DEST with only its temp file.
+    let dest = t.path().join("dest");
+    write_file(&dest.join(format!(".tmp-{}", "5a".repeat(16))), b"{", false);
+    ok(&store, &["materialize", &tree, dest.to_str().unwrap()]);
+    ok(&store, &["status", "--verify", dest.to_str().unwrap()]);
+    // Anything else in an unmarked DEST is still refused.
+    let other = t.path().join("other");
+    write_file(&other.join("mine.txt"), b"user", false);
+    let out = comfystore(&store, &["materialize", &tree, other.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        describe(&["materialize"], &out)
+    );
+}

@@ -1534,3 +1534,279 @@ fn mirror_never_writes_through_a_planted_models_symlink() {
         "nothing written outside the mirror"
     );
 }
+
+#[test]
+fn fetch_restores_a_lost_sha256_alias() {
+    let e = Env::new(Url::Path);
+    let srv = model_server();
+    let sources = e.sources_file(&srv);
+    let (lock_path, _) = e.lock(&["--sources", s(&sources)]);
+    let store2 = e.p("store2");
+    e.ok(&store2, &["fetch", s(&lock_path)]);
+    let sha = sha256_hex(&model_a());
+    let by_sha = format!("sha256:{sha}");
+    assert!(e.cs(&store2, &["cat", &by_sha]).stdout == model_a());
+
+    // What a fetch killed between publishing the model and writing its alias leaves: the
+    // object, without its alias file nor its index row.
+    let alias = store2
+        .join("aliases/sha256")
+        .join(&sha[..2])
+        .join(&sha[2..]);
+    fs::remove_file(&alias).unwrap();
+    e.ok(&store2, &["index", "rebuild"]);
+    assert_ne!(code(&e.cs(&store2, &["cat", &by_sha])), 0);
+
+    // Fetching again finds the model present and restores its alias.
+    e.ok(&store2, &["fetch", s(&lock_path)]);
+    assert!(alias.is_file(), "fetch did not restore {}", alias.display());
+    let out = e.cs(&store2, &["cat", &by_sha]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(out.stdout == model_a());
+    e.ok(&store2, &["fsck", "--sha256"]);
+}
+
+/// A model changed through a hardlink in DEST changes the store's object: `verify` says
+/// `--fix` restores it, and `--fix` does (the object goes to quarantine and is downloaded
+/// again from the lock's sources).
+#[test]
+fn verify_fix_restores_a_store_object_changed_through_a_hardlink() {
+    let e = Env::new(Url::Path);
+    let srv = model_server();
+    let sources = e.sources_file(&srv);
+    let (lock_path, _) = e.lock(&["--sources", s(&sources)]);
+    let dest = e.p("dest");
+    e.ok(
+        &e.store,
+        &["materialize", s(&lock_path), s(&dest), "--link", "hardlink"],
+    );
+    let f = dest.join(A_PATH);
+    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut h = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut h, b"x\n").unwrap();
+    drop(h);
+
+    let out = e.cs(&e.store, &["verify", s(&lock_path), s(&dest)]);
+    assert_eq!(code(&out), 4, "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("--fix restores it"),
+        "{}",
+        describe(&out)
+    );
+    let out = e.cs(
+        &e.store,
+        &["--json", "verify", s(&lock_path), s(&dest), "--fix"],
+    );
+    assert_eq!(code(&out), 3, "verify --fix: {}", describe(&out));
+    assert_eq!(parse(&out)["state"], "fixed", "{}", describe(&out));
+    assert!(fs::read(&f).unwrap() == model_a());
+    let out = e.cs(&e.store, &["verify", s(&lock_path), s(&dest)]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    e.ok(&e.store, &["fsck"]);
+}
+
+/// A model changed through a hardlink in one DEST is not copied into another: materialize
+/// finds it changed, moves it to quarantine, downloads it again from the lock's sources and
+/// places the right bytes.
+#[test]
+fn materialize_fetches_again_an_object_found_changed() {
+    let e = Env::new(Url::Path);
+    let srv = model_server();
+    let sources = e.sources_file(&srv);
+    let (lock_path, _) = e.lock(&["--sources", s(&sources)]);
+    let (d1, d2) = (e.p("d1"), e.p("d2"));
+    e.ok(
+        &e.store,
+        &["materialize", s(&lock_path), s(&d1), "--link", "hardlink"],
+    );
+    let f = d1.join(A_PATH);
+    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut h = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut h, b"x\n").unwrap();
+    drop(h);
+    let before = srv.requests_for("/files/a.safetensors").len();
+
+    let out = e.cs(
+        &e.store,
+        &["materialize", s(&lock_path), s(&d2), "--link", "copy"],
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(
+        fs::read(d2.join(A_PATH)).unwrap() == model_a(),
+        "wrong bytes copied"
+    );
+    assert!(
+        srv.requests_for("/files/a.safetensors").len() > before,
+        "not fetched again"
+    );
+    assert_eq!(fs::read_dir(e.store.join("quarantine")).unwrap().count(), 1);
+    e.ok(&e.store, &["fsck"]);
+}
+
+/// kill -9 at random points of `fetch` (git trees, downloads, aliases, root), 20 times: after
+/// every kill the store passes fsck and the install is untouched; the rerun completes and
+/// every model is found by its SHA-256 (the alias is part of publishing a download).
+#[test]
+fn kill_9_during_fetch_leaves_fsck_clean_and_the_rerun_restores_every_alias() {
+    use std::os::unix::process::ExitStatusExt;
+    let e = Env::new(Url::Path);
+    let srv = model_server();
+    let sources = e.sources_file(&srv);
+    let (lock_path, _) = e.lock(&["--sources", s(&sources)]);
+    let install = snapshot(&e.comfy, &[]);
+    let spawn = |store: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_comfystore"));
+        c.arg("--store")
+            .arg(store)
+            .args(["fetch", s(&lock_path)])
+            .env("GIT_CONFIG_GLOBAL", &e.gitconfig)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", e.p("home"))
+            .env("HF_HOME", e.p("hf"))
+            .env("COMFYSTORE_NO_PIN_WHEELS", "1")
+            .env_remove("COMFYSTORE_DIR")
+            .env_remove("COMFYSTORE_INDEX")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for k in NETWORK_ENV {
+            c.env_remove(k);
+        }
+        c.spawn().expect("spawn fetch")
+    };
+    // Spread the kills over one whole fetch into an empty store.
+    let started = std::time::Instant::now();
+    let status = spawn(&e.p("scratch")).wait().unwrap();
+    assert!(status.success(), "fetch: {status}");
+    let span_ms = (started.elapsed().as_millis() as u64).clamp(10, 2_000);
+
+    let mut seed: u64 = 0x5eed_f37c;
+    let (mut killed, mut round) = (0, 0);
+    while killed < 20 {
+        round += 1;
+        assert!(
+            round <= 60,
+            "only {killed} fetches were killed while running"
+        );
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let store = e.p(&format!("s{round}"));
+        let mut child = spawn(&store);
+        std::thread::sleep(std::time::Duration::from_millis(seed % (span_ms + 1)));
+        let running = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if running {
+            killed += 1;
+            assert_eq!(status.signal(), Some(9), "round {round}: {status}");
+        }
+        if store.join("comfystore-store.json").exists() {
+            let out = e.cs(&store, &["--json", "fsck"]);
+            assert_eq!(code(&out), 0, "round {round}: fsck: {}", describe(&out));
+        }
+        assert!(
+            snapshot(&e.comfy, &[]) == install,
+            "round {round}: the install changed"
+        );
+        // The rerun completes, and restores what the kill left out.
+        e.ok(&store, &["fetch", s(&lock_path)]);
+        for (bytes, path) in [(model_a(), A_PATH), (model_b(), B_PATH)] {
+            let out = e.cs(&store, &["cat", &format!("sha256:{}", sha256_hex(&bytes))]);
+            assert!(
+                code(&out) == 0 && out.stdout == bytes,
+                "round {round}: {path} by its sha256: {}",
+                describe(&out)
+            );
+        }
+        e.ok(&store, &["fsck", "--sha256"]);
+        let _ = fs::remove_dir_all(&store);
+    }
+    eprintln!("{killed} of {round} fetches killed while running (span {span_ms} ms)");
+}
+
+/// A lock that gives a stored model another size makes no tree that lies about it (every
+/// materialize would "repair" the file again): materialize refuses, naming the model.
+#[test]
+fn a_lock_that_lies_about_a_model_size_makes_no_tree() {
+    let e = Env::new(Url::Path);
+    let (lock_path, mut lock) = e.lock(&[]);
+    let dest = e.p("dest");
+    let m = lock["models"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["path"] == A_PATH)
+        .unwrap();
+    m["size"] = json!(model_a().len() + 1);
+    write_json(&lock_path, &lock);
+    let out = e.cs(&e.store, &["materialize", s(&lock_path), s(&dest)]);
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!("{} bytes", model_a().len() + 1)),
+        "{}",
+        describe(&out)
+    );
+    assert!(!dest.join(A_PATH).exists());
+    e.ok(&e.store, &["fsck"]);
+}
+
+/// Materializing a lock again over the DEST whose hardlink changed a model's object: the
+/// object goes to quarantine, is downloaded again and DEST gets the right bytes.
+#[test]
+fn materialize_over_a_dest_that_changed_an_object_fetches_it_again() {
+    let e = Env::new(Url::Path);
+    let srv = model_server();
+    let sources = e.sources_file(&srv);
+    let (lock_path, _) = e.lock(&["--sources", s(&sources)]);
+    let dest = e.p("dest");
+    let args = ["materialize", s(&lock_path), s(&dest), "--link", "hardlink"];
+    e.ok(&e.store, &args);
+    let f = dest.join(A_PATH);
+    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut h = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut h, b"x\n").unwrap();
+    drop(h);
+
+    let out = e.cs(&e.store, &args);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(
+        fs::read(&f).unwrap() == model_a(),
+        "DEST keeps the changed bytes"
+    );
+    assert_eq!(fs::read_dir(e.store.join("quarantine")).unwrap().count(), 1);
+    e.ok(&e.store, &["fsck"]);
+    e.ok(&e.store, &["status", "--verify", s(&dest)]);
+}
+
+/// A model changed through a hardlink is not copied into a mirror.
+#[test]
+fn mirror_never_copies_a_changed_object() {
+    let e = Env::new(Url::Path);
+    let (lock_path, _) = e.lock(&[]);
+    let dest = e.p("dest");
+    e.ok(
+        &e.store,
+        &["materialize", s(&lock_path), s(&dest), "--link", "hardlink"],
+    );
+    let f = dest.join(A_PATH);
+    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut h = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut h, b"x\n").unwrap();
+    drop(h);
+    let dir = e.p("mirror");
+    let out = e.cs(&e.store, &["mirror", s(&lock_path), s(&dir)]);
+    for entry in walkdir::WalkDir::new(&dir).into_iter().flatten() {
+        if entry.file_type().is_file() {
+            let bytes = fs::read(entry.path()).unwrap();
+            assert!(
+                !bytes.ends_with(b"x\n") || bytes.len() != model_a().len() + 2,
+                "the mirror got the changed bytes at {}: {}",
+                entry.path().display(),
+                describe(&out)
+            );
+        }
+    }
+    assert_eq!(fs::read_dir(e.store.join("quarantine")).unwrap().count(), 1);
+}

@@ -20,7 +20,9 @@ use common::pyindex::{
     pip, python3, python_cmd, python_info, scrubbed_vars, site_packages, uv, uv_available,
     wheel_set, IndexServer, Wheel, WheelSet, TINYCLI_OUTPUT,
 };
-use common::{code, describe, parse, run_env, s, sha256_hex, stderr, stdout, write, NETWORK_ENV};
+use common::{
+    code, describe, json, parse, run_env, s, sha256_hex, stderr, stdout, write, NETWORK_ENV,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -946,6 +948,36 @@ fn materialize_builds_a_runnable_install() {
         "{MODEL}"
     );
     e.assert_venv_works(&dest.join("venv"), "2.0");
+    stats_counts_every_object(&e.store);
+}
+
+/// `stats` (the index) counts every object the store holds: the objects written while
+/// building and rendering an environment go through the index like any other.
+fn stats_counts_every_object(store: &Path) {
+    let on_disk: std::collections::BTreeSet<String> = walkdir::WalkDir::new(store.join("objects"))
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy();
+            let shard = e
+                .path()
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy();
+            format!("{shard}{}", name.trim_end_matches("-exec"))
+        })
+        .collect();
+    let stats = json(store, &["stats"]);
+    assert_eq!(
+        stats["objects"].as_u64(),
+        Some(on_disk.len() as u64),
+        "stats counts {} objects, the store holds {}: {stats:#}",
+        stats["objects"],
+        on_disk.len()
+    );
 }
 
 #[test]

@@ -108,22 +108,17 @@ pub fn import(
     root: Option<&str>,
 ) -> Result<u8> {
     let report = if file.as_os_str() == "-" {
-        store.import(&mut std::io::stdin().lock(), Path::new("(stdin)"), dry_run)?
+        store.import_rooted(
+            &mut std::io::stdin().lock(),
+            Path::new("(stdin)"),
+            dry_run,
+            root,
+        )?
     } else {
         let mut f =
             std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
-        store.import(&mut f, file, dry_run)?
+        store.import_rooted(&mut f, file, dry_run, root)?
     };
-    if let (Some(name), false) = (root, dry_run) {
-        store.add_root(
-            name,
-            &Root {
-                ids: report.roots.clone(),
-                path: None,
-                ..Default::default()
-            },
-        )?;
-    }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

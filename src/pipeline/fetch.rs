@@ -131,7 +131,7 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
         items.extend(f.wheel_downloads()?);
     }
     if opts.wants(Part::Models) {
-        items.extend(f.model_downloads());
+        items.extend(f.model_downloads()?);
     }
     f.download(&items)?;
     add_lock_root(store, lock, &f.report)?;
@@ -241,15 +241,16 @@ impl Fetch<'_> {
 
     /// The models the store lacks; identical models (same content at two paths) are downloaded
     /// once.
-    fn model_downloads(&mut self) -> Vec<Download> {
+    fn model_downloads(&mut self) -> Result<Vec<Download>> {
         let mut items = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for m in self
-            .lock
-            .models
-            .iter()
-            .filter(|m| !self.store.has_object(&m.blake3))
-        {
+        for m in &self.lock.models {
+            if self.store.has_object(&m.blake3) {
+                // The alias is part of a published download: a run killed before writing it
+                // left the object without it.
+                self.store.ensure_alias(&m.sha256, &m.blake3)?;
+                continue;
+            }
             self.report.needed.push(format!("model {}", m.path));
             if !seen.insert(m.blake3) {
                 continue;
@@ -266,7 +267,7 @@ impl Fetch<'_> {
                 },
             });
         }
-        items
+        Ok(items)
     }
 
     /// Rebuild trees from git, `jobs` at a time, each checked against the lock's tree id and

@@ -120,7 +120,25 @@ pub fn materialize_lock(
     // 3. The version at DEST.
     let (version, layout) = compose_version(store, lock, dest, &at, env.as_ref(), opts)?;
     timer.phase("version composed");
-    let (report, old_venv) = place_version(store, &version, dest, &at, &layout, opts)?;
+    // An object found changed (through a hardlink in DEST, or while placing) goes to
+    // quarantine and is fetched again from its sources; a part the lock cannot fetch stays an
+    // error. Bounded: each round takes one changed object out.
+    let mut rounds = 0;
+    let (report, old_venv) = loop {
+        match place_version(store, &version, dest, &at, &layout, opts) {
+            // (Composing the version may itself have moved a changed object aside: then
+            // placing finds it missing, once.)
+            Err(e)
+                if rounds < 64
+                    && (quarantine_changed(store, &e)? || (rounds == 0 && lacks_objects(&e))) =>
+            {
+                tracing::warn!("{e}; fetching it again");
+                rounds += 1;
+                fetch(store, lock, dest, opts)?;
+            }
+            other => break other?,
+        }
+    };
     timer.phase("version placed");
     let venv = place_outside_env(store, &at, env.as_ref(), old_venv, opts)?;
     // 4. Shared models: added where missing or damaged, never removed (other versions use
@@ -469,4 +487,34 @@ fn shared_models(lock: &Lockfile) -> Manifest {
     m.sort();
     m.entries.dedup_by(|a, b| a.path == b.path);
     m
+}
+
+/// Whether placing stopped on a store object that changed, now moved to quarantine (placing
+/// moves one it reads; one DEST's check found changed through a hardlink is moved here).
+fn quarantine_changed(store: &Store, e: &crate::Error) -> Result<bool> {
+    use crate::store::Error::{Corrupt, NotFound};
+    Ok(match e {
+        crate::Error::Store(Corrupt { .. })
+        | crate::Error::Place(crate::place::Error::Store(Corrupt { .. })) => true,
+        crate::Error::Place(crate::place::Error::ObjectChanged { id, .. }) => {
+            for exec in [true, false] {
+                match store.checked_object(id, exec) {
+                    Ok(_) | Err(Corrupt { .. }) | Err(NotFound(_)) => {}
+                    Err(other) => return Err(other.into()),
+                }
+            }
+            !store.has_object(id) || store.checked_object(id, true).is_err()
+        }
+        _ => false,
+    })
+}
+
+/// Whether placing stopped because the store lacks objects of the version.
+fn lacks_objects(e: &crate::Error) -> bool {
+    use crate::store::Error::NotFound;
+    matches!(
+        e,
+        crate::Error::Store(NotFound(_))
+            | crate::Error::Place(crate::place::Error::Store(NotFound(_)))
+    )
 }

@@ -143,6 +143,7 @@ pub fn verify(
     }
     // 2. Fetch what the store lacks and is not intact in DEST, name the files of parts that
     //    hashed different, restore what is missing or corrupt, check again.
+    v.quarantine_changed(&version, &report)?;
     let version = v.fetch_if_needed(version, &mut report)?;
     v.name_files(&version, outside.as_ref(), &mut report)?;
     report.repaired = Some(v.restore(&version, marker.as_ref())?);
@@ -393,6 +394,31 @@ impl Verifier<'_> {
 
     /// 2a. The store must hold every tree and every object the repair writes: fetch (and
     ///     compose again) if it does not, leaving out the parts DEST holds intact.
+    /// 2a. Store objects changed through a hardlink in DEST: checking them moves them to
+    ///     quarantine, so the fetch below downloads them again (where the lock has sources)
+    ///     and the restore replaces DEST's changed copy with a file of the sound object.
+    fn quarantine_changed(&self, version: &Version, report: &VerifyReport) -> Result<()> {
+        let changed: std::collections::HashSet<&str> = report
+            .found
+            .store_objects_changed
+            .iter()
+            .map(String::as_str)
+            .collect();
+        for e in &version.manifest.entries {
+            if let crate::store::Node::File { id, exec, .. } = &e.node {
+                if changed.contains(e.path.as_str()) {
+                    match self.store.checked_object(id, *exec) {
+                        Ok(_)
+                        | Err(crate::store::Error::Corrupt { .. })
+                        | Err(crate::store::Error::NotFound(_)) => {}
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn fetch_if_needed(&self, version: Version, report: &mut VerifyReport) -> Result<Version> {
         let needs_fetch = !report.not_intact(&version.missing).is_empty()
             || version

@@ -283,12 +283,12 @@ impl Placer<'_> {
             link::create_empty(target, exec)?
         } else {
             let force_copy = link::rewritten_in_place(rel, size);
+            // Checked before use: a changed object must not spread into DEST.
             let src = if mode.shares_inode() && !force_copy {
+                self.store.checked_object(id, exec)?;
                 self.store.ensure_variant(id, exec)?
             } else {
-                self.store
-                    .find_object(id, exec)
-                    .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?
+                self.store.checked_object(id, exec)?
             };
             link::place(&self.probe, self.devs, mode, &src, target, exec, force_copy)?
         };

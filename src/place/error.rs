@@ -23,6 +23,12 @@ pub enum Error {
         path: std::path::PathBuf,
         reason: String,
     },
+    /// A store object was changed through a hardlink in DEST: nothing is placed from it.
+    #[error("object {id} was modified in place through {}; run `comfystore fsck --repair` to quarantine it, then add or fetch it again", path.display())]
+    ObjectChanged {
+        id: crate::store::ObjectId,
+        path: std::path::PathBuf,
+    },
     /// The store failed, or lacks what the tree names.
     #[error(transparent)]
     Store(#[from] crate::store::Error),

@@ -184,7 +184,7 @@ impl<'a> Placement<'a> {
             return Ok(None);
         }
         let previous = read_marker(store, dest)?.marker;
-        if previous.is_none() && fs::read_dir(dest).ctx("list", dest)?.next().is_some() {
+        if previous.is_none() && has_files_besides_marker_temps(dest)? {
             return Err(Error::bad_input(
                 dest,
                 format!(
@@ -194,6 +194,29 @@ impl<'a> Placement<'a> {
         }
         Ok(previous)
     }
+}
+
+/// Whether `dest` holds anything but temp files of the marker's first write (a materialize
+/// killed while writing it leaves only `.tmp-<32 hex>`, and its rerun must not refuse DEST);
+/// those are removed.
+fn has_files_besides_marker_temps(dest: &Path) -> Result<bool> {
+    let mut temps = Vec::new();
+    for e in fs::read_dir(dest).ctx("list", dest)? {
+        let e = e.ctx("list", dest)?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let ours = name
+            .strip_prefix(crate::store::TEMP_PREFIX)
+            .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ours || !e.file_type().ctx("stat", &e.path())?.is_file() {
+            return Ok(true);
+        }
+        temps.push(e.path());
+    }
+    for t in temps {
+        let _ = fs::remove_file(t);
+    }
+    Ok(false)
 }
 
 /// Refuse a tree that lists the marker's name, or whose objects the store lacks.

@@ -54,9 +54,7 @@ pub fn place_object(
     mode: LinkMode,
 ) -> Result<Method> {
     crate::store::check_rel_path(rel).map_err(|e| Error::bad_input(root.join(rel), e))?;
-    let src = store
-        .find_object(id, false)
-        .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?;
+    let src = store.checked_object(id, false)?;
     let top = beneath::Beneath::open(root)?;
     let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
     let dir = top.create_dirs(parent)?;

@@ -222,14 +222,10 @@ fn refuse_conflicts(input: &PlanInput, dirs: &[&str], remove: &[Removal]) -> Res
     }
     for (e, state) in input.manifest.entries.iter().zip(input.states) {
         if let (EntryState::StoreObjectChanged, Node::File { id, .. }) = (state, &e.node) {
-            return Err(crate::store::Error::Store {
-                path: input.store_root.to_path_buf(),
-                reason: format!(
-                    "object {id} was modified in place through {}; run `comfystore fsck --repair` to quarantine it, then add or fetch it again",
-                    input.dest.join(&e.path).display()
-                ),
-            }
-            .into());
+            return Err(Error::ObjectChanged {
+                id: *id,
+                path: input.dest.join(&e.path),
+            });
         }
         // An intact entry is no folder, and a missing one is nothing: only a differing file
         // or symlink may have a folder in its place.

@@ -388,9 +388,8 @@ fn file_url(p: &Path) -> String {
 /// Place a store object in a wheel folder under its wheel file name (a symlink: the folder
 /// is read once by the resolver or installer and then deleted).
 pub(crate) fn link_object(store: &Store, id: &crate::store::ObjectId, at: &Path) -> Result<()> {
-    let src = store
-        .find_object(id, false)
-        .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?;
+    // Checked: an installer must not read a changed wheel.
+    let src = store.checked_object(id, false)?;
     match std::os::unix::fs::symlink(&src, at) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),

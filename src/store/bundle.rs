@@ -15,7 +15,7 @@ use super::tree::Manifest;
 use super::Store;
 use crate::store::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -23,6 +23,11 @@ use std::path::{Path, PathBuf};
 
 const BUNDLE_SCHEMA: &str = "comfystore.bundle/1";
 const INDEX_NAME: &str = "index.json";
+/// The largest `index.json` an import reads into memory.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+/// The largest tree manifest an import accepts. A tree is read into memory (one at a time) to
+/// check it, so a bundle declaring a huge one is refused before any of it is read.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,9 +192,7 @@ impl Store {
         );
         let mut bytes = 0;
         for (id, (size, exec)) in objects {
-            let path = self
-                .find_object(id, *exec)
-                .ok_or_else(|| Error::NotFound(id.to_string()))?;
+            let path = self.checked_object(id, *exec)?;
             let mut f = fs::File::open(&path).ctx("open", &path)?;
             let mode = if *exec { MODE_EXEC } else { MODE_PLAIN };
             append(tar, &format!("objects/{}", id.hex()), mode, &mut f, *size)
@@ -228,6 +231,23 @@ impl Store {
     /// Read a bundle, verify every member against its name and the bundle's index, and only
     /// then publish its objects and trees. `dry_run` verifies without storing anything.
     pub fn import(&self, input: &mut dyn Read, name: &Path, dry_run: bool) -> Result<ImportReport> {
+        self.import_rooted(input, name, dry_run, None)
+    }
+
+    /// [`Store::import`], then a GC root `root` listing the bundle's roots. Everything is
+    /// checked before anything is published (the root's name, and that each of the bundle's
+    /// roots is in the bundle or the store), so a refused import leaves no unrooted content;
+    /// the root is written under the same writers' lock as the content.
+    pub fn import_rooted(
+        &self,
+        input: &mut dyn Read,
+        name: &Path,
+        dry_run: bool,
+        root: Option<&str>,
+    ) -> Result<ImportReport> {
+        if let Some(r) = root {
+            super::roots::check_root_name(r)?;
+        }
         let _lock = self.lock_shared()?;
         let dec = zstd::stream::Decoder::new(input)
             .map_err(|e| bundle_err(name, format!("not zstd: {e}")))?;
@@ -236,13 +256,24 @@ impl Store {
             .entries()
             .map_err(|e| bundle_err(name, format!("not a tar stream: {e}")))?;
         let index = read_index(&mut entries, name)?;
+        let listed_trees: HashSet<ObjectId> = index.trees.iter().map(|i| i.id).collect();
+        for r in &index.roots {
+            let listed = listed_trees.contains(r) || index.objects.iter().any(|i| i.id == *r);
+            if !listed && !self.has_tree(r) && !self.has_object(r) {
+                return Err(bundle_err(
+                    name,
+                    format!("root {r} is neither in the bundle nor in the store"),
+                ));
+            }
+        }
         let mut import = Import {
             store: self,
             name,
             dry_run,
             expected: index.members(),
+            sizes: index.objects.iter().map(|i| (i.id, i.size)).collect(),
             staged: Staged(Vec::new()),
-            trees: Vec::new(),
+            trees: Staged(Vec::new()),
         };
         let bar = self.reporter().start(
             "import",
@@ -257,16 +288,26 @@ impl Store {
             }
         }
         bar.finish();
-        import.check_complete(&index)?;
+        import.check_complete()?;
         let mut report = ImportReport {
             roots: index.roots.clone(),
-            trees: import.trees.len() as u64,
+            trees: import.trees.0.len() as u64,
             objects: index.objects.len() as u64,
             new_objects: 0,
             bytes: index.objects.iter().map(|i| i.size).sum(),
         };
         if !dry_run {
             report.new_objects = import.publish()?;
+            if let Some(r) = root {
+                self.add_root(
+                    r,
+                    &super::roots::Root {
+                        ids: index.roots.clone(),
+                        path: None,
+                        ..Default::default()
+                    },
+                )?;
+            }
         }
         Ok(report)
     }
@@ -297,10 +338,19 @@ fn read_index<R: Read>(entries: &mut tar::Entries<'_, R>, name: &Path) -> Result
         .path()
         .map(|p| p.to_string_lossy().to_string())
         .unwrap_or_default();
-    if path != INDEX_NAME || first.size() > 256 << 20 {
+    if path != INDEX_NAME {
         return Err(bundle_err(
             name,
             format!("first member must be {INDEX_NAME}, found {path:?}"),
+        ));
+    }
+    if first.size() > MAX_INDEX_BYTES {
+        return Err(bundle_err(
+            name,
+            format!(
+                "{INDEX_NAME} is {} bytes, more than the {MAX_INDEX_BYTES} an import reads",
+                first.size()
+            ),
         ));
     }
     let mut buf = Vec::new();
@@ -318,6 +368,15 @@ fn read_index<R: Read>(entries: &mut tar::Entries<'_, R>, name: &Path) -> Result
             ),
         ));
     }
+    if let Some(big) = index.trees.iter().find(|t| t.size > MAX_MANIFEST_BYTES) {
+        return Err(bundle_err(
+            name,
+            format!(
+                "tree {} is declared {} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have",
+                big.id, big.size
+            ),
+        ));
+    }
     Ok(index)
 }
 
@@ -328,8 +387,12 @@ struct Import<'a> {
     name: &'a Path,
     dry_run: bool,
     expected: HashMap<String, (BundleItem, bool)>,
+    /// Every object the index lists, with its size (each member is checked against it).
+    sizes: HashMap<ObjectId, u64>,
     staged: Staged,
-    trees: Vec<(ObjectId, Manifest)>,
+    /// Verified tree members, each in a temp file (a dry run keeps only the ids): memory
+    /// holds one manifest at a time, whatever the bundle holds.
+    trees: Staged,
 }
 
 impl Import<'_> {
@@ -360,16 +423,25 @@ impl Import<'_> {
             bundle_err(name, format!("member {member}: content hashes to {actual}, not {}: the bundle is corrupt or was tampered with", item.id))
         };
         if is_tree {
-            let mut buf = Vec::new();
-            entry
+            // The size was capped by read_index and equals the member's: bounded memory.
+            let mut buf = Vec::with_capacity(item.size as usize);
+            (&mut entry)
+                .take(MAX_MANIFEST_BYTES)
                 .read_to_end(&mut buf)
                 .map_err(|e| bundle_err(name, format!("member {member}: {e}")))?;
             let actual = hash::hash_bytes(&buf, false).b3;
             if actual != item.id {
                 return Err(tampered(actual));
             }
-            self.trees
-                .push((item.id, Manifest::parse(&buf, &item.id.to_string())?));
+            let m = Manifest::parse(&buf, &item.id.to_string())?;
+            self.check_tree(&item.id, &m)?;
+            if self.dry_run {
+                self.trees.0.push((item, PathBuf::new()));
+            } else {
+                let (mut f, tmp) = self.store.create_temp()?;
+                self.trees.0.push((item, tmp.clone()));
+                f.write_all(&buf).ctx("write", &tmp)?;
+            }
             return Ok(None);
         }
         let digests = self
@@ -390,7 +462,7 @@ impl Import<'_> {
         if self.dry_run {
             return Ok(hash::stream(entry, None, false));
         }
-        let (mut f, tmp) = durable::create_temp(&self.store.tmp_dir())?;
+        let (mut f, tmp) = self.store.create_temp()?;
         self.staged.0.push((item.clone(), tmp.clone()));
         let d = hash::stream(entry, Some(&mut f), false);
         let mode = if item.exec { MODE_EXEC } else { MODE_PLAIN };
@@ -399,8 +471,41 @@ impl Import<'_> {
         Ok(d)
     }
 
-    /// Every listed member arrived, and every tree's objects are in the bundle or the store.
-    fn check_complete(&self, index: &BundleIndex) -> Result<()> {
+    /// Every object a tree names is in the bundle or the store, with the size the tree says
+    /// (a tree that lies about a size would be "repaired" by every materialize).
+    fn check_tree(&self, tid: &ObjectId, m: &Manifest) -> Result<()> {
+        for (oid, size, exec) in m.objects() {
+            let actual = match self.sizes.get(&oid) {
+                Some(s) => Some(*s),
+                None => self
+                    .store
+                    .find_object(&oid, exec)
+                    .and_then(|p| fs::metadata(p).ok())
+                    .map(|m| m.len()),
+            };
+            match actual {
+                None => {
+                    return Err(bundle_err(
+                        self.name,
+                        format!(
+                            "tree {tid} needs {oid}, which neither the bundle nor the store has"
+                        ),
+                    ))
+                }
+                Some(a) if a != size => {
+                    return Err(bundle_err(
+                        self.name,
+                        format!("tree {tid} says {oid} has {size} bytes; it has {a}"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every listed member arrived.
+    fn check_complete(&self) -> Result<()> {
         if let Some(missing) = self.expected.keys().min() {
             return Err(bundle_err(
                 self.name,
@@ -409,19 +514,6 @@ impl Import<'_> {
                     self.expected.len()
                 ),
             ));
-        }
-        for (tid, m) in &self.trees {
-            for (oid, _, _) in m.objects() {
-                let in_bundle = index.objects.iter().any(|i| i.id == oid);
-                if !in_bundle && !self.store.has_object(&oid) {
-                    return Err(bundle_err(
-                        self.name,
-                        format!(
-                            "tree {tid} needs {oid}, which neither the bundle nor the store has"
-                        ),
-                    ));
-                }
-            }
         }
         Ok(())
     }
@@ -440,8 +532,12 @@ impl Import<'_> {
             batch.objects.push((item.id, item.size, None));
         }
         store.sync()?;
-        for (_, m) in &self.trees {
-            let (id, _) = store.put_tree(m)?;
+        while let Some((item, tmp)) = self.trees.0.pop() {
+            let bytes = fs::read(&tmp).ctx("read", &tmp)?;
+            let _ = fs::remove_file(&tmp);
+            let m = Manifest::parse(&bytes, &item.id.to_string())?;
+            drop(bytes);
+            let (id, _) = store.put_tree(&m)?;
             batch
                 .trees
                 .push((id, m.entries.len() as u64, m.logical_bytes()));
@@ -460,7 +556,9 @@ struct Staged(Vec<(BundleItem, PathBuf)>);
 impl Drop for Staged {
     fn drop(&mut self) {
         for (_, p) in &self.0 {
-            let _ = fs::remove_file(p);
+            if !p.as_os_str().is_empty() {
+                let _ = fs::remove_file(p);
+            }
         }
     }
 }

@@ -28,8 +28,13 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// Create a fresh temp file in `dir` (mode 0600 until published).
 pub fn create_temp(dir: &Path) -> Result<(File, PathBuf)> {
+    create_temp_named(dir, TEMP_PREFIX)
+}
+
+/// [`create_temp`] with the name `<prefix><32 random hex>`.
+pub fn create_temp_named(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
     loop {
-        let path = dir.join(unique_name(TEMP_PREFIX));
+        let path = dir.join(unique_name(prefix));
         match OpenOptions::new()
             .write(true)
             .create_new(true)

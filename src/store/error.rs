@@ -27,6 +27,15 @@ pub enum Error {
         expected: String,
         actual: String,
     },
+    /// A published object whose bytes changed (a write through a hardlink, a disk error): it
+    /// was moved to quarantine so that nothing copies, links or prints the wrong bytes.
+    #[error("object {id} ({}) changed on disk: its bytes hash to {actual}; moved it to {}; fetch or add it again (`comfystore fsck` checks the rest)", path.display(), quarantined.display())]
+    Corrupt {
+        id: String,
+        path: PathBuf,
+        actual: String,
+        quarantined: PathBuf,
+    },
     /// The redb index failed. The index is only an accelerator: `index rebuild` recreates it.
     #[error("index {}: {reason}", path.display())]
     Index { path: PathBuf, reason: String },

@@ -10,7 +10,7 @@ use super::Store;
 use crate::store::error::{IoContext, Result};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -27,8 +27,10 @@ pub struct FsckOptions {
 /// One thing wrong with the store.
 #[derive(Clone, Debug, Serialize)]
 pub struct FsckProblem {
-    /// `corrupt-object`, `corrupt-tree`, `missing-object`, `bad-mode`, `bad-alias`,
-    /// `dangling-root`, `stray-file`.
+    /// `corrupt-object`, `corrupt-tree`, `missing-object`, `bad-size` (a tree gives a file a
+    /// size its object does not have), `bad-mode`, `bad-alias`, `missing-alias` (with
+    /// `repair`: the index knows an object's SHA-256 but its alias file is gone; restored after
+    /// rehashing), `dangling-root`, `stray-file`.
     pub kind: &'static str,
     pub path: PathBuf,
     pub detail: String,
@@ -65,12 +67,15 @@ impl Store {
             scan: scan_store(self)?,
             report: FsckReport::default(),
             corrupt: HashSet::new(),
-            good: HashSet::new(),
+            good: HashMap::new(),
         };
         check.rehash_objects();
         check.object_modes()?;
         check.trees();
         check.aliases();
+        if opts.repair {
+            check.restore_aliases()?;
+        }
         check.dangling_roots()?;
         check.stray_files();
         if opts.repair {
@@ -80,7 +85,7 @@ impl Store {
     }
 
     /// Move a damaged file to `quarantine/` under a unique name; returns the new path.
-    fn quarantine(&self, path: &Path) -> Result<PathBuf> {
+    pub(crate) fn quarantine(&self, path: &Path) -> Result<PathBuf> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -115,8 +120,8 @@ struct Fsck<'a> {
     report: FsckReport,
     /// Object and tree files found damaged.
     corrupt: HashSet<PathBuf>,
-    /// Objects that remain good, for the reference checks.
-    good: HashSet<ObjectId>,
+    /// Objects that remain good, with their sizes, for the reference checks.
+    good: HashMap<ObjectId, u64>,
 }
 
 impl Fsck<'_> {
@@ -154,7 +159,7 @@ impl Fsck<'_> {
         self.good = files
             .iter()
             .filter(|f| !self.corrupt.contains(&f.path))
-            .map(|f| f.id)
+            .map(|f| (f.id, f.size))
             .collect();
     }
 
@@ -196,14 +201,27 @@ impl Fsck<'_> {
                 }
                 Ok(m) => {
                     for e in &m.entries {
-                        if let super::Node::File { id: oid, .. } = &e.node {
-                            if !self.good.contains(oid) {
-                                let detail = format!(
-                                    "tree {id} entry {:?} needs {oid}, which is missing or corrupt",
-                                    e.path
-                                );
-                                let p = problem("missing-object", path, detail);
-                                self.report.problems.push(p);
+                        if let super::Node::File { id: oid, size, .. } = &e.node {
+                            match self.good.get(oid) {
+                                None => {
+                                    let detail = format!(
+                                        "tree {id} entry {:?} needs {oid}, which is missing or corrupt",
+                                        e.path
+                                    );
+                                    let p = problem("missing-object", path, detail);
+                                    self.report.problems.push(p);
+                                }
+                                Some(actual) if actual != size => {
+                                    // Every materialize would "repair" this file again; with
+                                    // --repair the lying tree goes to quarantine.
+                                    self.corrupt.insert(path.clone());
+                                    let detail = format!(
+                                        "tree {id} entry {:?} says {oid} has {size} bytes; it has {actual}",
+                                        e.path
+                                    );
+                                    self.report.problems.push(problem("bad-size", path, detail));
+                                }
+                                Some(_) => {}
                             }
                         }
                     }
@@ -216,12 +234,16 @@ impl Fsck<'_> {
     fn aliases(&mut self) {
         for ((sha, id), (_, path)) in self.scan.aliases.iter().zip(&self.scan.alias_files) {
             let (sha, id) = (*sha, *id);
-            let found = if !self.good.contains(&id) {
+            let found = if !self.good.contains_key(&id) {
                 Some(format!("{sha} points to {id}, which is missing or corrupt"))
             } else if self.opts.sha256 {
+                // The object was just rehashed (it is good): read it as it is, and never
+                // move anything aside without --repair.
                 let digests = self
                     .store
-                    .open_object(&id)
+                    .find_object(&id, false)
+                    .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))
+                    .and_then(|p| fs::File::open(&p).ctx("open", &p))
                     .and_then(|mut f| hash::stream(&mut f, None, true).ctx("read", path));
                 match digests {
                     Ok(d) if d.sha256 == Some(sha) => None,
@@ -242,6 +264,35 @@ impl Fsck<'_> {
         }
     }
 
+    /// With `repair`: alias files the index knows of but that are gone (a process killed
+    /// between publishing a download and writing its alias), written again once the object's
+    /// SHA-256 is computed and matches.
+    fn restore_aliases(&mut self) -> Result<()> {
+        let Some(index) = self.store.index() else {
+            return Ok(());
+        };
+        let have: HashSet<_> = self.scan.aliases.iter().map(|(sha, _)| *sha).collect();
+        let mut ids: Vec<ObjectId> = self.good.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            let Some(sha) = index.object_sha256(&id)? else {
+                continue;
+            };
+            if have.contains(&sha) {
+                continue;
+            }
+            let path = self.store.alias_path(&sha);
+            let detail = match self.store.ensure_alias(&sha, &id) {
+                Ok(_) => format!("{sha} (of {id}) had no alias file; restored"),
+                Err(e) => format!("{sha} (of {id}) has no alias file and cannot get one: {e}"),
+            };
+            self.report
+                .problems
+                .push(problem("missing-alias", &path, detail));
+        }
+        Ok(())
+    }
+
     /// Roots whose content is gone: gc would keep nothing for them.
     fn dangling_roots(&mut self) -> Result<()> {
         let store = self.store;
@@ -249,7 +300,7 @@ impl Fsck<'_> {
             for id in &root.ids {
                 let tree_ok =
                     self.scan.trees.contains(id) && !self.corrupt.contains(&store.tree_path(id));
-                if !tree_ok && !self.good.contains(id) {
+                if !tree_ok && !self.good.contains_key(id) {
                     self.report.problems.push(problem(
                         "dangling-root",
                         &store.root().join("roots").join(&name),

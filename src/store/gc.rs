@@ -4,10 +4,11 @@
 
 use super::durable::TEMP_PREFIX;
 use super::id::{ObjectId, Sha256};
+use super::writer::{tag_of, writer_state, writers_dir, Writer};
 use super::Store;
 use crate::store::error::{Error, IoContext, Result};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -208,9 +209,24 @@ impl Store {
             dry_run: opts.dry_run,
             report: &mut report,
         };
+        // Trees first, then only the objects no remaining tree names: a gc killed at any
+        // point leaves every tree still present complete (fsck stays clean).
+        let (gone_trees, deleted_trees) =
+            sweep.files(&scan.tree_files, &live.trees, &HashSet::new(), "tree")?;
+        let mut kept_by_trees = HashSet::new();
+        let gone: HashSet<ObjectId> = gone_trees.iter().copied().collect();
+        for t in &scan.trees {
+            if live.trees.contains(t) || gone.contains(t) || !self.has_tree(t) {
+                continue;
+            }
+            // An unrooted tree kept (young): its objects stay with it. One that cannot be
+            // read is fsck's to report; it protects nothing.
+            if let Ok(m) = self.read_tree(t) {
+                kept_by_trees.extend(m.objects().into_iter().map(|(o, _, _)| o));
+            }
+        }
         let (gone_objects, deleted_objects) =
-            sweep.files(&scan.object_files, &live.objects, "object")?;
-        let (gone_trees, deleted_trees) = sweep.files(&scan.tree_files, &live.trees, "tree")?;
+            sweep.files(&scan.object_files, &live.objects, &kept_by_trees, "object")?;
         report.deleted_objects = deleted_objects;
         report.deleted_trees = deleted_trees;
         self.sweep_aliases(&scan, &gone_objects, opts.dry_run, &mut report)?;
@@ -291,11 +307,13 @@ impl Store {
         Ok(())
     }
 
-    /// Remove temp files older than `cutoff` from `tmp/`, and leftover temp files of
-    /// `write_file_atomic` from `roots/`; also temp folders (git checkouts of a killed
-    /// `fetch`) at the top of `tmp/`.
+    /// Remove temp files from `tmp/` whose writer is gone (whatever their age) or, when that
+    /// cannot be told, that are older than `cutoff`; leftover temp files of
+    /// `write_file_atomic` from `roots/`; temp folders (git checkouts of a killed `fetch`) at
+    /// the top of `tmp/`; and the lock files of writers that are gone.
     fn sweep_temp(&self, cutoff: SystemTime, dry_run: bool) -> Result<u64> {
         let mut n = 0;
+        let mut writers: HashMap<String, Writer> = HashMap::new();
         if let Ok(entries) = fs::read_dir(self.tmp_dir()) {
             for e in entries.flatten() {
                 let old = e
@@ -325,8 +343,27 @@ impl Store {
                     .and_then(|m| m.modified().ok())
                     .map(|t| t <= cutoff)
                     .unwrap_or(false);
-                if old && (dry_run || remove_if_present(e.path())?) {
+                let writer = tag_of(&name).map(|tag| {
+                    *writers
+                        .entry(tag.to_string())
+                        .or_insert_with(|| writer_state(self.root(), tag, !dry_run))
+                });
+                let leftover = match writer {
+                    Some(Writer::Gone) => true,
+                    Some(Writer::Alive) => false,
+                    Some(Writer::Unknown) | None => old,
+                };
+                if leftover && (dry_run || remove_if_present(e.path())?) {
                     n += 1;
+                }
+            }
+        }
+        // Lock files of writers that died without leaving a temp file.
+        if let Ok(entries) = fs::read_dir(writers_dir(self.root())) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !writers.contains_key(&name) {
+                    writer_state(self.root(), &name, !dry_run);
                 }
             }
         }
@@ -342,17 +379,23 @@ struct Sweep<'a> {
 }
 
 impl Sweep<'_> {
-    /// Delete the files no live id names, unless young; the ids deleted and how many.
+    /// Delete the files no live id names, unless young or named by a young unrooted tree
+    /// (`kept`); the ids deleted and how many.
     fn files(
         &mut self,
         files: &[StoredFile],
         live: &HashSet<ObjectId>,
+        kept: &HashSet<ObjectId>,
         kind: &'static str,
     ) -> Result<(Vec<ObjectId>, u64)> {
         let mut gone = Vec::new();
         let mut count = 0;
         for f in files {
             if live.contains(&f.id) {
+                continue;
+            }
+            if kept.contains(&f.id) {
+                self.report.kept_young += 1;
                 continue;
             }
             // Look again right before deleting: a writer may just have freshened it.

@@ -51,6 +51,17 @@ impl StatKey {
         }
     }
 
+    /// Whether the file may still change without its timestamps moving: changed within 2 s
+    /// (git's "racily clean" rule; some filesystems keep one-second timestamps).
+    pub fn is_racy(&self, now: std::time::SystemTime) -> bool {
+        let now_ns = now
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(i64::MAX);
+        let window = 2_000_000_000;
+        now_ns - self.mtime_ns < window || now_ns - self.ctime_ns < window
+    }
+
     fn key(&self) -> [u8; 16] {
         let mut k = [0u8; 16];
         k[..8].copy_from_slice(&self.dev.to_be_bytes());

@@ -25,6 +25,7 @@ mod reserved;
 mod roots;
 mod sources;
 mod tree;
+mod writer;
 
 pub use adopt::{AdoptMode, AdoptReport, AdoptScope};
 pub use bundle::{ExportReport, ImportReport};
@@ -71,6 +72,30 @@ pub struct Store {
     index: Option<Index>,
     /// Where long operations (hashing, fsck, bundles, placing, downloads) report progress.
     reporter: Arc<dyn Reporter>,
+    /// Objects this handle published (or found present) whose index rows are not written
+    /// yet: every publish goes through the index, at the next [`Store::sync`], before the tree
+    /// or root that names it, or when the handle is dropped.
+    pending: std::sync::Mutex<Pending>,
+    /// The lock that tells gc this handle's temp files are in use (taken on first use).
+    writer: std::sync::OnceLock<Option<writer::WriterLock>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    rows: Vec<(ObjectId, u64, Option<Sha256>)>,
+    /// Objects found sound by a rehash: their (size, mtime, ctime) vouch for them until they
+    /// change.
+    stats: Vec<(StatKey, ObjectId)>,
+    /// Some of them are new and not yet flushed to disk.
+    unsynced: bool,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_pending(false) {
+            tracing::warn!("index rows of new objects not written: {e}");
+        }
+    }
 }
 
 impl Store {
@@ -92,6 +117,8 @@ impl Store {
             root,
             index: None,
             reporter: crate::report::silent(),
+            pending: Default::default(),
+            writer: std::sync::OnceLock::new(),
         };
         if !opts.no_index {
             let path = match &opts.index_path {
@@ -213,7 +240,46 @@ impl Store {
     /// Make published files durable: one `syncfs` on Linux (or a full `sync` elsewhere), done
     /// once before anything that refers to new objects is published.
     pub fn sync(&self) -> Result<()> {
-        durable::sync_filesystem(&self.root)
+        self.flush_pending(true)
+    }
+
+    /// Remember that a rehash found the object file with `key` sound.
+    pub(crate) fn note_sound(&self, key: StatKey, id: ObjectId) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.stats.push((key, id));
+    }
+
+    /// Remember an object put by this handle, for its index row.
+    pub(crate) fn note_object(&self, digests: &Digests, new: bool) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.rows.push((digests.b3, digests.size, digests.sha256));
+        p.unsynced |= new;
+    }
+
+    /// Write the index rows of the objects put so far, after one `syncfs` when some are new
+    /// (or `force_sync`): nothing, the index included, refers to an object before it is
+    /// durable.
+    pub(crate) fn flush_pending(&self, force_sync: bool) -> Result<()> {
+        let (rows, stats, unsynced) = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let unsynced = std::mem::take(&mut p.unsynced);
+            (
+                std::mem::take(&mut p.rows),
+                std::mem::take(&mut p.stats),
+                unsynced,
+            )
+        };
+        if force_sync || unsynced {
+            durable::sync_filesystem(&self.root)?;
+        }
+        if let (Some(index), false) = (self.index(), rows.is_empty() && stats.is_empty()) {
+            index.commit(&index::Batch {
+                objects: rows,
+                stats,
+                ..Default::default()
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -52,12 +52,64 @@ impl Store {
             .find(|p| p.exists())
     }
 
-    /// Open an object for reading.
+    /// Open an object for reading, checked first ([`Store::checked_object`]).
     pub fn open_object(&self, id: &ObjectId) -> Result<File> {
-        let path = self
-            .find_object(id, false)
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let path = self.checked_object(id, false)?;
         File::open(&path).ctx("open", &path)
+    }
+
+    /// Path of an existing copy of the object (preferring the variant asked for), checked
+    /// before anything copies, links or prints it. Objects are never modified once published,
+    /// but root ignores their 0444 and can write through a hardlink in a materialized folder.
+    /// So the file's (size, mtime, ctime) must be those a rehash last found sound (the index's
+    /// stat cache); otherwise it is rehashed. A file whose bytes no longer match its name is
+    /// moved to `quarantine/` ([`Error::Corrupt`]) and the other variant, if any, is tried.
+    pub fn checked_object(&self, id: &ObjectId, exec: bool) -> Result<PathBuf> {
+        let mut last = None;
+        for variant in [exec, !exec] {
+            let path = self.object_path(id, variant);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).ctx("stat", &path),
+            };
+            let key = super::StatKey::of(&meta);
+            if let Some(index) = self.index() {
+                let vouched = index.lookup_stats(&[key])?.first().copied().flatten();
+                if vouched == Some(*id) {
+                    return Ok(path);
+                }
+            }
+            let (actual, _) = hash::b3_file(&path).ctx("read", &path)?;
+            if actual == *id {
+                // Vouch for it only if it did not change while hashed, and not within the
+                // racy window (a later write could keep the same coarse timestamps).
+                let after = fs::symlink_metadata(&path).map(|m| super::StatKey::of(&m));
+                if after.as_ref().ok() == Some(&key) && !key.is_racy(std::time::SystemTime::now()) {
+                    self.note_sound(key, *id);
+                }
+                return Ok(path);
+            }
+            let quarantined = self.quarantine(&path)?;
+            tracing::warn!(
+                "object {id} at {} hashes to {actual}: moved to {}",
+                path.display(),
+                quarantined.display()
+            );
+            if let Some(index) = self.index() {
+                if !self.has_object(id) {
+                    index.remove(&[*id], &[])?;
+                }
+            }
+            last = Some(Error::Corrupt {
+                id: id.to_string(),
+                path,
+                actual: actual.to_string(),
+                quarantined,
+            });
+        }
+        Err(last.unwrap_or_else(|| Error::NotFound(id.to_string())))
     }
 
     /// What is at an object's path: the object with `size` bytes (its mtime is refreshed for
@@ -87,14 +139,16 @@ impl Store {
         let dest = self.object_path(&digests.b3, exec);
         let state = self.object_state(&dest, digests.size)?;
         if state == ObjectState::Present {
+            self.note_object(&digests, false);
             return Ok(PutResult {
                 digests,
                 new: false,
             });
         }
-        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let (mut f, tmp) = self.create_temp()?;
         let written = f.write_all(data).ctx("write", &tmp);
         let new = self.finish_temp(f, &tmp, written, &dest, exec, state)?;
+        self.note_object(&digests, new);
         Ok(PutResult { digests, new })
     }
 
@@ -119,7 +173,7 @@ impl Store {
         what: &Path,
         check: &dyn Fn(&Digests) -> Result<()>,
     ) -> Result<PutResult> {
-        let (f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let (f, tmp) = self.create_temp()?;
         let mut sink = durable::BoundedWriteback::new(&f);
         let streamed =
             hash::stream(src, Some(&mut sink), want_sha256).and_then(|d| sink.finish().map(|()| d));
@@ -140,12 +194,14 @@ impl Store {
         if state == ObjectState::Present {
             drop(f);
             let _ = fs::remove_file(&tmp);
+            self.note_object(&digests, false);
             return Ok(PutResult {
                 digests,
                 new: false,
             });
         }
         let new = self.finish_temp(f, &tmp, Ok(()), &dest, exec, state)?;
+        self.note_object(&digests, new);
         Ok(PutResult { digests, new })
     }
 
@@ -211,7 +267,7 @@ impl Store {
         if want.exists() {
             return Ok(want);
         }
-        let other = self.object_path(id, !exec);
+        let other = self.checked_object(id, !exec)?;
         let mut src = File::open(&other).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(id.to_string()),
             _ => Error::io("open", other.clone(), e),
@@ -248,6 +304,39 @@ impl Store {
         Ok(())
     }
 
+    /// Make sure `sha` names the stored object `id` (a kill between publishing a download
+    /// and writing its alias leaves the object without it). A missing alias is only written
+    /// after the object's SHA-256 is computed and found to be `sha`. Returns whether it was
+    /// restored; an object whose SHA-256 is not `sha` is an error.
+    pub fn ensure_alias(&self, sha: &Sha256, id: &ObjectId) -> Result<bool> {
+        if self.lookup_sha256(sha)? == Some(*id) && self.alias_path(sha).exists() {
+            return Ok(false);
+        }
+        let path = self
+            .find_object(id, false)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let mut f = File::open(&path).ctx("open", &path)?;
+        let d = hash::stream(&mut f, None, true).ctx("read", &path)?;
+        if d.b3 != *id || d.sha256 != Some(*sha) {
+            return Err(Error::Mismatch {
+                what: path.display().to_string(),
+                expected: format!("{id} with {sha}"),
+                actual: format!(
+                    "{} with {}",
+                    d.b3,
+                    d.sha256.map(|s| s.to_string()).unwrap_or_default()
+                ),
+            });
+        }
+        self.write_alias(sha, id)?;
+        if let Some(index) = self.index() {
+            let mut batch = super::index::Batch::default();
+            batch.objects.push((*id, d.size, Some(*sha)));
+            index.commit(&batch)?;
+        }
+        Ok(true)
+    }
+
     /// Record that the object with `sha` is `id`, as an alias file (the truth the index is
     /// rebuilt from). An existing alias is left alone.
     pub(crate) fn write_alias(&self, sha: &Sha256, id: &ObjectId) -> Result<()> {
@@ -255,7 +344,7 @@ impl Store {
         if dest.exists() {
             return Ok(());
         }
-        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let (mut f, tmp) = self.create_temp()?;
         let written = f
             .write_all(format!("{id}\n").as_bytes())
             .ctx("write", &tmp)

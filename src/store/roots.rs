@@ -59,6 +59,7 @@ impl Store {
     pub fn add_root(&self, name: &str, root: &Root) -> Result<()> {
         let _lock = self.lock_shared()?;
         let path = self.root_path(name)?;
+        self.flush_pending(false)?;
         for id in &root.ids {
             if !self.has_tree(id) && !self.has_object(id) {
                 return Err(Error::NotFound(id.to_string()));

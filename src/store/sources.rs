@@ -28,7 +28,7 @@ impl Store {
             return Ok(());
         }
         fs::create_dir_all(&shard).ctx("create", &shard)?;
-        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let (mut f, tmp) = self.create_temp()?;
         if let Err(e) = f
             .write_all(format!("{url}\n").as_bytes())
             .ctx("write", &tmp)

@@ -330,6 +330,40 @@ impl Store {
             id: "(new tree)".into(),
             reason,
         })?;
+        // A tree never gives a file a size its stored object does not have (it could never be
+        // materialized correctly: every run would "repair" the file again).
+        for e in &manifest.entries {
+            let Node::File {
+                id: oid,
+                size,
+                exec,
+            } = e.node
+            else {
+                continue;
+            };
+            let actual = [exec, !exec]
+                .into_iter()
+                .find_map(|v| fs::symlink_metadata(self.object_path(&oid, v)).ok())
+                .map(|m| m.len());
+            if let Some(actual) = actual.filter(|a| *a != size) {
+                // The object may be the one that lies (changed through a hardlink): then it
+                // goes to quarantine, and the tree waits for it to be fetched again.
+                match self.checked_object(&oid, exec) {
+                    Err(Error::Corrupt { .. }) | Err(Error::NotFound(_)) => continue,
+                    Err(other) => return Err(other),
+                    Ok(_) => {}
+                }
+                return Err(Error::BadManifest {
+                    id: "(new tree)".into(),
+                    reason: format!(
+                        "{:?} is given {size} bytes, but its object {oid} has {actual}",
+                        e.path
+                    ),
+                });
+            }
+        }
+        // The objects it names: durable and in the index before the tree is.
+        self.flush_pending(false)?;
         let canonical = manifest.to_canonical();
         let id = ObjectId(*blake3::hash(&canonical).as_bytes());
         let dest = self.tree_path(&id);
@@ -345,7 +379,7 @@ impl Store {
                 }
             }
         }
-        let (mut f, tmp) = durable::create_temp(&self.tmp_dir())?;
+        let (mut f, tmp) = self.create_temp()?;
         let written = f
             .write_all(&body)
             .ctx("write", &tmp)

@@ -138,9 +138,8 @@ fn place_file(
     let dest = dir.join(rel);
     let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
     let pdir = top.create_dirs(parent)?;
-    let src = store
-        .find_object(id, false)
-        .ok_or_else(|| Error::NotFound(id.to_string()))?;
+    // Checked: a changed object must not spread into the mirror.
+    let src = store.checked_object(id, false)?;
     let size = fs::metadata(&src).ctx("stat", &src)?.len();
     if fs::symlink_metadata(pdir.name_path(name)).is_ok_and(|m| m.is_file() && m.len() == size)
         && manifest
