@@ -1221,7 +1221,7 @@ fn kill_tree(dir: &Path) {
     symlink("m0/f0.py", dir.join("entry.py")).unwrap();
 }
 
-/// Spawn `args`, kill it after a random delay below `span_ms`; whether it was still running.
+/// Spawn `args`, kill it after `delay_ms`; whether the kill cut it short.
 fn spawn_and_kill(store: &Path, args: &[&str], delay_ms: u64) -> bool {
     let err = tempfile::NamedTempFile::new().unwrap();
     let mut child = command(store, args)
@@ -1230,19 +1230,18 @@ fn spawn_and_kill(store: &Path, args: &[&str], delay_ms: u64) -> bool {
         .spawn()
         .expect("spawn");
     thread::sleep(Duration::from_millis(delay_ms));
-    let running = child.try_wait().expect("try_wait").is_none();
     child.kill().expect("SIGKILL");
     let status = child.wait().expect("wait");
-    if running {
-        assert_eq!(status.signal(), Some(9), "{args:?}: {status}");
-    } else {
+    // Killed, or it had finished by the time the signal came (then it must have succeeded).
+    let killed = status.signal() == Some(9);
+    if !killed {
         assert!(
             status.success(),
             "{args:?} failed: {status}\n{}",
             fs::read_to_string(err.path()).unwrap_or_default()
         );
     }
-    running
+    killed
 }
 
 #[test]
