@@ -2,7 +2,7 @@
 
 use super::{open_store, Cli, LockArgs, EXIT_FAILURE, EXIT_USAGE};
 use anyhow::{Context, Result};
-use comfystore::lockfile::{diff, snapshot, Lockfile};
+use comfystore::lockfile::{detect, diff, snapshot, Lockfile};
 use comfystore::pipeline::lock::{self, LockOptions};
 use comfystore::store::{ObjectId, Root, Store, StoreOptions};
 use indicatif::HumanBytes;
@@ -204,12 +204,15 @@ pub fn import_snapshot(
     output: Option<&Path>,
     comfyui_repo: Option<&str>,
 ) -> Result<u8> {
-    let snap = snapshot::Snapshot::read(path)?;
-    let mut warnings = Vec::new();
-    let lockfile = snapshot::import(&snap, tag, comfyui_repo, &mut warnings);
-    lockfile
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    comfystore::lockfile::check_tag(tag).map_err(anyhow::Error::msg)?;
+    let detect::Imported {
+        format,
+        lock: lockfile,
+        warnings,
+    } = detect::import_file(path, tag, comfyui_repo)?;
+    if !cli.json && !cli.quiet {
+        eprintln!("{}: read as a {format}", path.display());
+    }
     let out = output
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{tag}.lock.json")));

@@ -410,12 +410,16 @@ pub enum LockCommand {
     /// Summarize a lockfile: counts, sizes, and what the store lacks.
     #[command(after_help = "Example:\n  comfystore show lockfiles/comfy-v1.lock.json")]
     Show { lock: PathBuf },
-    /// Turn a ComfyUI-Manager snapshot (JSON or YAML) into a lockfile.
+    /// Turn another tool's lock into a lockfile; the format is detected.
     ///
-    /// A snapshot knows commits, node repos, registry packs and pip pins, but no trees, hashes
-    /// or models: the lock it gives names what to fetch.
+    /// Reads ComfyUI-Manager snapshots (JSON or YAML), comfy-pack packages (.cpack.zip or their
+    /// snapshot.json), comfy-cli's comfy.lock.yaml and comfy-cli build definitions
+    /// (distribution-definition/0). They know commits, node repos, registry packs and pip pins,
+    /// but no trees: the lock they give names what to fetch. Whatever the lock cannot hold is
+    /// named in a warning (docs/interop.md).
     #[command(
-        after_help = "Example:\n  comfystore import-snapshot user/default/ComfyUI-Manager/snapshots/2026-11-01_12-00-00_snapshot.json --tag v1"
+        visible_alias = "import-from",
+        after_help = "Examples:\n  comfystore import-snapshot user/default/ComfyUI-Manager/snapshots/2026-11-01_12-00-00_snapshot.json --tag v1\n  comfystore import-from workflow.cpack.zip --tag pixel-art\n  comfystore import-from comfy-build.yaml --tag build1 -o build1.lock.json"
     )]
     ImportSnapshot {
         snapshot: PathBuf,

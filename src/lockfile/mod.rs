@@ -8,7 +8,12 @@
 pub mod error;
 
 pub use error::{Error, Result};
+pub mod comfy_build;
+pub mod comfy_cli;
+pub mod cpack;
+pub mod detect;
 pub mod diff;
+mod formats;
 mod layout;
 mod portable;
 pub mod snapshot;
