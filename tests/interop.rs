@@ -193,24 +193,27 @@ fn cpack_zip_imports_nodes_packages_and_names_every_model_and_file() {
     );
     warned(&w, &["requirements.txt", "\"comfy-cli\"", "not imported"]);
 
-    // The Hugging Face source pinned to a commit becomes its resolve URL.
-    assert!(lock["models"].as_array().unwrap().is_empty());
-    warned(
-        &w,
-        &[
-            "models/checkpoints/pixel (1).safetensors",
-            "blake3 unknown",
-            SHA,
-            &format!(
-                "https://huggingface.co/org/models/resolve/{HF_COMMIT}/pixel%20%281%29.safetensors"
-            ),
-        ],
+    // The Hugging Face source pinned to a commit becomes its resolve URL; the model is held
+    // by sha256 until `fetch --update-lock`.
+    let models = lock["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1, "{models:#?}");
+    let m = &models[0];
+    assert_eq!(m["path"], "models/checkpoints/pixel (1).safetensors");
+    assert_eq!(m["size"], 6938040682u64);
+    assert_eq!(m["sha256"], SHA);
+    assert!(m.get("blake3").is_none());
+    assert_eq!(
+        m["sources"][0],
+        format!(
+            "https://huggingface.co/org/models/resolve/{HF_COMMIT}/pixel%20%281%29.safetensors"
+        )
     );
+    warned(&w, &["1 model(s) named by sha256", "fetch --update-lock"]);
     warned(
         &w,
         &[
             "models/loras/unknown.safetensors",
-            "no download source",
+            "disabled",
             "not imported",
         ],
     );
@@ -270,14 +273,13 @@ fn cpack_snapshot_json_of_the_manager_generation_imports() {
     assert_eq!(package(&lock, "numpy")["version"], "1.26.4");
     assert_eq!(package(&lock, "pillow")["version"], "10.4.0");
     warned(&w, &["single.py", "not imported"]);
-    warned(
-        &w,
-        &[
-            "models/loras/style.safetensors",
-            "https://civitai.com/api/download/models/4242",
-            "not imported",
-        ],
+    let m = &lock["models"][0];
+    assert_eq!(m["path"], "models/loras/style.safetensors");
+    assert_eq!(
+        m["sources"][0],
+        "https://civitai.com/api/download/models/4242"
     );
+    assert!(m.get("blake3").is_none());
 }
 
 #[test]
@@ -325,6 +327,7 @@ custom_nodes:
             "models/checkpoints/sd15.safetensors",
             SHA,
             "https://huggingface.co/org/sd15/resolve/main/sd15.safetensors",
+            "size unknown",
             "not imported",
         ],
     );
@@ -401,13 +404,14 @@ environment:
     assert_eq!(package(&lock, "safetensors")["version"], "0.4.5");
     assert_eq!(lock["python"]["version"], "3.11.9");
     warned(&w, &["Linux/x86_64"]);
-    warned(
-        &w,
-        &[
-            "models/checkpoints/sd15.safetensors",
-            &format!("https://huggingface.co/org/sd15/resolve/{HF_COMMIT}/sd15.safetensors"),
-        ],
+    let m = &lock["models"][0];
+    assert_eq!(m["path"], "models/checkpoints/sd15.safetensors");
+    assert_eq!(m["size"], 2000);
+    assert_eq!(
+        m["sources"][0],
+        format!("https://huggingface.co/org/sd15/resolve/{HF_COMMIT}/sd15.safetensors")
     );
+    assert_eq!(lock["models"].as_array().unwrap().len(), 1);
     warned(&w, &["models/loras/private.safetensors", "blobId"]);
 
     // The same definition as JSON (what `comfy build scan -o` writes), with a tag for ComfyUI.
@@ -501,4 +505,106 @@ fn the_command_has_its_alias_and_keeps_its_name() {
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
     assert!(help.contains("import-snapshot"), "{help}");
     assert!(help.contains("import-from"), "{help}");
+}
+
+/// An imported model is held by sha256: `show` counts it missing, `materialize` offline says to
+/// fetch, `fetch` downloads it by sha256, `fetch --update-lock` writes its blake3 in (once,
+/// canonically), and `materialize` and `verify` place and check it.
+#[test]
+fn an_imported_model_is_fetched_completed_and_materialized() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let body = b"model weights, as a hub serves them".repeat(1000);
+    let sha = common::sha256_hex(&body);
+    let server = common::http::TestServer::start();
+    server.add(
+        "/org/sd15/resolve/x/sd15.safetensors",
+        body.clone(),
+        common::http::Behavior::Normal,
+    );
+    let def = t.path().join("comfy-build.yaml");
+    fs::write(
+        &def,
+        format!(
+            "schema: distribution-definition/0\nmodels:\n- type: checkpoints\n  filename: sd15.safetensors\n  sha256: {sha}\n  sizeBytes: {}\n  source: local\n  sourceUri: {}\ncustomNodes: []\n",
+            body.len(),
+            server.url("/org/sd15/resolve/x/sd15.safetensors")
+        ),
+    )
+    .unwrap();
+    let lock = t.path().join("imported.lock.json");
+    common::ok(
+        &store,
+        &["import-from", s(&def), "--tag", "imp", "-o", s(&lock)],
+    );
+    let before = fs::read_to_string(&lock).unwrap();
+    assert!(!before.contains("blake3"), "{before}");
+
+    // Before any fetch: show counts it missing; an offline materialize names what to run.
+    let shown = common::ok(&store, &["show", s(&lock)]);
+    assert!(
+        shown.contains("sd15.safetensors") || shown.contains("1 model"),
+        "{shown}"
+    );
+    let dest = t.path().join("dest");
+    let o = run(
+        &store,
+        &[
+            "materialize",
+            s(&lock),
+            s(&dest),
+            "--offline",
+            "--only",
+            "models",
+        ],
+    );
+    assert_ne!(o.status.code(), Some(0), "{}", common::describe(&o));
+    let err = common::stderr(&o);
+    assert!(err.contains("sd15.safetensors"), "{err}");
+
+    // fetch downloads it by sha256; without --update-lock the lock is left as it is.
+    let fetched = common::json(&store, &["fetch", s(&lock), "--only", "models"]);
+    assert_eq!(fetched["failed"], serde_json::json!([]), "{fetched:#}");
+    assert_eq!(fetched["downloaded"].as_array().unwrap().len(), 1);
+    assert_eq!(fs::read_to_string(&lock).unwrap(), before);
+
+    // --update-lock writes the blake3 in; running it again changes nothing.
+    let updated = common::json(
+        &store,
+        &["fetch", s(&lock), "--only", "models", "--update-lock"],
+    );
+    assert_eq!(updated["lock_updated"]["blake3_filled"], 1, "{updated:#}");
+    assert_eq!(updated["downloaded"], serde_json::json!([]), "{updated:#}");
+    let after: Value = serde_json::from_str(&fs::read_to_string(&lock).unwrap()).unwrap();
+    assert_eq!(
+        after["models"][0]["blake3"],
+        blake3::hash(&body).to_hex().as_str()
+    );
+    let bytes = fs::read(&lock).unwrap();
+    let again = common::json(
+        &store,
+        &["fetch", s(&lock), "--only", "models", "--update-lock"],
+    );
+    assert_eq!(again["lock_updated"]["blake3_filled"], 0, "{again:#}");
+    assert_eq!(fs::read(&lock).unwrap(), bytes);
+    let leftovers: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') || n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    common::ok(
+        &store,
+        &["materialize", s(&lock), s(&dest), "--only", "models"],
+    );
+    assert_eq!(
+        fs::read(dest.join("models/checkpoints/sd15.safetensors")).unwrap(),
+        body
+    );
+    let v = run(
+        &store,
+        &["verify", s(&lock), s(&dest), "--full", "--only", "models"],
+    );
+    assert_eq!(v.status.code(), Some(0), "{}", common::describe(&v));
 }

@@ -330,8 +330,12 @@ impl<'l> Present<'l> {
                 nodes_missing.push(n.name.as_str());
             }
         }
+        let has_model = |m: &comfystore::lockfile::Model| match m.blake3 {
+            Some(id) => has_obj(&id),
+            None => store.is_some_and(|s| s.lookup_sha256(&m.sha256).ok().flatten().is_some()),
+        };
         let models_missing: Vec<&comfystore::lockfile::Model> =
-            l.models.iter().filter(|m| !has_obj(&m.blake3)).collect();
+            l.models.iter().filter(|m| !has_model(m)).collect();
         let py = l.python.as_ref();
         let env_in_store = match (py, store) {
             (Some(p), Some(s)) => comfystore::python::find_env(s, &p.into())?.is_some(),

@@ -253,12 +253,17 @@ pub enum FetchCommand {
     /// Exit 0 when the store holds everything, 1 when something is still missing.
     /// Git tokens: GITHUB_TOKEN (github.com), GIT_TOKEN (any https host; TOKEN or USER:TOKEN).
     #[command(
-        after_help = "Examples:\n  comfystore fetch lockfiles/comfy-v1.lock.json\n  comfystore fetch lockfiles/comfy-v1.lock.json --only models --jobs 8\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror /mnt/usb/comfy-mirror --offline\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror-url http://mirror.internal/sha256   # tried first: <url>/<sha256>\n  comfystore fetch lockfiles/comfy-v1.lock.json --offline   # what is missing?"
+        after_help = "Examples:\n  comfystore fetch lockfiles/comfy-v1.lock.json\n  comfystore fetch lockfiles/comfy-v1.lock.json --only models --jobs 8\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror /mnt/usb/comfy-mirror --offline\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror-url http://mirror.internal/sha256   # tried first: <url>/<sha256>\n  comfystore fetch lockfiles/comfy-v1.lock.json --offline   # what is missing?\n  comfystore fetch lockfiles/comfy-imported.lock.json --update-lock   # write in the blake3 of models named by sha256"
     )]
     Fetch {
         lock: PathBuf,
         #[command(flatten)]
         sources: SourceArgs,
+        /// Rewrite LOCK with the blake3 of each model it names by sha256 alone (an imported
+        /// lock) once the store has the file (canonical bytes, written to a temporary file
+        /// then renamed over LOCK).
+        #[arg(long)]
+        update_lock: bool,
     },
     /// Check a ComfyUI folder against its lockfile; with --fix, restore it.
     ///
@@ -674,7 +679,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         },
         Command::Sources(cmd) => match cmd {
             FetchCommand::AddUrl(a) => fetch_cmds::add_url(cli, a),
-            FetchCommand::Fetch { lock, sources } => fetch_cmds::fetch(cli, lock, sources),
+            FetchCommand::Fetch {
+                lock,
+                sources,
+                update_lock,
+            } => fetch_cmds::fetch(cli, lock, sources, *update_lock),
             FetchCommand::Verify(a) => fetch_cmds::verify(cli, a),
             FetchCommand::Mirror { lock, dir, sources } => {
                 fetch_cmds::mirror(cli, lock, dir, sources)

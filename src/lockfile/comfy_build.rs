@@ -196,10 +196,14 @@ pub fn import(
         }
     }
     for (i, m) in d.models.iter().enumerate() {
-        let path = match &m.filename {
-            Some(f) => format!("models/{}/{f}", m.kind),
-            None => format!("models[{i}] (type {:?}, no filename)", m.kind),
+        let Some(f) = &m.filename else {
+            warnings.push(format!(
+                "models[{i}] (type {:?}): no filename; not imported",
+                m.kind
+            ));
+            continue;
         };
+        let path = format!("models/{}/{f}", m.kind);
         let sources: Vec<String> = m
             .source_uri
             .iter()
@@ -212,10 +216,12 @@ pub fn import(
             ));
             continue;
         }
-        formats::model_not_imported(
+        formats::push_model(
+            &mut lock,
             &path,
-            m.sha256.as_deref().and_then(formats::sha256_hex).as_deref(),
-            &sources,
+            m.size_bytes,
+            m.sha256.as_deref(),
+            sources,
             warnings,
         );
     }

@@ -129,10 +129,18 @@ pub fn import(
         let sha = m.sha256();
         let name = m.model.clone().unwrap_or_else(|| format!("models[{i}]"));
         if m.paths.is_empty() {
-            formats::model_not_imported(&name, sha.as_deref(), &sources, warnings);
+            warnings.push(format!("model {name:?}: no paths; not imported"));
         }
         for p in &m.paths {
-            formats::model_not_imported(&p.path, sha.as_deref(), &sources, warnings);
+            // comfy-cli records no size, which a lock needs to check a download.
+            formats::push_model(
+                &mut lock,
+                &p.path,
+                None,
+                sha.as_deref(),
+                sources.clone(),
+                warnings,
+            );
         }
     }
     lock.canonicalize();

@@ -289,7 +289,21 @@ pub fn import(
     }
     for m in &snap.models {
         let urls = m.source.as_ref().map(CpackSource::urls).unwrap_or_default();
-        formats::model_not_imported(&m.filename, m.sha256.as_deref(), &urls, warnings);
+        if m.disabled {
+            warnings.push(format!(
+                "model {:?}: not selected for the package (disabled: comfy-pack does not install it by default); not imported",
+                m.filename
+            ));
+            continue;
+        }
+        formats::push_model(
+            &mut lock,
+            &m.filename,
+            m.size,
+            m.sha256.as_deref(),
+            urls,
+            warnings,
+        );
     }
     lock.canonicalize();
     lock

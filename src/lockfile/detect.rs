@@ -124,6 +124,13 @@ pub fn import_file(path: &Path, tag: &str, comfyui_repo: Option<&str>) -> Result
     };
     lock.validate()
         .map_err(|e| Error::bad_input(path, format!("the imported lock is invalid: {e}")))?;
+    let by_sha = lock.models.iter().filter(|m| m.blake3.is_none()).count();
+    if by_sha > 0 {
+        warnings.push(format!(
+            "{by_sha} model(s) named by sha256 without their blake3: `comfystore fetch --update-lock` \
+             on the lock downloads them and writes their blake3 in"
+        ));
+    }
     Ok(Imported {
         format,
         lock,

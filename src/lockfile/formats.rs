@@ -1,8 +1,9 @@
-//! What the format readers share: the formats, parsing JSON or YAML, `pip freeze` lines, the
-//! warning for a model a lock cannot hold yet, and Hugging Face's pinned URLs.
+//! What the format readers share: the formats, parsing JSON or YAML, `pip freeze` lines, a
+//! model held by sha256 (or the warning saying why not), and Hugging Face's pinned URLs.
 
-use super::{normalize_package_name, redact_url, Lockfile, Package};
+use super::{normalize_package_name, redact_url, Lockfile, Model, Package};
 use crate::lockfile::error::{Error, Result};
+use crate::store::Sha256;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
@@ -125,24 +126,55 @@ fn valid_name(name: &str) -> Option<String> {
     ok.then(|| normalize_package_name(name))
 }
 
-/// The warning for a model the lock cannot hold yet: a lock's model needs its blake3 (the
-/// store id), which none of these formats records.
-pub(super) fn model_not_imported(
+/// A model as an imported lock holds it: by path, size, sha256 and sources, its blake3 left
+/// for `fetch --update-lock`. What the lock cannot hold (no sha256 or size, an unsafe path, a
+/// path already taken) is named in a warning instead.
+pub(super) fn push_model(
+    lock: &mut Lockfile,
     path: &str,
+    size: Option<u64>,
     sha256: Option<&str>,
-    sources: &[String],
+    sources: Vec<String>,
     warnings: &mut Vec<String>,
 ) {
-    let sha = sha256.map_or_else(|| "sha256 unknown".to_string(), |s| format!("sha256 {s}"));
     let from = if sources.is_empty() {
         "no download source".to_string()
     } else {
         format!("source {}", sources.join(", "))
     };
-    warnings.push(format!(
-        "model {path:?}: blake3 unknown ({sha}, {from}); not imported — a lock's model needs \
-         its blake3: download it and run `comfystore lock --sources`"
-    ));
+    let sha = sha256.and_then(sha256_hex);
+    let why = if let Err(e) = crate::store::check_rel_path(path) {
+        Some(format!("not a safe path in the ComfyUI folder ({e})"))
+    } else if sha.is_none() {
+        Some("sha256 unknown".to_string())
+    } else if size.is_none() {
+        Some("size unknown".to_string())
+    } else if lock.models.iter().any(|m| m.path == path) {
+        Some("listed twice; the first entry is kept".to_string())
+    } else {
+        None
+    };
+    let (Some(sha), Some(size), None) = (sha.as_deref().and_then(Sha256::from_hex), size, &why)
+    else {
+        let sha = sha.map_or_else(String::new, |s| format!("sha256 {s}, "));
+        warnings.push(format!(
+            "model {path:?}: {} ({sha}{from}); not imported",
+            why.unwrap_or_default()
+        ));
+        return;
+    };
+    if sources.is_empty() {
+        warnings.push(format!(
+            "model {path:?}: no download source; `fetch` finds it only in the store or a mirror"
+        ));
+    }
+    lock.models.push(Model {
+        path: path.to_string(),
+        size,
+        sha256: sha,
+        blake3: None,
+        sources,
+    });
 }
 
 /// A lowercase 64-hex sha256, if `s` is one (any case accepted).

@@ -6,7 +6,7 @@
 //! content is pinned by the GC root `lock/<tag>`.
 
 use super::mirror::layout as mirror;
-use super::version::source_tree;
+use super::version::{complete_models, source_tree};
 use crate::git::{fetch_tree, GitCredentials, GitSource};
 use crate::http::{Download, Downloaded, Expect, Fetcher, HttpOptions, FILE_SCHEME};
 use crate::lockfile::{Lockfile, Part};
@@ -131,10 +131,10 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
         items.extend(f.wheel_downloads()?);
     }
     if opts.wants(Part::Models) {
-        items.extend(f.model_downloads());
+        items.extend(f.model_downloads()?);
     }
     f.download(&items)?;
-    add_lock_root(store, lock, &f.report)?;
+    add_lock_root(store, &complete_models(store, lock)?, &f.report)?;
     Ok(f.report)
 }
 
@@ -240,18 +240,20 @@ impl Fetch<'_> {
     }
 
     /// The models the store lacks; identical models (same content at two paths) are downloaded
-    /// once.
-    fn model_downloads(&mut self) -> Vec<Download> {
+    /// once. A model the lock names by sha256 alone is found by it.
+    fn model_downloads(&mut self) -> Result<Vec<Download>> {
         let mut items = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for m in self
-            .lock
-            .models
-            .iter()
-            .filter(|m| !self.store.has_object(&m.blake3))
-        {
+        for m in &self.lock.models {
+            let have = match m.blake3 {
+                Some(id) => self.store.has_object(&id),
+                None => self.store.lookup_sha256(&m.sha256)?.is_some(),
+            };
+            if have {
+                continue;
+            }
             self.report.needed.push(format!("model {}", m.path));
-            if !seen.insert(m.blake3) {
+            if !seen.insert(m.sha256) {
                 continue;
             }
             self.report.needed_bytes += m.size;
@@ -261,12 +263,12 @@ impl Fetch<'_> {
                 sources: sources(self.opts, in_mirror, &m.sha256, m.sources.iter().cloned()),
                 expect: Expect {
                     sha256: Some(m.sha256),
-                    blake3: Some(m.blake3),
+                    blake3: m.blake3,
                     size: Some(m.size),
                 },
             });
         }
-        items
+        Ok(items)
     }
 
     /// Rebuild trees from git, `jobs` at a time, each checked against the lock's tree id and
