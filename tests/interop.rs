@@ -49,6 +49,14 @@ fn import(dir: &Path, file: &Path, extra: &[&str]) -> (Output, Option<Value>, Ve
     (o, Some(lock), warnings)
 }
 
+/// docs/lockfile.schema.json, which every imported lock must meet.
+fn schema() -> jsonschema::Validator {
+    let text =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/lockfile.schema.json"))
+            .unwrap();
+    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("a valid schema")
+}
+
 fn imported(dir: &Path, file: &Path, extra: &[&str]) -> (Value, Vec<String>) {
     let (o, lock, w) = import(dir, file, extra);
     assert!(
@@ -57,7 +65,10 @@ fn imported(dir: &Path, file: &Path, extra: &[&str]) -> (Value, Vec<String>) {
         file.display(),
         common::stderr(&o)
     );
-    (lock.unwrap(), w)
+    let lock = lock.unwrap();
+    let errors: Vec<String> = schema().iter_errors(&lock).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{lock:#}");
+    (lock, w)
 }
 
 /// The import fails, naming `needle`, and writes nothing.
@@ -606,5 +617,122 @@ fn an_imported_model_is_fetched_completed_and_materialized() {
         &store,
         &["verify", s(&lock), s(&dest), "--full", "--only", "models"],
     );
+    assert_eq!(v.status.code(), Some(0), "{}", common::describe(&v));
+}
+
+/// A bare repo at `dir/<name>.git` holding `files` in one commit; its commit id.
+fn bare_repo(dir: &Path, name: &str, files: &[(&str, &str)]) -> String {
+    use common::comfy::ComfyFixture;
+    let work = dir.join(name);
+    for (path, data) in files {
+        common::write(&work.join(path), data.as_bytes());
+    }
+    ComfyFixture::git(&work, &["init", "-q"]);
+    ComfyFixture::git(&work, &["add", "-A"]);
+    ComfyFixture::git(&work, &["commit", "-q", "-m", name]);
+    let bare = dir.join(format!("{name}.git"));
+    ComfyFixture::git(dir, &["clone", "-q", "--bare", s(&work), s(&bare)]);
+    ComfyFixture::git(&work, &["rev-parse", "HEAD"])
+}
+
+/// A build definition end to end: imported, fetched (ComfyUI and a node from local bare
+/// repos, the model from an HTTP server), the lock completed, materialized and verified.
+#[test]
+fn a_build_definition_imports_fetches_and_materializes() {
+    let test = "a_build_definition_imports_fetches_and_materializes";
+    let git_runs = std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !git_runs {
+        common::cannot_run(test, "git is not on PATH");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let comfy = bare_repo(
+        t.path(),
+        "ComfyUI",
+        &[
+            ("main.py", "print('comfy')\n"),
+            ("models/checkpoints/put_checkpoints_here", ""),
+        ],
+    );
+    let node = bare_repo(t.path(), "NodeA", &[("__init__.py", "NODE = 1\n")]);
+    let body = b"checkpoint bytes ".repeat(4096);
+    let server = common::http::TestServer::start();
+    server.add(
+        "/m/sd.safetensors",
+        body.clone(),
+        common::http::Behavior::Normal,
+    );
+    let def = t.path().join("comfy-build.yaml");
+    fs::write(
+        &def,
+        format!(
+            "schema: distribution-definition/0
+baseComfyVersion: {comfy}
+customNodes:
+- name: NodeA
+  repository: file://{}
+  gitRef: {node}
+  source: git
+models:
+- type: checkpoints
+  filename: sd.safetensors
+  sha256: {}
+  sizeBytes: {}
+  source: local
+  sourceUri: {}
+",
+            s(&t.path().join("NodeA.git")),
+            common::sha256_hex(&body),
+            body.len(),
+            server.url("/m/sd.safetensors"),
+        ),
+    )
+    .unwrap();
+    let lock = t.path().join("build.lock.json");
+    let comfy_repo = format!("file://{}", s(&t.path().join("ComfyUI.git")));
+    common::ok(
+        &store,
+        &[
+            "import-from",
+            s(&def),
+            "--tag",
+            "build",
+            "-o",
+            s(&lock),
+            "--comfyui-repo",
+            &comfy_repo,
+        ],
+    );
+    let fetched = common::json(&store, &["fetch", s(&lock), "--update-lock"]);
+    assert_eq!(fetched["failed"], serde_json::json!([]), "{fetched:#}");
+    assert_eq!(fetched["trees"].as_array().unwrap().len(), 2, "{fetched:#}");
+    assert_eq!(fetched["lock_updated"]["blake3_filled"], 1, "{fetched:#}");
+    let l: Value = serde_json::from_slice(&fs::read(&lock).unwrap()).unwrap();
+    assert_eq!(l["comfyui"]["commit"], comfy.as_str());
+    assert_eq!(crate::node(&l, "NodeA")["commit"], node.as_str());
+    assert_eq!(
+        l["models"][0]["blake3"],
+        blake3::hash(&body).to_hex().as_str()
+    );
+
+    let dest = t.path().join("dest");
+    common::ok(&store, &["materialize", s(&lock), s(&dest)]);
+    assert_eq!(
+        fs::read_to_string(dest.join("main.py")).unwrap(),
+        "print('comfy')\n"
+    );
+    assert_eq!(
+        fs::read_to_string(dest.join("custom_nodes/NodeA/__init__.py")).unwrap(),
+        "NODE = 1\n"
+    );
+    assert_eq!(
+        fs::read(dest.join("models/checkpoints/sd.safetensors")).unwrap(),
+        body
+    );
+    let v = run(&store, &["verify", s(&lock), s(&dest), "--full"]);
     assert_eq!(v.status.code(), Some(0), "{}", common::describe(&v));
 }
