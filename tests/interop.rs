@@ -39,6 +39,7 @@ fn import(dir: &Path, file: &Path, extra: &[&str]) -> (Output, Option<Value>, Ve
         return (o, None, Vec::new());
     }
     let report: Value = serde_json::from_slice(&o.stdout).expect("--json report");
+    assert!(report["format"].is_string(), "{report:#}");
     let warnings = report["warnings"]
         .as_array()
         .unwrap()
@@ -182,6 +183,9 @@ fn cpack_zip_imports_nodes_packages_and_names_every_model_and_file() {
             ("service.py", "# comfy-pack's service"),
         ],
     );
+    let (o, _, _) = import(t.path(), &pack, &[]);
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["format"], "comfy-pack package (.cpack.zip)");
     let (lock, w) = imported(t.path(), &pack, &[]);
     assert_eq!(lock["comfyui"]["commit"], COMFY);
     assert_eq!(

@@ -217,7 +217,7 @@ pub fn import_snapshot(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{tag}.lock.json")));
     lockfile.write(&out)?;
-    report_warnings(cli.json, &out, &warnings)?;
+    report_warnings(cli.json, &out, &format.to_string(), &warnings)?;
     Ok(0)
 }
 
@@ -254,11 +254,13 @@ pub fn export_snapshot(
     Ok(0)
 }
 
-fn report_warnings(json: bool, out: &Path, warnings: &[String]) -> Result<()> {
+fn report_warnings(json: bool, out: &Path, format: &str, warnings: &[String]) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "lockfile": out, "warnings": warnings }))?
+            serde_json::to_string_pretty(
+                &json!({ "lockfile": out, "format": format, "warnings": warnings })
+            )?
         );
     } else {
         for w in warnings {

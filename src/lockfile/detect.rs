@@ -12,10 +12,17 @@ use std::path::Path;
 
 /// Tell the format of `path` (zip magic, then top-level keys).
 pub fn detect(path: &Path) -> Result<Format> {
-    let bytes = std::fs::read(path).ctx("read", path)?;
-    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+    use std::io::Read;
+    let mut magic = Vec::with_capacity(4);
+    std::fs::File::open(path)
+        .ctx("open", path)?
+        .take(4)
+        .read_to_end(&mut magic)
+        .ctx("read", path)?;
+    if magic.starts_with(b"PK\x03\x04") || magic.starts_with(b"PK\x05\x06") {
         return Ok(Format::CpackZip);
     }
+    let bytes = std::fs::read(path).ctx("read", path)?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| Error::bad_input(path, "not UTF-8 text and not a zip"))?;
     detect_text(text, path)
