@@ -740,3 +740,56 @@ models:
     let v = run(&store, &["verify", s(&lock), s(&dest), "--full"]);
     assert_eq!(v.status.code(), Some(0), "{}", common::describe(&v));
 }
+
+/// A hostile package: members named outside the folder are never written anywhere, and a
+/// snapshot.json that inflates past the cap is refused before it is held in memory.
+#[test]
+fn a_hostile_package_writes_nothing_but_the_lock() {
+    let t = tempfile::tempdir().unwrap();
+    let work = t.path().join("work");
+    fs::create_dir(&work).unwrap();
+    let pack = work.join("evil.cpack.zip");
+    let snap =
+        format!(r#"{{"comfyui": "{COMFY}", "python": "3.11", "models": [], "custom_nodes": []}}"#);
+    zip(
+        &pack,
+        &[
+            ("snapshot.json", &snap),
+            ("../../escaped.txt", "x"),
+            ("/abs/escaped.txt", "x"),
+            ("input/../../../escaped.txt", "x"),
+        ],
+    );
+    let (lock, w) = imported(&work, &pack, &[]);
+    assert_eq!(lock["comfyui"]["commit"], COMFY);
+    warned(&w, &["other file"]);
+    let mut found: Vec<String> = walkdir::WalkDir::new(t.path())
+        .into_iter()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .strip_prefix(t.path())
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .filter(|p| !p.starts_with("work/store"))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "",
+            "work",
+            "work/evil.cpack.zip",
+            "work/evil.cpack.zip.lock.json"
+        ],
+        "nothing else is written"
+    );
+
+    // 17 MiB of whitespace deflates to a few KiB.
+    let bomb = work.join("bomb.cpack.zip");
+    let big = format!("{}{snap}", " ".repeat(17 << 20));
+    zip(&bomb, &[("snapshot.json", &big)]);
+    refused(&work, &bomb, "larger than");
+}
