@@ -793,3 +793,80 @@ fn a_hostile_package_writes_nothing_but_the_lock() {
     zip(&bomb, &[("snapshot.json", &big)]);
     refused(&work, &bomb, "larger than");
 }
+
+/// A build definition's tag and branch are warnings, and `--resolve-refs` pins them to the
+/// commits their remotes give (an annotated tag's commit, not the tag object).
+#[test]
+fn resolve_refs_pins_tags_and_branches_from_their_remotes() {
+    let test = "resolve_refs_pins_tags_and_branches_from_their_remotes";
+    let git_runs = std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !git_runs {
+        common::cannot_run(test, "git is not on PATH");
+        return;
+    }
+    use common::comfy::ComfyFixture;
+    let t = tempfile::tempdir().unwrap();
+    // The tag and branch are made before the bare clones, which copy them.
+    let work = t.path().join("ComfyUI");
+    common::write(&work.join("main.py"), b"print('comfy')\n");
+    ComfyFixture::git(&work, &["init", "-q"]);
+    ComfyFixture::git(&work, &["add", "-A"]);
+    ComfyFixture::git(&work, &["commit", "-q", "-m", "c"]);
+    ComfyFixture::git(&work, &["tag", "-a", "v1.0", "-m", "release"]);
+    let comfy = ComfyFixture::git(&work, &["rev-parse", "HEAD"]);
+    let node_work = t.path().join("NodeA");
+    common::write(&node_work.join("__init__.py"), b"NODE = 1\n");
+    ComfyFixture::git(&node_work, &["init", "-q"]);
+    ComfyFixture::git(&node_work, &["add", "-A"]);
+    ComfyFixture::git(&node_work, &["commit", "-q", "-m", "n"]);
+    ComfyFixture::git(&node_work, &["branch", "stable"]);
+    let node = ComfyFixture::git(&node_work, &["rev-parse", "HEAD"]);
+    for name in ["ComfyUI", "NodeA"] {
+        let bare = t.path().join(format!("{name}.git"));
+        ComfyFixture::git(
+            t.path(),
+            &["clone", "-q", "--bare", s(&t.path().join(name)), s(&bare)],
+        );
+    }
+    let node_repo = format!("file://{}", s(&t.path().join("NodeA.git")));
+    let def = t.path().join("comfy-build.yaml");
+    fs::write(
+        &def,
+        format!(
+            "schema: distribution-definition/0
+baseComfyVersion: v1.0
+customNodes:
+- name: NodeA
+  repository: {node_repo}
+  gitRef: stable
+  source: git
+- name: NodeGone
+  repository: {node_repo}
+  gitRef: no-such-branch
+  source: git
+models: []
+"
+        ),
+    )
+    .unwrap();
+    let comfy_repo = format!("file://{}", s(&t.path().join("ComfyUI.git")));
+    let args = ["--comfyui-repo", comfy_repo.as_str()];
+    let (lock, w) = imported(t.path(), &def, &args);
+    assert!(lock["comfyui"].get("commit").is_none(), "{lock:#}");
+    assert!(lock["custom_nodes"].as_array().unwrap().is_empty());
+    warned(&w, &["baseComfyVersion", "v1.0", "--resolve-refs"]);
+    warned(&w, &["NodeA", "\"stable\"", "--resolve-refs"]);
+
+    let args = ["--comfyui-repo", comfy_repo.as_str(), "--resolve-refs"];
+    let (lock, w) = imported(t.path(), &def, &args);
+    assert_eq!(lock["comfyui"]["commit"], comfy.as_str(), "{lock:#}");
+    assert_eq!(lock["comfyui"]["repo"], comfy_repo.as_str());
+    assert_eq!(crate::node(&lock, "NodeA")["commit"], node.as_str());
+    assert_eq!(lock["custom_nodes"].as_array().unwrap().len(), 1);
+    warned(&w, &["ComfyUI", "\"v1.0\" pinned to", &comfy]);
+    warned(&w, &["custom node NodeA", "\"stable\" pinned to", &node]);
+    warned(&w, &["NodeGone", "has no tag or branch \"no-such-branch\""]);
+}

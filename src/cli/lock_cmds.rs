@@ -203,13 +203,20 @@ pub fn import_snapshot(
     tag: &str,
     output: Option<&Path>,
     comfyui_repo: Option<&str>,
+    resolve_refs: bool,
 ) -> Result<u8> {
     comfystore::lockfile::check_tag(tag).map_err(anyhow::Error::msg)?;
+    let mut imported = detect::import_file(path, tag, comfyui_repo)?;
+    if resolve_refs {
+        comfystore::pipeline::import::resolve_refs(&mut imported)
+            .with_context(|| format!("{}: --resolve-refs", path.display()))?;
+    }
     let detect::Imported {
         format,
         lock: lockfile,
         warnings,
-    } = detect::import_file(path, tag, comfyui_repo)?;
+        ..
+    } = imported;
     if !cli.json && !cli.quiet {
         eprintln!("{}: read as a {format}", path.display());
     }

@@ -437,6 +437,11 @@ pub enum LockCommand {
         /// commit is not upstream's). Default: upstream, with a warning.
         #[arg(long, value_name = "URL")]
         comfyui_repo: Option<String>,
+        /// Pin what the file names by tag or branch (a build definition's baseComfyVersion, a
+        /// node's gitRef) to the commit its repository gives now (`git ls-remote`). Without
+        /// it such sources are left out, each named in a warning.
+        #[arg(long)]
+        resolve_refs: bool,
     },
     /// Write a lockfile as a ComfyUI-Manager snapshot (for cm-cli restore-snapshot, comfy-cli).
     #[command(
@@ -664,12 +669,14 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
                 tag,
                 output,
                 comfyui_repo,
+                resolve_refs,
             } => lock_cmds::import_snapshot(
                 cli,
                 snapshot,
                 tag,
                 output.as_deref(),
                 comfyui_repo.as_deref(),
+                *resolve_refs,
             ),
             LockCommand::ExportSnapshot {
                 lock,

@@ -16,7 +16,7 @@
 //! baseImage: …                         # the builder's form only
 //! ```
 
-use super::formats;
+use super::formats::{self, GitRef};
 use super::{redact_url, ComfyUi, CustomNode, Lockfile, Python, Registry};
 use serde::Deserialize;
 
@@ -90,6 +90,7 @@ pub fn import(
     tag: &str,
     comfyui_repo: Option<&str>,
     warnings: &mut Vec<String>,
+    refs: &mut Vec<GitRef>,
 ) -> Lockfile {
     let mut lock = Lockfile::new(tag);
     match d.base_comfy_version.as_deref().map(str::trim) {
@@ -108,10 +109,21 @@ pub fn import(
                 ));
             }
         }
-        Some(v) => warnings.push(format!(
-            "baseComfyVersion {v:?} is a tag or branch, not a commit: ComfyUI is not pinned \
-             (a lock pins commits; resolve it with `git ls-remote` and lock the install)"
-        )),
+        Some(v) => {
+            let warning = format!(
+                "baseComfyVersion {v:?} is a tag or branch, not a commit: ComfyUI is not pinned \
+                 (a lock pins commits; --resolve-refs asks the repository for its commit)"
+            );
+            if formats::is_plain_ref(v) {
+                refs.push(GitRef {
+                    node: None,
+                    repo: redact_url(comfyui_repo.unwrap_or(super::snapshot::COMFYUI_REPO)),
+                    reference: v.to_string(),
+                    warning: warning.clone(),
+                });
+            }
+            warnings.push(warning);
+        }
         None => warnings.push("baseComfyVersion missing: ComfyUI is not pinned".into()),
     }
     if let Some(img) = &d.base_image {
@@ -151,10 +163,20 @@ pub fn import(
                 }),
                 ..Default::default()
             },
-            (Some(_), Some(r), _, _) => {
-                warnings.push(format!(
-                    "custom node {name}: gitRef {r:?} is not a commit; not imported"
-                ));
+            (Some(repo), Some(r), _, _) => {
+                let warning = format!(
+                    "custom node {name}: gitRef {r:?} is not a commit; not imported \
+                     (--resolve-refs asks the repository for its commit)"
+                );
+                if formats::is_plain_ref(r) && super::check_repo(repo).is_ok() {
+                    refs.push(GitRef {
+                        node: Some(name.clone()),
+                        repo: redact_url(repo),
+                        reference: r.clone(),
+                        warning: warning.clone(),
+                    });
+                }
+                warnings.push(warning);
                 continue;
             }
             _ => {

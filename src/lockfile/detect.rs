@@ -6,7 +6,7 @@
 //! is told by a zip's magic bytes, then by the top-level keys; each reader then refuses any key
 //! it does not know by name. `docs/interop.md` maps every field of every format onto the lock.
 
-pub use super::formats::{Format, Imported};
+pub use super::formats::{Format, GitRef, Imported};
 use crate::lockfile::error::{Error, IoContext, Result};
 use std::path::Path;
 
@@ -103,6 +103,7 @@ fn detect_text(text: &str, path: &Path) -> Result<Format> {
 pub fn import_file(path: &Path, tag: &str, comfyui_repo: Option<&str>) -> Result<Imported> {
     let format = detect(path)?;
     let mut warnings = Vec::new();
+    let mut refs = Vec::new();
     let lock = match format {
         Format::CpackZip => super::cpack::import_zip(path, tag, comfyui_repo, &mut warnings)?,
         _ => {
@@ -123,7 +124,7 @@ pub fn import_file(path: &Path, tag: &str, comfyui_repo: Option<&str>) -> Result
                 }
                 Format::ComfyBuild => {
                     let d = super::formats::parse_text(&text, path, format)?;
-                    super::comfy_build::import(&d, tag, comfyui_repo, &mut warnings)
+                    super::comfy_build::import(&d, tag, comfyui_repo, &mut warnings, &mut refs)
                 }
                 Format::CpackZip => unreachable!("handled above"),
             }
@@ -142,5 +143,6 @@ pub fn import_file(path: &Path, tag: &str, comfyui_repo: Option<&str>) -> Result
         format,
         lock,
         warnings,
+        refs,
     })
 }

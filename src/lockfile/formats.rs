@@ -41,6 +41,32 @@ pub struct Imported {
     pub format: Format,
     pub lock: Lockfile,
     pub warnings: Vec<String>,
+    /// Sources named by a tag or branch, not a commit: not in the lock (each has its warning
+    /// in `warnings`); `pipeline::import::resolve_refs` asks their remotes for the commit.
+    pub refs: Vec<GitRef>,
+}
+
+/// A git source the file names by a tag or branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitRef {
+    /// The custom node's name; `None` for ComfyUI.
+    pub node: Option<String>,
+    /// The remote (already checked as a lock's repo would be).
+    pub repo: String,
+    /// The tag or branch (letters, digits, `. _ - + /`).
+    pub reference: String,
+    /// Its warning in [`Imported::warnings`], removed once resolved.
+    pub warning: String,
+}
+
+/// A tag or branch name safe to hand to `git ls-remote`.
+pub(super) fn is_plain_ref(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 255
+        && !r.starts_with(['-', '/'])
+        && !r.contains("..")
+        && r.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+/".contains(&b))
 }
 
 /// Parse text as JSON (when it opens with `{`) or YAML, into `T`; errors name `path` and
