@@ -114,10 +114,11 @@ pub fn import(
                 "baseComfyVersion {v:?} is a tag or branch, not a commit: ComfyUI is not pinned \
                  (a lock pins commits; --resolve-refs asks the repository for its commit)"
             );
-            if formats::is_plain_ref(v) {
+            let repo = comfyui_repo.unwrap_or(super::snapshot::COMFYUI_REPO);
+            if formats::is_plain_ref(v) && super::check_repo(repo).is_ok() {
                 refs.push(GitRef {
                     node: None,
-                    repo: redact_url(comfyui_repo.unwrap_or(super::snapshot::COMFYUI_REPO)),
+                    repo: redact_url(repo),
                     reference: v.to_string(),
                     warning: warning.clone(),
                 });
