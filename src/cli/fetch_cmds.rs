@@ -129,14 +129,41 @@ fn place_at(a: &AddUrlArgs) -> Result<Option<PathBuf>> {
     Ok(Some(dest))
 }
 
-pub fn fetch(cli: &Cli, lock: &Path, sources: &SourceArgs) -> Result<u8> {
+pub fn fetch(cli: &Cli, lock: &Path, sources: &SourceArgs, update_lock: bool) -> Result<u8> {
+    use comfystore::pipeline::{fetch::fetch_lock, version::complete_models};
     let lockfile = comfystore::lockfile::Lockfile::read(lock)?;
     let store = open_store(cli)?;
-    let report = comfystore::pipeline::fetch::fetch_lock(&store, &lockfile, &sources.options())?;
+    let report = fetch_lock(&store, &lockfile, &sources.options())?;
+    // Models the lock names by sha256 alone whose file the store now has.
+    let completed = complete_models(&store, &lockfile)?;
+    let count =
+        |l: &comfystore::lockfile::Lockfile| l.models.iter().filter(|m| m.blake3.is_none()).count();
+    let (unknown_before, unknown_after) = (count(&lockfile), count(&completed));
+    let filled = unknown_before - unknown_after;
+    if update_lock && filled > 0 {
+        completed.write(lock)?;
+    }
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if update_lock {
+            v["lock_updated"] =
+                serde_json::json!({ "blake3_filled": filled, "blake3_unknown": unknown_after });
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_fetch(cli, lock, &report);
+        if update_lock && filled > 0 {
+            eprintln!(
+                "{}: wrote the blake3 of {filled} model(s) into the lock",
+                lock.display()
+            );
+        } else if !update_lock && filled > 0 {
+            eprintln!(
+                "{}: {filled} model(s) named by sha256 alone are in the store; \
+                 `fetch --update-lock` writes their blake3 into the lock",
+                lock.display()
+            );
+        }
     }
     Ok(if report.complete() {
         0

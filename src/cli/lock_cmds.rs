@@ -2,7 +2,7 @@
 
 use super::{open_store, Cli, LockArgs, EXIT_FAILURE, EXIT_USAGE};
 use anyhow::{Context, Result};
-use comfystore::lockfile::{diff, snapshot, Lockfile};
+use comfystore::lockfile::{detect, diff, snapshot, Lockfile};
 use comfystore::pipeline::lock::{self, LockOptions};
 use comfystore::store::{ObjectId, Root, Store, StoreOptions};
 use indicatif::HumanBytes;
@@ -203,18 +203,28 @@ pub fn import_snapshot(
     tag: &str,
     output: Option<&Path>,
     comfyui_repo: Option<&str>,
+    resolve_refs: bool,
 ) -> Result<u8> {
-    let snap = snapshot::Snapshot::read(path)?;
-    let mut warnings = Vec::new();
-    let lockfile = snapshot::import(&snap, tag, comfyui_repo, &mut warnings);
-    lockfile
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    comfystore::lockfile::check_tag(tag).map_err(anyhow::Error::msg)?;
+    let mut imported = detect::import_file(path, tag, comfyui_repo)?;
+    if resolve_refs {
+        comfystore::pipeline::import::resolve_refs(&mut imported)
+            .with_context(|| format!("{}: --resolve-refs", path.display()))?;
+    }
+    let detect::Imported {
+        format,
+        lock: lockfile,
+        warnings,
+        ..
+    } = imported;
+    if !cli.json && !cli.quiet {
+        eprintln!("{}: read as a {format}", path.display());
+    }
     let out = output
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("lockfiles/comfy-{tag}.lock.json")));
     lockfile.write(&out)?;
-    report_warnings(cli.json, &out, &warnings)?;
+    report_warnings(cli.json, &out, &format.to_string(), &warnings)?;
     Ok(0)
 }
 
@@ -251,11 +261,13 @@ pub fn export_snapshot(
     Ok(0)
 }
 
-fn report_warnings(json: bool, out: &Path, warnings: &[String]) -> Result<()> {
+fn report_warnings(json: bool, out: &Path, format: &str, warnings: &[String]) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "lockfile": out, "warnings": warnings }))?
+            serde_json::to_string_pretty(
+                &json!({ "lockfile": out, "format": format, "warnings": warnings })
+            )?
         );
     } else {
         for w in warnings {
@@ -327,8 +339,12 @@ impl<'l> Present<'l> {
                 nodes_missing.push(n.name.as_str());
             }
         }
+        let has_model = |m: &comfystore::lockfile::Model| match m.blake3 {
+            Some(id) => has_obj(&id),
+            None => store.is_some_and(|s| s.lookup_sha256(&m.sha256).ok().flatten().is_some()),
+        };
         let models_missing: Vec<&comfystore::lockfile::Model> =
-            l.models.iter().filter(|m| !has_obj(&m.blake3)).collect();
+            l.models.iter().filter(|m| !has_model(m)).collect();
         let py = l.python.as_ref();
         let env_in_store = match (py, store) {
             (Some(p), Some(s)) => comfystore::python::find_env(s, &p.into())?.is_some(),

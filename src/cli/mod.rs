@@ -253,12 +253,17 @@ pub enum FetchCommand {
     /// Exit 0 when the store holds everything, 1 when something is still missing.
     /// Git tokens: GITHUB_TOKEN (github.com), GIT_TOKEN (any https host; TOKEN or USER:TOKEN).
     #[command(
-        after_help = "Examples:\n  comfystore fetch lockfiles/comfy-v1.lock.json\n  comfystore fetch lockfiles/comfy-v1.lock.json --only models --jobs 8\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror /mnt/usb/comfy-mirror --offline\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror-url http://mirror.internal/sha256   # tried first: <url>/<sha256>\n  comfystore fetch lockfiles/comfy-v1.lock.json --offline   # what is missing?"
+        after_help = "Examples:\n  comfystore fetch lockfiles/comfy-v1.lock.json\n  comfystore fetch lockfiles/comfy-v1.lock.json --only models --jobs 8\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror /mnt/usb/comfy-mirror --offline\n  comfystore fetch lockfiles/comfy-v1.lock.json --mirror-url http://mirror.internal/sha256   # tried first: <url>/<sha256>\n  comfystore fetch lockfiles/comfy-v1.lock.json --offline   # what is missing?\n  comfystore fetch lockfiles/comfy-imported.lock.json --update-lock   # write in the blake3 of models named by sha256"
     )]
     Fetch {
         lock: PathBuf,
         #[command(flatten)]
         sources: SourceArgs,
+        /// Rewrite LOCK with the blake3 of each model it names by sha256 alone (an imported
+        /// lock) once the store has the file (canonical bytes, written to a temporary file
+        /// then renamed over LOCK).
+        #[arg(long)]
+        update_lock: bool,
     },
     /// Check a ComfyUI folder against its lockfile; with --fix, restore it.
     ///
@@ -410,12 +415,16 @@ pub enum LockCommand {
     /// Summarize a lockfile: counts, sizes, and what the store lacks.
     #[command(after_help = "Example:\n  comfystore show lockfiles/comfy-v1.lock.json")]
     Show { lock: PathBuf },
-    /// Turn a ComfyUI-Manager snapshot (JSON or YAML) into a lockfile.
+    /// Turn another tool's lock into a lockfile; the format is detected.
     ///
-    /// A snapshot knows commits, node repos, registry packs and pip pins, but no trees, hashes
-    /// or models: the lock it gives names what to fetch.
+    /// Reads ComfyUI-Manager snapshots (JSON or YAML), comfy-pack packages (.cpack.zip or their
+    /// snapshot.json), comfy-cli's comfy.lock.yaml and comfy-cli build definitions
+    /// (distribution-definition/0). They know commits, node repos, registry packs and pip pins,
+    /// but no trees: the lock they give names what to fetch. Whatever the lock cannot hold is
+    /// named in a warning (docs/interop.md).
     #[command(
-        after_help = "Example:\n  comfystore import-snapshot user/default/ComfyUI-Manager/snapshots/2026-11-01_12-00-00_snapshot.json --tag v1"
+        visible_alias = "import-from",
+        after_help = "Examples:\n  comfystore import-snapshot user/default/ComfyUI-Manager/snapshots/2026-11-01_12-00-00_snapshot.json --tag v1\n  comfystore import-from workflow.cpack.zip --tag pixel-art\n  comfystore import-from comfy-build.yaml --tag build1 -o build1.lock.json"
     )]
     ImportSnapshot {
         snapshot: PathBuf,
@@ -428,6 +437,11 @@ pub enum LockCommand {
         /// commit is not upstream's). Default: upstream, with a warning.
         #[arg(long, value_name = "URL")]
         comfyui_repo: Option<String>,
+        /// Pin what the file names by tag or branch (a build definition's baseComfyVersion, a
+        /// node's gitRef) to the commit its repository gives now (`git ls-remote`). Without
+        /// it such sources are left out, each named in a warning.
+        #[arg(long)]
+        resolve_refs: bool,
     },
     /// Write a lockfile as a ComfyUI-Manager snapshot (for cm-cli restore-snapshot, comfy-cli).
     #[command(
@@ -655,12 +669,14 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
                 tag,
                 output,
                 comfyui_repo,
+                resolve_refs,
             } => lock_cmds::import_snapshot(
                 cli,
                 snapshot,
                 tag,
                 output.as_deref(),
                 comfyui_repo.as_deref(),
+                *resolve_refs,
             ),
             LockCommand::ExportSnapshot {
                 lock,
@@ -670,7 +686,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         },
         Command::Sources(cmd) => match cmd {
             FetchCommand::AddUrl(a) => fetch_cmds::add_url(cli, a),
-            FetchCommand::Fetch { lock, sources } => fetch_cmds::fetch(cli, lock, sources),
+            FetchCommand::Fetch {
+                lock,
+                sources,
+                update_lock,
+            } => fetch_cmds::fetch(cli, lock, sources, *update_lock),
             FetchCommand::Verify(a) => fetch_cmds::verify(cli, a),
             FetchCommand::Mirror { lock, dir, sources } => {
                 fetch_cmds::mirror(cli, lock, dir, sources)

@@ -67,3 +67,35 @@ pub fn resolve(dir: &Path, r: &str) -> Option<String> {
     let s = String::from_utf8_lossy(&out).trim().to_string();
     (!s.is_empty()).then_some(s)
 }
+
+/// The commit the tag or branch `r` names in the remote `repo` (`git ls-remote`): an annotated
+/// tag's commit, else the tag's, else the branch's. `None` when the remote has no such ref.
+pub fn ls_remote(repo: &str, r: &str) -> Result<Option<String>> {
+    let out = process(Path::new("/"))
+        // The peeled pattern too: a pattern alone does not list an annotated tag's commit.
+        .args(["ls-remote", repo, r, &format!("{r}^{{}}")])
+        .timeout(super::network_timeout())
+        .run()
+        .map_err(|e| Error::Git {
+            what: format!("ls-remote {repo}"),
+            reason: match e {
+                ProcessError::Spawn { source, .. } => format!("cannot run git: {source}"),
+                ProcessError::Failed { stderr, .. } => stderr,
+                e @ ProcessError::TimedOut { .. } => e.to_string(),
+            },
+        })?;
+    let text = String::from_utf8_lossy(&out);
+    let refs: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(id, name)| (id.trim(), name.trim()))
+        .collect();
+    let find = |want: String| {
+        refs.iter()
+            .find(|(id, name)| *name == want && crate::ident::is_commit(id))
+            .map(|(id, _)| id.to_string())
+    };
+    Ok(find(format!("refs/tags/{r}^{{}}"))
+        .or_else(|| find(format!("refs/tags/{r}")))
+        .or_else(|| find(format!("refs/heads/{r}"))))
+}

@@ -10,7 +10,7 @@ mod fetch;
 mod inspect;
 
 pub use checkout::{checkout_tree_id, store_checkout};
-pub use clone::{checkout, clone, fetch_origin, resolve};
+pub use clone::{checkout, clone, fetch_origin, ls_remote, resolve};
 pub use fetch::{fetch_tree, GitCredentials, GitSource};
 pub use inspect::{inspect, is_repo_root, GitState};
 

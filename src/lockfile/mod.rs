@@ -8,7 +8,12 @@
 pub mod error;
 
 pub use error::{Error, Result};
+pub mod comfy_build;
+pub mod comfy_cli;
+pub mod cpack;
+pub mod detect;
 pub mod diff;
+mod formats;
 mod layout;
 mod portable;
 pub mod snapshot;
@@ -170,11 +175,30 @@ pub struct Model {
     pub size: u64,
     #[serde(with = "crate::store::hex64")]
     pub sha256: Sha256,
-    /// The store object id, as bare hex (what `b3sum` prints).
-    #[serde(with = "crate::store::hex64")]
-    pub blake3: ObjectId,
+    /// The store object id, as bare hex (what `b3sum` prints). Absent only in a lock imported
+    /// from a tool that records SHA-256 alone: `fetch` finds the file by `sha256` and
+    /// `fetch --update-lock` writes its blake3 in.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::store::hex64::opt"
+    )]
+    pub blake3: Option<ObjectId>,
     #[serde(default)]
     pub sources: Vec<String>,
+}
+
+impl Model {
+    /// The store id, or why it is not known: the lock names the file by sha256 only.
+    pub fn id(&self) -> std::result::Result<ObjectId, String> {
+        self.blake3.ok_or_else(|| {
+            format!(
+                "its blake3 is not in the lock and the store has no file with sha256 {}: \
+                 run `comfystore fetch --update-lock` on the lock",
+                self.sha256.hex()
+            )
+        })
+    }
 }
 
 /// Only the schema line, read first so that a lock from a newer comfystore gets a version
@@ -454,7 +478,7 @@ impl Lockfile {
             ids.extend(n.tree.or(n.file));
         }
         ids.extend(self.python.as_ref().and_then(|p| p.tree));
-        ids.extend(self.models.iter().map(|m| m.blake3));
+        ids.extend(self.models.iter().filter_map(|m| m.blake3));
         ids.sort();
         ids.dedup();
         ids
@@ -543,7 +567,7 @@ mod tests {
                 path: path.into(),
                 size: 3,
                 sha256: Sha256([3; 32]),
-                blake3: ObjectId([4; 32]),
+                blake3: Some(ObjectId([4; 32])),
                 sources: vec!["https://h/x".into(), "https://h/x".into()],
             });
         }

@@ -70,11 +70,16 @@ impl Snapshot {
     /// Read a snapshot file, JSON or YAML.
     pub fn read(path: &Path) -> Result<Snapshot> {
         let text = std::fs::read_to_string(path).ctx("read", path)?;
+        Snapshot::parse(&text, path)
+    }
+
+    /// Parse a snapshot's text, JSON or YAML; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Snapshot> {
         if text.trim_start().starts_with('{') {
-            serde_json::from_str(&text)
+            serde_json::from_str(text)
                 .map_err(|e| Error::bad_input(path, format!("not a ComfyUI-Manager snapshot: {e}")))
         } else {
-            serde_saphyr::from_str::<YamlSnapshot<Snapshot>>(&text)
+            serde_saphyr::from_str::<YamlSnapshot<Snapshot>>(text)
                 .map(|y| y.custom_nodes)
                 .map_err(|e| Error::bad_input(path, format!("not a ComfyUI-Manager snapshot: {e}")))
         }
@@ -102,7 +107,7 @@ impl Snapshot {
 }
 
 /// The folder name git would clone `url` into.
-fn repo_dir_name(url: &str) -> String {
+pub(super) fn repo_dir_name(url: &str) -> String {
     let tail = url
         .trim_end_matches('/')
         .rsplit(['/', ':'])

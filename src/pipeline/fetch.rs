@@ -6,7 +6,7 @@
 //! content is pinned by the GC root `lock/<tag>`.
 
 use super::mirror::layout as mirror;
-use super::version::source_tree;
+use super::version::{complete_models, source_tree};
 use crate::git::{fetch_tree, GitCredentials, GitSource};
 use crate::http::{Download, Downloaded, Expect, Fetcher, HttpOptions, FILE_SCHEME};
 use crate::lockfile::{Lockfile, Part};
@@ -134,7 +134,7 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
         items.extend(f.model_downloads()?);
     }
     f.download(&items)?;
-    add_lock_root(store, lock, &f.report)?;
+    add_lock_root(store, &complete_models(store, lock)?, &f.report)?;
     Ok(f.report)
 }
 
@@ -240,19 +240,29 @@ impl Fetch<'_> {
     }
 
     /// The models the store lacks; identical models (same content at two paths) are downloaded
-    /// once.
+    /// once. A model the lock names by sha256 alone is found by it.
     fn model_downloads(&mut self) -> Result<Vec<Download>> {
         let mut items = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for m in &self.lock.models {
-            if self.store.has_object(&m.blake3) {
-                // The alias is part of a published download: a run killed before writing it
-                // left the object without it.
-                self.store.ensure_alias(&m.sha256, &m.blake3)?;
+            let have = match m.blake3 {
+                Some(id) if self.store.has_object(&id) => {
+                    // The alias is part of a published download: a run killed before writing
+                    // it left the object without it.
+                    self.store.ensure_alias(&m.sha256, &id)?;
+                    true
+                }
+                Some(_) => false,
+                None => self
+                    .store
+                    .lookup_sha256(&m.sha256)?
+                    .is_some_and(|b3| self.store.has_object(&b3)),
+            };
+            if have {
                 continue;
             }
             self.report.needed.push(format!("model {}", m.path));
-            if !seen.insert(m.blake3) {
+            if !seen.insert(m.sha256) {
                 continue;
             }
             self.report.needed_bytes += m.size;
@@ -262,7 +272,7 @@ impl Fetch<'_> {
                 sources: sources(self.opts, in_mirror, &m.sha256, m.sources.iter().cloned()),
                 expect: Expect {
                     sha256: Some(m.sha256),
-                    blake3: Some(m.blake3),
+                    blake3: m.blake3,
                     size: Some(m.size),
                 },
             });

@@ -114,6 +114,9 @@ pub fn materialize_lock(
     };
     // 1. Everything into the store first; stop before writing if anything is missing.
     let fetched = fetch(store, lock, dest, opts)?;
+    // A model the lock names by sha256 alone is now in the store: by its blake3 from here on.
+    let completed = super::version::complete_models(store, lock)?;
+    let lock = &completed;
     timer.phase("fetch checked");
     // 2. The environment, found or installed once.
     let env = environment(store, lock, &at, opts, &timer)?;
@@ -420,7 +423,7 @@ fn place_shared_models(
     dir: &Path,
     mode: LinkMode,
 ) -> Result<MaterializeReport> {
-    let (tree, _) = store.put_tree(&shared_models(lock))?;
+    let (tree, _) = store.put_tree(&shared_models(lock)?)?;
     std::fs::create_dir_all(dir).ctx("create", dir)?;
     Ok(place::repair_in_place(
         store,
@@ -467,26 +470,24 @@ pub fn rendered_env(
 }
 
 /// The lock's models under `models/`, as a tree relative to the shared models folder.
-fn shared_models(lock: &Lockfile) -> Manifest {
-    let mut m = Manifest {
-        entries: lock
-            .models
-            .iter()
-            .filter_map(|m| {
-                Some(Entry {
-                    path: shared_model_path(&m.path)?.to_string(),
-                    node: Node::File {
-                        exec: false,
-                        size: m.size,
-                        id: m.blake3,
-                    },
-                })
-            })
-            .collect(),
-    };
+fn shared_models(lock: &Lockfile) -> Result<Manifest> {
+    let mut entries = Vec::new();
+    for m in &lock.models {
+        if let Some(path) = shared_model_path(&m.path) {
+            entries.push(Entry {
+                path: path.to_string(),
+                node: Node::File {
+                    exec: false,
+                    size: m.size,
+                    id: super::version::model_id(m)?,
+                },
+            });
+        }
+    }
+    let mut m = Manifest { entries };
     m.sort();
     m.entries.dedup_by(|a, b| a.path == b.path);
-    m
+    Ok(m)
 }
 
 /// Whether placing stopped on a store object that changed, now moved to quarantine (placing

@@ -10,12 +10,15 @@
 //! - [`repro`]: are two versions (locks or installs) the same, byte for byte;
 //! - [`repro_run`]: does a workflow give the same output files on every fresh run of a lock,
 //!   and the ones recorded (the runs themselves are the worker's, handed in);
+//! - [`import`]: the tags and branches an imported file names, pinned to commits by their
+//!   remotes (`import-snapshot --resolve-refs`);
 //! - [`http_env`]: download settings (tokens, backoff, range size) from the environment, for
 //!   the command line to pass down.
 
 pub mod error;
 pub mod fetch;
 pub mod http_env;
+pub mod import;
 pub mod init;
 pub mod lock;
 pub mod materialize;

@@ -118,6 +118,9 @@ pub fn verify(
     dest: &Path,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
+    // A model the lock names by sha256 alone is checked by the blake3 the store knows for it.
+    let completed = super::version::complete_models(store, lock)?;
+    let lock = &completed;
     let dest_abs = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
     let Marked { marker, layout } = place::read_marker(store, &dest_abs)?;
     let v = Verifier {

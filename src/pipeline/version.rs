@@ -75,6 +75,21 @@ pub struct Version {
     pub missing: Vec<String>,
 }
 
+/// `lock` with the blake3 of each model that names only its sha256 filled in, where the store
+/// has a file with that sha256. Nothing else changes; what `fetch --update-lock` writes.
+pub fn complete_models(store: &Store, lock: &Lockfile) -> Result<Lockfile> {
+    let mut out = lock.clone();
+    for m in out.models.iter_mut().filter(|m| m.blake3.is_none()) {
+        m.blake3 = store.lookup_sha256(&m.sha256)?;
+    }
+    Ok(out)
+}
+
+/// A model's store id; an error names the model whose blake3 is unknown and what to run.
+pub fn model_id(m: &crate::lockfile::Model) -> Result<ObjectId> {
+    m.id().map_err(|e| Error::bad_input(&m.path, e))
+}
+
 /// Build the version tree of `lock` from the parts `wants` selects.
 pub fn compose(
     store: &Store,
@@ -252,7 +267,7 @@ impl Composer<'_> {
             let node = Node::File {
                 exec: false,
                 size: m.size,
-                id: m.blake3,
+                id: model_id(m)?,
             };
             self.put(m.path.clone(), node, &m.path)?;
         }

@@ -627,7 +627,7 @@ fn lock_models(
             path: m.path.clone(),
             size: a.size,
             sha256: a.sha256,
-            blake3: a.id,
+            blake3: Some(a.id),
             sources,
         });
     }

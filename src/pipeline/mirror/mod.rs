@@ -102,8 +102,14 @@ fn mirror_files(
 ) -> Result<(Vec<MirrorEntry>, WheelsByProject)> {
     let mut files: Vec<MirrorEntry> = Vec::new();
     if opts.wants(Part::Models) {
-        for m in lock.models.iter().filter(|m| store.has_object(&m.blake3)) {
-            files.push((m.path.clone(), m.blake3, m.sha256));
+        for m in &lock.models {
+            let id = match m.blake3 {
+                Some(id) => Some(id).filter(|id| store.has_object(id)),
+                None => store.lookup_sha256(&m.sha256)?,
+            };
+            if let Some(id) = id {
+                files.push((m.path.clone(), id, m.sha256));
+            }
         }
     }
     let mut wheels = WheelsByProject::new();
