@@ -870,3 +870,112 @@ models: []
     warned(&w, &["custom node NodeA", "\"stable\" pinned to", &node]);
     warned(&w, &["NodeGone", "has no tag or branch \"no-such-branch\""]);
 }
+
+/// A Hugging Face hub cache the way `huggingface_hub` lays it out: an LFS blob named by its
+/// SHA-256, a small file under its git id, and the snapshot links of one revision.
+fn hf_cache(hub: &Path, model: &[u8]) -> String {
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(model));
+    let repo = hub.join("models--org--tiny-model");
+    fs::create_dir_all(repo.join("blobs")).unwrap();
+    fs::write(repo.join("blobs").join(&sha), model).unwrap();
+    let git_id = "0123456789abcdef0123456789abcdef01234567";
+    fs::write(repo.join("blobs").join(git_id), b"{\"a\": 1}\n").unwrap();
+    let snap = repo.join("snapshots").join(HF_COMMIT);
+    fs::create_dir_all(snap.join("unet")).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../../../blobs/{sha}"),
+        snap.join("unet/model.safetensors"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(format!("../../blobs/{git_id}"), snap.join("config.json")).unwrap();
+    fs::create_dir_all(repo.join("refs")).unwrap();
+    fs::write(repo.join("refs/main"), HF_COMMIT).unwrap();
+    sha
+}
+
+#[test]
+fn an_hf_cache_is_adopted_once_with_its_sources_and_a_later_lock_names_them() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let hub = dir.join("hub");
+    let model: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sha = hf_cache(&hub, &model);
+    let blob = hub.join("models--org--tiny-model/blobs").join(&sha);
+    let before = fs::metadata(&blob).unwrap();
+    let store = dir.join("store");
+    let o = run(&store, &["--json", "import-hf-cache", s(&hub)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&r[0]["added"], &r[0]["present"], &r[0]["without_source"]),
+        (&1.into(), &0.into(), &0.into()),
+        "{r:#}"
+    );
+    // The cache's file is only read: same inode, mode and link count.
+    let after = fs::metadata(&blob).unwrap();
+    assert_eq!(
+        (before.ino(), before.mode(), before.nlink()),
+        (after.ino(), after.mode(), after.nlink())
+    );
+    let cat = run(&store, &["cat", &format!("sha256:{sha}")]);
+    assert!(cat.status.success() && cat.stdout == model);
+    // Twice is once.
+    let o = run(&store, &["--json", "import-hf-cache", s(&hub)]);
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&r[0]["added"], &r[0]["present"]),
+        (&0.into(), &1.into()),
+        "{r:#}"
+    );
+
+    // A later lock of an install holding those bytes names the pinned URL, with no cache in
+    // sight (HOME and the HF variables point elsewhere).
+    let comfy = dir.join("ComfyUI");
+    fs::create_dir_all(comfy.join("models/unet")).unwrap();
+    fs::write(comfy.join("main.py"), "print('hi')\n").unwrap();
+    fs::write(comfy.join("models/unet/tiny.safetensors"), &model).unwrap();
+    let out = dir.join("v1.lock.json");
+    let nowhere = dir.join("nowhere");
+    let o = common::run_env(
+        &store,
+        &[
+            "lock",
+            s(&comfy),
+            "--tag",
+            "v1",
+            "--no-python",
+            "-o",
+            s(&out),
+        ],
+        &[
+            ("HOME", Some(nowhere.as_os_str())),
+            ("HF_HOME", Some(nowhere.as_os_str())),
+            ("HF_HUB_CACHE", Some(nowhere.as_os_str())),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lock: Value = serde_json::from_slice(&fs::read(&out).unwrap()).unwrap();
+    assert_eq!(
+        lock["models"][0]["sources"],
+        serde_json::json!([format!(
+            "https://huggingface.co/org/tiny-model/resolve/{HF_COMMIT}/unet/model.safetensors"
+        )]),
+        "{lock:#}"
+    );
+
+    // A blob whose bytes are not what its name says is named, not stored.
+    let bad = hub
+        .join("models--org--tiny-model/blobs")
+        .join("ab".repeat(32));
+    fs::write(&bad, b"not those bytes").unwrap();
+    let o = run(&store, &["import-hf-cache", s(&hub)]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&"ab".repeat(32)));
+}

@@ -1,7 +1,7 @@
 //! Handlers of the commands that get what the store lacks: `add-url`, `fetch`, `verify`,
 //! `mirror`.
 
-use super::{open_store, AddUrlArgs, Cli, HttpArgs, SourceArgs, VerifyArgs};
+use super::{open_store, AddUrlArgs, Cli, HttpArgs, SourceArgs, VerifyArgs, EXIT_FAILURE};
 use anyhow::{bail, Context, Result};
 use comfystore::http::{Download, Expect, Fetcher, HttpOptions};
 use comfystore::pipeline::fetch::{FetchOptions, FetchReport};
@@ -308,5 +308,49 @@ pub fn mirror(cli: &Cli, lock: &Path, dir: &Path, sources: &SourceArgs) -> Resul
         0
     } else {
         super::EXIT_FAILURE
+    })
+}
+
+/// `import-hf-cache [DIR…]`.
+pub fn import_hf_cache(cli: &Cli, dirs: &[PathBuf]) -> Result<u8> {
+    let hubs: Vec<PathBuf> = if dirs.is_empty() {
+        comfystore::pipeline::lock::default_hf_caches()
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .collect()
+    } else {
+        dirs.to_vec()
+    };
+    if hubs.is_empty() {
+        anyhow::bail!("no Hugging Face hub cache found ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub); name one");
+    }
+    let store = open_store(cli)?;
+    let reports = comfystore::pipeline::hf_cache::import_hf_caches(&store, &hubs)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            for d in &r.damaged {
+                eprintln!(
+                    "warning: {d}: its bytes do not have the SHA-256 its name says; not stored"
+                );
+            }
+            if !cli.quiet {
+                println!(
+                    "{}: {} file(s) added ({}), {} already in the store, {} without a source (no snapshot links to them); root {}",
+                    r.hub.display(),
+                    r.added,
+                    indicatif::HumanBytes(r.added_bytes),
+                    r.present,
+                    r.without_source,
+                    r.root
+                );
+            }
+        }
+    }
+    Ok(if reports.iter().any(|r| !r.damaged.is_empty()) {
+        EXIT_FAILURE
+    } else {
+        0
     })
 }

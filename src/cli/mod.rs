@@ -243,6 +243,23 @@ pub enum FetchCommand {
         after_help = "Examples:\n  comfystore add-url https://huggingface.co/org/repo/resolve/main/model.safetensors --sha256 31e3…\n  comfystore add-url https://civitai.com/api/download/models/128078 --path models/loras/style.safetensors --comfy /workspace/ComfyUI"
     )]
     AddUrl(AddUrlArgs),
+    /// Copy the models of a Hugging Face hub cache into the store, with their sources, without
+    /// downloading them again.
+    ///
+    /// Every LFS file (`models--ORG--NAME/blobs/SHA256`) is read once (BLAKE3 and SHA-256
+    /// together), checked against its name, and remembered with the pinned URL its snapshot
+    /// link gives (`https://huggingface.co/ORG/NAME/resolve/REVISION/PATH`), so a later `lock`
+    /// of a model with those bytes names that source. The cache's files are only read. A GC
+    /// root `hf-cache/…` per cache keeps them. Default caches: $HF_HUB_CACHE, $HF_HOME/hub,
+    /// ~/.cache/huggingface/hub, /runpod-volume/huggingface-cache/hub (those that exist).
+    #[command(after_help = "Examples:
+  comfystore import-hf-cache
+  comfystore import-hf-cache /runpod-volume/huggingface-cache/hub --json")]
+    ImportHfCache {
+        /// Hub cache folders (the folder holding models--… folders).
+        #[arg(value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+    },
     /// Make the store complete for a lockfile: trees from git, models and wheels over HTTP.
     ///
     /// Says what the store lacks, gets it and reports. Source trees are rebuilt from their
@@ -686,6 +703,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         },
         Command::Sources(cmd) => match cmd {
             FetchCommand::AddUrl(a) => fetch_cmds::add_url(cli, a),
+            FetchCommand::ImportHfCache { dirs } => fetch_cmds::import_hf_cache(cli, dirs),
             FetchCommand::Fetch {
                 lock,
                 sources,

@@ -12,11 +12,13 @@
 //!   and the ones recorded (the runs themselves are the worker's, handed in);
 //! - [`import`]: the tags and branches an imported file names, pinned to commits by their
 //!   remotes (`import-snapshot --resolve-refs`);
+//! - [`hf_cache`]: a Hugging Face hub cache's files into the store, with their sources;
 //! - [`http_env`]: download settings (tokens, backoff, range size) from the environment, for
 //!   the command line to pass down.
 
 pub mod error;
 pub mod fetch;
+pub mod hf_cache;
 pub mod http_env;
 pub mod import;
 pub mod init;

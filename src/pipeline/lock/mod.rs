@@ -7,10 +7,11 @@
 //! the commit and checked against the lock.
 
 mod claimed;
-mod models;
+pub(crate) mod models;
 mod python;
 
 pub use claimed::LOCKFILES_DIR;
+pub use models::default_hf_caches;
 pub use models::skip_name as not_a_model;
 
 use super::python_section::fill_wheels;
