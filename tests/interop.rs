@@ -979,3 +979,55 @@ fn an_hf_cache_is_adopted_once_with_its_sources_and_a_later_lock_names_them() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains(&"ab".repeat(32)));
 }
+
+#[test]
+fn a_lock_goes_out_as_a_build_definition_and_comes_back_the_same() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let lock = serde_json::json!({
+        "schema": "comfystore.lock/1",
+        "tag": "v1",
+        "comfyui": {"repo": "https://github.com/comfyanonymous/ComfyUI", "commit": COMFY},
+        "custom_nodes": [
+            {"name": "ComfyUI-NodeA", "repo": "https://github.com/example/ComfyUI-NodeA", "commit": NODE_A},
+            {"name": "comfyui-bar", "registry": {"id": "comfyui-bar", "version": "1.2.0"}}
+        ],
+        "python": {"version": "3.11.7", "packages": [
+            {"name": "tinyfoo", "version": "1.0"},
+            {"name": "torch", "version": "2.8.0"}
+        ]},
+        "models": [{
+            "path": "models/checkpoints/x.safetensors",
+            "size": 123,
+            "sha256": SHA,
+            "sources": [format!("https://huggingface.co/org/m/resolve/{HF_COMMIT}/x.safetensors")]
+        }]
+    });
+    let path = dir.join("v1.lock.json");
+    fs::write(&path, serde_json::to_vec_pretty(&lock).unwrap()).unwrap();
+    let out = dir.join("comfy-build.yaml");
+    let o = run(
+        &dir.join("store"),
+        &["export-snapshot", s(&path), "-o", s(&out)],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = fs::read_to_string(&out).unwrap();
+    assert!(text.contains("distribution-definition/0"), "{text}");
+    assert!(text.contains(SHA) && text.contains("sourceUri"), "{text}");
+
+    let (back, _) = imported(
+        dir,
+        &out,
+        &[
+            "--comfyui-repo",
+            "https://github.com/comfyanonymous/ComfyUI",
+        ],
+    );
+    assert_eq!(back["comfyui"]["commit"], COMFY);
+    assert_eq!(back["custom_nodes"], lock["custom_nodes"], "{back:#}");
+    assert_eq!(
+        back["python"]["packages"], lock["python"]["packages"],
+        "{back:#}"
+    );
+    assert_eq!(back["models"], lock["models"], "{back:#}");
+}

@@ -228,11 +228,15 @@ pub fn import_snapshot(
     Ok(0)
 }
 
-/// The two files ComfyUI-Manager saves and restores a snapshot from.
+/// What `export-snapshot` writes: the two files ComfyUI-Manager saves and restores a
+/// snapshot from, or comfy-cli's build definition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SnapshotFormat {
     Json,
     Yaml,
+    /// comfy-cli's build definition (`distribution-definition/0`, YAML): models with sha256,
+    /// size and source.
+    ComfyBuild,
 }
 
 pub fn export_snapshot(
@@ -242,14 +246,27 @@ pub fn export_snapshot(
 ) -> Result<u8> {
     let lockfile = Lockfile::read(lock)?;
     let mut warnings = Vec::new();
-    let snap = snapshot::export(&lockfile, &mut warnings);
-    let by_name = output
-        .and_then(|p| p.extension())
-        .is_some_and(|e| e == "yaml" || e == "yml");
+    let name = output
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let yaml_name = name.ends_with(".yaml") || name.ends_with(".yml");
+    let format = format.unwrap_or(if name.starts_with("comfy-build.") && yaml_name {
+        SnapshotFormat::ComfyBuild
+    } else if yaml_name {
+        SnapshotFormat::Yaml
+    } else {
+        SnapshotFormat::Json
+    });
     let bytes = match format {
-        Some(SnapshotFormat::Yaml) => snap.to_yaml(),
-        None if by_name => snap.to_yaml(),
-        _ => snap.to_json(),
+        SnapshotFormat::ComfyBuild => {
+            let d = comfystore::lockfile::comfy_build::export(&lockfile, &mut warnings);
+            serde_saphyr::to_string(&d)
+                .context("write the build definition as YAML")?
+                .into_bytes()
+        }
+        SnapshotFormat::Yaml => snapshot::export(&lockfile, &mut warnings).to_yaml(),
+        SnapshotFormat::Json => snapshot::export(&lockfile, &mut warnings).to_json(),
     };
     match output {
         Some(p) if p.as_os_str() != "-" => comfystore::store::write_file_atomic(p, &bytes, 0o644)?,

@@ -460,7 +460,8 @@ pub enum LockCommand {
         #[arg(long)]
         resolve_refs: bool,
     },
-    /// Write a lockfile as a ComfyUI-Manager snapshot (for cm-cli restore-snapshot, comfy-cli).
+    /// Write a lockfile as a ComfyUI-Manager snapshot (for cm-cli restore-snapshot, comfy-cli),
+    /// or as comfy-cli's build definition (`--format comfy-build`).
     #[command(
         after_help = "Example:\n  comfystore export-snapshot lockfiles/comfy-v1.lock.json -o v1_snapshot.json"
     )]
@@ -469,8 +470,9 @@ pub enum LockCommand {
         /// Output file, or - for stdout (the default).
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// json (what Manager saves) or yaml (the snapshot under `custom_nodes:`, as Manager's
-        /// YAML restore reads it). Default: by the output's extension (.yaml, .yml), else json.
+        /// json (what Manager saves), yaml (the snapshot under `custom_nodes:`, as Manager's
+        /// YAML restore reads it) or comfy-build (comfy-cli's build definition). Default: by
+        /// the output's name (comfy-build.yaml, else .yaml/.yml), else json.
         #[arg(long, value_enum)]
         format: Option<lock_cmds::SnapshotFormat>,
     },

@@ -18,24 +18,29 @@
 
 use super::formats::{self, GitRef};
 use super::{redact_url, ComfyUi, CustomNode, Lockfile, Python, Registry};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The schema line `comfy build scan` writes.
 pub const SCHEMA: &str = "distribution-definition/0";
 /// Also accepted as a schema line for a `comfy-build.yaml`.
 pub const SCHEMA_ALIAS: &str = "comfy-build/1";
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Definition {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub base_comfy_version: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
-    pub models: Vec<BuildModel>,
-    #[serde(default, deserialize_with = "null_as_empty")]
     pub custom_nodes: Vec<BuildNode>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub models: Vec<BuildModel>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pip_dependencies: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub environment: Option<Environment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub base_image: Option<String>,
 }
 
@@ -47,40 +52,55 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BuildModel {
     /// The folder under `models/` (`checkpoints`, `ultralytics/bbox`).
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
     pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
     /// `local` in a scan.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source_uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub blob_id: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BuildNode {
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_version: Option<String>,
     /// `git`, `registry` or `local`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub blob_id: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Environment {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub os: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub python_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub torch: Option<String>,
 }
 
@@ -250,4 +270,114 @@ pub fn import(
     }
     lock.canonicalize();
     lock
+}
+
+/// A lockfile as a build definition: ComfyUI's commit, the nodes by repository + commit or
+/// registry version, the pinned packages as a freeze list, and the models with sha256, size and
+/// source. What the format cannot hold is named in `warnings`.
+pub fn export(lock: &Lockfile, warnings: &mut Vec<String>) -> Definition {
+    let mut d = Definition {
+        schema: Some(SCHEMA.into()),
+        base_comfy_version: lock.comfyui.commit.clone(),
+        ..Default::default()
+    };
+    if d.base_comfy_version.is_none() {
+        warnings
+            .push("comfyui: no commit (locked by its tree only); baseComfyVersion left out".into());
+    }
+    for n in &lock.custom_nodes {
+        if n.disabled {
+            warnings.push(format!(
+                "custom node {}: disabled; a build definition has no disabled nodes, left out",
+                n.name
+            ));
+            continue;
+        }
+        let node = match (&n.repo, &n.commit, &n.registry) {
+            (Some(repo), Some(commit), _) => BuildNode {
+                name: n.name.clone(),
+                repository: Some(repo.clone()),
+                git_ref: Some(commit.clone()),
+                source: Some("git".into()),
+                ..Default::default()
+            },
+            (_, _, Some(r)) => BuildNode {
+                name: n.name.clone(),
+                id: Some(r.id.clone()),
+                registry_version: Some(r.version.clone()),
+                source: Some("registry".into()),
+                ..Default::default()
+            },
+            _ => {
+                warnings.push(format!(
+                    "custom node {}: no repository + commit or registry version (a local folder or file); left out",
+                    n.name
+                ));
+                continue;
+            }
+        };
+        d.custom_nodes.push(node);
+    }
+    if let Some(py) = &lock.python {
+        let mut freeze = String::new();
+        for p in &py.packages {
+            match (&p.url, p.version.is_empty()) {
+                (Some(u), _) if p.wheel.is_none() => {
+                    freeze.push_str(&format!("{} @ {u}\n", p.name))
+                }
+                (_, false) => freeze.push_str(&format!("{}=={}\n", p.name, p.version)),
+                _ => warnings.push(format!("python package {}: no version; left out", p.name)),
+            }
+        }
+        if !freeze.is_empty() {
+            d.pip_dependencies = Some(freeze);
+        }
+        d.environment = Some(Environment {
+            python_version: py.version.clone(),
+            torch: py
+                .packages
+                .iter()
+                .find(|p| p.name == "torch")
+                .map(|p| p.version.clone()),
+            ..Default::default()
+        });
+        if py.packages.iter().any(|p| p.wheel.is_some()) {
+            warnings.push("python: wheel URLs and sha256s are not part of a build definition; only name==version is written".into());
+        }
+    }
+    for m in &lock.models {
+        let rel = m.path.strip_prefix("models/").unwrap_or(&m.path);
+        let Some((kind, filename)) = rel.rsplit_once('/') else {
+            warnings.push(format!(
+                "model {}: not in a folder under models/; left out",
+                m.path
+            ));
+            continue;
+        };
+        let source_uri = m
+            .sources
+            .iter()
+            .find(|u| u.starts_with("https://"))
+            .cloned();
+        if source_uri.is_none() {
+            warnings.push(format!(
+                "model {}: no https source; written without sourceUri",
+                m.path
+            ));
+        }
+        d.models.push(BuildModel {
+            kind: kind.to_string(),
+            filename: Some(filename.to_string()),
+            sha256: Some(
+                m.sha256
+                    .to_string()
+                    .trim_start_matches("sha256:")
+                    .to_string(),
+            ),
+            size_bytes: Some(m.size),
+            source_uri,
+            ..Default::default()
+        });
+    }
+    d
 }
