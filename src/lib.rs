@@ -20,6 +20,7 @@
 
 pub mod comfy;
 pub mod error;
+pub mod gcs;
 pub mod git;
 pub mod http;
 pub mod ident;
