@@ -7,7 +7,7 @@ use super::auth::Tokens;
 use super::error::{Error, Result};
 use super::key::ServiceAccount;
 use super::sign;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::utf8_percent_encode;
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -216,7 +216,7 @@ impl Client {
 
     /// The bucket in a URL path.
     fn b(&self) -> String {
-        utf8_percent_encode(&self.opts.bucket, NON_ALPHANUMERIC).to_string()
+        utf8_percent_encode(&self.opts.bucket, sign::QUERY).to_string()
     }
 
     /// Send a request built by `build`, with the access token, retrying on 408, 429, 5xx and
@@ -351,7 +351,7 @@ impl Client {
         let url = self.url(&format!(
             "/storage/v1/b/{}/o/{}",
             self.b(),
-            utf8_percent_encode(object, NON_ALPHANUMERIC)
+            utf8_percent_encode(object, sign::QUERY)
         ));
         let build = || self.http.get(&url);
         let (resp, attempts) = self.send("metadata of", object, &build).await?;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Everything but RFC 3986's unreserved characters.
-const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+pub(super) const QUERY: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
