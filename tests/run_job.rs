@@ -679,6 +679,7 @@ fn serve_api(env: &Env, extra: &[&str]) -> (Child, u16) {
     let api = free_port();
     let mut remove: Vec<String> = scrubbed_vars();
     remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
+    remove.extend(GCS_ENV.iter().map(|v| v.to_string()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
     cmd.args(["--store", s(&env.store), "serve", "--api"])
         .arg(format!("127.0.0.1:{api}"))
@@ -1642,4 +1643,160 @@ fn gcs_missing_permission_fails_at_start_naming_it() {
     assert!(err.contains(gcs::BUCKET), "{err}");
     assert!(g.front.seen_at("/upload/").is_empty());
     assert!(env.entries("output").is_empty(), "ComfyUI ran a job");
+}
+
+/// A file bigger than GCS_CHUNK_MB goes up in a resumable session, chunk by chunk (a failed
+/// chunk is sent again), and arrives whole with its type and hash.
+#[test]
+fn gcs_big_output_goes_up_in_a_resumable_session() {
+    let env = Env::new();
+    let Some(g) = Gcs::start(
+        "gcs_big_output_goes_up_in_a_resumable_session",
+        &env,
+        None,
+        1,
+        503,
+    ) else {
+        return;
+    };
+    // 2.3 MB of random pixels, stored uncompressed: SaveImage gives the same bytes back.
+    let input = png_rgb(900, 850, &pseudo_random(7, 900 * 850 * 3));
+    let job = json!({"id": "job-gcs-big", "input": {
+        "workflow": {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+            "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": "big", "images": ["1", 0]}},
+        },
+        "images": [{"name": "in.png", "image": data_uri(&input)}],
+    }});
+    // The second chunk fails once: it is sent again from where the session stands.
+    g.front.pass_first(2);
+    let out = run_gcs(
+        &env,
+        &g,
+        &job,
+        &[("GCS_CHUNK_MB", "1"), ("GCS_PUBLIC", "1")],
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let answer = parse(&out);
+    assert!(answer.get("errors").is_none(), "{answer:#}");
+    let f = one_gcs_file(&answer);
+    assert_eq!(f["sha256"], sha256_hex(&input));
+    let object = format!(
+        "comfy/outputs/job-gcs-big/{}",
+        f["filename"].as_str().unwrap()
+    );
+    assert!(
+        g.emu.content(&object) == input,
+        "the object differs from the output"
+    );
+    let uploads = g.front.seen_at("/upload/");
+    assert!(
+        uploads[0].method == "POST" && uploads[0].target.contains("uploadType=resumable"),
+        "{uploads:?}"
+    );
+    let chunks: Vec<u16> = uploads
+        .iter()
+        .filter(|u| u.method == "PUT")
+        .map(|u| u.status)
+        .collect();
+    assert_eq!(chunks, vec![308, 503, 308, 200], "{uploads:?}");
+    let meta = g.emu.metadata(&object).unwrap();
+    assert_eq!(meta["metadata"]["sha256"], sha256_hex(&input), "{meta:#}");
+    assert_eq!(meta["contentType"], "image/png", "{meta:#}");
+}
+
+/// `serve` takes the GCS settings as flags too: the local API answers a job with a URL; and a
+/// missing permission stops `serve` at once, before ComfyUI starts, naming it and the bucket.
+#[test]
+fn gcs_serve_by_flags_answers_urls_and_stops_at_once_without_permission() {
+    let env = Env::new();
+    let Some(g) = Gcs::start(
+        "gcs_serve_by_flags_answers_urls_and_stops_at_once_without_permission",
+        &env,
+        Some(&["storage.objects.create", "storage.objects.get"]),
+        0,
+        0,
+    ) else {
+        return;
+    };
+    let front = g.front.url();
+    let flags = [
+        "--gcs-bucket",
+        gcs::BUCKET,
+        "--gcs-emulator",
+        &front,
+        "--gcs-credentials",
+        s(&g.key.json),
+        "--gcs-prefix",
+        "served",
+        "--gcs-signed-url-ttl",
+        "1h",
+    ];
+    let (mut child, api) = serve_api(&env, &flags);
+    let r = http_post(
+        api,
+        "/runsync",
+        &json!({"input": {"workflow": minimal_workflow()}}),
+    );
+    assert_eq!(r["status"], "COMPLETED", "{r:#}");
+    let f = one_gcs_file(&r["output"]);
+    let url = f["data"].as_str().unwrap();
+    assert_eq!(query_param(url, "X-Goog-Expires"), "3600");
+    verify_v4(url, &g.key.public_pem, &env.dir);
+    let id = r["id"].as_str().unwrap();
+    let object = format!("served/{id}/{}", f["filename"].as_str().unwrap());
+    assert_eq!(
+        sha256_hex(&g.emu.content(&object)),
+        f["sha256"].as_str().unwrap()
+    );
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+
+    // The same flags against a front that grants only create: signing needs get.
+    let g2 = Gcs::start(
+        "gcs_serve_by_flags_answers_urls_and_stops_at_once_without_permission",
+        &env,
+        Some(&["storage.objects.create"]),
+        0,
+        0,
+    )
+    .unwrap();
+    let front2 = g2.front.url();
+    let key2 = s(&g2.key.json).to_string();
+    let mut flags2 = flags;
+    flags2[3] = &front2;
+    flags2[5] = &key2;
+    let mut remove: Vec<String> = scrubbed_vars();
+    remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
+    remove.extend(GCS_ENV.iter().map(|v| v.to_string()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
+    cmd.args(["--store", s(&env.store), "serve", "--api"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args([
+            "--dest",
+            s(&env.dest),
+            "--comfy-port",
+            &env.port.to_string(),
+        ])
+        .args(["--comfy-arg=--cpu"])
+        .args(flags2);
+    for k in &remove {
+        cmd.env_remove(k);
+    }
+    let started = Instant::now();
+    let out = cmd.output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "serve took {:?} to stop",
+        started.elapsed()
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("missing permission storage.objects.get on bucket outputs-test"),
+        "{err}"
+    );
+    assert!(!listening(env.port));
+    assert!(g2.front.seen_at("/upload/").is_empty());
 }

@@ -189,6 +189,8 @@ struct FrontState {
     granted: Option<Vec<String>>,
     fail_uploads: AtomicUsize,
     fail_status: u16,
+    /// Upload requests let through before the faults begin.
+    pass_first: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -215,6 +217,7 @@ impl Front {
             granted: granted.map(|g| g.iter().map(|s| s.to_string()).collect()),
             fail_uploads: AtomicUsize::new(fail_uploads),
             fail_status,
+            pass_first: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -236,6 +239,11 @@ impl Front {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Let the first `n` upload requests through before the faults begin.
+    pub fn pass_first(&self, n: usize) {
+        self.state.pass_first.store(n, Ordering::SeqCst);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -346,7 +354,12 @@ fn serve(mut s: TcpStream, st: &FrontState) -> std::io::Result<()> {
             );
         }
     }
-    if target.starts_with("/upload/") {
+    let passed = target.starts_with("/upload/")
+        && st
+            .pass_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+    if target.starts_with("/upload/") && !passed {
         let left = st.fail_uploads.load(Ordering::SeqCst);
         if left > 0 {
             if left != usize::MAX {
