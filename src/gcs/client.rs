@@ -219,8 +219,8 @@ impl Client {
         utf8_percent_encode(&self.opts.bucket, sign::QUERY).to_string()
     }
 
-    /// Send a request built by `build`, with the access token, retrying on 408, 429, 5xx and
-    /// errors without an answer. Gives the first other answer (success or not) and how many
+    /// Send a request built by `build`, with the access token, retrying on 408, 429, 5xx,
+    /// errors without an answer and a failed login. Gives the first other answer (success or not) and how many
     /// tries it took.
     async fn send(
         &self,
@@ -231,11 +231,18 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = build().timeout(self.opts.timeout);
-            if let Some(h) = self.tokens.header().await? {
-                req = req.header(reqwest::header::AUTHORIZATION, h);
-            }
             let last = attempt > self.opts.retries;
+            let mut req = build().timeout(self.opts.timeout);
+            match self.tokens.header().await {
+                Ok(Some(h)) => req = req.header(reqwest::header::AUTHORIZATION, h),
+                Ok(None) => {}
+                Err(e) if !last => {
+                    tracing::warn!("{e} (try {attempt} of {}); retrying", self.opts.retries + 1);
+                    tokio::time::sleep(backoff(self.opts.retry_base, attempt)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             let mut pause = None;
             match req.send().await {
                 Ok(resp) if retryable(resp.status()) && !last => {
@@ -298,7 +305,6 @@ impl Client {
     /// Check the credentials (an access token) and that they hold `permissions` on the
     /// bucket (testIamPermissions). An emulator without IAM gives [`Preflight::Skipped`].
     pub async fn preflight(&self, permissions: &[&str]) -> Result<Preflight> {
-        self.tokens.header().await?;
         let mut url =
             url::Url::parse(&self.url(&format!("/storage/v1/b/{}/iam/testPermissions", self.b())))
                 .map_err(|e| Error::Config(e.to_string()))?;

@@ -194,3 +194,42 @@ impl Sink for Gcs {
         Err(msg.into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(prefix: &str) -> Gcs {
+        let mut o = gcs::Options::new("bucket-x");
+        o.emulator = Some("127.0.0.1:9".into());
+        let client = Arc::new(gcs::Client::new(o).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        Gcs::new(
+            client,
+            rt.handle().clone(),
+            GcsOptions {
+                prefix: prefix.into(),
+                url: GcsUrl::Public,
+                fallback_max: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn object_names_are_prefix_job_and_file_name() {
+        let s = sink("/comfy/outputs/");
+        assert_eq!(
+            s.object_name("sync-1a2b", "a_00001_.png"),
+            "comfy/outputs/sync-1a2b/a_00001_.png"
+        );
+        assert_eq!(
+            s.object_name("../x/y", "f.png"),
+            "comfy/outputs/.._x_y/f.png"
+        );
+        assert_eq!(s.object_name("..", "f.png"), "comfy/outputs/___/f.png");
+        assert_eq!(s.object_name("", "f.png"), "comfy/outputs/_/f.png");
+        assert_eq!(sink("").object_name("j", "f.png"), "j/f.png");
+    }
+}
