@@ -1412,7 +1412,7 @@ fn gcs_job_answers_a_signed_url_to_the_uploaded_object() {
     assert!(pct_decode(query_param(url, "X-Goog-Credential")).starts_with(&g.key.email));
     verify_v4(url, &g.key.public_pem, &env.dir);
     // What went over the wire: a login, the permission check, an authorised conditional upload.
-    assert!(!g.front.seen_at("/token").is_empty(), "no token request");
+    assert_eq!(g.front.seen_at("/token").len(), 1, "the token is not kept");
     let iam = g.front.seen_at(&format!(
         "/storage/v1/b/{}/iam/testPermissions",
         gcs::BUCKET
@@ -1643,6 +1643,16 @@ fn gcs_missing_permission_fails_at_start_naming_it() {
     assert!(err.contains(gcs::BUCKET), "{err}");
     assert!(g.front.seen_at("/upload/").is_empty());
     assert!(env.entries("output").is_empty(), "ComfyUI ran a job");
+    // A signed URL longer than GCS allows, or both kinds of URL, are refused at start too.
+    for bad in [
+        vec![("GCS_SIGNED_URL_TTL", "8d")],
+        vec![("GCS_SIGNED_URL_TTL", "1h"), ("GCS_PUBLIC", "true")],
+    ] {
+        let out = run_gcs(&env, &g, &job, &bad);
+        assert_ne!(code(&out), 0, "{}", describe(&out));
+        let err = common::stderr(&out);
+        assert!(err.contains("GCS_SIGNED_URL_TTL"), "{err}");
+    }
 }
 
 /// A file bigger than GCS_CHUNK_MB goes up in a resumable session, chunk by chunk (a failed
