@@ -633,9 +633,15 @@ impl Client {
 
 /// The offset a 308 confirms (`Range: bytes=0-N` → N+1; none → 0).
 fn confirmed(r: &Response) -> usize {
-    r.headers()
-        .get(reqwest::header::RANGE)
-        .and_then(|v| v.to_str().ok())
+    offset_after(
+        r.headers()
+            .get(reqwest::header::RANGE)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+fn offset_after(range: Option<&str>) -> usize {
+    range
         .and_then(|v| v.rsplit('-').next())
         .and_then(|n| n.trim().parse::<usize>().ok())
         .map_or(0, |n| n + 1)
@@ -656,6 +662,24 @@ mod tests {
         assert!(!valid_bucket("My"));
         assert!(!valid_bucket("-ab"));
         assert!(!valid_bucket("a/b/c"));
+    }
+
+    #[test]
+    fn a_308_range_gives_the_next_offset() {
+        assert_eq!(offset_after(Some("bytes=0-1048575")), 1048576);
+        assert_eq!(offset_after(None), 0);
+        assert_eq!(offset_after(Some("garbage")), 0);
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let base = Duration::from_millis(100);
+        for n in 1..=4 {
+            let d = backoff(base, n);
+            let full = base * (1 << (n - 1));
+            assert!(d >= full / 2 && d <= full, "{n}: {d:?}");
+        }
+        assert!(backoff(base, 30) <= Duration::from_secs(30));
     }
 
     #[test]
