@@ -117,6 +117,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bad_key_file_is_named_without_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            r#"{"type":"service_account","client_email":"a@b","private_key":"-----BEGIN PRIVATE KEY-----\nU0VDUkVUU0VDUkVU\n-----END PRIVATE KEY-----\n"}"#,
+            r#"{"type":"service_account","client_email":"a@b","private_key":SECRETSECRET}"#,
+            r#"{"type":"service_account","client_email":"a@b","private_key":7,"x":"SECRETSECRET"}"#,
+            r#"{"type":"authorized_user","client_email":"a@b","private_key":"U0VDUkVUU0VDUkVU"}"#,
+        ];
+        for (i, text) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("k{i}.json"));
+            std::fs::write(&path, text).unwrap();
+            let e = ServiceAccount::read(&path).unwrap_err().to_string();
+            assert!(e.contains(&format!("k{i}.json")), "{e}");
+            assert!(!e.contains("SECRET") && !e.contains("U0VDUkVU"), "{e}");
+        }
+    }
+
+    #[test]
     fn pem_blocks_are_read_and_garbage_is_refused() {
         let (label, der) =
             pem_body("x\n-----BEGIN PRIVATE KEY-----\nAAEC\nAw==\n-----END PRIVATE KEY-----\n")
