@@ -529,6 +529,7 @@ impl Client {
             })?;
         let mut offset = 0usize;
         let mut failures = 0u32;
+        let mut last_status = 0u16;
         loop {
             let end = (offset + chunk).min(total);
             let part = bytes::Bytes::copy_from_slice(&bytes[offset..end]);
@@ -553,10 +554,10 @@ impl Client {
                     return Err(self.status_error("upload", object, r, failures + 1).await)
                 }
                 Ok(r) => {
+                    last_status = r.status().as_u16();
                     tracing::warn!(
-                        "gcs: upload gs://{}/{object}: HTTP {} at byte {offset}; resuming",
+                        "gcs: upload gs://{}/{object}: HTTP {last_status} at byte {offset}; resuming",
                         self.opts.bucket,
-                        r.status().as_u16()
                     );
                     None
                 }
@@ -579,19 +580,21 @@ impl Client {
                 }
             };
             match next {
-                Some(n) => {
-                    offset = n;
+                // Progress: the next chunk from where GCS stands.
+                Some(n) if n > offset => {
+                    offset = n.min(total);
                     failures = 0;
                 }
-                None => {
+                // A failed chunk, or a 308 that took nothing: counted, paused, resumed.
+                _ => {
                     failures += 1;
                     if failures > self.opts.retries {
                         return Err(Error::Status {
                             what: "upload",
                             bucket: self.opts.bucket.clone(),
                             object: object.to_string(),
-                            status: 503,
-                            message: format!("gave up at byte {offset}"),
+                            status: last_status,
+                            message: format!("no progress at byte {offset} of {total}"),
                             attempts: failures,
                         });
                     }
