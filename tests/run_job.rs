@@ -1532,6 +1532,47 @@ fn gcs_upload_that_gets_503_twice_then_succeeds() {
     );
 }
 
+/// Connections dropped without an answer are retried like a 503.
+#[test]
+fn gcs_upload_after_two_dropped_connections_succeeds() {
+    let env = Env::new();
+    let Some(g) = Gcs::start(
+        "gcs_upload_after_two_dropped_connections_succeeds",
+        &env,
+        None,
+        2,
+        0,
+    ) else {
+        return;
+    };
+    let job = json!({"id": "job-gcs-drop", "input": {"workflow": minimal_workflow()}});
+    let out = run_gcs(&env, &g, &job, &[]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let answer = parse(&out);
+    assert!(answer.get("errors").is_none(), "{answer:#}");
+    let f = one_gcs_file(&answer);
+    let statuses: Vec<u16> = g
+        .front
+        .seen_at("/upload/")
+        .iter()
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(statuses, vec![0, 0, 200]);
+    assert!(
+        common::stderr(&out).contains("retrying"),
+        "{}",
+        describe(&out)
+    );
+    let object = format!(
+        "comfy/outputs/job-gcs-drop/{}",
+        f["filename"].as_str().unwrap()
+    );
+    assert_eq!(
+        sha256_hex(&g.emu.content(&object)),
+        f["sha256"].as_str().unwrap()
+    );
+}
+
 /// An upload that keeps failing loses nothing: the file stays in the store, the answer says
 /// so, and a small file comes back as base64 (or, with the fallback off, only the error).
 #[test]

@@ -203,7 +203,8 @@ pub struct Front {
 
 impl Front {
     /// `granted`: what testIamPermissions grants (`None`: passed to the emulator, 404).
-    /// The first `fail_uploads` upload requests get `fail_status` (usize::MAX: all of them).
+    /// The first `fail_uploads` upload requests get `fail_status` (usize::MAX: all of them;
+    /// status 0: the connection is closed without an answer).
     pub fn start(
         upstream: u16,
         granted: Option<&[&str]>,
@@ -366,6 +367,11 @@ fn serve(mut s: TcpStream, st: &FrontState) -> std::io::Result<()> {
                 st.fail_uploads.store(left - 1, Ordering::SeqCst);
             }
             record(st.fail_status);
+            if st.fail_status == 0 {
+                // Status 0: the connection is dropped without an answer.
+                let _ = s.shutdown(Shutdown::Both);
+                return Ok(());
+            }
             let answer = format!(
                 r#"{{"error":{{"code":{0},"message":"injected {0}"}}}}"#,
                 st.fail_status
