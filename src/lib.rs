@@ -9,7 +9,8 @@
 //! - **Engines** know nothing of lockfiles, clap or terminals: [`store`] (objects, trees, the
 //!   index, roots, gc, fsck, bundles), [`place`] (a tree placed at a path: link modes, scan,
 //!   check, plan, apply, remove), [`git`], [`http`] (downloads), [`python`] (interpreters,
-//!   pinning, environments) and [`comfy`] (a ComfyUI process and its HTTP API).
+//!   pinning, environments), [`comfy`] (a ComfyUI process and its HTTP API) and [`gcs`]
+//!   (Google Cloud Storage for job outputs).
 //! - **The lockfile format** ([`lockfile`]) is a leaf: it knows store ids and nothing above.
 //! - **Pipelines** ([`pipeline`]) are the verbs over a lockfile: lock, fetch, materialize,
 //!   verify, mirror, init. Each is a short sequence of engine calls.
@@ -20,6 +21,7 @@
 
 pub mod comfy;
 pub mod error;
+pub mod gcs;
 pub mod git;
 pub mod http;
 pub mod ident;

@@ -15,6 +15,7 @@ mod common;
 
 use base64::Engine;
 use common::comfy::pseudo_random;
+use common::gcs;
 use common::net::{self, free_port, listening};
 use common::pyindex::{python3, python_cmd, scrubbed_vars};
 use common::{code, describe, parse, run, run_env, s, sha256_hex, NETWORK_ENV};
@@ -30,6 +31,24 @@ const FAKE: &str = concat!(
     "/tests/fixtures/fake_comfyui/main.py"
 );
 const RECORDED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/comfyui");
+
+/// The variables that configure where outputs go.
+const GCS_ENV: &[&str] = &[
+    "OUTPUT_MODE",
+    "GCS_BUCKET",
+    "GCS_PREFIX",
+    "GCS_PROJECT",
+    "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GCS_RETRIES",
+    "GCS_RETRY_BASE_SLEEP",
+    "GCS_PUBLIC",
+    "GCS_SIGNED_URL_TTL",
+    "GCS_FALLBACK_MAX_MB",
+    "GCS_CHUNK_MB",
+    "STORAGE_EMULATOR_HOST",
+    "RUST_LOG",
+];
 
 fn minimal_workflow() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/minimal.json");
@@ -117,6 +136,8 @@ impl Env {
         let mut remove: Vec<String> = scrubbed_vars();
         remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
         remove.extend(["COMFY_PORT", "COMFY_HOME", "COMFY_ORG_API_KEY"].map(String::from));
+        // Output settings of the machine never reach a test (the GCS tests set their own).
+        remove.extend(GCS_ENV.iter().map(|v| v.to_string()));
         let mut envs: Vec<(&str, Option<&OsStr>)> =
             remove.iter().map(|k| (k.as_str(), None)).collect();
         envs.extend(set.iter().map(|(k, v)| (*k, Some(OsStr::new(*v)))));
@@ -658,6 +679,7 @@ fn serve_api(env: &Env, extra: &[&str]) -> (Child, u16) {
     let api = free_port();
     let mut remove: Vec<String> = scrubbed_vars();
     remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
+    remove.extend(GCS_ENV.iter().map(|v| v.to_string()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
     cmd.args(["--store", s(&env.store), "serve", "--api"])
         .arg(format!("127.0.0.1:{api}"))
@@ -1193,4 +1215,639 @@ fn comfyui_gets_no_secrets_from_the_environment_only_what_comfy_env_names() {
         );
     }
     env.assert_nothing_left();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs to Google Cloud Storage, against fake-gcs-server behind a front (tests/common/gcs.rs)
+// that serves the token, testIamPermissions and injected upload faults.
+
+/// An emulator with the bucket, its front, and a service-account key whose token server is the
+/// front; `None` (after `cannot_run`) when the emulator or openssl is missing.
+struct Gcs {
+    emu: gcs::Emulator,
+    front: gcs::Front,
+    key: gcs::TestKey,
+}
+
+impl Gcs {
+    fn start(
+        test: &str,
+        env: &Env,
+        granted: Option<&[&str]>,
+        fail_uploads: usize,
+        fail_status: u16,
+    ) -> Option<Gcs> {
+        let bin = match gcs::binary() {
+            Ok(b) => b,
+            Err(why) => {
+                common::cannot_run(test, &why);
+                return None;
+            }
+        };
+        let emu = gcs::Emulator::start(&bin);
+        let front = gcs::Front::start(emu.port, granted, fail_uploads, fail_status);
+        let key = match gcs::TestKey::make(&env.dir, &format!("{}/token", front.url())) {
+            Ok(k) => k,
+            Err(why) => {
+                common::cannot_run(test, &why);
+                return None;
+            }
+        };
+        Some(Gcs { emu, front, key })
+    }
+
+    /// The variables of a worker writing to the bucket through the front, retrying fast.
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("GCS_BUCKET", gcs::BUCKET.to_string()),
+            ("STORAGE_EMULATOR_HOST", self.front.url()),
+            (
+                "GOOGLE_APPLICATION_CREDENTIALS",
+                s(&self.key.json).to_string(),
+            ),
+            ("GCS_RETRY_BASE_SLEEP", "0.05".to_string()),
+        ]
+    }
+}
+
+/// run-job with the GCS variables, and `more`.
+fn run_gcs(env: &Env, g: &Gcs, job: &Value, more: &[(&str, &str)]) -> Output {
+    let vars = g.vars();
+    let mut set: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    set.extend_from_slice(more);
+    env.run_job_env(&env.job_file(job), &[], &set)
+}
+
+/// The value of a query parameter as written in the URL.
+fn query_param<'a>(url: &'a str, name: &str) -> &'a str {
+    let query = url.split_once('?').expect("a query").1;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in the URL"))
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Check a V4 signed URL the way GCS does, from Google's description of the V4 signing
+/// process, with openssl: canonical request → string to sign → RSA-SHA256 signature over it
+/// with the service account's public key.
+fn verify_v4(url: &str, public_pem: &Path, dir: &Path) {
+    let (base, query) = url.split_once('?').unwrap();
+    let rest = base.split_once("://").unwrap().1;
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.starts_with("X-Goog-Signature="))
+        .collect();
+    params.sort();
+    let canonical = format!(
+        "GET\n{path}\n{}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD",
+        params.join("&")
+    );
+    let credential = pct_decode(query_param(url, "X-Goog-Credential"));
+    let scope = credential.split_once('/').unwrap().1;
+    let to_sign = format!(
+        "GOOG4-RSA-SHA256\n{}\n{scope}\n{}",
+        query_param(url, "X-Goog-Date"),
+        sha256_hex(canonical.as_bytes())
+    );
+    let sig = hex::decode(query_param(url, "X-Goog-Signature")).expect("hex signature");
+    fs::write(dir.join("to-sign.txt"), &to_sign).unwrap();
+    fs::write(dir.join("sig.bin"), &sig).unwrap();
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(public_pem)
+        .arg("-signature")
+        .arg(dir.join("sig.bin"))
+        .arg(dir.join("to-sign.txt"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Verified OK"),
+        "openssl does not accept the signature of {url}\n{}",
+        describe(&out)
+    );
+}
+
+/// The only output file of an answer, as a GCS URL.
+fn one_gcs_file(out: &Value) -> Value {
+    let images = out["images"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{out:#}"));
+    assert_eq!(images.len(), 1, "{out:#}");
+    let f = images[0].clone();
+    assert_eq!(f["type"], "gcs_url", "{f:#}");
+    f
+}
+
+/// A job answered with a signed URL: the object holds the output, with its Content-Type and
+/// sha256; the signature is one GCS accepts (checked by openssl); the login and the permission
+/// check happened; and at RUST_LOG=trace neither the token, the signed URL nor the key reach
+/// the log.
+#[test]
+fn gcs_job_answers_a_signed_url_to_the_uploaded_object() {
+    let env = Env::new();
+    let perms: &[&str] = &["storage.objects.create", "storage.objects.get"];
+    let Some(g) = Gcs::start(
+        "gcs_job_answers_a_signed_url_to_the_uploaded_object",
+        &env,
+        Some(perms),
+        0,
+        0,
+    ) else {
+        return;
+    };
+    let job = json!({"id": "job-gcs-1", "input": {"workflow": minimal_workflow()}});
+    let out = run_gcs(&env, &g, &job, &[("RUST_LOG", "trace")]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let answer = parse(&out);
+    assert!(answer.get("errors").is_none(), "{answer:#}");
+    let f = one_gcs_file(&answer);
+    let name = f["filename"].as_str().unwrap();
+    let object = format!("comfy/outputs/job-gcs-1/{name}");
+    assert_eq!(
+        f["gs_uri"],
+        format!("gs://{}/{object}", gcs::BUCKET),
+        "{f:#}"
+    );
+    assert_eq!(f["output"], "images");
+    assert_eq!(f["node"], "3");
+    // The object: the output's bytes (as the store has them), its type and its sha256.
+    let hex = f["sha256"].as_str().unwrap();
+    let cat = run(&env.store, &["cat", &format!("sha256:{hex}")]);
+    assert_eq!(code(&cat), 0, "{}", describe(&cat));
+    let bytes = g.emu.content(&object);
+    assert!(bytes == cat.stdout, "the object differs from the output");
+    assert_eq!(sha256_hex(&bytes), hex);
+    let meta = g.emu.metadata(&object).expect("the object exists");
+    assert_eq!(meta["contentType"], "image/png", "{meta:#}");
+    assert_eq!(meta["metadata"]["sha256"], hex, "{meta:#}");
+    // The URL: V4, 7 days by default, for the service account, signed right.
+    let url = f["data"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!(
+            "{}/{}/comfy/outputs/job-gcs-1/",
+            g.front.url(),
+            gcs::BUCKET
+        )),
+        "{url}"
+    );
+    assert_eq!(query_param(url, "X-Goog-Algorithm"), "GOOG4-RSA-SHA256");
+    assert_eq!(query_param(url, "X-Goog-Expires"), "604800");
+    assert!(pct_decode(query_param(url, "X-Goog-Credential")).starts_with(&g.key.email));
+    verify_v4(url, &g.key.public_pem, &env.dir);
+    // What went over the wire: a login, the permission check, an authorised conditional upload.
+    assert_eq!(g.front.seen_at("/token").len(), 1, "the token is not kept");
+    let iam = g.front.seen_at(&format!(
+        "/storage/v1/b/{}/iam/testPermissions",
+        gcs::BUCKET
+    ));
+    assert_eq!(iam.len(), 1, "{iam:?}");
+    assert!(iam[0].target.contains("storage.objects.get"), "{iam:?}");
+    let uploads = g.front.seen_at("/upload/");
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert!(
+        uploads[0].target.contains("ifGenerationMatch=0"),
+        "{uploads:?}"
+    );
+    assert_eq!(
+        uploads[0].header("authorization"),
+        Some(format!("Bearer {}", gcs::TOKEN).as_str())
+    );
+    // Secrets stay out of the log, even at trace.
+    let log = common::stderr(&out);
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "RUST_LOG=trace gave no log:\n{log}"
+    );
+    let signature = query_param(url, "X-Goog-Signature");
+    for secret in [gcs::TOKEN, signature, "X-Goog-Signature", "assertion="] {
+        assert!(!log.contains(secret), "the log shows {secret:?}:\n{log}");
+    }
+    let key_line = g.key.private_pem.lines().nth(3).unwrap();
+    assert!(!log.contains(key_line), "the log shows the private key");
+    env.assert_nothing_left();
+}
+
+/// `GCS_PUBLIC=1` answers the public URL; a video keeps its name and gets video/mp4; an
+/// emulator without IAM makes the permission check say it was skipped.
+#[test]
+fn gcs_public_url_keeps_names_and_content_types() {
+    let env = Env::new();
+    let Some(g) = Gcs::start(
+        "gcs_public_url_keeps_names_and_content_types",
+        &env,
+        None,
+        0,
+        0,
+    ) else {
+        return;
+    };
+    let job = json!({"id": "job-gcs-2", "input": {"workflow": {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 3, "color": 255}},
+        "2": {"class_type": "SaveVideo", "inputs": {"filename_prefix": "clips/v", "images": ["1", 0]}},
+    }}});
+    let out = run_gcs(
+        &env,
+        &g,
+        &job,
+        &[("GCS_PUBLIC", "1"), ("GCS_PREFIX", "/runs/a/")],
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(
+        common::stderr(&out).contains("permission check skipped"),
+        "{}",
+        describe(&out)
+    );
+    let f = one_gcs_file(&parse(&out));
+    let name = f["filename"].as_str().unwrap();
+    assert!(name.ends_with(".mp4"), "{f:#}");
+    let object = format!("runs/a/job-gcs-2/{name}");
+    assert_eq!(
+        f["data"],
+        format!("{}/{}/{object}", g.front.url(), gcs::BUCKET)
+    );
+    let meta = g.emu.metadata(&object).expect("the object exists");
+    assert_eq!(meta["contentType"], "video/mp4", "{meta:#}");
+    // The public URL serves the bytes (the emulator's XML-style path, through the front).
+    let path = f["data"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(&g.front.url())
+        .unwrap()
+        .to_string();
+    let (status, bytes) = net::request(g.front.port, "GET", &path, "text/plain", b"");
+    assert_eq!(status, 200);
+    assert_eq!(sha256_hex(&bytes), f["sha256"].as_str().unwrap());
+    assert_eq!(&bytes[4..8], b"ftyp");
+    env.assert_nothing_left();
+}
+
+/// Two 503s on the upload are retried away: the answer has the URL, the object is there once.
+#[test]
+fn gcs_upload_that_gets_503_twice_then_succeeds() {
+    let env = Env::new();
+    let Some(g) = Gcs::start(
+        "gcs_upload_that_gets_503_twice_then_succeeds",
+        &env,
+        None,
+        2,
+        503,
+    ) else {
+        return;
+    };
+    let job = json!({"id": "job-gcs-3", "input": {"workflow": minimal_workflow()}});
+    let out = run_gcs(&env, &g, &job, &[]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let answer = parse(&out);
+    assert!(answer.get("errors").is_none(), "{answer:#}");
+    let f = one_gcs_file(&answer);
+    let statuses: Vec<u16> = g
+        .front
+        .seen_at("/upload/")
+        .iter()
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(statuses, vec![503, 503, 200]);
+    let objects = g.emu.list("comfy/outputs/job-gcs-3/");
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert_eq!(
+        sha256_hex(&g.emu.content(&objects[0])),
+        f["sha256"].as_str().unwrap()
+    );
+}
+
+/// Connections dropped without an answer are retried like a 503.
+#[test]
+fn gcs_upload_after_two_dropped_connections_succeeds() {
+    let env = Env::new();
+    let Some(g) = Gcs::start(
+        "gcs_upload_after_two_dropped_connections_succeeds",
+        &env,
+        None,
+        2,
+        0,
+    ) else {
+        return;
+    };
+    let job = json!({"id": "job-gcs-drop", "input": {"workflow": minimal_workflow()}});
+    let out = run_gcs(&env, &g, &job, &[]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let answer = parse(&out);
+    assert!(answer.get("errors").is_none(), "{answer:#}");
+    let f = one_gcs_file(&answer);
+    let statuses: Vec<u16> = g
+        .front
+        .seen_at("/upload/")
+        .iter()
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(statuses, vec![0, 0, 200]);
+    assert!(
+        common::stderr(&out).contains("retrying"),
+        "{}",
+        describe(&out)
+    );
+    let object = format!(
+        "comfy/outputs/job-gcs-drop/{}",
+        f["filename"].as_str().unwrap()
+    );
+    assert_eq!(
+        sha256_hex(&g.emu.content(&object)),
+        f["sha256"].as_str().unwrap()
+    );
+}
+
+/// An upload that keeps failing loses nothing: the file stays in the store, the answer says
+/// so, and a small file comes back as base64 (or, with the fallback off, only the error).
+#[test]
+fn gcs_upload_that_keeps_failing_keeps_the_output_and_says_so() {
+    let env = Env::new();
+    let Some(g) = Gcs::start(
+        "gcs_upload_that_keeps_failing_keeps_the_output_and_says_so",
+        &env,
+        None,
+        usize::MAX,
+        503,
+    ) else {
+        return;
+    };
+    let job = json!({"id": "job-gcs-4", "input": {"workflow": minimal_workflow()}});
+    let out = run_gcs(&env, &g, &job, &[("GCS_RETRIES", "2")]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let answer = parse(&out);
+    let (f, png) = one_file(&answer);
+    let hex = f["sha256"].as_str().unwrap();
+    let errors = answer["errors"].to_string();
+    for said in [
+        "not uploaded",
+        "HTTP 503",
+        "after 3 attempts",
+        &format!("sha256:{hex}"),
+        "base64",
+    ] {
+        assert!(errors.contains(said), "errors lack {said:?}: {errors}");
+    }
+    assert_eq!(g.front.seen_at("/upload/").len(), 3);
+    let cat = run(&env.store, &["cat", &format!("sha256:{hex}")]);
+    assert!(cat.stdout == png, "the store does not keep the output");
+    // Without the fallback: no file in the answer, the error names it and where it is kept.
+    let out = run_gcs(
+        &env,
+        &g,
+        &job,
+        &[("GCS_RETRIES", "1"), ("GCS_FALLBACK_MAX_MB", "0")],
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let answer = parse(&out);
+    assert_eq!(answer["images"], json!([]), "{answer:#}");
+    let errors = answer["errors"].to_string();
+    assert!(errors.contains(f["filename"].as_str().unwrap()), "{errors}");
+    assert!(errors.contains(&format!("sha256:{hex}")), "{errors}");
+    assert!(g.emu.list("comfy/outputs/").is_empty());
+}
+
+/// An object of that name with other content is never replaced (ifGenerationMatch=0); the
+/// same job run again finds its own object and answers it.
+#[test]
+fn gcs_never_overwrites_another_object_and_a_rerun_finds_its_own() {
+    let env = Env::new();
+    let Some(g) = Gcs::start(
+        "gcs_never_overwrites_another_object_and_a_rerun_finds_its_own",
+        &env,
+        None,
+        0,
+        0,
+    ) else {
+        return;
+    };
+    let job = json!({"id": "job-gcs-5", "input": {"workflow": minimal_workflow()}});
+    let first = run_gcs(&env, &g, &job, &[]);
+    assert_eq!(code(&first), 0, "{}", describe(&first));
+    let f = one_gcs_file(&parse(&first));
+    let again = run_gcs(&env, &g, &job, &[]);
+    assert_eq!(code(&again), 0, "{}", describe(&again));
+    let again = parse(&again);
+    assert!(again.get("errors").is_none(), "{again:#}");
+    assert_eq!(one_gcs_file(&again)["gs_uri"], f["gs_uri"]);
+    // Someone else's object where the next job would write.
+    let name = f["filename"].as_str().unwrap();
+    let theirs = format!("comfy/outputs/job-gcs-6/{name}");
+    g.emu.put(&theirs, b"someone else's bytes");
+    let job = json!({"id": "job-gcs-6", "input": {"workflow": minimal_workflow()}});
+    let out = run_gcs(&env, &g, &job, &[]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let answer = parse(&out);
+    one_file(&answer);
+    let errors = answer["errors"].to_string();
+    assert!(
+        errors.contains("already exists with other content"),
+        "{errors}"
+    );
+    assert_eq!(g.emu.content(&theirs), b"someone else's bytes");
+}
+
+/// A missing permission stops the worker before ComfyUI starts, naming it and the bucket.
+#[test]
+fn gcs_missing_permission_fails_at_start_naming_it() {
+    let env = Env::new();
+    let granted: &[&str] = &["storage.objects.create"];
+    let Some(g) = Gcs::start(
+        "gcs_missing_permission_fails_at_start_naming_it",
+        &env,
+        Some(granted),
+        0,
+        0,
+    ) else {
+        return;
+    };
+    let job = json!({"input": {"workflow": minimal_workflow()}});
+    let out = run_gcs(&env, &g, &job, &[]);
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+    let err = common::stderr(&out);
+    assert!(err.contains("storage.objects.get"), "{err}");
+    assert!(err.contains(gcs::BUCKET), "{err}");
+    assert!(g.front.seen_at("/upload/").is_empty());
+    assert!(env.entries("output").is_empty(), "ComfyUI ran a job");
+    // A signed URL longer than GCS allows, or both kinds of URL, are refused at start too.
+    for bad in [
+        vec![("GCS_SIGNED_URL_TTL", "8d")],
+        vec![("GCS_SIGNED_URL_TTL", "1h"), ("GCS_PUBLIC", "true")],
+    ] {
+        let out = run_gcs(&env, &g, &job, &bad);
+        assert_ne!(code(&out), 0, "{}", describe(&out));
+        let err = common::stderr(&out);
+        assert!(err.contains("GCS_SIGNED_URL_TTL"), "{err}");
+    }
+}
+
+/// A file bigger than GCS_CHUNK_MB goes up in a resumable session, chunk by chunk (a failed
+/// chunk is sent again), and arrives whole with its type and hash.
+#[test]
+fn gcs_big_output_goes_up_in_a_resumable_session() {
+    let env = Env::new();
+    let Some(g) = Gcs::start(
+        "gcs_big_output_goes_up_in_a_resumable_session",
+        &env,
+        None,
+        1,
+        503,
+    ) else {
+        return;
+    };
+    // 2.3 MB of random pixels, stored uncompressed: SaveImage gives the same bytes back.
+    let input = png_rgb(900, 850, &pseudo_random(7, 900 * 850 * 3));
+    let job = json!({"id": "job-gcs-big", "input": {
+        "workflow": {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+            "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": "big", "images": ["1", 0]}},
+        },
+        "images": [{"name": "in.png", "image": data_uri(&input)}],
+    }});
+    // The second chunk fails once: it is sent again from where the session stands.
+    g.front.pass_first(2);
+    let out = run_gcs(
+        &env,
+        &g,
+        &job,
+        &[("GCS_CHUNK_MB", "1"), ("GCS_PUBLIC", "1")],
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let answer = parse(&out);
+    assert!(answer.get("errors").is_none(), "{answer:#}");
+    let f = one_gcs_file(&answer);
+    assert_eq!(f["sha256"], sha256_hex(&input));
+    let object = format!(
+        "comfy/outputs/job-gcs-big/{}",
+        f["filename"].as_str().unwrap()
+    );
+    assert!(
+        g.emu.content(&object) == input,
+        "the object differs from the output"
+    );
+    let uploads = g.front.seen_at("/upload/");
+    assert!(
+        uploads[0].method == "POST" && uploads[0].target.contains("uploadType=resumable"),
+        "{uploads:?}"
+    );
+    let chunks: Vec<u16> = uploads
+        .iter()
+        .filter(|u| u.method == "PUT")
+        .map(|u| u.status)
+        .collect();
+    assert_eq!(chunks, vec![308, 503, 308, 200], "{uploads:?}");
+    let meta = g.emu.metadata(&object).unwrap();
+    assert_eq!(meta["metadata"]["sha256"], sha256_hex(&input), "{meta:#}");
+    assert_eq!(meta["contentType"], "image/png", "{meta:#}");
+}
+
+/// `serve` takes the GCS settings as flags too: the local API answers a job with a URL; and a
+/// missing permission stops `serve` at once, before ComfyUI starts, naming it and the bucket.
+#[test]
+fn gcs_serve_by_flags_answers_urls_and_stops_at_once_without_permission() {
+    let env = Env::new();
+    let Some(g) = Gcs::start(
+        "gcs_serve_by_flags_answers_urls_and_stops_at_once_without_permission",
+        &env,
+        Some(&["storage.objects.create", "storage.objects.get"]),
+        0,
+        0,
+    ) else {
+        return;
+    };
+    let front = g.front.url();
+    let flags = [
+        "--gcs-bucket",
+        gcs::BUCKET,
+        "--gcs-emulator",
+        &front,
+        "--gcs-credentials",
+        s(&g.key.json),
+        "--gcs-prefix",
+        "served",
+        "--gcs-signed-url-ttl",
+        "1h",
+    ];
+    let (mut child, api) = serve_api(&env, &flags);
+    let r = http_post(
+        api,
+        "/runsync",
+        &json!({"input": {"workflow": minimal_workflow()}}),
+    );
+    assert_eq!(r["status"], "COMPLETED", "{r:#}");
+    let f = one_gcs_file(&r["output"]);
+    let url = f["data"].as_str().unwrap();
+    assert_eq!(query_param(url, "X-Goog-Expires"), "3600");
+    verify_v4(url, &g.key.public_pem, &env.dir);
+    let id = r["id"].as_str().unwrap();
+    let object = format!("served/{id}/{}", f["filename"].as_str().unwrap());
+    assert_eq!(
+        sha256_hex(&g.emu.content(&object)),
+        f["sha256"].as_str().unwrap()
+    );
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+
+    // The same flags against a front that grants only create: signing needs get.
+    let g2 = Gcs::start(
+        "gcs_serve_by_flags_answers_urls_and_stops_at_once_without_permission",
+        &env,
+        Some(&["storage.objects.create"]),
+        0,
+        0,
+    )
+    .unwrap();
+    let front2 = g2.front.url();
+    let key2 = s(&g2.key.json).to_string();
+    let mut flags2 = flags;
+    flags2[3] = &front2;
+    flags2[5] = &key2;
+    let mut remove: Vec<String> = scrubbed_vars();
+    remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
+    remove.extend(GCS_ENV.iter().map(|v| v.to_string()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
+    cmd.args(["--store", s(&env.store), "serve", "--api"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args([
+            "--dest",
+            s(&env.dest),
+            "--comfy-port",
+            &env.port.to_string(),
+        ])
+        .args(["--comfy-arg=--cpu"])
+        .args(flags2);
+    for k in &remove {
+        cmd.env_remove(k);
+    }
+    let started = Instant::now();
+    let out = cmd.output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "serve took {:?} to stop",
+        started.elapsed()
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("missing permission storage.objects.get on bucket outputs-test"),
+        "{err}"
+    );
+    assert!(!listening(env.port));
+    assert!(g2.front.seen_at("/upload/").is_empty());
 }

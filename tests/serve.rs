@@ -64,6 +64,23 @@ fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     net::request(port, method, path, "application/json", body)
 }
 
+/// The variables that send outputs elsewhere than the answer: never from the machine.
+const GCS_ENV: &[&str] = &[
+    "OUTPUT_MODE",
+    "GCS_BUCKET",
+    "GCS_PREFIX",
+    "GCS_PROJECT",
+    "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GCS_RETRIES",
+    "GCS_RETRY_BASE_SLEEP",
+    "GCS_PUBLIC",
+    "GCS_SIGNED_URL_TTL",
+    "GCS_FALLBACK_MAX_MB",
+    "GCS_CHUNK_MB",
+    "STORAGE_EMULATOR_HOST",
+];
+
 /// Options of one test's setup.
 #[derive(Default)]
 struct Opts {
@@ -76,6 +93,8 @@ struct Opts {
     /// How long the fake holds a take or stop poll without a job before its 204 (1 s when
     /// not given; 0: at once).
     hold: Option<f64>,
+    /// More variables for the worker.
+    env: Vec<(&'static str, String)>,
 }
 
 /// One test's temp dir, fake job server and worker; both processes (and the worker's
@@ -178,8 +197,12 @@ impl Setup {
             .chain(inherited)
             .chain(NETWORK_ENV.iter().map(|v| v.to_string()))
             .chain(["COMFY_PORT", "COMFY_HOME", "COMFY_ORG_API_KEY", "RUST_LOG"].map(String::from))
+            .chain(GCS_ENV.iter().map(|v| v.to_string()))
         {
             cmd.env_remove(k);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
         }
         cmd.env(
             "RUNPOD_WEBHOOK_GET_JOB",
@@ -939,5 +962,67 @@ fn an_idle_worker_polls_at_the_sdks_pace_and_backs_off_on_errors() {
     assert!(
         t0.elapsed() < Duration::from_secs(3),
         "SIGTERM waited for the back-off"
+    );
+}
+
+/// On RunPod with GCS_BUCKET set: the posted result names the uploaded object by a signed URL,
+/// and neither the access token nor the signed URL is in the log, even at trace.
+#[test]
+fn gcs_outputs_are_posted_as_urls_and_kept_out_of_the_log() {
+    let test = "gcs_outputs_are_posted_as_urls_and_kept_out_of_the_log";
+    let bin = match common::gcs::binary() {
+        Ok(b) => b,
+        Err(why) => return common::cannot_run(test, &why),
+    };
+    let emu = common::gcs::Emulator::start(&bin);
+    let front = common::gcs::Front::start(
+        emu.port,
+        Some(&["storage.objects.create", "storage.objects.get"]),
+        0,
+        0,
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let key = match common::gcs::TestKey::make(keys.path(), &format!("{}/token", front.url())) {
+        Ok(k) => k,
+        Err(why) => return common::cannot_run(test, &why),
+    };
+    let id = "gcs-posted-1";
+    let mut w = Setup::start(Opts {
+        rust_log: Some("trace"),
+        env: vec![
+            ("GCS_BUCKET", common::gcs::BUCKET.to_string()),
+            ("STORAGE_EMULATOR_HOST", front.url()),
+            ("GOOGLE_APPLICATION_CREDENTIALS", s(&key.json).to_string()),
+        ],
+        ..Opts::default()
+    });
+    w.enqueue(&[good_job(id)]);
+    let rec = w.result(id, Duration::from_secs(20));
+    let status = w.sigterm(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{}", w.report());
+    let images = body(&rec)["output"]["images"].clone();
+    assert_eq!(images.as_array().map(Vec::len), Some(1), "{rec:#}");
+    let f = &images[0];
+    assert_eq!(f["type"], "gcs_url", "{f:#}");
+    let object = format!("comfy/outputs/{id}/{}", f["filename"].as_str().unwrap());
+    assert_eq!(
+        f["gs_uri"],
+        format!("gs://{}/{object}", common::gcs::BUCKET)
+    );
+    assert_eq!(
+        sha256_hex(&emu.content(&object)),
+        f["sha256"].as_str().unwrap()
+    );
+    let url = f["data"].as_str().unwrap();
+    let signature = url.split("X-Goog-Signature=").nth(1).expect("a signed URL");
+    let log = w.log();
+    assert!(log.contains("TRACE"), "no trace lines:\n{log}");
+    for secret in [common::gcs::TOKEN, signature, "X-Goog-Signature"] {
+        assert!(!log.contains(secret), "the log shows {secret:?}:\n{log}");
+    }
+    let out = fs::read_to_string(w.dir.join("worker.out")).unwrap();
+    assert!(
+        !out.contains(signature),
+        "the signed URL is on stdout:\n{out}"
     );
 }

@@ -4,6 +4,7 @@
 mod fetch_cmds;
 mod lock_cmds;
 mod materialize_cmds;
+mod outputs;
 mod progress;
 mod python_cmds;
 mod repro_cmds;

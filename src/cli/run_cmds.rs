@@ -35,6 +35,8 @@ pub struct ComfyArgs {
     pub run: ComfyRunArgs,
     #[command(flatten)]
     pub sources: SourceArgs,
+    #[command(flatten)]
+    pub outputs: super::outputs::OutputArgs,
 }
 
 /// How ComfyUI is started and how long it and its jobs may take (shared by the commands that
@@ -93,7 +95,12 @@ pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
         materialize::materialize_lock(&store, &lock, &a.dest, &opts)
             .with_context(|| format!("materialize {} at {}", lock.tag, a.dest.display()))?;
     }
-    worker_at(Arc::new(store), &a.dest, &a.run)
+    let w = worker_at(Arc::new(store), &a.dest, &a.run)?;
+    // Checked before ComfyUI starts: a bucket without the permissions stops here.
+    Ok(match super::outputs::sink(&a.outputs, w.runtime())? {
+        Some(sink) => w.with_sink(sink),
+        None => w,
+    })
 }
 
 /// A worker on the version materialized at `dest` (ComfyUI not started yet); its outputs go

@@ -297,6 +297,9 @@ pub struct OutputFile {
     /// The node output key it came under: `images`, `gifs`, `videos`, `audio`, …
     pub output: String,
     pub node: String,
+    /// `gs://bucket/object`, when the file went to GCS (`type: "gcs_url"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gs_uri: Option<String>,
 }
 
 /// A successful job's `output`.

@@ -12,7 +12,7 @@
 
 use super::error::Error;
 use super::failure::{JobError, OutputError, Trouble};
-use super::job::{parse_input, InputImage, JobInput, JobOutput, Limits, OutputFile};
+use super::job::{parse_input, InputImage, JobInput, JobOutput, Limits};
 use super::sink::{self, Sink};
 use crate::comfy::api::{Finished, Produced, Submitted};
 use crate::comfy::supervisor::Supervisor;
@@ -326,7 +326,10 @@ impl Worker {
                 continue;
             }
             match self.deliver(job_id, f) {
-                Ok(file) => out.images.push(file),
+                Ok(d) => {
+                    out.images.push(d.file);
+                    out.errors.extend(d.note);
+                }
                 Err(e) => out.errors.push(format!("{}: {e}", f.filename)),
             }
         }
@@ -347,10 +350,10 @@ impl Worker {
     }
 
     /// One output file: `GET /view`, into the store, then to the sink.
-    fn deliver(&self, job_id: &str, f: &Produced) -> Result<OutputFile, OutputError> {
+    fn deliver(&self, job_id: &str, f: &Produced) -> Result<sink::Delivered, OutputError> {
         self.dirs.path_of(f)?;
         let bytes = self.rt.block_on(self.comfy.view(f))?;
-        self.store_output(&f.filename, &bytes);
+        let stored = self.store_output(&f.filename, &bytes);
         let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
         self.sink
             .deliver(&sink::Produced {
@@ -360,21 +363,24 @@ impl Worker {
                 node: &f.node,
                 bytes: &bytes,
                 sha256: &sha256,
+                stored,
             })
             .map_err(OutputError::Sink)
     }
 
     /// Add an output to the store, when the worker has one; a failure only warns (the answer
-    /// still carries the file).
-    fn store_output(&self, filename: &str, bytes: &[u8]) {
-        if let Some(store) = &self.store {
-            let put = store
-                .put_bytes(bytes, false, true)
-                .and_then(|p| store.record_object(&p).map(|()| p));
-            if let Err(e) = put {
-                tracing::warn!("output {filename} not stored: {e}");
-            }
+    /// still carries the file). Whether it is in the store.
+    fn store_output(&self, filename: &str, bytes: &[u8]) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let put = store
+            .put_bytes(bytes, false, true)
+            .and_then(|p| store.record_object(&p).map(|()| p));
+        if let Err(e) = &put {
+            tracing::warn!("output {filename} not stored: {e}");
         }
+        put.is_ok()
     }
 
     /// 5. Keep this job's files (deleting the previous job's others) and let ComfyUI forget

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod comfy;
+pub mod gcs;
 pub mod http;
 pub mod net;
 pub mod pyindex;
