@@ -32,9 +32,9 @@ pub struct Definition {
     pub schema: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_comfy_version: Option<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub custom_nodes: Vec<BuildNode>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub models: Vec<BuildModel>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pip_dependencies: Option<String>,
@@ -42,14 +42,6 @@ pub struct Definition {
     pub environment: Option<Environment>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_image: Option<String>,
-}
-
-fn null_as_empty<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -26,19 +26,11 @@ pub struct ComfyLock {
     pub basics: Option<Basics>,
     /// The README's spelling of `basics`.
     pub basic: Option<Basics>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub models: Vec<LockModel>,
     /// A Manager snapshot (mapping), or the empty list comfy-cli writes.
     #[serde(default)]
     pub custom_nodes: serde_json::Value,
-}
-
-fn null_as_empty<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -53,10 +45,10 @@ pub struct Basics {
 pub struct LockModel {
     pub model: Option<String>,
     pub url: Option<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub paths: Vec<ModelPath>,
     pub hash: Option<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub hashes: Vec<ModelHash>,
     #[serde(rename = "type")]
     pub kind: Option<String>,

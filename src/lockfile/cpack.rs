@@ -35,28 +35,20 @@ pub struct CpackSnapshot {
     pub comfyui: Option<String>,
     /// The Python it was packed with, `major.minor`.
     pub python: Option<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub models: Vec<CpackModel>,
     /// Before 0.4: the node repos.
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub custom_nodes: Vec<CpackNode>,
     /// From 0.4: ComfyUI-Manager's snapshot fields.
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub git_custom_nodes: BTreeMap<String, GitNode>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub cnr_custom_nodes: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub file_custom_nodes: Vec<FileNode>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub pips: BTreeMap<String, String>,
-}
-
-fn null_as_empty<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A node before 0.4.

@@ -60,6 +60,16 @@ pub struct GitRef {
 }
 
 /// A tag or branch name safe to hand to `git ls-remote`.
+/// `null` read as the empty collection: the other tools write `"pips": null` and the like.
+pub(super) fn null_as_empty<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    use serde::Deserialize;
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 pub(super) fn is_plain_ref(r: &str) -> bool {
     !r.is_empty()
         && r.len() <= 255

@@ -23,23 +23,14 @@ pub const COMFYUI_REPO: &str = "https://github.com/comfyanonymous/ComfyUI";
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     pub comfyui: Option<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub git_custom_nodes: BTreeMap<String, GitNode>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub cnr_custom_nodes: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub file_custom_nodes: Vec<FileNode>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "super::formats::null_as_empty")]
     pub pips: BTreeMap<String, String>,
-}
-
-/// `null` read as the empty collection.
-fn null_as_empty<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
