@@ -469,3 +469,42 @@ fn a_moved_dest_is_not_taken_for_a_hostile_marker() {
     assert!(!new.exists());
     assert!(roots(&s.store).is_empty(), "both roots went");
 }
+
+/// What a materialize killed mid-copy leaves: an incomplete marker and a half-written file.
+/// `remove` deletes nothing (the file cannot be told from a user's edit), and says to finish
+/// the materialize; after that, `remove` works.
+#[test]
+fn remove_after_a_killed_materialize_keeps_everything_until_it_is_finished() {
+    let s = setup();
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let id = tree(&s, "v1", &[("a.py", b"print(1)\n"), ("big.bin", &big)]);
+    let dest = s.root.join("dest");
+    ok(
+        &s.store,
+        &["materialize", &id, arg(&dest), "--link", "copy"],
+    );
+    let mut m = read_marker(&dest);
+    m["complete"] = false.into();
+    write_marker(&dest, &m);
+    let half = dest.join("big.bin");
+    fs::remove_file(&half).unwrap();
+    fs::write(&half, &big[..4096]).unwrap();
+
+    let out = run(&s.store, &["remove", arg(&dest)]);
+    assert_ne!(code(&out), 0, "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("did not finish"),
+        "{}",
+        describe(&out)
+    );
+    assert!(dest.join(MARKER).is_file() && dest.join("a.py").is_file());
+    assert_eq!(fs::read(&half).unwrap().len(), 4096, "nothing was touched");
+
+    ok(
+        &s.store,
+        &["materialize", &id, arg(&dest), "--link", "copy"],
+    );
+    assert!(fs::read(&half).unwrap() == big);
+    ok(&s.store, &["remove", arg(&dest)]);
+    assert!(!dest.exists(), "DEST is gone");
+}

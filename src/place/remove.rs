@@ -42,6 +42,31 @@ pub fn remove(store: &Store, dest: &Path, all: bool) -> Result<RemoveReport> {
         false,
         "refusing to remove a directory comfystore did not make",
     )?;
+    // A materialize killed while writing leaves files that may be half-written copies: they
+    // differ from the version like a user's edits do, and cannot be told from them. Keeping
+    // them and deleting the marker would leave a DEST no later run accepts; finishing the
+    // materialize first tells them apart.
+    if !found.marker.complete && !all {
+        let differing = found
+            .manifest
+            .entries
+            .iter()
+            .zip(&found.checked)
+            .filter(|(e, c)| {
+                !matches!(e.node, Node::Dir)
+                    && found.scan.contains_key(&e.path)
+                    && c.state != EntryState::Ok
+            })
+            .count();
+        if differing > 0 {
+            return Err(Error::bad_input(
+                &dest,
+                format!(
+                    "the last materialize here did not finish (killed?): {differing} file(s) differ from its version and may be half-written, so nothing was removed; run `comfystore materialize` again to finish it, then remove (or `remove --all` to delete everything)"
+                ),
+            ));
+        }
+    }
     let mut report = RemoveReport::default();
     let beneath = Beneath::open(&dest)?;
     remove_placed(&beneath, &found, all, &mut report)?;
