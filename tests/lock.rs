@@ -965,6 +965,18 @@ fn manager_snapshot_round_trips_through_a_lock() {
     let shown = json(&store, &["show", s(&lock_path)]);
     assert_eq!(shown["comfyui"]["in_store"], false);
     assert_eq!(shown["models"]["count"], 0);
+    // A registry node without a repository says why it cannot be fetched, here and in fetch.
+    let gap = shown["not_portable"].to_string();
+    assert!(
+        gap.contains("comfyui-impact-pack: a Comfy Registry node (comfyui-impact-pack 8.8.1)"),
+        "{shown:#}"
+    );
+    let fetched = run(&store, &["fetch", s(&lock_path), "--offline"]);
+    assert!(
+        String::from_utf8_lossy(&fetched.stderr).contains("a Comfy Registry node"),
+        "{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
 
     // To stdout by default, and to a file with -o: the same snapshot.
     let exported = ok(&store, &["export-snapshot", s(&lock_path)]);

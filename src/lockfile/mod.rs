@@ -16,6 +16,7 @@ pub mod diff;
 mod formats;
 mod layout;
 mod portable;
+pub use portable::registry_gap;
 pub mod snapshot;
 
 pub use crate::ident::{is_commit, normalize_package_name};

@@ -16,8 +16,13 @@ impl Lockfile {
         }
         for n in &self.custom_nodes {
             let why = match n.file {
-                Some(_) => Some("a single-file node has no source"),
-                None => source_gap(n.repo.as_deref(), n.commit.as_deref(), n.dirty),
+                Some(_) => Some("a single-file node has no source".to_string()),
+                None => source_gap(n.repo.as_deref(), n.commit.as_deref(), n.dirty).map(|why| {
+                    n.registry
+                        .as_ref()
+                        .filter(|_| n.repo.is_none())
+                        .map_or(why.to_string(), |r| registry_gap(&r.id, &r.version))
+                }),
             };
             if let Some(why) = why {
                 v.push(format!("custom_nodes/{}: {why}", n.name));
@@ -34,6 +39,15 @@ impl Lockfile {
         );
         v
     }
+}
+
+/// Why a Comfy Registry node with no repository cannot be fetched.
+pub fn registry_gap(id: &str, version: &str) -> String {
+    format!(
+        "a Comfy Registry node ({id} {version}) with no repository and commit: comfystore \
+         fetches nodes from git, not from the registry's archives; lock an install that has it \
+         (its git checkout gives repo and commit), or import a bundle or mirror"
+    )
 }
 
 /// Why a source tree cannot come from git, if it cannot.

@@ -79,6 +79,8 @@ struct LockedTree {
     commit: Option<String>,
     dirty: bool,
     excludes: Vec<String>,
+    /// A Comfy Registry node's id and version, when that is all the lock says of it.
+    registry: Option<(String, String)>,
 }
 
 /// The lock's source trees; where the lock names none, the tree an earlier fetch recorded for
@@ -92,6 +94,7 @@ fn source_trees(store: &Store, lock: &Lockfile) -> Result<Vec<LockedTree>> {
         commit: c.commit.clone(),
         dirty: c.dirty,
         excludes: crate::lockfile::comfyui_excludes(),
+        registry: None,
     }];
     for n in lock.custom_nodes.iter().filter(|n| n.file.is_none()) {
         v.push(LockedTree {
@@ -101,6 +104,10 @@ fn source_trees(store: &Store, lock: &Lockfile) -> Result<Vec<LockedTree>> {
             commit: n.commit.clone(),
             dirty: n.dirty,
             excludes: Vec::new(),
+            registry: n
+                .registry
+                .as_ref()
+                .map(|r| (r.id.clone(), r.version.clone())),
         });
     }
     for t in v.iter_mut().filter(|t| !t.dirty) {
@@ -194,10 +201,13 @@ impl Fetch<'_> {
                     expect: t.tree,
                     excludes: t.excludes,
                 }),
-                _ => self.report.failed.push((
-                    t.label,
-                    "no repo and commit to fetch it from: import a bundle or mirror".into(),
-                )),
+                _ => {
+                    let why = match &t.registry {
+                        Some((id, version)) => crate::lockfile::registry_gap(id, version),
+                        None => "no repo and commit to fetch it from: import a bundle or mirror".into(),
+                    };
+                    self.report.failed.push((t.label, why));
+                }
             }
         }
         Ok(git)
