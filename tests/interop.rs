@@ -336,15 +336,15 @@ custom_nodes:
     assert_eq!(lock["comfyui"]["commit"], COMFY);
     assert_eq!(node(&lock, "NodeA")["commit"], NODE_A);
     warned(&w, &["tool.py", "not imported"]);
-    warned(
-        &w,
-        &[
-            "models/checkpoints/sd15.safetensors",
-            SHA,
-            "https://huggingface.co/org/sd15/resolve/main/sd15.safetensors",
-            "size unknown",
-            "not imported",
-        ],
+    // comfy-cli records no size: the model comes in by sha256 and URL, with neither size nor
+    // blake3 (`fetch --update-lock` writes both).
+    let m = &lock["models"][0];
+    assert_eq!(m["path"], "models/checkpoints/sd15.safetensors", "{lock:#}");
+    assert_eq!(m["sha256"], SHA);
+    assert!(m.get("size").is_none() && m.get("blake3").is_none(), "{m}");
+    assert_eq!(
+        m["sources"][0],
+        "https://huggingface.co/org/sd15/resolve/main/sd15.safetensors"
     );
 
     // What comfy-cli's save_yaml writes today: `hash`, and `custom_nodes: []`.
@@ -1030,4 +1030,47 @@ fn a_lock_goes_out_as_a_build_definition_and_comes_back_the_same() {
         "{back:#}"
     );
     assert_eq!(back["models"], lock["models"], "{back:#}");
+}
+
+#[test]
+fn a_comfy_cli_model_without_a_size_is_fetched_completed_and_placed() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let body = b"weights comfy-cli only knew by url and sha256".repeat(500);
+    let sha = common::sha256_hex(&body);
+    let server = common::http::TestServer::start();
+    server.add(
+        "/x.safetensors",
+        body.clone(),
+        common::http::Behavior::Normal,
+    );
+    let f = t.path().join("comfy.lock.yaml");
+    fs::write(
+        &f,
+        format!(
+            "basics:\n  name: w\n  updated_at: '2026-11-30T12:00:00'\ncustom_nodes: []\nmodels:\n- hash: {sha}\n  model: x\n  paths:\n  - path: models/vae/x.safetensors\n  type: vae\n  url: {}\n",
+            server.url("/x.safetensors")
+        ),
+    )
+    .unwrap();
+    let lock = t.path().join("imported.lock.json");
+    common::ok(
+        &store,
+        &["import-from", s(&f), "--tag", "cli", "-o", s(&lock)],
+    );
+    let updated = common::json(
+        &store,
+        &["fetch", s(&lock), "--only", "models", "--update-lock"],
+    );
+    assert_eq!(updated["failed"], serde_json::json!([]), "{updated:#}");
+    let after: Value = serde_json::from_slice(&fs::read(&lock).unwrap()).unwrap();
+    let m = &after["models"][0];
+    assert_eq!(m["size"], body.len() as u64, "{m}");
+    assert_eq!(m["blake3"], blake3::hash(&body).to_hex().as_str());
+    let dest = t.path().join("dest");
+    common::ok(
+        &store,
+        &["materialize", s(&lock), s(&dest), "--only", "models"],
+    );
+    assert!(fs::read(dest.join("models/vae/x.safetensors")).unwrap() == body);
 }

@@ -382,8 +382,8 @@ impl<'l> Present<'l> {
                 &comfystore::lockfile::comfyui_excludes(),
             )?,
             nodes_missing,
-            model_bytes: l.models.iter().map(|m| m.size).sum(),
-            missing_bytes: models_missing.iter().map(|m| m.size).sum(),
+            model_bytes: l.models.iter().filter_map(|m| m.size).sum(),
+            missing_bytes: models_missing.iter().filter_map(|m| m.size).sum(),
             models_missing,
             env_in_store,
             wheels_missing,
@@ -448,7 +448,8 @@ fn show_text(path: &Path, l: &Lockfile, p: &Present) {
         println!(
             "  missing {} ({}){}",
             m.path,
-            HumanBytes(m.size),
+            m.size
+                .map_or_else(|| "size unknown".to_string(), |n| HumanBytes(n).to_string()),
             if m.sources.is_empty() {
                 " — no known source"
             } else {

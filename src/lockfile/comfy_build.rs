@@ -366,7 +366,7 @@ pub fn export(lock: &Lockfile, warnings: &mut Vec<String>) -> Definition {
                     .trim_start_matches("sha256:")
                     .to_string(),
             ),
-            size_bytes: Some(m.size),
+            size_bytes: m.size,
             source_uri,
             ..Default::default()
         });

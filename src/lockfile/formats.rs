@@ -183,15 +183,12 @@ pub(super) fn push_model(
         Some(format!("not a safe path in the ComfyUI folder ({e})"))
     } else if sha.is_none() {
         Some("sha256 unknown".to_string())
-    } else if size.is_none() {
-        Some("size unknown".to_string())
     } else if lock.models.iter().any(|m| m.path == path) {
         Some("listed twice; the first entry is kept".to_string())
     } else {
         None
     };
-    let (Some(sha), Some(size), None) = (sha.as_deref().and_then(Sha256::from_hex), size, &why)
-    else {
+    let (Some(sha), None) = (sha.as_deref().and_then(Sha256::from_hex), &why) else {
         let sha = sha.map_or_else(String::new, |s| format!("sha256 {s}, "));
         warnings.push(format!(
             "model {path:?}: {} ({sha}{from}); not imported",

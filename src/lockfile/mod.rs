@@ -173,7 +173,10 @@ pub struct Package {
 #[serde(deny_unknown_fields)]
 pub struct Model {
     pub path: String,
-    pub size: u64,
+    /// Bytes. Absent only with `blake3` (a tool that records a URL and SHA-256 alone, like
+    /// comfy-cli): `fetch --update-lock` writes both in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     #[serde(with = "crate::store::hex64")]
     pub sha256: Sha256,
     /// The store object id, as bare hex (what `b3sum` prints). Absent only in a lock imported
@@ -196,6 +199,16 @@ impl Model {
             format!(
                 "its blake3 is not in the lock and the store has no file with sha256 {}: \
                  run `comfystore fetch --update-lock` on the lock",
+                self.sha256.hex()
+            )
+        })
+    }
+
+    /// The size, or why it is not known (as [`Model::id`]).
+    pub fn bytes(&self) -> std::result::Result<u64, String> {
+        self.size.ok_or_else(|| {
+            format!(
+                "its size is not in the lock (sha256 {}): run `comfystore fetch --update-lock` on the lock",
                 self.sha256.hex()
             )
         })
@@ -454,6 +467,9 @@ impl Lockfile {
             if !paths.insert(m.path.as_str()) {
                 return Err(format!("{at}.path: duplicate model path {:?}", m.path));
             }
+            if m.blake3.is_some() && m.size.is_none() {
+                return Err(format!("{at}.size: required when blake3 is given"));
+            }
             for (j, u) in m.sources.iter().enumerate() {
                 check_url(u).map_err(|e| format!("{at}.sources[{j}]: {e}"))?;
             }
@@ -566,7 +582,7 @@ mod tests {
         for path in ["models/b.bin", "models/a.bin"] {
             l.models.push(Model {
                 path: path.into(),
-                size: 3,
+                size: Some(3),
                 sha256: Sha256([3; 32]),
                 blake3: Some(ObjectId([4; 32])),
                 sources: vec!["https://h/x".into(), "https://h/x".into()],

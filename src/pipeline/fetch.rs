@@ -275,7 +275,7 @@ impl Fetch<'_> {
             if !seen.insert(m.sha256) {
                 continue;
             }
-            self.report.needed_bytes += m.size;
+            self.report.needed_bytes += m.size.unwrap_or(0);
             let in_mirror = |d: &Path| d.join(&m.path);
             items.push(Download {
                 label: m.path.clone(),
@@ -283,7 +283,7 @@ impl Fetch<'_> {
                 expect: Expect {
                     sha256: Some(m.sha256),
                     blake3: m.blake3,
-                    size: Some(m.size),
+                    size: m.size,
                 },
             });
         }

@@ -478,7 +478,7 @@ fn shared_models(lock: &Lockfile) -> Result<Manifest> {
                 path: path.to_string(),
                 node: Node::File {
                     exec: false,
-                    size: m.size,
+                    size: super::version::model_size(m)?,
                     id: super::version::model_id(m)?,
                 },
             });

@@ -205,7 +205,7 @@ mod tests {
         a.custom_nodes = vec![node("n", "https://x/n", Some(&"1".repeat(40)), 1)];
         a.models = vec![Model {
             path: "models/m.bin".into(),
-            size: 1,
+            size: Some(1),
             sha256: crate::store::Sha256([2; 32]),
             blake3: Some(ObjectId([3; 32])),
             sources: vec!["https://x/m.bin".into()],

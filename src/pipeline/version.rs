@@ -81,6 +81,11 @@ pub fn complete_models(store: &Store, lock: &Lockfile) -> Result<Lockfile> {
     let mut out = lock.clone();
     for m in out.models.iter_mut().filter(|m| m.blake3.is_none()) {
         m.blake3 = store.lookup_sha256(&m.sha256)?;
+        // A format that records no size (comfy-cli): the stored file's.
+        if let (Some(id), None) = (m.blake3, m.size) {
+            let path = store.object_path(&id, false);
+            m.size = Some(std::fs::metadata(&path).ctx("stat", &path)?.len());
+        }
     }
     Ok(out)
 }
@@ -88,6 +93,11 @@ pub fn complete_models(store: &Store, lock: &Lockfile) -> Result<Lockfile> {
 /// A model's store id; an error names the model whose blake3 is unknown and what to run.
 pub fn model_id(m: &crate::lockfile::Model) -> Result<ObjectId> {
     m.id().map_err(|e| Error::bad_input(&m.path, e))
+}
+
+/// A model's size; an error names the model whose size is unknown and what to run.
+pub fn model_size(m: &crate::lockfile::Model) -> Result<u64> {
+    m.bytes().map_err(|e| Error::bad_input(&m.path, e))
 }
 
 /// Build the version tree of `lock` from the parts `wants` selects.
@@ -266,7 +276,7 @@ impl Composer<'_> {
         {
             let node = Node::File {
                 exec: false,
-                size: m.size,
+                size: model_size(m)?,
                 id: model_id(m)?,
             };
             self.put(m.path.clone(), node, &m.path)?;

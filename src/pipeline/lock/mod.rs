@@ -114,7 +114,7 @@ pub fn lock(store: &Store, opts: &LockOptions) -> Result<(Lockfile, LockReport)>
         .unwrap_or_else(|| comfy.join("models"));
     lock.models = lock_models(store, &models_dir, &extra, opts, &claimed, &mut report)?;
     report.models = lock.models.len();
-    report.model_bytes = lock.models.iter().map(|m| m.size).sum();
+    report.model_bytes = lock.models.iter().filter_map(|m| m.size).sum();
     lock.canonicalize();
     lock.validate().map_err(|e| {
         Error::bad_input(
@@ -626,7 +626,7 @@ fn lock_models(
         }
         out.push(Model {
             path: m.path.clone(),
-            size: a.size,
+            size: Some(a.size),
             sha256: a.sha256,
             blake3: Some(a.id),
             sources,
