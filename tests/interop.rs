@@ -1074,3 +1074,99 @@ fn a_comfy_cli_model_without_a_size_is_fetched_completed_and_placed() {
     );
     assert!(fs::read(dest.join("models/vae/x.safetensors")).unwrap() == body);
 }
+
+/// comfy-pack and comfy-cli end to end, as the build definition above: imported, fetched
+/// (ComfyUI and a node from local bare repos, the model from an HTTP server), completed,
+/// materialized, verified, and run (ComfyUI's entry point imports the node and reads the
+/// model).
+#[test]
+fn cpack_and_comfy_cli_files_import_fetch_materialize_and_run() {
+    let test = "cpack_and_comfy_cli_files_import_fetch_materialize_and_run";
+    for tool in ["git", "python3"] {
+        let runs = std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !runs {
+            common::cannot_run(test, &format!("{tool} is not on PATH"));
+            return;
+        }
+    }
+    let t = tempfile::tempdir().unwrap();
+    let main_py = "import sys\nsys.path.insert(0, 'custom_nodes')\nimport NodeA\n\
+                   data = open('models/checkpoints/sd.safetensors', 'rb').read()\n\
+                   print('comfy', NodeA.NODE, len(data))\n";
+    let comfy = bare_repo(t.path(), "ComfyUI", &[("main.py", main_py)]);
+    let node = bare_repo(t.path(), "NodeA", &[("__init__.py", "NODE = 7\n")]);
+    let body = b"checkpoint bytes ".repeat(4096);
+    let sha = common::sha256_hex(&body);
+    let server = common::http::TestServer::start();
+    server.add(
+        "/m/sd.safetensors",
+        body.clone(),
+        common::http::Behavior::Normal,
+    );
+    let url = server.url("/m/sd.safetensors");
+    let node_url = format!("file://{}", s(&t.path().join("NodeA.git")));
+    let comfy_repo = format!("file://{}", s(&t.path().join("ComfyUI.git")));
+
+    let cpack_snapshot = format!(
+        r#"{{"python": "3.11", "comfyui": "{comfy}",
+  "models": [{{"filename": "models/checkpoints/sd.safetensors", "size": {}, "atime": 1.0,
+    "ctime": 1.0, "disabled": false, "sha256": "{sha}", "source": {{"download_url": "{url}"}}}}],
+  "custom_nodes": [{{"url": "{node_url}", "commit_hash": "{node}", "disabled": false}}]}}"#,
+        body.len()
+    );
+    let cpack = t.path().join("pack.cpack.zip");
+    zip(
+        &cpack,
+        &[("snapshot.json", &cpack_snapshot), ("requirements.txt", "")],
+    );
+    let cli = t.path().join("comfy.lock.yaml");
+    fs::write(
+        &cli,
+        format!(
+            "basics:\n  name: w\n  updated_at: '2026-11-30T12:00:00'\nmodels:\n- model: sd\n  url: {url}\n  paths:\n  - path: models/checkpoints/sd.safetensors\n  hashes:\n  - hash: {sha}\n    type: SHA256\n  type: checkpoint\ncustom_nodes:\n  comfyui: {comfy}\n  git_custom_nodes:\n    {node_url}:\n      disabled: false\n      hash: {node}\n"
+        ),
+    )
+    .unwrap();
+
+    for (name, file) in [("cpack", &cpack), ("comfy-cli", &cli)] {
+        let store = t.path().join(format!("store-{name}"));
+        let lock = t.path().join(format!("{name}.lock.json"));
+        common::ok(
+            &store,
+            &[
+                "import-from",
+                s(file),
+                "--tag",
+                "imp",
+                "-o",
+                s(&lock),
+                "--comfyui-repo",
+                &comfy_repo,
+            ],
+        );
+        let fetched = common::json(&store, &["fetch", s(&lock), "--update-lock"]);
+        assert_eq!(
+            fetched["failed"],
+            serde_json::json!([]),
+            "{name}: {fetched:#}"
+        );
+        let dest = t.path().join(format!("dest-{name}"));
+        common::ok(&store, &["materialize", s(&lock), s(&dest)]);
+        let v = run(&store, &["verify", s(&lock), s(&dest), "--full"]);
+        assert_eq!(v.status.code(), Some(0), "{name}: {}", common::describe(&v));
+        let ran = std::process::Command::new("python3")
+            .arg("main.py")
+            .current_dir(&dest)
+            .output()
+            .unwrap();
+        assert!(ran.status.success(), "{name}: {}", common::describe(&ran));
+        assert_eq!(
+            String::from_utf8_lossy(&ran.stdout),
+            format!("comfy 7 {}\n", body.len()),
+            "{name}"
+        );
+    }
+}
