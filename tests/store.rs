@@ -558,3 +558,58 @@ fn a_shared_store_refuses_files_other_users_cannot_read() {
     }
     ok(&shared, &["add", src.join("public.txt").to_str().unwrap()]);
 }
+
+/// One count a store started: label, total, units counted, calls.
+type Started = (String, Option<u64>, u64, usize);
+
+/// A count of what a store reports, for the progress test.
+#[derive(Default)]
+struct Counts(std::sync::Mutex<Vec<Started>>);
+
+struct Count<'a>(&'a Counts, usize);
+
+impl comfystore::report::Progress for Count<'static> {
+    fn inc(&self, n: u64) {
+        let mut v = self.0 .0.lock().unwrap();
+        v[self.1].2 += n;
+        v[self.1].3 += 1;
+    }
+    fn set_position(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+impl comfystore::report::Reporter for &'static Counts {
+    fn start(
+        &self,
+        label: &str,
+        total: Option<u64>,
+        _: comfystore::report::Unit,
+    ) -> Box<dyn comfystore::report::Progress> {
+        let mut v = self.0.lock().unwrap();
+        v.push((label.to_string(), total, 0, 0));
+        Box::new(Count(self, v.len() - 1))
+    }
+}
+
+/// Storing a big file (a checkpoint) counts its bytes as they are read, many times, not once
+/// at the end: a bar that moves.
+#[test]
+fn a_big_file_is_counted_in_bytes_as_it_is_read() {
+    let t = tempfile::tempdir().unwrap();
+    let big = t.path().join("model.safetensors");
+    let f = fs::File::create(&big).unwrap();
+    f.set_len(80 << 20).unwrap();
+    drop(f);
+    let counts: &'static Counts = Box::leak(Box::default());
+    let store = Store::open(t.path().join("store"), &StoreOptions::default())
+        .unwrap()
+        .with_reporter(std::sync::Arc::new(counts));
+    store.put_file(&big, false, true).unwrap();
+    let seen = counts.0.lock().unwrap().clone();
+    let bar = seen
+        .iter()
+        .find(|(label, ..)| label == "model.safetensors")
+        .unwrap_or_else(|| panic!("no count for the file: {seen:?}"));
+    assert_eq!((bar.1, bar.2), (Some(80 << 20), 80 << 20), "{seen:?}");
+    assert!(bar.3 > 10, "counted only {} times: {seen:?}", bar.3);
+}

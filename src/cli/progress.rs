@@ -35,12 +35,19 @@ impl Reporter for Bars {
 /// The look of each kind of count.
 fn style(unit: Unit) -> ProgressStyle {
     let template = match unit {
-        Unit::Items => "{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        Unit::Items => "{msg:>10} [{bar:30}] {human_pos}/{human_len} {rate} eta {eta}",
         Unit::Bytes => "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
         Unit::Transfer => "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
     };
     ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+        // Whole items a second: "1,991/s", not indicatif's "1,990.6794/s".
+        .with_key(
+            "rate",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}/s", indicatif::HumanCount(s.per_sec() as u64));
+            },
+        )
         .progress_chars("=> ")
 }
 

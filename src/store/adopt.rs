@@ -249,7 +249,8 @@ impl Store {
         let real = path.canonicalize().ctx("resolve", path)?;
         let path = real.as_path();
         let started = SystemTime::now();
-        let (id, sha) = hash_unchanged(path, &stat)?;
+        let (id, sha) =
+            self.reading_big(path, stat.size, |bar| hash_unchanged(path, &stat, bar))?;
         let stable = |k: StatKey| {
             (k.ino == stat.ino
                 && k.size == stat.size
@@ -367,9 +368,19 @@ impl Store {
 }
 
 /// BLAKE3 and SHA-256 of `path`, which must still have the stat it was listed with.
-fn hash_unchanged(path: &Path, stat: &StatKey) -> Result<(ObjectId, Sha256)> {
+/// Counted on `bar` as it is read.
+fn hash_unchanged(
+    path: &Path,
+    stat: &StatKey,
+    bar: &dyn crate::report::Progress,
+) -> Result<(ObjectId, Sha256)> {
     let mut file = File::open(path).ctx("open", path)?;
-    let digests = hash::stream(&mut file, None, true).ctx("read", path)?;
+    let digests = hash::stream(
+        &mut crate::report::ProgressRead::new(&mut file, bar),
+        None,
+        true,
+    )
+    .ctx("read", path)?;
     let after = StatKey::of(&file.metadata().ctx("stat", path)?);
     if after != *stat || digests.size != stat.size {
         return Err(Error::bad_input(

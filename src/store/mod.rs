@@ -141,6 +141,30 @@ impl Store {
         self.reporter.as_ref()
     }
 
+    /// Run `read` with a byte count of its own when the file is big enough to take a while
+    /// (a checkpoint): its bar moves as the bytes are read, not once at the end.
+    pub(crate) fn reading_big<T>(
+        &self,
+        what: &Path,
+        len: u64,
+        read: impl FnOnce(&dyn crate::report::Progress) -> T,
+    ) -> T {
+        const BIG: u64 = 64 << 20;
+        let label = what.file_name().map_or_else(
+            || what.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let bar = if len >= BIG {
+            self.reporter()
+                .start(&label, Some(len), crate::report::Unit::Bytes)
+        } else {
+            crate::report::Silent.start("", None, crate::report::Unit::Bytes)
+        };
+        let out = read(bar.as_ref());
+        bar.finish();
+        out
+    }
+
     /// The store's root directory (absolute).
     pub fn root(&self) -> &Path {
         &self.root

@@ -219,7 +219,10 @@ impl Store {
             file.read_to_end(&mut data).ctx("read", what)?;
             self.put_bytes(&data, exec, want_sha256)
         } else {
-            self.put_reader(file, exec, want_sha256, what)
+            self.reading_big(what, len, |bar| {
+                let mut counted = crate::report::ProgressRead::new(file, bar);
+                self.put_reader(&mut counted, exec, want_sha256, what)
+            })
         }
     }
 
