@@ -612,4 +612,16 @@ fn a_big_file_is_counted_in_bytes_as_it_is_read() {
         .unwrap_or_else(|| panic!("no count for the file: {seen:?}"));
     assert_eq!((bar.1, bar.2), (Some(80 << 20), 80 << 20), "{seen:?}");
     assert!(bar.3 > 10, "counted only {} times: {seen:?}", bar.3);
+
+    // A tree's hashing is counted in bytes too.
+    let dir = t.path().join("tree");
+    write(&dir.join("a.py"), &[b'a'; 3000]);
+    write(&dir.join("b/c.bin"), &[b'c'; 70_000]);
+    store.add_tree(&dir, &AddOptions::default()).unwrap();
+    let seen = counts.0.lock().unwrap().clone();
+    let hashing = seen
+        .iter()
+        .rfind(|(label, ..)| label == "hashing")
+        .unwrap_or_else(|| panic!("no hashing count: {seen:?}"));
+    assert_eq!((hashing.1, hashing.2), (Some(73_000), 73_000), "{seen:?}");
 }

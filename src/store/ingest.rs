@@ -264,7 +264,7 @@ impl Store {
     }
 
     /// Run `one` on every file in parallel, with what the stat cache says of it (when
-    /// `use_cache`), counting on a "hashing" bar.
+    /// `use_cache`), counting the bytes of the files it must read on a "hashing" bar.
     fn each_file<T: Send>(
         &self,
         files: &[ScannedFile],
@@ -276,17 +276,25 @@ impl Store {
         } else {
             vec![None; files.len()]
         };
-        let bar = self.reporter().start(
-            "hashing",
-            Some(files.len() as u64),
-            crate::report::Unit::Items,
-        );
+        // In bytes, so the eta follows the work: one checkpoint is worth thousands of sources.
+        // What the stat cache vouches for costs nothing and is not counted.
+        let total: u64 = files
+            .iter()
+            .zip(&cached)
+            .filter(|(_, c)| c.is_none())
+            .map(|(f, _)| f.stat.size)
+            .sum();
+        let bar = self
+            .reporter()
+            .start("hashing", Some(total), crate::report::Unit::Bytes);
         let out = files
             .par_iter()
             .zip(cached.par_iter())
             .map(|(f, c)| {
                 let r = one(f, *c);
-                bar.inc(1);
+                if c.is_none() {
+                    bar.inc(f.stat.size);
+                }
                 r
             })
             .collect::<Result<_>>()?;
