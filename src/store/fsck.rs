@@ -136,12 +136,11 @@ impl Fsck<'_> {
         let results: Vec<Option<FsckProblem>> = files
             .par_iter()
             .map(|f| {
-                let detail = match hash::b3_file(&f.path) {
+                let detail = match hash::b3_file_counted(&f.path, bar.as_ref()) {
                     Ok((id, _)) if id == f.id => None,
                     Ok((id, _)) => Some(format!("content hashes to {id}, not {}", f.id)),
                     Err(e) => Some(format!("cannot read: {e}")),
                 };
-                bar.inc(f.size);
                 detail.map(|detail| FsckProblem {
                     kind: "corrupt-object",
                     path: f.path.clone(),

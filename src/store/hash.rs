@@ -125,6 +125,17 @@ fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 /// mmap, so a file truncated meanwhile gives an error, not SIGBUS; large buffers are hashed on
 /// both cores.
 pub fn b3_file(path: &std::path::Path) -> io::Result<(ObjectId, u64)> {
+    use crate::report::Reporter;
+    let quiet = crate::report::Silent.start("", None, crate::report::Unit::Bytes);
+    b3_file_counted(path, quiet.as_ref())
+}
+
+/// [`b3_file`], counting the bytes on `progress` as they are read (a bar that moves while
+/// one big object is hashed).
+pub fn b3_file_counted(
+    path: &std::path::Path,
+    progress: &dyn crate::report::Progress,
+) -> io::Result<(ObjectId, u64)> {
     const BIG: usize = 8 << 20;
     let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
@@ -140,6 +151,7 @@ pub fn b3_file(path: &std::path::Path) -> io::Result<(ObjectId, u64)> {
         } else {
             hasher.update(&buf[..n]);
         }
+        progress.inc(n as u64);
     }
     Ok((ObjectId(*hasher.finalize().as_bytes()), hasher.count()))
 }
