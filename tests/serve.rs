@@ -1026,3 +1026,35 @@ fn gcs_outputs_are_posted_as_urls_and_kept_out_of_the_log() {
         "the signed URL is on stdout:\n{out}"
     );
 }
+
+/// A failure without details is posted as `{"error": …}` alone, as the SDK posts
+/// worker-comfyui's `{"error": …}` (it drops an empty output); one with details keeps them
+/// under `output`.
+#[test]
+fn a_failed_result_without_details_has_no_output() {
+    let mut w = Setup::start(Opts::default());
+    w.enqueue(&[
+        json!({"id": "no-workflow", "input": {"images": []}}),
+        json!({"id": "fail-node-d", "input": {"workflow": {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "FailNode", "inputs": {"image": ["1", 0], "message": "failed on purpose"}},
+        }}}),
+    ]);
+    let rec = w.result("no-workflow", Duration::from_secs(20));
+    let b = body(&rec);
+    assert_eq!(
+        b.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["error"],
+        "{b:#}"
+    );
+    assert!(b["error"].as_str().is_some_and(|e| !e.is_empty()), "{b:#}");
+    let rec = w.result("fail-node-d", Duration::from_secs(20));
+    let b = body(&rec);
+    assert!(
+        b["output"]["details"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty()),
+        "{b:#}"
+    );
+    assert_clean_protocol(&w.state());
+}

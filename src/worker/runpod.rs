@@ -292,12 +292,28 @@ fn run_job(
     };
     match worker.run_with_progress(id, input, &mut on_progress) {
         Ok(output) => json!({ "output": output }),
-        // The SDK pops `error` to the top and leaves the rest as the output.
-        Err(err) => {
-            let (error, output) = pop_error(err);
-            json!({ "error": error.unwrap_or(Value::String("job failed".into())), "output": output })
+        Err(err) => failed_result(err),
+    }
+}
+
+/// A failed job's result as the SDK makes it of worker-comfyui's answer: `error` popped to the
+/// top, the rest as the output, and no output when nothing is left (worker-comfyui gives no
+/// `details` when it has none, and the SDK drops an empty output).
+fn failed_result(answer: Value) -> Value {
+    let (error, mut output) = pop_error(answer);
+    if let Some(o) = output.as_object_mut() {
+        if o.get("details")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+        {
+            o.remove("details");
         }
     }
+    let mut result = json!({ "error": error.unwrap_or(Value::String("job failed".into())) });
+    if !output.as_object().is_some_and(|o| o.is_empty()) {
+        result["output"] = output;
+    }
+    result
 }
 
 fn set_current(current: &Current, job: Option<String>) {
@@ -431,6 +447,18 @@ mod tests {
         assert_eq!(ping_interval(Some("300")), Duration::from_millis(300));
         assert_eq!(ping_interval(Some("0")), Duration::from_millis(100));
         assert_eq!(ping_interval(Some("x")), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn failed_results_drop_an_empty_output() {
+        assert_eq!(
+            failed_result(json!({"error": "e", "details": []})),
+            json!({"error": "e"})
+        );
+        assert_eq!(
+            failed_result(json!({"error": "e", "details": ["d"]})),
+            json!({"error": "e", "output": {"details": ["d"]}})
+        );
     }
 
     #[test]
