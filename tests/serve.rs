@@ -1058,3 +1058,44 @@ fn a_failed_result_without_details_has_no_output() {
     );
     assert_clean_protocol(&w.state());
 }
+
+/// A result post is retried when the platform answers 5xx (as the SDK does), not when it
+/// answers 4xx (its final word on that result).
+#[test]
+fn result_posts_are_retried_on_5xx_only() {
+    let mut w = Setup::start(Opts::default());
+    let inject = |w: &Setup, status: u16, n: u32| {
+        let (code, _) = http(
+            w.rp_port,
+            "POST",
+            &format!("/control/result-status/{status}/{n}"),
+            b"",
+        );
+        assert_eq!(code, 200);
+    };
+    inject(&w, 400, 1);
+    w.enqueue(&[good_job("refused-400")]);
+    w.result("refused-400", Duration::from_secs(20));
+    inject(&w, 503, 2);
+    w.enqueue(&[good_job("retried-503")]);
+    let statuses = w.wait(Duration::from_secs(20), "the 503 result delivered", |st| {
+        let recs = st["results"]["retried-503"].as_array()?;
+        let s: Vec<u64> = recs
+            .iter()
+            .filter(|r| r["body"]["status"] != "IN_PROGRESS")
+            .filter_map(|r| r["status"].as_u64())
+            .collect();
+        s.contains(&200).then_some(s)
+    });
+    assert_eq!(statuses, [503, 503, 200], "{}", w.report());
+    let st = w.state();
+    let refused: Vec<&Value> = st["results"]["refused-400"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["body"]["status"] != "IN_PROGRESS")
+        .collect();
+    assert_eq!(refused.len(), 1, "a 400 was retried: {st:#}");
+    assert_eq!(refused[0]["status"], 400);
+    assert_clean_protocol(&st);
+}

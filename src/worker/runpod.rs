@@ -346,8 +346,9 @@ fn client(cfg: &RunPodConfig, timeout: Duration) -> Result<reqwest::Client, Erro
         .map_err(Error::RunPodClient)
 }
 
-/// 3. POST the result, 3 tries (1 s, 2 s apart). A result that cannot be delivered is logged:
-///    the platform then retries or times the job out.
+/// 3. POST the result, 3 tries (1 s, 2 s apart) when the platform cannot be reached or answers
+///    5xx; a 4xx is its final word (the SDK retries the same way). A result that cannot be
+///    delivered is logged: the platform then retries or times the job out.
 fn post_result(rt: &Handle, http: &reqwest::Client, cfg: &RunPodConfig, id: &str, result: &Value) {
     let url = with_query(
         &cfg.post_output.replace("$ID", id),
@@ -365,14 +366,14 @@ fn post_result(rt: &Handle, http: &reqwest::Client, cfg: &RunPodConfig, id: &str
                 .await?
                 .error_for_status()
         });
-        match r {
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!("job {id}: posting the result failed (try {attempt} of 3): {e}");
-                if attempt < 3 {
-                    std::thread::sleep(Duration::from_secs(attempt));
-                }
-            }
+        let Err(e) = r else { return };
+        if e.status().is_some_and(|s| !s.is_server_error()) {
+            tracing::warn!("job {id}: the platform refused the result: {e}");
+            return;
+        }
+        tracing::warn!("job {id}: posting the result failed (try {attempt} of 3): {e}");
+        if attempt < 3 {
+            std::thread::sleep(Duration::from_secs(attempt));
         }
     }
 }
