@@ -1099,3 +1099,25 @@ fn result_posts_are_retried_on_5xx_only() {
     assert_eq!(refused[0]["status"], 400);
     assert_clean_protocol(&st);
 }
+
+/// The heartbeat's `runpod_version` is the SDK version whose protocol the worker speaks (a
+/// version number, as the SDK sends); comfystore's own version is in the User-Agent of every
+/// call.
+#[test]
+fn pings_carry_the_sdk_version_and_the_user_agent_ours() {
+    let mut w = Setup::start(Opts::default());
+    let st = w.wait(Duration::from_secs(10), "a ping", |st| {
+        (!st["pings"].as_array()?.is_empty()).then(|| st.clone())
+    });
+    let ours = format!("comfystore/{}", env!("CARGO_PKG_VERSION"));
+    for p in st["pings"].as_array().unwrap() {
+        assert_eq!(p["query"]["runpod_version"], "1.12.0", "{p:#}");
+        let ua = p["headers"]["User-Agent"].as_str().unwrap_or("");
+        assert!(ua.starts_with(&ours), "{p:#}");
+        assert!(ua.contains("RunPod-Python-SDK/1.12.0"), "{p:#}");
+    }
+    for t in st["takes"].as_array().unwrap() {
+        let ua = t["headers"]["User-Agent"].as_str().unwrap_or("");
+        assert!(ua.starts_with(&ours), "{t:#}");
+    }
+}

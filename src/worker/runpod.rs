@@ -14,7 +14,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
-const SDK_VERSION: &str = concat!("comfystore-", env!("CARGO_PKG_VERSION"));
+/// The runpod-python version whose protocol this worker speaks, sent as the heartbeat's
+/// `runpod_version` (the platform reads an SDK version there, as every SDK worker sends one).
+pub const SDK_VERSION: &str = "1.12.0";
+
+/// Who we are, on every call to the platform: comfystore and its version, then the SDK
+/// version it is compatible with.
+pub fn user_agent() -> String {
+    format!(
+        "comfystore/{} (RunPod-Python-SDK/{SDK_VERSION} compatible; {} {})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
 
 /// The platform's settings, from `RUNPOD_*` variables.
 #[derive(Clone)]
@@ -340,7 +353,7 @@ fn client(cfg: &RunPodConfig, timeout: Duration) -> Result<reqwest::Client, Erro
     }
     reqwest::Client::builder()
         .default_headers(headers)
-        .user_agent(SDK_VERSION)
+        .user_agent(user_agent())
         .timeout(timeout)
         .build()
         .map_err(Error::RunPodClient)
