@@ -88,6 +88,8 @@ struct Opts {
     jobs: Vec<Value>,
     /// The first N takes answer 429.
     fail_takes: u32,
+    /// The first N pings answer 503.
+    fail_pings: u32,
     /// RUST_LOG for the worker (`info` when not given).
     rust_log: Option<&'static str>,
     /// How long the fake holds a take or stop poll without a job before its 204 (1 s when
@@ -151,6 +153,8 @@ impl Setup {
                 &opts.hold.unwrap_or(1.0).to_string(),
                 "--fail-takes",
                 &opts.fail_takes.to_string(),
+                "--fail-pings",
+                &opts.fail_pings.to_string(),
             ])
             .arg("--jobs")
             .arg(&jobs)
@@ -201,9 +205,6 @@ impl Setup {
         {
             cmd.env_remove(k);
         }
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
         cmd.env(
             "RUNPOD_WEBHOOK_GET_JOB",
             format!("{base}/job-take/$RUNPOD_POD_ID?gpu=$RUNPOD_GPU_TYPE_ID"),
@@ -220,11 +221,15 @@ impl Setup {
         .env("RUNPOD_POD_ID", WORKER_ID)
         .env("RUNPOD_GPU_TYPE_ID", "CPU")
         .env("RUNPOD_PING_INTERVAL", PING_MS.to_string())
-        .env("RUST_LOG", opts.rust_log.unwrap_or("info"))
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(dir.join("worker.out")).unwrap())
-        .stderr(fs::File::create(dir.join("worker.log")).unwrap())
-        .process_group(0);
+        .env("RUST_LOG", opts.rust_log.unwrap_or("info"));
+        // The test's own variables last: they may replace the ones above.
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join("worker.out")).unwrap())
+            .stderr(fs::File::create(dir.join("worker.log")).unwrap())
+            .process_group(0);
         let worker = match cmd.spawn() {
             Ok(w) => w,
             Err(e) => {
@@ -1120,4 +1125,30 @@ fn pings_carry_the_sdk_version_and_the_user_agent_ours() {
         let ua = t["headers"]["User-Agent"].as_str().unwrap_or("");
         assert!(ua.starts_with(&ours), "{t:#}");
     }
+}
+
+/// A ping the platform answers 429 or 5xx is retried with back-off (as the SDK's urllib3
+/// retries), before the next regular heartbeat is due.
+#[test]
+fn a_failed_ping_is_retried_with_back_off() {
+    let mut w = Setup::start(Opts {
+        fail_pings: 2,
+        env: vec![("RUNPOD_PING_INTERVAL", "8000".to_string())],
+        ..Opts::default()
+    });
+    let pings = w.wait(Duration::from_secs(15), "a ping answered 200", |st| {
+        let p = st["pings"].as_array()?;
+        p.iter().any(|p| p["status"] == 200).then(|| p.clone())
+    });
+    let statuses: Vec<u64> = pings.iter().filter_map(|p| p["status"].as_u64()).collect();
+    assert_eq!(statuses, [503, 503, 200], "{}", w.report());
+    let t: Vec<f64> = pings.iter().map(|p| p["t"].as_f64().unwrap()).collect();
+    assert!(
+        t[2] - t[0] < 7.5,
+        "no retry before the next heartbeat: pings at {t:?}"
+    );
+    assert!(
+        t.windows(2).all(|g| g[1] - g[0] >= 0.5),
+        "retried without a pause: pings at {t:?}"
+    );
 }

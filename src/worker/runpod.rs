@@ -399,15 +399,44 @@ async fn heartbeat(
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::SeqCst) {
-        let job = current.lock().ok().and_then(|c| c.clone());
-        let mut params = vec![("runpod_version", SDK_VERSION)];
-        if let Some(j) = job.as_deref() {
-            params.insert(0, ("job_id", j));
-        }
-        if let Err(e) = http.get(with_query(&url, &params)).send().await {
-            tracing::debug!("heartbeat: {e}");
-        }
+        ping(&http, || {
+            let job = current.lock().ok().and_then(|c| c.clone());
+            let mut params = vec![("runpod_version", SDK_VERSION)];
+            if let Some(j) = job.as_deref() {
+                params.insert(0, ("job_id", j));
+            }
+            with_query(&url, &params)
+        })
+        .await;
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Pauses before the retries of a ping the platform answered 429 or 5xx, or did not answer
+/// (the SDK's urllib3 `Retry(3, backoff_factor=1)`: three retries, backing off).
+const PING_RETRIES: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+
+/// One ping, to the URL `url` gives at each try (so a retry names the job in progress then);
+/// retried on 429, 5xx and no answer. The answer is not read.
+async fn ping(http: &reqwest::Client, url: impl Fn() -> String) {
+    for pause in PING_RETRIES.iter().map(Some).chain([None]) {
+        let why = match http.get(url()).send().await {
+            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+                format!("HTTP {}", r.status().as_u16())
+            }
+            Ok(_) => return,
+            Err(e) => e.to_string(),
+        };
+        let Some(pause) = pause else {
+            tracing::warn!("heartbeat: {why}; given up until the next one");
+            return;
+        };
+        tracing::debug!("heartbeat: {why}; retrying in {pause:?}");
+        tokio::time::sleep(*pause).await;
     }
 }
 
