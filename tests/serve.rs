@@ -97,6 +97,8 @@ struct Opts {
     hold: Option<f64>,
     /// More variables for the worker.
     env: Vec<(&'static str, String)>,
+    /// More arguments for (the fake) ComfyUI.
+    comfy_args: Vec<String>,
 }
 
 /// One test's temp dir, fake job server and worker; both processes (and the worker's
@@ -131,6 +133,20 @@ impl Setup {
     /// Temp dir, fake job server, worker; returns once the worker took (polled for) a job,
     /// i.e. ComfyUI answers.
     fn start(opts: Opts) -> Setup {
+        let mut setup = Setup::launch(opts);
+        setup.wait(Duration::from_secs(40), "the worker's first take", |st| {
+            (st["take_count"].as_u64().unwrap() >= 1).then_some(())
+        });
+        assert!(
+            listening(setup.comfy_port),
+            "ComfyUI does not listen on {}",
+            setup.comfy_port
+        );
+        setup
+    }
+
+    /// [`Setup::start`] without waiting for anything.
+    fn launch(opts: Opts) -> Setup {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().canonicalize().unwrap();
         let dest = dir.join("dest");
@@ -193,6 +209,9 @@ impl Setup {
                 "--job-timeout",
                 "40s",
             ]);
+        for a in &opts.comfy_args {
+            cmd.arg(format!("--comfy-arg={a}"));
+        }
         let inherited = std::env::vars_os()
             .map(|(k, _)| k.to_string_lossy().into_owned())
             .filter(|k| k.starts_with("RUNPOD_"));
@@ -238,7 +257,7 @@ impl Setup {
                 panic!("start comfystore serve: {e}");
             }
         };
-        let mut setup = Setup {
+        Setup {
             dir,
             comfy_port,
             rp_port,
@@ -246,15 +265,22 @@ impl Setup {
             worker,
             exited: None,
             _tmp: tmp,
-        };
-        setup.wait(Duration::from_secs(40), "the worker's first take", |st| {
-            (st["take_count"].as_u64().unwrap() >= 1).then_some(())
-        });
-        assert!(
-            listening(comfy_port),
-            "ComfyUI does not listen on {comfy_port}"
-        );
-        setup
+        }
+    }
+
+    /// Wait at most `timeout` for the worker to exit on its own.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        while self.worker_alive() {
+            if Instant::now() > deadline {
+                panic!(
+                    "the worker did not exit within {timeout:?}\n{}",
+                    self.report()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.exited.unwrap()
     }
 
     /// The worker's stderr (its log) so far.
@@ -1151,4 +1177,67 @@ fn a_failed_ping_is_retried_with_back_off() {
         t.windows(2).all(|g| g[1] - g[0] >= 0.5),
         "retried without a pause: pings at {t:?}"
     );
+}
+
+/// The heartbeat starts with the worker, as the SDK's: the platform sees it alive while
+/// ComfyUI starts (here 3 s), before any job is taken.
+#[test]
+fn the_heartbeat_starts_before_comfyui_is_ready() {
+    let w = Setup::start(Opts {
+        comfy_args: vec!["--fake-start-delay=3".into()],
+        ..Opts::default()
+    });
+    let st = w.state();
+    let first_take = st["takes"][0]["t"].as_f64().unwrap();
+    let before: Vec<&Value> = st["pings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["t"].as_f64().unwrap() < first_take - 0.5)
+        .collect();
+    assert!(
+        before.len() >= 2,
+        "{} pings while ComfyUI started: {st:#}\n{}",
+        before.len(),
+        w.report()
+    );
+    for p in before {
+        assert!(p["query"].get("job_id").is_none(), "{p:#}");
+        assert_eq!(p["query"]["runpod_version"], "1.12.0", "{p:#}");
+    }
+    assert_clean_protocol(&st);
+}
+
+/// A worker whose ComfyUI cannot start tells the platform before it exits, as the SDK reports
+/// a failed fitness check: `ping?status=unhealthy&check=…&reason=…`, the reason without
+/// secrets (ComfyUI's log here shows the key) and at most 256 characters.
+#[test]
+fn a_failed_start_is_reported_unhealthy() {
+    let mut w = Setup::launch(Opts {
+        comfy_args: vec![format!("--fake-token={KEY}"), "--fake-exit-at-start".into()],
+        ..Opts::default()
+    });
+    let status = w.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "exit status {status}\n{}", w.report());
+    let st = w.state();
+    let unhealthy: Vec<&Value> = st["pings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["query"]["status"] == "unhealthy")
+        .collect();
+    assert_eq!(unhealthy.len(), 1, "{st:#}\n{}", w.report());
+    let q = &unhealthy[0]["query"];
+    assert_eq!(q["check"], "comfyui", "{q:#}");
+    assert_eq!(q["runpod_version"], "1.12.0", "{q:#}");
+    let reason = q["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("exited"), "{q:#}");
+    assert!(reason.chars().count() <= 256, "{q:#}");
+    assert!(
+        reason.contains("--fake-token=***"),
+        "the log line with the key is not in the reason: {q:#}"
+    );
+    assert!(!reason.contains(KEY), "the key is in the reason: {q:#}");
+    assert_eq!(st["take_count"], 0, "{st:#}");
+    assert_clean_protocol(&st);
 }

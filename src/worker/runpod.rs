@@ -104,14 +104,103 @@ fn with_query(url: &str, params: &[(&str, &str)]) -> String {
 /// The job a worker holds now, shared with the heartbeat and the stop channel.
 type Current = Arc<Mutex<Option<String>>>;
 
+/// The heartbeat, from the worker's start (before the version is materialized and ComfyUI
+/// answers, as the SDK pings from its start) until this is dropped. It runs on a thread of its
+/// own, so nothing the worker does delays it; it names the job in progress.
+pub struct Heartbeat {
+    current: Current,
+    /// Wakes the thread to end (when there is one: the platform gave a ping URL).
+    end: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Heartbeat {
+    /// Start pinging, when the platform gives a ping URL.
+    pub fn start(cfg: &RunPodConfig) -> Result<Heartbeat, Error> {
+        let current: Current = Arc::new(Mutex::new(None));
+        let Some(url) = cfg.ping.clone() else {
+            return Ok(Heartbeat { current, end: None });
+        };
+        let http = client(cfg, cfg.ping_interval * 2)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        let end = Arc::new(tokio::sync::Notify::new());
+        let (every, job, ended) = (cfg.ping_interval, current.clone(), end.clone());
+        std::thread::Builder::new()
+            .name("runpod-heartbeat".into())
+            .spawn(move || rt.block_on(heartbeat(http, url, every, job, ended)))
+            .map_err(Error::Runtime)?;
+        Ok(Heartbeat {
+            current,
+            end: Some(end),
+        })
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Some(end) = &self.end {
+            end.notify_one();
+        }
+    }
+}
+
+/// Tell the platform that the worker could not start, before it exits: one ping with
+/// `status=unhealthy`, `check` (what failed) and `reason` (its first 256 characters, every
+/// secret of the environment replaced by `***`), retried as pings are. The SDK reports a
+/// failed fitness check the same way.
+pub fn report_unhealthy(cfg: &RunPodConfig, check: &str, reason: &str) {
+    let Some(url) = cfg.ping.clone() else {
+        return;
+    };
+    let reason = unhealthy_reason(reason, cfg.api_key.as_deref());
+    tracing::warn!("reporting the worker unhealthy ({check}): {reason}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let (Ok(rt), Ok(http)) = (rt, client(cfg, Duration::from_secs(10))) else {
+        return;
+    };
+    let params = [
+        ("status", "unhealthy"),
+        ("check", check),
+        ("reason", reason.as_str()),
+        ("runpod_version", SDK_VERSION),
+    ];
+    rt.block_on(ping(&http, || with_query(&url, &params)));
+}
+
+/// `reason` without the values of the credential variables (and the RunPod key), cut to 256
+/// characters as the SDK cuts it.
+fn unhealthy_reason(reason: &str, api_key: Option<&str>) -> String {
+    let values: Vec<String> = crate::secret::SECRET_VARS
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .chain(api_key.map(String::from))
+        .collect();
+    let secrets: Vec<&str> = values.iter().map(String::as_str).collect();
+    crate::secret::redact_all(reason, &secrets)
+        .chars()
+        .take(256)
+        .collect()
+}
+
 /// Take jobs until `stop` is set (SIGTERM): long-poll, run, post the result. The job in
-/// progress when SIGTERM arrives is finished first. Runs on the worker's runtime.
-pub fn serve(worker: &mut Worker, cfg: &RunPodConfig, stop: Arc<AtomicBool>) -> Result<(), Error> {
+/// progress when SIGTERM arrives is finished first. Runs on the worker's runtime; ComfyUI
+/// must be ready (the heartbeat started before, so the platform sees the worker alive while
+/// it starts).
+pub fn serve(
+    worker: &mut Worker,
+    cfg: &RunPodConfig,
+    heartbeat: &Heartbeat,
+    stop: Arc<AtomicBool>,
+) -> Result<(), Error> {
     let rt = worker.runtime();
-    let current: Current = Arc::new(Mutex::new(None));
+    let current = heartbeat.current.clone();
     let http = client(cfg, Duration::from_secs(100))?;
-    // They end with this function, as the loop does.
-    let _side = side_channels(&rt, cfg, &http, worker.comfy(), &current, &stop)?;
+    // It ends with this function, as the loop does.
+    let _stop_channel = stop_channel_task(&rt, cfg, &http, worker.comfy(), &current, &stop);
     tracing::info!("RunPod worker {} taking jobs", cfg.worker_id);
     let mut pace = Pace::default();
     while !stop.load(Ordering::SeqCst) {
@@ -192,37 +281,27 @@ fn pause(stop: &AtomicBool, d: Duration) {
     }
 }
 
-/// The heartbeat (when the platform gives a ping URL) and the stop channel (on the job-take
-/// protocol), as tasks on the runtime that end when the handles are dropped.
-fn side_channels(
+/// The stop channel (on the job-take protocol), as a task on the runtime that ends when the
+/// handle is dropped.
+fn stop_channel_task(
     rt: &Handle,
     cfg: &RunPodConfig,
     http: &reqwest::Client,
     comfy: &crate::comfy::Client,
     current: &Current,
     stop: &Arc<AtomicBool>,
-) -> Result<Vec<AbortOnDrop>, Error> {
-    let mut tasks = Vec::new();
-    if let Some(ping) = cfg.ping.clone() {
-        tasks.push(AbortOnDrop(rt.spawn(heartbeat(
-            client(cfg, cfg.ping_interval * 2)?,
-            ping,
-            cfg.ping_interval,
-            current.clone(),
-            stop.clone(),
-        ))));
+) -> Option<AbortOnDrop> {
+    if !cfg.get_job.contains("/job-take/") {
+        return None;
     }
-    if cfg.get_job.contains("/job-take/") {
-        let url = cfg.get_job.replace("/job-take/", "/job-stop/");
-        tasks.push(AbortOnDrop(rt.spawn(stop_channel(
-            http.clone(),
-            url,
-            comfy.clone(),
-            current.clone(),
-            stop.clone(),
-        ))));
-    }
-    Ok(tasks)
+    let url = cfg.get_job.replace("/job-take/", "/job-stop/");
+    Some(AbortOnDrop(rt.spawn(stop_channel(
+        http.clone(),
+        url,
+        comfy.clone(),
+        current.clone(),
+        stop.clone(),
+    ))))
 }
 
 /// What a take gave.
@@ -396,9 +475,9 @@ async fn heartbeat(
     url: String,
     every: Duration,
     current: Current,
-    stop: Arc<AtomicBool>,
+    end: Arc<tokio::sync::Notify>,
 ) {
-    while !stop.load(Ordering::SeqCst) {
+    loop {
         ping(&http, || {
             let job = current.lock().ok().and_then(|c| c.clone());
             let mut params = vec![("runpod_version", SDK_VERSION)];
@@ -408,7 +487,10 @@ async fn heartbeat(
             with_query(&url, &params)
         })
         .await;
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = end.notified() => return,
+        }
     }
 }
 
@@ -502,6 +584,14 @@ mod tests {
             failed_result(json!({"error": "e", "details": ["d"]})),
             json!({"error": "e", "output": {"details": ["d"]}})
         );
+    }
+
+    #[test]
+    fn unhealthy_reasons_are_redacted_and_cut() {
+        let r = unhealthy_reason(&format!("key k-123 {}", "x".repeat(400)), Some("k-123"));
+        assert!(r.starts_with("key *** x"), "{r}");
+        assert_eq!(r.chars().count(), 256);
+        assert_eq!(unhealthy_reason("é", None), "é");
     }
 
     #[test]
