@@ -104,6 +104,9 @@ fn with_query(url: &str, params: &[(&str, &str)]) -> String {
 /// The job a worker holds now, shared with the heartbeat and the stop channel.
 type Current = Arc<Mutex<Option<String>>>;
 
+/// The job the stop channel stopped, if any: its result is not posted.
+type Stopped = Arc<Mutex<Option<String>>>;
+
 /// The heartbeat, from the worker's start (before the version is materialized and ComfyUI
 /// answers, as the SDK pings from its start) until this is dropped. It runs on a thread of its
 /// own, so nothing the worker does delays it; it names the job in progress.
@@ -199,8 +202,10 @@ pub fn serve(
     let rt = worker.runtime();
     let current = heartbeat.current.clone();
     let http = client(cfg, Duration::from_secs(100))?;
+    let stopped: Stopped = Arc::new(Mutex::new(None));
     // It ends with this function, as the loop does.
-    let _stop_channel = stop_channel_task(&rt, cfg, &http, worker.comfy(), &current, &stop);
+    let _stop_channel =
+        stop_channel_task(&rt, cfg, &http, worker.comfy(), (&current, &stopped), &stop);
     tracing::info!("RunPod worker {} taking jobs", cfg.worker_id);
     let mut pace = Pace::default();
     while !stop.load(Ordering::SeqCst) {
@@ -225,9 +230,19 @@ pub fn serve(
             }
         };
         set_current(&current, Some(id.clone()));
-        let result = run_job(worker, &rt, &http, cfg, &id, &input);
-        post_result(&rt, &http, cfg, &id, &result);
+        let result = run_job(worker, &rt, &http, cfg, (&id, &stopped), &input);
+        // A stopped job is cancelled on the platform's side: like the SDK, which cancels the
+        // handler, nothing is posted, neither the interrupted job's error nor the output of
+        // one that completed anyway (ComfyUI checks for an interrupt between nodes).
+        if was_stopped(&stopped, &id) {
+            tracing::info!("job {id}: stopped by the platform; no result posted");
+        } else {
+            post_result(&rt, &http, cfg, &id, &result);
+        }
         set_current(&current, None);
+        if let Ok(mut s) = stopped.lock() {
+            *s = None;
+        }
     }
     tracing::info!("RunPod worker stopping (SIGTERM)");
     Ok(())
@@ -281,6 +296,14 @@ fn pause(stop: &AtomicBool, d: Duration) {
     }
 }
 
+/// Whether the stop channel stopped job `id`.
+fn was_stopped(stopped: &Stopped, id: &str) -> bool {
+    stopped
+        .lock()
+        .ok()
+        .is_some_and(|s| s.as_deref() == Some(id))
+}
+
 /// The stop channel (on the job-take protocol), as a task on the runtime that ends when the
 /// handle is dropped.
 fn stop_channel_task(
@@ -288,7 +311,7 @@ fn stop_channel_task(
     cfg: &RunPodConfig,
     http: &reqwest::Client,
     comfy: &crate::comfy::Client,
-    current: &Current,
+    (current, stopped): (&Current, &Stopped),
     stop: &Arc<AtomicBool>,
 ) -> Option<AbortOnDrop> {
     if !cfg.get_job.contains("/job-take/") {
@@ -299,7 +322,7 @@ fn stop_channel_task(
         http.clone(),
         url,
         comfy.clone(),
-        current.clone(),
+        (current.clone(), stopped.clone()),
         stop.clone(),
     ))))
 }
@@ -359,7 +382,7 @@ fn run_job(
     rt: &Handle,
     http: &reqwest::Client,
     cfg: &RunPodConfig,
-    id: &str,
+    (id, stopped): (&str, &Stopped),
     input: &Value,
 ) -> Value {
     let mut last: Option<std::time::Instant> = None;
@@ -368,7 +391,7 @@ fn run_job(
         &[("isStream", "false")],
     );
     let mut on_progress = |p: &Value| {
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) || was_stopped(stopped, id) {
             return;
         }
         last = Some(std::time::Instant::now());
@@ -522,13 +545,14 @@ async fn ping(http: &reqwest::Client, url: impl Fn() -> String) {
     }
 }
 
-/// Long-poll the stop channel; when it names the job in progress, interrupt ComfyUI (the job
-/// then ends as interrupted and its result is posted as usual).
+/// Long-poll the stop channel; when it names the job in progress, mark it stopped (its
+/// result is not posted) and interrupt ComfyUI (the job ends, and ComfyUI is free for the
+/// next one).
 async fn stop_channel(
     http: reqwest::Client,
     url: String,
     comfy: crate::comfy::Client,
-    current: Current,
+    (current, stopped): (Current, Stopped),
     stop: Arc<AtomicBool>,
 ) {
     let mut pace = Pace::default();
@@ -547,6 +571,9 @@ async fn stop_channel(
                 let ours = current.lock().ok().and_then(|c| c.clone());
                 if let Some(job) = ours.filter(|j| ids.contains(&j.as_str())) {
                     tracing::info!("job {job}: stopped by the platform; interrupting ComfyUI");
+                    if let Ok(mut s) = stopped.lock() {
+                        *s = Some(job);
+                    }
                     let _ = comfy.interrupt(None).await;
                 }
                 EMPTY_POLL
