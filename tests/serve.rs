@@ -1292,3 +1292,31 @@ fn a_job_stopped_in_its_last_node_is_not_posted_as_a_success() {
     );
     assert_clean_protocol(&st);
 }
+
+/// `REFRESH_WORKER=true` (worker-comfyui's variable): the result carries `"stopPod": true`
+/// and the worker exits (status 0) after its first job, as the SDK with `refresh_worker`, so
+/// the platform starts a fresh worker; the next job stays queued.
+#[test]
+fn refresh_worker_exits_after_one_job() {
+    let id = "refresh-1";
+    let mut w = Setup::start(Opts {
+        env: vec![("REFRESH_WORKER", "true".to_string())],
+        ..Opts::default()
+    });
+    w.enqueue(&[good_job(id), good_job("for-the-next-worker")]);
+    let rec = w.result(id, Duration::from_secs(20));
+    let b = body(&rec);
+    assert_eq!(b["stopPod"], true, "{b:#}");
+    one_image(b);
+    let status = w.wait_exit(Duration::from_secs(15));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}\n{}",
+        w.report()
+    );
+    assert!(!listening(w.comfy_port), "ComfyUI still listens");
+    let st = w.state();
+    assert_eq!(st["queued"], json!(["for-the-next-worker"]), "{st:#}");
+    assert_clean_protocol(&st);
+}

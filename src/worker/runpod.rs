@@ -38,6 +38,10 @@ pub struct RunPodConfig {
     pub api_key: Option<String>,
     pub worker_id: String,
     pub ping_interval: Duration,
+    /// `REFRESH_WORKER=true` (worker-comfyui's variable): one job per worker. Its result
+    /// carries `"stopPod": true` and the worker exits after it, so the platform starts a fresh
+    /// one, as the SDK does with `refresh_worker`.
+    pub refresh_worker: bool,
 }
 
 impl std::fmt::Debug for RunPodConfig {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for RunPodConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("worker_id", &self.worker_id)
             .field("ping_interval", &self.ping_interval)
+            .field("refresh_worker", &self.refresh_worker)
             .finish()
     }
 }
@@ -77,6 +82,8 @@ impl RunPodConfig {
             ping: var("RUNPOD_WEBHOOK_PING").map(fill),
             api_key: var("RUNPOD_AI_API_KEY"),
             ping_interval: ping_interval(var("RUNPOD_PING_INTERVAL").as_deref()),
+            // As worker-comfyui reads it.
+            refresh_worker: var("REFRESH_WORKER").is_some_and(|v| v.eq_ignore_ascii_case("true")),
             worker_id,
         })
     }
@@ -230,7 +237,10 @@ pub fn serve(
             }
         };
         set_current(&current, Some(id.clone()));
-        let result = run_job(worker, &rt, &http, cfg, (&id, &stopped), &input);
+        let mut result = run_job(worker, &rt, &http, cfg, (&id, &stopped), &input);
+        if cfg.refresh_worker {
+            result["stopPod"] = Value::Bool(true);
+        }
         // A stopped job is cancelled on the platform's side: like the SDK, which cancels the
         // handler, nothing is posted, neither the interrupted job's error nor the output of
         // one that completed anyway (ComfyUI checks for an interrupt between nodes).
@@ -242,6 +252,10 @@ pub fn serve(
         set_current(&current, None);
         if let Ok(mut s) = stopped.lock() {
             *s = None;
+        }
+        if cfg.refresh_worker {
+            tracing::info!("REFRESH_WORKER: leaving after job {id}, for a fresh worker");
+            return Ok(());
         }
     }
     tracing::info!("RunPod worker stopping (SIGTERM)");
