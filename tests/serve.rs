@@ -1225,7 +1225,12 @@ fn a_failed_start_is_reported_unhealthy() {
         ..Opts::default()
     });
     let status = w.wait_exit(Duration::from_secs(30));
-    assert!(!status.success(), "exit status {status}\n{}", w.report());
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit status {status}\n{}",
+        w.report()
+    );
     let st = w.state();
     let unhealthy: Vec<&Value> = st["pings"]
         .as_array()
