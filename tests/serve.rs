@@ -88,6 +88,8 @@ struct Opts {
     jobs: Vec<Value>,
     /// The first N takes answer 429.
     fail_takes: u32,
+    /// The first N pings answer 503.
+    fail_pings: u32,
     /// RUST_LOG for the worker (`info` when not given).
     rust_log: Option<&'static str>,
     /// How long the fake holds a take or stop poll without a job before its 204 (1 s when
@@ -95,6 +97,8 @@ struct Opts {
     hold: Option<f64>,
     /// More variables for the worker.
     env: Vec<(&'static str, String)>,
+    /// More arguments for (the fake) ComfyUI.
+    comfy_args: Vec<String>,
 }
 
 /// One test's temp dir, fake job server and worker; both processes (and the worker's
@@ -129,6 +133,20 @@ impl Setup {
     /// Temp dir, fake job server, worker; returns once the worker took (polled for) a job,
     /// i.e. ComfyUI answers.
     fn start(opts: Opts) -> Setup {
+        let mut setup = Setup::launch(opts);
+        setup.wait(Duration::from_secs(40), "the worker's first take", |st| {
+            (st["take_count"].as_u64().unwrap() >= 1).then_some(())
+        });
+        assert!(
+            listening(setup.comfy_port),
+            "ComfyUI does not listen on {}",
+            setup.comfy_port
+        );
+        setup
+    }
+
+    /// [`Setup::start`] without waiting for anything.
+    fn launch(opts: Opts) -> Setup {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().canonicalize().unwrap();
         let dest = dir.join("dest");
@@ -151,6 +169,8 @@ impl Setup {
                 &opts.hold.unwrap_or(1.0).to_string(),
                 "--fail-takes",
                 &opts.fail_takes.to_string(),
+                "--fail-pings",
+                &opts.fail_pings.to_string(),
             ])
             .arg("--jobs")
             .arg(&jobs)
@@ -189,6 +209,9 @@ impl Setup {
                 "--job-timeout",
                 "40s",
             ]);
+        for a in &opts.comfy_args {
+            cmd.arg(format!("--comfy-arg={a}"));
+        }
         let inherited = std::env::vars_os()
             .map(|(k, _)| k.to_string_lossy().into_owned())
             .filter(|k| k.starts_with("RUNPOD_"));
@@ -200,9 +223,6 @@ impl Setup {
             .chain(GCS_ENV.iter().map(|v| v.to_string()))
         {
             cmd.env_remove(k);
-        }
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
         }
         cmd.env(
             "RUNPOD_WEBHOOK_GET_JOB",
@@ -220,11 +240,15 @@ impl Setup {
         .env("RUNPOD_POD_ID", WORKER_ID)
         .env("RUNPOD_GPU_TYPE_ID", "CPU")
         .env("RUNPOD_PING_INTERVAL", PING_MS.to_string())
-        .env("RUST_LOG", opts.rust_log.unwrap_or("info"))
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(dir.join("worker.out")).unwrap())
-        .stderr(fs::File::create(dir.join("worker.log")).unwrap())
-        .process_group(0);
+        .env("RUST_LOG", opts.rust_log.unwrap_or("info"));
+        // The test's own variables last: they may replace the ones above.
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join("worker.out")).unwrap())
+            .stderr(fs::File::create(dir.join("worker.log")).unwrap())
+            .process_group(0);
         let worker = match cmd.spawn() {
             Ok(w) => w,
             Err(e) => {
@@ -233,7 +257,7 @@ impl Setup {
                 panic!("start comfystore serve: {e}");
             }
         };
-        let mut setup = Setup {
+        Setup {
             dir,
             comfy_port,
             rp_port,
@@ -241,15 +265,22 @@ impl Setup {
             worker,
             exited: None,
             _tmp: tmp,
-        };
-        setup.wait(Duration::from_secs(40), "the worker's first take", |st| {
-            (st["take_count"].as_u64().unwrap() >= 1).then_some(())
-        });
-        assert!(
-            listening(comfy_port),
-            "ComfyUI does not listen on {comfy_port}"
-        );
-        setup
+        }
+    }
+
+    /// Wait at most `timeout` for the worker to exit on its own.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        while self.worker_alive() {
+            if Instant::now() > deadline {
+                panic!(
+                    "the worker did not exit within {timeout:?}\n{}",
+                    self.report()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.exited.unwrap()
     }
 
     /// The worker's stderr (its log) so far.
@@ -740,8 +771,11 @@ fn comfyui_crash_fails_the_job_and_the_next_one_runs() {
     assert_clean_protocol(&w.state());
 }
 
+/// A stop names the running job: ComfyUI is interrupted (the next job runs at once, not
+/// after the slow one's 20 s), and, as the SDK cancels the job and posts nothing, no result
+/// is posted for it.
 #[test]
-fn stop_channel_interrupts_the_running_job() {
+fn stop_channel_interrupts_the_running_job_and_posts_nothing() {
     let id = "stop-me-1";
     let mut w = Setup::start(Opts::default());
     w.enqueue(&[slow_job(id, 20.0), good_job("after-stop")]);
@@ -758,22 +792,26 @@ fn stop_channel_interrupts_the_running_job() {
                 .then_some(())
         },
     );
-    let asked = Instant::now();
     w.stop_job(id);
-    let rec = w.result(id, Duration::from_secs(12));
-    let took = asked.elapsed();
-    assert!(
-        took < Duration::from_secs(6),
-        "the result came {took:?} after the stop"
-    );
-    let text = error_text(body(&rec));
-    assert!(
-        text.to_lowercase().contains("interrupt"),
-        "not reported as interrupted: {text}"
-    );
-    let next = w.result("after-stop", Duration::from_secs(20));
+    // Interrupted: the next job's result well before the slow job's 20 s were over.
+    let next = w.result("after-stop", Duration::from_secs(12));
     one_image(body(&next));
     let st = w.state();
+    let posted: Vec<&Value> = st["results"][id]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["body"]["status"] != "IN_PROGRESS")
+        .collect();
+    assert!(
+        posted.is_empty(),
+        "a stopped job's result was posted: {posted:#?}"
+    );
+    assert!(
+        w.log().contains("stopped by the platform"),
+        "{}",
+        w.report()
+    );
     let stops: Vec<&Value> = st["stop_polls"]
         .as_array()
         .unwrap()
@@ -1025,4 +1063,265 @@ fn gcs_outputs_are_posted_as_urls_and_kept_out_of_the_log() {
         !out.contains(signature),
         "the signed URL is on stdout:\n{out}"
     );
+}
+
+/// A failure without details is posted as `{"error": …}` alone, as the SDK posts
+/// worker-comfyui's `{"error": …}` (it drops an empty output); one with details keeps them
+/// under `output`.
+#[test]
+fn a_failed_result_without_details_has_no_output() {
+    let mut w = Setup::start(Opts::default());
+    w.enqueue(&[
+        json!({"id": "no-workflow", "input": {"images": []}}),
+        json!({"id": "fail-node-d", "input": {"workflow": {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "FailNode", "inputs": {"image": ["1", 0], "message": "failed on purpose"}},
+        }}}),
+    ]);
+    let rec = w.result("no-workflow", Duration::from_secs(20));
+    let b = body(&rec);
+    assert_eq!(
+        b.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["error"],
+        "{b:#}"
+    );
+    assert!(b["error"].as_str().is_some_and(|e| !e.is_empty()), "{b:#}");
+    let rec = w.result("fail-node-d", Duration::from_secs(20));
+    let b = body(&rec);
+    assert!(
+        b["output"]["details"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty()),
+        "{b:#}"
+    );
+    assert_clean_protocol(&w.state());
+}
+
+/// A result post is retried when the platform answers 5xx (as the SDK does), not when it
+/// answers 4xx (its final word on that result).
+#[test]
+fn result_posts_are_retried_on_5xx_only() {
+    let mut w = Setup::start(Opts::default());
+    let inject = |w: &Setup, status: u16, n: u32| {
+        let (code, _) = http(
+            w.rp_port,
+            "POST",
+            &format!("/control/result-status/{status}/{n}"),
+            b"",
+        );
+        assert_eq!(code, 200);
+    };
+    inject(&w, 400, 1);
+    w.enqueue(&[good_job("refused-400")]);
+    w.result("refused-400", Duration::from_secs(20));
+    inject(&w, 503, 2);
+    w.enqueue(&[good_job("retried-503")]);
+    let statuses = w.wait(Duration::from_secs(20), "the 503 result delivered", |st| {
+        let recs = st["results"]["retried-503"].as_array()?;
+        let s: Vec<u64> = recs
+            .iter()
+            .filter(|r| r["body"]["status"] != "IN_PROGRESS")
+            .filter_map(|r| r["status"].as_u64())
+            .collect();
+        s.contains(&200).then_some(s)
+    });
+    assert_eq!(statuses, [503, 503, 200], "{}", w.report());
+    let st = w.state();
+    let refused: Vec<&Value> = st["results"]["refused-400"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["body"]["status"] != "IN_PROGRESS")
+        .collect();
+    assert_eq!(refused.len(), 1, "a 400 was retried: {st:#}");
+    assert_eq!(refused[0]["status"], 400);
+    assert_clean_protocol(&st);
+}
+
+/// The heartbeat's `runpod_version` is the SDK version whose protocol the worker speaks (a
+/// version number, as the SDK sends); comfystore's own version is in the User-Agent of every
+/// call.
+#[test]
+fn pings_carry_the_sdk_version_and_the_user_agent_ours() {
+    let mut w = Setup::start(Opts::default());
+    let st = w.wait(Duration::from_secs(10), "a ping", |st| {
+        (!st["pings"].as_array()?.is_empty()).then(|| st.clone())
+    });
+    let ours = format!("comfystore/{}", env!("CARGO_PKG_VERSION"));
+    for p in st["pings"].as_array().unwrap() {
+        assert_eq!(p["query"]["runpod_version"], "1.12.0", "{p:#}");
+        let ua = p["headers"]["User-Agent"].as_str().unwrap_or("");
+        assert!(ua.starts_with(&ours), "{p:#}");
+        assert!(ua.contains("RunPod-Python-SDK/1.12.0"), "{p:#}");
+    }
+    for t in st["takes"].as_array().unwrap() {
+        let ua = t["headers"]["User-Agent"].as_str().unwrap_or("");
+        assert!(ua.starts_with(&ours), "{t:#}");
+    }
+}
+
+/// A ping the platform answers 429 or 5xx is retried with back-off (as the SDK's urllib3
+/// retries), before the next regular heartbeat is due.
+#[test]
+fn a_failed_ping_is_retried_with_back_off() {
+    let mut w = Setup::start(Opts {
+        fail_pings: 2,
+        env: vec![("RUNPOD_PING_INTERVAL", "8000".to_string())],
+        ..Opts::default()
+    });
+    let pings = w.wait(Duration::from_secs(15), "a ping answered 200", |st| {
+        let p = st["pings"].as_array()?;
+        p.iter().any(|p| p["status"] == 200).then(|| p.clone())
+    });
+    let statuses: Vec<u64> = pings.iter().filter_map(|p| p["status"].as_u64()).collect();
+    assert_eq!(statuses, [503, 503, 200], "{}", w.report());
+    let t: Vec<f64> = pings.iter().map(|p| p["t"].as_f64().unwrap()).collect();
+    assert!(
+        t[2] - t[0] < 7.5,
+        "no retry before the next heartbeat: pings at {t:?}"
+    );
+    assert!(
+        t.windows(2).all(|g| g[1] - g[0] >= 0.5),
+        "retried without a pause: pings at {t:?}"
+    );
+}
+
+/// The heartbeat starts with the worker, as the SDK's: the platform sees it alive while
+/// ComfyUI starts (here 3 s), before any job is taken.
+#[test]
+fn the_heartbeat_starts_before_comfyui_is_ready() {
+    let w = Setup::start(Opts {
+        comfy_args: vec!["--fake-start-delay=3".into()],
+        ..Opts::default()
+    });
+    let st = w.state();
+    let first_take = st["takes"][0]["t"].as_f64().unwrap();
+    let before: Vec<&Value> = st["pings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["t"].as_f64().unwrap() < first_take - 0.5)
+        .collect();
+    assert!(
+        before.len() >= 2,
+        "{} pings while ComfyUI started: {st:#}\n{}",
+        before.len(),
+        w.report()
+    );
+    for p in before {
+        assert!(p["query"].get("job_id").is_none(), "{p:#}");
+        assert_eq!(p["query"]["runpod_version"], "1.12.0", "{p:#}");
+    }
+    assert_clean_protocol(&st);
+}
+
+/// A worker whose ComfyUI cannot start tells the platform before it exits, as the SDK reports
+/// a failed fitness check: `ping?status=unhealthy&check=…&reason=…`, the reason without
+/// secrets (ComfyUI's log here shows the key) and at most 256 characters.
+#[test]
+fn a_failed_start_is_reported_unhealthy() {
+    let mut w = Setup::launch(Opts {
+        comfy_args: vec![format!("--fake-token={KEY}"), "--fake-exit-at-start".into()],
+        ..Opts::default()
+    });
+    let status = w.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit status {status}\n{}",
+        w.report()
+    );
+    let st = w.state();
+    let unhealthy: Vec<&Value> = st["pings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["query"]["status"] == "unhealthy")
+        .collect();
+    assert_eq!(unhealthy.len(), 1, "{st:#}\n{}", w.report());
+    let q = &unhealthy[0]["query"];
+    assert_eq!(q["check"], "comfyui", "{q:#}");
+    assert_eq!(q["runpod_version"], "1.12.0", "{q:#}");
+    let reason = q["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("exited"), "{q:#}");
+    assert!(reason.chars().count() <= 256, "{q:#}");
+    assert!(
+        reason.contains("--fake-token=***"),
+        "the log line with the key is not in the reason: {q:#}"
+    );
+    assert!(!reason.contains(KEY), "the key is in the reason: {q:#}");
+    assert_eq!(st["take_count"], 0, "{st:#}");
+    assert_clean_protocol(&st);
+}
+
+/// A stop that comes while the job's last node runs (a node that does not check for an
+/// interrupt, so the job completes anyway) does not post the job as a success.
+#[test]
+fn a_job_stopped_in_its_last_node_is_not_posted_as_a_success() {
+    let id = "stop-too-late-1";
+    let mut w = Setup::start(Opts::default());
+    w.enqueue(&[
+        json!({"id": id, "input": {"workflow": {
+            "1": {"class_type": "SlowNode", "inputs": {"seconds": 2.5, "uninterruptible": true}},
+        }}}),
+        good_job("after-late-stop"),
+    ]);
+    w.wait(Duration::from_secs(10), "a ping naming the job", |st| {
+        st["pings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["query"]["job_id"] == id)
+            .then_some(())
+    });
+    w.stop_job(id);
+    let next = w.result("after-late-stop", Duration::from_secs(20));
+    one_image(body(&next));
+    let st = w.state();
+    let stop_answered = st["stop_polls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["jobs"] == json!([id]));
+    assert!(stop_answered, "the stop was not handed out: {st:#}");
+    let posted: Vec<&Value> = st["results"][id]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["body"]["status"] != "IN_PROGRESS")
+        .collect();
+    assert!(
+        posted.is_empty(),
+        "a stopped job's result was posted: {posted:#?}\n{}",
+        w.report()
+    );
+    assert_clean_protocol(&st);
+}
+
+/// `REFRESH_WORKER=true` (worker-comfyui's variable): the result carries `"stopPod": true`
+/// and the worker exits (status 0) after its first job, as the SDK with `refresh_worker`, so
+/// the platform starts a fresh worker; the next job stays queued.
+#[test]
+fn refresh_worker_exits_after_one_job() {
+    let id = "refresh-1";
+    let mut w = Setup::start(Opts {
+        env: vec![("REFRESH_WORKER", "true".to_string())],
+        ..Opts::default()
+    });
+    w.enqueue(&[good_job(id), good_job("for-the-next-worker")]);
+    let rec = w.result(id, Duration::from_secs(20));
+    let b = body(&rec);
+    assert_eq!(b["stopPod"], true, "{b:#}");
+    one_image(b);
+    let status = w.wait_exit(Duration::from_secs(15));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}\n{}",
+        w.report()
+    );
+    assert!(!listening(w.comfy_port), "ComfyUI still listens");
+    let st = w.state();
+    assert_eq!(st["queued"], json!(["for-the-next-worker"]), "{st:#}");
+    assert_clean_protocol(&st);
 }

@@ -212,10 +212,23 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<u8> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    let mut w = worker(cli, &a.comfy)?;
+    use comfystore::worker::runpod;
+    // Pinging from the start: the platform sees the worker alive while it materializes the
+    // version and starts ComfyUI.
+    let heartbeat = runpod::Heartbeat::start(&cfg)?;
+    let mut w = match worker(cli, &a.comfy) {
+        Ok(w) => w,
+        Err(e) => {
+            runpod::report_unhealthy(&cfg, "setup", &format!("{e:#}"));
+            return Err(e);
+        }
+    };
     // ComfyUI starts before the first job is taken, so a job never pays the start-up.
-    w.ready()?;
-    comfystore::worker::runpod::serve(&mut w, &cfg, stop)?;
+    if let Err(e) = w.ready() {
+        runpod::report_unhealthy(&cfg, "comfyui", &e.to_string());
+        return Err(e.into());
+    }
+    runpod::serve(&mut w, &cfg, &heartbeat, stop)?;
     w.sup.stop(Duration::from_secs(10));
     Ok(0)
 }

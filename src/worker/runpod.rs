@@ -14,7 +14,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
-const SDK_VERSION: &str = concat!("comfystore-", env!("CARGO_PKG_VERSION"));
+/// The runpod-python version whose protocol this worker speaks, sent as the heartbeat's
+/// `runpod_version` (the platform reads an SDK version there, as every SDK worker sends one).
+pub const SDK_VERSION: &str = "1.12.0";
+
+/// Who we are, on every call to the platform: comfystore and its version, then the SDK
+/// version it is compatible with.
+pub fn user_agent() -> String {
+    format!(
+        "comfystore/{} (RunPod-Python-SDK/{SDK_VERSION} compatible; {} {})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
 
 /// The platform's settings, from `RUNPOD_*` variables.
 #[derive(Clone)]
@@ -25,6 +38,10 @@ pub struct RunPodConfig {
     pub api_key: Option<String>,
     pub worker_id: String,
     pub ping_interval: Duration,
+    /// `REFRESH_WORKER=true` (worker-comfyui's variable): one job per worker. Its result
+    /// carries `"stopPod": true` and the worker exits after it, so the platform starts a fresh
+    /// one, as the SDK does with `refresh_worker`.
+    pub refresh_worker: bool,
 }
 
 impl std::fmt::Debug for RunPodConfig {
@@ -37,6 +54,7 @@ impl std::fmt::Debug for RunPodConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("worker_id", &self.worker_id)
             .field("ping_interval", &self.ping_interval)
+            .field("refresh_worker", &self.refresh_worker)
             .finish()
     }
 }
@@ -64,6 +82,8 @@ impl RunPodConfig {
             ping: var("RUNPOD_WEBHOOK_PING").map(fill),
             api_key: var("RUNPOD_AI_API_KEY"),
             ping_interval: ping_interval(var("RUNPOD_PING_INTERVAL").as_deref()),
+            // As worker-comfyui reads it.
+            refresh_worker: var("REFRESH_WORKER").is_some_and(|v| v.eq_ignore_ascii_case("true")),
             worker_id,
         })
     }
@@ -91,14 +111,108 @@ fn with_query(url: &str, params: &[(&str, &str)]) -> String {
 /// The job a worker holds now, shared with the heartbeat and the stop channel.
 type Current = Arc<Mutex<Option<String>>>;
 
+/// The job the stop channel stopped, if any: its result is not posted.
+type Stopped = Arc<Mutex<Option<String>>>;
+
+/// The heartbeat, from the worker's start (before the version is materialized and ComfyUI
+/// answers, as the SDK pings from its start) until this is dropped. It runs on a thread of its
+/// own, so nothing the worker does delays it; it names the job in progress.
+pub struct Heartbeat {
+    current: Current,
+    /// Wakes the thread to end (when there is one: the platform gave a ping URL).
+    end: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Heartbeat {
+    /// Start pinging, when the platform gives a ping URL.
+    pub fn start(cfg: &RunPodConfig) -> Result<Heartbeat, Error> {
+        let current: Current = Arc::new(Mutex::new(None));
+        let Some(url) = cfg.ping.clone() else {
+            return Ok(Heartbeat { current, end: None });
+        };
+        let http = client(cfg, cfg.ping_interval * 2)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        let end = Arc::new(tokio::sync::Notify::new());
+        let (every, job, ended) = (cfg.ping_interval, current.clone(), end.clone());
+        std::thread::Builder::new()
+            .name("runpod-heartbeat".into())
+            .spawn(move || rt.block_on(heartbeat(http, url, every, job, ended)))
+            .map_err(Error::Runtime)?;
+        Ok(Heartbeat {
+            current,
+            end: Some(end),
+        })
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Some(end) = &self.end {
+            end.notify_one();
+        }
+    }
+}
+
+/// Tell the platform that the worker could not start, before it exits: one ping with
+/// `status=unhealthy`, `check` (what failed) and `reason` (its first 256 characters, every
+/// secret of the environment replaced by `***`), retried as pings are. The SDK reports a
+/// failed fitness check the same way.
+pub fn report_unhealthy(cfg: &RunPodConfig, check: &str, reason: &str) {
+    let Some(url) = cfg.ping.clone() else {
+        return;
+    };
+    let reason = unhealthy_reason(reason, cfg.api_key.as_deref());
+    tracing::warn!("reporting the worker unhealthy ({check}): {reason}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let (Ok(rt), Ok(http)) = (rt, client(cfg, Duration::from_secs(10))) else {
+        return;
+    };
+    let params = [
+        ("status", "unhealthy"),
+        ("check", check),
+        ("reason", reason.as_str()),
+        ("runpod_version", SDK_VERSION),
+    ];
+    rt.block_on(ping(&http, || with_query(&url, &params)));
+}
+
+/// `reason` without the values of the credential variables (and the RunPod key), cut to 256
+/// characters as the SDK cuts it.
+fn unhealthy_reason(reason: &str, api_key: Option<&str>) -> String {
+    let values: Vec<String> = crate::secret::SECRET_VARS
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .chain(api_key.map(String::from))
+        .collect();
+    let secrets: Vec<&str> = values.iter().map(String::as_str).collect();
+    crate::secret::redact_all(reason, &secrets)
+        .chars()
+        .take(256)
+        .collect()
+}
+
 /// Take jobs until `stop` is set (SIGTERM): long-poll, run, post the result. The job in
-/// progress when SIGTERM arrives is finished first. Runs on the worker's runtime.
-pub fn serve(worker: &mut Worker, cfg: &RunPodConfig, stop: Arc<AtomicBool>) -> Result<(), Error> {
+/// progress when SIGTERM arrives is finished first. Runs on the worker's runtime; ComfyUI
+/// must be ready (the heartbeat started before, so the platform sees the worker alive while
+/// it starts).
+pub fn serve(
+    worker: &mut Worker,
+    cfg: &RunPodConfig,
+    heartbeat: &Heartbeat,
+    stop: Arc<AtomicBool>,
+) -> Result<(), Error> {
     let rt = worker.runtime();
-    let current: Current = Arc::new(Mutex::new(None));
+    let current = heartbeat.current.clone();
     let http = client(cfg, Duration::from_secs(100))?;
-    // They end with this function, as the loop does.
-    let _side = side_channels(&rt, cfg, &http, worker.comfy(), &current, &stop)?;
+    let stopped: Stopped = Arc::new(Mutex::new(None));
+    // It ends with this function, as the loop does.
+    let _stop_channel =
+        stop_channel_task(&rt, cfg, &http, worker.comfy(), (&current, &stopped), &stop);
     tracing::info!("RunPod worker {} taking jobs", cfg.worker_id);
     let mut pace = Pace::default();
     while !stop.load(Ordering::SeqCst) {
@@ -123,9 +237,26 @@ pub fn serve(worker: &mut Worker, cfg: &RunPodConfig, stop: Arc<AtomicBool>) -> 
             }
         };
         set_current(&current, Some(id.clone()));
-        let result = run_job(worker, &rt, &http, cfg, &id, &input);
-        post_result(&rt, &http, cfg, &id, &result);
+        let mut result = run_job(worker, &rt, &http, cfg, (&id, &stopped), &input);
+        if cfg.refresh_worker {
+            result["stopPod"] = Value::Bool(true);
+        }
+        // A stopped job is cancelled on the platform's side: like the SDK, which cancels the
+        // handler, nothing is posted, neither the interrupted job's error nor the output of
+        // one that completed anyway (ComfyUI checks for an interrupt between nodes).
+        if was_stopped(&stopped, &id) {
+            tracing::info!("job {id}: stopped by the platform; no result posted");
+        } else {
+            post_result(&rt, &http, cfg, &id, &result);
+        }
         set_current(&current, None);
+        if let Ok(mut s) = stopped.lock() {
+            *s = None;
+        }
+        if cfg.refresh_worker {
+            tracing::info!("REFRESH_WORKER: leaving after job {id}, for a fresh worker");
+            return Ok(());
+        }
     }
     tracing::info!("RunPod worker stopping (SIGTERM)");
     Ok(())
@@ -179,37 +310,35 @@ fn pause(stop: &AtomicBool, d: Duration) {
     }
 }
 
-/// The heartbeat (when the platform gives a ping URL) and the stop channel (on the job-take
-/// protocol), as tasks on the runtime that end when the handles are dropped.
-fn side_channels(
+/// Whether the stop channel stopped job `id`.
+fn was_stopped(stopped: &Stopped, id: &str) -> bool {
+    stopped
+        .lock()
+        .ok()
+        .is_some_and(|s| s.as_deref() == Some(id))
+}
+
+/// The stop channel (on the job-take protocol), as a task on the runtime that ends when the
+/// handle is dropped.
+fn stop_channel_task(
     rt: &Handle,
     cfg: &RunPodConfig,
     http: &reqwest::Client,
     comfy: &crate::comfy::Client,
-    current: &Current,
+    (current, stopped): (&Current, &Stopped),
     stop: &Arc<AtomicBool>,
-) -> Result<Vec<AbortOnDrop>, Error> {
-    let mut tasks = Vec::new();
-    if let Some(ping) = cfg.ping.clone() {
-        tasks.push(AbortOnDrop(rt.spawn(heartbeat(
-            client(cfg, cfg.ping_interval * 2)?,
-            ping,
-            cfg.ping_interval,
-            current.clone(),
-            stop.clone(),
-        ))));
+) -> Option<AbortOnDrop> {
+    if !cfg.get_job.contains("/job-take/") {
+        return None;
     }
-    if cfg.get_job.contains("/job-take/") {
-        let url = cfg.get_job.replace("/job-take/", "/job-stop/");
-        tasks.push(AbortOnDrop(rt.spawn(stop_channel(
-            http.clone(),
-            url,
-            comfy.clone(),
-            current.clone(),
-            stop.clone(),
-        ))));
-    }
-    Ok(tasks)
+    let url = cfg.get_job.replace("/job-take/", "/job-stop/");
+    Some(AbortOnDrop(rt.spawn(stop_channel(
+        http.clone(),
+        url,
+        comfy.clone(),
+        (current.clone(), stopped.clone()),
+        stop.clone(),
+    ))))
 }
 
 /// What a take gave.
@@ -267,7 +396,7 @@ fn run_job(
     rt: &Handle,
     http: &reqwest::Client,
     cfg: &RunPodConfig,
-    id: &str,
+    (id, stopped): (&str, &Stopped),
     input: &Value,
 ) -> Value {
     let mut last: Option<std::time::Instant> = None;
@@ -276,7 +405,7 @@ fn run_job(
         &[("isStream", "false")],
     );
     let mut on_progress = |p: &Value| {
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) || was_stopped(stopped, id) {
             return;
         }
         last = Some(std::time::Instant::now());
@@ -292,12 +421,28 @@ fn run_job(
     };
     match worker.run_with_progress(id, input, &mut on_progress) {
         Ok(output) => json!({ "output": output }),
-        // The SDK pops `error` to the top and leaves the rest as the output.
-        Err(err) => {
-            let (error, output) = pop_error(err);
-            json!({ "error": error.unwrap_or(Value::String("job failed".into())), "output": output })
+        Err(err) => failed_result(err),
+    }
+}
+
+/// A failed job's result as the SDK makes it of worker-comfyui's answer: `error` popped to the
+/// top, the rest as the output, and no output when nothing is left (worker-comfyui gives no
+/// `details` when it has none, and the SDK drops an empty output).
+fn failed_result(answer: Value) -> Value {
+    let (error, mut output) = pop_error(answer);
+    if let Some(o) = output.as_object_mut() {
+        if o.get("details")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+        {
+            o.remove("details");
         }
     }
+    let mut result = json!({ "error": error.unwrap_or(Value::String("job failed".into())) });
+    if !output.as_object().is_some_and(|o| o.is_empty()) {
+        result["output"] = output;
+    }
+    result
 }
 
 fn set_current(current: &Current, job: Option<String>) {
@@ -324,14 +469,15 @@ fn client(cfg: &RunPodConfig, timeout: Duration) -> Result<reqwest::Client, Erro
     }
     reqwest::Client::builder()
         .default_headers(headers)
-        .user_agent(SDK_VERSION)
+        .user_agent(user_agent())
         .timeout(timeout)
         .build()
         .map_err(Error::RunPodClient)
 }
 
-/// 3. POST the result, 3 tries (1 s, 2 s apart). A result that cannot be delivered is logged:
-///    the platform then retries or times the job out.
+/// 3. POST the result, 3 tries (1 s, 2 s apart) when the platform cannot be reached or answers
+///    5xx; a 4xx is its final word (the SDK retries the same way). A result that cannot be
+///    delivered is logged: the platform then retries or times the job out.
 fn post_result(rt: &Handle, http: &reqwest::Client, cfg: &RunPodConfig, id: &str, result: &Value) {
     let url = with_query(
         &cfg.post_output.replace("$ID", id),
@@ -349,14 +495,14 @@ fn post_result(rt: &Handle, http: &reqwest::Client, cfg: &RunPodConfig, id: &str
                 .await?
                 .error_for_status()
         });
-        match r {
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!("job {id}: posting the result failed (try {attempt} of 3): {e}");
-                if attempt < 3 {
-                    std::thread::sleep(Duration::from_secs(attempt));
-                }
-            }
+        let Err(e) = r else { return };
+        if e.status().is_some_and(|s| !s.is_server_error()) {
+            tracing::warn!("job {id}: the platform refused the result: {e}");
+            return;
+        }
+        tracing::warn!("job {id}: posting the result failed (try {attempt} of 3): {e}");
+        if attempt < 3 {
+            std::thread::sleep(Duration::from_secs(attempt));
         }
     }
 }
@@ -366,28 +512,61 @@ async fn heartbeat(
     url: String,
     every: Duration,
     current: Current,
-    stop: Arc<AtomicBool>,
+    end: Arc<tokio::sync::Notify>,
 ) {
-    while !stop.load(Ordering::SeqCst) {
-        let job = current.lock().ok().and_then(|c| c.clone());
-        let mut params = vec![("runpod_version", SDK_VERSION)];
-        if let Some(j) = job.as_deref() {
-            params.insert(0, ("job_id", j));
+    loop {
+        ping(&http, || {
+            let job = current.lock().ok().and_then(|c| c.clone());
+            let mut params = vec![("runpod_version", SDK_VERSION)];
+            if let Some(j) = job.as_deref() {
+                params.insert(0, ("job_id", j));
+            }
+            with_query(&url, &params)
+        })
+        .await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = end.notified() => return,
         }
-        if let Err(e) = http.get(with_query(&url, &params)).send().await {
-            tracing::debug!("heartbeat: {e}");
-        }
-        tokio::time::sleep(every).await;
     }
 }
 
-/// Long-poll the stop channel; when it names the job in progress, interrupt ComfyUI (the job
-/// then ends as interrupted and its result is posted as usual).
+/// Pauses before the retries of a ping the platform answered 429 or 5xx, or did not answer
+/// (the SDK's urllib3 `Retry(3, backoff_factor=1)`: three retries, backing off).
+const PING_RETRIES: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+
+/// One ping, to the URL `url` gives at each try (so a retry names the job in progress then);
+/// retried on 429, 5xx and no answer. The answer is not read.
+async fn ping(http: &reqwest::Client, url: impl Fn() -> String) {
+    for pause in PING_RETRIES.iter().map(Some).chain([None]) {
+        let why = match http.get(url()).send().await {
+            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+                format!("HTTP {}", r.status().as_u16())
+            }
+            Ok(_) => return,
+            Err(e) => e.to_string(),
+        };
+        let Some(pause) = pause else {
+            tracing::warn!("heartbeat: {why}; given up until the next one");
+            return;
+        };
+        tracing::debug!("heartbeat: {why}; retrying in {pause:?}");
+        tokio::time::sleep(*pause).await;
+    }
+}
+
+/// Long-poll the stop channel; when it names the job in progress, mark it stopped (its
+/// result is not posted) and interrupt ComfyUI (the job ends, and ComfyUI is free for the
+/// next one).
 async fn stop_channel(
     http: reqwest::Client,
     url: String,
     comfy: crate::comfy::Client,
-    current: Current,
+    (current, stopped): (Current, Stopped),
     stop: Arc<AtomicBool>,
 ) {
     let mut pace = Pace::default();
@@ -406,6 +585,9 @@ async fn stop_channel(
                 let ours = current.lock().ok().and_then(|c| c.clone());
                 if let Some(job) = ours.filter(|j| ids.contains(&j.as_str())) {
                     tracing::info!("job {job}: stopped by the platform; interrupting ComfyUI");
+                    if let Ok(mut s) = stopped.lock() {
+                        *s = Some(job);
+                    }
                     let _ = comfy.interrupt(None).await;
                 }
                 EMPTY_POLL
@@ -431,6 +613,26 @@ mod tests {
         assert_eq!(ping_interval(Some("300")), Duration::from_millis(300));
         assert_eq!(ping_interval(Some("0")), Duration::from_millis(100));
         assert_eq!(ping_interval(Some("x")), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn failed_results_drop_an_empty_output() {
+        assert_eq!(
+            failed_result(json!({"error": "e", "details": []})),
+            json!({"error": "e"})
+        );
+        assert_eq!(
+            failed_result(json!({"error": "e", "details": ["d"]})),
+            json!({"error": "e", "output": {"details": ["d"]}})
+        );
+    }
+
+    #[test]
+    fn unhealthy_reasons_are_redacted_and_cut() {
+        let r = unhealthy_reason(&format!("key k-123 {}", "x".repeat(400)), Some("k-123"));
+        assert!(r.starts_with("key *** x"), "{r}");
+        assert_eq!(r.chars().count(), 256);
+        assert_eq!(unhealthy_reason("é", None), "é");
     }
 
     #[test]
