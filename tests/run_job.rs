@@ -202,12 +202,28 @@ fn error_text(v: &Value) -> String {
 }
 
 /// The only output file of a job, checked: base64 data whose sha256 is `sha256`.
-fn one_file(output: &Value) -> (Value, Vec<u8>) {
+/// Every output file of an answer: `images` (always there), then `videos`, `audio`, `files`.
+fn all_files(output: &Value) -> Vec<Value> {
     let images = output["images"]
         .as_array()
-        .unwrap_or_else(|| panic!("{output:#}"));
-    assert_eq!(images.len(), 1, "{output:#}");
-    let f = images[0].clone();
+        .unwrap_or_else(|| panic!("no images list: {output:#}"));
+    let mut all = images.clone();
+    for k in ["videos", "audio", "files"] {
+        if let Some(v) = output.get(k) {
+            all.extend(
+                v.as_array()
+                    .unwrap_or_else(|| panic!("{k}: {output:#}"))
+                    .clone(),
+            );
+        }
+    }
+    all
+}
+
+fn one_file(output: &Value) -> (Value, Vec<u8>) {
+    let all = all_files(output);
+    assert_eq!(all.len(), 1, "{output:#}");
+    let f = all[0].clone();
     assert_eq!(f["type"], "base64", "{f:#}");
     let data = base64::engine::general_purpose::STANDARD
         .decode(f["data"].as_str().unwrap())
@@ -1083,6 +1099,10 @@ fn non_image_outputs_are_returned() {
         "2": {"class_type": "SaveVideo", "inputs": {"filename_prefix": "clips/v", "images": ["1", 0]}},
     }}});
     let out = env.ok(&job, &[]);
+    // A video is not an image: worker-comfyui's clients decode every `images[].data` as one.
+    assert_eq!(out["images"], json!([]), "{out:#}");
+    assert_eq!(out["status"], "success_no_images", "{out:#}");
+    assert_eq!(out["videos"].as_array().map(Vec::len), Some(1), "{out:#}");
     let (f, data) = one_file(&out);
     assert_eq!(f["output"], "videos", "{f:#}");
     assert_eq!(f["node"], "2");
@@ -1346,11 +1366,9 @@ fn verify_v4(url: &str, public_pem: &Path, dir: &Path) {
 
 /// The only output file of an answer, as a GCS URL.
 fn one_gcs_file(out: &Value) -> Value {
-    let images = out["images"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{out:#}"));
-    assert_eq!(images.len(), 1, "{out:#}");
-    let f = images[0].clone();
+    let all = all_files(out);
+    assert_eq!(all.len(), 1, "{out:#}");
+    let f = all[0].clone();
     assert_eq!(f["type"], "gcs_url", "{f:#}");
     f
 }

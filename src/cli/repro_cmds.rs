@@ -313,12 +313,12 @@ fn outputs_of(n: usize, answer: Answer) -> Result<Vec<Output>> {
         out.errors.join("; ")
     );
     anyhow::ensure!(
-        !out.images.is_empty(),
+        !out.is_empty(),
         "run {n}: the workflow wrote no output file (it needs an output node such as SaveImage)"
     );
     let files = out
-        .images
-        .into_iter()
+        .all()
+        .cloned()
         .map(|f| Output {
             node: f.node,
             output: f.output,

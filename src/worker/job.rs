@@ -302,13 +302,67 @@ pub struct OutputFile {
     pub gs_uri: Option<String>,
 }
 
-/// A successful job's `output`.
+/// A successful job's `output`. Images are under `images` (what worker-comfyui's clients
+/// decode as pictures); videos, audio and other files under keys of their own, so a client
+/// that decodes every `images[].data` as a picture never meets an mp4 or a latent.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct JobOutput {
+    /// `success_no_images` when the job produced no image, as worker-comfyui says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
     pub images: Vec<OutputFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub videos: Vec<OutputFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audio: Vec<OutputFile>,
+    /// Anything else (`.latent`, `.json`, meshes, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<OutputFile>,
     /// Non-fatal problems.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+}
+
+impl JobOutput {
+    /// File `f` under the key its kind belongs to (by its extension).
+    pub fn push(&mut self, f: OutputFile) {
+        let ext = f
+            .filename
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase())
+            .unwrap_or_default();
+        let list = match ext.as_str() {
+            "png" | "jpg" | "jpeg" | "webp" | "gif" | "bmp" | "tif" | "tiff" | "avif" => {
+                &mut self.images
+            }
+            "mp4" | "webm" | "mov" | "mkv" | "avi" | "m4v" => &mut self.videos,
+            "wav" | "flac" | "mp3" | "ogg" | "opus" | "m4a" | "aac" => &mut self.audio,
+            _ => &mut self.files,
+        };
+        list.push(f);
+    }
+
+    /// Every output file, whatever its kind: images, videos, audio, then the rest.
+    pub fn all(&self) -> impl Iterator<Item = &OutputFile> {
+        self.images
+            .iter()
+            .chain(&self.videos)
+            .chain(&self.audio)
+            .chain(&self.files)
+    }
+
+    /// Whether the job produced any file.
+    pub fn is_empty(&self) -> bool {
+        self.all().next().is_none()
+    }
+
+    /// Say `success_no_images` when there is no image, as worker-comfyui does.
+    pub fn finish(mut self) -> JobOutput {
+        if self.images.is_empty() {
+            self.status = Some("success_no_images".into());
+        }
+        self
+    }
 }
 
 /// A failed job's answer: `{"error": …, "details": […]}`.

@@ -327,7 +327,7 @@ impl Worker {
             }
             match self.deliver(job_id, f) {
                 Ok(d) => {
-                    out.images.push(d.file);
+                    out.push(d.file);
                     out.errors.extend(d.note);
                 }
                 Err(e) => out.errors.push(format!("{}: {e}", f.filename)),
@@ -335,18 +335,18 @@ impl Worker {
         }
         self.release(prompt_id, now);
         if let Some((error, mut details)) = failure {
-            if out.images.is_empty() {
+            if out.is_empty() {
                 details.extend(out.errors);
                 return Err(JobError::Reported { error, details });
             }
             out.errors.extend(details);
-        } else if refused && out.images.is_empty() {
+        } else if refused && out.is_empty() {
             return Err(JobError::Reported {
                 error: "ComfyUI named output files outside its folders".to_string(),
                 details: out.errors,
             });
         }
-        Ok(out)
+        Ok(out.finish())
     }
 
     /// One output file: `GET /view`, into the store, then to the sink.
