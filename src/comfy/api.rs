@@ -40,10 +40,29 @@ pub fn read_submit(status: u16, body: &Value) -> Submitted {
         }
         _ => format!("ComfyUI answered {status} without a prompt id"),
     };
+    let details = node_errors(body.get("node_errors"));
     Submitted::Refused {
-        error: format!("Workflow validation failed: {error}"),
-        details: node_errors(body.get("node_errors")),
+        error: validation_message(&error, &details),
+        details,
     }
+}
+
+/// The one message a client that shows only `error` needs, as worker-comfyui writes it: every
+/// node's problem on a line of its own and, when a model or file the workflow names is not
+/// there, what to do about it.
+fn validation_message(error: &str, details: &[String]) -> String {
+    let mut msg = format!("Workflow validation failed: {error}");
+    for d in details {
+        msg.push_str("\n• ");
+        msg.push_str(d);
+    }
+    if details.iter().any(|d| d.contains("not in list")) {
+        msg.push_str(
+            "\nA file the workflow names (a model, a LoRA, an input image) is not in this \
+             version: add it to the lock (or upload the input with the job), or fix the name.",
+        );
+    }
+    msg
 }
 
 /// `node_errors` as lines `Node 5 (LoadImage): image - Invalid image file: nope.png`,
@@ -246,7 +265,7 @@ mod tests {
         let (s, b) = recorded(include_str!(
             "../../tests/fixtures/comfyui/post_prompt_bad_values.json"
         ));
-        let Submitted::Refused { details, .. } = read_submit(s, &b) else {
+        let Submitted::Refused { details, error } = read_submit(s, &b) else {
             panic!()
         };
         assert!(
@@ -254,6 +273,11 @@ mod tests {
                 .iter()
                 .any(|d| d.starts_with("Node 5 (LoadImage)") && d.contains("nope.png")),
             "{details:?}"
+        );
+        // The one message names the node and the file too (clients that show only `error`).
+        assert!(
+            error.contains("\n• Node 5 (LoadImage)") && error.contains("nope.png"),
+            "{error}"
         );
         let (s, b) = recorded(include_str!(
             "../../tests/fixtures/comfyui/post_prompt_no_prompt.json"
@@ -264,6 +288,25 @@ mod tests {
                 error: "Workflow validation failed: no prompt".into(),
                 details: vec![]
             }
+        );
+    }
+
+    #[test]
+    fn a_missing_model_is_named_in_the_one_message_with_what_to_do() {
+        let body = serde_json::json!({
+            "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation", "details": ""},
+            "node_errors": {"4": {"class_type": "CheckpointLoaderSimple", "errors": [{
+                "type": "value_not_in_list", "message": "Value not in list",
+                "details": "ckpt_name: 'sdxl.safetensors' not in ['v1-5.safetensors']"}]}}
+        });
+        let Submitted::Refused { error, .. } = read_submit(400, &body) else {
+            panic!()
+        };
+        assert!(
+            error.contains("Node 4 (CheckpointLoaderSimple)")
+                && error.contains("sdxl.safetensors")
+                && error.contains("add it to the lock"),
+            "{error}"
         );
     }
 
