@@ -168,21 +168,17 @@ pub fn read_history(body: &Value, prompt_id: &str) -> Finished {
     }
 }
 
-/// The files an entry's `outputs` list, node by node in id order, then by output key.
+/// The files an entry's `outputs` list, in ComfyUI's own order (nodes as it finished them,
+/// as worker-comfyui answers them; serde_json keeps the order it received).
 fn produced_files(entry: &Value) -> Vec<Produced> {
     let mut files = Vec::new();
     let Some(outputs) = entry.get("outputs").and_then(Value::as_object) else {
         return files;
     };
-    let mut nodes: Vec<&String> = outputs.keys().collect();
-    nodes.sort();
-    for node in nodes {
-        let Some(keys) = outputs[node].as_object() else {
+    for (node, out) in outputs {
+        let Some(keys) = out.as_object() else {
             continue;
         };
-        // Output keys in name order too: answers keep one order whatever ComfyUI's JSON had.
-        let mut keys: Vec<(&String, &Value)> = keys.iter().collect();
-        keys.sort_by_key(|(k, _)| *k);
         for (key, list) in keys {
             for f in list.as_array().into_iter().flatten() {
                 let (Some(filename), kind) = (
@@ -308,6 +304,23 @@ mod tests {
                 && error.contains("add it to the lock"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn outputs_keep_comfyuis_order() {
+        let entry: Value = serde_json::from_str(
+            r#"{"outputs": {
+                "9": {"images": [{"filename": "a.png", "type": "output"}]},
+                "10": {"videos": [{"filename": "b.mp4", "type": "output"}],
+                       "images": [{"filename": "c.png", "type": "output"}]},
+                "2": {"images": [{"filename": "d.png", "type": "output"}]}}}"#,
+        )
+        .unwrap();
+        let names: Vec<String> = produced_files(&entry)
+            .into_iter()
+            .map(|f| f.filename)
+            .collect();
+        assert_eq!(names, ["a.png", "b.mp4", "c.png", "d.png"]);
     }
 
     #[test]
