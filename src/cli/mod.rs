@@ -7,6 +7,7 @@ mod materialize_cmds;
 mod outputs;
 mod progress;
 mod python_cmds;
+mod remote_cmds;
 mod repro_cmds;
 mod run_cmds;
 mod store_cmds;
@@ -214,6 +215,20 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
+    /// Upload the closure of locks or ids to a GCS bucket, in the store's layout under PREFIX.
+    ///
+    /// Trees, objects, SHA-256 aliases, source records, and each LOCK itself. Only what the
+    /// bucket lacks is sent; uploads are conditional creates, so pushers on several machines
+    /// can share a bucket. Credentials and retries as for GCS outputs (docs/runpod.md).
+    #[command(
+        after_help = "Examples:\n  comfystore push gs://my-bucket/comfystore lockfiles/comfy-v1.lock.json\n  comfystore --json push gs://my-bucket/comfystore b3:1f0c…"
+    )]
+    Push(remote_cmds::PushArgs),
+    /// Fill the store from a GCS bucket written by `push`, verifying every tree and object.
+    #[command(
+        after_help = "Examples:\n  comfystore pull gs://my-bucket/comfystore lockfiles/comfy-v1.lock.json\n  comfystore pull gs://my-bucket/comfystore b3:1f0c… --remote-jobs 8"
+    )]
+    Pull(remote_cmds::PullArgs),
     /// Add a bundle's content to the store, verifying every hash first.
     #[command(
         after_help = "Examples:\n  comfystore import version.bundle --root v1\n  comfystore import --dry-run version.bundle   # verify only"
@@ -754,6 +769,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::Root(cmd) => store_cmds::root(&open_store(cli)?, cmd, json),
         Command::Index(IndexCommand::Rebuild) => store_cmds::rebuild_index(&open_store(cli)?, json),
+        Command::Push(a) => remote_cmds::push(cli, a),
+        Command::Pull(a) => remote_cmds::pull(cli, a),
         Command::Export { ids, output } => store_cmds::export(cli, &open_store(cli)?, ids, output),
         Command::Import {
             file,

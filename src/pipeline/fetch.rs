@@ -421,6 +421,17 @@ fn sources(
     sources
 }
 
+/// Pin what the store holds of `lock` with the GC root `lock/<tag>` (as `fetch` does), e.g.
+/// after a `pull`.
+pub fn pin_lock(store: &Store, lock: &Lockfile) -> Result<()> {
+    let _writer = store.lock_shared()?;
+    add_lock_root(
+        store,
+        &complete_models(store, lock)?,
+        &FetchReport::default(),
+    )
+}
+
 /// Pin what the store now holds with `lock/<tag>` (with the trees recorded for repo and commit
 /// where the lock names none), keeping the lockfile path a `lock` run recorded.
 fn add_lock_root(store: &Store, lock: &Lockfile, report: &FetchReport) -> Result<()> {

@@ -209,6 +209,14 @@ impl Store {
         }
     }
 
+    /// The SHA-256 the index recorded for an object, if any.
+    pub fn sha256_of(&self, id: &ObjectId) -> Result<Option<Sha256>> {
+        match &self.index {
+            Some(index) => index.object_sha256(id),
+            None => Ok(None),
+        }
+    }
+
     /// The object whose SHA-256 is `sha`, if the store has one (index first, then alias file).
     pub fn lookup_sha256(&self, sha: &Sha256) -> Result<Option<ObjectId>> {
         if let Some(index) = &self.index {
