@@ -290,3 +290,82 @@ fn pull_offline_opens_no_connection() {
     let report = parse(&out);
     assert!(report["failed"].to_string().contains("offline"), "{report}");
 }
+
+#[test]
+fn fetch_and_materialize_take_a_lock_from_the_remote_first() {
+    let test = "fetch_and_materialize_take_a_lock_from_the_remote_first";
+    let Some(emu) = emulator(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("store-a");
+    let src = tmp.path().join("ComfyUI");
+    write(&src.join("main.py"), b"print('fixture')\n");
+    write(&src.join("comfy/sd.py"), &vec![4u8; 70_000]);
+    let tree = common::json(&a, &["add", s(&src)])[0]["report"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let model: Vec<u8> = (0..500_000u32).map(|i| (i % 251) as u8).collect();
+    let model_file = tmp.path().join("m.safetensors");
+    write(&model_file, &model);
+    common::json(&a, &["add", s(&model_file)]);
+    // A lock whose model has no source: only the bucket can give it.
+    let lock = serde_json::json!({
+        "schema": "comfystore.lock/1",
+        "tag": "remote-test",
+        "comfyui": { "dirty": true, "tree": tree },
+        "models": [{
+            "path": "models/checkpoints/m.safetensors",
+            "size": model.len(),
+            "sha256": common::sha256_hex(&model),
+            "blake3": blake3::hash(&model).to_hex().to_string(),
+        }],
+    });
+    let lock_path = tmp.path().join("remote-test.lock.json");
+    write(
+        &lock_path,
+        serde_json::to_string_pretty(&lock).unwrap().as_bytes(),
+    );
+    let pushed = ok_json(&emu, &a, &["push", &remote(), s(&lock_path)]);
+    assert_eq!(pushed["trees"], 1, "{pushed}");
+    assert_eq!(pushed["locks"].as_array().unwrap().len(), 1, "{pushed}");
+
+    // Without the remote, an empty store cannot get the lock's content.
+    let b = tmp.path().join("store-b");
+    let out = run(&emu, &b, &["fetch", s(&lock_path)]);
+    assert_eq!(common::code(&out), 1, "{}", stderr(&out));
+    // With it (COMFYSTORE_REMOTE), fetch completes from the bucket.
+    let host = format!("127.0.0.1:{}", emu.port);
+    let r = remote();
+    let env = [
+        ("STORAGE_EMULATOR_HOST", Some(OsStr::new(&host))),
+        ("GOOGLE_APPLICATION_CREDENTIALS", None),
+        ("COMFYSTORE_REMOTE", Some(OsStr::new(&r))),
+    ];
+    let out = common::run_env(&b, &["--json", "fetch", s(&lock_path)], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = parse(&out);
+    assert_eq!(report["remote"]["trees"], 1, "{report}");
+    assert_eq!(report["remote"]["objects"], 3, "{report}");
+
+    // materialize --remote into a third, empty store.
+    let c = tmp.path().join("store-c");
+    let dest = tmp.path().join("dest");
+    let out = common::run_env(
+        &c,
+        &["materialize", s(&lock_path), s(&dest), "--remote", &r],
+        &env[..2],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(dest.join("main.py")).unwrap(),
+        b"print('fixture')\n"
+    );
+    let placed = dest.join("models/checkpoints/m.safetensors");
+    assert_eq!(fs::read(&placed).unwrap(), model);
+    for store in [&b, &c] {
+        let fsck = common::run(store, &["fsck"]);
+        assert!(fsck.status.success(), "{}", stderr(&fsck));
+    }
+}

@@ -379,6 +379,12 @@ pub struct SourceArgs {
     /// An HTTP mirror holding files by SHA-256 (<url>/<sha256>), tried before a file's own sources (repeatable).
     #[arg(long, value_name = "URL")]
     pub mirror_url: Vec<String>,
+    /// A bucket written by `push` (gs://BUCKET/PREFIX), tried before every other source for
+    /// the trees and files the store lacks.
+    #[arg(long, env = "COMFYSTORE_REMOTE", value_name = "gs://BUCKET/PREFIX")]
+    pub remote: Option<String>,
+    #[command(flatten)]
+    pub remote_gcs: remote_cmds::RemoteArgs,
     #[command(flatten)]
     pub http: HttpArgs,
 }
