@@ -364,8 +364,49 @@ fn fetch_and_materialize_take_a_lock_from_the_remote_first() {
     );
     let placed = dest.join("models/checkpoints/m.safetensors");
     assert_eq!(fs::read(&placed).unwrap(), model);
-    for store in [&b, &c] {
+    // pull LOCK fills a fourth store and pins the lock's content.
+    let d = tmp.path().join("store-d");
+    let pulled = ok_json(&emu, &d, &["pull", &remote(), s(&lock_path)]);
+    assert_eq!(pulled["trees"], 1, "{pulled}");
+    assert_eq!(pulled["objects"], 3, "{pulled}");
+    assert_eq!(pulled["aliases"], 1, "{pulled}");
+    let roots = common::ok(&d, &["root", "ls"]);
+    assert!(roots.contains("lock/remote-test"), "{roots}");
+    for store in [&b, &c, &d] {
         let fsck = common::run(store, &["fsck"]);
         assert!(fsck.status.success(), "{}", stderr(&fsck));
     }
+}
+
+#[test]
+fn push_retries_uploads_that_get_503() {
+    let Some(emu) = emulator("push_retries_uploads_that_get_503") else {
+        return;
+    };
+    let front = gcs::Front::start(emu.port, None, 3, 503);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, tree, _) = filled_store(tmp.path());
+    let host = front.url();
+    let out = common::run_env(
+        &a,
+        &["--json", "push", &remote(), &tree, "--remote-jobs", "1"],
+        &[
+            ("STORAGE_EMULATOR_HOST", Some(OsStr::new(&host))),
+            ("GOOGLE_APPLICATION_CREDENTIALS", None),
+            ("GCS_RETRY_BASE_SLEEP", Some(OsStr::new("0.01"))),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = parse(&out);
+    assert_eq!(report["skipped"], 0, "{report}");
+    let failed = front
+        .seen_at("/upload/")
+        .iter()
+        .filter(|r| r.status == 503)
+        .count();
+    assert_eq!(failed, 3);
+    // Every upload arrived: a pull of the tree is complete.
+    let b = tmp.path().join("store-b");
+    let pulled = ok_json(&emu, &b, &["pull", &remote(), &tree]);
+    assert_eq!(pulled["failed"], serde_json::json!([]), "{pulled}");
 }
