@@ -73,6 +73,27 @@ pub enum Put {
     AlreadyThere,
 }
 
+/// Where a download is written: it can start over (a body cut off is fetched again).
+pub trait Sink: std::io::Write + Send {
+    /// Drop what was written so far.
+    fn restart(&mut self) -> std::io::Result<()>;
+}
+
+impl Sink for Vec<u8> {
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.clear();
+        Ok(())
+    }
+}
+
+impl Sink for std::fs::File {
+    fn restart(&mut self) -> std::io::Result<()> {
+        use std::io::Seek;
+        self.set_len(0)?;
+        self.rewind()
+    }
+}
+
 /// One object of a listing.
 #[derive(Clone, Debug)]
 pub struct Listed {
@@ -443,6 +464,15 @@ impl Client {
     /// The object's bytes (`None` when it does not exist), at most `max` of them: a longer
     /// object is an error (nothing is read past the limit).
     pub async fn get(&self, object: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let mut body = Vec::new();
+        let found = self.get_into(object, max, &mut body).await?;
+        Ok(found.then_some(body))
+    }
+
+    /// Write the object's bytes to `sink` (`false` when it does not exist), at most `max` of
+    /// them: a longer object is an error (nothing is read past the limit). A body cut off is
+    /// fetched again from its start (`sink` is emptied first), up to the retries.
+    pub async fn get_into(&self, object: &str, max: u64, sink: &mut dyn Sink) -> Result<bool> {
         let url = self.url(&format!(
             "/storage/v1/b/{}/o/{}?alt=media",
             self.b(),
@@ -453,34 +483,43 @@ impl Client {
         loop {
             let (mut resp, attempts) = self.send("download", object, &build).await?;
             if resp.status() == StatusCode::NOT_FOUND {
-                return Ok(None);
+                return Ok(false);
             }
             if !resp.status().is_success() {
                 return Err(self.status_error("download", object, resp, attempts).await);
             }
-            let mut body = Vec::new();
-            let res: std::result::Result<(), reqwest::Error> = async {
-                while let Some(c) = resp.chunk().await? {
-                    body.extend_from_slice(&c);
-                    if body.len() as u64 > max {
-                        break;
+            let local = |e: std::io::Error| Error::Status {
+                what: "download",
+                bucket: self.opts.bucket.clone(),
+                object: object.to_string(),
+                status: 200,
+                message: format!("writing it: {e}"),
+                attempts,
+            };
+            sink.restart().map_err(local)?;
+            let mut got = 0u64;
+            let res = loop {
+                match resp.chunk().await {
+                    Ok(Some(c)) => {
+                        got += c.len() as u64;
+                        if got > max {
+                            return Err(Error::Status {
+                                what: "download",
+                                bucket: self.opts.bucket.clone(),
+                                object: object.to_string(),
+                                status: 200,
+                                message: format!("longer than the {max} bytes expected"),
+                                attempts,
+                            });
+                        }
+                        sink.write_all(&c).map_err(local)?;
                     }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
                 }
-                Ok(())
-            }
-            .await;
+            };
             match res {
-                Ok(()) if body.len() as u64 > max => {
-                    return Err(Error::Status {
-                        what: "download",
-                        bucket: self.opts.bucket.clone(),
-                        object: object.to_string(),
-                        status: 200,
-                        message: format!("longer than the {max} bytes expected"),
-                        attempts,
-                    })
-                }
-                Ok(()) => return Ok(Some(body)),
+                Ok(()) => return Ok(true),
                 Err(e) if failures < self.opts.retries => {
                     failures += 1;
                     tracing::warn!(

@@ -13,7 +13,7 @@ mod error;
 mod key;
 mod sign;
 
-pub use client::{Client, Listed, Options, Preflight, Put, CHUNK_UNIT, GOOGLE_ENDPOINT};
+pub use client::{Client, Listed, Options, Preflight, Put, Sink, CHUNK_UNIT, GOOGLE_ENDPOINT};
 pub use error::{Error, Result};
 pub use key::ServiceAccount;
 pub use sign::MAX_TTL;

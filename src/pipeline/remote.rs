@@ -325,15 +325,31 @@ pub fn push(
 
 /// Upload one item; its outcome and size.
 async fn upload(store: &Store, remote: &Remote, u: Upload) -> Result<(Put, u64)> {
-    let bytes = match u.body {
-        Body::Bytes(b) => b,
+    // A store object is mapped: published objects never change (a read that finds one
+    // changed quarantines it first), so the upload sends its bytes without a copy in memory.
+    let owned;
+    let mapped;
+    let bytes: &[u8] = match u.body {
+        Body::Bytes(b) => {
+            owned = b;
+            &owned
+        }
         Body::Object(id) => {
             let exec = store.find_object(&id, false).is_none();
             let path = store.checked_object(&id, exec)?;
-            std::fs::read(&path).map_err(|e| Error::io("read", path, e))?
+            let f = std::fs::File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+            if u.size == 0 {
+                &[]
+            } else {
+                // SAFETY: the file is a published store object (mode 0444, never modified in
+                // place); the map is read-only and dropped when the upload ends.
+                mapped =
+                    unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io("map", &path, e))?;
+                &mapped[..]
+            }
         }
     };
-    let b3 = blake3::hash(&bytes).to_hex().to_string();
+    let b3 = blake3::hash(bytes).to_hex().to_string();
     let mut meta = json!({ "b3": b3 });
     if let Some(sha) = u.sha256 {
         meta["sha256"] = json!(sha.hex());
@@ -342,7 +358,7 @@ async fn upload(store: &Store, remote: &Remote, u: Upload) -> Result<(Put, u64)>
         .client
         .create(
             &remote.name(&u.rel),
-            &bytes,
+            bytes,
             "application/octet-stream",
             &meta,
             "b3",
@@ -617,11 +633,15 @@ async fn fetch_object(
 ) -> Result<u64> {
     let name = remote.name(rel);
     let uri = remote.client.gs_uri(&name);
-    let bytes = remote
-        .client
-        .get(&name, size)
-        .await?
-        .ok_or_else(|| Error::NotFound(uri.clone()))?;
+    // Streamed to an unnamed file in the store's tmp/ (memory stays bounded), then through
+    // the checked put.
+    let tmp = store.root().join("tmp");
+    let mut file =
+        tempfile::tempfile_in(&tmp).map_err(|e| Error::io("create a file in", &tmp, e))?;
+    if !remote.client.get_into(&name, size, &mut file).await? {
+        return Err(Error::NotFound(uri));
+    }
+    std::io::Seek::rewind(&mut file).map_err(|e| Error::io("rewind", &tmp, e))?;
     let check = |d: &crate::store::Digests| -> crate::store::Result<()> {
         let mismatch = |expected: String, actual: String| crate::store::Error::Mismatch {
             what: uri.clone(),
@@ -644,12 +664,12 @@ async fn fetch_object(
         }
         Ok(())
     };
-    store.put_reader_checked(
-        &mut &bytes[..],
+    let put = store.put_reader_checked(
+        &mut std::io::BufReader::new(file),
         false,
         sha.is_some(),
         Path::new(&uri),
         &check,
     )?;
-    Ok(bytes.len() as u64)
+    Ok(put.digests.size)
 }
