@@ -179,6 +179,12 @@ pub fn fetch(cli: &Cli, lock: &Path, sources: &SourceArgs, update_lock: bool) ->
 
 /// What a fetch did, for people: one line per item got or missing, then a summary.
 fn print_fetch(cli: &Cli, lock: &Path, report: &FetchReport) {
+    if let Some(r) = &report.remote {
+        println!(
+            "pulled {} tree(s) and {} object(s) ({} bytes) from {}",
+            r.trees, r.objects, r.bytes, r.remote
+        );
+    }
     for b in &report.imported {
         println!("imported {}", b.display());
     }

@@ -673,3 +673,38 @@ async fn fetch_object(
     )?;
     Ok(put.digests.size)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_urls() {
+        assert_eq!(
+            parse_url("gs://b-1/a/b/").unwrap(),
+            ("b-1".to_string(), "a/b".to_string())
+        );
+        assert_eq!(
+            parse_url("gs://bucket").unwrap(),
+            ("bucket".to_string(), String::new())
+        );
+        assert!(parse_url("s3://bucket/x").is_err());
+        assert!(parse_url("gs:///x").is_err());
+        assert!(parse_url("gs://b/../x").is_err());
+    }
+
+    #[test]
+    fn names_follow_the_store_layout() {
+        let id: ObjectId = "b3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            object_rel(&id),
+            "objects/b3/af/1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        assert!(tree_rel(&id).starts_with("trees/b3/af/"));
+        let src = source_rel(&id, "https://example.com/x");
+        assert!(src.starts_with("sources/af/af1349"), "{src}");
+        assert_eq!(src.rsplit('.').next().unwrap().len(), 16);
+    }
+}
