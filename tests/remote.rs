@@ -139,7 +139,11 @@ fn push_then_pull_into_an_empty_store_materializes_and_fscks_clean() {
 
     // Pull into an empty store; materialize and fsck are clean.
     let b = tmp.path().join("store-b");
-    let pulled = ok_json(&emu, &b, &["pull", &remote(), &tree, &obj]);
+    let pulled = ok_json(
+        &emu,
+        &b,
+        &["pull", &remote(), &tree, &obj, "--root", "pulled/v1"],
+    );
     assert_eq!(pulled["trees"], 1, "{pulled}");
     assert!(pulled["objects"].as_u64().unwrap() >= 5, "{pulled}");
     assert_eq!(pulled["failed"], serde_json::json!([]), "{pulled}");
@@ -163,6 +167,13 @@ fn push_then_pull_into_an_empty_store_materializes_and_fscks_clean() {
     );
     let fsck = common::run(&b, &["fsck"]);
     assert!(fsck.status.success(), "{}", stderr(&fsck));
+
+    // The root keeps both through gc.
+    let roots = common::ok(&b, &["root", "ls"]);
+    assert!(roots.contains("pulled/v1"), "{roots}");
+    let gc = common::run(&b, &["gc", "--grace", "0"]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    common::ok(&b, &["materialize", &tree, s(&tmp.path().join("dest2"))]);
 
     // A pull of what the store has fetches nothing.
     let again = ok_json(&emu, &b, &["pull", &remote(), &tree]);

@@ -81,6 +81,9 @@ pub struct PullArgs {
     /// Open no connection: report what the store lacks.
     #[arg(long)]
     pub offline: bool,
+    /// Also keep the pulled ids through gc with this root (a LOCK is kept by `lock/<tag>`).
+    #[arg(long, value_name = "NAME")]
+    pub root: Option<String>,
     #[command(flatten)]
     pub gcs: RemoteArgs,
 }
@@ -166,7 +169,15 @@ pub fn pull(cli: &Cli, a: &PullArgs) -> Result<u8> {
             }
         }
     }
-    let report = remote::pull(&store, &remote, &ids, &models, jobs, a.offline)?;
+    let report = remote::pull_rooted(
+        &store,
+        &remote,
+        &ids,
+        &models,
+        jobs,
+        a.offline,
+        a.root.as_deref(),
+    )?;
     for lock in &locks {
         comfystore::pipeline::fetch::pin_lock(&store, lock)?;
     }

@@ -400,7 +400,54 @@ pub fn pull(
     jobs: usize,
     offline: bool,
 ) -> Result<PullReport> {
+    pull_rooted(store, remote, ids, models, jobs, offline, None)
+}
+
+/// [`pull`], then the GC root `root` naming those of `ids` the store holds, written under the
+/// same writers' lock as the content (gc cannot collect it in between).
+pub fn pull_rooted(
+    store: &Store,
+    remote: &Remote,
+    ids: &[ObjectId],
+    models: &[(Sha256, Option<ObjectId>)],
+    jobs: usize,
+    offline: bool,
+    root: Option<&str>,
+) -> Result<PullReport> {
+    if let Some(name) = root {
+        crate::store::check_root_name(name)?;
+    }
     let _writer = store.lock_shared()?;
+    let report = pull_locked(store, remote, ids, models, jobs, offline)?;
+    if let Some(name) = root {
+        let mut kept: Vec<ObjectId> = ids
+            .iter()
+            .filter(|id| store.has_tree(id) || store.has_object(id))
+            .copied()
+            .collect();
+        kept.sort();
+        kept.dedup();
+        if !kept.is_empty() {
+            store.add_root(
+                name,
+                &crate::store::Root {
+                    ids: kept,
+                    ..Default::default()
+                },
+            )?;
+        }
+    }
+    Ok(report)
+}
+
+fn pull_locked(
+    store: &Store,
+    remote: &Remote,
+    ids: &[ObjectId],
+    models: &[(Sha256, Option<ObjectId>)],
+    jobs: usize,
+    offline: bool,
+) -> Result<PullReport> {
     let mut report = PullReport {
         remote: remote.url(),
         ..Default::default()

@@ -42,7 +42,7 @@ pub use ingest::{AddOptions, AddReport};
 pub use lock::StoreLock;
 pub use object::PutResult;
 pub use reserved::{is_cache_path, CACHE_NAMES, CACHE_SUFFIXES, MARKER_NAME};
-pub use roots::Root;
+pub use roots::{check_root_name, Root};
 pub use tree::{check_rel_path, Entry, Manifest, Node};
 
 use crate::report::Reporter;
