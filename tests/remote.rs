@@ -421,3 +421,46 @@ fn push_retries_uploads_that_get_503() {
     let pulled = ok_json(&emu, &b, &["pull", &remote(), &tree]);
     assert_eq!(pulled["failed"], serde_json::json!([]), "{pulled}");
 }
+
+/// The engine under push: a second create of the same bytes is success (a concurrent pusher
+/// or a lost answer), other bytes under the name are refused and never overwrite; listings
+/// and downloads see what is there.
+#[test]
+fn conditional_creates_list_and_download_against_the_emulator() {
+    let Some(emu) = emulator("conditional_creates_list_and_download_against_the_emulator") else {
+        return;
+    };
+    use comfystore::gcs::{Client, Error, Options, Put};
+    let mut opts = Options::new(gcs::BUCKET);
+    opts.emulator = Some(format!("127.0.0.1:{}", emu.port));
+    opts.retry_base = std::time::Duration::from_millis(10);
+    let client = Client::new(opts).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bytes = b"same bytes".to_vec();
+    let meta = serde_json::json!({ "b3": blake3::hash(&bytes).to_hex().to_string() });
+    rt.block_on(async {
+        let ct = "application/octet-stream";
+        let first = client.create("p/x", &bytes, ct, &meta, "b3").await.unwrap();
+        assert_eq!(first, Put::Created);
+        let again = client.create("p/x", &bytes, ct, &meta, "b3").await.unwrap();
+        assert_eq!(again, Put::AlreadyThere);
+        let other = b"other bytes".to_vec();
+        let other_meta = serde_json::json!({ "b3": blake3::hash(&other).to_hex().to_string() });
+        let refused = client.create("p/x", &other, ct, &other_meta, "b3").await;
+        assert!(matches!(refused, Err(Error::Exists { .. })), "{refused:?}");
+        assert_eq!(client.get("p/x", 1000).await.unwrap().unwrap(), bytes);
+        assert!(client.get("p/missing", 1000).await.unwrap().is_none());
+        // Longer than expected: refused, nothing past the limit kept.
+        assert!(client.get("p/x", 4).await.is_err());
+        client.create("p/y", b"", ct, &meta, "b3").await.unwrap();
+        let listed = client.list("p/").await.unwrap();
+        let names: Vec<_> = listed.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["p/x", "p/y"]);
+        assert_eq!(listed[0].size, bytes.len() as u64);
+        assert_eq!(listed[0].metadata["b3"], meta["b3"]);
+    });
+    assert_eq!(emu.content("p/x"), bytes);
+}
