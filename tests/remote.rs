@@ -464,3 +464,67 @@ fn conditional_creates_list_and_download_against_the_emulator() {
     });
     assert_eq!(emu.content("p/x"), bytes);
 }
+
+/// A lock naming a node by repo and commit alone: push sends the tree the store recorded for
+/// them, and a fetch from the remote finds it without git.
+#[test]
+fn a_source_named_by_repo_and_commit_comes_from_the_remote() {
+    let Some(emu) = emulator("a_source_named_by_repo_and_commit_comes_from_the_remote") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("store-a");
+    let comfy = tmp.path().join("ComfyUI");
+    write(&comfy.join("main.py"), b"print('fixture')\n");
+    let node = tmp.path().join("node-a");
+    write(&node.join("__init__.py"), b"NODE_CLASS_MAPPINGS = {}\n");
+    let add = |dir: &Path| {
+        common::json(&a, &["add", s(dir)])[0]["report"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (comfy_tree, node_tree) = (add(&comfy), add(&node));
+    let repo = "https://example.invalid/node-a.git";
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    // What `fetch` records after rebuilding the node from git (store-layout.md, git-tree/).
+    let key = blake3::hash(format!("comfystore.git-tree/1\n{repo}\n{commit}\n").as_bytes());
+    let root = format!("git-tree/{}", &key.to_hex()[..32]);
+    common::ok(&a, &["root", "add", &root, &node_tree]);
+    let lock = serde_json::json!({
+        "schema": "comfystore.lock/1",
+        "tag": "git-test",
+        "comfyui": { "dirty": true, "tree": comfy_tree },
+        "custom_nodes": [{ "name": "node-a", "repo": repo, "commit": commit }],
+    });
+    let lock_path = tmp.path().join("git-test.lock.json");
+    write(
+        &lock_path,
+        serde_json::to_string_pretty(&lock).unwrap().as_bytes(),
+    );
+    let pushed = ok_json(&emu, &a, &["push", &remote(), s(&lock_path)]);
+    assert_eq!(pushed["trees"], 2, "{pushed}");
+
+    let b = tmp.path().join("store-b");
+    let host = format!("127.0.0.1:{}", emu.port);
+    let r = remote();
+    let out = common::run_env(
+        &b,
+        &["--json", "fetch", s(&lock_path), "--remote", &r],
+        &[
+            ("STORAGE_EMULATOR_HOST", Some(OsStr::new(&host))),
+            ("GOOGLE_APPLICATION_CREDENTIALS", None),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = parse(&out);
+    assert_eq!(report["remote"]["trees"], 2, "{report}");
+    assert_eq!(report["trees"], serde_json::json!([]), "no git: {report}");
+    let roots = common::ok(&b, &["root", "ls"]);
+    assert!(roots.contains(&root), "{roots}");
+    // pull LOCK does the same in another store.
+    let c = tmp.path().join("store-c");
+    let pulled = ok_json(&emu, &c, &["pull", &remote(), s(&lock_path)]);
+    assert_eq!(pulled["trees"], 2, "{pulled}");
+    assert_eq!(pulled["failed"], serde_json::json!([]), "{pulled}");
+}

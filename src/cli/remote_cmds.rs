@@ -159,12 +159,14 @@ pub fn pull(cli: &Cli, a: &PullArgs) -> Result<u8> {
     let mut ids = Vec::new();
     let mut models = Vec::new();
     let mut locks = Vec::new();
+    let mut git = Vec::new();
     for t in targets(&store, &a.targets)? {
         match t {
             Target::Id(id) => ids.push(id),
             Target::Lock(lock) => {
                 ids.extend(lock.store_ids());
                 models.extend(lock.models.iter().map(|m| (m.sha256, m.blake3)));
+                git.extend(remote::treeless_sources(&lock));
                 locks.push(*lock);
             }
         }
@@ -174,6 +176,7 @@ pub fn pull(cli: &Cli, a: &PullArgs) -> Result<u8> {
         &remote,
         &ids,
         &models,
+        &git,
         jobs,
         a.offline,
         a.root.as_deref(),

@@ -168,7 +168,9 @@ impl Fetch<'_> {
             return Ok(());
         };
         let mut ids = Vec::new();
+        let mut git = Vec::new();
         if self.opts.wants(Part::Nodes) {
+            git = super::remote::treeless_sources(self.lock);
             for t in source_trees(self.store, self.lock)? {
                 ids.extend(t.tree);
             }
@@ -190,17 +192,25 @@ impl Fetch<'_> {
                 }
             }
         }
-        if ids.is_empty() && models.is_empty() {
+        git.retain(|g| {
+            !matches!(
+                self.store.git_tree(&g.repo, &g.commit, &g.excludes),
+                Ok(Some(_))
+            )
+        });
+        if ids.is_empty() && models.is_empty() && git.is_empty() {
             return Ok(());
         }
         let jobs = self.opts.http.jobs.clamp(1, 16);
-        match super::remote::pull(
+        match super::remote::pull_rooted(
             self.store,
             remote,
             &ids,
             &models,
+            &git,
             jobs,
             self.opts.http.offline,
+            None,
         ) {
             Ok(r) => {
                 for (what, why) in &r.failed {

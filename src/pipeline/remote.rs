@@ -115,6 +115,45 @@ fn source_rel(id: &ObjectId, url: &str) -> String {
     format!("sources/{}/{h}.{}", &h[..2], &key[..16])
 }
 
+/// `git-trees/<32 hex>`: which tree a repo and commit gave (the store's `git-tree/` root of
+/// the same key), so a lock naming a source by repo and commit alone finds its tree.
+fn git_tree_rel(g: &GitSource) -> String {
+    let root = crate::store::git_tree_root(&g.repo, &g.commit, &g.excludes);
+    format!("git-trees/{}", root.trim_start_matches("git-tree/"))
+}
+
+/// A source part a lock names by repo and commit without a tree id.
+#[derive(Clone, Debug)]
+pub struct GitSource {
+    pub repo: String,
+    pub commit: String,
+    /// The top-level names its tree leaves out.
+    pub excludes: Vec<String>,
+}
+
+/// The lock's clean source parts named by repo and commit alone.
+pub fn treeless_sources(lock: &Lockfile) -> Vec<GitSource> {
+    let mut v = Vec::new();
+    let c = &lock.comfyui;
+    if let (None, Some(repo), Some(commit), false) = (c.tree, &c.repo, &c.commit, c.dirty) {
+        v.push(GitSource {
+            repo: repo.clone(),
+            commit: commit.clone(),
+            excludes: crate::lockfile::comfyui_excludes(),
+        });
+    }
+    for n in lock.custom_nodes.iter().filter(|n| n.file.is_none()) {
+        if let (None, Some(repo), Some(commit), false) = (n.tree, &n.repo, &n.commit, n.dirty) {
+            v.push(GitSource {
+                repo: repo.clone(),
+                commit: commit.clone(),
+                excludes: Vec::new(),
+            });
+        }
+    }
+    v
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -188,10 +227,23 @@ pub fn push(
     };
     let mut ids = ids.to_vec();
     let mut aliases: BTreeMap<Sha256, ObjectId> = BTreeMap::new();
+    let mut records = Vec::new();
     if let Some(lock) = lock {
         let (more, a) = lock_ids(store, lock)?;
         ids.extend(more);
         aliases.extend(a);
+        for g in treeless_sources(lock) {
+            if let Some(t) = store.git_tree(&g.repo, &g.commit, &g.excludes)? {
+                ids.push(t);
+                let bytes = format!("{t}\n").into_bytes();
+                records.push(Upload {
+                    rel: git_tree_rel(&g),
+                    size: bytes.len() as u64,
+                    body: Body::Bytes(bytes),
+                    sha256: None,
+                });
+            }
+        }
     }
     ids.sort();
     ids.dedup();
@@ -270,8 +322,7 @@ pub fn push(
             sha256: None,
         });
     }
-    // Objects go up before the trees, aliases and lock that name them.
-    uploads.sort_by_key(|u| !matches!(u.body, Body::Object(_)));
+    uploads.extend(records);
 
     let rt = runtime()?;
     rt.block_on(async {
@@ -286,10 +337,18 @@ pub fn push(
             Some(todo.iter().map(|u| u.size).sum()),
             crate::report::Unit::Bytes,
         );
-        let (objs, rest): (Vec<_>, Vec<_>) = todo
-            .into_iter()
-            .partition(|u| matches!(u.body, Body::Object(_)));
-        for batch in [objs, rest] {
+        // Objects go up before the trees that name them, and trees before the aliases,
+        // records and locks that name them.
+        let mut batches: [Vec<Upload>; 3] = Default::default();
+        for u in todo {
+            let i = match u.body {
+                Body::Object(_) => 0,
+                Body::Bytes(_) if u.rel.starts_with("trees/") => 1,
+                Body::Bytes(_) => 2,
+            };
+            batches[i].push(u);
+        }
+        for batch in batches {
             let results: Vec<Result<(Put, u64)>> = stream::iter(batch)
                 .map(|u| {
                     let bar = &bar;
@@ -400,16 +459,19 @@ pub fn pull(
     jobs: usize,
     offline: bool,
 ) -> Result<PullReport> {
-    pull_rooted(store, remote, ids, models, jobs, offline, None)
+    pull_rooted(store, remote, ids, models, &[], jobs, offline, None)
 }
 
-/// [`pull`], then the GC root `root` naming those of `ids` the store holds, written under the
-/// same writers' lock as the content (gc cannot collect it in between).
+/// [`pull`], with the trees the bucket recorded for `git` sources (recorded in the store as
+/// `fetch` records them), then the GC root `root` naming those of `ids` the store holds,
+/// written under the same writers' lock as the content (gc cannot collect it in between).
+#[allow(clippy::too_many_arguments)]
 pub fn pull_rooted(
     store: &Store,
     remote: &Remote,
     ids: &[ObjectId],
     models: &[(Sha256, Option<ObjectId>)],
+    git: &[GitSource],
     jobs: usize,
     offline: bool,
     root: Option<&str>,
@@ -418,7 +480,7 @@ pub fn pull_rooted(
         crate::store::check_root_name(name)?;
     }
     let _writer = store.lock_shared()?;
-    let report = pull_locked(store, remote, ids, models, jobs, offline)?;
+    let report = pull_locked(store, remote, ids, models, git, jobs, offline)?;
     if let Some(name) = root {
         let mut kept: Vec<ObjectId> = ids
             .iter()
@@ -445,6 +507,7 @@ fn pull_locked(
     remote: &Remote,
     ids: &[ObjectId],
     models: &[(Sha256, Option<ObjectId>)],
+    git: &[GitSource],
     jobs: usize,
     offline: bool,
 ) -> Result<PullReport> {
@@ -464,7 +527,15 @@ fn pull_locked(
         return Ok(report);
     }
     let rt = runtime()?;
-    rt.block_on(pull_async(store, remote, ids, models, jobs, &mut report))?;
+    rt.block_on(pull_async(
+        store,
+        remote,
+        ids,
+        models,
+        git,
+        jobs,
+        &mut report,
+    ))?;
     Ok(report)
 }
 
@@ -473,10 +544,34 @@ async fn pull_async(
     remote: &Remote,
     ids: &[ObjectId],
     models: &[(Sha256, Option<ObjectId>)],
+    git: &[GitSource],
     jobs: usize,
     report: &mut PullReport,
 ) -> Result<()> {
     let have = remote.listing().await?;
+    // Trees the bucket recorded for sources named by repo and commit alone.
+    let mut ids = ids.to_vec();
+    let mut recorded = Vec::new();
+    for g in git {
+        if store.git_tree(&g.repo, &g.commit, &g.excludes)?.is_some() {
+            continue;
+        }
+        let rel = git_tree_rel(g);
+        if !have.contains_key(&rel) {
+            continue;
+        }
+        if let Some(b) = remote
+            .client
+            .get(&remote.name(&rel), MAX_SMALL_BYTES)
+            .await?
+        {
+            if let Ok(t) = String::from_utf8_lossy(&b).trim().parse::<ObjectId>() {
+                ids.push(t);
+                recorded.push((g, t));
+            }
+        }
+    }
+    let ids = &ids[..];
     // Objects wanted: id → (size when known, sha256 for its alias).
     let mut wanted: BTreeMap<ObjectId, (Option<u64>, Option<Sha256>)> = BTreeMap::new();
     let mut trees: Vec<(ObjectId, Manifest)> = Vec::new();
@@ -624,6 +719,11 @@ async fn pull_async(
             continue;
         }
         report.trees += 1;
+    }
+    for (g, t) in recorded {
+        if store.has_tree(&t) {
+            store.record_git_tree(&g.repo, &g.commit, &g.excludes, t)?;
+        }
     }
     Ok(())
 }
