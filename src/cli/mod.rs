@@ -47,6 +47,7 @@ Examples:
   comfystore root add my-version b3:1f0c…     # keep it through gc
   comfystore gc --dry-run                     # what gc would free
   comfystore export b3:1f0c… -o v1.bundle     # carry it to an offline machine
+  comfystore push gs://bucket/cs lockfiles/comfy-v1.lock.json   # share it through GCS (pull, --remote)
   comfystore --json stats
 
 The store is --store DIR, else $COMFYSTORE_DIR, else $XDG_CACHE_HOME/comfystore (~/.cache/comfystore).
