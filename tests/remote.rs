@@ -40,6 +40,8 @@ fn run(emu: &gcs::Emulator, store: &Path, args: &[&str]) -> Output {
             ("GOOGLE_APPLICATION_CREDENTIALS", None),
             ("COMFYSTORE_REMOTE", None),
             ("GCS_RETRY_BASE_SLEEP", Some(OsStr::new("0.05"))),
+            // The 3 MB model goes up in a resumable session, 1 MiB a request.
+            ("GCS_CHUNK_MB", Some(OsStr::new("1"))),
         ],
     )
 }
