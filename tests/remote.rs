@@ -530,3 +530,35 @@ fn a_source_named_by_repo_and_commit_comes_from_the_remote() {
     assert_eq!(pulled["trees"], 2, "{pulled}");
     assert_eq!(pulled["failed"], serde_json::json!([]), "{pulled}");
 }
+
+#[test]
+fn push_without_the_create_permission_is_refused_before_any_upload() {
+    let Some(emu) = emulator("push_without_the_create_permission_is_refused_before_any_upload")
+    else {
+        return;
+    };
+    let front = gcs::Front::start(
+        emu.port,
+        Some(&["storage.objects.list", "storage.objects.get"]),
+        0,
+        0,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, tree, _) = filled_store(tmp.path());
+    let host = front.url();
+    let out = common::run_env(
+        &a,
+        &["push", &remote(), &tree],
+        &[
+            ("STORAGE_EMULATOR_HOST", Some(OsStr::new(&host))),
+            ("GOOGLE_APPLICATION_CREDENTIALS", None),
+        ],
+    );
+    assert_eq!(common::code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("storage.objects.create"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(front.seen_at("/upload/").is_empty());
+}

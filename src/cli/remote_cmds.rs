@@ -112,6 +112,9 @@ fn targets(store: &Store, targets: &[String]) -> Result<Vec<Target>> {
 pub fn push(cli: &Cli, a: &PushArgs) -> Result<u8> {
     let store = open_store(cli)?;
     let remote = a.gcs.remote(&a.remote)?;
+    if let Some(why) = remote.preflight(true)? {
+        tracing::warn!("gcs: permission check skipped: {why}");
+    }
     let jobs = a.gcs.remote_jobs as usize;
     let mut ids = Vec::new();
     let mut reports = Vec::new();

@@ -68,6 +68,20 @@ impl Remote {
         self.client.gs_uri(&self.prefix)
     }
 
+    /// Check that the credentials hold what a push (`create`: also storage.objects.create) or
+    /// a pull needs on the bucket (testIamPermissions); `Some(why)` when the check could not
+    /// run (an emulator without IAM).
+    pub fn preflight(&self, create: bool) -> Result<Option<String>> {
+        let mut wanted = vec!["storage.objects.list", "storage.objects.get"];
+        if create {
+            wanted.push("storage.objects.create");
+        }
+        match runtime()?.block_on(self.client.preflight(&wanted))? {
+            gcs::Preflight::Granted => Ok(None),
+            gcs::Preflight::Skipped(why) => Ok(Some(why)),
+        }
+    }
+
     /// The bucket object of a store-relative name.
     fn name(&self, rel: &str) -> String {
         if self.prefix.is_empty() {
