@@ -562,3 +562,32 @@ fn push_without_the_create_permission_is_refused_before_any_upload() {
     );
     assert!(front.seen_at("/upload/").is_empty());
 }
+
+#[test]
+fn a_tampered_manifest_in_the_bucket_is_refused() {
+    let Some(emu) = emulator("a_tampered_manifest_in_the_bucket_is_refused") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, tree, _) = filled_store(tmp.path());
+    ok_json(&emu, &a, &["push", &remote(), &tree]);
+    let hex = tree.strip_prefix("b3:").unwrap();
+    let name = format!("{PREFIX}/trees/b3/{}/{}", &hex[..2], &hex[2..]);
+    let mut manifest = emu.content(&name);
+    // Point an entry at another path: still a valid manifest, but not the tree asked for.
+    let text = String::from_utf8(manifest.clone()).unwrap();
+    manifest = text.replace("main.py", "evil.py").into_bytes();
+    emu.put(&name, &manifest);
+
+    let b = tmp.path().join("store-b");
+    let out = run(&emu, &b, &["--json", "pull", &remote(), &tree]);
+    assert_eq!(common::code(&out), 1, "{}", stderr(&out));
+    let report = parse(&out);
+    assert_eq!(report["trees"], 0, "{report}");
+    assert_eq!(
+        report["objects"], 0,
+        "nothing the tree names is fetched: {report}"
+    );
+    assert!(report["failed"].to_string().contains(&tree), "{report}");
+    assert!(!common::run(&b, &["ls", &tree]).status.success());
+}
