@@ -17,15 +17,20 @@ pub const EXIT_FIXED: u8 = 3;
 pub const EXIT_BROKEN: u8 = 4;
 
 impl SourceArgs {
-    pub(crate) fn options(&self) -> FetchOptions {
-        FetchOptions {
+    pub(crate) fn options(&self) -> Result<FetchOptions> {
+        let remote = match self.remote.as_deref().filter(|r| !r.is_empty()) {
+            Some(url) => Some(self.remote_gcs.remote(url)?),
+            None => None,
+        };
+        Ok(FetchOptions {
+            remote,
             only: self.only,
             mirror_urls: self.mirror_url.clone(),
             mirror_dirs: self.mirror.clone(),
             http: self.http.options(),
             all_wheels: false,
             intact: Vec::new(),
-        }
+        })
     }
 }
 
@@ -133,7 +138,7 @@ pub fn fetch(cli: &Cli, lock: &Path, sources: &SourceArgs, update_lock: bool) ->
     use comfystore::pipeline::{fetch::fetch_lock, version::complete_models};
     let lockfile = comfystore::lockfile::Lockfile::read(lock)?;
     let store = open_store(cli)?;
-    let report = fetch_lock(&store, &lockfile, &sources.options())?;
+    let report = fetch_lock(&store, &lockfile, &sources.options()?)?;
     // Models the lock names by sha256 alone whose file the store now has.
     let completed = complete_models(&store, &lockfile)?;
     let count =
@@ -174,6 +179,12 @@ pub fn fetch(cli: &Cli, lock: &Path, sources: &SourceArgs, update_lock: bool) ->
 
 /// What a fetch did, for people: one line per item got or missing, then a summary.
 fn print_fetch(cli: &Cli, lock: &Path, report: &FetchReport) {
+    if let Some(r) = &report.remote {
+        println!(
+            "pulled {} tree(s) and {} object(s) ({} bytes) from {}",
+            r.trees, r.objects, r.bytes, r.remote
+        );
+    }
     for b in &report.imported {
         println!("imported {}", b.display());
     }
@@ -212,7 +223,7 @@ pub fn verify(cli: &Cli, a: &VerifyArgs) -> Result<u8> {
     let opts = VerifyOptions {
         full: a.full,
         fix,
-        fetch: a.sources.options(),
+        fetch: a.sources.options()?,
     };
     let r = comfystore::pipeline::verify::verify(&store, &lockfile, dest, &opts)?;
     if cli.json {
@@ -286,7 +297,8 @@ fn print_by_hash(parts: &[HashedPart]) {
 pub fn mirror(cli: &Cli, lock: &Path, dir: &Path, sources: &SourceArgs) -> Result<u8> {
     let lockfile = comfystore::lockfile::Lockfile::read(lock)?;
     let store = open_store(cli)?;
-    let r = comfystore::pipeline::mirror::write_mirror(&store, &lockfile, dir, &sources.options())?;
+    let r =
+        comfystore::pipeline::mirror::write_mirror(&store, &lockfile, dir, &sources.options()?)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

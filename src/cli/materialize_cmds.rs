@@ -22,7 +22,7 @@ pub fn materialize(store: &Store, a: &MaterializeArgs, json: bool, quiet: bool) 
             rules: a.link_prefix.clone(),
             python: a.python.clone(),
             installer: a.installer,
-            fetch: a.sources.options(),
+            fetch: a.sources.options()?,
             force: a.force,
         };
         let report = materialize::materialize_lock(store, &lock, &a.dest, &opts)?;

@@ -7,6 +7,7 @@ mod materialize_cmds;
 mod outputs;
 mod progress;
 mod python_cmds;
+mod remote_cmds;
 mod repro_cmds;
 mod run_cmds;
 mod store_cmds;
@@ -46,6 +47,7 @@ Examples:
   comfystore root add my-version b3:1f0c…     # keep it through gc
   comfystore gc --dry-run                     # what gc would free
   comfystore export b3:1f0c… -o v1.bundle     # carry it to an offline machine
+  comfystore push gs://bucket/cs lockfiles/comfy-v1.lock.json   # share it through GCS (pull, --remote)
   comfystore --json stats
 
 The store is --store DIR, else $COMFYSTORE_DIR, else $XDG_CACHE_HOME/comfystore (~/.cache/comfystore).
@@ -214,6 +216,20 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
+    /// Upload the closure of locks or ids to a GCS bucket, in the store's layout under PREFIX.
+    ///
+    /// Trees, objects, SHA-256 aliases, source records, and each LOCK itself. Only what the
+    /// bucket lacks is sent; uploads are conditional creates, so pushers on several machines
+    /// can share a bucket. Credentials and retries as for GCS outputs (docs/runpod.md).
+    #[command(
+        after_help = "Examples:\n  comfystore push gs://my-bucket/comfystore lockfiles/comfy-v1.lock.json\n  comfystore --json push gs://my-bucket/comfystore b3:1f0c…"
+    )]
+    Push(remote_cmds::PushArgs),
+    /// Fill the store from a GCS bucket written by `push`, verifying every tree and object.
+    #[command(
+        after_help = "Examples:\n  comfystore pull gs://my-bucket/comfystore lockfiles/comfy-v1.lock.json\n  comfystore pull gs://my-bucket/comfystore b3:1f0c… --remote-jobs 8"
+    )]
+    Pull(remote_cmds::PullArgs),
     /// Add a bundle's content to the store, verifying every hash first.
     #[command(
         after_help = "Examples:\n  comfystore import version.bundle --root v1\n  comfystore import --dry-run version.bundle   # verify only"
@@ -364,6 +380,12 @@ pub struct SourceArgs {
     /// An HTTP mirror holding files by SHA-256 (<url>/<sha256>), tried before a file's own sources (repeatable).
     #[arg(long, value_name = "URL")]
     pub mirror_url: Vec<String>,
+    /// A bucket written by `push` (gs://BUCKET/PREFIX), tried before every other source for
+    /// the trees and files the store lacks.
+    #[arg(long, env = "COMFYSTORE_REMOTE", value_name = "gs://BUCKET/PREFIX")]
+    pub remote: Option<String>,
+    #[command(flatten)]
+    pub remote_gcs: remote_cmds::RemoteArgs,
     #[command(flatten)]
     pub http: HttpArgs,
 }
@@ -754,6 +776,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::Root(cmd) => store_cmds::root(&open_store(cli)?, cmd, json),
         Command::Index(IndexCommand::Rebuild) => store_cmds::rebuild_index(&open_store(cli)?, json),
+        Command::Push(a) => remote_cmds::push(cli, a),
+        Command::Pull(a) => remote_cmds::pull(cli, a),
         Command::Export { ids, output } => store_cmds::export(cli, &open_store(cli)?, ids, output),
         Command::Import {
             file,

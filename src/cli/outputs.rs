@@ -66,7 +66,7 @@ pub struct OutputArgs {
 }
 
 /// `3600`, `0.5` (seconds) or `1h`, `500ms`.
-fn seconds_or_duration(s: &str) -> Result<Duration, String> {
+pub(super) fn seconds_or_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.trim().parse::<f64>() {
         return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
     }

@@ -234,7 +234,7 @@ fn run_checked(cli: &Cli, a: &RunArgs) -> Result<u8> {
         work: a.work.clone(),
         keep: a.keep,
         lock: LockOptions {
-            fetch: a.sources.options(),
+            fetch: a.sources.options()?,
             ..LockOptions::default()
         },
     };

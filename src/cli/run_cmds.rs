@@ -89,7 +89,7 @@ pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
         let lock = Lockfile::read(lock)?;
         let opts = LockOptions {
             models_dir: a.models_dir.clone(),
-            fetch: a.sources.options(),
+            fetch: a.sources.options()?,
             ..LockOptions::default()
         };
         materialize::materialize_lock(&store, &lock, &a.dest, &opts)

@@ -73,6 +73,36 @@ pub enum Put {
     AlreadyThere,
 }
 
+/// Where a download is written: it can start over (a body cut off is fetched again).
+pub trait Sink: std::io::Write + Send {
+    /// Drop what was written so far.
+    fn restart(&mut self) -> std::io::Result<()>;
+}
+
+impl Sink for Vec<u8> {
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.clear();
+        Ok(())
+    }
+}
+
+impl Sink for std::fs::File {
+    fn restart(&mut self) -> std::io::Result<()> {
+        use std::io::Seek;
+        self.set_len(0)?;
+        self.rewind()
+    }
+}
+
+/// One object of a listing.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub name: String,
+    pub size: u64,
+    /// Its custom metadata (a JSON object, or null).
+    pub metadata: Value,
+}
+
 /// A client of one bucket.
 pub struct Client {
     opts: Options,
@@ -380,6 +410,138 @@ impl Client {
         })
     }
 
+    /// Every object whose name begins with `prefix` (all pages), in name order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = url::Url::parse(&self.url(&format!("/storage/v1/b/{}/o", self.b())))
+                .map_err(|e| Error::Config(e.to_string()))?;
+            url.query_pairs_mut()
+                .append_pair("prefix", prefix)
+                .append_pair("maxResults", "1000");
+            if let Some(t) = &token {
+                url.query_pairs_mut().append_pair("pageToken", t);
+            }
+            let build = || self.http.get(url.clone());
+            let (resp, attempts) = self.send("list", prefix, &build).await?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(self.status_error("list", prefix, resp, attempts).await);
+            }
+            let v: Value = resp.json().await.map_err(|e| Error::Status {
+                what: "list",
+                bucket: self.opts.bucket.clone(),
+                object: prefix.to_string(),
+                status: status.as_u16(),
+                message: format!("not JSON: {}", e.without_url()),
+                attempts,
+            })?;
+            for item in v["items"].as_array().into_iter().flatten() {
+                let Some(name) = item["name"].as_str() else {
+                    continue;
+                };
+                let size = match &item["size"] {
+                    Value::String(s) => s.parse().unwrap_or(0),
+                    Value::Number(n) => n.as_u64().unwrap_or(0),
+                    _ => 0,
+                };
+                out.push(Listed {
+                    name: name.to_string(),
+                    size,
+                    metadata: item["metadata"].clone(),
+                });
+            }
+            match v["nextPageToken"].as_str().filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t.to_string()),
+                None => break,
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The object's bytes (`None` when it does not exist), at most `max` of them: a longer
+    /// object is an error (nothing is read past the limit).
+    pub async fn get(&self, object: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let mut body = Vec::new();
+        let found = self.get_into(object, max, &mut body).await?;
+        Ok(found.then_some(body))
+    }
+
+    /// Write the object's bytes to `sink` (`false` when it does not exist), at most `max` of
+    /// them: a longer object is an error (nothing is read past the limit). A body cut off is
+    /// fetched again from its start (`sink` is emptied first), up to the retries.
+    pub async fn get_into(&self, object: &str, max: u64, sink: &mut dyn Sink) -> Result<bool> {
+        let url = self.url(&format!(
+            "/storage/v1/b/{}/o/{}?alt=media",
+            self.b(),
+            utf8_percent_encode(object, sign::QUERY)
+        ));
+        let build = || self.http.get(&url);
+        let mut failures = 0;
+        loop {
+            let (mut resp, attempts) = self.send("download", object, &build).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(false);
+            }
+            if !resp.status().is_success() {
+                return Err(self.status_error("download", object, resp, attempts).await);
+            }
+            let local = |e: std::io::Error| Error::Status {
+                what: "download",
+                bucket: self.opts.bucket.clone(),
+                object: object.to_string(),
+                status: 200,
+                message: format!("writing it: {e}"),
+                attempts,
+            };
+            sink.restart().map_err(local)?;
+            let mut got = 0u64;
+            let res = loop {
+                match resp.chunk().await {
+                    Ok(Some(c)) => {
+                        got += c.len() as u64;
+                        if got > max {
+                            return Err(Error::Status {
+                                what: "download",
+                                bucket: self.opts.bucket.clone(),
+                                object: object.to_string(),
+                                status: 200,
+                                message: format!("longer than the {max} bytes expected"),
+                                attempts,
+                            });
+                        }
+                        sink.write_all(&c).map_err(local)?;
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            match res {
+                Ok(()) => return Ok(true),
+                Err(e) if failures < self.opts.retries => {
+                    failures += 1;
+                    tracing::warn!(
+                        "gcs: download gs://{}/{object}: {} (try {failures}); retrying",
+                        self.opts.bucket,
+                        e.without_url()
+                    );
+                    tokio::time::sleep(backoff(self.opts.retry_base, failures)).await;
+                }
+                Err(e) => {
+                    return Err(Error::Transport {
+                        what: "download",
+                        bucket: self.opts.bucket.clone(),
+                        object: object.to_string(),
+                        attempts: failures + 1,
+                        source: e.without_url(),
+                    })
+                }
+            }
+        }
+    }
+
     /// Upload `bytes` as `object` with its Content-Type and `sha256` as custom metadata, only
     /// if no object of that name exists. One that exists with the same `sha256` metadata is
     /// [`Put::AlreadyThere`]; with other content, [`Error::Exists`] (never overwritten).
@@ -390,10 +552,27 @@ impl Client {
         content_type: &str,
         sha256: &str,
     ) -> Result<Put> {
+        let meta = serde_json::json!({ "sha256": sha256 });
+        self.create(object, bytes, content_type, &meta, "sha256")
+            .await
+    }
+
+    /// Upload `bytes` as `object` with custom `metadata` (a JSON object of strings), only if
+    /// no object of that name exists. One that exists with the same value of the metadata key
+    /// `same` is [`Put::AlreadyThere`]; otherwise [`Error::Exists`] (never overwritten).
+    pub async fn create(
+        &self,
+        object: &str,
+        bytes: &[u8],
+        content_type: &str,
+        metadata: &Value,
+        same: &str,
+    ) -> Result<Put> {
+        let sha256 = metadata[same].as_str().unwrap_or_default();
         let meta = serde_json::json!({
             "name": object,
             "contentType": content_type,
-            "metadata": { "sha256": sha256 },
+            "metadata": metadata,
         });
         let chunk = (self.opts.chunk / CHUNK_UNIT).max(1) * CHUNK_UNIT;
         let done = if bytes.len() > chunk {
@@ -415,11 +594,11 @@ impl Client {
         let theirs = self
             .metadata(object)
             .await?
-            .and_then(|m| m["metadata"]["sha256"].as_str().map(str::to_string))
+            .and_then(|m| m["metadata"][same].as_str().map(str::to_string))
             .unwrap_or_default();
         if theirs == sha256 {
             tracing::debug!(
-                "gcs: gs://{}/{object} is already there with the same sha256",
+                "gcs: gs://{}/{object} is already there with the same {same}",
                 self.opts.bucket
             );
             return Ok(Put::AlreadyThere);

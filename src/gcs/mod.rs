@@ -1,4 +1,4 @@
-//! Google Cloud Storage, for job outputs: a small client of the JSON API on reqwest (uploads
+//! Google Cloud Storage, for job outputs and the store's remote tier: a small client of the JSON API on reqwest (uploads
 //! created only where no object is, retried with back-off, resumable for big files), access
 //! tokens of a service account, testIamPermissions, and public or V4 signed URLs.
 //!
@@ -13,7 +13,7 @@ mod error;
 mod key;
 mod sign;
 
-pub use client::{Client, Options, Preflight, Put, CHUNK_UNIT, GOOGLE_ENDPOINT};
+pub use client::{Client, Listed, Options, Preflight, Put, Sink, CHUNK_UNIT, GOOGLE_ENDPOINT};
 pub use error::{Error, Result};
 pub use key::ServiceAccount;
 pub use sign::MAX_TTL;

@@ -25,6 +25,8 @@ pub enum Error {
     Python(#[from] crate::python::Error),
     #[error(transparent)]
     Lockfile(#[from] crate::lockfile::Error),
+    #[error(transparent)]
+    Gcs(#[from] crate::gcs::Error),
 }
 
 crate::error::error_support!(Error);

@@ -29,6 +29,8 @@ pub struct FetchOptions {
     /// Download every pinned wheel. Otherwise wheels are fetched only when the environment
     /// tree is missing (they are what rebuilds it).
     pub all_wheels: bool,
+    /// A bucket written by `push`, tried before every other source.
+    pub remote: Option<super::remote::Remote>,
     /// Source parts (`comfyui`, `custom_nodes/NAME`) `verify` found intact in DEST by their
     /// tree id: not fetched, though the store lacks them.
     pub intact: Vec<String>,
@@ -56,6 +58,10 @@ pub struct FetchReport {
     pub needed: Vec<String>,
     /// Bytes of the files (models, wheels) the store lacked, where the lock knows their size.
     pub needed_bytes: u64,
+    /// What came from the remote (`--remote`), when one was asked for and the store lacked
+    /// anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<super::remote::PullReport>,
     /// Offline-mirror bundles imported.
     pub imported: Vec<PathBuf>,
     pub trees: Vec<FetchedTree>,
@@ -127,6 +133,7 @@ pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result
         opts,
         report: FetchReport::default(),
     };
+    f.pull_remote()?;
     f.import_mirror_bundles()?;
     if opts.wants(Part::Nodes) {
         let git = f.git_sources()?;
@@ -154,6 +161,68 @@ struct Fetch<'a> {
 }
 
 impl Fetch<'_> {
+    /// What the store lacks, from the remote first. What the bucket lacks (or cannot give) is
+    /// left to the other sources; a bucket that cannot be reached is a warning.
+    fn pull_remote(&mut self) -> Result<()> {
+        let Some(remote) = &self.opts.remote else {
+            return Ok(());
+        };
+        let mut ids = Vec::new();
+        let mut git = Vec::new();
+        if self.opts.wants(Part::Nodes) {
+            git = super::remote::treeless_sources(self.lock);
+            for t in source_trees(self.store, self.lock)? {
+                ids.extend(t.tree);
+            }
+            ids.extend(self.lock.custom_nodes.iter().filter_map(|n| n.file));
+        }
+        if self.opts.wants(Part::Python) {
+            ids.extend(self.lock.python.as_ref().and_then(|p| p.tree));
+        }
+        ids.retain(|id| !self.store.has_tree(id) && !self.store.has_object(id));
+        let mut models = Vec::new();
+        if self.opts.wants(Part::Models) {
+            for m in &self.lock.models {
+                let have = match m.blake3 {
+                    Some(id) => self.store.has_object(&id),
+                    None => self.store.lookup_sha256(&m.sha256)?.is_some(),
+                };
+                if !have {
+                    models.push((m.sha256, m.blake3));
+                }
+            }
+        }
+        git.retain(|g| {
+            !matches!(
+                self.store.git_tree(&g.repo, &g.commit, &g.excludes),
+                Ok(Some(_))
+            )
+        });
+        if ids.is_empty() && models.is_empty() && git.is_empty() {
+            return Ok(());
+        }
+        let jobs = self.opts.http.jobs.clamp(1, 16);
+        match super::remote::pull_rooted(
+            self.store,
+            remote,
+            &ids,
+            &models,
+            &git,
+            jobs,
+            self.opts.http.offline,
+            None,
+        ) {
+            Ok(r) => {
+                for (what, why) in &r.failed {
+                    tracing::info!("remote {}: {what}: {why}", remote.url());
+                }
+                self.report.remote = Some(r);
+            }
+            Err(e) => tracing::warn!("remote {}: {e}; trying the other sources", remote.url()),
+        }
+        Ok(())
+    }
+
     /// Trees from an offline mirror's bundles, when the store lacks any the lock wants.
     fn import_mirror_bundles(&mut self) -> Result<()> {
         let trees_missing = (self.opts.wants(Part::Nodes)
@@ -419,6 +488,17 @@ fn sources(
     sources.extend(by_sha256(&opts.mirror_urls, sha));
     sources.extend(own);
     sources
+}
+
+/// Pin what the store holds of `lock` with the GC root `lock/<tag>` (as `fetch` does), e.g.
+/// after a `pull`.
+pub fn pin_lock(store: &Store, lock: &Lockfile) -> Result<()> {
+    let _writer = store.lock_shared()?;
+    add_lock_root(
+        store,
+        &complete_models(store, lock)?,
+        &FetchReport::default(),
+    )
 }
 
 /// Pin what the store now holds with `lock/<tag>` (with the trees recorded for repo and commit

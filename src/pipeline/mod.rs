@@ -12,6 +12,7 @@
 //!   and the ones recorded (the runs themselves are the worker's, handed in);
 //! - [`import`]: the tags and branches an imported file names, pinned to commits by their
 //!   remotes (`import-snapshot --resolve-refs`);
+//! - [`remote`]: push a closure to a GCS bucket in the store's layout, and pull it back;
 //! - [`hf_cache`]: a Hugging Face hub cache's files into the store, with their sources;
 //! - [`http_env`]: download settings (tokens, backoff, range size) from the environment, for
 //!   the command line to pass down.
@@ -26,6 +27,7 @@ pub mod lock;
 pub mod materialize;
 pub mod mirror;
 pub mod python_section;
+pub mod remote;
 pub mod repro;
 pub mod repro_run;
 pub mod verify;

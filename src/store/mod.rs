@@ -42,7 +42,7 @@ pub use ingest::{AddOptions, AddReport};
 pub use lock::StoreLock;
 pub use object::PutResult;
 pub use reserved::{is_cache_path, CACHE_NAMES, CACHE_SUFFIXES, MARKER_NAME};
-pub use roots::Root;
+pub use roots::{check_root_name, Root};
 pub use tree::{check_rel_path, Entry, Manifest, Node};
 
 use crate::report::Reporter;
@@ -230,6 +230,14 @@ impl Store {
             AnyId::Sha256(sha) => self
                 .lookup_sha256(sha)?
                 .ok_or_else(|| Error::NotFound(sha.to_string())),
+        }
+    }
+
+    /// The SHA-256 the index recorded for an object, if any.
+    pub fn sha256_of(&self, id: &ObjectId) -> Result<Option<Sha256>> {
+        match &self.index {
+            Some(index) => index.object_sha256(id),
+            None => Ok(None),
         }
     }
 
