@@ -89,13 +89,27 @@ impl Emulator {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let (status, body) = super::net::request(
-            port,
-            "POST",
-            "/storage/v1/b?project=test",
-            "application/json",
-            format!(r#"{{"name":"{BUCKET}"}}"#).as_bytes(),
-        );
+        // Listening is not yet answering: a first connection may be reset while the
+        // emulator starts its HTTP server.
+        let create = format!(r#"{{"name":"{BUCKET}"}}"#);
+        let (status, body) = loop {
+            match super::net::try_request(
+                port,
+                "POST",
+                "/storage/v1/b?project=test",
+                "application/json",
+                create.as_bytes(),
+            ) {
+                Ok(answer) => break answer,
+                Err(e) => {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(20),
+                        "fake-gcs-server does not answer: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
         assert!(
             status == 200,
             "create bucket: {status} {}",

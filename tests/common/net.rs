@@ -18,21 +18,36 @@ pub fn listening(port: u16) -> bool {
 
 /// One HTTP/1.1 request with `Connection: close` to 127.0.0.1:`port`: (status, body).
 pub fn request(port: u16, method: &str, path: &str, ctype: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    try_request(port, method, path, ctype, body).unwrap()
+}
+
+/// [`request`], with connection errors returned (a server that listens before it answers).
+pub fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    ctype: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
          Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
+    s.read_to_end(&mut all)?;
     let split = all
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP answer");
-    let status = std::str::from_utf8(&all[9..12]).unwrap().parse().unwrap();
-    (status, all[split + 4..].to_vec())
+        .filter(|_| all.len() >= 12)
+        .ok_or_else(|| std::io::Error::other("no HTTP answer"))?;
+    let status = std::str::from_utf8(&all[9..12])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no HTTP status"))?;
+    Ok((status, all[split + 4..].to_vec()))
 }
