@@ -402,6 +402,10 @@ async fn upload(store: &Store, remote: &Remote, u: Upload) -> Result<(Put, u64)>
     // changed quarantines it first), so the upload sends its bytes without a copy in memory.
     let owned;
     let mapped;
+    let object = match u.body {
+        Body::Object(id) => Some(id),
+        Body::Bytes(_) => None,
+    };
     let bytes: &[u8] = match u.body {
         Body::Bytes(b) => {
             owned = b;
@@ -422,7 +426,18 @@ async fn upload(store: &Store, remote: &Remote, u: Upload) -> Result<(Put, u64)>
             }
         }
     };
-    let b3 = blake3::hash(bytes).to_hex().to_string();
+    let hash = blake3::hash(bytes);
+    // An object changed while it was mapped (root writing through a hardlink) is not sent
+    // under a name its bytes no longer have.
+    if let Some(id) = object.filter(|id| id.0 != *hash.as_bytes()) {
+        return Err(crate::store::Error::Mismatch {
+            what: format!("object {id}, changed while it was being pushed"),
+            expected: id.to_string(),
+            actual: format!("b3:{}", hash.to_hex()),
+        }
+        .into());
+    }
+    let b3 = hash.to_hex().to_string();
     let mut meta = json!({ "b3": b3 });
     if let Some(sha) = u.sha256 {
         meta["sha256"] = json!(sha.hex());
