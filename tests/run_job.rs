@@ -32,24 +32,6 @@ const FAKE: &str = concat!(
 );
 const RECORDED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/comfyui");
 
-/// The variables that configure where outputs go.
-const GCS_ENV: &[&str] = &[
-    "OUTPUT_MODE",
-    "GCS_BUCKET",
-    "GCS_PREFIX",
-    "GCS_PROJECT",
-    "GOOGLE_CLOUD_PROJECT",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-    "GCS_RETRIES",
-    "GCS_RETRY_BASE_SLEEP",
-    "GCS_PUBLIC",
-    "GCS_SIGNED_URL_TTL",
-    "GCS_FALLBACK_MAX_MB",
-    "GCS_CHUNK_MB",
-    "STORAGE_EMULATOR_HOST",
-    "RUST_LOG",
-];
-
 fn minimal_workflow() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/minimal.json");
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
@@ -137,7 +119,12 @@ impl Env {
         remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
         remove.extend(["COMFY_PORT", "COMFY_HOME", "COMFY_ORG_API_KEY"].map(String::from));
         // Output settings of the machine never reach a test (the GCS tests set their own).
-        remove.extend(GCS_ENV.iter().map(|v| v.to_string()));
+        remove.extend(
+            common::gcs::GCS_ENV
+                .iter()
+                .chain(&["RUST_LOG"])
+                .map(|v| v.to_string()),
+        );
         let mut envs: Vec<(&str, Option<&OsStr>)> =
             remove.iter().map(|k| (k.as_str(), None)).collect();
         envs.extend(set.iter().map(|(k, v)| (*k, Some(OsStr::new(*v)))));
@@ -695,7 +682,12 @@ fn serve_api(env: &Env, extra: &[&str]) -> (Child, u16) {
     let api = free_port();
     let mut remove: Vec<String> = scrubbed_vars();
     remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
-    remove.extend(GCS_ENV.iter().map(|v| v.to_string()));
+    remove.extend(
+        common::gcs::GCS_ENV
+            .iter()
+            .chain(&["RUST_LOG"])
+            .map(|v| v.to_string()),
+    );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
     cmd.args(["--store", s(&env.store), "serve", "--api"])
         .arg(format!("127.0.0.1:{api}"))
@@ -1838,7 +1830,12 @@ fn gcs_serve_by_flags_answers_urls_and_stops_at_once_without_permission() {
     flags2[5] = &key2;
     let mut remove: Vec<String> = scrubbed_vars();
     remove.extend(NETWORK_ENV.iter().map(|v| v.to_string()));
-    remove.extend(GCS_ENV.iter().map(|v| v.to_string()));
+    remove.extend(
+        common::gcs::GCS_ENV
+            .iter()
+            .chain(&["RUST_LOG"])
+            .map(|v| v.to_string()),
+    );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
     cmd.args(["--store", s(&env.store), "serve", "--api"])
         .arg(format!("127.0.0.1:{}", free_port()))

@@ -64,23 +64,6 @@ fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     net::request(port, method, path, "application/json", body)
 }
 
-/// The variables that send outputs elsewhere than the answer: never from the machine.
-const GCS_ENV: &[&str] = &[
-    "OUTPUT_MODE",
-    "GCS_BUCKET",
-    "GCS_PREFIX",
-    "GCS_PROJECT",
-    "GOOGLE_CLOUD_PROJECT",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-    "GCS_RETRIES",
-    "GCS_RETRY_BASE_SLEEP",
-    "GCS_PUBLIC",
-    "GCS_SIGNED_URL_TTL",
-    "GCS_FALLBACK_MAX_MB",
-    "GCS_CHUNK_MB",
-    "STORAGE_EMULATOR_HOST",
-];
-
 /// Options of one test's setup.
 #[derive(Default)]
 struct Opts {
@@ -220,7 +203,7 @@ impl Setup {
             .chain(inherited)
             .chain(NETWORK_ENV.iter().map(|v| v.to_string()))
             .chain(["COMFY_PORT", "COMFY_HOME", "COMFY_ORG_API_KEY", "RUST_LOG"].map(String::from))
-            .chain(GCS_ENV.iter().map(|v| v.to_string()))
+            .chain(common::gcs::GCS_ENV.iter().map(|v| v.to_string()))
         {
             cmd.env_remove(k);
         }

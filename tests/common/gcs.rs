@@ -10,7 +10,26 @@
 //! it was given (or goes to the emulator, which answers 404, when it was given none); the first
 //! `fail_uploads` requests to `/upload/…` get `fail_status`; everything else goes to the
 //! emulator. Every request is recorded (method, target, headers).
+
 #![allow(dead_code)]
+
+/// The variables that send job outputs to GCS (and configure the client): a test clears them,
+/// so nothing of the machine's reaches it.
+pub const GCS_ENV: &[&str] = &[
+    "OUTPUT_MODE",
+    "GCS_BUCKET",
+    "GCS_PREFIX",
+    "GCS_PROJECT",
+    "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GCS_RETRIES",
+    "GCS_RETRY_BASE_SLEEP",
+    "GCS_PUBLIC",
+    "GCS_SIGNED_URL_TTL",
+    "GCS_FALLBACK_MAX_MB",
+    "GCS_CHUNK_MB",
+    "STORAGE_EMULATOR_HOST",
+];
 
 use super::net::{free_port, listening};
 use std::io::{Read, Write};
