@@ -467,6 +467,59 @@ fn conditional_creates_list_and_download_against_the_emulator() {
     assert_eq!(emu.content("p/x"), bytes);
 }
 
+/// A file whose bytes are not those of the BLAKE3 it goes up under (a store object changed
+/// while it was pushed) is never finished in the bucket: not in one request, not in a
+/// resumable session; the same file with its right BLAKE3 goes up whole either way.
+#[test]
+fn a_file_that_no_longer_has_its_blake3_is_not_uploaded() {
+    let Some(emu) = emulator("a_file_that_no_longer_has_its_blake3_is_not_uploaded") else {
+        return;
+    };
+    use comfystore::gcs::{Client, Data, Error, Options, Put};
+    let mut opts = Options::new(gcs::BUCKET);
+    opts.emulator = Some(format!("127.0.0.1:{}", emu.port));
+    opts.retry_base = std::time::Duration::from_millis(10);
+    opts.chunk = comfystore::gcs::CHUNK_UNIT;
+    let client = Client::new(opts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // One request (smaller than a chunk), and a session of three chunks.
+    for (name, len) in [
+        ("small", 1000usize),
+        ("big", 2 * comfystore::gcs::CHUNK_UNIT + 7),
+    ] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let path = dir.path().join(name);
+        fs::write(&path, &bytes).unwrap();
+        let file = |b3: [u8; 32]| Data::File {
+            file: std::sync::Arc::new(fs::File::open(&path).unwrap()),
+            path: path.clone(),
+            len: len as u64,
+            b3,
+        };
+        let right = *blake3::hash(&bytes).as_bytes();
+        let mut wrong = right;
+        wrong[0] ^= 1;
+        let meta = serde_json::json!({ "b3": hex::encode(right) });
+        let object = format!("f/{name}");
+        rt.block_on(async {
+            let ct = "application/octet-stream";
+            let refused = client.create(&object, file(wrong), ct, &meta, "b3").await;
+            match refused {
+                Err(Error::Changed { .. }) => {}
+                other => panic!("{name}: {other:?}"),
+            }
+            assert!(emu.metadata(&object).is_none(), "{name} was published");
+            let put = client.create(&object, file(right), ct, &meta, "b3").await;
+            assert_eq!(put.unwrap(), Put::Created, "{name}");
+        });
+        assert!(emu.content(&object) == bytes, "{name} differs");
+    }
+}
+
 /// A lock naming a node by repo and commit alone: push sends the tree the store recorded for
 /// them, and a fetch from the remote finds it without git.
 #[test]

@@ -398,46 +398,29 @@ pub fn push(
 
 /// Upload one item; its outcome and size.
 async fn upload(store: &Store, remote: &Remote, u: Upload) -> Result<(Put, u64)> {
-    // A store object is mapped: published objects never change (a read that finds one
-    // changed quarantines it first), so the upload sends its bytes without a copy in memory.
-    let owned;
-    let mapped;
-    let object = match u.body {
-        Body::Object(id) => Some(id),
-        Body::Bytes(_) => None,
-    };
-    let bytes: &[u8] = match u.body {
+    // A store object is read from its open file a chunk at a time and hashed as it goes up:
+    // one whose bytes no longer hash to its id (root writing through a hardlink while it is
+    // pushed) is abandoned before GCS finishes it, never published under a name its bytes
+    // no longer have.
+    let (data, b3) = match u.body {
         Body::Bytes(b) => {
-            owned = b;
-            &owned
+            let b3 = blake3::hash(&b).to_hex().to_string();
+            (gcs::Data::Bytes(b.into()), b3)
         }
         Body::Object(id) => {
             let exec = store.find_object(&id, false).is_none();
             let path = store.checked_object(&id, exec)?;
             let f = std::fs::File::open(&path).map_err(|e| Error::io("open", &path, e))?;
-            if u.size == 0 {
-                &[]
-            } else {
-                // SAFETY: the file is a published store object (mode 0444, never modified in
-                // place); the map is read-only and dropped when the upload ends.
-                mapped =
-                    unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io("map", &path, e))?;
-                &mapped[..]
-            }
+            let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+            let data = gcs::Data::File {
+                file: std::sync::Arc::new(f),
+                path,
+                len,
+                b3: id.0,
+            };
+            (data, id.hex())
         }
     };
-    let hash = blake3::hash(bytes);
-    // An object changed while it was mapped (root writing through a hardlink) is not sent
-    // under a name its bytes no longer have.
-    if let Some(id) = object.filter(|id| id.0 != *hash.as_bytes()) {
-        return Err(crate::store::Error::Mismatch {
-            what: format!("object {id}, changed while it was being pushed"),
-            expected: id.to_string(),
-            actual: format!("b3:{}", hash.to_hex()),
-        }
-        .into());
-    }
-    let b3 = hash.to_hex().to_string();
     let mut meta = json!({ "b3": b3 });
     if let Some(sha) = u.sha256 {
         meta["sha256"] = json!(sha.hex());
@@ -446,13 +429,13 @@ async fn upload(store: &Store, remote: &Remote, u: Upload) -> Result<(Put, u64)>
         .client
         .create(
             &remote.name(&u.rel),
-            bytes,
+            data,
             "application/octet-stream",
             &meta,
             "b3",
         )
         .await?;
-    Ok((put, bytes.len() as u64))
+    Ok((put, u.size))
 }
 
 /// What `pull` did.
