@@ -424,6 +424,47 @@ fn push_retries_uploads_that_get_503() {
     assert_eq!(pulled["failed"], serde_json::json!([]), "{pulled}");
 }
 
+/// Push and pull move several files at once (`--remote-jobs`, default 8): the front sees
+/// uploads, then downloads, in flight together; with one job at a time it never does.
+#[test]
+fn push_and_pull_transfer_several_files_at_once() {
+    let Some(emu) = emulator("push_and_pull_transfer_several_files_at_once") else {
+        return;
+    };
+    let front = gcs::Front::start(emu.port, None, 0, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, tree, _) = filled_store(tmp.path());
+    let host = front.url();
+    let env = [
+        ("STORAGE_EMULATOR_HOST", Some(OsStr::new(&host))),
+        ("GOOGLE_APPLICATION_CREDENTIALS", None),
+        ("COMFYSTORE_REMOTE_JOBS", None),
+    ];
+    let run = |store: &Path, args: &[&str]| {
+        let out = common::run_env(store, args, &env);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        parse(&out)
+    };
+    front.meet(2);
+    let pushed = run(&a, &["--json", "push", &remote(), &tree]);
+    assert!(pushed["uploaded"].as_u64().unwrap() > 2, "{pushed}");
+    assert!(front.most_together() >= 2, "uploads went one at a time");
+    front.meet(2);
+    let b = tmp.path().join("store-b");
+    let pulled = run(&b, &["--json", "pull", &remote(), &tree]);
+    assert_eq!(pulled["failed"], serde_json::json!([]), "{pulled}");
+    assert!(pulled["objects"].as_u64().unwrap() > 2, "{pulled}");
+    assert!(front.most_together() >= 2, "downloads went one at a time");
+    // One at a time: never two together.
+    front.meet(2);
+    let c = tmp.path().join("store-c");
+    run(
+        &c,
+        &["--json", "pull", &remote(), &tree, "--remote-jobs", "1"],
+    );
+    assert_eq!(front.most_together(), 1);
+}
+
 /// The engine under push: a second create of the same bytes is success (a concurrent pusher
 /// or a lost answer), other bytes under the name are refused and never overwrite; listings
 /// and downloads see what is there.

@@ -539,20 +539,27 @@ fn pull_locked(
         return Ok(report);
     }
     let rt = runtime()?;
-    rt.block_on(pull_async(
-        store,
-        remote,
-        ids,
-        models,
-        git,
-        jobs,
-        &mut report,
-    ))?;
+    // Checking and storing a downloaded object (hashing it) runs on a thread of this scope, so
+    // the other downloads keep going meanwhile.
+    std::thread::scope(|scope| {
+        rt.block_on(pull_async(
+            scope,
+            store,
+            remote,
+            ids,
+            models,
+            git,
+            jobs,
+            &mut report,
+        ))
+    })?;
     Ok(report)
 }
 
-async fn pull_async(
-    store: &Store,
+#[allow(clippy::too_many_arguments)]
+async fn pull_async<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    store: &'scope Store,
     remote: &Remote,
     ids: &[ObjectId],
     models: &[(Sha256, Option<ObjectId>)],
@@ -667,7 +674,7 @@ async fn pull_async(
         .map(|(id, size, sha, rel)| {
             let bar = &bar;
             async move {
-                let r = fetch_object(store, remote, &rel, &id, size, sha).await;
+                let r = fetch_object(scope, store, remote, &rel, &id, size, sha).await;
                 if r.is_ok() {
                     bar.inc(size);
                 }
@@ -782,8 +789,9 @@ async fn fetch_tree(remote: &Remote, rel: &str, id: &ObjectId) -> Result<Manifes
 
 /// An object from the bucket into the store, published only if its BLAKE3 is `id`, its size
 /// `size` and (when given) its SHA-256 `sha`.
-async fn fetch_object(
-    store: &Store,
+async fn fetch_object<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    store: &'scope Store,
     remote: &Remote,
     rel: &str,
     id: &ObjectId,
@@ -801,9 +809,28 @@ async fn fetch_object(
         return Err(Error::NotFound(uri));
     }
     std::io::Seek::rewind(&mut file).map_err(|e| Error::io("rewind", &tmp, e))?;
+    let id = *id;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    scope.spawn(move || {
+        let _ = tx.send(store_checked(store, file, &uri, &id, size, sha));
+    });
+    rx.await
+        .map_err(|_| Error::Gcs(gcs::Error::Config("the store's thread ended".into())))?
+}
+
+/// A downloaded object (`file`, from `uri`) into the store, published only if its BLAKE3 is
+/// `id`, its size `size` and (when given) its SHA-256 `sha`.
+fn store_checked(
+    store: &Store,
+    file: std::fs::File,
+    uri: &str,
+    id: &ObjectId,
+    size: u64,
+    sha: Option<Sha256>,
+) -> Result<u64> {
     let check = |d: &crate::store::Digests| -> crate::store::Result<()> {
         let mismatch = |expected: String, actual: String| crate::store::Error::Mismatch {
-            what: uri.clone(),
+            what: uri.to_string(),
             expected,
             actual,
         };
@@ -827,7 +854,7 @@ async fn fetch_object(
         &mut std::io::BufReader::new(file),
         false,
         sha.is_some(),
-        Path::new(&uri),
+        Path::new(uri),
         &check,
     )?;
     Ok(put.digests.size)
