@@ -246,6 +246,41 @@ mod tests {
         assert!(backoff(base, 30) <= Duration::from_secs(30));
     }
 
+    /// A 429's `Retry-After` reaches the slot a try runs in, through the middleware the
+    /// crate's requests go through.
+    #[test]
+    fn a_429s_retry_after_reaches_the_try() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\n\
+                  Content-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        });
+        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+            .with(RetryAfter)
+            .build();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (status, after) = rt.block_on(RETRY_AFTER.scope(Cell::new(None), async {
+            let r = client
+                .get(format!("http://127.0.0.1:{port}/x"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), RETRY_AFTER.with(Cell::get))
+        }));
+        assert_eq!(status, 429);
+        assert_eq!(after, Some(Duration::from_secs(7)));
+    }
+
     #[test]
     fn retryable_statuses() {
         for s in [408, 429, 500, 502, 503, 504] {
