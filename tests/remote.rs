@@ -31,14 +31,20 @@ fn remote() -> String {
 
 /// comfystore with the emulator's address and no credentials.
 fn run(emu: &gcs::Emulator, store: &Path, args: &[&str]) -> Output {
-    let host = format!("127.0.0.1:{}", emu.port);
+    run_at(&format!("127.0.0.1:{}", emu.port), store, args)
+}
+
+/// comfystore with `host` as the emulator's address (the emulator or a front of it) and no
+/// credentials.
+fn run_at(host: &str, store: &Path, args: &[&str]) -> Output {
     common::run_env(
         store,
         args,
         &[
-            ("STORAGE_EMULATOR_HOST", Some(OsStr::new(&host))),
+            ("STORAGE_EMULATOR_HOST", Some(OsStr::new(host))),
             ("GOOGLE_APPLICATION_CREDENTIALS", None),
             ("COMFYSTORE_REMOTE", None),
+            ("COMFYSTORE_REMOTE_JOBS", None),
             ("GCS_RETRY_BASE_SLEEP", Some(OsStr::new("0.05"))),
             // The 3 MB model goes up in a resumable session, 1 MiB a request.
             ("GCS_CHUNK_MB", Some(OsStr::new("1"))),
@@ -435,13 +441,8 @@ fn push_and_pull_transfer_several_files_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, tree, _) = filled_store(tmp.path());
     let host = front.url();
-    let env = [
-        ("STORAGE_EMULATOR_HOST", Some(OsStr::new(&host))),
-        ("GOOGLE_APPLICATION_CREDENTIALS", None),
-        ("COMFYSTORE_REMOTE_JOBS", None),
-    ];
     let run = |store: &Path, args: &[&str]| {
-        let out = common::run_env(store, args, &env);
+        let out = run_at(&host, store, args);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
         parse(&out)
     };
