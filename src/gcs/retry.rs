@@ -28,17 +28,9 @@ pub(super) fn retryable(s: u16) -> bool {
     })
 }
 
-/// Exponential back-off with jitter: a random pause in [d/2, d], d = base·2^(n−1), ≤ 30 s.
+/// Exponential back-off with jitter, capped at 30 s ([`crate::backoff::jittered`]).
 pub(super) fn backoff(base: Duration, n: u32) -> Duration {
-    let d = base
-        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
-        .min(Duration::from_secs(30));
-    let mut r = [0u8; 8];
-    let frac = match getrandom::fill(&mut r) {
-        Ok(()) => (u64::from_le_bytes(r) % 1000) as f64 / 1000.0,
-        Err(_) => 0.5,
-    };
-    d.mul_f64(0.5 + frac / 2.0)
+    crate::backoff::jittered(base, n, Duration::from_secs(30))
 }
 
 /// Why one try failed, with nothing secret in it (reqwest's errors lose their URL).
@@ -220,8 +212,7 @@ impl reqwest_middleware::Middleware for RetryAfter {
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+                .and_then(|v| crate::backoff::retry_after(v, MAX_RETRY_AFTER));
             if after.is_some() {
                 // Outside a `Policy::run` (no slot) there is nobody to tell.
                 let _ = RETRY_AFTER.try_with(|c| c.set(after));
@@ -234,17 +225,6 @@ impl reqwest_middleware::Middleware for RetryAfter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_within_jitter_and_is_capped() {
-        let base = Duration::from_millis(100);
-        for n in 1..=4 {
-            let d = backoff(base, n);
-            let full = base * (1 << (n - 1));
-            assert!(d >= full / 2 && d <= full, "{n}: {d:?}");
-        }
-        assert!(backoff(base, 30) <= Duration::from_secs(30));
-    }
 
     /// A 429's `Retry-After` reaches the slot a try runs in, through the middleware the
     /// crate's requests go through.
