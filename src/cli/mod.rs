@@ -66,6 +66,11 @@ pub struct Cli {
     /// No progress bars or informational messages.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Take no file locks in the store: for a store on a filesystem whose locks do not hold
+    /// across hosts. Nothing is corrupted without them; workers may then download one model
+    /// at the same time, and `gc` must not run while others write (store-layout.md).
+    #[arg(long, global = true, env = "COMFYSTORE_NO_LOCKS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_locks: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -790,7 +795,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
 /// Open (or create) the store the command line names.
 pub(crate) fn open_store(cli: &Cli) -> comfystore::Result<comfystore::store::Store> {
     let dir = cli.store.clone().unwrap_or_else(default_store_dir);
-    let store = comfystore::store::Store::open(&dir, &comfystore::store::StoreOptions::default())?;
+    let opts = comfystore::store::StoreOptions {
+        no_locks: cli.no_locks,
+        ..Default::default()
+    };
+    let store = comfystore::store::Store::open(&dir, &opts)?;
     Ok(store.with_reporter(progress::reporter(cli.quiet || cli.json)))
 }
 

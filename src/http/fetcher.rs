@@ -100,6 +100,15 @@ impl Fetcher {
         let sources = self.sources_to_try(d)?;
         // Held until the download is stored and recorded: gc must not take it meanwhile.
         let _writer = store.lock_shared()?;
+        // One process at a time downloads a file of known hash into this store (workers
+        // sharing a volume); those that waited find it stored.
+        let _fetching = match d.expect.lock_key() {
+            Some(key) => Some(store.lock_fetch(&key, &d.label)?),
+            None => None,
+        };
+        if let Some(found) = d.stored_meanwhile(store)? {
+            return Ok(found);
+        }
         let job = Job { store, d, bar };
         let mut errors = Vec::new();
         let mut attempts = 0;

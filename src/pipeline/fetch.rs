@@ -372,13 +372,14 @@ impl Fetch<'_> {
         let creds = GitCredentials::from_env();
         let results: Vec<_> = pool.install(|| {
             git.par_iter()
-                .map(|g| fetch_tree(self.store, g, &creds))
+                .map(|g| fetch_tree_once(self.store, g, &creds))
                 .collect()
         });
         for (g, r) in git.into_iter().zip(results) {
             match r {
-                Ok(tree) => {
-                    (self.store).record_git_tree(&g.repo, &g.commit, &g.excludes, tree)?;
+                // Another process sharing the store rebuilt it while this one waited.
+                Ok(None) => {}
+                Ok(Some(tree)) => {
                     self.report.trees.push(FetchedTree {
                         label: g.label,
                         tree,
@@ -436,6 +437,24 @@ impl Fetch<'_> {
         }
         Ok(())
     }
+}
+
+/// Rebuild a tree from git and record it for its repo and commit, unless another process
+/// sharing the store did so while this one waited for the fetch lock (then `None`).
+fn fetch_tree_once(
+    store: &Store,
+    g: &GitSource,
+    creds: &GitCredentials,
+) -> crate::git::Result<Option<ObjectId>> {
+    let root = crate::store::git_tree_root(&g.repo, &g.commit, &g.excludes);
+    let _fetching = store.lock_fetch(&root.replace('/', "-"), &g.label)?;
+    let recorded = store.git_tree(&g.repo, &g.commit, &g.excludes)?;
+    if recorded.is_some_and(|t| g.expect.is_none_or(|want| want == t)) {
+        return Ok(None);
+    }
+    let tree = fetch_tree(store, g, creds)?;
+    store.record_git_tree(&g.repo, &g.commit, &g.excludes, tree)?;
+    Ok(Some(tree))
 }
 
 /// Whether the store lacks a tree (or the lock names none).

@@ -64,6 +64,10 @@ pub struct StoreOptions {
     pub index_path: Option<PathBuf>,
     /// Run without an index (every lookup goes to the files). For tests and broken indexes.
     pub no_index: bool,
+    /// Take no `flock` at all, as on a filesystem whose locks do not work (or do not hold
+    /// across hosts): safety then rests on content addressing, no-replace renames and gc's
+    /// grace period (store-layout.md, "Concurrency"). Also set by `COMFYSTORE_NO_LOCKS=1`.
+    pub no_locks: bool,
 }
 
 /// An open store.
@@ -78,6 +82,8 @@ pub struct Store {
     pending: std::sync::Mutex<Pending>,
     /// The lock that tells gc this handle's temp files are in use (taken on first use).
     writer: std::sync::OnceLock<Option<writer::WriterLock>>,
+    /// Whether to take `flock`s (false with [`StoreOptions::no_locks`]).
+    locks: bool,
 }
 
 #[derive(Default)]
@@ -119,6 +125,7 @@ impl Store {
             reporter: crate::report::silent(),
             pending: Default::default(),
             writer: std::sync::OnceLock::new(),
+            locks: !(opts.no_locks || no_locks_env()),
         };
         if !opts.no_index {
             let path = match &opts.index_path {
@@ -393,6 +400,17 @@ fn init_layout(root: &Path) -> Result<()> {
     let body = format!("{{\"format\":\"{FORMAT}\"}}\n");
     durable::write_file_atomic(&root.join(MARKER), body.as_bytes(), 0o644)?;
     Ok(())
+}
+
+/// `COMFYSTORE_NO_LOCKS` set to a true value (what the CLI's `--no-locks` accepts: anything
+/// but empty, `0`, `false`, `no`, `off`).
+fn no_locks_env() -> bool {
+    std::env::var("COMFYSTORE_NO_LOCKS").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off"
+        )
+    })
 }
 
 /// `COMFYSTORE_INDEX` wins; a store on a network filesystem gets a per-host index on local disk

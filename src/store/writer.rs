@@ -72,6 +72,9 @@ pub(crate) fn writer_state(store_root: &Path, tag: &str, remove: bool) -> Writer
 impl Store {
     /// This handle's writer lock, taken on first use; `None` where locks do not work.
     fn writer(&self) -> Option<&WriterLock> {
+        if !self.uses_locks() {
+            return None;
+        }
         self.writer
             .get_or_init(|| match take_writer_lock(self.root()) {
                 Ok(w) => w,
