@@ -241,11 +241,11 @@ fn workers_on_one_volume_download_a_model_once_and_corrupt_nothing() {
         assert_eq!(rebuilt(&reports, label), 1, "{label}: {}", json!(reports));
     }
     v.check_store_and_dests();
-    // Nothing of the fetch locks is left behind.
-    let left = fs::read_dir(v.shared.join("comfystore/locks/fetch"))
+    // Nothing of the named locks is left behind.
+    let left = fs::read_dir(v.shared.join("comfystore/locks/named"))
         .map(|d| d.count())
         .unwrap_or(0);
-    assert_eq!(left, 0, "fetch lock files left in the store");
+    assert_eq!(left, 0, "named lock files left in the store");
 }
 
 #[test]
@@ -267,7 +267,7 @@ fn workers_without_locks_may_download_twice_but_corrupt_nothing() {
     }
     v.check_store_and_dests();
     // No lock file at all was made: the mode takes none.
-    assert!(!v.shared.join("comfystore/locks/fetch").exists());
+    assert!(!v.shared.join("comfystore/locks/named").exists());
     assert!(!Path::new(&v.shared.join("comfystore/locks/writers"))
         .read_dir()
         .is_ok_and(|mut d| d.next().is_some()));

@@ -195,14 +195,7 @@ fn print_fetch(cli: &Cli, lock: &Path, report: &FetchReport) {
         );
     }
     for d in &report.downloaded {
-        if d.url.is_empty() {
-            println!(
-                "found {} ({} bytes): another process sharing the store downloaded it",
-                d.label, d.size
-            );
-        } else {
-            println!("downloaded {} ({} bytes) from {}", d.label, d.size, d.url);
-        }
+        println!("downloaded {} ({} bytes) from {}", d.label, d.size, d.url);
     }
     for (what, why) in &report.failed {
         eprintln!("missing {what}: {why}");

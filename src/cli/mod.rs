@@ -22,6 +22,9 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a materialize that refused to replace the user's edits (nothing changed).
 pub const EXIT_EDITED: u8 = 5;
+/// Exit code of a command that lacked a permission (a store it may not write or read, a
+/// folder it cannot write): sysexits' EX_NOPERM.
+pub const EXIT_PERMISSION: u8 = 77;
 
 const ABOUT: &str = "Keep ComfyUI installs (code, custom nodes, Python packages, models) in a \
 content-addressed store, once, named by BLAKE3.";
@@ -682,7 +685,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The exit code of a failed command: 5 for a switch refused over the user's edits, else 1.
+/// The exit code of a failed command: 5 for a switch refused over the user's edits, 77 for a
+/// missing permission, else 1.
 fn exit_code_of(e: &anyhow::Error) -> u8 {
     let edited = e.chain().any(|c| {
         matches!(
@@ -695,8 +699,14 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
             Some(comfystore::place::Error::Edited { .. })
         )
     });
+    let denied = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
     if edited {
         EXIT_EDITED
+    } else if denied {
+        EXIT_PERMISSION
     } else {
         EXIT_FAILURE
     }

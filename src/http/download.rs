@@ -1,6 +1,6 @@
 //! What to download and what a download gave: the caller's side of the engine.
 
-use crate::store::{Digests, Error, ObjectId, PutResult, Result, Sha256, Store};
+use crate::store::{Digests, Error, ObjectId, PutResult, Result, Sha256};
 use serde::Serialize;
 
 /// What the downloaded bytes must hash to. With neither hash given, any bytes are accepted
@@ -38,18 +38,6 @@ impl Expect {
     }
 }
 
-impl Expect {
-    /// The fetch lock of a file of known hash: its SHA-256, as every lock names one, else its
-    /// BLAKE3.
-    pub(super) fn lock_key(&self) -> Option<String> {
-        match (self.sha256, self.blake3) {
-            (Some(sha), _) => Some(format!("sha256-{}", sha.hex())),
-            (None, Some(b3)) => Some(format!("b3-{}", b3.hex())),
-            (None, None) => None,
-        }
-    }
-}
-
 /// One file to download.
 #[derive(Clone, Debug)]
 pub struct Download {
@@ -60,6 +48,17 @@ pub struct Download {
     pub expect: Expect,
 }
 
+impl Download {
+    /// The name of its download lock: the hash it must have (none when any bytes will do).
+    pub(crate) fn lock_key(&self) -> Option<String> {
+        match (self.expect.blake3, self.expect.sha256) {
+            (Some(b3), _) => Some(format!("download-b3-{}", b3.hex())),
+            (None, Some(sha)) => Some(format!("download-sha256-{}", sha.hex())),
+            (None, None) => None,
+        }
+    }
+}
+
 /// What a finished download gave.
 #[derive(Clone, Debug, Serialize)]
 pub struct Downloaded {
@@ -68,8 +67,7 @@ pub struct Downloaded {
     /// Bare hex, as hubs print it.
     pub sha256: String,
     pub size: u64,
-    /// The source that delivered it (credentials removed); empty when another process
-    /// sharing the store downloaded it while this one waited.
+    /// The source that delivered it (credentials removed).
     pub url: String,
     /// Requests made for it, over all sources.
     pub attempts: u32,
@@ -77,38 +75,6 @@ pub struct Downloaded {
     pub resumed_bytes: u64,
     /// False when the store already had the content.
     pub new: bool,
-}
-
-impl Download {
-    /// The file, if the store has it by now (another process downloaded it while this one
-    /// waited for its fetch lock).
-    pub(super) fn stored_meanwhile(&self, store: &Store) -> Result<Option<Downloaded>> {
-        let id = match (self.expect.blake3, self.expect.sha256) {
-            (Some(b3), _) => Some(b3),
-            (None, Some(sha)) => store.lookup_sha256(&sha)?,
-            (None, None) => None,
-        };
-        let Some(id) = id.filter(|id| store.has_object(id)) else {
-            return Ok(None);
-        };
-        if let Some(sha) = self.expect.sha256 {
-            store.ensure_alias(&sha, &id)?;
-        }
-        let size = store
-            .find_object(&id, false)
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len());
-        Ok(Some(Downloaded {
-            label: self.label.clone(),
-            id,
-            sha256: self.expect.sha256.map(|s| s.hex()).unwrap_or_default(),
-            size,
-            url: String::new(),
-            attempts: 0,
-            resumed_bytes: 0,
-            new: false,
-        }))
-    }
 }
 
 impl Downloaded {

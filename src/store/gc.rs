@@ -368,7 +368,7 @@ impl Store {
             }
         }
         if !dry_run && self.uses_locks() {
-            self.remove_stale_fetch_locks();
+            self.remove_stale_named_locks();
         }
         Ok(n)
     }

@@ -1,6 +1,6 @@
 //! The store's locks. The store-wide gc lock: writers hold it shared while they publish objects
-//! and the trees or roots that refer to them; gc holds it exclusive. The fetch locks
-//! (`locks/fetch/<key>`): one process at a time downloads a given model or rebuilds a given
+//! and the trees or roots that refer to them; gc holds it exclusive. The named locks
+//! (`locks/named/<key>`): one process at a time downloads a given model or rebuilds a given
 //! git tree, and the others wait and then find it stored.
 //!
 //! Where the filesystem has no working locks (some NFS/FUSE mounts), or `COMFYSTORE_NO_LOCKS`
@@ -19,13 +19,13 @@ pub struct StoreLock {
     _file: Option<File>,
 }
 
-/// A held fetch lock. Its file is removed before the lock is released, so the folder does not
+/// A held named lock. Its file is removed before the lock is released, so the folder does not
 /// fill up with one file per model ever downloaded.
-pub struct FetchLock {
+pub struct NamedLock {
     held: Option<(File, PathBuf)>,
 }
 
-impl Drop for FetchLock {
+impl Drop for NamedLock {
     fn drop(&mut self) {
         // Removed while still locked: a waiter that opened this file sees it is no longer
         // the one at the path, and starts over with a new one.
@@ -35,14 +35,20 @@ impl Drop for FetchLock {
     }
 }
 
+/// Open (creating) a lock file. One that another member of a group-shared store created
+/// (mode 0644) is opened read-only: `flock` needs no write access.
 fn open_lock_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
+    match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .ctx("open lock", path)
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => File::open(path),
+        other => other,
+    }
+    .ctx("open lock", path)
 }
 
 impl Store {
@@ -55,12 +61,29 @@ impl Store {
         self.locks
     }
 
-    /// Take the lock shared, as a writer. Blocks while gc runs.
+    /// Take the lock shared, as a writer. Blocks while gc runs. Fails at once, saying why,
+    /// when this process may not write the store.
     pub fn lock_shared(&self) -> Result<StoreLock> {
+        self.writable_for(&self.root().join("locks/gc.lock"))?;
+        self.lock_reading()
+    }
+
+    /// Take the lock shared, as a reader that must not see gc delete what it uses (placing a
+    /// version). Works in a store this process may only read: the lock file is then opened
+    /// read-only (`flock` needs no write access); where it cannot be opened at all, nothing
+    /// is locked, as where locks do not work.
+    pub fn lock_reading(&self) -> Result<StoreLock> {
         if !self.locks {
             return Ok(StoreLock { _file: None });
         }
-        let f = self.lock_file()?;
+        let path = self.root().join("locks/gc.lock");
+        let f = match self.lock_file() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!("no gc lock for reading {}: {e}", path.display());
+                return Ok(StoreLock { _file: None });
+            }
+        };
         match f.lock_shared() {
             Ok(()) => Ok(StoreLock { _file: Some(f) }),
             Err(e) if unsupported(&e) => {
@@ -73,6 +96,7 @@ impl Store {
 
     /// Take the lock exclusively, as gc. With `wait` false, returns `None` if writers hold it.
     pub fn lock_exclusive(&self, wait: bool) -> Result<Option<StoreLock>> {
+        self.writable_for(&self.root().join("locks/gc.lock"))?;
         if !self.locks {
             tracing::warn!("locks disabled (COMFYSTORE_NO_LOCKS); relying on the grace period");
             return Ok(Some(StoreLock { _file: None }));
@@ -97,23 +121,27 @@ impl Store {
         }
     }
 
-    /// Take the fetch lock `key` (letters, digits, `-`), waiting while another process holds
-    /// it; `what` names the item in the message said while waiting. The caller then looks
-    /// whether the store has what it was about to fetch: the process it waited for may have
-    /// stored it.
-    pub fn lock_fetch(&self, key: &str, what: &str) -> Result<FetchLock> {
-        let none = FetchLock { held: None };
+    /// Take the exclusive lock named `key` (letters, digits, `-`), for work that processes
+    /// sharing a store (workers on one network volume) must do one at a time: downloading a
+    /// missing file once, rebuilding a git tree once (the second waits, then finds it stored).
+    /// Blocks while another holds it; a no-op where locks do not work or are turned off.
+    /// The holder removes the file before it lets go; a waiter that then gets the lock on the
+    /// removed file sees that the path no longer names it and starts over, so two holders
+    /// never coexist and the folder keeps no file per key ever used.
+    pub fn lock_named(&self, key: &str) -> Result<NamedLock> {
+        let none = NamedLock { held: None };
+        let dir = self.root().join("locks/named");
+        let path = dir.join(key);
+        self.writable_for(&path)?;
         if !self.locks {
             return Ok(none);
         }
-        let dir = self.root().join("locks/fetch");
-        fs::create_dir_all(&dir).ctx("create", &dir)?;
-        let path = dir.join(key);
+        super::durable::create_dirs(&dir).ctx("create", &dir)?;
         loop {
             let f = open_lock_file(&path)?;
             let res = match f.try_lock() {
                 Err(TryLockError::WouldBlock) => {
-                    tracing::info!("{what}: another process is fetching it; waiting for it");
+                    tracing::info!("{key}: another process holds this lock; waiting for it");
                     f.lock()
                 }
                 Err(TryLockError::Error(e)) => Err(e),
@@ -131,7 +159,7 @@ impl Store {
                 _ => false,
             };
             if same {
-                return Ok(FetchLock {
+                return Ok(NamedLock {
                     held: Some((f, path)),
                 });
             }
@@ -140,11 +168,11 @@ impl Store {
 }
 
 impl Store {
-    /// Remove the fetch-lock files of processes killed while fetching (a live holder's lock
+    /// Remove the named-lock files of processes killed while holding one (a live holder's lock
     /// makes `try_lock` fail). A waiter that opened a removed file sees it is gone and starts
     /// over, as after a normal release.
-    pub(crate) fn remove_stale_fetch_locks(&self) {
-        let Ok(entries) = fs::read_dir(self.root().join("locks/fetch")) else {
+    pub(crate) fn remove_stale_named_locks(&self) {
+        let Ok(entries) = fs::read_dir(self.root().join("locks/named")) else {
             return;
         };
         for e in entries.flatten() {
@@ -167,10 +195,10 @@ mod tests {
     use crate::store::{Store, StoreOptions};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Fetch locks of one key exclude each other (also between handles of one process, as
+    /// Named locks of one key exclude each other (also between handles of one process, as
     /// between processes), and leave no file behind.
     #[test]
-    fn fetch_locks_of_one_key_exclude_each_other_and_leave_no_file() {
+    fn named_locks_of_one_key_exclude_each_other_and_leave_no_file() {
         let t = tempfile::tempdir().unwrap();
         let opts = StoreOptions {
             no_index: true,
@@ -183,7 +211,7 @@ mod tests {
                 s.spawn(|| {
                     let store = Store::open(t.path(), &opts).unwrap();
                     for _ in 0..50 {
-                        let _l = store.lock_fetch("sha256-k", "k").unwrap();
+                        let _l = store.lock_named("download-sha256-k").unwrap();
                         let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(n, Ordering::SeqCst);
                         std::thread::yield_now();
@@ -193,7 +221,7 @@ mod tests {
             }
         });
         assert_eq!(most.load(Ordering::SeqCst), 1, "two holders at once");
-        let left: Vec<_> = std::fs::read_dir(t.path().join("locks/fetch"))
+        let left: Vec<_> = std::fs::read_dir(t.path().join("locks/named"))
             .unwrap()
             .collect();
         assert!(left.is_empty(), "lock files left: {left:?}");
