@@ -323,3 +323,102 @@ fn a_group_shared_store_is_written_by_root_and_a_worker() {
         }
     }
 }
+
+/// A Python another uid can run (`/root/.pyenv` is not theirs to reach), or why there is none.
+fn python_for_others() -> Result<&'static str, String> {
+    const PY: &str = "/usr/bin/python3";
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={UID}"),
+            &format!("--regid={UID}"),
+            "--clear-groups",
+        ])
+        .args([PY, "-c", "import venv"])
+        .output()
+        .map_err(|e| format!("setpriv: {e}"))?;
+    if out.status.success() {
+        Ok(PY)
+    } else {
+        Err(format!(
+            "{PY} cannot be run by uid {UID}: {}",
+            describe(&out)
+        ))
+    }
+}
+
+#[test]
+fn a_worker_runs_a_job_on_a_store_it_may_only_read() {
+    const TEST: &str = "a_worker_runs_a_job_on_a_store_it_may_only_read";
+    if let Err(why) = can_switch_users() {
+        return cannot_run(TEST, &why);
+    }
+    let python = match python_for_others() {
+        Ok(p) => p,
+        Err(why) => return cannot_run(TEST, &why),
+    };
+    let w = World::new();
+    let store = w.p("store");
+    w.add_src(0, &store);
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o755)).unwrap();
+    let before = snapshot(&store);
+    // A version folder of the worker's: the fake ComfyUI and a venv, as run_job.rs has it.
+    let dest = w.p("dest");
+    fs::create_dir(&dest).unwrap();
+    fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fake_comfyui/main.py"
+        ),
+        dest.join("main.py"),
+    )
+    .unwrap();
+    let venv = Command::new(python)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(dest.join("venv"))
+        .output()
+        .unwrap();
+    assert!(venv.status.success(), "venv: {}", describe(&venv));
+    for e in walkdir::WalkDir::new(&dest) {
+        let e = e.unwrap();
+        std::os::unix::fs::lchown(e.path(), Some(UID), Some(UID)).unwrap();
+    }
+    let workflow: serde_json::Value = serde_json::from_slice(
+        &fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/workflows/minimal.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let job = w.p("job.json");
+    fs::write(&job, json!({"input": {"workflow": workflow}}).to_string()).unwrap();
+    fs::set_permissions(&job, fs::Permissions::from_mode(0o644)).unwrap();
+    let port = common::net::free_port().to_string();
+    let out = w.run(
+        UID,
+        &store,
+        &[
+            "--json",
+            "run-job",
+            s(&job),
+            "--dest",
+            s(&dest),
+            "--comfy-port",
+            &port,
+            "--comfy-arg=--cpu",
+            "--ready-timeout",
+            "30s",
+            "--job-timeout",
+            "40s",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let answer = common::parse(&out);
+    assert_eq!(answer["images"][0]["type"], "base64", "{answer:#}");
+    assert!(
+        !common::stderr(&out).contains("not stored"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(snapshot(&store), before, "the worker changed root's store");
+}
