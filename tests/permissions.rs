@@ -100,6 +100,14 @@ impl World {
         out.split('\t').next().unwrap().trim().to_string()
     }
 
+    /// A store root owns, holding `src`, that others may read (0755): its path and the tree.
+    fn roots_readable_store(&self) -> (PathBuf, String) {
+        let store = self.p("store");
+        let tree = self.add_src(0, &store);
+        fs::set_permissions(&store, fs::Permissions::from_mode(0o755)).unwrap();
+        (store, tree)
+    }
+
     /// A run that must fail for lack of a permission: exit 77 and `message` on stderr.
     fn denied(&self, uid: u32, store: &Path, args: &[&str], message: &str) {
         let out = self.run(uid, store, args);
@@ -110,6 +118,25 @@ impl World {
             describe(&out)
         );
     }
+}
+
+/// The test's world, or `None` (said by `cannot_run`) where users cannot be switched.
+fn world(test: &str) -> Option<World> {
+    match can_switch_users() {
+        Ok(()) => Some(World::new()),
+        Err(why) => {
+            cannot_run(test, &why);
+            None
+        }
+    }
+}
+
+/// What a worker is told by a store root owns and it may only read.
+fn not_writable(store: &Path) -> String {
+    format!(
+        "store {} is not writable by uid {UID} (owner root, group 0, mode 0755)",
+        store.display()
+    )
 }
 
 /// Whether we can run commands as another uid (root, setpriv).
@@ -164,14 +191,10 @@ fn assert_placed(w: &World, dest: &Path, uid: u32) {
 
 #[test]
 fn a_worker_reads_a_store_root_owns_and_is_told_what_it_cannot_write() {
-    const TEST: &str = "a_worker_reads_a_store_root_owns_and_is_told_what_it_cannot_write";
-    if let Err(why) = can_switch_users() {
-        return cannot_run(TEST, &why);
-    }
-    let w = World::new();
-    let store = w.p("store");
-    let tree = w.add_src(0, &store);
-    fs::set_permissions(&store, fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(w) = world("a_worker_reads_a_store_root_owns_and_is_told_what_it_cannot_write") else {
+        return;
+    };
+    let (store, tree) = w.roots_readable_store();
     let before = snapshot(&store);
 
     // A version fully in the store materializes; the kernel refuses hardlinks to root's
@@ -195,10 +218,7 @@ fn a_worker_reads_a_store_root_owns_and_is_told_what_it_cannot_write() {
     w.ok(UID, &store, &["ls", &tree]);
 
     // Whatever writes fails at once, naming the store, the user, owner and mode; exit 77.
-    let said = format!(
-        "store {} is not writable by uid {UID} (owner root, group 0, mode 0755)",
-        store.display()
-    );
+    let said = not_writable(&store);
     w.denied(UID, &store, &["add", s(&w.p("src/sub"))], &said);
     w.denied(UID, &store, &["gc"], &said);
     w.denied(UID, &store, &["root", "rm", "src"], &said);
@@ -207,14 +227,11 @@ fn a_worker_reads_a_store_root_owns_and_is_told_what_it_cannot_write() {
 
 #[test]
 fn a_worker_fetching_into_a_store_it_cannot_write_fails_before_downloading() {
-    const TEST: &str = "a_worker_fetching_into_a_store_it_cannot_write_fails_before_downloading";
-    if let Err(why) = can_switch_users() {
-        return cannot_run(TEST, &why);
-    }
-    let w = World::new();
-    let store = w.p("store");
-    let tree = w.add_src(0, &store);
-    fs::set_permissions(&store, fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(w) = world("a_worker_fetching_into_a_store_it_cannot_write_fails_before_downloading")
+    else {
+        return;
+    };
+    let (store, tree) = w.roots_readable_store();
     let srv = TestServer::start();
     let model = pseudo_random(9, 4096);
     srv.add("/m.safetensors", model.clone(), Behavior::Normal);
@@ -232,21 +249,16 @@ fn a_worker_fetching_into_a_store_it_cannot_write_fails_before_downloading() {
     });
     fs::write(&lock, serde_json::to_vec(&v).unwrap()).unwrap();
     fs::set_permissions(&lock, fs::Permissions::from_mode(0o644)).unwrap();
-    let said = format!(
-        "store {} is not writable by uid {UID} (owner root, group 0, mode 0755)",
-        store.display()
-    );
+    let said = not_writable(&store);
     w.denied(UID, &store, &["fetch", s(&lock)], &said);
     assert!(srv.requests().is_empty(), "downloaded before failing");
 }
 
 #[test]
 fn a_private_store_is_named_as_unreadable() {
-    const TEST: &str = "a_private_store_is_named_as_unreadable";
-    if let Err(why) = can_switch_users() {
-        return cannot_run(TEST, &why);
-    }
-    let w = World::new();
+    let Some(w) = world("a_private_store_is_named_as_unreadable") else {
+        return;
+    };
     let store = w.p("store");
     let tree = w.add_src(0, &store);
     // A new store is created 0700.
@@ -260,11 +272,9 @@ fn a_private_store_is_named_as_unreadable() {
 
 #[test]
 fn root_reads_a_users_store_and_writes_nothing_into_it() {
-    const TEST: &str = "root_reads_a_users_store_and_writes_nothing_into_it";
-    if let Err(why) = can_switch_users() {
-        return cannot_run(TEST, &why);
-    }
-    let w = World::new();
+    let Some(w) = world("root_reads_a_users_store_and_writes_nothing_into_it") else {
+        return;
+    };
     // The user's own store, in a folder of theirs.
     let store = w.p("store");
     fs::create_dir(&store).unwrap();
@@ -285,11 +295,9 @@ fn root_reads_a_users_store_and_writes_nothing_into_it() {
 
 #[test]
 fn a_group_shared_store_is_written_by_root_and_a_worker() {
-    const TEST: &str = "a_group_shared_store_is_written_by_root_and_a_worker";
-    if let Err(why) = can_switch_users() {
-        return cannot_run(TEST, &why);
-    }
-    let w = World::new();
+    let Some(w) = world("a_group_shared_store_is_written_by_root_and_a_worker") else {
+        return;
+    };
     // The operator makes the volume's folder group-shared before first use.
     let store = w.p("store");
     fs::create_dir(&store).unwrap();
@@ -348,18 +356,14 @@ fn python_for_others() -> Result<&'static str, String> {
 
 #[test]
 fn a_worker_runs_a_job_on_a_store_it_may_only_read() {
-    const TEST: &str = "a_worker_runs_a_job_on_a_store_it_may_only_read";
-    if let Err(why) = can_switch_users() {
-        return cannot_run(TEST, &why);
-    }
+    let Some(w) = world("a_worker_runs_a_job_on_a_store_it_may_only_read") else {
+        return;
+    };
     let python = match python_for_others() {
         Ok(p) => p,
-        Err(why) => return cannot_run(TEST, &why),
+        Err(why) => return cannot_run("a_worker_runs_a_job_on_a_store_it_may_only_read", &why),
     };
-    let w = World::new();
-    let store = w.p("store");
-    w.add_src(0, &store);
-    fs::set_permissions(&store, fs::Permissions::from_mode(0o755)).unwrap();
+    let (store, _) = w.roots_readable_store();
     let before = snapshot(&store);
     // A version folder of the worker's: the fake ComfyUI and a venv, as run_job.rs has it.
     let dest = w.p("dest");
@@ -406,10 +410,6 @@ fn a_worker_runs_a_job_on_a_store_it_may_only_read() {
             "--comfy-port",
             &port,
             "--comfy-arg=--cpu",
-            "--ready-timeout",
-            "30s",
-            "--job-timeout",
-            "40s",
         ],
     );
     assert_eq!(code(&out), 0, "{}", describe(&out));
