@@ -109,9 +109,12 @@ impl Executor<'_> {
             path: Some(self.dest.to_path_buf()),
             outside,
         };
-        self.store.add_root(&m.marker.root, &root)?;
-        if let Some(old) = &m.drop_root {
-            self.store.remove_root(old)?;
+        // In a store this process may only read, DEST stays unregistered (said at info
+        // level): the lock's root, written by whoever fetched it, keeps the content.
+        if self.store.add_root_if_writable(&m.marker.root, &root)? {
+            if let Some(old) = &m.drop_root {
+                self.store.remove_root(old)?;
+            }
         }
         if m.write {
             m.marker.write(&self.beneath.dir("")?.handle_path())?;

@@ -192,11 +192,20 @@ impl Probe {
             .map(|m| m.contains(&key))
             .unwrap_or(false)
     }
-    fn refuse(&self, key: (u64, u64, Method)) {
+    fn refuse(&self, key: (u64, u64, Method), e: &io::Error) {
         if let Ok(mut m) = self.refused.lock() {
             if m.insert(key) {
+                // EPERM on a hardlink: the kernel's fs.protected_hardlinks refuses links to a
+                // file this user neither owns nor may write (a store owned by another user).
+                let why = if key.2 == Method::Hardlink
+                    && e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error())
+                {
+                    " (the store's files belong to another user: fs.protected_hardlinks)"
+                } else {
+                    ""
+                };
                 tracing::info!(
-                    "{:?} unsupported between devices {} and {}; falling back",
+                    "{:?} refused between devices {} and {}: {e}{why}; falling back",
                     key.2,
                     key.0,
                     key.1
@@ -271,7 +280,7 @@ pub fn place(
             Err(e) if !last && is_fallback(&e) => {
                 let _ = fs::remove_file(dst);
                 if !is_emlink(&e) {
-                    probe.refuse(key);
+                    probe.refuse(key, &e);
                 }
             }
             Err(e) => {

@@ -117,8 +117,9 @@ impl<'a> Placement<'a> {
             }
         };
         check_placeable(store, self.tree, manifest)?;
-        // Writers' lock: gc must not delete the objects while we link them.
-        let _lock = store.lock_shared()?;
+        // gc must not delete the objects while we link them (a reader's lock: placing from a
+        // store this process may only read works).
+        let _lock = store.lock_reading()?;
         let dest = check_dest(store, self.dest, true)?;
         let beneath = super::beneath::Beneath::open(&dest)?;
         let previous = self.previous_marker(store, &dest)?;

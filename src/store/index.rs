@@ -149,6 +149,12 @@ impl Index {
         let existed = path.exists();
         let db = match Self::open_db(path) {
             Ok(db) => db,
+            // Not corrupt, only not ours to open: never moved aside.
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if e.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                return Err(err(path, e));
+            }
             Err(
                 e @ (redb::DatabaseError::Storage(_) | redb::DatabaseError::UpgradeRequired(_)),
             ) => {
