@@ -3,7 +3,8 @@
 //! (tests/fixtures/fake_comfyui/main.py), both Python standard library only.
 //!
 //! Each test gets its own temp dir: `dest/` holds a copy of the fake `main.py` and a
-//! `venv --without-pip` (as in tests/run_job.rs), `store/` the store. The fake job server
+//! `venv --without-pip` (as in tests/run_job.rs), `store/` the store (or, for a worker with no
+//! volume, DEST is absent and the worker materializes it from a lock and a bucket). The fake job server
 //! listens on an ephemeral port (it prints it first thing) and hands out the jobs the test
 //! queues; the worker is started with the platform's variables in their production shape,
 //! `$RUNPOD_POD_ID`, `$RUNPOD_GPU_TYPE_ID` and `$ID` left for it to substitute:
@@ -82,6 +83,11 @@ struct Opts {
     env: Vec<(&'static str, String)>,
     /// More arguments for (the fake) ComfyUI.
     comfy_args: Vec<String>,
+    /// The worker's store (`store/` in the temp dir when not given).
+    store: Option<PathBuf>,
+    /// Leave DEST absent (no fake ComfyUI there): the worker materializes it from the lock it
+    /// is given (`COMFYSTORE_LOCK` in `env`).
+    no_version: bool,
 }
 
 /// One test's temp dir, fake job server and worker; both processes (and the worker's
@@ -133,14 +139,16 @@ impl Setup {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().canonicalize().unwrap();
         let dest = dir.join("dest");
-        fs::create_dir_all(&dest).unwrap();
-        fs::copy(FAKE_COMFY, dest.join("main.py")).unwrap();
-        let out = python_cmd(python3())
-            .args(["-m", "venv", "--without-pip"])
-            .arg(dest.join("venv"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "venv: {}", describe(&out));
+        if !opts.no_version {
+            fs::create_dir_all(&dest).unwrap();
+            fs::copy(FAKE_COMFY, dest.join("main.py")).unwrap();
+            let out = python_cmd(python3())
+                .args(["-m", "venv", "--without-pip"])
+                .arg(dest.join("venv"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "venv: {}", describe(&out));
+        }
 
         // The fake job server.
         let jobs = dir.join("jobs.json");
@@ -182,7 +190,7 @@ impl Setup {
         let base = format!("http://127.0.0.1:{rp_port}/v2/ep");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfystore"));
         cmd.arg("--store")
-            .arg(dir.join("store"))
+            .arg(opts.store.clone().unwrap_or_else(|| dir.join("store")))
             .args(["serve", "--dest", s(&dest), "--comfy-port"])
             .arg(comfy_port.to_string())
             .args([
@@ -1307,4 +1315,140 @@ fn refresh_worker_exits_after_one_job() {
     let st = w.state();
     assert_eq!(st["queued"], json!(["for-the-next-worker"]), "{st:#}");
     assert_clean_protocol(&st);
+}
+
+/// A worker with no volume at all: an empty store, the version's lock (`COMFYSTORE_LOCK`) and
+/// a bucket (`COMFYSTORE_REMOTE`). It fills its store from the bucket (the lock's git and HTTP
+/// sources are unreachable), answers a job with the bytes the version gives where it was made,
+/// and its store fscks clean; a second start on the same store downloads nothing.
+#[test]
+fn a_worker_with_an_empty_store_fills_it_from_the_bucket_and_answers() {
+    let test = "a_worker_with_an_empty_store_fills_it_from_the_bucket_and_answers";
+    let bin = match common::gcs::binary() {
+        Ok(b) => b,
+        Err(why) => return common::cannot_run(test, &why),
+    };
+    let emu = common::gcs::Emulator::start(&bin);
+    let front = common::gcs::Front::start(emu.port, None, 0, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+
+    // The version, made and locked elsewhere (store A): the fake ComfyUI writing other PNG
+    // bytes than the stock fake (zlib level 0), its venv, and a model.
+    let v1 = dir.join("v1");
+    let fake = fs::read_to_string(FAKE_COMFY).unwrap();
+    let from = "zlib.compress(raw, 4)";
+    assert!(fake.contains(from), "the fake's PNG encoder changed");
+    common::write(
+        &v1.join("main.py"),
+        fake.replace(from, "zlib.compress(raw, 0)").as_bytes(),
+    );
+    let out = python_cmd(python3())
+        .args(["-m", "venv", "--without-pip"])
+        .arg(v1.join("venv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "venv: {}", describe(&out));
+    let model: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    common::write(&v1.join("models/checkpoints/tiny.safetensors"), &model);
+    let a = dir.join("store-a");
+    let lock = dir.join("v1.lock.json");
+    let out = common::run(&a, &["lock", s(&v1), "--tag", "v1", "-o", s(&lock)]);
+    assert!(out.status.success(), "lock: {}", describe(&out));
+    // Its other sources, unreachable: a git remote and a model URL on a closed port.
+    let closed = free_port();
+    let mut l: Value = serde_json::from_slice(&fs::read(&lock).unwrap()).unwrap();
+    l["comfyui"]["repo"] = json!(format!(
+        "http://127.0.0.1:{closed}/comfyanonymous/ComfyUI.git"
+    ));
+    l["comfyui"]["commit"] = json!("0123456789abcdef0123456789abcdef01234567");
+    l["models"][0]["sources"] = json!([format!("http://127.0.0.1:{closed}/tiny.safetensors")]);
+    fs::write(&lock, serde_json::to_vec_pretty(&l).unwrap()).unwrap();
+    let remote = format!("gs://{}/cs", common::gcs::BUCKET);
+    let emu_host = format!("127.0.0.1:{}", emu.port);
+    let out = common::run_env(
+        &a,
+        &["push", &remote, s(&lock)],
+        &[
+            ("STORAGE_EMULATOR_HOST", Some(emu_host.as_ref())),
+            ("GOOGLE_APPLICATION_CREDENTIALS", None),
+        ],
+    );
+    assert!(out.status.success(), "push: {}", describe(&out));
+
+    // What the version answers where it was made: run-job on its own folder.
+    let job_file = dir.join("job.json");
+    fs::write(&job_file, good_job("at-home").to_string()).unwrap();
+    let port = free_port().to_string();
+    let mut envs: Vec<(String, Option<&std::ffi::OsStr>)> =
+        scrubbed_vars().into_iter().map(|k| (k, None)).collect();
+    envs.extend(NETWORK_ENV.iter().map(|k| (k.to_string(), None)));
+    let envs: Vec<(&str, Option<&std::ffi::OsStr>)> =
+        envs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let out = common::run_env(
+        &a,
+        &[
+            "--json",
+            "run-job",
+            s(&job_file),
+            "--dest",
+            s(&v1),
+            "--comfy-port",
+            &port,
+            "--comfy-arg=--cpu",
+            "--ready-timeout",
+            "30s",
+        ],
+        &envs,
+    );
+    assert!(out.status.success(), "run-job: {}", describe(&out));
+    let at_home: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = at_home["images"][0]["sha256"].as_str().unwrap().to_string();
+
+    // The worker: a store it has never filled, the lock and the bucket, nothing else.
+    let b = dir.join("store-b");
+    let opts = |job: &str| Opts {
+        jobs: vec![good_job(job)],
+        store: Some(b.clone()),
+        no_version: true,
+        env: vec![
+            ("COMFYSTORE_LOCK", s(&lock).to_string()),
+            ("COMFYSTORE_REMOTE", remote.clone()),
+            ("STORAGE_EMULATOR_HOST", front.url()),
+            ("GCS_RETRY_BASE_SLEEP", "0.05".to_string()),
+        ],
+        ..Opts::default()
+    };
+    let downloads = |seen: &[common::gcs::Seen]| {
+        seen.iter()
+            .filter(|r| r.method == "GET" && r.target.contains("alt=media"))
+            .count()
+    };
+    let mut w = Setup::start(opts("from-bucket"));
+    let rec = w.result("from-bucket", Duration::from_secs(30));
+    let (f, _) = one_image(body(&rec));
+    assert_eq!(f["sha256"], want.as_str(), "{}", w.report());
+    let status = w.sigterm(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", w.report());
+    let first = front.seen();
+    assert!(
+        downloads(&first) >= 3,
+        "the store was not filled from the bucket: {first:#?}"
+    );
+    let dest = w.dir.join("dest");
+    assert_eq!(
+        fs::read(dest.join("models/checkpoints/tiny.safetensors")).unwrap(),
+        model
+    );
+    drop(w);
+    let fsck = common::run(&b, &["fsck"]);
+    assert!(fsck.status.success(), "fsck: {}", describe(&fsck));
+
+    // A second start on the same store (a fresh DEST): nothing comes down.
+    let mut w = Setup::start(opts("second"));
+    let rec = w.result("second", Duration::from_secs(30));
+    let (f, _) = one_image(body(&rec));
+    assert_eq!(f["sha256"], want.as_str(), "{}", w.report());
+    let second = front.seen()[first.len()..].to_vec();
+    assert_eq!(downloads(&second), 0, "downloaded again: {second:#?}");
 }

@@ -33,7 +33,8 @@ mkfs_mount() { # kind image mountpoint
 # RESULTS/noise.txt the CPU that other processes (not ours, not kernel threads) used meanwhile.
 busy_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 kthread_jiffies() { # children of kthreadd (writeback, loop workers, jbd2) work for us
-    cat /proc/[0-9]*/stat 2>/dev/null | awk '{ sub(/^.*\) /, ""); if ($2 == 2) n += $12 + $13 }
+    # A process that ends meanwhile makes cat fail: not an error (pipefail)
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{ sub(/^.*\) /, ""); if ($2 == 2) n += $12 + $13 }
         END { print n + 0 }'
 }
 children_cpu() { # user+sys s of this shell's finished children; `times` must run in this shell
