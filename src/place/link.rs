@@ -6,7 +6,9 @@
 //! A refusal that is about one file (EMLINK: too many links to that inode) falls back for that
 //! file only.
 
+use super::beneath::DirAt;
 use crate::place::error::{IoContext, Result};
+use crate::store::StatKey;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs;
@@ -231,27 +233,34 @@ fn is_emlink(e: &io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::MLINK.raw_os_error())
 }
 
-/// Create `dst` (which must not exist) holding the bytes of store object `src`.
+/// Create `name` in `dir` (which must not hold it) with the bytes of store object `src`;
+/// returns the method used and the placed file's stat (the object's, for a symlink), for its
+/// stat-cache row.
 ///
-/// `src_exec` is the object's executable variant path when the entry is executable (needed
-/// for hardlink and symlink, whose mode is the object's). Copies and reflinks get mode 0644 or
-/// 0755 so the user can edit them.
+/// Everything happens relative to `dir`'s handle: one `linkat`, or one `openat` of the new
+/// file that is then cloned into (`FICLONE`) or copied into (`copy_file_range`), and one stat.
+/// No path of DEST is resolved again, and no `/proc/self/fd` path is walked per file.
+///
+/// `exec`: the entry is executable (`src` is then the executable variant where the method
+/// shares its inode). Copies and reflinks get mode 0644 or 0755 so the user can edit them.
 #[allow(clippy::too_many_arguments)]
 pub fn place(
     probe: &Probe,
     devs: (u64, u64),
     mode: LinkMode,
     src: &Path,
-    dst: &Path,
+    dir: &DirAt,
+    name: &str,
     exec: bool,
     force_copy: bool,
-) -> Result<Method> {
+) -> Result<(Method, StatKey)> {
     let chain: &[Method] = if force_copy {
         &[Method::Reflink, Method::Copy]
     } else {
         mode.chain()
     };
     let file_mode = if exec { 0o755 } else { 0o644 };
+    let dst = dir.path().join(name);
     for (i, m) in chain.iter().enumerate() {
         let last = i + 1 == chain.len();
         let key = (devs.0, devs.1, *m);
@@ -259,24 +268,26 @@ pub fn place(
             continue;
         }
         let res = match m {
-            Method::Reflink => {
-                reflink_copy::reflink(src, dst).and_then(|()| chmod_nofollow(dst, file_mode))
-            }
-            Method::Hardlink => fs::hard_link(src, dst),
-            Method::Symlink => std::os::unix::fs::symlink(src, dst),
-            Method::Copy => copy_file(src, dst, file_mode),
+            Method::Reflink => write_at(src, dir, name, file_mode, true),
+            Method::Hardlink => dir
+                .link_from(src, name)
+                .and_then(|()| dir.stat_key(name, false)),
+            Method::Symlink => dir
+                .symlink_path(src, name)
+                .and_then(|()| dir.stat_key(name, true)),
+            Method::Copy => write_at(src, dir, name, file_mode, false),
         };
         match res {
-            Ok(()) => return Ok(*m),
+            Ok(stat) => return Ok((*m, stat)),
             Err(e) if !last && is_fallback(&e) => {
-                let _ = fs::remove_file(dst);
+                let _ = dir.unlink(name, false);
                 if !is_emlink(&e) {
                     probe.refuse(key);
                 }
             }
             Err(e) => {
-                let _ = fs::remove_file(dst);
-                return Err(e).ctx(method_op(*m), dst);
+                let _ = dir.unlink(name, false);
+                return Err(e).ctx(method_op(*m), &dst);
             }
         }
     }
@@ -292,38 +303,32 @@ fn method_op(m: Method) -> &'static str {
     }
 }
 
-/// Set the mode of the file just created at `dst` through a handle, never through a symlink
-/// that may have replaced it since (chmod by path would follow one, and change a file
-/// elsewhere).
-fn chmod_nofollow(dst: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dst)?
-        .set_permissions(fs::Permissions::from_mode(mode))
+/// A new file `name` in `dir` with `mode`, holding `src`'s bytes: a copy-on-write clone
+/// (`reflink`), else a kernel copy (`copy_file_range`, through `io::copy`).
+fn write_at(src: &Path, dir: &DirAt, name: &str, mode: u32, reflink: bool) -> io::Result<StatKey> {
+    let from = fs::File::open(src)?;
+    let mut to = dir.create_file(name, mode)?;
+    if reflink {
+        rustix::fs::ioctl_ficlone(&to, &from).map_err(io::Error::from)?;
+    } else {
+        io::copy(&mut &from, &mut to)?;
+    }
+    // create's mode is masked by the umask; set it exactly.
+    to.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok(StatKey::of(&to.metadata()?))
 }
 
-/// Copy bytes (the kernel's copy_file_range where it can) into a new file with `mode`.
-fn copy_file(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut from = fs::File::open(src)?;
-    let mut to = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(dst)?;
-    io::copy(&mut from, &mut to)?;
-    // create_new's mode is masked by the umask; set it exactly.
-    to.set_permissions(fs::Permissions::from_mode(mode))
-}
-
-/// Create an empty file (never linked: a hardlinked empty file is one inode shared by every
-/// `__init__.py` of every version, and one write breaks them all).
-pub fn create_empty(dst: &Path, exec: bool) -> Result<Method> {
+/// Create an empty file `name` in `dir` (never linked: a hardlinked empty file is one inode
+/// shared by every `__init__.py` of every version, and one write breaks them all).
+pub fn create_empty(dir: &DirAt, name: &str, exec: bool) -> Result<(Method, StatKey)> {
     let mode = if exec { 0o755 } else { 0o644 };
-    copy_file(Path::new("/dev/null"), dst, mode).ctx("create", dst)?;
-    Ok(Method::Copy)
+    let make = || {
+        let f = dir.create_file(name, mode)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        Ok(StatKey::of(&f.metadata()?))
+    };
+    let stat = make().ctx("create", &dir.path().join(name))?;
+    Ok((Method::Copy, stat))
 }
 
 #[cfg(test)]

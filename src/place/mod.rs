@@ -62,7 +62,15 @@ pub fn place_object(
         fs::metadata(&src).ctx("stat", &src)?.dev(),
         dir.dev().ctx("stat", dir.path())?,
     );
-    let at = dir.name_path(name);
-    link::place(&link::Probe::default(), devs, mode, &src, &at, false, false)
-        .map_err(|e| e.naming(&at, &dir.path().join(name)))
+    let (method, _) = link::place(
+        &link::Probe::default(),
+        devs,
+        mode,
+        &src,
+        &dir,
+        name,
+        false,
+        false,
+    )?;
+    Ok(method)
 }
