@@ -389,7 +389,7 @@ impl Placer<'_> {
                 &self.probe,
                 self.devs,
                 mode,
-                &src,
+                (&src, size),
                 dir,
                 at,
                 exec,

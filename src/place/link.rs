@@ -233,7 +233,7 @@ fn is_emlink(e: &io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::MLINK.raw_os_error())
 }
 
-/// Create `name` in `dir` (which must not hold it) with the bytes of store object `src`;
+/// Create `name` in `dir` (which must not hold it) with the `len` bytes of store object `src`;
 /// returns the method used and the placed file's stat (the object's, for a symlink), for its
 /// stat-cache row.
 ///
@@ -248,7 +248,7 @@ pub fn place(
     probe: &Probe,
     devs: (u64, u64),
     mode: LinkMode,
-    src: &Path,
+    (src, len): (&Path, u64),
     dir: &DirAt,
     name: &str,
     exec: bool,
@@ -268,14 +268,14 @@ pub fn place(
             continue;
         }
         let res = match m {
-            Method::Reflink => write_at(src, dir, name, file_mode, true),
+            Method::Reflink => write_at(src, (dir, name), (file_mode, len), true),
             Method::Hardlink => dir
                 .link_from(src, name)
                 .and_then(|()| dir.stat_key(name, false)),
             Method::Symlink => dir
                 .symlink_path(src, name)
                 .and_then(|()| dir.stat_key(name, true)),
-            Method::Copy => write_at(src, dir, name, file_mode, false),
+            Method::Copy => write_at(src, (dir, name), (file_mode, len), false),
         };
         match res {
             Ok(stat) => return Ok((*m, stat)),
@@ -305,17 +305,66 @@ fn method_op(m: Method) -> &'static str {
 
 /// A new file `name` in `dir` with `mode`, holding `src`'s bytes: a copy-on-write clone
 /// (`reflink`), else a kernel copy (`copy_file_range`, through `io::copy`).
-fn write_at(src: &Path, dir: &DirAt, name: &str, mode: u32, reflink: bool) -> io::Result<StatKey> {
+fn write_at(
+    src: &Path,
+    (dir, name): (&DirAt, &str),
+    (mode, len): (u32, u64),
+    reflink: bool,
+) -> io::Result<StatKey> {
     let from = fs::File::open(src)?;
     let mut to = dir.create_file(name, mode)?;
     if reflink {
         rustix::fs::ioctl_ficlone(&to, &from).map_err(io::Error::from)?;
     } else {
-        io::copy(&mut &from, &mut to)?;
+        copy_bytes(&from, &mut to, len)?;
     }
-    // create's mode is masked by the umask; set it exactly.
-    to.set_permissions(fs::Permissions::from_mode(mode))?;
+    set_mode(&to, mode)?;
     Ok(StatKey::of(&to.metadata()?))
+}
+
+/// Copy all of `from` into `to` with `copy_file_range` called directly: `io::copy` would
+/// first stat both files and read their flags (four calls a file). Falls back to `io::copy`
+/// where the kernel or the filesystems refuse it.
+/// `len` is the object's size: once that much is copied, no call is spent to find the end.
+fn copy_bytes(from: &fs::File, to: &mut fs::File, len: u64) -> io::Result<()> {
+    use rustix::io::Errno;
+    let mut copied = 0u64;
+    loop {
+        if copied == len && len > 0 {
+            return Ok(());
+        }
+        match rustix::fs::copy_file_range(from, None, &*to, None, 1 << 30) {
+            Ok(0) => return Ok(()),
+            Ok(n) => copied += n as u64,
+            Err(Errno::INTR) => {}
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP | Errno::PERM)
+                if copied == 0 =>
+            {
+                return io::copy(&mut &*from, to).map(|_| ());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Give a file just created with `mode` exactly that mode: the umask masked it at creation,
+/// unless the umask takes none of its bits (the usual 022 and 002), which saves the call.
+fn set_mode(f: &fs::File, mode: u32) -> io::Result<()> {
+    if umask().is_some_and(|u| u & mode == 0) {
+        return Ok(());
+    }
+    f.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+/// The process's umask, read once from /proc (setting it to read it would race the other
+/// threads); `None` where /proc does not say.
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
 }
 
 /// Create an empty file `name` in `dir` (never linked: a hardlinked empty file is one inode
@@ -324,7 +373,7 @@ pub fn create_empty(dir: &DirAt, name: &str, exec: bool) -> Result<(Method, Stat
     let mode = if exec { 0o755 } else { 0o644 };
     let make = || {
         let f = dir.create_file(name, mode)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        set_mode(&f, mode)?;
         Ok(StatKey::of(&f.metadata()?))
     };
     let stat = make().ctx("create", &dir.path().join(name))?;

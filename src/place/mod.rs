@@ -58,15 +58,14 @@ pub fn place_object(
     let top = beneath::Beneath::open(root)?;
     let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
     let dir = top.create_dirs(parent)?;
-    let devs = (
-        fs::metadata(&src).ctx("stat", &src)?.dev(),
-        dir.dev().ctx("stat", dir.path())?,
-    );
+    let meta = fs::metadata(&src).ctx("stat", &src)?;
+    let devs = (meta.dev(), dir.dev().ctx("stat", dir.path())?);
+    let probe = link::Probe::default();
     let (method, _) = link::place(
-        &link::Probe::default(),
+        &probe,
         devs,
         mode,
-        &src,
+        (&src, meta.len()),
         &dir,
         name,
         false,
