@@ -8,7 +8,9 @@
 #
 # The files are small (64-576 bytes, each distinct, 10 per folder, folders 3 deep), so the
 # figures are the per-entry cost (metadata), not bytes: on tmpfs by default, where the
-# machine's disk is too small for a million files three times over. Knobs: SIZES, RUNS=3,
+# machine's disk is too small for a million files three times over. tmpfs counts every hard
+# link against its inode limit (about 3M on a 24 GB machine): 1M entries need a bigger one
+# (mount -o remount,nr_inodes=8M /dev/shm) or a disk. Knobs: SIZES, RUNS=3,
 # COMFYSTORE, PLOT=1 (needs python with matplotlib: PYPLOT=/path/to/python).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
