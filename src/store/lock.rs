@@ -64,3 +64,29 @@ fn unsupported(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::Unsupported
         || e.raw_os_error() == Some(rustix::io::Errno::NOLCK.raw_os_error())
 }
+
+impl Store {
+    /// Take the exclusive lock for downloading the content named `key` (a hash's hex), so that
+    /// two processes sharing a store (workers on one network volume) fetch a missing file once:
+    /// the second waits, then finds it stored. Blocks while another holds it; a no-op where the
+    /// filesystem has no working locks (both then download, and the store keeps one copy).
+    /// The lock files stay (one per content ever downloaded, empty): removing one while a
+    /// waiter has it open would let a third process lock a new file and download again.
+    pub fn lock_download(&self, key: &str) -> Result<StoreLock> {
+        let dir = self.root().join("locks/downloads");
+        std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+        let path = dir.join(key);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .ctx("open lock", &path)?;
+        match f.lock() {
+            Ok(()) => Ok(StoreLock { _file: Some(f) }),
+            Err(e) if unsupported(&e) => Ok(StoreLock { _file: None }),
+            Err(e) => Err(e).ctx("lock", &path),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+#!/usr/bin/env bash
+# Build comfystore's image and smoke-test it with real Docker (run by tests/docker.rs and CI).
+#
+#   docker/test.sh           CI mode: the fake ComfyUI (tests/fixtures/fake_comfyui), ~2-3 min
+#   docker/test.sh --real    real mode: a baked image of real ComfyUI 0.3.64 (see REAL_* below),
+#                            workflows/minimal.json against workflows/minimal.expected.json, and
+#                            5 cold starts timed (COLD_STARTS=N to change)
+#
+# Needs root (it starts its own dockerd). It installs docker.io and debootstrap with apt-get
+# when they are missing. Exit status 77 (with the reason as the last line on stderr): Docker
+# cannot be installed or started here; tests/docker.rs then reports the test as NOT RUN.
+#
+# What it starts and leaves:
+# - its own dockerd, with data root, sockets and pid file under CACHE (below), --bridge=none and
+#   no iptables/ip-forward changes (every container and build uses --network host). Whatever the
+#   host's docker0, iptables FORWARD policy, DOCKER chains and ip_forward were before, they are
+#   restored after dockerd stops (only what changed is undone). dockerd never outlives the script.
+# - CACHE=${COMFYSTORE_DOCKER_CACHE:-/var/tmp/comfystore-docker}: the debootstrap base image
+#   (base-bookworm.tar) and dockerd's data root (images and build cache), kept so that a rerun
+#   takes seconds instead of minutes. `rm -rf` it to start from nothing. A flock on CACHE/lock
+#   keeps two runs apart.
+# - WORK (a temp dir under /var/tmp): build context, volume folder, logs; removed at the end
+#   (KEEP_WORK=1 keeps it), with every container the script ran.
+#
+# The comfystore binary put in the image is COMFYSTORE_BIN (tests/docker.rs passes its own),
+# else a `cargo build` of this checkout. Host and image (Debian bookworm) share glibc 2.36.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+MODE=ci
+[ "${1:-}" = --real ] && MODE=real
+[ -n "${COMFYSTORE_DOCKER_REAL:-}" ] && MODE=real
+CACHE=${COMFYSTORE_DOCKER_CACHE:-/var/tmp/comfystore-docker}
+SKIP=77
+T0=$(date +%s)
+
+say() { printf '[docker/test.sh %3ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
+cannot() {
+	say "cannot run: $*"
+	echo "cannot run: $*" >&2
+	exit $SKIP
+}
+die() {
+	say "FAILED: $*"
+	exit 1
+}
+
+[ "$(id -u)" = 0 ] || cannot "needs root to start dockerd"
+
+# --- tools ----------------------------------------------------------------------------------------
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || [ ! -x /usr/bin/docker ]; then
+	command -v apt-get >/dev/null || cannot "no dockerd/debootstrap and no apt-get to install them"
+	say "installing docker.io and debootstrap"
+	export DEBIAN_FRONTEND=noninteractive
+	{ apt-get update -qq && apt-get install -y -qq docker.io debootstrap; } >/dev/null 2>&1 ||
+		cannot "apt-get install docker.io debootstrap failed"
+fi
+# Debian's client: BuildKit works with it (the newer one on some PATHs lacks buildx).
+DOCKER=/usr/bin/docker
+[ -x "$DOCKER" ] || cannot "no /usr/bin/docker after installing docker.io"
+
+mkdir -p "$CACHE"
+exec 9>"$CACHE/lock"
+flock 9
+
+WORK=$(mktemp -d /var/tmp/comfystore-docker-test.XXXXXX)
+DPID=
+CONTAINERS=()
+PIDS=()
+
+# --- host state dockerd may change, recorded to be restored ---------------------------------------
+had_docker0=0
+ip link show docker0 >/dev/null 2>&1 && had_docker0=1
+ip_forward=$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null || echo)
+fwd_policy=
+chains_before=
+if command -v iptables >/dev/null && iptables -S >/dev/null 2>&1; then
+	fwd_policy=$(iptables -S FORWARD | awk '$1 == "-P" {print $3}')
+	chains_before=$(iptables -S; iptables -t nat -S)
+fi
+
+restore_host() {
+	if [ "$had_docker0" = 0 ] && ip link show docker0 >/dev/null 2>&1; then
+		ip link del docker0 && say "removed docker0"
+	fi
+	if [ -n "$ip_forward" ] && [ "$(cat /proc/sys/net/ipv4/ip_forward)" != "$ip_forward" ]; then
+		echo "$ip_forward" >/proc/sys/net/ipv4/ip_forward && say "ip_forward back to $ip_forward"
+	fi
+	if [ -n "$fwd_policy" ]; then
+		[ "$(iptables -S FORWARD | awk '$1 == "-P" {print $3}')" = "$fwd_policy" ] ||
+			{ iptables -P FORWARD "$fwd_policy" && say "iptables FORWARD policy back to $fwd_policy"; }
+		local t c
+		for t in filter nat; do
+			for c in DOCKER-USER DOCKER-ISOLATION-STAGE-2 DOCKER-ISOLATION-STAGE-1 DOCKER; do
+				if iptables -t "$t" -S "$c" >/dev/null 2>&1 && ! grep -q -- "-N $c\$" <<<"$chains_before"; then
+					# Jumps into the chain first, then the chain.
+					iptables -t "$t" -S | grep -- "-j $c\$" | sed 's/^-A/-D/' | while read -r rule; do
+						eval iptables -t "$t" "$rule" || true
+					done
+					iptables -t "$t" -F "$c" && iptables -t "$t" -X "$c" && say "removed iptables chain $t/$c"
+				fi
+			done
+		done
+	fi
+}
+
+cleanup() {
+	local rc=$?
+	set +e
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+	if [ -n "$DPID" ]; then
+		for c in "${CONTAINERS[@]}"; do $DOCKER rm -f "$c" >/dev/null 2>&1; done
+		kill -TERM "$DPID" 2>/dev/null
+		wait "$DPID" 2>/dev/null
+		say "dockerd stopped"
+	fi
+	restore_host
+	if [ "${KEEP_WORK:-}" = 1 ]; then say "kept $WORK"; else rm -rf "$WORK"; fi
+	say "done (status $rc) in $(($(date +%s) - T0)) s"
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- dockerd -------------------------------------------------------------------------------------
+export DOCKER_HOST=unix://$CACHE/docker.sock
+say "starting dockerd (data root $CACHE/data)"
+dockerd --data-root "$CACHE/data" --exec-root "$CACHE/exec" --pidfile "$CACHE/dockerd.pid" \
+	-H "$DOCKER_HOST" --storage-driver=overlay2 --bridge=none --iptables=false \
+	--ip-forward=false --ip-masq=false >"$WORK/dockerd.log" 2>&1 &
+DPID=$!
+for _ in $(seq 60); do
+	$DOCKER info >/dev/null 2>&1 && break
+	kill -0 "$DPID" 2>/dev/null || break
+	sleep 1
+done
+if ! $DOCKER info >/dev/null 2>&1; then
+	tail -5 "$WORK/dockerd.log" >&2
+	DPID_DEAD=$DPID
+	kill "$DPID_DEAD" 2>/dev/null
+	DPID=
+	cannot "dockerd did not start (log above)"
+fi
+export DOCKER_BUILDKIT=1
+
+# --- base image: debootstrap, cached -------------------------------------------------------------
+BASE=local/debian:bookworm
+if ! $DOCKER image inspect "$BASE" >/dev/null 2>&1; then
+	if [ ! -f "$CACHE/base-bookworm.tar" ]; then
+		mirror=$(sed -n 's/^URIs: *\([^ ]*debian\)$/\1/p; s/^deb \(\[[^]]*\] \)\?\([^ ]*\) bookworm main.*/\2/p' \
+			/etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | head -1 || true)
+		mirror=${mirror:-http://deb.debian.org/debian}
+		say "debootstrap bookworm from $mirror"
+		debootstrap --variant=minbase bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 ||
+			{ tail -5 "$WORK/debootstrap.log" >&2; die "debootstrap"; }
+		echo "deb $mirror bookworm main" >"$WORK/rootfs/etc/apt/sources.list"
+		rm -rf "$WORK/rootfs/var/lib/apt/lists/"* "$WORK/rootfs/var/cache/apt/"*.bin
+		tar -C "$WORK/rootfs" --numeric-owner -cf "$CACHE/base-bookworm.tar.tmp" .
+		mv "$CACHE/base-bookworm.tar.tmp" "$CACHE/base-bookworm.tar"
+		rm -rf "$WORK/rootfs"
+	fi
+	say "importing $BASE"
+	$DOCKER import "$CACHE/base-bookworm.tar" "$BASE" >/dev/null
+fi
+
+# --- comfystore, and a build context -------------------------------------------------------------
+BIN=${COMFYSTORE_BIN:-}
+if [ -z "$BIN" ]; then
+	say "cargo build"
+	(cd "$REPO" && cargo build --quiet --bin comfystore)
+	BIN=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/comfystore
+fi
+[ -x "$BIN" ] || die "no comfystore binary at $BIN"
+cs() { "$BIN" --quiet "$@"; }
+
+CTX=$WORK/ctx
+mkdir -p "$CTX/docker/prebuilt" "$CTX/docker/bake" "$CTX/lockfiles"
+cp "$REPO/docker/Dockerfile" "$REPO/docker/entrypoint.sh" "$CTX/docker/"
+cp -r "$REPO/docker/ca-certificates" "$CTX/docker/"
+# This machine reaches package registries through a TLS-intercepting proxy: its CA goes into
+# this build context only (docker/ca-certificates/README.md).
+cp /usr/local/share/ca-certificates/*.crt "$CTX/docker/ca-certificates/" 2>/dev/null || true
+cp "$BIN" "$CTX/docker/prebuilt/comfystore"
+
+# build TAG TARGET [ARG=VALUE...]: the image, from the local base and the prebuilt binary.
+build() {
+	local tag=$1 target=$2
+	shift 2
+	local args=(--build-arg BASE_IMAGE=$BASE --build-arg COMFYSTORE_BINARY=context)
+	for a in "$@"; do args+=(--build-arg "$a"); done
+	say "building $tag (--target $target)"
+	$DOCKER build --network host -q -f "$CTX/docker/Dockerfile" --target "$target" -t "$tag" \
+		"${args[@]}" "$CTX" >"$WORK/build-$target.log" 2>&1 ||
+		{ tail -30 "$WORK/build-$target.log" >&2; die "docker build $tag"; }
+}
+
+# --- small helpers ---------------------------------------------------------------------------------
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# http METHOD URL [BODY_FILE]: the answer's body on stdout; fails on a status >= 400.
+http() {
+	python3 - "$@" <<'PY'
+import sys, urllib.request
+method, url = sys.argv[1], sys.argv[2]
+data = open(sys.argv[3], "rb").read() if len(sys.argv) > 3 else None
+req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(req, timeout=600) as r:
+    sys.stdout.buffer.write(r.read())
+PY
+}
+# wait_http URL SECONDS CONTAINER: until URL answers (fails early when the container exits).
+wait_http() {
+	local i
+	for i in $(seq $(($2 * 5))); do
+		http GET "$1" >/dev/null 2>&1 && return 0
+		[ "$($DOCKER inspect -f '{{.State.Running}}' "$3" 2>/dev/null)" = true ] ||
+			{ $DOCKER logs "$3" 2>&1 | tail -20 >&2; die "$3 exited before $1 answered"; }
+		sleep 0.2
+	done
+	$DOCKER logs "$3" 2>&1 | tail -20 >&2
+	die "$1 did not answer within $2 s"
+}
+# json FILE EXPR: a value of a JSON file (EXPR in Python, `d` the document).
+json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+# expected FILE ARGS_JSON: the sha256 of node 3's first image in an expectation file.
+expected() {
+	python3 - "$1" "$2" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+want = json.loads(sys.argv[2])
+for e in d["expectations"]:
+    if e["comfy_args"] == want:
+        print(next(o["sha256"] for o in e["outputs"] if o["node"] == "3"))
+        break
+else:
+    sys.exit("no expectation for %s in %s" % (want, sys.argv[1]))
+PY
+}
+# run_api NAME PORT COMFY_PORT [docker run options...] -- [serve options...]
+run_api() {
+	local name=$1 port=$2 cport=$3
+	shift 3
+	local opts=()
+	while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
+	[ $# -gt 0 ] && shift
+	CONTAINERS+=("$name")
+	$DOCKER run -d --name "$name" --network host "${opts[@]}" "$IMAGE" \
+		serve --api "127.0.0.1:$port" --comfy-port "$cport" "$@" >/dev/null
+}
+# runsync PORT JOB_FILE OUT_FILE: one job through the local API; its answer in OUT_FILE.
+runsync() {
+	http POST "http://127.0.0.1:$1/runsync" "$2" >"$3" || die "runsync failed"
+	[ "$(json "$3" 'd["status"]')" = COMPLETED ] || { cat "$3" >&2; die "job not COMPLETED"; }
+}
+# Every file under a folder with its size, mode and mtime: what "writes nothing" compares.
+# Left out: the store's redb index (redb rewrites its header whenever a process opens it; it
+# is a per-host accelerator, which on a RunPod network volume is on local disk anyway) and
+# locks/writers (each process's own lock file, gone when it exits).
+snapshot() {
+	find "$@" \( -name index.redb -o -path '*/locks/writers' \) -prune -o -printf '%p %s %m %T@\n' | sort
+}
+
+python3 -c 'import json; print(json.dumps({"input": {"workflow": json.load(open("'"$REPO"'/workflows/minimal.json"))}}))' >"$WORK/job.json"
+
+if [ "$MODE" = real ]; then
+	# shellcheck source=docker/test-real.sh
+	. "$REPO/docker/test-real.sh"
+	exit 0
+fi
+
+# ==================================================================================================
+# CI mode: the fake ComfyUI as the version, a slim image, the store on a volume folder.
+# ==================================================================================================
+VOL=$WORK/volume
+mkdir -p "$VOL/locks"
+VSTORE=$VOL/comfystore
+FAKE=$REPO/tests/fixtures/fake_comfyui
+# The version: the fake's main.py and a venv --without-pip, locked into the volume's store.
+mkdir -p "$WORK/fake"
+cp "$FAKE/main.py" "$WORK/fake/"
+/usr/bin/python3 -m venv --without-pip "$WORK/fake/venv"
+HOME=$WORK cs --store "$VSTORE" lock "$WORK/fake" --tag fake -o "$VOL/locks/fake.lock.json"
+LOCK=/runpod-volume/locks/fake.lock.json
+
+# The expectation: the fake's PNG encoder is not PIL's, so its bytes are not the real ComfyUI's.
+# It has its own expectation file, checked here against the real one so that this stays said.
+FAKE_EXPECT=$FAKE/minimal.expected.json
+want=$(expected "$FAKE_EXPECT" '["--cpu"]')
+real_want=$(expected "$REPO/workflows/minimal.expected.json" '["--cpu"]')
+if [ "$want" = "$real_want" ]; then
+	say "the fake's output for minimal.json equals the real ComfyUI's ($want)"
+else
+	say "the fake ComfyUI's PNG differs from real ComfyUI 0.3.64's ($real_want): checking against $FAKE_EXPECT ($want)"
+fi
+
+build comfystore-test:slim slim "RUNTIME_PACKAGES=python3 python3-venv git ca-certificates tini"
+IMAGE=comfystore-test:slim
+
+# --- 1. the local API on a volume folder: minimal.json --------------------------------------------
+say "1. slim container, local API, minimal.json"
+P1=$(free_port)
+C1=$(free_port)
+run_api cs-api "$P1" "$C1" -v "$VOL:/runpod-volume" -e COMFYSTORE_LOCK=$LOCK -- --comfy-arg=--cpu
+wait_http "http://127.0.0.1:$P1/health" 120 cs-api
+before=$(snapshot "$VOL")
+runsync "$P1" "$WORK/job.json" "$WORK/answer1.json"
+got=$(json "$WORK/answer1.json" 'd["output"]["images"][0]["sha256"]')
+[ "$got" = "$want" ] || die "minimal.json gave sha256 $got, expected $want"
+say "   COMPLETED, sha256 $got as expected"
+
+# --- 2. restart: the start is idempotent and writes nothing the second time ------------------------
+say "2. restart the container"
+# Files only: ComfyUI itself empties temp/ at every start, which touches the folder's mtime.
+$DOCKER exec cs-api find /opt/comfyui -path /opt/comfyui/output -prune -o -path /opt/comfyui/temp -prune \
+	-o -path /opt/comfyui/input -prune -o ! -type d -printf '%p %s %m %T@\n' | sort >"$WORK/dest1"
+# The job added its output to the store; that is the job's write, not the start's.
+before=$(snapshot "$VOL")
+$DOCKER restart -t 30 cs-api >/dev/null
+wait_http "http://127.0.0.1:$P1/health" 120 cs-api
+after=$(snapshot "$VOL")
+$DOCKER exec cs-api find /opt/comfyui -path /opt/comfyui/output -prune -o -path /opt/comfyui/temp -prune \
+	-o -path /opt/comfyui/input -prune -o ! -type d -printf '%p %s %m %T@\n' | sort >"$WORK/dest2"
+if [ "$before" != "$after" ]; then
+	diff <(echo "$before") <(echo "$after") >&2 || true
+	die "the second start changed the volume"
+fi
+diff "$WORK/dest1" "$WORK/dest2" >&2 || die "the second start changed the version's folder"
+$DOCKER logs cs-api 2>&1 | grep -qi "materializ" || true
+runsync "$P1" "$WORK/job.json" "$WORK/answer2.json"
+[ "$(json "$WORK/answer2.json" 'd["output"]["images"][0]["sha256"]')" = "$want" ] || die "after the restart: another sha256"
+say "   nothing written on the volume or in /opt/comfyui by the second start; the job still gives $want"
+$DOCKER rm -f cs-api >/dev/null
+
+# SHARED
+
+say "CI mode: all checks passed"
