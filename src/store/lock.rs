@@ -66,14 +66,14 @@ fn unsupported(e: &std::io::Error) -> bool {
 }
 
 impl Store {
-    /// Take the exclusive lock for downloading the content named `key` (a hash's hex), so that
-    /// two processes sharing a store (workers on one network volume) fetch a missing file once:
-    /// the second waits, then finds it stored. Blocks while another holds it; a no-op where the
-    /// filesystem has no working locks (both then download, and the store keeps one copy).
-    /// The lock files stay (one per content ever downloaded, empty): removing one while a
-    /// waiter has it open would let a third process lock a new file and download again.
-    pub fn lock_download(&self, key: &str) -> Result<StoreLock> {
-        let dir = self.root().join("locks/downloads");
+    /// Take the exclusive lock named `key` (letters, digits, `-`), for work that processes
+    /// sharing a store (workers on one network volume) must do one at a time: downloading a
+    /// missing file once (the second waits, then finds it stored), placing models in a shared
+    /// folder. Blocks while another holds it; a no-op where the filesystem has no working
+    /// locks. The lock files stay (`locks/named/KEY`, empty, one per key ever used): removing
+    /// one while a waiter has it open would let a third process lock a new file meanwhile.
+    pub fn lock_named(&self, key: &str) -> Result<StoreLock> {
+        let dir = self.root().join("locks/named");
         std::fs::create_dir_all(&dir).ctx("create", &dir)?;
         let path = dir.join(key);
         let f = OpenOptions::new()
