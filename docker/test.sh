@@ -446,4 +446,31 @@ mkdir -p "$WORK/rovol" && chmod 0755 "$WORK/rovol"
 expect_fail "unwritable volume" "cannot create /runpod-volume/comfystore" --user 4321:4321 \
 	-v "$WORK/rovol:/runpod-volume" -e COMFYSTORE_LOCK=/runpod-volume/x.lock.json
 
+# --- 6. baked image, built twice: the same version and environment trees -------------------------
+say "6. baked image, built twice from the same lock and mirror"
+cp "$VOL/locks/fake.lock.json" "$CTX/lockfiles/fake.lock.json"
+cs --store "$VSTORE" mirror "$CTX/lockfiles/fake.lock.json" "$CTX/docker/bake/fake" >/dev/null
+# tree_ids IMAGE: the version tree and environment tree the image's marker names, and a digest
+# of every file of the version (the marker left out: it names the store's path and a root).
+tree_ids() {
+	$DOCKER run --rm --network none --entrypoint sh "$1" -c '
+		python3 -c "import json; m = json.load(open(\"/opt/comfyui/.comfystore-materialized.json\")); print(\"version\", m[\"tree\"]); print(\"env\", m[\"layout\"][\"env\"])"
+		cd /opt/comfyui && find . -type f ! -name .comfystore-materialized.json -print0 | sort -z | xargs -0 sha256sum | sha256sum | sed "s/ .*//; s/^/files /"'
+}
+for n in 1 2; do
+	# REBUILD: a new value runs the bake step again (the runtime layers below it stay cached).
+	build "comfystore-test:baked-$n" baked LOCK=lockfiles/fake.lock.json MIRROR=docker/bake/fake \
+		"RUNTIME_PACKAGES=python3 python3-venv git ca-certificates tini" "REBUILD=$n-$$"
+	tree_ids "comfystore-test:baked-$n" >"$WORK/baked-$n.ids"
+done
+diff "$WORK/baked-1.ids" "$WORK/baked-2.ids" >&2 || die "two builds from the same lock differ"
+sed 's/^/   both builds: /' "$WORK/baked-1.ids" >&2
+# The baked version runs with no network and no volume: the image has all it needs.
+IMAGE=comfystore-test:baked-1
+out=$($DOCKER run --rm --network none -v "$WORK/job.json:/job.json:ro" "$IMAGE" \
+	run-job /job.json --comfy-arg=--cpu 2>"$WORK/baked-run.log") || { tail -20 "$WORK/baked-run.log" >&2; die "baked run-job"; }
+[ "$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["images"][0]["sha256"])' "$out")" = "$want" ] ||
+	die "the baked image gave another sha256"
+say "   the baked image, with --network none and no volume: $want"
+
 say "CI mode: all checks passed"
