@@ -32,6 +32,8 @@ if [ -z "${COMFYSTORE_DIR:-}" ]; then
 		export COMFYSTORE_MODELS_DIR="$vol/models"
 	fi
 fi
+# Set but empty: the models stay inside the version.
+[ -n "${COMFYSTORE_MODELS_DIR:-}" ] || unset COMFYSTORE_MODELS_DIR
 for d in "$COMFYSTORE_DIR" ${COMFYSTORE_MODELS_DIR:+"$COMFYSTORE_MODELS_DIR"}; do
 	err=$(mkdir -p "$d" 2>&1) || fail "cannot create $d: $err"
 	[ -w "$d" ] && [ -x "$d" ] || fail "$d is not writable by $(id -un) (uid $(id -u)): $(ls -ld "$d")"

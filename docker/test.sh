@@ -80,6 +80,11 @@ if command -v iptables >/dev/null && iptables -S >/dev/null 2>&1; then
 fi
 
 restore_host() {
+	# dockerd leaves its default network namespace mounted under its exec root.
+	local m
+	for m in $(awk -v c="$CACHE/" 'index($2, c) == 1 {print $2}' /proc/mounts | sort -r); do
+		umount "$m" && say "unmounted $m"
+	done
 	if [ "$had_docker0" = 0 ] && ip link show docker0 >/dev/null 2>&1; then
 		ip link del docker0 && say "removed docker0"
 	fi
@@ -110,6 +115,10 @@ cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
 	if [ -n "$DPID" ]; then
 		for c in "${CONTAINERS[@]}"; do $DOCKER rm -f "$c" >/dev/null 2>&1; done
+		# Kept for a quick rerun: the base image and up to 1 GB of build cache (the runtime
+		# layers); the test's images go.
+		$DOCKER image ls -q 'comfystore-test*' | sort -u | xargs -r $DOCKER image rm -f >/dev/null 2>&1
+		$DOCKER builder prune -f --keep-storage 1000000000 >/dev/null 2>&1
 		kill -TERM "$DPID" 2>/dev/null
 		wait "$DPID" 2>/dev/null
 		say "dockerd stopped"
