@@ -425,6 +425,15 @@ fn place_shared_models(
 ) -> Result<MaterializeReport> {
     let (tree, _) = store.put_tree(&shared_models(lock)?)?;
     std::fs::create_dir_all(dir).ctx("create", dir)?;
+    // Two workers starting at once on one volume would both find a model missing and both
+    // create it (the second failing on EEXIST): they take turns, and the second finds it there.
+    let dir_key = blake3::hash(
+        std::path::absolute(dir)
+            .ctx("resolve", dir)?
+            .as_os_str()
+            .as_encoded_bytes(),
+    );
+    let _turn = store.lock_named(&format!("models-dir-{}", &dir_key.to_hex()[..32]))?;
     Ok(place::repair_in_place(
         store,
         &tree,

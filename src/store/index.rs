@@ -199,6 +199,18 @@ impl Index {
     }
 
     fn init_tables(&self) -> Result<()> {
+        // Looked at first in a read transaction: an index that has them all is not written to
+        // (a worker's restart on a shared volume leaves the store as it was).
+        if let Ok(tx) = self.db.begin_read() {
+            let all = tx.open_table(OBJECTS).is_ok()
+                && tx.open_table(SHA256).is_ok()
+                && tx.open_table(TREES).is_ok()
+                && tx.open_table(STAT).is_ok()
+                && tx.open_table(COUNTERS).is_ok();
+            if all {
+                return Ok(());
+            }
+        }
         let tx = self.db.begin_write().map_err(|e| err(&self.path, e))?;
         (|| -> std::result::Result<(), redb::Error> {
             tx.open_table(OBJECTS)?;

@@ -74,6 +74,11 @@ impl Store {
         let mut body =
             serde_json::to_vec_pretty(root).map_err(|e| Error::bad_input(&path, e.to_string()))?;
         body.push(b'\n');
+        // The same root again (a worker's restart) writes nothing: a start that finds its
+        // version in place leaves the store as it was.
+        if fs::read(&path).is_ok_and(|had| had == body) {
+            return Ok(());
+        }
         durable::write_file_atomic(&path, &body, 0o644)
     }
 
