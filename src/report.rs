@@ -26,6 +26,8 @@ pub trait Progress: Send + Sync {
     fn inc(&self, n: u64);
     /// `pos` units done in all (a transfer that restarts or resumes moves back or forward).
     fn set_position(&self, pos: u64);
+    /// The total became known (a download whose size the server just told), or changed.
+    fn set_total(&self, _total: u64) {}
     /// The count is over: clear it.
     fn finish(&self);
 }

@@ -58,6 +58,11 @@ impl Sink<'_> {
             ));
         }
         self.at.offset += n;
+        if let Some(t) = self.at.total {
+            // A size the lock did not give is known once the server answered: the bar gets
+            // its length (and an eta) then.
+            self.bar.set_total(t);
+        }
         self.bar.set_position(self.at.offset);
         Ok(n)
     }

@@ -13,6 +13,7 @@ use super::index::Batch;
 use super::object::{MODE_EXEC, MODE_PLAIN};
 use super::tree::Manifest;
 use super::Store;
+use crate::report::{Progress, ProgressRead};
 use crate::store::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -195,10 +196,17 @@ impl Store {
             let path = self.checked_object(id, *exec)?;
             let mut f = fs::File::open(&path).ctx("open", &path)?;
             let mode = if *exec { MODE_EXEC } else { MODE_PLAIN };
-            append(tar, &format!("objects/{}", id.hex()), mode, &mut f, *size)
-                .map_err(|e| Error::io("read", path.clone(), e))?;
+            // Counted as the bytes are read: a 2 GiB model moves the bar while it goes in.
+            let mut counted = ProgressRead::new(&mut f, bar.as_ref());
+            append(
+                tar,
+                &format!("objects/{}", id.hex()),
+                mode,
+                &mut counted,
+                *size,
+            )
+            .map_err(|e| Error::io("read", path.clone(), e))?;
             bytes += size;
-            bar.inc(*size);
         }
         bar.finish();
         Ok(bytes)
@@ -283,9 +291,7 @@ impl Store {
         for entry in entries {
             let entry = entry
                 .map_err(|e| bundle_err(name, format!("unreadable member (truncated?): {e}")))?;
-            if let Some(size) = import.member(entry)? {
-                bar.inc(size);
-            }
+            import.member(entry, bar.as_ref())?;
         }
         bar.finish();
         import.check_complete()?;
@@ -397,7 +403,8 @@ struct Import<'a> {
 
 impl Import<'_> {
     /// Read and verify one member against the index; an object's size, for the progress bar.
-    fn member<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<Option<u64>> {
+    /// One member, checked and staged; an object's bytes are counted on `bar` as they are read.
+    fn member<R: Read>(&mut self, mut entry: tar::Entry<'_, R>, bar: &dyn Progress) -> Result<()> {
         let name = self.name;
         let member = entry
             .path()
@@ -442,15 +449,15 @@ impl Import<'_> {
                 self.trees.0.push((item, tmp.clone()));
                 f.write_all(&buf).ctx("write", &tmp)?;
             }
-            return Ok(None);
+            return Ok(());
         }
         let digests = self
-            .stage(&item, &mut entry)?
+            .stage(&item, &mut ProgressRead::new(&mut entry, bar))?
             .map_err(|e| bundle_err(name, format!("member {member}: {e} (truncated?)")))?;
         if digests.b3 != item.id || digests.size != item.size {
             return Err(tampered(digests.b3));
         }
-        Ok(Some(item.size))
+        Ok(())
     }
 
     /// Hash an object member, into a temp file unless this is a dry run.
