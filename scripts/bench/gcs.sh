@@ -14,8 +14,8 @@
 #                                       when hyperfine is installed)
 #
 # The emulator appends every chunk of a resumable upload to what it has and rehashes the whole
-# (fake-gcs-server 1.54): a push in 16 MiB chunks costs it O(size^2), about 10 minutes for
-# 2 GiB here. So the 2 GiB push runs with GCS_CHUNK_MB=1024 (two requests; curl sends one), and
+# (fake-gcs-server 1.54): a push in 16 MiB chunks costs it O(size^2) (512 MiB took 14 s of its
+# CPU here, so 2 GiB would take some 230 s). So the 2 GiB push runs with GCS_CHUNK_MB=1024 (two requests; curl sends one), and
 # the chunk cost is shown apart: one push each of SCALE_MIB sizes at the default 16 MiB chunks.
 # The pulls are also timed against curl followed by `sync -f`: comfystore's pull publishes each
 # object durably (fdatasync), curl alone does not.
