@@ -19,6 +19,7 @@
 //!
 //! The command line (`src/cli/`, in the binary) is the edge: clap, progress bars, exit codes.
 
+pub mod backoff;
 pub mod comfy;
 pub mod error;
 pub mod gcs;

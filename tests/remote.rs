@@ -31,14 +31,20 @@ fn remote() -> String {
 
 /// comfystore with the emulator's address and no credentials.
 fn run(emu: &gcs::Emulator, store: &Path, args: &[&str]) -> Output {
-    let host = format!("127.0.0.1:{}", emu.port);
+    run_at(&format!("127.0.0.1:{}", emu.port), store, args)
+}
+
+/// comfystore with `host` as the emulator's address (the emulator or a front of it) and no
+/// credentials.
+fn run_at(host: &str, store: &Path, args: &[&str]) -> Output {
     common::run_env(
         store,
         args,
         &[
-            ("STORAGE_EMULATOR_HOST", Some(OsStr::new(&host))),
+            ("STORAGE_EMULATOR_HOST", Some(OsStr::new(host))),
             ("GOOGLE_APPLICATION_CREDENTIALS", None),
             ("COMFYSTORE_REMOTE", None),
+            ("COMFYSTORE_REMOTE_JOBS", None),
             ("GCS_RETRY_BASE_SLEEP", Some(OsStr::new("0.05"))),
             // The 3 MB model goes up in a resumable session, 1 MiB a request.
             ("GCS_CHUNK_MB", Some(OsStr::new("1"))),
@@ -424,6 +430,42 @@ fn push_retries_uploads_that_get_503() {
     assert_eq!(pulled["failed"], serde_json::json!([]), "{pulled}");
 }
 
+/// Push and pull move several files at once (`--remote-jobs`, default 8): the front sees
+/// uploads, then downloads, in flight together; with one job at a time it never does.
+#[test]
+fn push_and_pull_transfer_several_files_at_once() {
+    let Some(emu) = emulator("push_and_pull_transfer_several_files_at_once") else {
+        return;
+    };
+    let front = gcs::Front::start(emu.port, None, 0, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, tree, _) = filled_store(tmp.path());
+    let host = front.url();
+    let run = |store: &Path, args: &[&str]| {
+        let out = run_at(&host, store, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        parse(&out)
+    };
+    front.meet(2);
+    let pushed = run(&a, &["--json", "push", &remote(), &tree]);
+    assert!(pushed["uploaded"].as_u64().unwrap() > 2, "{pushed}");
+    assert!(front.most_together() >= 2, "uploads went one at a time");
+    front.meet(2);
+    let b = tmp.path().join("store-b");
+    let pulled = run(&b, &["--json", "pull", &remote(), &tree]);
+    assert_eq!(pulled["failed"], serde_json::json!([]), "{pulled}");
+    assert!(pulled["objects"].as_u64().unwrap() > 2, "{pulled}");
+    assert!(front.most_together() >= 2, "downloads went one at a time");
+    // One at a time: never two together.
+    front.meet(2);
+    let c = tmp.path().join("store-c");
+    run(
+        &c,
+        &["--json", "pull", &remote(), &tree, "--remote-jobs", "1"],
+    );
+    assert_eq!(front.most_together(), 1);
+}
+
 /// The engine under push: a second create of the same bytes is success (a concurrent pusher
 /// or a lost answer), other bytes under the name are refused and never overwrite; listings
 /// and downloads see what is there.
@@ -465,6 +507,59 @@ fn conditional_creates_list_and_download_against_the_emulator() {
         assert_eq!(listed[0].metadata["b3"], meta["b3"]);
     });
     assert_eq!(emu.content("p/x"), bytes);
+}
+
+/// A file whose bytes are not those of the BLAKE3 it goes up under (a store object changed
+/// while it was pushed) is never finished in the bucket: not in one request, not in a
+/// resumable session; the same file with its right BLAKE3 goes up whole either way.
+#[test]
+fn a_file_that_no_longer_has_its_blake3_is_not_uploaded() {
+    let Some(emu) = emulator("a_file_that_no_longer_has_its_blake3_is_not_uploaded") else {
+        return;
+    };
+    use comfystore::gcs::{Client, Data, Error, Options, Put};
+    let mut opts = Options::new(gcs::BUCKET);
+    opts.emulator = Some(format!("127.0.0.1:{}", emu.port));
+    opts.retry_base = std::time::Duration::from_millis(10);
+    opts.chunk = comfystore::gcs::CHUNK_UNIT;
+    let client = Client::new(opts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // One request (smaller than a chunk), and a session of three chunks.
+    for (name, len) in [
+        ("small", 1000usize),
+        ("big", 2 * comfystore::gcs::CHUNK_UNIT + 7),
+    ] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let path = dir.path().join(name);
+        fs::write(&path, &bytes).unwrap();
+        let file = |b3: [u8; 32]| Data::File {
+            file: std::sync::Arc::new(fs::File::open(&path).unwrap()),
+            path: path.clone(),
+            len: len as u64,
+            b3,
+        };
+        let right = *blake3::hash(&bytes).as_bytes();
+        let mut wrong = right;
+        wrong[0] ^= 1;
+        let meta = serde_json::json!({ "b3": hex::encode(right) });
+        let object = format!("f/{name}");
+        rt.block_on(async {
+            let ct = "application/octet-stream";
+            let refused = client.create(&object, file(wrong), ct, &meta, "b3").await;
+            match refused {
+                Err(Error::Changed { .. }) => {}
+                other => panic!("{name}: {other:?}"),
+            }
+            assert!(emu.metadata(&object).is_none(), "{name} was published");
+            let put = client.create(&object, file(right), ct, &meta, "b3").await;
+            assert_eq!(put.unwrap(), Put::Created, "{name}");
+        });
+        assert!(emu.content(&object) == bytes, "{name} differs");
+    }
 }
 
 /// A lock naming a node by repo and commit alone: push sends the tree the store recorded for

@@ -22,6 +22,9 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a materialize that refused to replace the user's edits (nothing changed).
 pub const EXIT_EDITED: u8 = 5;
+/// Exit code of a command that lacked a permission (a store it may not write or read, a
+/// folder it cannot write): sysexits' EX_NOPERM.
+pub const EXIT_PERMISSION: u8 = 77;
 
 const ABOUT: &str = "Keep ComfyUI installs (code, custom nodes, Python packages, models) in a \
 content-addressed store, once, named by BLAKE3.";
@@ -66,6 +69,11 @@ pub struct Cli {
     /// No progress bars or informational messages.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Take no file locks in the store: for a store on a filesystem whose locks do not hold
+    /// across hosts. Nothing is corrupted without them; workers may then download one model
+    /// at the same time, and `gc` must not run while others write (store-layout.md).
+    #[arg(long, global = true, env = "COMFYSTORE_NO_LOCKS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_locks: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -677,7 +685,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The exit code of a failed command: 5 for a switch refused over the user's edits, else 1.
+/// The exit code of a failed command: 5 for a switch refused over the user's edits, 77 for a
+/// missing permission, else 1.
 fn exit_code_of(e: &anyhow::Error) -> u8 {
     let edited = e.chain().any(|c| {
         matches!(
@@ -690,8 +699,14 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
             Some(comfystore::place::Error::Edited { .. })
         )
     });
+    let denied = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
     if edited {
         EXIT_EDITED
+    } else if denied {
+        EXIT_PERMISSION
     } else {
         EXIT_FAILURE
     }
@@ -790,7 +805,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
 /// Open (or create) the store the command line names.
 pub(crate) fn open_store(cli: &Cli) -> comfystore::Result<comfystore::store::Store> {
     let dir = cli.store.clone().unwrap_or_else(default_store_dir);
-    let store = comfystore::store::Store::open(&dir, &comfystore::store::StoreOptions::default())?;
+    let opts = comfystore::store::StoreOptions {
+        no_locks: cli.no_locks,
+        ..Default::default()
+    };
+    let store = comfystore::store::Store::open(&dir, &opts)?;
     Ok(store.with_reporter(progress::reporter(cli.quiet || cli.json)))
 }
 

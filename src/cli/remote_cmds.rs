@@ -36,8 +36,9 @@ pub struct RemoteArgs {
     /// An emulator's address (fake-gcs-server): no credentials needed.
     #[arg(long, env = "STORAGE_EMULATOR_HOST", value_name = "HOST:PORT")]
     pub remote_emulator: Option<String>,
-    /// Uploads or downloads at a time.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Uploads or downloads in flight at once (each file is read, hashed and stored off the
+    /// network's thread, so one big object does not hold up the others).
+    #[arg(long, env = "COMFYSTORE_REMOTE_JOBS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub remote_jobs: u32,
 }
 

@@ -1,36 +1,30 @@
 //! Why the GCS engine failed. No message carries a token, a key or a signed URL: requests are
-//! named by bucket and object, reqwest's errors lose their URL, and the credentials file is
-//! named by its path only.
+//! named by bucket and object, reqwest's errors lose their URL (a resumable session's URL
+//! authorises its upload), and the credentials file is named by its path only.
 
 use std::path::PathBuf;
 
 /// The GCS engine's error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The service-account file could not be read or is not one.
+    /// The credentials file could not be read or is not one.
     #[error("gcs: credentials {}: {reason}", path.display())]
     Credentials { path: PathBuf, reason: String },
-    /// The service account's private key cannot sign.
-    #[error("gcs: credentials: private key: {0}")]
-    Key(String),
     /// A setting is out of range or missing.
     #[error("gcs: {0}")]
     Config(String),
-    /// The HTTP client could not be built.
-    #[error("gcs: http client: {0}")]
-    Client(#[source] reqwest::Error),
-    /// The token server refused the service account, or could not be reached.
-    #[error("gcs: access token from {token_uri}: {reason}")]
-    Token { token_uri: String, reason: String },
+    /// No access token: the token server refused the credentials or could not be reached, or
+    /// no credentials were found (application default credentials).
+    #[error("gcs: access token from {from}: {reason}")]
+    Token { from: String, reason: String },
     /// A request failed without an answer (connection, timeout), after every retry.
-    #[error("gcs: {what} gs://{bucket}/{object}: {source} (after {attempts} attempts)")]
+    #[error("gcs: {what} gs://{bucket}/{object}: {reason} (after {attempts} attempts)")]
     Transport {
         what: &'static str,
         bucket: String,
         object: String,
         attempts: u32,
-        #[source]
-        source: reqwest::Error,
+        reason: String,
     },
     /// GCS answered with an error status, after every retry when it was a retryable one.
     #[error(
@@ -56,6 +50,32 @@ pub enum Error {
     Permission {
         bucket: String,
         missing: Vec<String>,
+    },
+    /// A file being uploaded could not be read.
+    #[error("gcs: upload of gs://{bucket}/{object}: reading {}: {source}", path.display())]
+    Read {
+        bucket: String,
+        object: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's bytes no longer have the BLAKE3 it was uploaded under: it changed while it was
+    /// read, and the upload was abandoned before GCS could finish the object.
+    #[error("gcs: gs://{bucket}/{object} not uploaded: {} has BLAKE3 {actual}, not {expected} (it changed while it was read)", path.display())]
+    Changed {
+        bucket: String,
+        object: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    /// A V4 signed URL could not be made.
+    #[error("gcs: signed URL of gs://{bucket}/{object}: {reason}")]
+    Sign {
+        bucket: String,
+        object: String,
+        reason: String,
     },
 }
 

@@ -1,6 +1,7 @@
-//! Google Cloud Storage, for job outputs and the store's remote tier: a small client of the JSON API on reqwest (uploads
-//! created only where no object is, retried with back-off, resumable for big files), access
-//! tokens of a service account, testIamPermissions, and public or V4 signed URLs.
+//! Google Cloud Storage, for job outputs and the store's remote tier, through the
+//! `gcloud-storage` crate (JSON API, logins, V4 signing) with what it lacks on top: retries
+//! with back-off, uploads created only where no object is (and what a taken name means),
+//! bounded and resumed downloads, files streamed and checked while they go up.
 //!
 //! `STORAGE_EMULATOR_HOST`'s convention is honoured by the caller, through
 //! [`Options::emulator`]: an emulator (fake-gcs-server in the tests) needs no credentials, and
@@ -10,12 +11,13 @@
 mod auth;
 mod client;
 mod error;
-mod key;
+mod retry;
 mod sign;
 
-pub use client::{Client, Listed, Options, Preflight, Put, Sink, CHUNK_UNIT, GOOGLE_ENDPOINT};
+pub use client::{
+    Client, Data, Listed, Options, Preflight, Put, Sink, CHUNK_UNIT, GOOGLE_ENDPOINT,
+};
 pub use error::{Error, Result};
-pub use key::ServiceAccount;
 pub use sign::MAX_TTL;
 
 /// The Content-Type of an output file, by its extension (`application/octet-stream` when

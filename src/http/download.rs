@@ -48,6 +48,17 @@ pub struct Download {
     pub expect: Expect,
 }
 
+impl Download {
+    /// The name of its download lock: the hash it must have (none when any bytes will do).
+    pub(crate) fn lock_key(&self) -> Option<String> {
+        match (self.expect.blake3, self.expect.sha256) {
+            (Some(b3), _) => Some(format!("download-b3-{}", b3.hex())),
+            (None, Some(sha)) => Some(format!("download-sha256-{}", sha.hex())),
+            (None, None) => None,
+        }
+    }
+}
+
 /// What a finished download gave.
 #[derive(Clone, Debug, Serialize)]
 pub struct Downloaded {

@@ -100,6 +100,17 @@ impl Fetcher {
         let sources = self.sources_to_try(d)?;
         // Held until the download is stored and recorded: gc must not take it meanwhile.
         let _writer = store.lock_shared()?;
+        // One process at a time per content; a waiter finds it stored and downloads nothing.
+        let _single = match d.lock_key() {
+            Some(key) => {
+                let lock = store.lock_named(&key)?;
+                if let Some(done) = already_stored(store, d)? {
+                    return Ok(done);
+                }
+                Some(lock)
+            }
+            None => None,
+        };
         let job = Job { store, d, bar };
         let mut errors = Vec::new();
         let mut attempts = 0;
@@ -159,6 +170,41 @@ impl Fetcher {
             None => self.try_source(job, url),
         }
     }
+}
+
+/// The item as the store already holds it (stored by another process while this one waited
+/// for the download lock): found by its BLAKE3, else its SHA-256, and checked against the size.
+fn already_stored(store: &Store, d: &Download) -> Result<Option<Downloaded>> {
+    let id = match (d.expect.blake3, d.expect.sha256) {
+        (Some(b3), _) if store.has_object(&b3) => b3,
+        (_, Some(sha)) => match store.lookup_sha256(&sha)? {
+            Some(id) => id,
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let Some(path) = store.find_object(&id, false) else {
+        return Ok(None);
+    };
+    let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+    if d.expect.size.is_some_and(|want| Some(want) != size) {
+        return Ok(None);
+    }
+    let sha256 = match d.expect.sha256 {
+        Some(sha) => Some(sha),
+        None => store.sha256_of(&id)?,
+    };
+    tracing::info!("{}: stored meanwhile by another process", d.label);
+    Ok(Some(Downloaded {
+        label: d.label.clone(),
+        id,
+        sha256: sha256.map(|s| s.hex()).unwrap_or_default(),
+        size: size.unwrap_or(0),
+        url: "(stored meanwhile by another process)".into(),
+        attempts: 0,
+        resumed_bytes: 0,
+        new: false,
+    }))
 }
 
 /// A failed source as the final error lists it (warned about at once when more follow).

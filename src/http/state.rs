@@ -2,7 +2,7 @@
 //! it: the offset, the total, the validator `If-Range` carries, and when to try again.
 
 use reqwest::header::{HeaderMap, CONTENT_RANGE, ETAG, LAST_MODIFIED, RETRY_AFTER};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Why an attempt failed: worth another try, or not with this source.
 pub(super) enum Fail {
@@ -72,26 +72,10 @@ pub(super) fn validator(h: &HeaderMap) -> Option<String> {
 
 /// `Retry-After` as seconds or an HTTP date, capped at 5 minutes.
 pub(super) fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let d = match v.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(v)
-            .ok()?
-            .duration_since(SystemTime::now())
-            .unwrap_or_default(),
-    };
-    Some(d.min(Duration::from_secs(300)))
+    crate::backoff::retry_after(h.get(RETRY_AFTER)?.to_str().ok()?, Duration::from_secs(300))
 }
 
-/// Exponential backoff with jitter: a random delay in [d/2, d], d = base·2^(n−1), ≤ 30 s.
+/// Exponential backoff with jitter, capped at 30 s ([`crate::backoff::jittered`]).
 pub(super) fn backoff(base: Duration, n: u32) -> Duration {
-    let d = base
-        .saturating_mul(1u32 << (n - 1).min(16))
-        .min(Duration::from_secs(30));
-    let mut r = [0u8; 8];
-    let frac = match getrandom::fill(&mut r) {
-        Ok(()) => (u64::from_le_bytes(r) % 1000) as f64 / 1000.0,
-        Err(_) => 0.5,
-    };
-    d.mul_f64(0.5 + frac / 2.0)
+    crate::backoff::jittered(base, n, Duration::from_secs(30))
 }

@@ -125,8 +125,10 @@ fn source_trees(store: &Store, lock: &Lockfile) -> Result<Vec<LockedTree>> {
 
 /// Fetch what `lock` names and the store lacks, then pin it with the root `lock/<tag>`.
 pub fn fetch_lock(store: &Store, lock: &Lockfile, opts: &FetchOptions) -> Result<FetchReport> {
-    // Held throughout: gc must not collect what we fetch before the root names it.
-    let _writer = store.lock_shared()?;
+    // Held throughout: gc must not collect what we fetch before the root names it. As a
+    // reader's lock: a version fully in a store this process may only read needs no write,
+    // and what does write (a download, a git tree) asks for write access first.
+    let _writer = store.lock_reading()?;
     let mut f = Fetch {
         store,
         lock,
@@ -362,6 +364,9 @@ impl Fetch<'_> {
     /// Rebuild trees from git, `jobs` at a time, each checked against the lock's tree id and
     /// recorded for its repo and commit (so a lock without tree ids finds it again).
     fn trees_from_git(&mut self, git: Vec<GitSource>) -> Result<()> {
+        if !git.is_empty() {
+            self.store.writable()?;
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.opts.http.jobs.clamp(1, 16))
             .build()
@@ -372,13 +377,14 @@ impl Fetch<'_> {
         let creds = GitCredentials::from_env();
         let results: Vec<_> = pool.install(|| {
             git.par_iter()
-                .map(|g| fetch_tree(self.store, g, &creds))
+                .map(|g| fetch_tree_once(self.store, g, &creds))
                 .collect()
         });
         for (g, r) in git.into_iter().zip(results) {
             match r {
-                Ok(tree) => {
-                    (self.store).record_git_tree(&g.repo, &g.commit, &g.excludes, tree)?;
+                // Another process sharing the store rebuilt it while this one waited.
+                Ok(None) => {}
+                Ok(Some(tree)) => {
                     self.report.trees.push(FetchedTree {
                         label: g.label,
                         tree,
@@ -414,6 +420,8 @@ impl Fetch<'_> {
         if items.is_empty() {
             return Ok(());
         }
+        // One error naming the store and the missing permission, not one per file.
+        self.store.writable()?;
         // A lock's file:// sources are read only beneath the allowed folders and the mirrors
         // (folders, and `file://` mirror URLs).
         let mut http = self.opts.http.clone();
@@ -436,6 +444,24 @@ impl Fetch<'_> {
         }
         Ok(())
     }
+}
+
+/// Rebuild a tree from git and record it for its repo and commit, unless another process
+/// sharing the store did so while this one waited for its named lock (then `None`).
+fn fetch_tree_once(
+    store: &Store,
+    g: &GitSource,
+    creds: &GitCredentials,
+) -> crate::git::Result<Option<ObjectId>> {
+    let root = crate::store::git_tree_root(&g.repo, &g.commit, &g.excludes);
+    let _single = store.lock_named(&root.replace('/', "-"))?;
+    let recorded = store.git_tree(&g.repo, &g.commit, &g.excludes)?;
+    if recorded.is_some_and(|t| g.expect.is_none_or(|want| want == t)) {
+        return Ok(None);
+    }
+    let tree = fetch_tree(store, g, creds)?;
+    store.record_git_tree(&g.repo, &g.commit, &g.excludes, tree)?;
+    Ok(Some(tree))
 }
 
 /// Whether the store lacks a tree (or the lock names none).
@@ -531,14 +557,13 @@ fn add_lock_root(store: &Store, lock: &Lockfile, report: &FetchReport) -> Result
         ids.dedup();
     }
     let path = old.and_then(|r| r.path);
-    Ok(store.add_root(
-        &name,
-        &Root {
-            ids,
-            path,
-            ..Default::default()
-        },
-    )?)
+    let root = Root {
+        ids,
+        path,
+        ..Default::default()
+    };
+    store.add_root_if_writable(&name, &root)?;
+    Ok(())
 }
 
 /// `<mirror>/<sha256>` for every HTTP mirror.

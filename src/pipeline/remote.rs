@@ -398,46 +398,29 @@ pub fn push(
 
 /// Upload one item; its outcome and size.
 async fn upload(store: &Store, remote: &Remote, u: Upload) -> Result<(Put, u64)> {
-    // A store object is mapped: published objects never change (a read that finds one
-    // changed quarantines it first), so the upload sends its bytes without a copy in memory.
-    let owned;
-    let mapped;
-    let object = match u.body {
-        Body::Object(id) => Some(id),
-        Body::Bytes(_) => None,
-    };
-    let bytes: &[u8] = match u.body {
+    // A store object is read from its open file a chunk at a time and hashed as it goes up:
+    // one whose bytes no longer hash to its id (root writing through a hardlink while it is
+    // pushed) is abandoned before GCS finishes it, never published under a name its bytes
+    // no longer have.
+    let (data, b3) = match u.body {
         Body::Bytes(b) => {
-            owned = b;
-            &owned
+            let b3 = blake3::hash(&b).to_hex().to_string();
+            (gcs::Data::Bytes(b.into()), b3)
         }
         Body::Object(id) => {
             let exec = store.find_object(&id, false).is_none();
             let path = store.checked_object(&id, exec)?;
             let f = std::fs::File::open(&path).map_err(|e| Error::io("open", &path, e))?;
-            if u.size == 0 {
-                &[]
-            } else {
-                // SAFETY: the file is a published store object (mode 0444, never modified in
-                // place); the map is read-only and dropped when the upload ends.
-                mapped =
-                    unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io("map", &path, e))?;
-                &mapped[..]
-            }
+            let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+            let data = gcs::Data::File {
+                file: std::sync::Arc::new(f),
+                path,
+                len,
+                b3: id.0,
+            };
+            (data, id.hex())
         }
     };
-    let hash = blake3::hash(bytes);
-    // An object changed while it was mapped (root writing through a hardlink) is not sent
-    // under a name its bytes no longer have.
-    if let Some(id) = object.filter(|id| id.0 != *hash.as_bytes()) {
-        return Err(crate::store::Error::Mismatch {
-            what: format!("object {id}, changed while it was being pushed"),
-            expected: id.to_string(),
-            actual: format!("b3:{}", hash.to_hex()),
-        }
-        .into());
-    }
-    let b3 = hash.to_hex().to_string();
     let mut meta = json!({ "b3": b3 });
     if let Some(sha) = u.sha256 {
         meta["sha256"] = json!(sha.hex());
@@ -446,13 +429,13 @@ async fn upload(store: &Store, remote: &Remote, u: Upload) -> Result<(Put, u64)>
         .client
         .create(
             &remote.name(&u.rel),
-            bytes,
+            data,
             "application/octet-stream",
             &meta,
             "b3",
         )
         .await?;
-    Ok((put, bytes.len() as u64))
+    Ok((put, u.size))
 }
 
 /// What `pull` did.
@@ -556,20 +539,27 @@ fn pull_locked(
         return Ok(report);
     }
     let rt = runtime()?;
-    rt.block_on(pull_async(
-        store,
-        remote,
-        ids,
-        models,
-        git,
-        jobs,
-        &mut report,
-    ))?;
+    // Checking and storing a downloaded object (hashing it) runs on a thread of this scope, so
+    // the other downloads keep going meanwhile.
+    std::thread::scope(|scope| {
+        rt.block_on(pull_async(
+            scope,
+            store,
+            remote,
+            ids,
+            models,
+            git,
+            jobs,
+            &mut report,
+        ))
+    })?;
     Ok(report)
 }
 
-async fn pull_async(
-    store: &Store,
+#[allow(clippy::too_many_arguments)]
+async fn pull_async<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    store: &'scope Store,
     remote: &Remote,
     ids: &[ObjectId],
     models: &[(Sha256, Option<ObjectId>)],
@@ -684,7 +674,7 @@ async fn pull_async(
         .map(|(id, size, sha, rel)| {
             let bar = &bar;
             async move {
-                let r = fetch_object(store, remote, &rel, &id, size, sha).await;
+                let r = fetch_object(scope, store, remote, &rel, &id, size, sha).await;
                 if r.is_ok() {
                     bar.inc(size);
                 }
@@ -805,8 +795,9 @@ async fn fetch_tree(remote: &Remote, rel: &str, id: &ObjectId) -> Result<Manifes
 
 /// An object from the bucket into the store, published only if its BLAKE3 is `id`, its size
 /// `size` and (when given) its SHA-256 `sha`.
-async fn fetch_object(
-    store: &Store,
+async fn fetch_object<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    store: &'scope Store,
     remote: &Remote,
     rel: &str,
     id: &ObjectId,
@@ -824,9 +815,28 @@ async fn fetch_object(
         return Err(Error::NotFound(uri));
     }
     std::io::Seek::rewind(&mut file).map_err(|e| Error::io("rewind", &tmp, e))?;
+    let id = *id;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    scope.spawn(move || {
+        let _ = tx.send(store_checked(store, file, &uri, &id, size, sha));
+    });
+    rx.await
+        .map_err(|_| Error::Gcs(gcs::Error::Config("the store's thread ended".into())))?
+}
+
+/// A downloaded object (`file`, from `uri`) into the store, published only if its BLAKE3 is
+/// `id`, its size `size` and (when given) its SHA-256 `sha`.
+fn store_checked(
+    store: &Store,
+    file: std::fs::File,
+    uri: &str,
+    id: &ObjectId,
+    size: u64,
+    sha: Option<Sha256>,
+) -> Result<u64> {
     let check = |d: &crate::store::Digests| -> crate::store::Result<()> {
         let mismatch = |expected: String, actual: String| crate::store::Error::Mismatch {
-            what: uri.clone(),
+            what: uri.to_string(),
             expected,
             actual,
         };
@@ -850,7 +860,7 @@ async fn fetch_object(
         &mut std::io::BufReader::new(file),
         false,
         sha.is_some(),
-        Path::new(&uri),
+        Path::new(uri),
         &check,
     )?;
     Ok(put.digests.size)

@@ -12,7 +12,7 @@ use crate::place::error::{Error, IoContext, Result};
 use crate::store::{Entry, Node, ObjectId, Root, StatKey, Store};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
@@ -54,7 +54,12 @@ pub(super) struct Executor<'a> {
     /// DEST opened without following symlinks: every write goes through it.
     pub beneath: &'a Beneath,
     pub policy: &'a LinkPolicy,
+    /// Where the objects the plan writes are in the store, checked ([`sources`]).
+    pub sources: &'a Sources,
 }
+
+/// The store path of each (object, exec) a plan writes.
+pub(super) type Sources = HashMap<(ObjectId, bool), PathBuf>;
 
 /// A stat-cache row: a placed file's stat (the object's, for a symlink) under its id.
 type CacheRow = (StatKey, ObjectId);
@@ -85,8 +90,7 @@ impl Executor<'_> {
         report.kept_edits = keep_aside(self.beneath, &plan.keep_aside)?;
         report.removed = remove_entries(self.beneath, &plan.remove)?;
         remove_empty_dirs(self.beneath, &plan.prune);
-        self.make_dirs(&plan.mkdirs)?;
-        let placed = self.place_all(&plan.write)?;
+        let placed = self.build(&plan.mkdirs, &plan.write)?;
         report.written = placed.len() as u64;
         let rows = tally(placed, &mut report, marker.as_mut().map(|m| &mut m.marker));
         self.finish(marker, rows)?;
@@ -109,9 +113,12 @@ impl Executor<'_> {
             path: Some(self.dest.to_path_buf()),
             outside,
         };
-        self.store.add_root(&m.marker.root, &root)?;
-        if let Some(old) = &m.drop_root {
-            self.store.remove_root(old)?;
+        // In a store this process may only read, DEST stays unregistered (said at info
+        // level): the lock's root, written by whoever fetched it, keeps the content.
+        if self.store.add_root_if_writable(&m.marker.root, &root)? {
+            if let Some(old) = &m.drop_root {
+                self.store.remove_root(old)?;
+            }
         }
         if m.write {
             m.marker.write(&self.beneath.dir("")?.handle_path())?;
@@ -135,60 +142,164 @@ impl Executor<'_> {
         commit_cache(self.store, rows)
     }
 
-    /// Folders level by level, each level in parallel; one that exists is fine if it is a
-    /// folder (it may have appeared since the scan).
-    fn make_dirs(&self, levels: &[Vec<&str>]) -> Result<()> {
-        for level in levels {
-            level.par_iter().try_for_each(|d| {
-                let path = self.dest.join(d);
-                let (parent, name) = self.beneath.parent_of(d)?;
-                match parent.mkdir(name) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                        if parent.is_dir(name).ctx("stat", &path)? {
-                            Ok(())
-                        } else {
-                            Err(Error::bad_input(
-                                &path,
-                                "is not a directory; refusing to write through it",
-                            ))
-                        }
-                    }
-                    Err(e) => Err(e).ctx("create", &path),
-                }
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Write the entries in parallel, counting them on the store's reporter.
-    fn place_all(&self, work: &[Write]) -> Result<Vec<Placed>> {
-        let dest_dev = self.beneath.dir("")?.dev().ctx("stat", self.dest)?;
-        let root = self.store.root();
-        let store_dev = fs::metadata(root).ctx("stat", root)?.dev();
+    /// Folders and files, one folder at a time, shallowest first: each folder is opened once
+    /// (beneath DEST, never through a symlink), and its missing subfolders are made and its
+    /// files written through that handle. The folders of a level, and the files of a folder,
+    /// in parallel; counted on the store's reporter.
+    fn build(&self, mkdirs: &[Vec<&str>], work: &[Write]) -> Result<Vec<Placed>> {
         let placer = Placer {
             store: self.store,
             probe: link::Probe::default(),
-            devs: (store_dev, dest_dev),
+            devs: (
+                fs::metadata(self.store.root())
+                    .ctx("stat", self.store.root())?
+                    .dev(),
+                self.beneath.dir("")?.dev().ctx("stat", self.dest)?,
+            ),
             policy: self.policy,
-            beneath: self.beneath,
+            sources: self.sources,
         };
         let bar = self.store.reporter().start(
             "placing",
             Some(work.len() as u64),
             crate::report::Unit::Items,
         );
-        let placed = work
-            .par_iter()
-            .map(|w| {
-                let r = placer.place(w.entry, w.replace);
-                bar.inc(1);
-                r
-            })
-            .collect::<Result<_>>()?;
+        let mut placed = Vec::with_capacity(work.len());
+        for level in folder_jobs(mkdirs, work) {
+            let done: Vec<Vec<Placed>> = level
+                .par_iter()
+                .map(|(dir, job)| {
+                    let at = self.beneath.dir(dir)?;
+                    for name in &job.mkdirs {
+                        make_dir(&at, name)?;
+                    }
+                    job.writes
+                        .par_iter()
+                        .map(|w| {
+                            let r = placer.place(&at, w.entry, w.replace);
+                            bar.inc(1);
+                            r
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .collect::<Result<_>>()?;
+            placed.extend(done.into_iter().flatten());
+        }
         bar.finish();
         Ok(placed)
     }
+}
+
+/// What is done in one folder: its subfolders made, its entries written.
+#[derive(Default)]
+struct FolderJob<'p, 'a> {
+    mkdirs: Vec<&'a str>,
+    writes: Vec<&'p Write<'a>>,
+}
+
+/// The plan's folders and writes grouped by the folder they happen in ("" is DEST), by
+/// depth, shallowest first: a folder is made by the level above the one that fills it.
+fn folder_jobs<'p, 'a>(
+    mkdirs: &[Vec<&'a str>],
+    work: &'p [Write<'a>],
+) -> Vec<Vec<(&'a str, FolderJob<'p, 'a>)>> {
+    let split = |p: &'a str| p.rsplit_once('/').unwrap_or(("", p));
+    let mut jobs: HashMap<&'a str, FolderJob<'p, 'a>> = HashMap::new();
+    for d in mkdirs.iter().flatten() {
+        let (parent, name) = split(d);
+        jobs.entry(parent).or_default().mkdirs.push(name);
+    }
+    for w in work {
+        jobs.entry(split(&w.entry.path).0)
+            .or_default()
+            .writes
+            .push(w);
+    }
+    let depth = |d: &str| {
+        if d.is_empty() {
+            0
+        } else {
+            d.matches('/').count() + 1
+        }
+    };
+    let mut levels: BTreeMap<usize, Vec<(&'a str, FolderJob<'p, 'a>)>> = BTreeMap::new();
+    for (dir, job) in jobs {
+        levels.entry(depth(dir)).or_default().push((dir, job));
+    }
+    levels.into_values().collect()
+}
+
+/// Make the folder `name` in `parent`; one that exists is fine if it is a folder (it may have
+/// appeared since the scan).
+fn make_dir(parent: &DirAt, name: &str) -> Result<()> {
+    let path = || parent.path().join(name);
+    match parent.mkdir(name) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            if parent.is_dir(name).ctx("stat", &path())? {
+                Ok(())
+            } else {
+                Err(Error::bad_input(
+                    path(),
+                    "is not a directory; refusing to write through it",
+                ))
+            }
+        }
+        Err(e) => Err(e).ctx("create", &path()),
+    }
+}
+
+/// Where the tree's objects are in the store, refusing a tree the store lacks any object of.
+/// Every object is looked for (one lstat each); the ones `writes` places are checked too
+/// ([`Store::checked_objects`]: one index lookup for all of them).
+pub(super) fn sources(
+    store: &Store,
+    tree: &ObjectId,
+    manifest: &crate::store::Manifest,
+    writes: &[Write],
+) -> Result<Sources> {
+    let file = |e: &Entry| match e.node {
+        Node::File { id, exec, size } => Some((id, exec, size)),
+        _ => None,
+    };
+    let written: std::collections::HashSet<(ObjectId, bool)> = writes
+        .iter()
+        .filter_map(|w| file(w.entry))
+        .filter(|(_, _, size)| *size > 0)
+        .map(|(id, exec, _)| (id, exec))
+        .collect();
+    let mut pairs: Vec<(ObjectId, bool)> = manifest
+        .entries
+        .iter()
+        .filter_map(file)
+        .map(|(id, exec, _)| (id, exec))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let wants: Vec<(ObjectId, bool, bool)> = pairs
+        .iter()
+        .map(|&(id, exec)| (id, exec, written.contains(&(id, exec))))
+        .collect();
+    let found = store.checked_objects(&wants)?;
+    let missing: Vec<String> = pairs
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|((id, _), _)| id.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(crate::store::Error::NotFound(format!(
+            "{} objects of tree {tree} (first: {})",
+            missing.len(),
+            missing[0]
+        ))
+        .into());
+    }
+    Ok(pairs
+        .into_iter()
+        .zip(found)
+        .filter_map(|(k, f)| f.map(|p| (k, p)))
+        .collect())
 }
 
 /// Count the methods used (per policy prefix in the marker, in total in the report); returns
@@ -223,25 +334,20 @@ struct Placer<'a> {
     probe: link::Probe,
     devs: (u64, u64),
     policy: &'a LinkPolicy,
-    beneath: &'a Beneath,
+    sources: &'a Sources,
 }
 
 impl Placer<'_> {
-    /// Write one entry. `replace`: something differing is at the path, so write beside it,
-    /// then rename over it, and the path never disappears.
-    fn place(&self, e: &Entry, replace: bool) -> Result<Placed> {
+    /// Write one entry into `dir`, the folder holding it. `replace`: something differing is
+    /// at the path, so write beside it, then rename over it, and the path never disappears.
+    fn place(&self, dir: &DirAt, e: &Entry, replace: bool) -> Result<Placed> {
         let (prefix, mode) = self.policy.mode_for(&e.path);
         let done = |method, row| Placed {
             prefix: prefix.to_string(),
             method,
             row,
         };
-        if matches!(e.node, Node::Dir) {
-            return Ok(done(None, None));
-        }
-        // The entry's folder, opened beneath DEST without following a symlink: a folder
-        // swapped for one since the scan is refused here, never written through.
-        let (dir, name) = self.beneath.parent_of(&e.path)?;
+        let name = e.path.rsplit('/').next().unwrap_or(&e.path);
         let final_path = dir.path().join(name);
         let tmp;
         let at = if replace {
@@ -250,50 +356,63 @@ impl Placer<'_> {
         } else {
             name
         };
-        let target = dir.name_path(at);
         let (method, row) = match &e.node {
             Node::File { exec, size, id } => {
-                let (method, row) = self
-                    .write_file(&e.path, mode, (*exec, *size, id), &target)
-                    .map_err(|err| err.naming(&target, &dir.path().join(at)))?;
+                let (method, row) = self.write_file(&e.path, mode, (*exec, *size, id), dir, at)?;
                 (Some(method), Some(row))
             }
             Node::Symlink { target: t } => {
                 dir.symlink(t, at).ctx("symlink", &final_path)?;
                 (None, None)
             }
-            Node::Dir => (None, None),
+            Node::Dir => return Ok(done(None, None)),
         };
         if replace {
-            rename_over(&dir, at, name, &final_path)?;
+            rename_over(dir, at, name, &final_path)?;
         }
         Ok(done(method, row))
     }
 
-    /// A file at `target`: empty files created, small rewritten-in-place files copied, the
+    /// A file `at` in `dir`: empty files created, small rewritten-in-place files copied, the
     /// rest linked as `mode` allows. Returns the method and the placed file's cache row.
     fn write_file(
         &self,
         rel: &str,
         mode: LinkMode,
         (exec, size, id): (bool, u64, &ObjectId),
-        target: &Path,
+        dir: &DirAt,
+        at: &str,
     ) -> Result<(Method, CacheRow)> {
-        let method = if size == 0 {
-            link::create_empty(target, exec)?
+        let (method, stat) = if size == 0 {
+            link::create_empty(dir, at, exec)?
         } else {
             let force_copy = link::rewritten_in_place(rel, size);
-            // Checked before use: a changed object must not spread into DEST.
-            let src = if mode.shares_inode() && !force_copy {
-                self.store.checked_object(id, exec)?;
-                self.store.ensure_variant(id, exec)?
-            } else {
-                self.store.checked_object(id, exec)?
-            };
-            link::place(&self.probe, self.devs, mode, &src, target, exec, force_copy)?
+            let src = self.source(id, exec, mode.shares_inode() && !force_copy)?;
+            link::place(
+                &self.probe,
+                self.devs,
+                mode,
+                (&src, size),
+                dir,
+                at,
+                exec,
+                force_copy,
+            )?
         };
-        let meta = fs::metadata(target).ctx("stat", target)?;
-        Ok((method, (StatKey::of(&meta), *id)))
+        Ok((method, (stat, *id)))
+    }
+
+    /// The object's checked store path; `exact`: the variant with the entry's mode (a link
+    /// shares it), made from the other one where the store lacks it.
+    fn source(&self, id: &ObjectId, exec: bool, exact: bool) -> Result<PathBuf> {
+        let found = self
+            .sources
+            .get(&(*id, exec))
+            .ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?;
+        if exact && *found != self.store.object_path(id, exec) {
+            return Ok(self.store.ensure_variant(id, exec)?);
+        }
+        Ok(found.clone())
     }
 }
 

@@ -210,6 +210,38 @@ impl DirAt {
         rustix::fs::symlinkat(target, &self.fd, name).map_err(io_err)
     }
 
+    /// Create `name` here for writing, with `mode` (less the umask): a new file only, so
+    /// never through a symlink planted at the name.
+    pub fn create_file(&self, name: &str, mode: u32) -> io::Result<std::fs::File> {
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(mode))
+            .map(std::fs::File::from)
+            .map_err(io_err)
+    }
+
+    /// A hard link `name` here to the file at `src` (a store object's path).
+    pub fn link_from(&self, src: &Path, name: &str) -> io::Result<()> {
+        rustix::fs::linkat(rustix::fs::CWD, src, &self.fd, name, AtFlags::empty()).map_err(io_err)
+    }
+
+    /// A symlink `name` here pointing at `target` (a store object's path).
+    pub fn symlink_path(&self, target: &Path, name: &str) -> io::Result<()> {
+        rustix::fs::symlinkat(target, &self.fd, name).map_err(io_err)
+    }
+
+    /// The stat-cache key of `name` here (of what it points at, if `follow`).
+    pub fn stat_key(&self, name: &str, follow: bool) -> io::Result<crate::store::StatKey> {
+        let flags = if follow {
+            AtFlags::empty()
+        } else {
+            AtFlags::SYMLINK_NOFOLLOW
+        };
+        let st = rustix::fs::statx(&self.fd, name, flags, rustix::fs::StatxFlags::BASIC_STATS)
+            .map_err(io_err)?;
+        Ok(crate::store::StatKey::of_statx(&st))
+    }
+
     /// lstat of `name` in this folder: whether it is a folder.
     pub fn is_dir(&self, name: &str) -> io::Result<bool> {
         let st = rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)?;

@@ -178,28 +178,31 @@ impl Checker<'_> {
                 "executable bit differs",
             )));
         }
-        let shares_store_inode = self.same_inode_as_object(meta, node.id);
+        // Whether it is the store object's own inode matters only for a file that differs
+        // (two lstats): an intact file vouched for by the stat cache costs no call here.
         if meta.stat.size != node.size {
-            return Ok(Checked::plain(if shares_store_inode {
-                EntryState::StoreObjectChanged
-            } else {
-                EntryState::modified("size differs")
-            }));
+            return Ok(Checked::plain(
+                if self.same_inode_as_object(meta, node.id) {
+                    EntryState::StoreObjectChanged
+                } else {
+                    EntryState::modified("size differs")
+                },
+            ));
         }
         if cached == Some(*node.id) {
             return Ok(Checked::plain(EntryState::Ok));
         }
-        self.rehash(rel, meta, node.id, shares_store_inode)
+        self.rehash(rel, meta, node.id)
     }
 
     /// Hash the file: intact (and worth a stat-cache row), or changed, and if it shares the
     /// store object's inode, changed in the store too.
-    fn rehash(&self, rel: &str, meta: &Seen, id: &ObjectId, shares: bool) -> Result<Checked> {
+    fn rehash(&self, rel: &str, meta: &Seen, id: &ObjectId) -> Result<Checked> {
         let path = self.dest.join(rel);
         let (actual, _) = crate::store::b3_file(&path).ctx("read", &path)?;
         let (state, cache) = if actual == *id {
             (EntryState::Ok, Some((meta.stat, *id)))
-        } else if shares {
+        } else if self.same_inode_as_object(meta, id) {
             (EntryState::StoreObjectChanged, None)
         } else {
             (EntryState::modified("content differs"), None)

@@ -35,21 +35,3 @@ pub enum Error {
 }
 
 crate::error::error_support!(Error);
-
-impl Error {
-    /// The same error, naming `to` where it named `from` (a `/proc/self/fd/…` path that a
-    /// write went through is reported as the path in DEST).
-    pub(crate) fn naming(self, from: &std::path::Path, to: &std::path::Path) -> Error {
-        match self {
-            Error::Io(mut e) if e.path == from => {
-                e.path = to.to_path_buf();
-                Error::Io(e)
-            }
-            Error::BadInput(mut e) if e.path == from => {
-                e.path = to.to_path_buf();
-                Error::BadInput(e)
-            }
-            e => e,
-        }
-    }
-}

@@ -6,7 +6,9 @@
 //! A refusal that is about one file (EMLINK: too many links to that inode) falls back for that
 //! file only.
 
+use super::beneath::DirAt;
 use crate::place::error::{IoContext, Result};
+use crate::store::StatKey;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs;
@@ -192,11 +194,20 @@ impl Probe {
             .map(|m| m.contains(&key))
             .unwrap_or(false)
     }
-    fn refuse(&self, key: (u64, u64, Method)) {
+    fn refuse(&self, key: (u64, u64, Method), e: &io::Error) {
         if let Ok(mut m) = self.refused.lock() {
             if m.insert(key) {
+                // EPERM on a hardlink: the kernel's fs.protected_hardlinks refuses links to a
+                // file this user neither owns nor may write (a store owned by another user).
+                let why = if key.2 == Method::Hardlink
+                    && e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error())
+                {
+                    " (the store's files belong to another user: fs.protected_hardlinks)"
+                } else {
+                    ""
+                };
                 tracing::info!(
-                    "{:?} unsupported between devices {} and {}; falling back",
+                    "{:?} refused between devices {} and {}: {e}{why}; falling back",
                     key.2,
                     key.0,
                     key.1
@@ -231,27 +242,34 @@ fn is_emlink(e: &io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::MLINK.raw_os_error())
 }
 
-/// Create `dst` (which must not exist) holding the bytes of store object `src`.
+/// Create `name` in `dir` (which must not hold it) with the `len` bytes of store object `src`;
+/// returns the method used and the placed file's stat (the object's, for a symlink), for its
+/// stat-cache row.
 ///
-/// `src_exec` is the object's executable variant path when the entry is executable (needed
-/// for hardlink and symlink, whose mode is the object's). Copies and reflinks get mode 0644 or
-/// 0755 so the user can edit them.
+/// Everything happens relative to `dir`'s handle: one `linkat`, or one `openat` of the new
+/// file that is then cloned into (`FICLONE`) or copied into (`copy_file_range`), and one stat.
+/// No path of DEST is resolved again, and no `/proc/self/fd` path is walked per file.
+///
+/// `exec`: the entry is executable (`src` is then the executable variant where the method
+/// shares its inode). Copies and reflinks get mode 0644 or 0755 so the user can edit them.
 #[allow(clippy::too_many_arguments)]
 pub fn place(
     probe: &Probe,
     devs: (u64, u64),
     mode: LinkMode,
-    src: &Path,
-    dst: &Path,
+    (src, len): (&Path, u64),
+    dir: &DirAt,
+    name: &str,
     exec: bool,
     force_copy: bool,
-) -> Result<Method> {
+) -> Result<(Method, StatKey)> {
     let chain: &[Method] = if force_copy {
         &[Method::Reflink, Method::Copy]
     } else {
         mode.chain()
     };
     let file_mode = if exec { 0o755 } else { 0o644 };
+    let dst = dir.path().join(name);
     for (i, m) in chain.iter().enumerate() {
         let last = i + 1 == chain.len();
         let key = (devs.0, devs.1, *m);
@@ -259,24 +277,26 @@ pub fn place(
             continue;
         }
         let res = match m {
-            Method::Reflink => {
-                reflink_copy::reflink(src, dst).and_then(|()| chmod_nofollow(dst, file_mode))
-            }
-            Method::Hardlink => fs::hard_link(src, dst),
-            Method::Symlink => std::os::unix::fs::symlink(src, dst),
-            Method::Copy => copy_file(src, dst, file_mode),
+            Method::Reflink => write_at(src, (dir, name), (file_mode, len), true),
+            Method::Hardlink => dir
+                .link_from(src, name)
+                .and_then(|()| dir.stat_key(name, false)),
+            Method::Symlink => dir
+                .symlink_path(src, name)
+                .and_then(|()| dir.stat_key(name, true)),
+            Method::Copy => write_at(src, (dir, name), (file_mode, len), false),
         };
         match res {
-            Ok(()) => return Ok(*m),
+            Ok(stat) => return Ok((*m, stat)),
             Err(e) if !last && is_fallback(&e) => {
-                let _ = fs::remove_file(dst);
+                let _ = dir.unlink(name, false);
                 if !is_emlink(&e) {
-                    probe.refuse(key);
+                    probe.refuse(key, &e);
                 }
             }
             Err(e) => {
-                let _ = fs::remove_file(dst);
-                return Err(e).ctx(method_op(*m), dst);
+                let _ = dir.unlink(name, false);
+                return Err(e).ctx(method_op(*m), &dst);
             }
         }
     }
@@ -292,38 +312,81 @@ fn method_op(m: Method) -> &'static str {
     }
 }
 
-/// Set the mode of the file just created at `dst` through a handle, never through a symlink
-/// that may have replaced it since (chmod by path would follow one, and change a file
-/// elsewhere).
-fn chmod_nofollow(dst: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dst)?
-        .set_permissions(fs::Permissions::from_mode(mode))
+/// A new file `name` in `dir` with `mode`, holding `src`'s bytes: a copy-on-write clone
+/// (`reflink`), else a kernel copy (`copy_file_range`, through `io::copy`).
+fn write_at(
+    src: &Path,
+    (dir, name): (&DirAt, &str),
+    (mode, len): (u32, u64),
+    reflink: bool,
+) -> io::Result<StatKey> {
+    let from = fs::File::open(src)?;
+    let mut to = dir.create_file(name, mode)?;
+    if reflink {
+        rustix::fs::ioctl_ficlone(&to, &from).map_err(io::Error::from)?;
+    } else {
+        copy_bytes(&from, &mut to, len)?;
+    }
+    set_mode(&to, mode)?;
+    Ok(StatKey::of(&to.metadata()?))
 }
 
-/// Copy bytes (the kernel's copy_file_range where it can) into a new file with `mode`.
-fn copy_file(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut from = fs::File::open(src)?;
-    let mut to = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(dst)?;
-    io::copy(&mut from, &mut to)?;
-    // create_new's mode is masked by the umask; set it exactly.
-    to.set_permissions(fs::Permissions::from_mode(mode))
+/// Copy all of `from` into `to` with `copy_file_range` called directly: `io::copy` would
+/// first stat both files and read their flags (four calls a file). Falls back to `io::copy`
+/// where the kernel or the filesystems refuse it.
+/// `len` is the object's size: once that much is copied, no call is spent to find the end.
+fn copy_bytes(from: &fs::File, to: &mut fs::File, len: u64) -> io::Result<()> {
+    use rustix::io::Errno;
+    let mut copied = 0u64;
+    loop {
+        if copied == len && len > 0 {
+            return Ok(());
+        }
+        match rustix::fs::copy_file_range(from, None, &*to, None, 1 << 30) {
+            Ok(0) => return Ok(()),
+            Ok(n) => copied += n as u64,
+            Err(Errno::INTR) => {}
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP | Errno::PERM)
+                if copied == 0 =>
+            {
+                return io::copy(&mut &*from, to).map(|_| ());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
-/// Create an empty file (never linked: a hardlinked empty file is one inode shared by every
-/// `__init__.py` of every version, and one write breaks them all).
-pub fn create_empty(dst: &Path, exec: bool) -> Result<Method> {
+/// Give a file just created with `mode` exactly that mode: the umask masked it at creation,
+/// unless the umask takes none of its bits (the usual 022 and 002), which saves the call.
+fn set_mode(f: &fs::File, mode: u32) -> io::Result<()> {
+    if umask().is_some_and(|u| u & mode == 0) {
+        return Ok(());
+    }
+    f.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+/// The process's umask, read once from /proc (setting it to read it would race the other
+/// threads); `None` where /proc does not say.
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
+}
+
+/// Create an empty file `name` in `dir` (never linked: a hardlinked empty file is one inode
+/// shared by every `__init__.py` of every version, and one write breaks them all).
+pub fn create_empty(dir: &DirAt, name: &str, exec: bool) -> Result<(Method, StatKey)> {
     let mode = if exec { 0o755 } else { 0o644 };
-    copy_file(Path::new("/dev/null"), dst, mode).ctx("create", dst)?;
-    Ok(Method::Copy)
+    let make = || {
+        let f = dir.create_file(name, mode)?;
+        set_mode(&f, mode)?;
+        Ok(StatKey::of(&f.metadata()?))
+    };
+    let stat = make().ctx("create", &dir.path().join(name))?;
+    Ok((Method::Copy, stat))
 }
 
 #[cfg(test)]

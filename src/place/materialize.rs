@@ -11,7 +11,6 @@ use super::plan::{self, Dropped, PlanInput};
 use super::scan::scan;
 use crate::place::error::{Error, IoContext, Result};
 use crate::store::{Manifest, ObjectId, Store};
-use rayon::prelude::*;
 use std::fs;
 use std::path::Path;
 
@@ -116,9 +115,10 @@ impl<'a> Placement<'a> {
                 &read
             }
         };
-        check_placeable(store, self.tree, manifest)?;
-        // Writers' lock: gc must not delete the objects while we link them.
-        let _lock = store.lock_shared()?;
+        check_placeable(self.tree, manifest)?;
+        // gc must not delete the objects while we link them (a reader's lock: placing from a
+        // store this process may only read works).
+        let _lock = store.lock_reading()?;
         let dest = check_dest(store, self.dest, true)?;
         let beneath = super::beneath::Beneath::open(&dest)?;
         let previous = self.previous_marker(store, &dest)?;
@@ -167,12 +167,14 @@ impl<'a> Placement<'a> {
             edited: &edited,
             force: self.force,
         })?;
+        let sources = super::apply::sources(store, self.tree, manifest, &plan.write)?;
         Executor {
             store,
             tree: self.tree,
             dest: &dest,
             beneath: &beneath,
             policy: self.policy,
+            sources: &sources,
         }
         .execute(plan)
     }
@@ -219,27 +221,14 @@ fn has_files_besides_marker_temps(dest: &Path) -> Result<bool> {
     Ok(false)
 }
 
-/// Refuse a tree that lists the marker's name, or whose objects the store lacks.
-fn check_placeable(store: &Store, tree: &ObjectId, manifest: &Manifest) -> Result<()> {
+/// Refuse a tree that lists the marker's name (the objects are looked for with the plan:
+/// [`sources`](super::apply::sources)).
+fn check_placeable(tree: &ObjectId, manifest: &Manifest) -> Result<()> {
     if let Some(e) = manifest.entries.iter().find(|e| e.path == MARKER_NAME) {
         return Err(crate::store::Error::BadManifest {
             id: tree.to_string(),
             reason: format!("{:?} is reserved for the materialize marker", e.path),
         }
-        .into());
-    }
-    let missing: Vec<String> = manifest
-        .objects()
-        .into_par_iter()
-        .filter(|(id, _, _)| !store.has_object(id))
-        .map(|(id, _, _)| id.to_string())
-        .collect();
-    if !missing.is_empty() {
-        return Err(crate::store::Error::NotFound(format!(
-            "{} objects of tree {tree} (first: {})",
-            missing.len(),
-            missing[0]
-        ))
         .into());
     }
     Ok(())

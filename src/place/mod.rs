@@ -58,11 +58,18 @@ pub fn place_object(
     let top = beneath::Beneath::open(root)?;
     let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
     let dir = top.create_dirs(parent)?;
-    let devs = (
-        fs::metadata(&src).ctx("stat", &src)?.dev(),
-        dir.dev().ctx("stat", dir.path())?,
-    );
-    let at = dir.name_path(name);
-    link::place(&link::Probe::default(), devs, mode, &src, &at, false, false)
-        .map_err(|e| e.naming(&at, &dir.path().join(name)))
+    let meta = fs::metadata(&src).ctx("stat", &src)?;
+    let devs = (meta.dev(), dir.dev().ctx("stat", dir.path())?);
+    let probe = link::Probe::default();
+    let (method, _) = link::place(
+        &probe,
+        devs,
+        mode,
+        (&src, meta.len()),
+        &dir,
+        name,
+        false,
+        false,
+    )?;
+    Ok(method)
 }

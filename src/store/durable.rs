@@ -69,7 +69,7 @@ pub fn publish_no_replace(tmp: &Path, dest: &Path) -> Result<Published> {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && attempt == 0 => {
                 if let Some(parent) = dest.parent() {
-                    fs::create_dir_all(parent).ctx("create", parent)?;
+                    create_dirs(parent).ctx("create", parent)?;
                 }
             }
             Err(e) => {
@@ -106,11 +106,38 @@ pub fn publish_replace(tmp: &Path, dest: &Path) -> Result<()> {
     fs::rename(tmp, dest).ctx("replace", dest)
 }
 
+/// `create_dir_all`, except that a folder created in a setgid, group-writable folder (a
+/// group-shared store) is made group-writable too: the umask would leave it 0755 and lock the
+/// group's other members out of it. The setgid bit and the group come from the parent.
+pub fn create_dirs(path: &Path) -> io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dirs(parent)?;
+    }
+    match fs::create_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    const SETGID_GROUP_RWX: u32 = 0o2070;
+    let parent_mode = path
+        .parent()
+        .and_then(|p| fs::metadata(p).ok())
+        .map_or(0, |m| m.permissions().mode());
+    if parent_mode & SETGID_GROUP_RWX == SETGID_GROUP_RWX {
+        let mode = fs::metadata(path)?.permissions().mode() & 0o7777;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode | SETGID_GROUP_RWX))?;
+    }
+    Ok(())
+}
+
 /// Write `data` to `dest` atomically (temp in `dest`'s directory, fsync, rename). For small
 /// metadata files: markers, roots, aliases.
 pub fn write_file_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).ctx("create", dir)?;
+    create_dirs(dir).ctx("create", dir)?;
     let (mut f, tmp) = create_temp(dir)?;
     let res = (|| {
         f.write_all(data).ctx("write", &tmp)?;

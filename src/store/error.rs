@@ -45,6 +45,17 @@ pub enum Error {
     /// A bundle that is malformed, truncated or tampered with.
     #[error("bundle {}: {reason}", path.display())]
     Bundle { path: PathBuf, reason: String },
+    /// This process may not read, or may not write, the store: the reason names the store,
+    /// the user, the owner and the mode; `path` is what it was about to read or write.
+    /// `source` is an `io::Error` of kind `PermissionDenied`, so the CLI's exit code (and any
+    /// caller walking the chain) sees a missing permission whichever layer passed it on.
+    #[error("{reason} (needed for {})", path.display())]
+    Permission {
+        path: PathBuf,
+        reason: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The store directory is not usable as a store.
     #[error("store {}: {reason}", path.display())]
     Store { path: PathBuf, reason: String },

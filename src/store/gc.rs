@@ -346,7 +346,7 @@ impl Store {
                 let writer = tag_of(&name).map(|tag| {
                     *writers
                         .entry(tag.to_string())
-                        .or_insert_with(|| writer_state(self.root(), tag, !dry_run))
+                        .or_insert_with(|| self.writer_state(tag, !dry_run))
                 });
                 let leftover = match writer {
                     Some(Writer::Gone) => true,
@@ -363,11 +363,24 @@ impl Store {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if !writers.contains_key(&name) {
-                    writer_state(self.root(), &name, !dry_run);
+                    self.writer_state(&name, !dry_run);
                 }
             }
         }
+        if !dry_run && self.uses_locks() {
+            self.remove_stale_named_locks();
+        }
         Ok(n)
+    }
+
+    /// Whether a writer is alive. Without locks (`COMFYSTORE_NO_LOCKS`: they may not hold
+    /// across hosts) a free lock proves nothing, so only the temp file's age can tell.
+    fn writer_state(&self, tag: &str, remove: bool) -> Writer {
+        if self.uses_locks() {
+            writer_state(self.root(), tag, remove)
+        } else {
+            Writer::Unknown
+        }
     }
 }
 

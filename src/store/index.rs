@@ -51,6 +51,18 @@ impl StatKey {
         }
     }
 
+    /// From a `statx` (what std's `Metadata` is made of on Linux, so the two keys agree).
+    pub fn of_statx(s: &rustix::fs::Statx) -> StatKey {
+        let ns = |t: &rustix::fs::StatxTimestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
+        StatKey {
+            dev: libc::makedev(s.stx_dev_major, s.stx_dev_minor),
+            ino: s.stx_ino,
+            size: s.stx_size,
+            mtime_ns: ns(&s.stx_mtime),
+            ctime_ns: ns(&s.stx_ctime),
+        }
+    }
+
     /// Whether the file may still change without its timestamps moving: changed within 2 s
     /// (git's "racily clean" rule; some filesystems keep one-second timestamps).
     pub fn is_racy(&self, now: std::time::SystemTime) -> bool {
@@ -149,6 +161,12 @@ impl Index {
         let existed = path.exists();
         let db = match Self::open_db(path) {
             Ok(db) => db,
+            // Not corrupt, only not ours to open: never moved aside.
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if e.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                return Err(err(path, e));
+            }
             Err(
                 e @ (redb::DatabaseError::Storage(_) | redb::DatabaseError::UpgradeRequired(_)),
             ) => {

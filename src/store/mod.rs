@@ -8,6 +8,7 @@
 pub mod error;
 
 pub use error::{Error, Result};
+mod access;
 mod adopt;
 mod bundle;
 mod durable;
@@ -64,6 +65,10 @@ pub struct StoreOptions {
     pub index_path: Option<PathBuf>,
     /// Run without an index (every lookup goes to the files). For tests and broken indexes.
     pub no_index: bool,
+    /// Take no `flock` at all, as on a filesystem whose locks do not work (or do not hold
+    /// across hosts): safety then rests on content addressing, no-replace renames and gc's
+    /// grace period (store-layout.md, "Concurrency"). Also set by `COMFYSTORE_NO_LOCKS=1`.
+    pub no_locks: bool,
 }
 
 /// An open store.
@@ -78,6 +83,10 @@ pub struct Store {
     pending: std::sync::Mutex<Pending>,
     /// The lock that tells gc this handle's temp files are in use (taken on first use).
     writer: std::sync::OnceLock<Option<writer::WriterLock>>,
+    /// Whether to take `flock`s (false with [`StoreOptions::no_locks`]).
+    locks: bool,
+    /// Whether this process may write the store (`access.rs`).
+    access: access::Access,
 }
 
 #[derive(Default)]
@@ -111,19 +120,25 @@ impl Store {
         match fs::read_to_string(&marker) {
             Ok(text) => check_marker(&marker, &text)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => init_layout(&root)?,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(access::unreadable(&root, &marker))
+            }
             Err(e) => return Err(e).ctx("read", &marker),
         }
+        let access = access::Access::of(&root);
         let mut store = Store {
             root,
             index: None,
             reporter: crate::report::silent(),
             pending: Default::default(),
             writer: std::sync::OnceLock::new(),
+            locks: !(opts.no_locks || no_locks_env()),
+            access,
         };
         if !opts.no_index {
             let path = match &opts.index_path {
                 Some(p) => p.clone(),
-                None => default_index_path(&store.root)?,
+                None => default_index_path(&store.root, store.writable().is_ok())?,
             };
             store.index = Some(Index::open_or_rebuild(&path, &store)?);
         }
@@ -371,7 +386,12 @@ fn init_layout(root: &Path) -> Result<()> {
     // (`chmod 755`), after which `adopt` refuses files others cannot read.
     // A filesystem that ignores or refuses modes (some FUSE mounts) keeps its own: said, not
     // fatal.
-    {
+    // A folder made group-shared before first use (setgid: store-layout.md, "Permissions")
+    // keeps the mode its owner chose.
+    let group_shared = fs::metadata(root)
+        .map(|m| std::os::unix::fs::MetadataExt::mode(&m) & 0o2000 != 0)
+        .unwrap_or(false);
+    if !group_shared {
         use std::os::unix::fs::PermissionsExt;
         if let Err(e) = fs::set_permissions(root, fs::Permissions::from_mode(0o700)) {
             tracing::warn!(
@@ -383,25 +403,42 @@ fn init_layout(root: &Path) -> Result<()> {
     for dir in ["objects/b3", "trees/b3", "aliases/sha256"] {
         for shard in 0..=255u8 {
             let p = root.join(dir).join(format!("{shard:02x}"));
-            fs::create_dir_all(&p).ctx("create", &p)?;
+            durable::create_dirs(&p).ctx("create", &p)?;
         }
     }
     for dir in ["roots", "tmp", "quarantine", "locks"] {
         let p = root.join(dir);
-        fs::create_dir_all(&p).ctx("create", &p)?;
+        durable::create_dirs(&p).ctx("create", &p)?;
     }
     let body = format!("{{\"format\":\"{FORMAT}\"}}\n");
     durable::write_file_atomic(&root.join(MARKER), body.as_bytes(), 0o644)?;
     Ok(())
 }
 
+/// `COMFYSTORE_NO_LOCKS` set to a true value (what the CLI's `--no-locks` accepts: anything
+/// but empty, `0`, `false`, `no`, `off`).
+fn no_locks_env() -> bool {
+    std::env::var("COMFYSTORE_NO_LOCKS").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off"
+        )
+    })
+}
+
 /// `COMFYSTORE_INDEX` wins; a store on a network filesystem gets a per-host index on local disk
-/// (redb's locks and page cache are not validated across hosts); otherwise `<store>/index.redb`.
-fn default_index_path(root: &Path) -> Result<PathBuf> {
+/// (redb's locks and page cache are not validated across hosts), and so does one this process
+/// cannot write the index of (a read-only store, or a group-shared store's index made by
+/// another member); otherwise `<store>/index.redb`.
+fn default_index_path(root: &Path, writable: bool) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("COMFYSTORE_INDEX") {
         return Ok(PathBuf::from(p));
     }
-    if durable::is_network_fs(root) {
+    let in_store = root.join("index.redb");
+    let own_index_writable = writable
+        && (!in_store.exists()
+            || rustix::fs::access(&in_store, rustix::fs::Access::WRITE_OK).is_ok());
+    if durable::is_network_fs(root) || !own_index_writable {
         let cache = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))

@@ -112,6 +112,53 @@ impl Store {
         Err(last.unwrap_or_else(|| Error::NotFound(id.to_string())))
     }
 
+    /// [`Store::checked_object`] for many objects at once: one lstat each (the variant asked
+    /// for first, in parallel) and one index lookup for all of them, instead of a lookup per
+    /// object. `wants` are (id, exec, check): an object with `check` false is only looked for
+    /// (its path is returned unchecked); one the stat cache does not vouch for is rehashed as
+    /// [`Store::checked_object`] does. `None`: the store lacks it.
+    pub fn checked_objects(
+        &self,
+        wants: &[(ObjectId, bool, bool)],
+    ) -> Result<Vec<Option<PathBuf>>> {
+        use rayon::prelude::*;
+        let found: Vec<Option<(PathBuf, super::StatKey)>> = wants
+            .par_iter()
+            .map(|(id, exec, _)| {
+                for variant in [*exec, !*exec] {
+                    let path = self.object_path(id, variant);
+                    match fs::symlink_metadata(&path) {
+                        Ok(m) if m.is_file() => return Ok(Some((path, super::StatKey::of(&m)))),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e).ctx("stat", &path),
+                    }
+                }
+                Ok(None)
+            })
+            .collect::<Result<_>>()?;
+        let keys: Vec<super::StatKey> = wants
+            .iter()
+            .zip(&found)
+            .filter_map(|((_, _, check), f)| f.as_ref().filter(|_| *check).map(|(_, k)| *k))
+            .collect();
+        let mut vouched = match self.index() {
+            Some(index) => index.lookup_stats(&keys)?,
+            None => vec![None; keys.len()],
+        }
+        .into_iter();
+        wants
+            .iter()
+            .zip(found)
+            .map(|((id, exec, check), f)| match f {
+                None => Ok(None),
+                Some((path, _)) if !check => Ok(Some(path)),
+                Some((path, _)) if vouched.next().flatten() == Some(*id) => Ok(Some(path)),
+                Some(_) => self.checked_object(id, *exec).map(Some),
+            })
+            .collect()
+    }
+
     /// What is at an object's path: the object with `size` bytes (its mtime is refreshed for
     /// gc when old), nothing, or a damaged file (wrong size or type: a crash of a machine that
     /// skipped fsync can leave a short file) that the caller's verified bytes must replace.

@@ -56,9 +56,15 @@ impl Store {
     /// the content without the root. A caller that has just published the content must hold
     /// [`Store::lock_shared`] from before publishing until this returns; otherwise gc with a
     /// zero grace period may delete the content in between, and this returns `NotFound`.
+    ///
+    /// A root that already says exactly this is left alone (nothing written), so a worker
+    /// that may only read the store can still materialize a version another has registered.
     pub fn add_root(&self, name: &str, root: &Root) -> Result<()> {
-        let _lock = self.lock_shared()?;
         let path = self.root_path(name)?;
+        if self.read_root(name).ok().flatten().as_ref() == Some(root) {
+            return Ok(());
+        }
+        let _lock = self.lock_shared()?;
         self.flush_pending(false)?;
         for id in &root.ids {
             if !self.has_tree(id) && !self.has_object(id) {
@@ -69,6 +75,20 @@ impl Store {
             serde_json::to_vec_pretty(root).map_err(|e| Error::bad_input(&path, e.to_string()))?;
         body.push(b'\n');
         durable::write_file_atomic(&path, &body, 0o644)
+    }
+
+    /// [`Store::add_root`], except in a store this process may only read, where a root not
+    /// already there is left unwritten (said at info level): a reader cannot pin what it
+    /// uses, and must not fail for it. Whether it was written (or already there).
+    pub fn add_root_if_writable(&self, name: &str, root: &Root) -> Result<bool> {
+        match self.add_root(name, root) {
+            Ok(()) => Ok(true),
+            Err(e @ Error::Permission { .. }) => {
+                tracing::info!("root {name} not written: {e}");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The root called `name`, if there is one.
@@ -88,6 +108,7 @@ impl Store {
     /// Remove a root; false if there was none.
     pub fn remove_root(&self, name: &str) -> Result<bool> {
         let path = self.root_path(name)?;
+        self.writable_for(&path)?;
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

@@ -27,7 +27,7 @@ impl Store {
         if dest.exists() {
             return Ok(());
         }
-        fs::create_dir_all(&shard).ctx("create", &shard)?;
+        super::durable::create_dirs(&shard).ctx("create", &shard)?;
         let (mut f, tmp) = self.create_temp()?;
         if let Err(e) = f
             .write_all(format!("{url}\n").as_bytes())

@@ -330,6 +330,17 @@ impl Store {
             id: "(new tree)".into(),
             reason,
         })?;
+        let canonical = manifest.to_canonical();
+        let id = ObjectId(*blake3::hash(&canonical).as_bytes());
+        let dest = self.tree_path(&id);
+        // Stored before, so checked before: a materialize composes the same version tree every
+        // run, and checking its 25k objects again cost a stat each.
+        if let Ok(m) = fs::symlink_metadata(&dest) {
+            // (What this handle put is still made durable and indexed, as below.)
+            self.flush_pending(false)?;
+            durable::freshen(&dest, m.modified().unwrap_or(std::time::UNIX_EPOCH));
+            return Ok((id, false));
+        }
         // A tree never gives a file a size its stored object does not have (it could never be
         // materialized correctly: every run would "repair" the file again).
         for e in &manifest.entries {
@@ -364,13 +375,6 @@ impl Store {
         }
         // The objects it names: durable and in the index before the tree is.
         self.flush_pending(false)?;
-        let canonical = manifest.to_canonical();
-        let id = ObjectId(*blake3::hash(&canonical).as_bytes());
-        let dest = self.tree_path(&id);
-        if let Ok(m) = fs::symlink_metadata(&dest) {
-            durable::freshen(&dest, m.modified().unwrap_or(std::time::UNIX_EPOCH));
-            return Ok((id, false));
-        }
         let mut body = canonical;
         if body.len() > COMPRESS_OVER {
             if let Ok(z) = zstd::bulk::compress(&body, 3) {

@@ -52,7 +52,9 @@ pub(crate) enum Writer {
 /// can be locked belongs to a writer that is gone (and is removed with `remove`).
 pub(crate) fn writer_state(store_root: &Path, tag: &str, remove: bool) -> Writer {
     let path = writers_dir(store_root).join(tag);
-    let f = match OpenOptions::new().read(true).write(true).open(&path) {
+    // Read-only: in a group-shared store the file may be another member's (`flock` needs no
+    // write access).
+    let f = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Writer::Gone,
         Err(_) => return Writer::Unknown,
@@ -72,6 +74,9 @@ pub(crate) fn writer_state(store_root: &Path, tag: &str, remove: bool) -> Writer
 impl Store {
     /// This handle's writer lock, taken on first use; `None` where locks do not work.
     fn writer(&self) -> Option<&WriterLock> {
+        if !self.uses_locks() {
+            return None;
+        }
         self.writer
             .get_or_init(|| match take_writer_lock(self.root()) {
                 Ok(w) => w,
@@ -85,6 +90,7 @@ impl Store {
 
     /// A fresh temp file in `tmp/`, named for this writer so gc knows when it is gone.
     pub(crate) fn create_temp(&self) -> Result<(File, PathBuf)> {
+        self.writable_for(&self.tmp_dir())?;
         let prefix = match self.writer() {
             Some(w) => format!("{TEMP_PREFIX}w{}-", w.tag),
             None => TEMP_PREFIX.to_string(),
@@ -95,7 +101,7 @@ impl Store {
 
 fn take_writer_lock(root: &Path) -> Result<Option<WriterLock>> {
     let dir = writers_dir(root);
-    fs::create_dir_all(&dir).ctx("create", &dir)?;
+    super::durable::create_dirs(&dir).ctx("create", &dir)?;
     let tag = durable::unique_name("")[..16].to_string();
     let path = dir.join(&tag);
     let f = OpenOptions::new()

@@ -374,6 +374,11 @@ impl Worker {
         let Some(store) = &self.store else {
             return false;
         };
+        // A worker on a store it may only read (store-layout.md, "Permissions") keeps its
+        // outputs in the answer alone.
+        if store.writable().is_err() {
+            return false;
+        }
         let put = store
             .put_bytes(bytes, false, true)
             .and_then(|p| store.record_object(&p).map(|()| p));

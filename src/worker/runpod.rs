@@ -287,13 +287,7 @@ impl Pace {
     /// One more failure: how long to wait before the next poll.
     fn failed(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        let base = Duration::from_secs(1)
-            .saturating_mul(1u32 << self.failures.saturating_sub(1).min(16))
-            .min(BACKOFF_CAP);
-        let mut r = [0u8; 2];
-        let _ = getrandom::fill(&mut r);
-        let frac = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX);
-        base.mul_f64(0.5 + 0.5 * frac)
+        crate::backoff::jittered(Duration::from_secs(1), self.failures, BACKOFF_CAP)
     }
 }
 

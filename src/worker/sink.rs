@@ -145,10 +145,10 @@ impl Gcs {
         }
     }
 
-    fn url(&self, object: &str) -> Result<String, gcs::Error> {
+    async fn url(&self, object: &str) -> Result<String, gcs::Error> {
         match self.opts.url {
             GcsUrl::Public => Ok(self.client.public_url(object)),
-            GcsUrl::Signed(ttl) => self.client.signed_url(object, ttl),
+            GcsUrl::Signed(ttl) => self.client.signed_url(object, ttl).await,
         }
     }
 }
@@ -156,13 +156,13 @@ impl Gcs {
 impl Sink for Gcs {
     fn deliver(&self, f: &Produced) -> Result<Delivered, SinkError> {
         let object = self.object_name(f.job_id, f.filename);
-        let put = self.rt.block_on(self.client.put(
-            &object,
-            f.bytes,
-            gcs::content_type(f.filename),
-            f.sha256,
-        ));
-        let failed = match put.and_then(|_| self.url(&object)) {
+        let uploaded = self.rt.block_on(async {
+            self.client
+                .put(&object, f.bytes, gcs::content_type(f.filename), f.sha256)
+                .await?;
+            self.url(&object).await
+        });
+        let failed = match uploaded {
             Ok(url) => {
                 return Ok(OutputFile {
                     filename: f.filename.to_string(),

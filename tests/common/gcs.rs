@@ -225,6 +225,11 @@ struct FrontState {
     /// Upload requests let through before the faults begin.
     pass_first: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
+    /// Transfers (uploads, `alt=media` downloads) wait, up to 2 s, until this many are in
+    /// flight together (0: they do not wait).
+    meet: AtomicUsize,
+    together: AtomicUsize,
+    most_together: AtomicUsize,
 }
 
 /// The proxy in front of the emulator; stops on drop.
@@ -253,6 +258,9 @@ impl Front {
             fail_status,
             pass_first: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
+            meet: AtomicUsize::new(0),
+            together: AtomicUsize::new(0),
+            most_together: AtomicUsize::new(0),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -278,6 +286,19 @@ impl Front {
     /// Let the first `n` upload requests through before the faults begin.
     pub fn pass_first(&self, n: usize) {
         self.state.pass_first.store(n, Ordering::SeqCst);
+    }
+
+    /// Make transfers wait (up to 2 s each) until `n` are in flight together, so a client
+    /// that runs them concurrently is seen doing so; the count of the most seen so far is
+    /// reset.
+    pub fn meet(&self, n: usize) {
+        self.state.most_together.store(0, Ordering::SeqCst);
+        self.state.meet.store(n, Ordering::SeqCst);
+    }
+
+    /// The most transfers that were in flight together since [`Front::meet`].
+    pub fn most_together(&self) -> usize {
+        self.state.most_together.load(Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -343,6 +364,15 @@ fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> std::io:
     s.write_all(head.as_bytes())?;
     s.write_all(body)?;
     s.flush()
+}
+
+/// One transfer in flight through the front, counted until it is answered.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn serve(mut s: TcpStream, st: &FrontState) -> std::io::Result<()> {
@@ -417,6 +447,18 @@ fn serve(mut s: TcpStream, st: &FrontState) -> std::io::Result<()> {
             );
         }
     }
+    let meet = st.meet.load(Ordering::SeqCst);
+    let _transfer = (meet > 0 && (target.starts_with("/upload/") || target.contains("alt=media")))
+        .then(|| {
+            let now = st.together.fetch_add(1, Ordering::SeqCst) + 1;
+            st.most_together.fetch_max(now, Ordering::SeqCst);
+            let t = Instant::now();
+            while st.together.load(Ordering::SeqCst) < meet && t.elapsed() < Duration::from_secs(2)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            InFlight(&st.together)
+        });
     // To the emulator, as received (its Host kept, so a resumable session comes back here).
     let mut up = TcpStream::connect(("127.0.0.1", st.upstream))?;
     let mut head = format!("{method} {target} HTTP/1.1\r\n");

@@ -49,5 +49,29 @@ pub fn try_request(
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other("no HTTP status"))?;
-    Ok((status, all[split + 4..].to_vec()))
+    let head = String::from_utf8_lossy(&all[..split]).to_ascii_lowercase();
+    let body = &all[split + 4..];
+    if head.contains("\r\ntransfer-encoding: chunked") {
+        return Ok((status, dechunk(body)?));
+    }
+    Ok((status, body.to_vec()))
+}
+
+/// The body of a `Transfer-Encoding: chunked` answer (Go servers send one past 2 KiB).
+fn dechunk(mut rest: &[u8]) -> std::io::Result<Vec<u8>> {
+    let bad = || std::io::Error::other("bad chunked body");
+    let mut out = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
+        let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| bad())?;
+        let size_hex = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16).map_err(|_| bad())?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest.get(..size).ok_or_else(bad)?;
+        out.extend_from_slice(chunk);
+        rest = rest.get(size + 2..).ok_or_else(bad)?;
+    }
 }
