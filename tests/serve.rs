@@ -1444,11 +1444,12 @@ fn a_worker_with_an_empty_store_fills_it_from_the_bucket_and_answers() {
     let fsck = common::run(&b, &["fsck"]);
     assert!(fsck.status.success(), "fsck: {}", describe(&fsck));
 
-    // A second start on the same store (a fresh DEST): nothing comes down.
+    // A second start on the same store (a fresh DEST): the bucket is not even asked.
     let mut w = Setup::start(opts("second"));
     let rec = w.result("second", Duration::from_secs(30));
     let (f, _) = one_image(body(&rec));
     assert_eq!(f["sha256"], want.as_str(), "{}", w.report());
     let second = front.seen()[first.len()..].to_vec();
     assert_eq!(downloads(&second), 0, "downloaded again: {second:#?}");
+    assert!(second.is_empty(), "the bucket was asked again: {second:#?}");
 }

@@ -14,26 +14,30 @@
 #                                       when hyperfine is installed)
 #
 # The emulator appends every chunk of a resumable upload to what it has and rehashes the whole
-# (fake-gcs-server 1.54): a push in 16 MiB chunks costs it O(size^2), about 10 minutes for
-# 2 GiB here. So the 2 GiB push runs with GCS_CHUNK_MB=1024 (two requests; curl sends one), and
+# (fake-gcs-server 1.54): a push in 16 MiB chunks costs it O(size^2) (512 MiB took 14 s of its
+# CPU here, so 2 GiB would take some 230 s). So the 2 GiB push runs with GCS_CHUNK_MB=1024 (two requests; curl sends one), and
 # the chunk cost is shown apart: one push each of SCALE_MIB sizes at the default 16 MiB chunks.
 # The pulls are also timed against curl followed by `sync -f`: comfystore's pull publishes each
 # object durably (fdatasync), curl alone does not.
 #
-# RUNS (3), BIG_MIB (2048), FILES (20000), JOBS (4: comfystore's --remote-jobs default and
+# RUNS (3; TREE_RUNS for the tree's push and pull), BIG_MIB (2048), FILES (20000), JOBS (4: comfystore's --remote-jobs default and
 # xargs -P), CHUNK_MB (16: GCS_CHUNK_MB, comfystore's default; the tree and the scaling runs),
-# BIG_CHUNK_MB (1024: the 2 GiB push), SCALE_MIB ("128 256 512") change the shape. Results
+# BIG_CHUNK_MB (1024: the 2 GiB push), SCALE_MIB ("128 256 512") change the shape; CASES (all:
+# push-big push-tree scaling pull-big pull-tree pull-nothing) picks the comparisons. Results
 # (hyperfine JSON and text, emulator CPU, noise, summary) go to target/bench-results/gcs-<time>.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 WORK=${1:-/tmp/comfystore-gcsbench}
 RUNS=${RUNS:-3}
+TREE_RUNS=${TREE_RUNS:-$RUNS}
 BIG_MIB=${BIG_MIB:-2048}
 FILES=${FILES:-20000}
 JOBS=${JOBS:-4}
 CHUNK_MB=${CHUNK_MB:-16}
 BIG_CHUNK_MB=${BIG_CHUNK_MB:-1024}
 SCALE_MIB=${SCALE_MIB:-128 256 512}
+CASES=${CASES:-push-big push-tree scaling pull-big pull-tree pull-nothing}
+want() { [[ " $CASES " == *" $1 "* ]]; }
 NAME=gcs
 QUIET_WAIT=${QUIET_WAIT:-60}
 . "$REPO/scripts/bench/lib.sh"
@@ -135,7 +139,7 @@ hf() {
     local name=$1; shift
     wait_quiet; noise_start
     : >"$WORK/emu-cpu.txt"
-    hyperfine -r "$RUNS" --export-json "$RESULTS/$name.json" "$@" | tee "$RESULTS/$name.txt"
+    hyperfine -r "${R:-$RUNS}" --export-json "$RESULTS/$name.json" "$@" | tee "$RESULTS/$name.txt"
     "$WORK/emu-ticks.sh"
     cp "$WORK/emu-cpu.txt" "$RESULTS/$name-emu-cpu.txt"
     noise_end "$name"
@@ -144,16 +148,16 @@ T=$WORK/emu-ticks.sh
 
 # Push: a fresh emulator each run.
 "$WORK/emu.sh"
-hf push-big -p "$T; $WORK/emu.sh" \
+want push-big && hf push-big -p "$T; $WORK/emu.sh" \
     -n "curl media upload" "curl -sSf -X POST -H 'Content-Type: application/octet-stream' -T $WORK/big.bin '$BASE/upload/storage/v1/b/$BUCKET/o?uploadType=media&name=curl%2Fbig' >/dev/null" \
     -n "comfystore push (GCS_CHUNK_MB=$BIG_CHUNK_MB)" "GCS_CHUNK_MB=$BIG_CHUNK_MB $BIN --store $WORK/store-big -q push gs://$BUCKET/cs $BIG --remote-jobs $JOBS"
-hf push-tree -p "$T; $WORK/emu.sh" \
+want push-tree && R=$TREE_RUNS hf push-tree -p "$T; $WORK/emu.sh" \
     -n "curl media uploads (xargs -P $JOBS)" "xargs -a $WORK/tree-objects.txt -d '\\n' -P $JOBS -n 200 $WORK/curl-up.sh" \
     -n "comfystore push" "$BIN --store $WORK/store-tree -q push gs://$BUCKET/cs $TREE --remote-jobs $JOBS"
 
 # The emulator's cost per chunk: one push each of the first SCALE_MIB of the big file, at
 # GCS_CHUNK_MB=$CHUNK_MB, each into a fresh emulator.
-for mib in $SCALE_MIB; do
+want scaling && for mib in $SCALE_MIB; do
     head -c $((mib << 20)) "$WORK/big.bin" >"$WORK/part.bin"
     rm -rf "$WORK/store-part"
     id=$("$BIN" --store "$WORK/store-part" --json add "$WORK/part.bin" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["report"]["id"])')
@@ -171,35 +175,43 @@ rm -rf "$WORK/part.bin" "$WORK/store-part"
 
 # Pull: one emulator holding both, pushed once.
 "$WORK/emu.sh"
-"$BIN" --store "$WORK/store-big" -q push "gs://$BUCKET/cs" "$BIG"
+want pull-big && "$BIN" --store "$WORK/store-big" -q push "gs://$BUCKET/cs" "$BIG"
 "$BIN" --store "$WORK/store-tree" -q push "gs://$BUCKET/cs" "$TREE"
 M=$WORK/pulled
-hf pull-big \
+want pull-big && hf pull-big \
     -p "rm -rf $M; mkdir -p $M; $T" -n "curl alt=media" "curl -sSf -o $M/big.bin '$BASE/storage/v1/b/$BUCKET/o/${BIG_NAME//\//%2F}?alt=media'" \
     -p "rm -rf $M; mkdir -p $M; $T" -n "curl alt=media && sync" "curl -sSf -o $M/big.bin '$BASE/storage/v1/b/$BUCKET/o/${BIG_NAME//\//%2F}?alt=media' && sync -f $M/big.bin" \
     -p "rm -rf $M; $T" -n "comfystore pull" "$BIN --store $M/store -q pull gs://$BUCKET/cs $BIG --remote-jobs $JOBS"
-hf pull-tree \
+want pull-tree && R=$TREE_RUNS hf pull-tree \
     -p "rm -rf $M; mkdir -p $M; $T" -n "curl alt=media (xargs -P $JOBS)" "xargs -a $WORK/tree-names.txt -d '\\n' -P $JOBS -n 200 $WORK/curl-down.sh $M" \
     -p "rm -rf $M; mkdir -p $M; $T" -n "curl alt=media (xargs -P $JOBS) && sync" "xargs -a $WORK/tree-names.txt -d '\\n' -P $JOBS -n 200 $WORK/curl-down.sh $M && sync -f $M" \
     -p "rm -rf $M; $T" -n "comfystore pull" "$BIN --store $M/store -q pull gs://$BUCKET/cs $TREE --remote-jobs $JOBS"
+# A pull with nothing to fetch (the last run above left the tree in $M/store): what listing the
+# whole prefix (the 2 GiB object and the tree's objects) costs every pull and every --remote.
+want pull-nothing && hf pull-nothing -p "$T" -n "comfystore pull (nothing to fetch)" "$BIN --store $M/store -q pull gs://$BUCKET/cs $TREE --remote-jobs $JOBS"
 rm -rf "$M"
 
-python3 - "$RESULTS" "$BIG_MIB" "$TREE_BYTES" "$(getconf CLK_TCK)" "$RUNS" <<'PY' | tee "$RESULTS/summary.txt"
+python3 - "$RESULTS" "$BIG_MIB" "$TREE_BYTES" "$(getconf CLK_TCK)" <<'PY' | tee "$RESULTS/summary.txt"
 import json, statistics, sys
-res, big_mib, tree_bytes, hz, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+res, big_mib, tree_bytes, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 for case, size in [("push-big", big_mib << 20), ("push-tree", tree_bytes),
-                   ("pull-big", big_mib << 20), ("pull-tree", tree_bytes)]:
-    runs = json.load(open(f"{res}/{case}.json"))["results"]
+                   ("pull-big", big_mib << 20), ("pull-tree", tree_bytes), ("pull-nothing", 0)]:
+    try:
+        runs = json.load(open(f"{res}/{case}.json"))["results"]
+    except FileNotFoundError:
+        continue
     ticks = [int(l) for l in open(f"{res}/{case}-emu-cpu.txt") if l.strip()]
     # push: each reading after the first is one run's emulator life; pull: differences.
     per_run = ticks[1:] if case.startswith("push") else [b - a for a, b in zip(ticks, ticks[1:])]
-    curl = next(r for r in runs if r["command"].startswith("curl"))
+    n = len(runs[0]["times"])
+    curl = next((r for r in runs if r["command"].startswith("curl")), None)
     for i, r in enumerate(runs):
         emu = per_run[i * n:(i + 1) * n]
         emu_s = f"{statistics.median(emu) / hz:6.2f} s" if len(emu) == n else "   n/a"
-        print(f"{case:9s} {r['command']:44s} median {r['median']:7.2f} s (min {min(r['times']):6.2f}, "
-              f"max {max(r['times']):6.2f})  {size / r['median'] / 2**20:6.1f} MiB/s  "
-              f"vs curl {r['median'] / curl['median']:5.2f}x  client CPU {r['user'] + r['system']:6.2f} s  "
+        rate = f"{size / r['median'] / 2**20:6.1f} MiB/s" if size else "           "
+        ratio = f"vs curl {r['median'] / curl['median']:5.2f}x" if curl else "             "
+        print(f"{case:12s} {r['command']:44s} median {r['median']:7.2f} s (min {min(r['times']):6.2f}, "
+              f"max {max(r['times']):6.2f})  {rate}  {ratio}  client CPU {r['user'] + r['system']:6.2f} s  "
               f"emulator CPU {emu_s}")
 PY
-tee -a "$RESULTS/summary.txt" <"$RESULTS/chunk-scaling.txt"
+[ ! -f "$RESULTS/chunk-scaling.txt" ] || tee -a "$RESULTS/summary.txt" <"$RESULTS/chunk-scaling.txt"
