@@ -807,3 +807,54 @@ fn parallel_ranges_fall_back_to_one_stream() {
     assert_eq!(reqs.len(), 1, "{reqs:#?}");
     assert_eq!(reqs[0].header("range"), None);
 }
+
+/// Two processes on one store (workers on one network volume) download the same file at
+/// once: one GET. The second waits for the first's download lock and finds the file stored;
+/// both succeed with the same object. (docker/test.sh checks the same across two containers.)
+#[test]
+fn two_processes_download_once() {
+    let (_t, store) = fresh();
+    assert_eq!(cli(&store, &["stats"], &[]).status.code(), Some(0));
+    let srv = TestServer::start();
+    let data = pseudo_random(11, 256 * 1024);
+    // The last 10 bytes one every 150 ms: the second process asks while the first downloads.
+    srv.add(
+        "/shared.bin",
+        data.clone(),
+        Behavior::Trickle {
+            first: data.len() - 10,
+            delay_ms: 150,
+            times: 1,
+        },
+    );
+    let url = srv.url("/shared.bin");
+    let sha = sha256_hex(&data);
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    cli(
+                        &store,
+                        &["--json", "add-url", &url, "--sha256", &sha],
+                        &[("RUST_LOG", Some(OsStr::new("info")))],
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let mut ids = Vec::new();
+    for out in &outs {
+        assert_eq!(out.status.code(), Some(0), "{}", describe(out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push(v["id"].clone());
+    }
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(
+        gets(&srv.requests_for("/shared.bin")).len(),
+        1,
+        "{:#?}",
+        srv.requests()
+    );
+    assert_stored(&store, &data);
+}
