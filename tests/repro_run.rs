@@ -94,18 +94,7 @@ impl Env {
     /// tag `name`; the lockfile's path.
     fn version(&self, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
         let comfy = self.p(name);
-        fs::create_dir_all(&comfy).unwrap();
-        fs::write(
-            comfy.join("main.py"),
-            edit(fs::read_to_string(FAKE).unwrap()),
-        )
-        .unwrap();
-        let out = python_cmd(python3())
-            .args(["-m", "venv", "--without-pip"])
-            .arg(comfy.join("venv"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "venv: {}", describe(&out));
+        common::fake_comfy_folder(&comfy, edit(fs::read_to_string(FAKE).unwrap()).as_bytes());
         let lock = self.p(&format!("{name}.lock.json"));
         let out = self.cs(&["lock", s(&comfy), "--tag", name, "-o", s(&lock)]);
         assert_eq!(code(&out), 0, "lock: {}", describe(&out));

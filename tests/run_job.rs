@@ -58,14 +58,7 @@ impl Env {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().canonicalize().unwrap();
         let dest = dir.join("dest");
-        fs::create_dir_all(&dest).unwrap();
-        fs::copy(FAKE, dest.join("main.py")).unwrap();
-        let out = python_cmd(python3())
-            .args(["-m", "venv", "--without-pip"])
-            .arg(dest.join("venv"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "venv: {}", describe(&out));
+        common::fake_comfy_folder(&dest, &fs::read(FAKE).unwrap());
         Env {
             _tmp: tmp,
             store: dir.join("store"),

@@ -140,14 +140,7 @@ impl Setup {
         let dir = tmp.path().canonicalize().unwrap();
         let dest = dir.join("dest");
         if !opts.no_version {
-            fs::create_dir_all(&dest).unwrap();
-            fs::copy(FAKE_COMFY, dest.join("main.py")).unwrap();
-            let out = python_cmd(python3())
-                .args(["-m", "venv", "--without-pip"])
-                .arg(dest.join("venv"))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "venv: {}", describe(&out));
+            common::fake_comfy_folder(&dest, &fs::read(FAKE_COMFY).unwrap());
         }
 
         // The fake job server.

@@ -159,3 +159,15 @@ pub fn cannot_run(test: &str, why: &str) {
     );
     eprintln!("NOT RUN {test}: {why}");
 }
+
+/// A version folder the worker can run: `main_py` (the fake ComfyUI, as it is or edited) as its
+/// `main.py`, and a venv without pip for it to run in.
+pub fn fake_comfy_folder(dir: &Path, main_py: &[u8]) {
+    write(&dir.join("main.py"), main_py);
+    let out = pyindex::python_cmd(pyindex::python3())
+        .args(["-m", "venv", "--without-pip"])
+        .arg(dir.join("venv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "venv: {}", describe(&out));
+}
