@@ -15,7 +15,7 @@
 mod common;
 
 use common::net::{free_port, listening};
-use common::pyindex::{python3, python_cmd, scrubbed_vars};
+use common::pyindex::scrubbed_vars;
 use common::{code, describe, parse, run_env, s, sha256_hex, stderr, stdout, NETWORK_ENV};
 use serde_json::{json, Value};
 use std::ffi::OsStr;
