@@ -80,3 +80,27 @@ impl<R: Read> Read for ProgressRead<'_, R> {
         Ok(n)
     }
 }
+
+/// A writer that counts what passes through it on a [`Progress`]: a download's bytes as they
+/// land, not once the whole file is in.
+pub struct ProgressWrite<'a, W> {
+    inner: W,
+    progress: &'a dyn Progress,
+}
+
+impl<'a, W: std::io::Write> ProgressWrite<'a, W> {
+    pub fn new(inner: W, progress: &'a dyn Progress) -> Self {
+        ProgressWrite { inner, progress }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for ProgressWrite<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

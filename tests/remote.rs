@@ -686,3 +686,44 @@ fn a_tampered_manifest_in_the_bucket_is_refused() {
     assert!(report["failed"].to_string().contains(&tree), "{report}");
     assert!(!common::run(&b, &["ls", &tree]).status.success());
 }
+
+/// `pull` counts an 80 MiB object's bytes as they land, not once it is in (issue 19's honest
+/// progress).
+#[test]
+fn pull_counts_a_big_objects_bytes_as_they_arrive() {
+    let Some(emu) = emulator("pull_counts_a_big_objects_bytes_as_they_arrive") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("store-a");
+    let big = tmp.path().join("model.safetensors");
+    let block = common::comfy::pseudo_random(17, 1 << 20);
+    write(
+        &big,
+        &block
+            .iter()
+            .copied()
+            .cycle()
+            .take(80 << 20)
+            .collect::<Vec<u8>>(),
+    );
+    let id = common::json(&a, &["add", s(&big)])[0]["report"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let host = format!("127.0.0.1:{}", emu.port);
+    let envs: [(&str, Option<&OsStr>); 3] = [
+        ("STORAGE_EMULATOR_HOST", Some(OsStr::new(&host))),
+        ("GOOGLE_APPLICATION_CREDENTIALS", None),
+        // One request for the whole object: the emulator rehashes a growing object per chunk.
+        ("GCS_CHUNK_MB", Some(OsStr::new("128"))),
+    ];
+    let out = common::run_env(&a, &["push", &remote(), &id], &envs);
+    assert!(out.status.success(), "push: {}", common::describe(&out));
+    common::moves_with_the_bytes(
+        &tmp.path().join("store-b"),
+        &["pull", &remote(), &id],
+        &envs,
+        "pull",
+    );
+}

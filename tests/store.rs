@@ -626,59 +626,6 @@ fn a_big_file_is_counted_in_bytes_as_it_is_read() {
     assert_eq!((hashing.1, hashing.2), (Some(73_000), 73_000), "{seen:?}");
 }
 
-/// The progress counts `COMFYSTORE_PROGRESS_LOG` recorded: (label, total, positions before
-/// done) of every bar of at least `min` bytes.
-fn big_bars(log: &Path, min: u64) -> Vec<(String, u64, Vec<u64>)> {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let mut bars: std::collections::BTreeMap<u64, (String, u64, Vec<u64>)> = Default::default();
-    for line in text.lines() {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-        let Some(total) = v["total"].as_u64().filter(|t| *t >= min) else {
-            continue;
-        };
-        if v["unit"] == "items" {
-            continue;
-        }
-        let bar = bars
-            .entry(v["bar"].as_u64().unwrap())
-            .or_insert_with(|| (v["label"].as_str().unwrap().to_string(), total, Vec::new()));
-        if v["done"] == false {
-            bar.2.push(v["pos"].as_u64().unwrap());
-        }
-    }
-    bars.into_values().collect()
-}
-
-/// Run `args` with a progress log; every byte bar of the 80 MiB file must have been seen
-/// between a quarter and three quarters of its total before it finished (a bar that moves once
-/// per file jumps from 0 to done), and at least one bar named `label` must exist.
-fn moves_with_the_bytes(store: &Path, args: &[&str], label: &str) {
-    let t = tempfile::tempdir().unwrap();
-    let log = t.path().join("progress.jsonl");
-    let out = common::run_env(
-        store,
-        args,
-        &[("COMFYSTORE_PROGRESS_LOG", Some(log.as_os_str()))],
-    );
-    assert!(out.status.success(), "{args:?}: {}", common::describe(&out));
-    if args.contains(&"--json") {
-        let _: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("{args:?} --json is not clean JSON with a progress log: {e}")
-        });
-    }
-    let bars = big_bars(&log, 64 << 20);
-    assert!(
-        bars.iter().any(|(l, _, _)| l.contains(label)),
-        "{args:?}: no byte bar named {label:?} among {bars:?}"
-    );
-    for (l, total, seen) in &bars {
-        assert!(
-            seen.iter().any(|p| *p >= total / 4 && *p <= total / 4 * 3),
-            "{args:?}: bar {l:?} of {total} bytes was never seen in its middle half: {seen:?}"
-        );
-    }
-}
-
 /// Issue 19's "honest progress": add, fsck, export, import and a download each count an 80 MiB
 /// file's bytes as they move, through the command line's real reporter.
 #[test]
@@ -689,32 +636,36 @@ fn long_operations_count_a_big_files_bytes_as_they_move() {
     let block = common::comfy::pseudo_random(19, 1 << 20);
     let data: Vec<u8> = block.iter().copied().cycle().take(80 << 20).collect();
     write(&big, &data);
-    moves_with_the_bytes(
+    common::moves_with_the_bytes(
         &store,
         &["--json", "add", big.to_str().unwrap()],
+        &[],
         "model.safetensors",
     );
     let id = json(&store, &["add", big.to_str().unwrap()])[0]["report"]["id"]
         .as_str()
         .map(String::from)
         .unwrap_or_else(|| panic!("no id"));
-    moves_with_the_bytes(&store, &["fsck"], "fsck");
+    common::moves_with_the_bytes(&store, &["fsck"], &[], "fsck");
     let bundle = t.path().join("b.tar.zst");
-    moves_with_the_bytes(
+    common::moves_with_the_bytes(
         &store,
         &["export", &id, "-o", bundle.to_str().unwrap()],
+        &[],
         "export",
     );
-    moves_with_the_bytes(
+    common::moves_with_the_bytes(
         &t.path().join("store2"),
         &["import", bundle.to_str().unwrap()],
+        &[],
         "import",
     );
     let server = common::http::TestServer::start();
     server.add("/m.bin", data, common::http::Behavior::Normal);
-    moves_with_the_bytes(
+    common::moves_with_the_bytes(
         &t.path().join("store3"),
         &["add-url", &server.url("/m.bin")],
+        &[],
         "m.bin",
     );
 }

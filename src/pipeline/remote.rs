@@ -663,22 +663,25 @@ async fn pull_async<'scope>(
                 .as_str()
                 .and_then(Sha256::from_hex)
         });
-        todo.push((*id, size.unwrap_or(listed.size), sha, rel));
+        todo.push(Wanted {
+            id: *id,
+            size: size.unwrap_or(listed.size),
+            sha,
+            rel,
+        });
     }
     let bar = store.reporter().start(
         "pull",
-        Some(todo.iter().map(|t| t.1).sum()),
+        Some(todo.iter().map(|w| w.size).sum()),
         crate::report::Unit::Bytes,
     );
     let results: Vec<(ObjectId, Result<u64>)> = stream::iter(todo)
-        .map(|(id, size, sha, rel)| {
+        .map(|want| {
             let bar = &bar;
             async move {
-                let r = fetch_object(scope, store, remote, &rel, &id, size, sha).await;
-                if r.is_ok() {
-                    bar.inc(size);
-                }
-                (id, r)
+                // The bar moves as the bytes land (a 2 GiB model is not one jump).
+                let r = fetch_object(scope, store, remote, &want, bar.as_ref()).await;
+                (want.id, r)
             }
         })
         .buffer_unordered(jobs.max(1))
@@ -793,17 +796,25 @@ async fn fetch_tree(remote: &Remote, rel: &str, id: &ObjectId) -> Result<Manifes
     Ok(Manifest::parse(&bytes, &id.to_string())?)
 }
 
+/// An object `pull` must bring: its id, size, expected SHA-256 and name under the prefix.
+struct Wanted {
+    id: ObjectId,
+    size: u64,
+    sha: Option<Sha256>,
+    rel: String,
+}
+
 /// An object from the bucket into the store, published only if its BLAKE3 is `id`, its size
 /// `size` and (when given) its SHA-256 `sha`.
 async fn fetch_object<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     store: &'scope Store,
     remote: &Remote,
-    rel: &str,
-    id: &ObjectId,
-    size: u64,
-    sha: Option<Sha256>,
+    want: &Wanted,
+    bar: &dyn crate::report::Progress,
 ) -> Result<u64> {
+    let Wanted { id, size, sha, rel } = want;
+    let (size, sha) = (*size, *sha);
     let name = remote.name(rel);
     let uri = remote.client.gs_uri(&name);
     // Streamed to an unnamed file in the store's tmp/ (memory stays bounded), then through
@@ -811,7 +822,8 @@ async fn fetch_object<'scope>(
     let tmp = store.root().join("tmp");
     let mut file =
         tempfile::tempfile_in(&tmp).map_err(|e| Error::io("create a file in", &tmp, e))?;
-    if !remote.client.get_into(&name, size, &mut file).await? {
+    let mut counted = crate::report::ProgressWrite::new(&mut file, bar);
+    if !remote.client.get_into(&name, size, &mut counted).await? {
         return Err(Error::NotFound(uri));
     }
     std::io::Seek::rewind(&mut file).map_err(|e| Error::io("rewind", &tmp, e))?;

@@ -171,3 +171,59 @@ pub fn fake_comfy_folder(dir: &Path, main_py: &[u8]) {
         .unwrap();
     assert!(out.status.success(), "venv: {}", describe(&out));
 }
+
+/// The progress counts `COMFYSTORE_PROGRESS_LOG` recorded: (label, total, positions before
+/// done) of every bar of at least `min` bytes.
+pub fn big_bars(log: &Path, min: u64) -> Vec<(String, u64, Vec<u64>)> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let mut bars: std::collections::BTreeMap<u64, (String, u64, Vec<u64>)> = Default::default();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let Some(total) = v["total"].as_u64().filter(|t| *t >= min) else {
+            continue;
+        };
+        if v["unit"] == "items" {
+            continue;
+        }
+        let bar = bars
+            .entry(v["bar"].as_u64().unwrap())
+            .or_insert_with(|| (v["label"].as_str().unwrap().to_string(), total, Vec::new()));
+        if v["done"] == false {
+            bar.2.push(v["pos"].as_u64().unwrap());
+        }
+    }
+    bars.into_values().collect()
+}
+
+/// Run `args` (with `envs`) and a progress log: every byte bar of 64 MiB or more must have been
+/// seen between a quarter and three quarters of its total before it finished (a bar that moves
+/// once per file jumps from 0 to done), and at least one bar named `label` must exist.
+pub fn moves_with_the_bytes(
+    store: &Path,
+    args: &[&str],
+    envs: &[(&str, Option<&std::ffi::OsStr>)],
+    label: &str,
+) {
+    let t = tempfile::tempdir().unwrap();
+    let log = t.path().join("progress.jsonl");
+    let mut all = envs.to_vec();
+    all.push(("COMFYSTORE_PROGRESS_LOG", Some(log.as_os_str())));
+    let out = run_env(store, args, &all);
+    assert!(out.status.success(), "{args:?}: {}", describe(&out));
+    if args.contains(&"--json") {
+        let _: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{args:?} --json is not clean JSON with a progress log: {e}")
+        });
+    }
+    let bars = big_bars(&log, 64 << 20);
+    assert!(
+        bars.iter().any(|(l, _, _)| l.contains(label)),
+        "{args:?}: no byte bar named {label:?} among {bars:?}"
+    );
+    for (l, total, seen) in &bars {
+        assert!(
+            seen.iter().any(|p| *p >= total / 4 && *p <= total / 4 * 3),
+            "{args:?}: bar {l:?} of {total} bytes was never seen in its middle half: {seen:?}"
+        );
+    }
+}
