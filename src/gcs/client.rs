@@ -545,6 +545,22 @@ impl Client {
         metadata: &Value,
         same: &str,
     ) -> Result<Put> {
+        self.create_counted(object, data, content_type, metadata, same, &|_| {})
+            .await
+    }
+
+    /// [`Client::create`], telling `sent` how many more bytes GCS has taken: after each chunk
+    /// of a resumable session, or once for a single-request upload (so a progress bar moves
+    /// while a big file goes up; bytes resent after a failure are not counted twice).
+    pub async fn create_counted(
+        &self,
+        object: &str,
+        data: impl Into<Data>,
+        content_type: &str,
+        metadata: &Value,
+        same: &str,
+        sent: &(dyn Fn(u64) + Sync),
+    ) -> Result<Put> {
         let data = &data.into();
         let ours = metadata[same].as_str().unwrap_or_default().to_string();
         let custom: HashMap<String, String> = metadata
@@ -566,9 +582,14 @@ impl Client {
         };
         let chunk = ((self.opts.chunk / CHUNK_UNIT).max(1) * CHUNK_UNIT) as u64;
         let done = if data.len() > chunk {
-            self.put_resumable(object, data, &req, meta, chunk).await?
+            self.put_resumable(object, data, &req, meta, chunk, sent)
+                .await?
         } else {
-            self.put_multipart(object, data, &req, meta).await?
+            let done = self.put_multipart(object, data, &req, meta).await?;
+            if done {
+                sent(data.len());
+            }
+            done
         };
         if done {
             tracing::debug!(
@@ -686,8 +707,11 @@ impl Client {
         req: &UploadObjectRequest,
         meta: Object,
         chunk: u64,
+        sent: &(dyn Fn(u64) + Sync),
     ) -> Result<bool> {
         let total = data.len();
+        // The furthest byte GCS has confirmed and `sent` was told of.
+        let mut told = 0u64;
         let kind = UploadType::Multipart(Box::new(meta));
         let c = self.inner().await?;
         // The session URL authorises the upload by itself: never logged.
@@ -715,7 +739,10 @@ impl Client {
             }
             let size = ChunkSize::new(offset, end - 1, Some(total));
             let next = match session.upload_multiple_chunk(part, &size).await {
-                Ok(UploadStatus::Ok(_)) => return Ok(true),
+                Ok(UploadStatus::Ok(_)) => {
+                    sent(total.saturating_sub(told));
+                    return Ok(true);
+                }
                 Ok(UploadStatus::ResumeIncomplete(r)) => Some(r.last_byte + 1),
                 Ok(UploadStatus::NotStarted) => Some(0),
                 Err(e) => match Failure::from(e) {
@@ -738,6 +765,10 @@ impl Client {
                 Some(n) if n > offset => {
                     offset = n.min(total);
                     failures = 0;
+                    if offset > told {
+                        sent(offset - told);
+                        told = offset;
+                    }
                 }
                 // A failed chunk, or a 308 that took nothing: counted, paused, resumed.
                 _ => {

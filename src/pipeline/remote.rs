@@ -367,8 +367,10 @@ pub fn push(
                 .map(|u| {
                     let bar = &bar;
                     async move {
-                        let r = upload(store, remote, u).await;
-                        if let Ok((_, n)) = &r {
+                        // The bar moves as GCS takes the bytes; a name already there counts
+                        // whole at once.
+                        let r = upload(store, remote, u, &|n| bar.inc(n)).await;
+                        if let Ok((Put::AlreadyThere, n)) = &r {
                             bar.inc(*n);
                         }
                         r
@@ -397,7 +399,12 @@ pub fn push(
 }
 
 /// Upload one item; its outcome and size.
-async fn upload(store: &Store, remote: &Remote, u: Upload) -> Result<(Put, u64)> {
+async fn upload(
+    store: &Store,
+    remote: &Remote,
+    u: Upload,
+    sent: &(dyn Fn(u64) + Sync),
+) -> Result<(Put, u64)> {
     // A store object is read from its open file a chunk at a time and hashed as it goes up:
     // one whose bytes no longer hash to its id (root writing through a hardlink while it is
     // pushed) is abandoned before GCS finishes it, never published under a name its bytes
@@ -427,12 +434,13 @@ async fn upload(store: &Store, remote: &Remote, u: Upload) -> Result<(Put, u64)>
     }
     let put = remote
         .client
-        .create(
+        .create_counted(
             &remote.name(&u.rel),
             data,
             "application/octet-stream",
             &meta,
             "b3",
+            sent,
         )
         .await?;
     Ok((put, u.size))
