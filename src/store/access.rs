@@ -109,10 +109,7 @@ impl super::Store {
     /// Whether this process may write the store; the error names the store, the user, the
     /// owner and the mode.
     pub fn writable(&self) -> Result<()> {
-        match &self.access {
-            Access::Write => Ok(()),
-            Access::ReadOnly(reason) => Err(refused(reason, self.root())),
-        }
+        self.writable_for(self.root())
     }
 
     /// [`Store::writable`], naming the path about to be written.

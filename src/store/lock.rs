@@ -165,9 +165,7 @@ impl Store {
             }
         }
     }
-}
 
-impl Store {
     /// Remove the named-lock files of processes killed while holding one (a live holder's lock
     /// makes `try_lock` fail). A waiter that opened a removed file sees it is gone and starts
     /// over, as after a normal release.
