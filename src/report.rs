@@ -42,7 +42,8 @@ pub trait Reporter: Send + Sync {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Silent;
 
-struct Nothing;
+/// A count nobody sees: for callers that have no bar to move.
+pub struct Nothing;
 
 impl Progress for Nothing {
     fn inc(&self, _: u64) {}

@@ -158,6 +158,7 @@ impl Executor<'_> {
             ),
             policy: self.policy,
             sources: self.sources,
+            bytes: Bytes::start(self.store, self.policy, work),
         };
         let bar = self.store.reporter().start(
             "placing",
@@ -186,6 +187,7 @@ impl Executor<'_> {
             placed.extend(done.into_iter().flatten());
         }
         bar.finish();
+        placer.bytes.bar.finish();
         Ok(placed)
     }
 }
@@ -335,6 +337,56 @@ struct Placer<'a> {
     devs: (u64, u64),
     policy: &'a LinkPolicy,
     sources: &'a Sources,
+    bytes: Bytes,
+}
+
+/// The bytes a plan writes, counted as they move (beside the count of entries, which links
+/// advance): a copy-class materialize of big models takes minutes, and a count of entries
+/// would sit still on each model and race through the small files.
+///
+/// The total is known up front: every file whose link mode can write its bytes (all but
+/// `symlink`; small files rewritten in place always). A reflink counts its whole size at once
+/// (the clone is a file of that size, made in one call); an entry linked instead takes its
+/// size off the total, so the total falls to what was really written.
+struct Bytes {
+    bar: Box<dyn crate::report::Progress>,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl Bytes {
+    fn start(store: &Store, policy: &LinkPolicy, work: &[Write]) -> Bytes {
+        let total = work
+            .iter()
+            .filter_map(|w| match &w.entry.node {
+                Node::File { size, .. } if may_write(policy, &w.entry.path, *size) => Some(*size),
+                _ => None,
+            })
+            .sum();
+        let bar = if total > 0 {
+            store
+                .reporter()
+                .start("copying", Some(total), crate::report::Unit::Bytes)
+        } else {
+            Box::new(crate::report::Nothing)
+        };
+        Bytes {
+            bar,
+            total: total.into(),
+        }
+    }
+
+    /// An entry the total counted was linked: its bytes will not move.
+    fn linked(&self, size: u64) {
+        use std::sync::atomic::Ordering;
+        let left = self.total.fetch_sub(size, Ordering::Relaxed) - size;
+        self.bar.set_total(left);
+    }
+}
+
+/// Whether placing the file at `path` may write its `size` bytes (the [`Bytes`] total).
+fn may_write(policy: &LinkPolicy, path: &str, size: u64) -> bool {
+    size > 0
+        && (policy.mode_for(path).1 != LinkMode::Symlink || link::rewritten_in_place(path, size))
 }
 
 impl Placer<'_> {
@@ -397,8 +449,13 @@ impl Placer<'_> {
                 at,
                 exec,
                 force_copy,
+                self.bytes.bar.as_ref(),
             )?
         };
+        if matches!(method, Method::Hardlink | Method::Symlink) && may_write(self.policy, rel, size)
+        {
+            self.bytes.linked(size);
+        }
         Ok((method, (stat, *id)))
     }
 
