@@ -13,7 +13,8 @@ fn big_model() -> Vec<u8> {
 
 /// A copy-class materialize counts the bytes it copies as they move (16 MiB a
 /// `copy_file_range` call), not one entry per file: the 80 MiB model's bar is seen in its
-/// middle half. With the old count (entries only) there was no byte bar at all.
+/// middle half (with 1 GiB calls it was seen at 0 and done only). A hardlinked one draws no
+/// byte bar.
 #[test]
 fn materialize_with_copies_counts_a_big_models_bytes_as_they_move() {
     let t = tempfile::tempdir().unwrap();
@@ -47,6 +48,25 @@ fn materialize_with_copies_counts_a_big_models_bytes_as_they_move() {
             .unwrap()
             .len(),
         80 << 20
+    );
+    // Hardlinks move no bytes: no byte bar at all (one whose total fell from 80 MiB to
+    // "0 B/0 B" as the files were linked was drawn before).
+    let log = t.path().join("linked.jsonl");
+    let linked = t.path().join("linked");
+    let out = common::run_env(
+        &store,
+        &["materialize", &id, linked.to_str().unwrap(), "--link", "hardlink"],
+        &[("COMFYSTORE_PROGRESS_LOG", Some(log.as_os_str()))],
+    );
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let bars = common::big_bars(&log, 0);
+    assert!(
+        bars.iter().all(|(label, _, _)| label != "copying"),
+        "a hardlinked materialize drew a byte bar: {bars:?}"
+    );
+    assert!(
+        std::fs::read_to_string(&log).unwrap().contains(r#""label":"placing""#),
+        "no entries bar"
     );
 }
 
