@@ -55,7 +55,13 @@ fn materialize_with_copies_counts_a_big_models_bytes_as_they_move() {
     let linked = t.path().join("linked");
     let out = common::run_env(
         &store,
-        &["materialize", &id, linked.to_str().unwrap(), "--link", "hardlink"],
+        &[
+            "materialize",
+            &id,
+            linked.to_str().unwrap(),
+            "--link",
+            "hardlink",
+        ],
         &[("COMFYSTORE_PROGRESS_LOG", Some(log.as_os_str()))],
     );
     assert!(out.status.success(), "{}", common::describe(&out));
@@ -65,7 +71,9 @@ fn materialize_with_copies_counts_a_big_models_bytes_as_they_move() {
         "a hardlinked materialize drew a byte bar: {bars:?}"
     );
     assert!(
-        std::fs::read_to_string(&log).unwrap().contains(r#""label":"placing""#),
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains(r#""label":"placing""#),
         "no entries bar"
     );
 }
