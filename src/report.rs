@@ -42,7 +42,8 @@ pub trait Reporter: Send + Sync {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Silent;
 
-struct Nothing;
+/// A count nobody sees: for callers that have no bar to move.
+pub struct Nothing;
 
 impl Progress for Nothing {
     fn inc(&self, _: u64) {}
@@ -102,5 +103,109 @@ impl<W: std::io::Write> std::io::Write for ProgressWrite<'_, W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// A count shared by several transfers running at once (a fetch's "total"): each [`Part`]
+/// moves it by what moved its own bar, so the total goes with the bytes, not once per file.
+pub struct Total {
+    bar: Box<dyn Progress>,
+    pos: std::sync::atomic::AtomicU64,
+}
+
+impl Total {
+    pub fn new(bar: Box<dyn Progress>) -> Total {
+        Total { bar, pos: 0.into() }
+    }
+
+    /// A transfer's own count (`own`), that also moves this total.
+    pub fn part<'a>(&'a self, own: &'a dyn Progress) -> Part<'a> {
+        Part {
+            own,
+            total: self,
+            at: 0.into(),
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish();
+    }
+}
+
+/// One transfer's count within a [`Total`].
+pub struct Part<'a> {
+    own: &'a dyn Progress,
+    total: &'a Total,
+    /// What this part added to the total.
+    at: std::sync::atomic::AtomicU64,
+}
+
+impl Part<'_> {
+    /// Make this part's share of the total exactly `pos` (a finished transfer its whole size,
+    /// whether or not its bytes were counted as they came), leaving its own bar alone.
+    pub fn settle(&self, pos: u64) {
+        use std::sync::atomic::Ordering;
+        let before = self.at.swap(pos, Ordering::Relaxed);
+        let now = if pos >= before {
+            self.total.pos.fetch_add(pos - before, Ordering::Relaxed) + (pos - before)
+        } else {
+            self.total.pos.fetch_sub(before - pos, Ordering::Relaxed) - (before - pos)
+        };
+        self.total.bar.set_position(now);
+    }
+}
+
+impl Progress for Part<'_> {
+    fn inc(&self, n: u64) {
+        self.own.inc(n);
+        let at = self.at.load(std::sync::atomic::Ordering::Relaxed);
+        self.settle(at.saturating_add(n));
+    }
+    fn set_position(&self, pos: u64) {
+        self.own.set_position(pos);
+        self.settle(pos);
+    }
+    fn set_total(&self, total: u64) {
+        self.own.set_total(total);
+    }
+    fn finish(&self) {
+        self.own.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A bar that remembers every position it was set to.
+    #[derive(Default)]
+    struct Seen(Arc<Mutex<Vec<u64>>>);
+
+    impl Progress for Seen {
+        fn inc(&self, _: u64) {}
+        fn set_position(&self, pos: u64) {
+            self.0.lock().unwrap().push(pos);
+        }
+        fn finish(&self) {}
+    }
+
+    /// The total moves with each part's bytes as they come, back when a part restarts, and a
+    /// part settled at its size counts exactly that.
+    #[test]
+    fn a_total_moves_with_its_parts_bytes() {
+        let seen = Seen::default();
+        let log = seen.0.clone();
+        let total = Total::new(Box::new(seen));
+        let (a_bar, b_bar) = (Seen::default(), Seen::default());
+        let (a, b) = (total.part(&a_bar), total.part(&b_bar));
+        a.inc(10);
+        b.set_position(5);
+        a.set_position(3);
+        a.inc(4);
+        a.settle(20);
+        b.settle(5);
+        assert_eq!(*log.lock().unwrap(), [10, 15, 8, 12, 25, 25]);
+        assert_eq!(*a_bar.0.lock().unwrap(), [3]);
     }
 }

@@ -408,12 +408,25 @@ fn git_source_fetched_at_its_commit_matches_the_lock() {
 
     // An empty store: the trees can only come from git (models stay out: --only nodes).
     let store2 = e.p("store2");
+    let progress = e.p("progress.jsonl");
     let out = e.cs_env(
         &store2,
         &["--json", "fetch", s(&lock_path), "--only", "nodes"],
-        &[("RUST_LOG", Some(OsStr::new("info")))],
+        &[
+            ("RUST_LOG", Some(OsStr::new("info"))),
+            ("COMFYSTORE_PROGRESS_LOG", Some(progress.as_os_str())),
+        ],
     );
     assert_eq!(code(&out), 0, "fetch: {}", describe(&out));
+    // The git trees have a bar: one count a repository, done at two.
+    let log = fs::read_to_string(&progress).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains(r#""label":"git""#)
+            && l.contains(r#""total":2"#)
+            && l.contains(r#""pos":2"#)
+            && l.contains(r#""done":true"#)),
+        "no finished git bar of 2 repositories: {log}"
+    );
     assert!(
         !stderr(&out).contains("shallow fetch refused"),
         "the shallow fetch should work over protocol v2: {}",

@@ -54,7 +54,14 @@ impl Fetcher {
     /// Download every item, `jobs` at a time; one result per item, in order.
     pub fn download_all(&self, store: &Store, items: &[Download]) -> Vec<Result<Downloaded>> {
         let total: u64 = items.iter().filter_map(|d| d.expect.size).sum();
-        let total_bar = store.reporter().start("total", Some(total), Unit::Transfer);
+        // The total moves with every download's bytes as they come (an item of unknown size
+        // is not in it); one item, or items of unknown sizes, have no total ("0 B/0 B, eta 0s"
+        // it said) but their own bars.
+        let total_bar = report::Total::new(if items.len() > 1 && total > 0 {
+            store.reporter().start("total", Some(total), Unit::Transfer)
+        } else {
+            Box::new(report::Nothing)
+        });
         let next = AtomicUsize::new(0);
         let results: Vec<Mutex<Option<Result<Downloaded>>>> =
             items.iter().map(|_| Mutex::new(None)).collect();
@@ -66,9 +73,16 @@ impl Fetcher {
                     let bar = store
                         .reporter()
                         .start(&item.label, item.expect.size, Unit::Transfer);
-                    let r = self.download(store, item, bar.as_ref());
+                    let r = match item.expect.size {
+                        Some(size) => {
+                            let part = total_bar.part(bar.as_ref());
+                            let r = self.download(store, item, &part);
+                            part.settle(size);
+                            r
+                        }
+                        None => self.download(store, item, bar.as_ref()),
+                    };
                     bar.finish();
-                    total_bar.inc(item.expect.size.unwrap_or(0));
                     if let Ok(mut slot) = results[i].lock() {
                         *slot = Some(r);
                     }

@@ -8,16 +8,16 @@ use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 /// Bytes for the pipeline thread, or the reason the transfer was abandoned.
-pub(super) type Chunk = std::result::Result<Bytes, String>;
+pub(crate) type Chunk = std::result::Result<Bytes, String>;
 
 /// A `Read` over the chunks the async side sends.
-pub(super) struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: Receiver<Chunk>,
     cur: Bytes,
 }
 
 impl ChannelReader {
-    pub(super) fn new(rx: Receiver<Chunk>) -> ChannelReader {
+    pub(crate) fn new(rx: Receiver<Chunk>) -> ChannelReader {
         ChannelReader {
             rx,
             cur: Bytes::new(),

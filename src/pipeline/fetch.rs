@@ -375,11 +375,21 @@ impl Fetch<'_> {
                 reason: e.to_string(),
             })?;
         let creds = GitCredentials::from_env();
+        // Repositories done: git runs quietly, so their bytes are not known as they come.
+        let bar =
+            self.store
+                .reporter()
+                .start("git", Some(git.len() as u64), crate::report::Unit::Items);
         let results: Vec<_> = pool.install(|| {
             git.par_iter()
-                .map(|g| fetch_tree_once(self.store, g, &creds))
+                .map(|g| {
+                    let r = fetch_tree_once(self.store, g, &creds);
+                    bar.inc(1);
+                    r
+                })
                 .collect()
         });
+        bar.finish();
         for (g, r) in git.into_iter().zip(results) {
             match r {
                 // Another process sharing the store rebuilt it while this one waited.

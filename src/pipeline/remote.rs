@@ -822,33 +822,69 @@ async fn fetch_object<'scope>(
     bar: &dyn crate::report::Progress,
 ) -> Result<u64> {
     let Wanted { id, size, sha, rel } = want;
-    let (size, sha) = (*size, *sha);
+    let (id, size, sha) = (*id, *size, *sha);
     let name = remote.name(rel);
     let uri = remote.client.gs_uri(&name);
-    // Streamed to an unnamed file in the store's tmp/ (memory stays bounded), then through
-    // the checked put.
-    let tmp = store.root().join("tmp");
-    let mut file =
-        tempfile::tempfile_in(&tmp).map_err(|e| Error::io("create a file in", &tmp, e))?;
-    let mut counted = crate::report::ProgressWrite::new(&mut file, bar);
-    if !remote.client.get_into(&name, size, &mut counted).await? {
-        return Err(Error::NotFound(uri));
-    }
-    std::io::Seek::rewind(&mut file).map_err(|e| Error::io("rewind", &tmp, e))?;
-    let id = *id;
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Streamed straight into the store's temp file by a thread of this scope, hashed as it
+    // lands and published only if it checks out: each byte written once (it used to go to an
+    // unnamed file first, then be read back and copied through the checked put).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<crate::http::Chunk>(64);
+    let (done, stored) = tokio::sync::oneshot::channel();
+    let shown = uri.clone();
     scope.spawn(move || {
-        let _ = tx.send(store_checked(store, file, &uri, &id, size, sha));
+        let mut reader = crate::http::ChannelReader::new(rx);
+        let _ = done.send(store_checked(store, &mut reader, &shown, &id, size, sha));
     });
-    rx.await
+    let mut sink = ToStore(tx);
+    let got = {
+        let mut counted = crate::report::ProgressWrite::new(&mut sink, bar);
+        remote.client.get_into(&name, size, &mut counted).await
+    };
+    match got {
+        Ok(true) => drop(sink),
+        // The store thread is told, so it drops its temp file rather than publish it.
+        Ok(false) => {
+            let _ = sink.0.send(Err("not in the bucket".into()));
+            return Err(Error::NotFound(uri));
+        }
+        Err(e) => {
+            // A store thread that stopped first (a full disk) holds the cause.
+            if sink.0.send(Err(e.to_string())).is_err() {
+                if let Ok(Err(cause)) = stored.await {
+                    return Err(cause);
+                }
+            }
+            return Err(e.into());
+        }
+    }
+    stored
+        .await
         .map_err(|_| Error::Gcs(gcs::Error::Config("the store's thread ended".into())))?
 }
 
-/// A downloaded object (`file`, from `uri`) into the store, published only if its BLAKE3 is
-/// `id`, its size `size` and (when given) its SHA-256 `sha`.
+/// A download's bytes on their way to the store's thread. Sending blocks when that thread is
+/// 64 chunks behind: the download waits for the disk rather than fill memory.
+struct ToStore(std::sync::mpsc::SyncSender<crate::http::Chunk>);
+
+impl std::io::Write for ToStore {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| {
+                std::io::Error::other("the store stopped reading (see the error above)")
+            })?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A downloaded object (read from `src`, from `uri`) into the store, published only if its
+/// BLAKE3 is `id`, its size `size` and (when given) its SHA-256 `sha`.
 fn store_checked(
     store: &Store,
-    file: std::fs::File,
+    src: &mut dyn std::io::Read,
     uri: &str,
     id: &ObjectId,
     size: u64,
@@ -876,13 +912,7 @@ fn store_checked(
         }
         Ok(())
     };
-    let put = store.put_reader_checked(
-        &mut std::io::BufReader::new(file),
-        false,
-        sha.is_some(),
-        Path::new(uri),
-        &check,
-    )?;
+    let put = store.put_reader_checked(src, false, sha.is_some(), Path::new(uri), &check)?;
     Ok(put.digests.size)
 }
 

@@ -17,6 +17,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Result of `materialize`.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -158,6 +159,7 @@ impl Executor<'_> {
             ),
             policy: self.policy,
             sources: self.sources,
+            bytes: Bytes::start(self.store, self.policy, work),
         };
         let bar = self.store.reporter().start(
             "placing",
@@ -186,6 +188,7 @@ impl Executor<'_> {
             placed.extend(done.into_iter().flatten());
         }
         bar.finish();
+        placer.bytes.finish();
         Ok(placed)
     }
 }
@@ -335,6 +338,96 @@ struct Placer<'a> {
     devs: (u64, u64),
     policy: &'a LinkPolicy,
     sources: &'a Sources,
+    bytes: Bytes<'a>,
+}
+
+/// The bytes a plan writes, counted as they move (beside the count of entries, which links
+/// advance): a copy-class materialize of big models takes minutes, and a count of entries
+/// would sit still on each model and race through the small files.
+///
+/// The total is known up front for the files whose mode always writes their bytes (`copy`,
+/// `reflink`, and small files rewritten in place). A reflink counts its whole size at once
+/// (the clone is a file of that size, made in one call). A file whose mode may link it
+/// (`auto`, `hardlink`, `share`) joins the total only if its bytes do move (a fallback to a
+/// copy, a reflink): counting it up front made a hardlinked tree's bar fall from its whole
+/// size to "0 B/0 B". The bar starts when the first bytes are due.
+struct Bytes<'a> {
+    reporter: &'a dyn crate::report::Reporter,
+    bar: std::sync::OnceLock<Box<dyn crate::report::Progress>>,
+    total: AtomicU64,
+}
+
+impl<'a> Bytes<'a> {
+    fn start(store: &'a Store, policy: &LinkPolicy, work: &[Write]) -> Bytes<'a> {
+        let total: u64 = work
+            .iter()
+            .filter_map(|w| match &w.entry.node {
+                Node::File { size, .. } if always_writes(policy, &w.entry.path, *size) => {
+                    Some(*size)
+                }
+                _ => None,
+            })
+            .sum();
+        let bytes = Bytes {
+            reporter: store.reporter(),
+            bar: Default::default(),
+            total: total.into(),
+        };
+        if total > 0 {
+            bytes.bar();
+        }
+        bytes
+    }
+
+    fn bar(&self) -> &dyn crate::report::Progress {
+        self.bar
+            .get_or_init(|| {
+                self.reporter.start(
+                    "copying",
+                    Some(self.total.load(Ordering::Relaxed)),
+                    crate::report::Unit::Bytes,
+                )
+            })
+            .as_ref()
+    }
+
+    /// A file the total did not count is being written after all.
+    fn join(&self, size: u64) {
+        let total = self.total.fetch_add(size, Ordering::Relaxed) + size;
+        self.bar().set_total(total);
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = self.bar.get() {
+            bar.finish();
+        }
+    }
+}
+
+/// The count of one file the [`Bytes`] total did not count: its size joins the total when its
+/// first bytes move.
+struct Late<'b, 'a> {
+    bytes: &'b Bytes<'a>,
+    size: u64,
+    joined: AtomicBool,
+}
+
+impl crate::report::Progress for Late<'_, '_> {
+    fn inc(&self, n: u64) {
+        if !self.joined.swap(true, Ordering::Relaxed) {
+            self.bytes.join(self.size);
+        }
+        self.bytes.bar().inc(n);
+    }
+    fn set_position(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// Whether placing the file at `path` always writes its `size` bytes (the [`Bytes`] total).
+fn always_writes(policy: &LinkPolicy, path: &str, size: u64) -> bool {
+    size > 0
+        && (matches!(policy.mode_for(path).1, LinkMode::Copy | LinkMode::Reflink)
+            || link::rewritten_in_place(path, size))
 }
 
 impl Placer<'_> {
@@ -388,6 +481,16 @@ impl Placer<'_> {
         } else {
             let force_copy = link::rewritten_in_place(rel, size);
             let src = self.source(id, exec, mode.shares_inode() && !force_copy)?;
+            let late = Late {
+                bytes: &self.bytes,
+                size,
+                joined: AtomicBool::new(false),
+            };
+            let moved: &dyn crate::report::Progress = if always_writes(self.policy, rel, size) {
+                self.bytes.bar()
+            } else {
+                &late
+            };
             link::place(
                 &self.probe,
                 self.devs,
@@ -397,6 +500,7 @@ impl Placer<'_> {
                 at,
                 exec,
                 force_copy,
+                moved,
             )?
         };
         Ok((method, (stat, *id)))

@@ -70,6 +70,7 @@ pub fn place_object(
         name,
         false,
         false,
+        &crate::report::Nothing,
     )?;
     Ok(method)
 }

@@ -57,6 +57,9 @@ pub enum Behavior {
     Redirect { to: String },
     /// Serves (as Normal, ranges honoured) the body with its first byte flipped.
     WrongBytes,
+    /// As Normal, the body paced at `bytes_per_sec` (a twentieth of it every 50 ms): a transfer
+    /// whose remaining time is known, for checking an eta.
+    Throttle { bytes_per_sec: u64 },
 }
 
 /// One request the server received.
@@ -317,6 +320,8 @@ struct Plan {
     cut: Option<usize>,
     /// Send this many bytes, then one byte every `.1` ms.
     trickle: Option<(usize, u64)>,
+    /// Pace the body at this many bytes a second.
+    rate: Option<u64>,
 }
 
 fn small(status: u16) -> Plan {
@@ -326,6 +331,7 @@ fn small(status: u16) -> Plan {
         body: format!("{status} {}\n", reason(status)).into_bytes(),
         cut: None,
         trickle: None,
+        rate: None,
     }
 }
 
@@ -345,6 +351,7 @@ fn full_or_range(req: &Request, body: &[u8], ctype: &str, ranges: bool) -> Plan 
         body: body.to_vec(),
         cut: None,
         trickle: None,
+        rate: None,
     };
     if !ranges {
         return full(headers);
@@ -397,6 +404,7 @@ fn full_or_range(req: &Request, body: &[u8], ctype: &str, ranges: bool) -> Plan 
                 body: body[start..=end].to_vec(),
                 cut: None,
                 trickle: None,
+                rate: None,
             }
         }
         None => {
@@ -472,6 +480,11 @@ fn plan(req: &Request, state: &Mutex<State>) -> Plan {
             p.headers.push(("Location".into(), to.clone()));
             p
         }
+        Behavior::Throttle { bytes_per_sec } => {
+            let mut p = full_or_range(req, body, ctype, true);
+            p.rate = Some(*bytes_per_sec);
+            p
+        }
         Behavior::WrongBytes => {
             let mut wrong = body.clone();
             if let Some(b) = wrong.first_mut() {
@@ -528,6 +541,9 @@ fn write_response(
         return Ok(());
     }
     let limit = p.cut.unwrap_or(usize::MAX).min(p.body.len());
+    if let Some(rate) = p.rate {
+        return write_paced(conn, &p.body[..limit], rate, stop);
+    }
     let (burst, delay) = match p.trickle {
         Some((first, delay)) => (first.min(limit), Some(delay)),
         None => (limit, None),
@@ -556,4 +572,30 @@ fn write_response(
         }
     }
     Ok(())
+}
+
+/// Write `body` at `rate` bytes a second: each twentieth of a second's worth once the clock
+/// says the bytes before it are due.
+fn write_paced(
+    conn: &mut TcpStream,
+    body: &[u8],
+    rate: u64,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let start = Instant::now();
+    let mut sent = 0usize;
+    for chunk in body.chunks((rate / 20).max(1) as usize) {
+        let due = start + Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+        while Instant::now() < due {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            std::thread::sleep(
+                Duration::from_millis(10).min(due.saturating_duration_since(Instant::now())),
+            );
+        }
+        conn.write_all(chunk)?;
+        sent += chunk.len();
+    }
+    conn.flush()
 }
