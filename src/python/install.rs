@@ -157,12 +157,20 @@ pub fn ensure_env(
     };
     let use_uv = installer.pick() == Resolver::Uv;
     let name = if use_uv { "uv" } else { "pip" };
+    let started = std::time::Instant::now();
     if use_uv {
         install_with_uv(base, &staged)?;
     } else {
         install_with_pip(base, &staged)?;
     }
+    tracing::info!("environment: {name} installed in {:.2?}", started.elapsed());
+    let ingest_started = std::time::Instant::now();
     let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages, name)?;
+    tracing::info!(
+        "environment: stored in {:.2?} (built in {:.2?})",
+        ingest_started.elapsed(),
+        started.elapsed()
+    );
     check_rebuild(store, py, base, tree, name)?;
     store.add_root(
         &env_root(&key),
