@@ -16,7 +16,8 @@
 # rebuilt, so the stat cache vouches for nothing: as after `fetch`. Every venv and cache is
 # deleted after its run (up to 12 GB each). Knobs: RUNS=3, COMFYSTORE (binary; default a
 # release build of this checkout), PY (base interpreter; default the one of READY's DEST),
-# UV=uv, KEEP=1 keeps WORKDIR. Results go to target/bench-results/env_cold-<time>.
+# UV=uv, KEEP=1 keeps WORKDIR, CACHE_B (the empty uv cache of comfystore's run, default
+# WORKDIR/uvcache-b; only older builds read it: comfystore now makes its own in the store). Results go to target/bench-results/env_cold-<time>.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 WORK=${1:-/work/envbench}
@@ -27,6 +28,7 @@ COMFYSTORE=${COMFYSTORE:-$REPO/target/release/comfystore}
 . "$REPO/scripts/bench/lib.sh"
 [ -n "$BIN" ] || { echo "no comfystore binary" >&2; exit 2; }
 UV=${UV:-uv}
+CACHE_B=${CACHE_B:-$WORK/uvcache-b}
 field() { sed -n "s/^$1=//p" "$READY"; }
 A=$(field store) LOCK_IN=$(field lock) MADE=$(field dest)
 PY=${PY:-$(sed -n 's/^home = //p' "$MADE/venv/pyvenv.cfg")/python3}
@@ -65,13 +67,13 @@ if [ ! -d "$WORK/wheels" ]; then
 fi
 KEY_ROOTS=$S/roots/env
 
-# user+sys CPU of the children of this shell, in seconds (lib.sh's children_cpu)
 timed() { # label cmd...: wall s and CPU s into RESULTS/label.txt (one line a run)
     local label=$1 t0 t1 c0 c1 load; shift
     load=$(cut -d' ' -f1 /proc/loadavg)
-    c0=$(children_cpu); t0=$(date +%s.%N)
+    # children_cpu runs `times`, which must run in this shell (not in a $(...) subshell)
+    children_cpu >"$RESULTS/.c0"; c0=$(cat "$RESULTS/.c0"); t0=$(date +%s.%N)
     "$@" >>"$RESULTS/$label.log" 2>&1
-    t1=$(date +%s.%N); c1=$(children_cpu)
+    t1=$(date +%s.%N); children_cpu >"$RESULTS/.c1"; c1=$(cat "$RESULTS/.c1")
     awk -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v l="$load" \
         'BEGIN { printf "%.2f %.2f %s\n", t1 - t0, c1 - c0, l }' >>"$RESULTS/$label.txt"
     echo "$label: $(tail -1 "$RESULTS/$label.txt") (wall s, cpu s, load)" >&2
@@ -97,10 +99,10 @@ for i in $(seq "$RUNS"); do
     rm -rf "$WORK/venv" "$WORK/uvcache"
     drop_env
     # An empty uv cache for comfystore too: a build that uses the user's cache is not cold.
-    rm -rf "$WORK/uvcache-b"
-    UV_CACHE_DIR=$WORK/uvcache-b RUST_LOG=comfystore=info \
+    rm -rf "$CACHE_B"
+    UV_CACHE_DIR=$CACHE_B RUST_LOG=comfystore=info \
         timed comfystore "$BIN" --store "$S" env "$LOCK" --python "$PY"
-    rm -rf "$WORK/uvcache-b"
+    rm -rf "$CACHE_B"
 done
 drop_env
 grep -h "environment" "$RESULTS/comfystore.log" | sed 's/^.*INFO //' >"$RESULTS/phases.txt" || true

@@ -75,7 +75,11 @@ pub fn env(cli: &Cli, a: &EnvArgs) -> Result<u8> {
         println!(
             "{}\t{} in {:.1} s",
             report.tree,
-            if report.built { "installed" } else { "found in the store" },
+            if report.built {
+                "installed"
+            } else {
+                "found in the store"
+            },
             started.elapsed().as_secs_f64()
         );
     }

@@ -33,6 +33,8 @@ const INSTALLER_ENV: &[&str] = &[
     "UV_DEFAULT_INDEX",
     "UV_COMPILE_BYTECODE",
     "UV_LINK_MODE",
+    "UV_CACHE_DIR",
+    "UV_NO_CACHE",
     "VIRTUAL_ENV",
     "PYTHONPATH",
 ];
@@ -274,16 +276,24 @@ fn stage_wheels(store: &Store, py: &EnvSpec, dir: &Path) -> Result<Staged> {
     })
 }
 
-/// `uv venv --relocatable`, then `uv pip install` from the staged wheels only.
+/// `uv venv --relocatable`, then `uv pip install` from the staged wheels only, with a uv
+/// cache of our own in the staging folder: uv unpacks each wheel there once and hard-links
+/// the files into the venv. The cache is then deleted, so every venv file has one link and
+/// the store adopts it as the object ([`Store::adopt_tree`]): the environment's bytes are
+/// written once, not three times (cache, venv copy, object), and the user's uv cache is
+/// neither read nor written.
 fn install_with_uv(base: &Interpreter, s: &Staged) -> Result<()> {
+    let cache = s.dir.join("uv-cache");
     let mut c = tool::command("uv", INSTALLER_ENV);
     c.args([
         "venv",
         "--no-config",
         "--quiet",
         "--relocatable",
-        "--python",
+        "--cache-dir",
     ])
+    .arg(&cache)
+    .arg("--python")
     .arg(&base.executable)
     .arg(&s.venv);
     install_step(c, &s.dir, "uv venv")?;
@@ -296,13 +306,20 @@ fn install_with_uv(base: &Interpreter, s: &Staged) -> Result<()> {
         "--offline",
         "--no-index",
     ])
-    .args(["--no-deps", "--link-mode", "copy", "--python"])
+    .args(["--no-deps", "--link-mode", "hardlink", "--cache-dir"])
+    .arg(&cache)
+    .arg("--python")
     .arg(s.venv.join("bin/python"))
     .arg("--find-links")
     .arg(&s.house)
     .arg("-r")
     .arg(&s.reqs);
-    install_step(c, &s.dir, "uv pip install")
+    install_step(c, &s.dir, "uv pip install")?;
+    // Best effort: a file still linked from the cache is copied into the store instead.
+    if let Err(e) = fs::remove_dir_all(&cache) {
+        tracing::debug!("could not delete {}: {e}", cache.display());
+    }
+    Ok(())
 }
 
 /// `python -m venv`, then `pip --python VENV install` from the staged wheels only.

@@ -58,7 +58,7 @@ pub fn ingest(
     base: &Interpreter,
     packages: Option<&[Package]>,
 ) -> Result<(ObjectId, AddReport)> {
-    let (mut manifest, add) = add_venv(store, venv)?;
+    let (mut manifest, add) = add_venv(store, venv, false)?;
     let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
     let made = match packages {
         Some(p) => Made {
@@ -93,8 +93,8 @@ pub fn ingest_installed(
     installer: &str,
 ) -> Result<ObjectId> {
     let phase = Phases::start();
-    let (mut manifest, _) = add_venv(store, venv)?;
-    phase.done("add_tree");
+    let (mut manifest, _) = add_venv(store, venv, true)?;
+    phase.done("add_tree (adopting the venv's files)");
     let dropped = drop_run_files(&mut manifest);
     let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
     phase.done("templatize");
@@ -125,15 +125,19 @@ impl Phases {
 }
 
 /// The venv's files in the store, without byte-code caches and comfystore's own files.
-fn add_venv(store: &Store, venv: &Path) -> Result<(Manifest, AddReport)> {
-    let add = store.add_tree(
-        venv,
-        &AddOptions {
-            exclude_names: CACHE_NAMES.iter().map(|s| s.to_string()).collect(),
-            exclude: vec![ENV_META.to_string(), crate::store::MARKER_NAME.to_string()],
-            ..Default::default()
-        },
-    )?;
+/// `adopt`: the venv is comfystore's own staging venv in the store's `tmp/`, whose files
+/// become the objects themselves ([`Store::adopt_tree`]) instead of being copied.
+fn add_venv(store: &Store, venv: &Path, adopt: bool) -> Result<(Manifest, AddReport)> {
+    let opts = AddOptions {
+        exclude_names: CACHE_NAMES.iter().map(|s| s.to_string()).collect(),
+        exclude: vec![ENV_META.to_string(), crate::store::MARKER_NAME.to_string()],
+        ..Default::default()
+    };
+    let add = if adopt {
+        store.adopt_tree(venv, &opts)?
+    } else {
+        store.add_tree(venv, &opts)?
+    };
     Ok((store.read_tree(&add.id)?, add))
 }
 
