@@ -105,7 +105,7 @@ for i in $(seq "$RUNS"); do
     rm -rf "$CACHE_B"
 done
 drop_env
-grep -h "environment" "$RESULTS/comfystore.log" | sed 's/^.*INFO //' >"$RESULTS/phases.txt" || true
+grep -h "environment\|adopt_tree" "$RESULTS/comfystore.log" | sed 's/\x1b\[[0-9;]*m//g; s/^.*INFO //' >"$RESULTS/phases.txt" || true
 
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 col() { awk -v c="$2" '{ print $c }' "$RESULTS/$1.txt" | median; }

@@ -146,11 +146,13 @@ pub fn ensure_env(
         ));
     }
     let key = env_key(py).ok_or_else(|| Error::python("environment", "unpinned packages"))?;
+    let phase = relocate::Phases::start();
     let stage = tempfile::Builder::new()
         .prefix(crate::store::TEMP_PREFIX)
         .tempdir_in(store.tmp_dir())
         .ctx("create a temp folder in", &store.tmp_dir())?;
     let staged = stage_wheels(store, py, stage.path())?;
+    phase.done("staging the wheels (each checked)");
     // The installer the lock's tree was built with, unless the user chose one.
     let installer = match (installer, py.built_with.as_deref()) {
         (Resolver::Auto, Some("uv")) => Resolver::Uv,
@@ -159,20 +161,14 @@ pub fn ensure_env(
     };
     let use_uv = installer.pick() == Resolver::Uv;
     let name = if use_uv { "uv" } else { "pip" };
-    let started = std::time::Instant::now();
     if use_uv {
         install_with_uv(base, &staged)?;
     } else {
         install_with_pip(base, &staged)?;
     }
-    tracing::info!("environment: {name} installed in {:.2?}", started.elapsed());
-    let ingest_started = std::time::Instant::now();
+    phase.done(&format!("installing with {name}"));
     let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages, name)?;
-    tracing::info!(
-        "environment: stored in {:.2?} (built in {:.2?})",
-        ingest_started.elapsed(),
-        started.elapsed()
-    );
+    phase.start_next();
     check_rebuild(store, py, base, tree, name)?;
     store.add_root(
         &env_root(&key),
@@ -182,6 +178,8 @@ pub fn ensure_env(
             ..Default::default()
         },
     )?;
+    drop(stage);
+    phase.done("recording the tree and deleting the staging folder");
     Ok(EnvReport {
         tree,
         built: true,
@@ -315,6 +313,7 @@ fn install_with_uv(base: &Interpreter, s: &Staged) -> Result<()> {
     .arg("-r")
     .arg(&s.reqs);
     install_step(c, &s.dir, "uv pip install")?;
+    tracing::info!("environment: uv venv and uv pip install done; deleting uv's cache");
     // Best effort: a file still linked from the cache is copied into the store instead.
     if let Err(e) = fs::remove_dir_all(&cache) {
         tracing::debug!("could not delete {}: {e}", cache.display());

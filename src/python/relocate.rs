@@ -109,18 +109,23 @@ pub fn ingest_installed(
     Ok(id)
 }
 
-/// Times the phases of an ingest for `RUST_LOG=comfystore=info` (the cold-build profile).
-struct Phases(std::cell::Cell<std::time::Instant>);
+/// Times the phases of a build for `RUST_LOG=comfystore=info` (the cold-build profile).
+pub(super) struct Phases(std::cell::Cell<std::time::Instant>);
 
 impl Phases {
-    fn start() -> Phases {
+    pub(super) fn start() -> Phases {
         Phases(std::cell::Cell::new(std::time::Instant::now()))
     }
 
-    fn done(&self, what: &str) {
+    pub(super) fn done(&self, what: &str) {
         let now = std::time::Instant::now();
-        tracing::info!("environment ingest: {what} took {:.2?}", now - self.0.get());
+        tracing::info!("environment: {what} took {:.2?}", now - self.0.get());
         self.0.set(now);
+    }
+
+    /// Start timing anew (what ran since was timed by its own phases).
+    pub(super) fn start_next(&self) {
+        self.0.set(std::time::Instant::now());
     }
 }
 

@@ -227,11 +227,18 @@ impl Store {
             })?
         };
         if outcomes.iter().any(|o| o.adopt.is_some()) {
+            let started = std::time::Instant::now();
             // The adopted bytes are durable before any of them is published.
             self.sync()?;
+            let synced = started.elapsed();
             outcomes
                 .par_iter_mut()
                 .try_for_each(|o| self.publish_adopted(o, opts.tree_sha256))?;
+            tracing::info!(
+                "adopt_tree: {} files hashed; syncfs took {synced:.2?}, linking {:.2?}",
+                files.len(),
+                started.elapsed() - synced
+            );
         }
 
         let mut batch = Batch::default();
