@@ -2031,3 +2031,104 @@ fn an_environment_comfystore_built_is_locked_as_such_and_a_rebuild_must_hash_to_
     );
     assert!(!three.exists(), "{:?}", listing(&three));
 }
+
+/// Every file under `dir` (not following symlinks): its path, size, mode, inode and mtime.
+fn snapshot(dir: &Path) -> BTreeMap<String, (u64, u32, u64, i64)> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let m = e.path().symlink_metadata().unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            (
+                rel,
+                (
+                    m.len(),
+                    m.mode(),
+                    m.ino(),
+                    m.mtime_nsec() + m.mtime() * 1_000_000_000,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// `fsck --json` of `store` finds nothing wrong, and every object is read-only.
+fn assert_store_sound(e: &Env, store: &Path, when: &str) {
+    let out = e.cs(store, &["--json", "fsck"]);
+    assert_eq!(code(&out), 0, "{when}: fsck: {}", describe(&out));
+    let report = parse(&out);
+    assert_eq!(
+        report["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{when}: {report:#}"
+    );
+    for f in walkdir::WalkDir::new(store.join("objects"))
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+    {
+        let mode = f.metadata().unwrap().mode();
+        assert_eq!(
+            mode & 0o222,
+            0,
+            "{when}: {} is writable",
+            f.path().display()
+        );
+    }
+}
+
+/// The first build of an environment (`comfystore env LOCK`) takes the installer's files
+/// into the store without copying them (uv unpacks into a cache of comfystore's own in the
+/// store's tmp/): the user's uv cache is neither read nor written, the store is sound, a
+/// second build finds the tree. A kill -9 at points spread over the build leaves a store that
+/// fsck finds sound and in which the next build completes with the same tree.
+#[test]
+fn env_build_leaves_the_users_uv_cache_alone_and_survives_kill_9() {
+    const TEST: &str = "env_build_leaves_the_users_uv_cache_alone_and_survives_kill_9";
+    if !uv_available() {
+        common::cannot_run(TEST, "uv not on PATH");
+        return;
+    }
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    // uv's cache as the user has it ($XDG_CACHE_HOME/uv, made by `pin`'s resolution).
+    let user_cache = e.p("cache");
+    fs::create_dir_all(user_cache.join("uv")).unwrap();
+    let before = snapshot(&user_cache);
+    let t = Instant::now();
+    let built = parse(&e.ok(&["--json", "env", s(&lock)]));
+    let full = t.elapsed();
+    assert_eq!(built["built"], true, "{built:#}");
+    let tree = built["tree"].as_str().unwrap().to_string();
+    assert_eq!(
+        snapshot(&user_cache),
+        before,
+        "building the environment changed the user's caches"
+    );
+    assert_store_sound(&e, &e.store, "after the build");
+    let again = parse(&e.ok(&["--json", "env", s(&lock)]));
+    assert_eq!(again["built"], false, "{again:#}");
+    assert_eq!(again["tree"].as_str(), Some(tree.as_str()));
+
+    let mut killed_running = 0;
+    for (i, fraction) in [0.1, 0.3, 0.5, 0.7, 0.9].into_iter().enumerate() {
+        let store = e.p(&format!("killed-{i}"));
+        let out = e.cs(&store, &["fetch", s(&lock), "--only", "python"]);
+        assert_eq!(code(&out), 0, "fetch: {}", describe(&out));
+        let mut child = e.cs_command(&store, &["env", s(&lock)]).spawn().unwrap();
+        std::thread::sleep(full.mul_f64(fraction));
+        if child.try_wait().unwrap().is_none() {
+            killed_running += 1;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let when = format!("after a kill at {:.0}% of a build", fraction * 100.0);
+        assert_store_sound(&e, &store, &when);
+        let out = e.cs(&store, &["--json", "env", s(&lock)]);
+        assert_eq!(code(&out), 0, "{when}: env: {}", describe(&out));
+        assert_eq!(parse(&out)["tree"].as_str(), Some(tree.as_str()), "{when}");
+        assert_store_sound(&e, &store, &format!("{when} and a build"));
+    }
+    eprintln!("build {full:?}; {killed_running} of 5 kills landed while it ran");
+}

@@ -757,6 +757,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         Command::Python(cmd) => match cmd {
             python_cmds::PythonCommand::Pin(a) => python_cmds::pin(cli, a),
             python_cmds::PythonCommand::Init(a) => python_cmds::init(cli, a),
+            python_cmds::PythonCommand::Env(a) => python_cmds::env(cli, a),
         },
         Command::Repro(repro_cmds::ReproCommand::Env { a, b }) => repro_cmds::env(cli, a, b),
         Command::Repro(repro_cmds::ReproCommand::Run(args)) => repro_cmds::run(cli, args),

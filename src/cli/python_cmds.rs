@@ -34,6 +34,56 @@ pub enum PythonCommand {
         after_help = "Examples:\n  comfystore init --path /workspace/ComfyUI --ref v0.3.40\n  comfystore init --path /runpod-volume/ComfyUI --extra-index-url https://download.pytorch.org/whl/cu124\n  COMFY_HOME=/workspace/ComfyUI comfystore init --python 3.11"
     )]
     Init(InitArgs),
+    /// Install a lock's Python environment into the store, without placing anything.
+    ///
+    /// What `materialize` does first: finds the environment of the lock's package set in the
+    /// store, or installs it once from the store's wheels (no network; `fetch LOCK` first) and
+    /// stores it. Useful to build an image layer, or to time the build alone. Prints the
+    /// environment's tree id and whether it was installed now.
+    #[command(
+        after_help = "Examples:\n  comfystore env lockfiles/comfy-v1.lock.json\n  comfystore env lock.json --python /usr/bin/python3.11 --json"
+    )]
+    Env(EnvArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EnvArgs {
+    /// The lockfile whose python section names the environment.
+    pub lock: PathBuf,
+    /// Base interpreter: a path, a program, or a version (default: one that fits the lock).
+    #[arg(long, env = "COMFYSTORE_PYTHON", value_name = "PYTHON")]
+    pub python: Option<String>,
+    /// Which installer builds the environment (auto: the one the lock's tree was built with).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub installer: Resolver,
+}
+
+pub fn env(cli: &Cli, a: &EnvArgs) -> Result<u8> {
+    let store = open_store(cli)?;
+    let lock = Lockfile::read(&a.lock)?;
+    let py = lock
+        .python
+        .as_ref()
+        .with_context(|| format!("{} has no python section", a.lock.display()))?;
+    let py = comfystore::python::EnvSpec::from(py);
+    let base = comfystore::python::interpreter::find_for(&store, &py, a.python.as_deref())?;
+    let started = std::time::Instant::now();
+    let report = comfystore::python::ensure_env(&store, &py, &base, a.installer)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !cli.quiet {
+        println!(
+            "{}\t{} in {:.1} s",
+            report.tree,
+            if report.built {
+                "installed"
+            } else {
+                "found in the store"
+            },
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(0)
 }
 
 /// Where requirements resolve from (shared by `pin` and `init`).

@@ -33,6 +33,8 @@ const INSTALLER_ENV: &[&str] = &[
     "UV_DEFAULT_INDEX",
     "UV_COMPILE_BYTECODE",
     "UV_LINK_MODE",
+    "UV_CACHE_DIR",
+    "UV_NO_CACHE",
     "VIRTUAL_ENV",
     "PYTHONPATH",
 ];
@@ -144,11 +146,13 @@ pub fn ensure_env(
         ));
     }
     let key = env_key(py).ok_or_else(|| Error::python("environment", "unpinned packages"))?;
+    let phase = relocate::Phases::start();
     let stage = tempfile::Builder::new()
         .prefix(crate::store::TEMP_PREFIX)
         .tempdir_in(store.tmp_dir())
         .ctx("create a temp folder in", &store.tmp_dir())?;
     let staged = stage_wheels(store, py, stage.path())?;
+    phase.done("staging the wheels (each checked)");
     // The installer the lock's tree was built with, unless the user chose one.
     let installer = match (installer, py.built_with.as_deref()) {
         (Resolver::Auto, Some("uv")) => Resolver::Uv,
@@ -162,7 +166,9 @@ pub fn ensure_env(
     } else {
         install_with_pip(base, &staged)?;
     }
+    phase.done(&format!("installing with {name}"));
     let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages, name)?;
+    phase.start_next();
     check_rebuild(store, py, base, tree, name)?;
     store.add_root(
         &env_root(&key),
@@ -172,6 +178,8 @@ pub fn ensure_env(
             ..Default::default()
         },
     )?;
+    drop(stage);
+    phase.done("recording the tree and deleting the staging folder");
     Ok(EnvReport {
         tree,
         built: true,
@@ -266,16 +274,24 @@ fn stage_wheels(store: &Store, py: &EnvSpec, dir: &Path) -> Result<Staged> {
     })
 }
 
-/// `uv venv --relocatable`, then `uv pip install` from the staged wheels only.
+/// `uv venv --relocatable`, then `uv pip install` from the staged wheels only, with a uv
+/// cache of our own in the staging folder: uv unpacks each wheel there once and hard-links
+/// the files into the venv. The cache is then deleted, so every venv file has one link and
+/// the store adopts it as the object ([`Store::adopt_tree`]): the environment's bytes are
+/// written once, not three times (cache, venv copy, object), and the user's uv cache is
+/// neither read nor written.
 fn install_with_uv(base: &Interpreter, s: &Staged) -> Result<()> {
+    let cache = s.dir.join("uv-cache");
     let mut c = tool::command("uv", INSTALLER_ENV);
     c.args([
         "venv",
         "--no-config",
         "--quiet",
         "--relocatable",
-        "--python",
+        "--cache-dir",
     ])
+    .arg(&cache)
+    .arg("--python")
     .arg(&base.executable)
     .arg(&s.venv);
     install_step(c, &s.dir, "uv venv")?;
@@ -288,13 +304,21 @@ fn install_with_uv(base: &Interpreter, s: &Staged) -> Result<()> {
         "--offline",
         "--no-index",
     ])
-    .args(["--no-deps", "--link-mode", "copy", "--python"])
+    .args(["--no-deps", "--link-mode", "hardlink", "--cache-dir"])
+    .arg(&cache)
+    .arg("--python")
     .arg(s.venv.join("bin/python"))
     .arg("--find-links")
     .arg(&s.house)
     .arg("-r")
     .arg(&s.reqs);
-    install_step(c, &s.dir, "uv pip install")
+    install_step(c, &s.dir, "uv pip install")?;
+    tracing::info!("environment: uv venv and uv pip install done; deleting uv's cache");
+    // Best effort: a file still linked from the cache is copied into the store instead.
+    if let Err(e) = fs::remove_dir_all(&cache) {
+        tracing::debug!("could not delete {}: {e}", cache.display());
+    }
+    Ok(())
 }
 
 /// `python -m venv`, then `pip --python VENV install` from the staged wheels only.

@@ -58,7 +58,7 @@ pub fn ingest(
     base: &Interpreter,
     packages: Option<&[Package]>,
 ) -> Result<(ObjectId, AddReport)> {
-    let (mut manifest, add) = add_venv(store, venv)?;
+    let (mut manifest, add) = add_venv(store, venv, false)?;
     let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
     let made = match packages {
         Some(p) => Made {
@@ -92,27 +92,57 @@ pub fn ingest_installed(
     packages: &[Package],
     installer: &str,
 ) -> Result<ObjectId> {
-    let (mut manifest, _) = add_venv(store, venv)?;
+    let phase = Phases::start();
+    let (mut manifest, _) = add_venv(store, venv, true)?;
+    phase.done("add_tree (adopting the venv's files)");
     let dropped = drop_run_files(&mut manifest);
     let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
+    phase.done("templatize");
     normalize_records(store, venv, &templates, &dropped, &mut manifest)?;
+    phase.done("normalize RECORDs");
     let made = Made {
         packages: packages.to_vec(),
         installer: Some(installer.to_string()),
     };
-    finish(store, venv, base, made, templates, manifest)
+    let id = finish(store, venv, base, made, templates, manifest)?;
+    phase.done("put_tree");
+    Ok(id)
+}
+
+/// Times the phases of a build for `RUST_LOG=comfystore=info` (the cold-build profile).
+pub(super) struct Phases(std::cell::Cell<std::time::Instant>);
+
+impl Phases {
+    pub(super) fn start() -> Phases {
+        Phases(std::cell::Cell::new(std::time::Instant::now()))
+    }
+
+    pub(super) fn done(&self, what: &str) {
+        let now = std::time::Instant::now();
+        tracing::info!("environment: {what} took {:.2?}", now - self.0.get());
+        self.0.set(now);
+    }
+
+    /// Start timing anew (what ran since was timed by its own phases).
+    pub(super) fn start_next(&self) {
+        self.0.set(std::time::Instant::now());
+    }
 }
 
 /// The venv's files in the store, without byte-code caches and comfystore's own files.
-fn add_venv(store: &Store, venv: &Path) -> Result<(Manifest, AddReport)> {
-    let add = store.add_tree(
-        venv,
-        &AddOptions {
-            exclude_names: CACHE_NAMES.iter().map(|s| s.to_string()).collect(),
-            exclude: vec![ENV_META.to_string(), crate::store::MARKER_NAME.to_string()],
-            ..Default::default()
-        },
-    )?;
+/// `adopt`: the venv is comfystore's own staging venv in the store's `tmp/`, whose files
+/// become the objects themselves ([`Store::adopt_tree`]) instead of being copied.
+fn add_venv(store: &Store, venv: &Path, adopt: bool) -> Result<(Manifest, AddReport)> {
+    let opts = AddOptions {
+        exclude_names: CACHE_NAMES.iter().map(|s| s.to_string()).collect(),
+        exclude: vec![ENV_META.to_string(), crate::store::MARKER_NAME.to_string()],
+        ..Default::default()
+    };
+    let add = if adopt {
+        store.adopt_tree(venv, &opts)?
+    } else {
+        store.add_tree(venv, &opts)?
+    };
     Ok((store.read_tree(&add.id)?, add))
 }
 

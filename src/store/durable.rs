@@ -60,25 +60,35 @@ pub enum Published {
 /// Move `tmp` to `dest` unless `dest` exists: atomic, never replaces. Creates the parent
 /// directory if a shard is missing.
 pub fn publish_no_replace(tmp: &Path, dest: &Path) -> Result<Published> {
+    let published = publish_by(dest, || rename_noreplace(tmp, dest));
+    if !matches!(published, Ok(Published::New)) {
+        let _ = fs::remove_file(tmp);
+    }
+    published
+}
+
+/// Give the file at `src` the name `dest` too (a hard link) unless `dest` exists: atomic,
+/// never replaces, and `src` keeps its name. Creates the parent directory if a shard is
+/// missing. For a file the store already owns whose bytes are durable (an adopted temp file).
+pub fn publish_link(src: &Path, dest: &Path) -> Result<Published> {
+    publish_by(dest, || fs::hard_link(src, dest))
+}
+
+/// Run `op` (which makes `dest`), creating `dest`'s folder and trying once more if it is
+/// missing; `dest` already there is [`Published::Existed`].
+fn publish_by(dest: &Path, op: impl Fn() -> io::Result<()>) -> Result<Published> {
     for attempt in 0..2 {
-        match rename_noreplace(tmp, dest) {
+        match op() {
             Ok(()) => return Ok(Published::New),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let _ = fs::remove_file(tmp);
-                return Ok(Published::Existed);
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Published::Existed),
             Err(e) if e.kind() == io::ErrorKind::NotFound && attempt == 0 => {
                 if let Some(parent) = dest.parent() {
                     create_dirs(parent).ctx("create", parent)?;
                 }
             }
-            Err(e) => {
-                let _ = fs::remove_file(tmp);
-                return Err(e).ctx("publish", dest);
-            }
+            Err(e) => return Err(e).ctx("publish", dest),
         }
     }
-    let _ = fs::remove_file(tmp);
     Err(io::Error::from(io::ErrorKind::NotFound)).ctx("publish", dest)
 }
 

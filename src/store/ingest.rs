@@ -105,6 +105,8 @@ struct FileOutcome {
     new: bool,
     /// Set when the hash may be cached under this stat.
     cache: Option<StatKey>,
+    /// An adopted file to publish as (file, object path) once the store is synced.
+    adopt: Option<(PathBuf, PathBuf)>,
 }
 
 fn is_exec(m: &fs::Metadata) -> bool {
@@ -187,12 +189,57 @@ impl Store {
 
     /// Add a directory as a tree.
     pub fn add_tree(&self, dir: &Path, opts: &AddOptions) -> Result<AddReport> {
+        self.add_tree_with(dir, opts, false)
+    }
+
+    /// [`Store::add_tree`] of a folder of the store's own temp files (an environment an
+    /// installer just wrote into `tmp/`), without writing their bytes a second time: each
+    /// file is hashed where it is and a new content's file itself becomes the object (made
+    /// read-only, then hard-linked into `objects/` after one `syncfs` has made it durable).
+    /// Only a file that is ours alone is taken so: a regular file with one link (its inode
+    /// shared with nothing, in the folder or outside it), owned by us. Any other file is
+    /// copied as `add_tree` does. `dir` must lie in the store's `tmp/`; the caller deletes it
+    /// afterwards (the objects keep their inodes).
+    pub fn adopt_tree(&self, dir: &Path, opts: &AddOptions) -> Result<AddReport> {
+        let tmp = self
+            .tmp_dir()
+            .canonicalize()
+            .ctx("resolve", &self.tmp_dir())?;
+        let real = dir.canonicalize().ctx("resolve", dir)?;
+        if real == tmp || !real.starts_with(&tmp) {
+            return Err(Error::bad_input(
+                dir,
+                "only a folder in the store's tmp/ can be adopted",
+            ));
+        }
+        self.add_tree_with(&real, opts, true)
+    }
+
+    fn add_tree_with(&self, dir: &Path, opts: &AddOptions, adopt: bool) -> Result<AddReport> {
         let _lock = self.lock_shared()?;
         let (files, mut entries) = scan(dir, opts, self.root())?;
         self.check_private_files(dir, files.iter().map(|f| f.abs.as_path()))?;
-        let outcomes: Vec<FileOutcome> = self.each_file(&files, true, |f, c| {
-            self.ingest_file(f, c, opts.tree_sha256)
-        })?;
+        let mut outcomes: Vec<FileOutcome> = if adopt {
+            self.each_file(&files, false, |f, _| self.adopt_file(f, opts.tree_sha256))?
+        } else {
+            self.each_file(&files, true, |f, c| {
+                self.ingest_file(f, c, opts.tree_sha256)
+            })?
+        };
+        if outcomes.iter().any(|o| o.adopt.is_some()) {
+            let started = std::time::Instant::now();
+            // The adopted bytes are durable before any of them is published.
+            self.sync()?;
+            let synced = started.elapsed();
+            outcomes
+                .par_iter_mut()
+                .try_for_each(|o| self.publish_adopted(o, opts.tree_sha256))?;
+            tracing::info!(
+                "adopt_tree: {} files hashed; syncfs took {synced:.2?}, linking {:.2?}",
+                files.len(),
+                started.elapsed() - synced
+            );
+        }
 
         let mut batch = Batch::default();
         let mut report = AddReport {
@@ -313,6 +360,84 @@ impl Store {
         }
     }
 
+    /// Hash one of our own temp files where it is ([`Store::adopt_tree`]): a file the store
+    /// lacks is made read-only and left to publish ([`FileOutcome::adopt`]); one that is not
+    /// ours alone is stored by copy.
+    fn adopt_file(&self, f: &ScannedFile, want_sha256: bool) -> Result<FileOutcome> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&f.abs)
+            .ctx("open", &f.abs)?;
+        let meta = file.metadata().ctx("stat", &f.abs)?;
+        let ours = meta.is_file()
+            && meta.nlink() == 1
+            && meta.uid() == rustix::process::geteuid().as_raw()
+            && meta.len() == f.stat.size;
+        if !ours {
+            return self.ingest_file(f, None, want_sha256);
+        }
+        // Through the handle: the inode we checked, whatever the path names meanwhile.
+        let mode = if f.exec {
+            super::object::MODE_EXEC
+        } else {
+            super::object::MODE_PLAIN
+        };
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .ctx("chmod", &f.abs)?;
+        let before = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
+        let digests = super::hash::stream(&mut file, None, want_sha256).ctx("read", &f.abs)?;
+        let after = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
+        if before != after || digests.size != before.size {
+            return Err(Error::bad_input(
+                &f.abs,
+                "file changed while it was being added; try again",
+            ));
+        }
+        let dest = self.object_path(&digests.b3, f.exec);
+        let adopt = match self.object_state(&dest, digests.size)? {
+            super::object::ObjectState::Present => None,
+            super::object::ObjectState::Absent => Some((f.abs.clone(), dest)),
+            // A damaged object is replaced with verified bytes by the copying path.
+            super::object::ObjectState::Damaged => return self.ingest_file(f, None, want_sha256),
+        };
+        Ok(FileOutcome {
+            id: digests.b3,
+            size: digests.size,
+            sha256: digests.sha256,
+            hashed: true,
+            new: false,
+            // Linking moves the inode's ctime: a stat taken now would never match again.
+            cache: None,
+            adopt,
+        })
+    }
+
+    /// Publish an adopted file under its object's name (after the `syncfs` that made it
+    /// durable). Where hard links are refused, its bytes are copied instead.
+    fn publish_adopted(&self, o: &mut FileOutcome, want_sha256: bool) -> Result<()> {
+        let Some((src, dest)) = o.adopt.take() else {
+            return Ok(());
+        };
+        o.new = match super::durable::publish_link(&src, &dest) {
+            Ok(p) => p == super::durable::Published::New,
+            Err(e) => {
+                tracing::debug!("cannot link {}: {e}; copying it", src.display());
+                let exec = fs::symlink_metadata(&src).is_ok_and(|m| is_exec(&m));
+                let put = self.put_file(&src, exec, want_sha256)?;
+                if put.digests.b3 != o.id {
+                    return Err(Error::bad_input(
+                        &src,
+                        "file changed while it was being added; try again",
+                    ));
+                }
+                put.new
+            }
+        };
+        Ok(())
+    }
+
     /// Hash and store one file, unless the stat cache vouches for it and the object is present.
     fn ingest_file(
         &self,
@@ -344,6 +469,7 @@ impl Store {
                     hashed: false,
                     new: false,
                     cache: None,
+                    adopt: None,
                 });
             }
         }
@@ -366,6 +492,7 @@ impl Store {
             hashed: true,
             new: put.new,
             cache: stable.then_some(before),
+            adopt: None,
         })
     }
 }
@@ -574,5 +701,94 @@ mod tests {
         // Through the stat cache `add_tree` filled, and rehashing, the same id again.
         assert_eq!(other.hash_tree(&dir, &opts, false).expect("hash"), added.id);
         assert_eq!(other.hash_tree(&dir, &opts, true).expect("hash"), added.id);
+    }
+
+    /// `adopt_tree` of a folder in the store's tmp/ gives the tree `add_tree` gives for the
+    /// same files, and its new objects are the files' own inodes, read-only; a file whose inode
+    /// is also linked from elsewhere is copied, and its mode (that other name's too) is left
+    /// alone; a folder outside tmp/ is refused.
+    #[test]
+    fn adopt_tree_is_add_tree_without_a_second_copy() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().expect("temp dir");
+        let fill = |dir: &Path| {
+            fs::create_dir_all(dir.join("pkg/empty")).expect("mkdir");
+            fs::write(dir.join("pkg/a.py"), b"print(1)\n").expect("write");
+            fs::write(dir.join("pkg/same.py"), b"print(1)\n").expect("write");
+            fs::write(dir.join("pkg/big.bin"), vec![7u8; (SMALL + 1) as usize]).expect("write");
+            fs::write(dir.join("tool"), b"#!/bin/sh\n").expect("write");
+            fs::set_permissions(dir.join("tool"), fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            std::os::unix::fs::symlink("pkg/a.py", dir.join("link.py")).expect("symlink");
+        };
+        const SMALL: u64 = crate::store::object::SMALL_FILE;
+        let outside = t.path().join("outside");
+        fill(&outside);
+        let old = Store::open(t.path().join("old"), &StoreOptions::default()).expect("store");
+        let want = old.add_tree(&outside, &AddOptions::default()).expect("add");
+
+        let store = Store::open(t.path().join("new"), &StoreOptions::default()).expect("store");
+        fs::create_dir_all(store.tmp_dir()).expect("tmp");
+        let refused = store.adopt_tree(&outside, &AddOptions::default());
+        assert!(refused.is_err(), "adopted a folder outside tmp/");
+        assert_eq!(
+            fs::metadata(outside.join("pkg/a.py"))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o644,
+            "a refused folder's file was chmod'ed"
+        );
+
+        let dir = store.tmp_dir().join(".tmp-adopt");
+        fill(&dir);
+        // One file shares its inode with a name outside tmp/: it must be copied, not adopted.
+        let shared = t.path().join("shared-name");
+        fs::hard_link(dir.join("tool"), &shared).expect("link");
+        let ino = |p: &Path| fs::metadata(p).expect("stat").ino();
+        let same = [ino(&dir.join("pkg/a.py")), ino(&dir.join("pkg/same.py"))];
+        let big_ino = ino(&dir.join("pkg/big.bin"));
+
+        let got = store
+            .adopt_tree(&dir, &AddOptions::default())
+            .expect("adopt");
+        assert_eq!(got.id, want.id, "adopting gives another tree than adding");
+        let manifest = store.read_tree(&got.id).expect("tree");
+        for e in &manifest.entries {
+            if let Node::File { id, exec, .. } = &e.node {
+                let obj = store.object_path(id, *exec);
+                let m = fs::metadata(&obj).expect("object");
+                let mode = m.permissions().mode() & 0o777;
+                assert_eq!(mode, if *exec { 0o555 } else { 0o444 }, "{}", e.path);
+                assert_eq!(&crate::store::hash::b3_file(&obj).expect("hash").0, id);
+            }
+        }
+        let obj_of = |rel: &str| {
+            let e = manifest.entries.iter().find(|e| e.path == rel).expect(rel);
+            match &e.node {
+                Node::File { id, exec, .. } => store.object_path(id, *exec),
+                _ => panic!("{rel} is not a file"),
+            }
+        };
+        // a.py and same.py hold the same bytes: one of them became the object.
+        assert!(
+            same.contains(&ino(&obj_of("pkg/a.py"))),
+            "a.py was copied, not adopted"
+        );
+        assert_eq!(ino(&obj_of("pkg/big.bin")), big_ino, "big.bin was copied");
+        assert_ne!(
+            ino(&obj_of("tool")),
+            ino(&shared),
+            "a shared inode was adopted"
+        );
+        assert_eq!(
+            fs::metadata(&shared).expect("stat").permissions().mode() & 0o777,
+            0o755,
+            "the mode of a file linked from outside tmp/ was changed"
+        );
+        assert_eq!(fs::read(&shared).expect("read"), b"#!/bin/sh\n");
+        let report = store.fsck(&Default::default()).expect("fsck");
+        assert!(report.is_clean(), "{report:?}");
     }
 }

@@ -24,7 +24,7 @@ pub const MODE_EXEC: u32 = 0o555;
 
 /// What an object's path holds, as seen before writing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ObjectState {
+pub(super) enum ObjectState {
     Present,
     Absent,
     Damaged,
@@ -162,7 +162,7 @@ impl Store {
     /// What is at an object's path: the object with `size` bytes (its mtime is refreshed for
     /// gc when old), nothing, or a damaged file (wrong size or type: a crash of a machine that
     /// skipped fsync can leave a short file) that the caller's verified bytes must replace.
-    fn object_state(&self, path: &Path, size: u64) -> Result<ObjectState> {
+    pub(super) fn object_state(&self, path: &Path, size: u64) -> Result<ObjectState> {
         match fs::symlink_metadata(path) {
             Ok(m) if m.len() == size && m.is_file() => {
                 durable::freshen(path, m.modified().unwrap_or(std::time::UNIX_EPOCH));
