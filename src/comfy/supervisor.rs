@@ -15,6 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How often a starting ComfyUI is asked whether it answers: a connect to 127.0.0.1 costs
+/// microseconds, and every interval adds up to its length to a cold start.
+const READY_POLL: Duration = Duration::from_millis(20);
+
 /// How many log lines are kept for error reports.
 const LOG_LINES: usize = 200;
 
@@ -223,6 +227,7 @@ impl Supervisor {
                 }
             });
         }
+        tracing::info!("spawned ComfyUI (pid {})", child.id());
         self.child = Some(child);
         self.starts += 1;
         Ok(())
@@ -262,7 +267,7 @@ impl Supervisor {
                     log: self.log_tail(20),
                 });
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(READY_POLL);
         }
     }
 
