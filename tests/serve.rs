@@ -91,6 +91,8 @@ struct Opts {
     /// The worker's DEST, made by the test (`dest/` in the temp dir, with the fake ComfyUI,
     /// when not given).
     dest: Option<PathBuf>,
+    /// More arguments for the worker (`serve`).
+    worker_args: Vec<&'static str>,
 }
 
 /// One test's temp dir, fake job server and worker; both processes (and the worker's
@@ -199,6 +201,7 @@ impl Setup {
         for a in &opts.comfy_args {
             cmd.arg(format!("--comfy-arg={a}"));
         }
+        cmd.args(&opts.worker_args);
         let inherited = std::env::vars_os()
             .map(|(k, _)| k.to_string_lossy().into_owned())
             .filter(|k| k.starts_with("RUNPOD_"));
@@ -1500,7 +1503,9 @@ fn at(log: &str, needle: &str, report: &str) -> usize {
 /// A warm start (DEST already holds the locked version): ComfyUI is spawned first and the
 /// version checked while it starts; the check finds it intact, so the same ComfyUI answers
 /// the job. The order is the worker's own log: the spawn, then the end of placing (the
-/// check: `materialize_lock` writes nothing on an intact version).
+/// check: `materialize_lock` writes nothing on an intact version). ComfyUI takes longer to
+/// start than the hang timeout: still starting when the check ends, it is waited for, not
+/// taken for hung and restarted.
 #[test]
 fn a_warm_start_spawns_comfyui_before_the_check_ends() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1512,6 +1517,8 @@ fn a_warm_start_spawns_comfyui_before_the_check_ends() {
         dest: Some(dest),
         env: vec![("COMFYSTORE_LOCK", s(&lock).to_string())],
         rust_log: Some(PLACING_LOG),
+        comfy_args: vec!["--fake-start-delay=3".into()],
+        worker_args: vec!["--hang-timeout", "1s"],
         ..Opts::default()
     });
     let rec = w.result("warm", Duration::from_secs(30));
