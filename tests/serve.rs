@@ -1468,6 +1468,19 @@ fn placed_version(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     (store, lock, dest)
 }
 
+/// A worker on a placed version (DEST, its store and its lock) with one job, logging the end
+/// of placing.
+fn warm_opts(job: &str, store: PathBuf, lock: &std::path::Path, dest: PathBuf) -> Opts {
+    Opts {
+        jobs: vec![good_job(job)],
+        store: Some(store),
+        dest: Some(dest),
+        env: vec![("COMFYSTORE_LOCK", s(lock).to_string())],
+        rust_log: Some(PLACING_LOG),
+        ..Opts::default()
+    }
+}
+
 /// What the fake ComfyUI gives for minimal.json with `--cpu` (its recorded expectation).
 fn fake_expected_sha256() -> String {
     let path = concat!(
@@ -1512,14 +1525,9 @@ fn a_warm_start_spawns_comfyui_before_the_check_ends() {
     let dir = tmp.path().canonicalize().unwrap();
     let (store, lock, dest) = placed_version(&dir);
     let mut w = Setup::start(Opts {
-        jobs: vec![good_job("warm")],
-        store: Some(store),
-        dest: Some(dest),
-        env: vec![("COMFYSTORE_LOCK", s(&lock).to_string())],
-        rust_log: Some(PLACING_LOG),
         comfy_args: vec!["--fake-start-delay=3".into()],
         worker_args: vec!["--hang-timeout", "1s"],
-        ..Opts::default()
+        ..warm_opts("warm", store, &lock, dest)
     });
     let rec = w.result("warm", Duration::from_secs(30));
     let (f, _) = one_image(body(&rec));
@@ -1571,14 +1579,7 @@ fn a_damaged_version_is_repaired_and_comfyui_restarted_before_any_job() {
     fs::write(&tmp_main, damaged).unwrap();
     fs::rename(&tmp_main, &main).unwrap();
 
-    let mut w = Setup::start(Opts {
-        jobs: vec![good_job("repaired")],
-        store: Some(store),
-        dest: Some(dest),
-        env: vec![("COMFYSTORE_LOCK", s(&lock).to_string())],
-        rust_log: Some(PLACING_LOG),
-        ..Opts::default()
-    });
+    let mut w = Setup::start(warm_opts("repaired", store, &lock, dest));
     let rec = w.result("repaired", Duration::from_secs(30));
     let (f, _) = one_image(body(&rec));
     let (log, report) = (w.log(), w.report());
