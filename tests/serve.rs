@@ -88,6 +88,11 @@ struct Opts {
     /// Leave DEST absent (no fake ComfyUI there): the worker materializes it from the lock it
     /// is given (`COMFYSTORE_LOCK` in `env`).
     no_version: bool,
+    /// The worker's DEST, made by the test (`dest/` in the temp dir, with the fake ComfyUI,
+    /// when not given).
+    dest: Option<PathBuf>,
+    /// More arguments for the worker (`serve`).
+    worker_args: Vec<&'static str>,
 }
 
 /// One test's temp dir, fake job server and worker; both processes (and the worker's
@@ -138,8 +143,8 @@ impl Setup {
     fn launch(opts: Opts) -> Setup {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().canonicalize().unwrap();
-        let dest = dir.join("dest");
-        if !opts.no_version {
+        let dest = opts.dest.clone().unwrap_or_else(|| dir.join("dest"));
+        if !opts.no_version && opts.dest.is_none() {
             common::fake_comfy_folder(&dest, &fs::read(FAKE_COMFY).unwrap());
         }
 
@@ -196,6 +201,7 @@ impl Setup {
         for a in &opts.comfy_args {
             cmd.arg(format!("--comfy-arg={a}"));
         }
+        cmd.args(&opts.worker_args);
         let inherited = std::env::vars_os()
             .map(|(k, _)| k.to_string_lossy().into_owned())
             .filter(|k| k.starts_with("RUNPOD_"));
@@ -1445,4 +1451,148 @@ fn a_worker_with_an_empty_store_fills_it_from_the_bucket_and_answers() {
     let second = front.seen()[first.len()..].to_vec();
     assert_eq!(downloads(&second), 0, "downloaded again: {second:#?}");
     assert!(second.is_empty(), "the bucket was asked again: {second:#?}");
+}
+
+/// A version placed before the worker starts: the fake ComfyUI and its venv locked into
+/// `dir/store` (tag `v1`) and materialized at `dir/placed`. Returns (store, lock, DEST).
+fn placed_version(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let v1 = dir.join("v1");
+    common::fake_comfy_folder(&v1, &fs::read(FAKE_COMFY).unwrap());
+    let store = dir.join("store");
+    let lock = dir.join("v1.lock.json");
+    let out = common::run(&store, &["lock", s(&v1), "--tag", "v1", "-o", s(&lock)]);
+    assert!(out.status.success(), "lock: {}", describe(&out));
+    let dest = dir.join("placed");
+    let out = common::run(&store, &["materialize", s(&lock), s(&dest)]);
+    assert!(out.status.success(), "materialize: {}", describe(&out));
+    (store, lock, dest)
+}
+
+/// A worker on a placed version (DEST, its store and its lock) with one job, logging the end
+/// of placing.
+fn warm_opts(job: &str, store: PathBuf, lock: &std::path::Path, dest: PathBuf) -> Opts {
+    Opts {
+        jobs: vec![good_job(job)],
+        store: Some(store),
+        dest: Some(dest),
+        env: vec![("COMFYSTORE_LOCK", s(lock).to_string())],
+        rust_log: Some(PLACING_LOG),
+        ..Opts::default()
+    }
+}
+
+/// What the fake ComfyUI gives for minimal.json with `--cpu` (its recorded expectation).
+fn fake_expected_sha256() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fake_comfyui/minimal.expected.json"
+    );
+    let e: Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+    let cpu = e["expectations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["comfy_args"] == json!(["--cpu"]))
+        .unwrap();
+    let out = cpu["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["node"] == "3")
+        .unwrap();
+    out["sha256"].as_str().unwrap().to_string()
+}
+
+/// The worker's log with the end of `materialize_lock` in it ("materialize TAG: version
+/// placed"), the version check of a warm start.
+const PLACING_LOG: &str = "info,comfystore::pipeline::materialize=debug";
+
+/// Where `needle` first occurs in the worker's log, for ordering its events.
+fn at(log: &str, needle: &str, report: &str) -> usize {
+    log.find(needle)
+        .unwrap_or_else(|| panic!("no {needle:?} in the worker's log\n{report}"))
+}
+
+/// A warm start (DEST already holds the locked version): ComfyUI is spawned first and the
+/// version checked while it starts; the check finds it intact, so the same ComfyUI answers
+/// the job. The order is the worker's own log: the spawn, then the end of placing (the
+/// check: `materialize_lock` writes nothing on an intact version). ComfyUI takes longer to
+/// start than the hang timeout: still starting when the check ends, it is waited for, not
+/// taken for hung and restarted.
+#[test]
+fn a_warm_start_spawns_comfyui_before_the_check_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    let (store, lock, dest) = placed_version(&dir);
+    let mut w = Setup::start(Opts {
+        comfy_args: vec!["--fake-start-delay=3".into()],
+        worker_args: vec!["--hang-timeout", "1s"],
+        ..warm_opts("warm", store, &lock, dest)
+    });
+    let rec = w.result("warm", Duration::from_secs(30));
+    let (f, _) = one_image(body(&rec));
+    assert_eq!(
+        f["sha256"],
+        fake_expected_sha256().as_str(),
+        "{}",
+        w.report()
+    );
+    let (log, report) = (w.log(), w.report());
+    let spawned = at(&log, "spawned ComfyUI", &report);
+    let checked = at(&log, "materialize v1: version placed", &report);
+    assert!(spawned < checked, "checked before the spawn\n{report}");
+    assert_eq!(log.matches("spawned ComfyUI").count(), 1, "{report}");
+    at(
+        &log,
+        "intact for v1 (checked while ComfyUI started)",
+        &report,
+    );
+}
+
+/// A warm start on a damaged version (DEST's main.py changed after it was placed): ComfyUI
+/// is spawned on it, the check finds the change and repairs it, that ComfyUI is stopped and
+/// a new one spawned on the repaired file; the job gets the version's bytes, and the damaged
+/// ComfyUI never got a prompt (it would have left a file saying so).
+#[test]
+fn a_damaged_version_is_repaired_and_comfyui_restarted_before_any_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    let (store, lock, dest) = placed_version(&dir);
+    let main = dest.join("main.py");
+    let good = fs::read(&main).unwrap();
+    let text = String::from_utf8(good.clone()).unwrap();
+    let prompted = dir.join("damaged-comfyui-got-a-prompt");
+    let (png, prompt) = ("zlib.compress(raw, 4)", r#"log("got prompt")"#);
+    assert!(
+        text.contains(png) && text.contains(prompt),
+        "the fake changed"
+    );
+    let damaged = text.replace(png, "zlib.compress(raw, 0)").replace(
+        prompt,
+        &format!(
+            r#"log("got prompt"); open({:?}, "w").close()"#,
+            s(&prompted)
+        ),
+    );
+    // A new file renamed over it: the placed one may share its inode with the store.
+    let tmp_main = dest.join("main.py.tmp");
+    fs::write(&tmp_main, damaged).unwrap();
+    fs::rename(&tmp_main, &main).unwrap();
+
+    let mut w = Setup::start(warm_opts("repaired", store, &lock, dest));
+    let rec = w.result("repaired", Duration::from_secs(30));
+    let (f, _) = one_image(body(&rec));
+    let (log, report) = (w.log(), w.report());
+    assert_eq!(f["sha256"], fake_expected_sha256().as_str(), "{report}");
+    assert!(
+        !prompted.exists(),
+        "a job reached the damaged ComfyUI\n{report}"
+    );
+    assert_eq!(fs::read(&main).unwrap(), good, "main.py not repaired");
+    assert_eq!(log.matches("spawned ComfyUI").count(), 2, "{report}");
+    let first = at(&log, "spawned ComfyUI", &report);
+    let repaired = at(&log, "materialize v1: version placed", &report);
+    let second = first + 1 + at(&log[first + 1..], "spawned ComfyUI", &report);
+    assert!(first < repaired && repaired < second, "{report}");
+    at(&log, "1 entries written and 0 removed", &report);
 }

@@ -83,20 +83,95 @@ pub struct RunJobArgs {
 }
 
 /// A worker on the version: materialized from the lock when one is given.
+///
+/// A warm start (DEST holds a complete marker: it was placed before) starts ComfyUI at once
+/// and checks the version against the lock while ComfyUI imports its modules; if the check
+/// wrote anything (a repair, or a switch to another version), that ComfyUI is stopped and a
+/// new one started on the version as it now is. The worker is handed back only once the
+/// check has passed, so no job runs on a version that failed it (docs/runpod.md, "Cold
+/// start"). A first start (no complete marker) places the version before starting ComfyUI.
 pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
-    let store = open_store(cli)?;
-    if let Some(lock) = &a.lock {
-        let lock = Lockfile::read(lock)?;
-        let opts = LockOptions {
-            models_dir: a.models_dir.clone(),
-            fetch: a.sources.options()?,
-            ..LockOptions::default()
-        };
+    let store = Arc::new(open_store(cli)?);
+    let Some(lock) = &a.lock else {
+        return with_sink(worker_at(store, &a.dest, &a.run)?, a);
+    };
+    let lock = Lockfile::read(lock)?;
+    let opts = LockOptions {
+        models_dir: a.models_dir.clone(),
+        fetch: a.sources.options()?,
+        ..LockOptions::default()
+    };
+    let place_version = || {
         materialize::materialize_lock(&store, &lock, &a.dest, &opts)
-            .with_context(|| format!("materialize {} at {}", lock.tag, a.dest.display()))?;
+            .with_context(|| format!("materialize {} at {}", lock.tag, a.dest.display()))
+    };
+    let marker = std::path::absolute(&a.dest)?.join(place::MARKER_NAME);
+    let placed = place::read_marker(&store, &a.dest)
+        .ok()
+        .and_then(|m| m.marker)
+        .is_some_and(|m| m.complete);
+    // A complete marker whose version cannot even be started (main.py or the interpreter
+    // gone) is not worth a start: placed first, as on a first start.
+    let started = match placed.then(|| worker_at(store.clone(), &a.dest, &a.run)) {
+        Some(Ok(mut w)) => {
+            w.sup.start()?;
+            Some(w)
+        }
+        Some(Err(e)) => {
+            tracing::debug!("not started before the check: {e:#}");
+            None
+        }
+        None => None,
+    };
+    let Some(w) = started else {
+        place_version()?;
+        return with_sink(worker_at(store.clone(), &a.dest, &a.run)?, a);
+    };
+    let before = std::fs::read(&marker).ok();
+    // The check (and repair) beside ComfyUI's start, and the sink's preflight meanwhile.
+    let (checked, w) = std::thread::scope(|s| {
+        let check = s.spawn(place_version);
+        let w = with_sink(w, a);
+        let checked = check
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (checked, w)
+    });
+    // On an error both go: `w` (its ComfyUI stopped on drop) and the check's error.
+    let (report, w) = (checked?, w?);
+    let changed = wrote(&report) || std::fs::read(&marker).ok() != before;
+    if !changed {
+        tracing::info!(
+            "{}: intact for {} (checked while ComfyUI started)",
+            a.dest.display(),
+            lock.tag
+        );
+        return Ok(w);
     }
-    let w = worker_at(Arc::new(store), &a.dest, &a.run)?;
-    // Checked before ComfyUI starts: a bucket without the permissions stops here.
+    tracing::warn!(
+        "{}: {} entries written and {} removed to make it {}: the ComfyUI spawned before the \
+         check is stopped, and a new one spawned on the version as it now is",
+        a.dest.display(),
+        report.version.written,
+        report.version.removed,
+        lock.tag
+    );
+    drop(w);
+    with_sink(worker_at(store, &a.dest, &a.run)?, a)
+}
+
+/// Whether placing the version changed anything ComfyUI reads.
+fn wrote(r: &materialize::LockReport) -> bool {
+    let placed =
+        |m: &place::MaterializeReport| m.written > 0 || m.removed > 0 || !m.kept_edits.is_empty();
+    placed(&r.version)
+        || r.venv.as_ref().is_some_and(placed)
+        || r.models.as_ref().is_some_and(placed)
+}
+
+/// `w` with the output sink the flags ask for. Checked before the first job: a bucket without
+/// the permissions stops here.
+fn with_sink(w: Worker, a: &ComfyArgs) -> Result<Worker> {
     Ok(match super::outputs::sink(&a.outputs, w.runtime())? {
         Some(sink) => w.with_sink(sink),
         None => w,

@@ -15,6 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How often a starting ComfyUI is asked whether it answers: a connect to 127.0.0.1 costs
+/// microseconds, and every interval adds up to its length to a cold start.
+const READY_POLL: Duration = Duration::from_millis(20);
+
 /// How many log lines are kept for error reports.
 const LOG_LINES: usize = 200;
 
@@ -160,6 +164,9 @@ pub struct Supervisor {
     log: Arc<Mutex<VecDeque<String>>>,
     /// How many times it was (re)started.
     pub starts: u32,
+    /// Whether the running process has answered since it was spawned: until then it is
+    /// starting (given the ready timeout), not hung (given `hang`).
+    answered: bool,
 }
 
 impl Supervisor {
@@ -169,6 +176,7 @@ impl Supervisor {
             child: None,
             log: Arc::new(Mutex::new(VecDeque::new())),
             starts: 0,
+            answered: false,
         }
     }
 
@@ -223,7 +231,9 @@ impl Supervisor {
                 }
             });
         }
+        tracing::info!("spawned ComfyUI (pid {})", child.id());
         self.child = Some(child);
+        self.answered = false;
         self.starts += 1;
         Ok(())
     }
@@ -252,7 +262,10 @@ impl Supervisor {
                 });
             }
             if http_ok(&url) {
-                tracing::info!("ComfyUI answered on {url}");
+                if !self.answered {
+                    tracing::info!("ComfyUI answered on {url}");
+                }
+                self.answered = true;
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -262,7 +275,7 @@ impl Supervisor {
                     log: self.log_tail(20),
                 });
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(READY_POLL);
         }
     }
 
@@ -270,6 +283,11 @@ impl Supervisor {
     pub fn ensure(&mut self, timeout: Duration) -> Result<()> {
         if !self.alive() {
             self.start()?;
+            return self.wait_ready(timeout);
+        }
+        // Spawned and still starting (a warm start spawns it before the version check ends):
+        // it has the ready timeout, not `hang`.
+        if !self.answered {
             return self.wait_ready(timeout);
         }
         // Running: it must answer within `hang` (the GIL held by a custom node, a deadlock),
