@@ -13,6 +13,7 @@
 # every file). The install is lock.sh's shape made small: ComfyUI as a git repo of 200 files,
 # 2 custom nodes of 30, a venv holding gen_tree.py's tree of FILES files, 2 models of 4 MiB.
 #
+# TABLE_ONLY=RESULTS_DIR prints the table of an earlier run again.
 # Knobs: FILES (20000), DELAY_MS (1; 0 counts fast: the counts hardly depend on it, see
 # docs/performance.md), ATTR_TIMEOUT (1) / ENTRY_TIMEOUT (0) (MooseFS's defaults; 0 0 is the
 # worst case), LAYOUTS ("a b"), COMFYSTORE (a binary; default: cargo build --release),
@@ -24,6 +25,54 @@ FILES=${FILES:-20000}
 DELAY_MS=${DELAY_MS:-1}
 LAYOUTS=${LAYOUTS:-a b}
 NAME=latency
+table() { # RESULTS_DIR: the markdown table of a run's counts
+    python3 - "$1" <<'PY'
+import json, pathlib, sys
+res = pathlib.Path(sys.argv[1])
+entries = dict((l.split()[0], int(l.split()[2])) for l in (res / "entries.txt").read_text().splitlines())
+rows = [l.split("|") for l in (res / "rows.txt").read_text().splitlines()]
+conf = dict(l.split("=", 1) for l in (res / "conf.txt").read_text().split())
+# Only the calls on the paths the command works on: anything else on the mount meanwhile
+# (another user's find or du over the disk) is left out and counted apart.
+paths = {"cp -a": {"made", "F"}, "cp -al": {"made", "F"}, "find -printf": {"D"},
+         "stat every file": {"C"}, "lock (unchanged)": {"S", "C"}}
+groups = [("lookup+getattr", ["getattr"]), ("readdir", ["opendir", "readdir", "releasedir"]),
+          ("open/create", ["open", "create"]), ("close", ["flush", "release"]),
+          ("mkdir", ["mkdir"]), ("link/symlink", ["link", "symlink"]),
+          ("unlink/rename/rmdir", ["unlink", "rename", "rmdir"]), ("fsync", ["fsync", "fsyncdir"]),
+          ("xattr", ["getxattr", "listxattr", "setxattr", "removexattr"])]
+times = {(r[0], r[1]): float(r[3]) for r in rows}
+print(f"delay {conf['delay_ms']} ms per metadata call; attr timeout {conf['attr']} s, "
+      f"entry timeout {conf['entry']} s; {conf['files']} generated files\n")
+print("| layout | command | entries | FUSE calls | per entry | " + " | ".join(g for g, _ in groups)
+      + " | other | read+write | wall s | ratio | load |")
+print("|---|---|---:|---:|---:|" + "---:|" * len(groups) + "---:|---:|---:|---:|---:|")
+for layout, what, floor, wall, load in rows:
+    keep = paths.get(what, {"S", "D"}) | {""}
+    ops, foreign = {}, 0
+    for k, v in json.loads((res / f"{layout}-{what}.json").read_text())["by_place"].items():
+        op, place = k.split(" ", 1)
+        if place.strip("/").split("/")[0] in keep:
+            ops[op] = ops.get(op, 0) + v
+        else:
+            foreign += v
+    n = entries[layout]
+    data = ops.get("read", 0) + ops.get("write", 0)
+    meta = sum(ops.values()) - data
+    seen = set()
+    cells = []
+    for _, keys in groups:
+        seen.update(keys)
+        cells.append(f"{sum(ops.get(k, 0) for k in keys) / n:.2f}")
+    other = sum(v for k, v in ops.items() if k not in seen and k not in ("read", "write"))
+    ratio = f"{float(wall) / times[(layout, floor)]:.2f}×" if floor else "floor"
+    print(f"| {layout} | {what} | {n} | {meta} | {meta / n:.2f} | " + " | ".join(cells)
+          + f" | {other / n:.2f} | {data / n:.2f} | {float(wall):.2f} | {ratio} | {load} |")
+    if foreign:
+        print(f"{layout} {what}: {foreign} calls elsewhere on the mount left out", file=sys.stderr)
+PY
+}
+if [ -n "${TABLE_ONLY:-}" ]; then table "$TABLE_ONLY"; exit; fi
 . "$REPO/scripts/bench/lib.sh"
 [ -n "$BIN" ] || { echo "no comfystore binary" >&2; exit 2; }
 PY=${LATFS_PY:-/work/latenv/bin/python}
@@ -96,6 +145,7 @@ row() { # LAYOUT WHAT FLOOR_WHAT -- CMD...: one counted, timed run of CMD
 }
 
 : >"$RESULTS/rows.txt"
+echo "delay_ms=$DELAY_MS attr=${ATTR_TIMEOUT:-1} entry=${ENTRY_TIMEOUT:-0} files=$FILES" >"$RESULTS/conf.txt"
 for L in $LAYOUTS; do
     if [ "$L" = a ]; then C=$LOCAL/C D=$LOCAL/D F=$LOCAL/F; else C=$MNT/C D=$MNT/D F=$MNT/F; fi
     LOCK=$WORK/$L.lock.json
@@ -129,34 +179,5 @@ for L in $LAYOUTS; do
     "$BIN" -q --store "$S" remove "$D" >/dev/null
 done
 
-python3 - "$RESULTS" "$DELAY_MS" "${ATTR_TIMEOUT:-1}" "${ENTRY_TIMEOUT:-0}" <<'PY' | tee "$RESULTS/table.md"
-import json, pathlib, sys
-res = pathlib.Path(sys.argv[1])
-entries = dict((l.split()[0], int(l.split()[2])) for l in (res / "entries.txt").read_text().splitlines())
-rows = [l.split("|") for l in (res / "rows.txt").read_text().splitlines()]
-groups = [("lookup+getattr", ["getattr"]), ("readdir", ["opendir", "readdir", "releasedir"]),
-          ("open/create", ["open", "create"]), ("close", ["flush", "release"]),
-          ("mkdir", ["mkdir"]), ("link/symlink", ["link", "symlink"]),
-          ("unlink/rename/rmdir", ["unlink", "rename", "rmdir"]), ("fsync", ["fsync", "fsyncdir"]),
-          ("xattr", ["getxattr", "listxattr", "setxattr", "removexattr"])]
-times = {(r[0], r[1]): float(r[3]) for r in rows}
-print(f"delay {sys.argv[2]} ms per metadata call; attr timeout {sys.argv[3]} s, entry timeout {sys.argv[4]} s\n")
-print("| layout | command | entries | FUSE calls | per entry | " + " | ".join(g for g, _ in groups)
-      + " | other | read+write | wall s | ratio | load |")
-print("|---|---|---:|---:|---:|" + "---:|" * len(groups) + "---:|---:|---:|---:|---:|")
-for layout, what, floor, wall, load in rows:
-    ops = json.loads((res / f"{layout}-{what}.json").read_text())["ops"]
-    n = entries[layout]
-    data = ops.get("read", 0) + ops.get("write", 0)
-    meta = sum(ops.values()) - data
-    seen = set()
-    cells = []
-    for _, keys in groups:
-        seen.update(keys)
-        cells.append(f"{sum(ops.get(k, 0) for k in keys) / n:.2f}")
-    other = sum(v for k, v in ops.items() if k not in seen and k not in ("read", "write"))
-    ratio = f"{float(wall) / times[(layout, floor)]:.2f}×" if floor else "floor"
-    print(f"| {layout} | {what} | {n} | {meta} | {meta / n:.2f} | " + " | ".join(cells)
-          + f" | {other / n:.2f} | {data / n:.2f} | {float(wall):.2f} | {ratio} | {load} |")
-PY
+table "$RESULTS" | tee "$RESULTS/table.md"
 echo "results: $RESULTS (per-command counts by place in LAYOUT-WHAT.json)" >&2
