@@ -4,22 +4,39 @@
 # `cp -al` of the same tree) and checked with status (against `find -printf`), hyperfine
 # medians; a PNG plot of time per size goes to docs/perf-scale.png when PLOT=1.
 #
-#   scripts/bench/scale.sh [WORKDIR]      (default /dev/shm/comfystore-scale)
+#   scripts/bench/scale.sh [WORKDIR]      (default /work/comfystore-scale; needs root)
 #
 # The files are small (64-576 bytes, each distinct, 10 per folder, folders 3 deep), so the
-# figures are the per-entry cost (metadata), not bytes: on tmpfs by default, where the
-# machine's disk is too small for a million files three times over. tmpfs counts every hard
-# link against its inode limit (about 3M on a 24 GB machine): 1M entries need a bigger one
-# (mount -o remount,nr_inodes=8M /dev/shm) or a disk. Knobs: SIZES, RUNS=3,
-# COMFYSTORE, PLOT=1 (needs python with matplotlib: PYPLOT=/path/to/python).
+# figures are the per-entry cost (metadata), not bytes. FS says where they live:
+#   xfs (default)  a sparse XFS image (IMAGE, default WORKDIR.img, IMAGE_SIZE 12G) mounted at
+#                  WORKDIR and removed at the end. XFS makes inodes as it needs them (ext4
+#                  fixes their number at mkfs) and 1 KiB blocks keep a million small files
+#                  in ~1 GB per copy: the source and the store; materialized copies are links
+#                  and cost inodes only.
+#   tmpfs          WORKDIR as it is (e.g. /dev/shm/...): no disk, but tmpfs counts every hard
+#                  link against its inode limit (about 3M on a 24 GB machine), so 1M entries
+#                  stop at ~780k links there.
+# Knobs: SIZES, RUNS=3, FS, IMAGE, IMAGE_SIZE, COMFYSTORE, PLOT=1 (needs python with
+# matplotlib: PYPLOT=/path/to/python).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-WORK=${1:-/dev/shm/comfystore-scale}
+WORK=${1:-/work/comfystore-scale}
+FS=${FS:-xfs}
 SIZES=${SIZES:-10000 100000 1000000}
 RUNS=${RUNS:-3}
 NAME=scale
 . "$REPO/scripts/bench/lib.sh"
 [ -n "$BIN" ] || { echo "no comfystore binary" >&2; exit 2; }
+if [ "$FS" != tmpfs ]; then
+    # lib.sh's cleanup unmounts what is in `mounts` on exit; the image goes with it.
+    IMAGE=${IMAGE:-$WORK.img}
+    mv "$BIN" "$WORK.bin"; mkdir -p "$WORK"; umount "$WORK" 2>/dev/null || true
+    rm -f "$IMAGE"; truncate -s "${IMAGE_SIZE:-12G}" "$IMAGE"
+    if [ "$FS" = xfs ]; then mkfs.xfs -q -f -b size=1024 "$IMAGE"; else mkfs.ext4 -q -F -N 4000000 "$IMAGE"; fi
+    mount -o loop "$IMAGE" "$WORK"; mounts+=("$WORK")
+    BIN=$WORK/comfystore; mv "$WORK.bin" "$BIN"
+    trap 'cleanup; rm -f "$IMAGE"' EXIT
+fi
 
 gen() { # DIR N: N distinct small files, 10 a folder, 3 levels
     python3 - "$1" "$2" <<'PY'
@@ -34,7 +51,7 @@ for i in range(n):
 PY
 }
 
-echo "size,what,median_s,min_s,max_s,load" >"$RESULTS/scale.csv"
+echo "size,what,median_s,min_s,max_s,load,fs" >"$RESULTS/scale.csv"
 for n in $SIZES; do
     W=$WORK/$n; rm -rf "$W"; mkdir -p "$W"
     gen "$W/src" "$n"
@@ -54,10 +71,10 @@ for n in $SIZES; do
         -n "status" "$BIN -q --store $W/S status $W/D" \
         -n "find -printf" "find $W/D -printf '%s %T@\n' >/dev/null"
     for j in make check; do
-        python3 - "$RESULTS/$j-$n.json" "$n" "$load" >>"$RESULTS/scale.csv" <<'PY'
+        python3 - "$RESULTS/$j-$n.json" "$n" "$load" "$FS" >>"$RESULTS/scale.csv" <<'PY'
 import json, sys
 for r in json.load(open(sys.argv[1]))["results"]:
-    print(f"{sys.argv[2]},{r['command']},{r['median']:.4f},{r['min']:.4f},{r['max']:.4f},{sys.argv[3]}")
+    print(f"{sys.argv[2]},{r['command']},{r['median']:.4f},{r['min']:.4f},{r['max']:.4f},{sys.argv[3]},{sys.argv[4]}")
 PY
     done
     rm -rf "$W"
@@ -78,7 +95,8 @@ for what, style in [("materialize --link hardlink", "o-"), ("cp -al", "o--"),
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=what)
 ax.set_xscale("log"); ax.set_yscale("log")
 ax.set_xlabel("entries in the tree"); ax.set_ylabel("seconds (hyperfine median)")
-ax.set_title("comfystore materialize and status vs. entries (tmpfs, 2 cores)")
+fs = rows[0]["fs"] if rows else "?"
+ax.set_title(f"comfystore materialize and status vs. entries ({fs}, 2 cores)")
 ax.grid(True, which="both", alpha=0.3); ax.legend()
 fig.tight_layout(); fig.savefig(sys.argv[2], dpi=110)
 print("plot:", sys.argv[2])

@@ -495,7 +495,7 @@ impl Placer<'_> {
                 &self.probe,
                 self.devs,
                 mode,
-                (&src, size),
+                (&src, self.store.object_dir(&src), size),
                 dir,
                 at,
                 exec,

@@ -13,7 +13,7 @@
 use crate::place::error::{Error, Result};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -220,8 +220,19 @@ impl DirAt {
             .map_err(io_err)
     }
 
-    /// A hard link `name` here to the file at `src` (a store object's path).
-    pub fn link_from(&self, src: &Path, name: &str) -> io::Result<()> {
+    /// A hard link `name` here to the file at `src` (a store object's path), by its name in
+    /// `src_dir` (its folder's held handle: one name looked up) where that finds it.
+    pub fn link_from(
+        &self,
+        (src, src_dir): (&Path, Option<BorrowedFd>),
+        name: &str,
+    ) -> io::Result<()> {
+        if let (Some(d), Some(n)) = (src_dir, src.file_name()) {
+            match rustix::fs::linkat(d, n, &self.fd, name, AtFlags::empty()) {
+                Err(rustix::io::Errno::NOENT) => {}
+                other => return other.map_err(io_err),
+            }
+        }
         rustix::fs::linkat(rustix::fs::CWD, src, &self.fd, name, AtFlags::empty()).map_err(io_err)
     }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Mutex;
@@ -261,7 +262,7 @@ pub fn place(
     probe: &Probe,
     devs: (u64, u64),
     mode: LinkMode,
-    (src, len): (&Path, u64),
+    (src, src_dir, len): (&Path, Option<BorrowedFd>, u64),
     dir: &DirAt,
     name: &str,
     exec: bool,
@@ -282,14 +283,14 @@ pub fn place(
             continue;
         }
         let res = match m {
-            Method::Reflink => write_at(src, (dir, name), (file_mode, len), true, moved),
+            Method::Reflink => write_at((src, src_dir), (dir, name), (file_mode, len), true, moved),
             Method::Hardlink => dir
-                .link_from(src, name)
+                .link_from((src, src_dir), name)
                 .and_then(|()| dir.stat_key(name, false)),
             Method::Symlink => dir
                 .symlink_path(src, name)
                 .and_then(|()| dir.stat_key(name, true)),
-            Method::Copy => write_at(src, (dir, name), (file_mode, len), false, moved),
+            Method::Copy => write_at((src, src_dir), (dir, name), (file_mode, len), false, moved),
         };
         match res {
             Ok(stat) => return Ok((*m, stat)),
@@ -320,13 +321,13 @@ fn method_op(m: Method) -> &'static str {
 /// A new file `name` in `dir` with `mode`, holding `src`'s bytes: a copy-on-write clone
 /// (`reflink`), else a kernel copy (`copy_file_range`, through `io::copy`).
 fn write_at(
-    src: &Path,
+    src: (&Path, Option<BorrowedFd>),
     (dir, name): (&DirAt, &str),
     (mode, len): (u32, u64),
     reflink: bool,
     moved: &dyn Progress,
 ) -> io::Result<StatKey> {
-    let from = fs::File::open(src)?;
+    let from = open_object(src)?;
     let mut to = dir.create_file(name, mode)?;
     if reflink {
         rustix::fs::ioctl_ficlone(&to, &from).map_err(io::Error::from)?;
@@ -336,6 +337,21 @@ fn write_at(
     }
     set_mode(&to, mode)?;
     Ok(StatKey::of(&to.metadata()?))
+}
+
+/// Open the store object at `src` by its name in its folder's held handle where that finds
+/// it (one name looked up: a round trip on a network filesystem, where the path costs one per
+/// component), else by its path.
+fn open_object((src, dir): (&Path, Option<BorrowedFd>)) -> io::Result<fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    if let (Some(dir), Some(name)) = (dir, src.file_name()) {
+        match rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(fd) => return Ok(fd.into()),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    fs::File::open(src)
 }
 
 /// Copy all of `from` into `to` with `copy_file_range` called directly: `io::copy` would

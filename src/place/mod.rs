@@ -65,7 +65,7 @@ pub fn place_object(
         &probe,
         devs,
         mode,
-        (&src, meta.len()),
+        (&src, store.object_dir(&src), meta.len()),
         &dir,
         name,
         false,

@@ -129,15 +129,14 @@ fn hand_on_rows(
     store: &Store,
     unlinked: &[(crate::store::ObjectId, bool, crate::store::StatKey)],
 ) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
     let mut rows = Vec::new();
     for (id, exec, was) in unlinked {
         for variant in [*exec, !*exec] {
-            let Ok(m) = fs::symlink_metadata(store.object_path(id, variant)) else {
+            let Ok(m) = store.object_lstat(id, variant) else {
                 continue;
             };
-            let now = crate::store::StatKey::of(&m);
-            if (m.dev(), m.ino()) == (was.dev, was.ino) {
+            let now = m.key;
+            if (now.dev, now.ino) == (was.dev, was.ino) {
                 if now.size == was.size && now.mtime_ns == was.mtime_ns {
                     rows.push((now, *id));
                 }

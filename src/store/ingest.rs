@@ -451,12 +451,9 @@ impl Store {
                 _ => None,
             };
             let usable = (!want_sha256 || sha.is_some())
-                && match fs::symlink_metadata(self.object_path(&id, f.exec)) {
+                && match self.object_lstat(&id, f.exec) {
                     Ok(m) => {
-                        super::durable::freshen(
-                            &self.object_path(&id, f.exec),
-                            m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                        );
+                        super::durable::freshen(&self.object_path(&id, f.exec), m.mtime());
                         true
                     }
                     Err(_) => self.has_object(&id) && self.ensure_variant(&id, f.exec).is_ok(),

@@ -24,6 +24,7 @@ mod lock;
 mod object;
 mod reserved;
 mod roots;
+mod shards;
 mod sources;
 mod tree;
 mod writer;
@@ -87,6 +88,8 @@ pub struct Store {
     locks: bool,
     /// Whether this process may write the store (`access.rs`).
     access: access::Access,
+    /// The objects' shard folders, held open for one-name stats (`shards.rs`).
+    shards: shards::ShardDirs,
 }
 
 #[derive(Default)]
@@ -126,7 +129,9 @@ impl Store {
             Err(e) => return Err(e).ctx("read", &marker),
         }
         let access = access::Access::of(&root);
+        let shards = shards::ShardDirs::new(&root);
         let mut store = Store {
+            shards,
             root,
             index: None,
             reporter: crate::report::silent(),
@@ -217,6 +222,24 @@ impl Store {
             hex[2..].to_string()
         });
         p
+    }
+
+    /// `lstat` of an object file, through its shard folder's held handle (one name to look
+    /// up, not the store's whole path: a round trip each on a network filesystem).
+    pub(crate) fn object_lstat(
+        &self,
+        id: &ObjectId,
+        exec: bool,
+    ) -> std::io::Result<shards::ObjectStat> {
+        self.shards.lstat(id, &self.object_path(id, exec))
+    }
+
+    /// The held handle of the folder holding the object file at `path` (a path this store
+    /// gave out), so that placing it opens or links one name rather than walking the store's
+    /// whole path; `None` for any other path. A name not found through it must be asked for
+    /// by `path` again (`shards.rs`).
+    pub fn object_dir(&self, path: &Path) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.shards.dir_of(path)
     }
 
     /// Path of a tree manifest file.

@@ -127,8 +127,8 @@ impl Store {
             .map(|(id, exec, _)| {
                 for variant in [*exec, !*exec] {
                     let path = self.object_path(id, variant);
-                    match fs::symlink_metadata(&path) {
-                        Ok(m) if m.is_file() => return Ok(Some((path, super::StatKey::of(&m)))),
+                    match self.object_lstat(id, variant) {
+                        Ok(m) if m.is_file => return Ok(Some((path, m.key))),
                         Ok(_) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => return Err(e).ctx("stat", &path),

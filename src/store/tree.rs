@@ -354,8 +354,8 @@ impl Store {
             };
             let actual = [exec, !exec]
                 .into_iter()
-                .find_map(|v| fs::symlink_metadata(self.object_path(&oid, v)).ok())
-                .map(|m| m.len());
+                .find_map(|v| self.object_lstat(&oid, v).ok())
+                .map(|m| m.key.size);
             if let Some(actual) = actual.filter(|a| *a != size) {
                 // The object may be the one that lies (changed through a hardlink): then it
                 // goes to quarantine, and the tree waits for it to be fetched again.
