@@ -251,7 +251,7 @@ fn bench_plan(c: &mut Criterion) {
         force: false,
     };
 
-    let empty = Scan::new();
+    let empty = Scan::default();
     let missing = vec![EntryState::Missing; a.entries.len()];
     let fresh = input(&tree_a, &a, &empty, &missing, None);
     let p = place::plan(&fresh).expect("a plan");

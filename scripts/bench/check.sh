@@ -24,18 +24,7 @@ NAME=check
 . "$REPO/scripts/bench/lib.sh"
 [ -n "$BIN" ] || { echo "no comfystore binary" >&2; exit 2; }
 [ -z "${THREADS:-}" ] || export RAYON_NUM_THREADS=$THREADS
-field() { sed -n "s/^$1=//p" "$READY"; }
-A=$(field store) LOCK_IN=$(field lock) MADE=$(field dest)
-
-S=$WORK/S
-if [ ! -d "$S" ]; then
-    cp -al "$A" "$S"
-    for d in roots locks cache sources tmp quarantine; do rm -rf "${S:?}/$d"; cp -a "$A/$d" "$S/$d"; done
-    rm -f "$S/index.redb" "$S/comfystore-store.json"
-    cp -a "$A/index.redb" "$A/comfystore-store.json" "$S/"
-fi
-LOCK=$WORK/lock.json
-cp "$LOCK_IN" "$LOCK"
+real_version
 D=$WORK/D L=$WORK/L
 # A materialized D goes with `comfystore remove`, which hands the stat-cache rows of the
 # objects it unlinked on (an `rm -rf` would move their ctimes: the next run would rehash).
