@@ -155,7 +155,7 @@ fn seen(kind: Kind, mode: u32, n: u64) -> Seen {
 
 /// DEST holding `m` as placed, plus 200 user files under output/.
 fn scan_of(m: &Manifest) -> Scan {
-    let mut s: Scan = HashMap::new();
+    let mut s = Scan::default();
     for (n, d) in place::tree_dirs(m).into_iter().enumerate() {
         s.insert(d.to_string(), seen(Kind::Dir, 0o40755, n as u64));
     }
@@ -251,7 +251,7 @@ fn bench_plan(c: &mut Criterion) {
         force: false,
     };
 
-    let empty = Scan::new();
+    let empty = Scan::default();
     let missing = vec![EntryState::Missing; a.entries.len()];
     let fresh = input(&tree_a, &a, &empty, &missing, None);
     let p = place::plan(&fresh).expect("a plan");

@@ -73,3 +73,20 @@ noise_end() {
             name, wall, other, 100 * other / (wall * ncpu), ncpu }' |
         tee -a "$RESULTS/noise.txt" >&2
 }
+
+# The real version READY names (made by scripts/real/portable_check.sh), for real.sh and
+# check.sh: sets A (its store), LOCK_IN, MADE (its DEST), S and LOCK. S=WORK/S is a copy of
+# the store (objects hardlinked; index, roots and locks copied), so runs never write into A.
+real_version() {
+    A=$(sed -n 's/^store=//p' "$READY") LOCK_IN=$(sed -n 's/^lock=//p' "$READY")
+    MADE=$(sed -n 's/^dest=//p' "$READY")
+    S=$WORK/S
+    if [ ! -d "$S" ]; then
+        cp -al "$A" "$S"
+        for d in roots locks cache sources tmp quarantine; do rm -rf "${S:?}/$d"; cp -a "$A/$d" "$S/$d"; done
+        rm -f "$S/index.redb" "$S/comfystore-store.json"
+        cp -a "$A/index.redb" "$A/comfystore-store.json" "$S/"
+    fi
+    LOCK=$WORK/lock.json
+    cp "$LOCK_IN" "$LOCK"
+}

@@ -28,20 +28,8 @@ COMFYSTORE=${COMFYSTORE:-$REPO/target/release/comfystore}
 . "$REPO/scripts/bench/lib.sh"
 [ -n "$BIN" ] || { echo "no comfystore binary" >&2; exit 2; }
 UV=${UV:-uv}
-field() { sed -n "s/^$1=//p" "$READY"; }
-A=$(field store) LOCK_IN=$(field lock) MADE=$(field dest)
+real_version
 PY=${PY:-$(sed -n 's/^home = //p' "$MADE/venv/pyvenv.cfg")/python3}
-
-# The store, copied so that runs here write nothing into it.
-S=$WORK/S
-if [ ! -d "$S" ]; then
-    cp -al "$A" "$S"
-    for d in roots locks cache sources tmp quarantine; do rm -rf "${S:?}/$d"; cp -a "$A/$d" "$S/$d"; done
-    rm -f "$S/index.redb" "$S/comfystore-store.json"
-    cp -a "$A/index.redb" "$A/comfystore-store.json" "$S/"
-fi
-LOCK=$WORK/lock.json
-cp "$LOCK_IN" "$LOCK"
 # The lock's wheels out of the store (for uv), and its requirement list.
 [ -d "$WORK/mirror/wheels" ] || { "$BIN" -q --store "$S" mirror "$LOCK" "$WORK/mirror" --only python; rm -rf "$WORK/mirror/bundles"; }
 python3 -c "

@@ -15,8 +15,8 @@ use super::version::{compose, node_path, Parts, Version, EXTRA_MODEL_PATHS, VENV
 use crate::lockfile::{comfyui_excludes, Lockfile, Part};
 use crate::pipeline::error::{IoContext, Result};
 use crate::place::{
-    self, status_against, Layout, LinkMode, LinkPolicy, Marked, Marker, MaterializeReport,
-    PrefixRule, StatusReport,
+    self, status_against, status_against_scanned, Layout, LinkMode, LinkPolicy, Marked, Marker,
+    MaterializeReport, PrefixRule, Scanned, StatusReport,
 };
 use crate::store::{Manifest, ObjectId, Store};
 use serde::Serialize;
@@ -133,8 +133,10 @@ pub fn verify(
     };
     // 1. Check DEST, and an environment placed outside it, against the lock's version; hash
     //    the parts the store lacks.
-    let version = v.compose()?;
-    let (found, outside) = v.check(&version)?;
+    // DEST is scanned while the version is composed (two threads).
+    let (version, scanned) = rayon::join(|| v.compose(), || place::scan_ahead(dest));
+    let version = version?;
+    let (found, outside) = v.check(&version, Some(scanned?))?;
     let by_hash = v.hash_parts(&version.missing)?;
     let mut report = v.report(found, &version, outside.as_ref(), by_hash);
     if !report.is_broken() {
@@ -231,8 +233,16 @@ impl Verifier<'_> {
     }
 
     /// 1a. DEST against `version`, and the environment placed outside it.
-    fn check(&self, version: &Version) -> Result<(StatusReport, Option<Outside>)> {
-        let mut found = status_against(self.store, self.dest, &version.manifest, self.opts.full)?;
+    fn check(
+        &self,
+        version: &Version,
+        scanned: Option<Scanned>,
+    ) -> Result<(StatusReport, Option<Outside>)> {
+        let (manifest, full) = (&version.manifest, self.opts.full);
+        let mut found = match scanned {
+            Some(s) => status_against_scanned(self.store, s, manifest, full)?,
+            None => status_against(self.store, self.dest, manifest, full)?,
+        };
         let outside = self.check_outside(&mut found)?;
         Ok((found, outside))
     }
@@ -388,7 +398,7 @@ impl Verifier<'_> {
         if !fetched {
             return Ok(());
         }
-        let (found, _) = self.check(version)?;
+        let (found, _) = self.check(version, None)?;
         let again = self.report(found, version, outside, Vec::new());
         report.found = again.found;
         report.extra_models = again.extra_models;

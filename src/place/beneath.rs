@@ -182,6 +182,11 @@ impl DirAt {
         }
     }
 
+    /// The folder's handle, for reading its entries.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     pub fn mkdir(&self, name: &str) -> io::Result<()> {
         rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o777)).map_err(io_err)
     }

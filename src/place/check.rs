@@ -243,34 +243,24 @@ pub(super) struct Found {
 }
 
 /// Read DEST's marker (refusing a directory without one, with `why` in the message), its tree,
-/// scan DEST once and check every entry.
+/// scan DEST once and check every entry. The tree is read and parsed while DEST is scanned
+/// (two threads: each was about half of a `status`).
 pub(super) fn load(store: &Store, dest: &Path, verify: bool, why: &str) -> Result<Found> {
     let marker = read_marker(store, dest)?
         .marker
         .ok_or_else(|| Error::bad_input(dest, format!("no {MARKER_NAME}: {why}")))?;
-    let manifest = store.read_tree(&marker.tree)?;
-    let (scan, checked) = scan_and_check(store, dest, &manifest, verify)?;
+    let (manifest, scan) = rayon::join(|| store.read_tree(&marker.tree), || scan(dest));
+    let (manifest, scan) = (manifest?, scan?);
+    let checker = Checker {
+        store,
+        dest,
+        verify,
+    };
+    let checked = checker.check_all(&manifest, &scan)?;
     Ok(Found {
         marker,
         manifest,
         scan,
         checked,
     })
-}
-
-/// Scan DEST once and check every entry of `manifest` there.
-pub(super) fn scan_and_check(
-    store: &Store,
-    dest: &Path,
-    manifest: &Manifest,
-    verify: bool,
-) -> Result<(Scan, Vec<Checked>)> {
-    let scan = scan(dest)?;
-    let checker = Checker {
-        store,
-        dest,
-        verify,
-    };
-    let checked = checker.check_all(manifest, &scan)?;
-    Ok((scan, checked))
 }

@@ -32,7 +32,9 @@ pub use plan::{
 };
 pub use remove::{remove, RemoveReport};
 pub use scan::{Kind, Scan, Seen};
-pub use status::{status, status_against, StatusReport};
+pub use status::{
+    scan_ahead, status, status_against, status_against_scanned, Scanned, StatusReport,
+};
 
 pub use error::{Error, Result};
 

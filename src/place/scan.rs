@@ -4,8 +4,10 @@
 //! A scan is plain data (kind, permission bits, stat key per path), not `fs::Metadata`, so a
 //! plan can be made from one built in memory (tests, benches) as well as from a disk.
 
+use super::beneath::Beneath;
 use crate::place::error::{Error, Result};
 use crate::store::{Manifest, StatKey, MARKER_NAME};
+use rustix::fs::{AtFlags, FileType, StatxFlags};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -50,6 +52,22 @@ impl Seen {
         }
     }
 
+    /// From a `statx` of the path (not followed).
+    pub fn of_statx(st: &rustix::fs::Statx) -> Seen {
+        let mode = u32::from(st.stx_mode);
+        let kind = match FileType::from_raw_mode(mode) {
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            FileType::RegularFile => Kind::File,
+            _ => Kind::Other,
+        };
+        Seen {
+            kind,
+            mode,
+            stat: StatKey::of_statx(st),
+        }
+    }
+
     pub fn is_dir(&self) -> bool {
         self.kind == Kind::Dir
     }
@@ -60,36 +78,74 @@ impl Seen {
     }
 }
 
-/// Every path under DEST (relative, `/`-separated) except the marker, with its stat.
-pub type Scan = HashMap<String, Seen>;
+/// Every path under DEST (relative, `/`-separated) except the marker, with its stat. Keyed
+/// with foldhash: the 28k-entry real version spent 3 % of a `status` in SipHash of this map.
+pub type Scan = HashMap<String, Seen, foldhash::fast::RandomState>;
 
 /// lstat every path under DEST except the marker; an absent DEST is empty.
+///
+/// Like `find`, each folder is read (`getdents64`, into one reused buffer) and its entries stat'ed (`statx`) relative
+/// to the folder's handle, so the kernel resolves one name per call instead of the whole path
+/// (`link_path_walk` was 4 % and `__d_lookup_rcu` 7 % of a `status` with path-based lstats).
+/// Each folder is opened beneath DEST without following a symlink ([`Beneath::dir`]): a folder
+/// swapped for a symlink during the scan fails the scan rather than leading it elsewhere. One
+/// folder handle is open at a time, however deep the tree.
 pub fn scan(dest: &Path) -> Result<Scan> {
-    let mut out = HashMap::new();
+    let mut out = Scan::default();
     if !dest.exists() {
         return Ok(out);
     }
-    for e in walkdir::WalkDir::new(dest).follow_links(false).min_depth(1) {
-        let e = e.map_err(|e| {
-            let path = e.path().unwrap_or(dest).to_path_buf();
-            Error::io("walk", path, e.into())
-        })?;
-        let rel = e.path().strip_prefix(dest).unwrap_or(e.path());
-        let Some(rel) = rel.to_str() else { continue };
-        if rel == MARKER_NAME {
-            continue;
+    let top = Beneath::open(dest)?;
+    // One buffer for every folder's entries: most folders are read in one `getdents64`
+    // (rustix's `Dir` starts small and allocates a name per entry).
+    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 << 10];
+    let mut folders = vec![String::new()];
+    while let Some(rel) = folders.pop() {
+        let fd = top.dir(&rel)?.into_fd();
+        let at = |name: &str| top.path().join(&rel).join(name);
+        let mut entries = rustix::fs::RawDir::new(&fd, &mut buf);
+        while let Some(entry) = entries.next() {
+            let entry = entry.map_err(|e| io(&at(""), e))?;
+            let name = entry.file_name();
+            // Not UTF-8: no tree can list it (nor anything beneath it), as before.
+            let Ok(text) = std::str::from_utf8(name.to_bytes()) else {
+                continue;
+            };
+            if text == "." || text == ".." || (rel.is_empty() && text == MARKER_NAME) {
+                continue;
+            }
+            let st = rustix::fs::statx(
+                &fd,
+                name,
+                AtFlags::SYMLINK_NOFOLLOW,
+                StatxFlags::BASIC_STATS,
+            )
+            .map_err(|e| io(&at(text), e))?;
+            let seen = Seen::of_statx(&st);
+            // (Not `format!`: its machinery was 7 % of a `status`'s instructions.)
+            let mut sub = String::with_capacity(rel.len() + 1 + text.len());
+            if !rel.is_empty() {
+                sub.push_str(&rel);
+                sub.push('/');
+            }
+            sub.push_str(text);
+            if seen.is_dir() {
+                folders.push(sub.clone());
+            }
+            out.insert(sub, seen);
         }
-        let meta = e
-            .metadata()
-            .map_err(|err| Error::io("stat", e.path().to_path_buf(), err.into()))?;
-        out.insert(rel.to_string(), Seen::of(&meta));
     }
     Ok(out)
 }
 
+fn io(path: &Path, e: rustix::io::Errno) -> Error {
+    Error::io("scan", path, std::io::Error::from(e))
+}
+
 /// Files and symlinks in DEST that the tree does not list (user files), in no order.
 pub fn extra_paths<'a>(m: &'a Manifest, scan: &'a Scan) -> impl Iterator<Item = &'a str> {
-    let listed: HashSet<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    let listed: HashSet<&str, foldhash::fast::RandomState> =
+        m.entries.iter().map(|e| e.path.as_str()).collect();
     scan.iter()
         .filter(move |(p, s)| !s.is_dir() && !listed.contains(p.as_str()))
         .map(|(p, _)| p.as_str())
@@ -100,4 +156,72 @@ pub fn extras(m: &Manifest, scan: &Scan) -> Vec<String> {
     let mut v: Vec<String> = extra_paths(m, scan).map(str::to_string).collect();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    /// What the scan was before it went through folder handles: walkdir and a path-based
+    /// lstat per entry. The two must agree.
+    fn by_paths(dest: &Path) -> Vec<(String, Seen)> {
+        let mut v: Vec<(String, Seen)> = walkdir::WalkDir::new(dest)
+            .follow_links(false)
+            .min_depth(1)
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter_map(|e| {
+                let rel = e.path().strip_prefix(dest).unwrap().to_str()?.to_string();
+                let meta = fs::symlink_metadata(e.path()).unwrap();
+                (rel != MARKER_NAME).then(|| (rel, Seen::of(&meta)))
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn the_scan_sees_what_lstat_sees_and_never_enters_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let (d, outside) = (t.path().join("d"), t.path().join("outside"));
+        fs::create_dir_all(d.join("a/b/empty")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret"), b"x").unwrap();
+        fs::write(d.join("a/b/f"), b"hello").unwrap();
+        fs::write(d.join("top"), b"").unwrap();
+        // Only DEST's own marker is left out, not a file of that name further down.
+        fs::write(d.join(MARKER_NAME), b"{}").unwrap();
+        fs::write(d.join("a").join(MARKER_NAME), b"{}").unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("a/link")).unwrap();
+        std::os::unix::fs::symlink("nowhere", d.join("dangling")).unwrap();
+        // A name that is not UTF-8 (no tree can list it), and a folder of that name.
+        fs::write(d.join(OsStr::from_bytes(b"bad\xff")), b"x").unwrap();
+        fs::create_dir(d.join(OsStr::from_bytes(b"dir\xfe"))).unwrap();
+        fs::write(d.join(OsStr::from_bytes(b"dir\xfe/inner")), b"x").unwrap();
+
+        let s = scan(&d).unwrap();
+        let mut got: Vec<(String, Seen)> = s.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, by_paths(&d));
+        let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        let marker_below = format!("a/{MARKER_NAME}");
+        assert_eq!(
+            names,
+            [
+                "a",
+                marker_below.as_str(),
+                "a/b",
+                "a/b/empty",
+                "a/b/f",
+                "a/link",
+                "dangling",
+                "top"
+            ]
+        );
+        assert_eq!(s["a/link"].kind, Kind::Symlink);
+        assert_eq!(s["a/b/f"].stat.size, 5);
+        assert!(scan(&t.path().join("absent")).unwrap().is_empty());
+    }
 }

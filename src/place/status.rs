@@ -1,11 +1,11 @@
 //! Status: DEST compared with a tree, entry by entry, plus the files it does not list.
 
-use super::check::{commit_cache, load, scan_and_check, Checked, EntryState, Found};
-use super::scan::{extras, Scan};
+use super::check::{commit_cache, load, Checked, Checker, EntryState, Found};
+use super::scan::{extras, scan, Scan};
 use crate::place::error::{IoContext, Result};
 use crate::store::{Manifest, ObjectId, Store};
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Result of `status`.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -59,8 +59,36 @@ pub fn status_against(
     manifest: &Manifest,
     verify: bool,
 ) -> Result<StatusReport> {
+    status_against_scanned(store, scan_ahead(dest)?, manifest, verify)
+}
+
+/// DEST's scan, made before the tree to compare it with is known (a caller composing that
+/// tree can scan meanwhile, on another thread: `verify` does).
+pub struct Scanned {
+    dest: PathBuf,
+    scan: Scan,
+}
+
+/// Scan DEST for [`status_against_scanned`].
+pub fn scan_ahead(dest: &Path) -> Result<Scanned> {
     let dest = dest.canonicalize().ctx("resolve", dest)?;
-    let (scan, checked) = scan_and_check(store, &dest, manifest, verify)?;
+    let scan = scan(&dest)?;
+    Ok(Scanned { dest, scan })
+}
+
+/// [`status_against`] with DEST scanned beforehand.
+pub fn status_against_scanned(
+    store: &Store,
+    Scanned { dest, scan }: Scanned,
+    manifest: &Manifest,
+    verify: bool,
+) -> Result<StatusReport> {
+    let checker = Checker {
+        store,
+        dest: &dest,
+        verify,
+    };
+    let checked = checker.check_all(manifest, &scan)?;
     summarize(store, manifest, &scan, checked, None, true)
 }
 
