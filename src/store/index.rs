@@ -63,6 +63,20 @@ impl StatKey {
         }
     }
 
+    /// From a `stat`/`fstatat` (rustix's `Stat`: what a held folder's `statat` gives), the
+    /// same fields as [`StatKey::of`] reads.
+    pub fn of_stat(st: &rustix::fs::Stat) -> StatKey {
+        // nanoseconds are below 1e9: the cast is exact
+        let ns = |s: i64, n: u64| s * 1_000_000_000 + n as i64;
+        StatKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
+            ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+
     /// Whether the file may still change without its timestamps moving: changed within 2 s
     /// (git's "racily clean" rule; some filesystems keep one-second timestamps).
     pub fn is_racy(&self, now: std::time::SystemTime) -> bool {

@@ -93,17 +93,9 @@ impl ShardDirs {
         if let Some(dir) = self.shard(id.0[0], &hex[..2]) {
             let name = path.file_name().unwrap_or_default();
             if let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-                // nanoseconds are below 1e9: the cast is exact
-                let ns = |s: i64, n: u64| s * 1_000_000_000 + n as i64;
                 return Ok(ObjectStat {
                     is_file: FileType::from_raw_mode(st.st_mode) == FileType::RegularFile,
-                    key: StatKey {
-                        dev: st.st_dev,
-                        ino: st.st_ino,
-                        size: st.st_size as u64,
-                        mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
-                        ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
-                    },
+                    key: StatKey::of_stat(&st),
                 });
             }
         }
