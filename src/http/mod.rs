@@ -30,7 +30,7 @@ pub use error::{Error, Result};
 pub use fetcher::Fetcher;
 pub use options::{HttpOptions, DEFAULT_BACKOFF, DEFAULT_SEGMENT_SIZE};
 /// The store's hashing thread reads a download through it (`pull` uses it too).
-pub(crate) use pipe::{ChannelReader, Chunk};
+pub(crate) use pipe::{ChannelReader, ChannelWriter, Chunk};
 
 /// Sources with this prefix are local files (an offline mirror), read without the network.
 pub const FILE_SCHEME: &str = "file://";

@@ -41,6 +41,23 @@ impl Read for ChannelReader {
     }
 }
 
+/// A `Write` into the channel a [`ChannelReader`] reads: for bytes that come as writes (a
+/// GCS download's sink). Sending blocks when the reader is the channel's bound behind, so
+/// the writer waits for the disk rather than fill memory.
+pub(crate) struct ChannelWriter(pub(crate) SyncSender<Chunk>);
+
+impl io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::other("the store stopped reading (see the error above)"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Where a transfer's bytes go: the pipeline, with the transfer's state and bar kept in step.
 pub(super) struct Sink<'a> {
     pub(super) tx: &'a SyncSender<Chunk>,

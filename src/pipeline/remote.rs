@@ -835,7 +835,7 @@ async fn fetch_object<'scope>(
         let mut reader = crate::http::ChannelReader::new(rx);
         let _ = done.send(store_checked(store, &mut reader, &shown, &id, size, sha));
     });
-    let mut sink = ToStore(tx);
+    let mut sink = crate::http::ChannelWriter(tx);
     let got = {
         let mut counted = crate::report::ProgressWrite::new(&mut sink, bar);
         remote.client.get_into(&name, size, &mut counted).await
@@ -860,24 +860,6 @@ async fn fetch_object<'scope>(
     stored
         .await
         .map_err(|_| Error::Gcs(gcs::Error::Config("the store's thread ended".into())))?
-}
-
-/// A download's bytes on their way to the store's thread. Sending blocks when that thread is
-/// 64 chunks behind: the download waits for the disk rather than fill memory.
-struct ToStore(std::sync::mpsc::SyncSender<crate::http::Chunk>);
-
-impl std::io::Write for ToStore {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .send(Ok(bytes::Bytes::copy_from_slice(buf)))
-            .map_err(|_| {
-                std::io::Error::other("the store stopped reading (see the error above)")
-            })?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A downloaded object (read from `src`, from `uri`) into the store, published only if its
