@@ -519,35 +519,32 @@ fn finish_file(out: &FileOutcome, batch: &mut Batch) {
 /// Walk `dir` (never following symlinks), returning its files and its other entries
 /// (symlinks and empty directories). The store itself and a materialize marker at the top are
 /// left out: neither is part of the user's tree.
+///
+/// Through folder handles ([`super::walk`]): each entry costs one `statx` of its name in its
+/// folder, not a resolution of its whole path (on a network volume, one round trip instead of
+/// one per path component), and a folder swapped for a symlink mid-walk fails the walk.
 fn scan(
     dir: &Path,
     opts: &AddOptions,
     store_root: &Path,
 ) -> Result<(Vec<ScannedFile>, Vec<Entry>)> {
+    use super::walk::{self, NotUtf8, WalkError};
     let filter = Filter::new(dir, opts, store_root);
     let mut found = Found::default();
-    let mut walk = walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .min_depth(1)
-        .into_iter();
-    while let Some(entry) = walk.next() {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(dir).to_path_buf();
-            Error::io("walk", path, e.into())
-        })?;
-        let rel_path = entry.path().strip_prefix(dir).unwrap_or(entry.path());
-        let rel = rel_path
-            .to_str()
-            .ok_or_else(|| Error::bad_input(entry.path(), "file name is not valid UTF-8"))?
-            .to_string();
-        if !filter.keeps(&entry, rel_path, &rel) {
-            if entry.file_type().is_dir() {
-                walk.skip_current_dir();
-            }
-            continue;
+    let root = walk::open_root(dir, true).ctx("open", dir)?;
+    walk::walk(root, dir, NotUtf8::Refuse, |e| {
+        let rel = e.rel();
+        if !filter.keeps(e, &rel) {
+            return Ok(false);
         }
-        found.add(&entry, rel_path, rel)?;
-    }
+        found.add(e, dir, rel)?;
+        Ok(true)
+    })
+    .map_err(|e| match e {
+        WalkError::Io(op, path, source) => Error::io(op, path, source),
+        WalkError::NotUtf8(path) => Error::bad_input(path, "file name is not valid UTF-8"),
+        WalkError::Visit(e) => e,
+    })?;
     Ok(found.into_parts())
 }
 
@@ -581,12 +578,13 @@ impl<'a> Filter<'a> {
     }
 
     /// Whether the walk takes `entry` (a folder it does not take is not entered).
-    fn keeps(&self, entry: &walkdir::DirEntry, rel_path: &Path, rel: &str) -> bool {
-        let name = entry.file_name().to_str().unwrap_or("");
-        let ft = entry.file_type();
+    fn keeps(&self, entry: &super::walk::Found<'_>, rel: &str) -> bool {
+        let name = entry.name;
+        let is_dir = entry.meta.is_dir();
+        let rel_path = Path::new(rel);
         let is_store = self.store_rel.as_deref() == Some(rel_path);
         let is_marker = rel == super::MARKER_NAME;
-        let excluded_suffix = !ft.is_dir()
+        let excluded_suffix = !is_dir
             && self
                 .opts
                 .exclude_suffixes
@@ -601,7 +599,7 @@ impl<'a> Filter<'a> {
             return false;
         }
         match &self.selection {
-            Some(sel) => sel.keeps(rel_path) || (ft.is_dir() && sel.ancestors.contains(rel)),
+            Some(sel) => sel.keeps(rel_path) || (is_dir && sel.ancestors.contains(rel)),
             None => true,
         }
     }
@@ -617,30 +615,27 @@ struct Found {
 }
 
 impl Found {
-    /// One entry the walk takes: a folder, a file or a symlink; anything else is refused.
-    fn add(&mut self, entry: &walkdir::DirEntry, rel_path: &Path, rel: String) -> Result<()> {
-        if let Some(parent) = rel_path.parent().and_then(Path::to_str) {
-            self.non_empty.insert(parent.to_string());
+    /// One entry the walk takes (`rel` beneath `dir`): a folder, a file or a symlink; anything
+    /// else is refused.
+    fn add(&mut self, entry: &super::walk::Found<'_>, dir: &Path, rel: String) -> Result<()> {
+        if !entry.dir_rel.is_empty() {
+            self.non_empty.insert(entry.dir_rel.to_string());
         }
-        let ft = entry.file_type();
-        if ft.is_dir() {
+        let meta = entry.meta;
+        if meta.is_dir() {
             self.dirs.insert(rel);
-        } else if ft.is_file() {
-            let meta = entry
-                .metadata()
-                .map_err(|e| Error::io("stat", entry.path().to_path_buf(), e.into()))?;
+        } else if meta.is_file() {
             self.files.push(ScannedFile {
+                abs: dir.join(&rel),
                 rel,
-                abs: entry.path().to_path_buf(),
-                stat: StatKey::of(&meta),
-                exec: is_exec(&meta),
+                stat: meta.stat,
+                exec: meta.mode & 0o111 != 0,
             });
-        } else if ft.is_symlink() {
-            let target = fs::read_link(entry.path()).ctx("readlink", entry.path())?;
+        } else if meta.is_symlink() {
+            let target = entry.read_link().ctx("readlink", &entry.path())?;
             let target = target
-                .to_str()
-                .ok_or_else(|| Error::bad_input(entry.path(), "symlink target is not valid UTF-8"))?
-                .to_string();
+                .into_string()
+                .map_err(|_| Error::bad_input(entry.path(), "symlink target is not valid UTF-8"))?;
             self.others.push(Entry {
                 path: rel,
                 node: Node::Symlink { target },

@@ -27,6 +27,7 @@ mod roots;
 mod shards;
 mod sources;
 mod tree;
+pub mod walk;
 mod writer;
 
 pub use adopt::{AdoptMode, AdoptReport, AdoptScope};
