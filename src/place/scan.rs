@@ -7,7 +7,6 @@
 use super::beneath::Beneath;
 use crate::place::error::{Error, Result};
 use crate::store::{Manifest, StatKey, MARKER_NAME};
-use rustix::fs::{AtFlags, FileType, StatxFlags};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -52,19 +51,21 @@ impl Seen {
         }
     }
 
-    /// From a `statx` of the path (not followed).
-    pub fn of_statx(st: &rustix::fs::Statx) -> Seen {
-        let mode = u32::from(st.stx_mode);
-        let kind = match FileType::from_raw_mode(mode) {
-            FileType::Directory => Kind::Dir,
-            FileType::Symlink => Kind::Symlink,
-            FileType::RegularFile => Kind::File,
-            _ => Kind::Other,
+    /// From what the walk saw of a name (not followed).
+    pub fn of_meta(m: crate::store::walk::Meta) -> Seen {
+        let kind = if m.is_dir() {
+            Kind::Dir
+        } else if m.is_symlink() {
+            Kind::Symlink
+        } else if m.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
         };
         Seen {
             kind,
-            mode,
-            stat: StatKey::of_statx(st),
+            mode: m.mode,
+            stat: m.stat,
         }
     }
 
@@ -84,62 +85,35 @@ pub type Scan = HashMap<String, Seen, foldhash::fast::RandomState>;
 
 /// lstat every path under DEST except the marker; an absent DEST is empty.
 ///
-/// Like `find`, each folder is read (`getdents64`, into one reused buffer) and its entries stat'ed (`statx`) relative
-/// to the folder's handle, so the kernel resolves one name per call instead of the whole path
-/// (`link_path_walk` was 4 % and `__d_lookup_rcu` 7 % of a `status` with path-based lstats).
-/// Each folder is opened beneath DEST without following a symlink ([`Beneath::dir`]): a folder
-/// swapped for a symlink during the scan fails the scan rather than leading it elsewhere. One
-/// folder handle is open at a time, however deep the tree.
+/// Like `find`, through folder handles ([`crate::store::walk`]): each folder is read
+/// (`getdents64`, into one reused buffer) and its entries stat'ed (`statx`) relative to the
+/// folder's handle, so the kernel resolves one name per call instead of the whole path
+/// (`link_path_walk` was 4 % and `__d_lookup_rcu` 7 % of a `status` with path-based lstats; on
+/// a network volume each path component is a round trip). DEST itself is opened without
+/// following a symlink ([`Beneath::open`]) and each folder beneath it from its parent's handle
+/// with `O_NOFOLLOW`: a folder swapped for a symlink during the scan fails the scan rather
+/// than leading it elsewhere. A name that is not UTF-8 is left out (no tree can list it, nor
+/// anything beneath it).
 pub fn scan(dest: &Path) -> Result<Scan> {
+    use crate::store::walk::{self, NotUtf8, WalkError};
     let mut out = Scan::default();
     if !dest.exists() {
         return Ok(out);
     }
-    let top = Beneath::open(dest)?;
-    // One buffer for every folder's entries: most folders are read in one `getdents64`
-    // (rustix's `Dir` starts small and allocates a name per entry).
-    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 << 10];
-    let mut folders = vec![String::new()];
-    while let Some(rel) = folders.pop() {
-        let fd = top.dir(&rel)?.into_fd();
-        let at = |name: &str| top.path().join(&rel).join(name);
-        let mut entries = rustix::fs::RawDir::new(&fd, &mut buf);
-        while let Some(entry) = entries.next() {
-            let entry = entry.map_err(|e| io(&at(""), e))?;
-            let name = entry.file_name();
-            // Not UTF-8: no tree can list it (nor anything beneath it), as before.
-            let Ok(text) = std::str::from_utf8(name.to_bytes()) else {
-                continue;
-            };
-            if text == "." || text == ".." || (rel.is_empty() && text == MARKER_NAME) {
-                continue;
-            }
-            let st = rustix::fs::statx(
-                &fd,
-                name,
-                AtFlags::SYMLINK_NOFOLLOW,
-                StatxFlags::BASIC_STATS,
-            )
-            .map_err(|e| io(&at(text), e))?;
-            let seen = Seen::of_statx(&st);
-            // (Not `format!`: its machinery was 7 % of a `status`'s instructions.)
-            let mut sub = String::with_capacity(rel.len() + 1 + text.len());
-            if !rel.is_empty() {
-                sub.push_str(&rel);
-                sub.push('/');
-            }
-            sub.push_str(text);
-            if seen.is_dir() {
-                folders.push(sub.clone());
-            }
-            out.insert(sub, seen);
+    let top = Beneath::open(dest)?.dir("")?.into_fd();
+    walk::walk(top, dest, NotUtf8::Skip, |e| {
+        if e.dir_rel.is_empty() && e.name == MARKER_NAME {
+            return Ok::<_, std::convert::Infallible>(false);
         }
-    }
+        out.insert(e.rel(), Seen::of_meta(e.meta));
+        Ok(true)
+    })
+    .map_err(|e| match e {
+        WalkError::Io(_, path, source) => Error::io("scan", path, source),
+        WalkError::NotUtf8(path) => Error::bad_input(path, "file name is not valid UTF-8"),
+        WalkError::Visit(never) => match never {},
+    })?;
     Ok(out)
-}
-
-fn io(path: &Path, e: rustix::io::Errno) -> Error {
-    Error::io("scan", path, std::io::Error::from(e))
 }
 
 /// Files and symlinks in DEST that the tree does not list (user files), in no order.
