@@ -9,7 +9,6 @@ use crate::place::error::{Error, Result};
 use crate::store::{Manifest, StatKey, MARKER_NAME};
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// What is at a path, as lstat sees it: a symlink is a symlink, whatever it points at.
@@ -34,21 +33,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn of(meta: &fs::Metadata) -> Seen {
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            Kind::Other
-        };
-        Seen {
-            kind,
-            mode: meta.mode(),
-            stat: StatKey::of(meta),
-        }
+        Seen::of_meta(crate::store::walk::Meta::of(meta))
     }
 
     /// From what the walk saw of a name (not followed).

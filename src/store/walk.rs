@@ -13,7 +13,7 @@
 //! being read), so depth, not width, costs descriptors.
 
 use super::index::StatKey;
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -29,18 +29,29 @@ const DIR_FLAGS: OFlags = OFlags::DIRECTORY
 pub struct Meta {
     /// `st_mode`: the type and the permission bits.
     pub mode: u32,
+    pub kind: FileType,
     pub stat: StatKey,
 }
 
 impl Meta {
+    /// From `metadata` of a path (`symlink_metadata`, for a name not followed).
+    pub fn of(m: &std::fs::Metadata) -> Meta {
+        use std::os::unix::fs::MetadataExt;
+        Meta {
+            mode: m.mode(),
+            kind: FileType::from_raw_mode(m.mode() as _),
+            stat: StatKey::of(m),
+        }
+    }
+
     pub fn is_dir(&self) -> bool {
-        self.mode & libc::S_IFMT as u32 == libc::S_IFDIR as u32
+        self.kind == FileType::Directory
     }
     pub fn is_file(&self) -> bool {
-        self.mode & libc::S_IFMT as u32 == libc::S_IFREG as u32
+        self.kind == FileType::RegularFile
     }
     pub fn is_symlink(&self) -> bool {
-        self.mode & libc::S_IFMT as u32 == libc::S_IFLNK as u32
+        self.kind == FileType::Symlink
     }
 }
 
@@ -213,6 +224,7 @@ fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Meta> {
     )?;
     Ok(Meta {
         mode: u32::from(st.stx_mode),
+        kind: FileType::from_raw_mode(st.stx_mode.into()),
         stat: StatKey::of_statx(&st),
     })
 }
@@ -222,6 +234,7 @@ fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Meta> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(Meta {
         mode: st.st_mode as u32,
+        kind: FileType::from_raw_mode(st.st_mode),
         stat: StatKey::of_stat(&st),
     })
 }
@@ -281,9 +294,11 @@ pub(crate) mod tests {
     use std::cell::RefCell;
     use std::fs;
 
+    type Hook = Box<dyn FnMut(&Path)>;
+
     thread_local! {
         /// Called with a folder's path just before the walk opens it (the swap test's hook).
-        static HOOK: RefCell<Option<Box<dyn FnMut(&Path)>>> = RefCell::new(None);
+        static HOOK: RefCell<Option<Hook>> = RefCell::new(None);
     }
 
     pub(super) fn before_open(path: &Path) {
@@ -317,12 +332,7 @@ pub(crate) mod tests {
             .iter()
             .map(|p| {
                 let m = fs::symlink_metadata(d.join(p)).unwrap();
-                use std::os::unix::fs::MetadataExt;
-                let meta = Meta {
-                    mode: m.mode(),
-                    stat: StatKey::of(&m),
-                };
-                (p.to_string(), meta)
+                (p.to_string(), Meta::of(&m))
             })
             .collect();
         assert_eq!(got, want);
