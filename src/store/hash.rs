@@ -136,13 +136,26 @@ pub fn b3_file_counted(
     path: &std::path::Path,
     progress: &dyn crate::report::Progress,
 ) -> io::Result<(ObjectId, u64)> {
+    b3_open_counted(&mut std::fs::File::open(path)?, progress)
+}
+
+/// [`b3_file`] of a file already open (one the caller opened without following a symlink).
+pub fn b3_reader(f: &mut std::fs::File) -> io::Result<(ObjectId, u64)> {
+    use crate::report::Reporter;
+    let quiet = crate::report::Silent.start("", None, crate::report::Unit::Bytes);
+    b3_open_counted(f, quiet.as_ref())
+}
+
+fn b3_open_counted(
+    f: &mut std::fs::File,
+    progress: &dyn crate::report::Progress,
+) -> io::Result<(ObjectId, u64)> {
     const BIG: usize = 8 << 20;
-    let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; (len as usize).clamp(1, BIG)];
     loop {
-        let n = read_full(&mut f, &mut buf)?;
+        let n = read_full(f, &mut buf)?;
         if n == 0 {
             break;
         }

@@ -300,7 +300,10 @@ impl Store {
         let (files, mut entries) = scan(dir, opts, self.root())?;
         let ids = self.each_file(&files, !rehash, |f, cached| match cached {
             Some(id) => Ok((id, f.stat.size)),
-            None => super::hash::b3_file(&f.abs).ctx("read", &f.abs),
+            None => {
+                let mut file = open_nofollow(&f.abs)?;
+                super::hash::b3_reader(&mut file).ctx("read", &f.abs)
+            }
         })?;
         for (f, (id, size)) in files.iter().zip(ids) {
             entries.push(file_entry(f, size, id));
@@ -471,7 +474,9 @@ impl Store {
             }
         }
         let started = SystemTime::now();
-        let mut file = File::open(&f.abs).ctx("open", &f.abs)?;
+        // Not followed: a file the scan saw, swapped for a symlink since, must not bring the
+        // symlink's target (anything the user can read) into the tree under the file's name.
+        let mut file = open_nofollow(&f.abs)?;
         let before = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
         let put = self.put_open_file(&mut file, before.size, f.exec, want_sha256, &f.abs)?;
         let after = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
@@ -492,6 +497,22 @@ impl Store {
             adopt: None,
         })
     }
+}
+
+/// Open a scanned file to read it, refusing a symlink where the scan saw a file.
+fn open_nofollow(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::bad_input(
+                path,
+                "became a symlink while it was being added; not followed (try again)",
+            ),
+            _ => Error::io("open", path, e),
+        })
 }
 
 /// A scanned file's entry in its tree.
@@ -667,6 +688,30 @@ impl Found {
 mod tests {
     use super::*;
     use crate::store::StoreOptions;
+
+    /// A file the scan saw, swapped for a symlink to a file outside before it is read: `add`
+    /// and `hash_tree` refuse it rather than store the outside file's bytes under its name.
+    #[test]
+    fn a_file_swapped_for_a_symlink_after_the_scan_is_not_followed() {
+        let t = tempfile::tempdir().expect("temp dir");
+        let dir = t.path().join("src");
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join("a.py"), b"print(1)\n").expect("write");
+        fs::write(t.path().join("secret"), b"outside").expect("write");
+        let store = Store::open(t.path().join("s"), &StoreOptions::default()).expect("store");
+        let (files, _) = scan(&dir, &AddOptions::default(), store.root()).expect("scan");
+        fs::remove_file(dir.join("a.py")).expect("rm");
+        std::os::unix::fs::symlink(t.path().join("secret"), dir.join("a.py")).expect("symlink");
+        let err = store
+            .ingest_file(&files[0], None, false)
+            .err()
+            .expect("a swapped file is refused");
+        assert!(err.to_string().contains("became a symlink"), "{err}");
+        let secret = crate::store::hash_bytes(b"outside", false).b3;
+        assert!(!store.has_object(&secret), "the outside file was stored");
+        let err = open_nofollow(&files[0].abs).expect_err("refused");
+        assert!(err.to_string().contains("became a symlink"), "{err}");
+    }
 
     /// `hash_tree` gives the id `add_tree` stores, and stores nothing.
     #[test]
