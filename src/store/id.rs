@@ -27,6 +27,20 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// 32 bytes as 64 lowercase hex digits, into one allocation. `hex::encode` collects a `char`
+/// iterator into a `String` (growing it): 12 % of a hard-link materialize's instructions went
+/// there, through `Store::object_path` and `Display`.
+fn hex32(bytes: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = vec![0u8; 64];
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
+    // Hex digits are ASCII: never the default.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// The BLAKE3 hash of an object's bytes: its name in the store.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectId(pub [u8; 32]);
@@ -34,7 +48,7 @@ pub struct ObjectId(pub [u8; 32]);
 impl ObjectId {
     /// Lowercase hex, without the `b3:` prefix.
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        hex32(&self.0)
     }
 
     /// Parse 64 lowercase hex digits (no prefix).
@@ -105,7 +119,7 @@ pub struct Sha256(pub [u8; 32]);
 impl Sha256 {
     /// Lowercase hex, without the `sha256:` prefix.
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        hex32(&self.0)
     }
 
     /// Parse 64 lowercase hex digits (no prefix).
@@ -162,6 +176,13 @@ impl fmt::Display for AnyId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hex32_is_hex_encode() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| (i * 37 + 5) as u8 ^ 0xa5);
+        assert_eq!(super::hex32(&bytes), hex::encode(bytes));
+        assert_eq!(super::hex32(&[0xff; 32]), "f".repeat(64));
+    }
+
     use super::*;
 
     #[test]
