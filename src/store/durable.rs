@@ -145,8 +145,15 @@ pub fn create_dirs(path: &Path) -> io::Result<()> {
 
 /// Write `data` to `dest` atomically (temp in `dest`'s directory, fsync, rename). For small
 /// metadata files: markers, roots, aliases.
+/// The folder `dest` is in: `.` for a bare name (`-o out.json`), whose `parent()` is "".
+fn parent_dir(dest: &Path) -> &Path {
+    dest.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 pub fn write_file_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(dest);
     create_dirs(dir).ctx("create", dir)?;
     let (mut f, tmp) = create_temp(dir)?;
     let res = (|| {
@@ -325,5 +332,18 @@ impl Write for BoundedWriteback<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// `lock -o out.json` (a bare name) failed with `create : No such file or directory`.
+    #[test]
+    fn a_bare_names_folder_is_the_current_one() {
+        assert_eq!(super::parent_dir(Path::new("out.json")), Path::new("."));
+        assert_eq!(super::parent_dir(Path::new("d/out.json")), Path::new("d"));
+        assert_eq!(super::parent_dir(Path::new("/out.json")), Path::new("/"));
     }
 }
