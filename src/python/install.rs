@@ -12,7 +12,7 @@ use super::spec::EnvSpec;
 use super::tool;
 use crate::process::Process;
 use crate::python::error::{Error, IoContext, Result};
-use crate::store::{ObjectId, Root, Store};
+use crate::store::{ObjectId, Prehash, Root, Store};
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -161,13 +161,16 @@ pub fn ensure_env(
     };
     let use_uv = installer.pick() == Resolver::Uv;
     let name = if use_uv { "uv" } else { "pip" };
+    let pre = Prehash::new();
+    // Declared after `stage`, so it is dropped (waited for) before the stage is deleted.
+    let mut _cache_gone = Deleting(None);
     if use_uv {
-        install_with_uv(base, &staged)?;
+        _cache_gone = install_with_uv(store, base, &staged, &pre)?;
     } else {
         install_with_pip(base, &staged)?;
     }
     phase.done(&format!("installing with {name}"));
-    let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages, name)?;
+    let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages, name, &pre)?;
     phase.start_next();
     check_rebuild(store, py, base, tree, name)?;
     store.add_root(
@@ -178,8 +181,11 @@ pub fn ensure_env(
             ..Default::default()
         },
     )?;
+    phase.done("recording the tree");
+    drop(_cache_gone);
+    phase.done("waiting for uv's cache to be deleted");
     drop(stage);
-    phase.done("recording the tree and deleting the staging folder");
+    phase.done("deleting the staging folder");
     Ok(EnvReport {
         tree,
         built: true,
@@ -276,11 +282,18 @@ fn stage_wheels(store: &Store, py: &EnvSpec, dir: &Path) -> Result<Staged> {
 
 /// `uv venv --relocatable`, then `uv pip install` from the staged wheels only, with a uv
 /// cache of our own in the staging folder: uv unpacks each wheel there once and hard-links
-/// the files into the venv. The cache is then deleted, so every venv file has one link and
-/// the store adopts it as the object ([`Store::adopt_tree`]): the environment's bytes are
-/// written once, not three times (cache, venv copy, object), and the user's uv cache is
-/// neither read nor written.
-fn install_with_uv(base: &Interpreter, s: &Staged) -> Result<()> {
+/// the files into the venv, and the store adopts the venv's files as the objects
+/// ([`Store::adopt_tree`]): the environment's bytes are written once, not three times (cache,
+/// venv copy, object), and the user's uv cache is neither read nor written. While uv runs,
+/// `pre` hashes each wheel uv has finished unpacking into the cache ([`Prehash::watch`]), so
+/// little hashing is left once uv ends. The cache is then deleted on a thread of its own,
+/// beside the adoption (a venv file may keep its cache link meanwhile: `pre` knows it).
+fn install_with_uv(
+    store: &Store,
+    base: &Interpreter,
+    s: &Staged,
+    pre: &Prehash,
+) -> Result<Deleting> {
     let cache = s.dir.join("uv-cache");
     let mut c = tool::command("uv", INSTALLER_ENV);
     c.args([
@@ -312,13 +325,41 @@ fn install_with_uv(base: &Interpreter, s: &Staged) -> Result<()> {
     .arg(&s.house)
     .arg("-r")
     .arg(&s.reqs);
-    install_step(c, &s.dir, "uv pip install")?;
-    tracing::info!("environment: uv venv and uv pip install done; deleting uv's cache");
-    // Best effort: a file still linked from the cache is copied into the store instead.
-    if let Err(e) = fs::remove_dir_all(&cache) {
-        tracing::debug!("could not delete {}: {e}", cache.display());
+    // uv renames a wheel it has unpacked into `archive-v0/` only once it is complete.
+    let (installed, ahead) = pre.watch(store, &cache.join("archive-v0"), || {
+        install_step(c, &s.dir, "uv pip install")
+    });
+    installed?;
+    tracing::info!(
+        "environment: {} files ({} MiB) of uv's cache hashed while uv ran",
+        ahead.files,
+        ahead.bytes >> 20
+    );
+    Ok(Deleting::start(cache))
+}
+
+/// A folder of ours being deleted on a thread of its own; dropping this waits for it.
+struct Deleting(Option<std::thread::JoinHandle<()>>);
+
+impl Deleting {
+    fn start(dir: PathBuf) -> Deleting {
+        Deleting(Some(std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            // Best effort: the staging folder around it is deleted afterwards anyway.
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                tracing::debug!("could not delete {}: {e}", dir.display());
+            }
+            tracing::info!("environment: deleting uv's cache took {:.2?}", t.elapsed());
+        })))
     }
-    Ok(())
+}
+
+impl Drop for Deleting {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// `python -m venv`, then `pip --python VENV install` from the staged wheels only.

@@ -281,13 +281,8 @@ impl<'a> BoundedWriteback<'a> {
             return;
         }
         let fd = self.file.as_raw_fd();
-        let (start, len) = (self.flushed as i64, (self.written - self.flushed) as i64);
-        // SAFETY: sync_file_range takes only integers and reads no memory of ours; `fd` is
-        // open for as long as `self.file` is borrowed. Errors are ignored: this is only a hint,
-        // and `finish` reports real write errors through fdatasync.
-        unsafe {
-            libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE);
-        }
+        // `finish` reports real write errors through fdatasync.
+        start_writeback(self.file, self.flushed, self.written - self.flushed);
         if self.flushed >= WRITEBACK_STEP {
             let prev = (self.flushed - WRITEBACK_STEP) as i64;
             // SAFETY: as above.
@@ -314,6 +309,27 @@ impl<'a> BoundedWriteback<'a> {
     #[cfg(not(target_os = "linux"))]
     fn pace(&mut self) {}
 }
+
+/// Ask the kernel to start writing `len` bytes of `file` from `start` back to disk (`len` 0:
+/// to the end) without waiting, so a later `fdatasync` or `syncfs` finds less to do. Only a
+/// hint: errors are ignored.
+#[cfg(target_os = "linux")]
+pub(super) fn start_writeback(file: &File, start: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range takes only integers and reads no memory of ours; the fd is open
+    // for as long as `file` is borrowed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            start as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn start_writeback(_file: &File, _start: u64, _len: u64) {}
 
 impl Write for BoundedWriteback<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
