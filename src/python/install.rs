@@ -6,7 +6,7 @@
 //! the store's files like everything else (and `root rm env/<key>` lets gc take it).
 
 use super::interpreter::{self, Interpreter};
-use super::pin::{link_object, Resolver};
+use super::pin::{symlink_object, Resolver};
 use super::relocate;
 use super::spec::EnvSpec;
 use super::tool;
@@ -152,7 +152,7 @@ pub fn ensure_env(
         .tempdir_in(store.tmp_dir())
         .ctx("create a temp folder in", &store.tmp_dir())?;
     let staged = stage_wheels(store, py, stage.path())?;
-    phase.done("staging the wheels (each checked)");
+    phase.done("staging the wheels");
     // The installer the lock's tree was built with, unless the user chose one.
     let installer = match (installer, py.built_with.as_deref()) {
         (Resolver::Auto, Some("uv")) => Resolver::Uv,
@@ -164,12 +164,22 @@ pub fn ensure_env(
     let pre = Prehash::new();
     // Declared after `stage`, so it is dropped (waited for) before the stage is deleted.
     let mut _cache_gone = Deleting(None);
-    if use_uv {
-        _cache_gone = install_with_uv(store, base, &staged, &pre)?;
-    } else {
-        install_with_pip(base, &staged)?;
-    }
-    phase.done(&format!("installing with {name}"));
+    // The wheels are checked while the installer reads them (the stat cache vouches for most
+    // after the first check): a damaged one fails the build before anything it made is stored.
+    let (installed, checked) = std::thread::scope(|sc| {
+        let check = sc.spawn(|| store.checked_objects(&staged.check));
+        let installed = if use_uv {
+            install_with_uv(store, base, &staged, &pre)
+        } else {
+            install_with_pip(base, &staged).map(|()| Deleting(None))
+        };
+        (installed, check.join())
+    });
+    checked.map_err(|_| Error::python("environment", "the wheels' check panicked"))??;
+    _cache_gone = installed?;
+    phase.done(&format!(
+        "installing with {name} (the wheels checked meanwhile)"
+    ));
     let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages, name, &pre)?;
     phase.start_next();
     check_rebuild(store, py, base, tree, name)?;
@@ -252,14 +262,17 @@ struct Staged {
     house: PathBuf,
     reqs: PathBuf,
     venv: PathBuf,
+    /// The wheels' objects, to check ([`Store::checked_objects`]) before the install counts.
+    check: Vec<(ObjectId, bool, bool)>,
 }
 
-/// Link every pinned wheel from the store into `dir/wheels` and list them as
-/// `name==version` requirements.
+/// Link every pinned wheel from the store into `dir/wheels` (not yet checked: see
+/// [`Staged::check`]) and list them as `name==version` requirements.
 fn stage_wheels(store: &Store, py: &EnvSpec, dir: &Path) -> Result<Staged> {
     let house = dir.join("wheels");
     fs::create_dir_all(&house).ctx("create", &house)?;
     let mut reqs = String::new();
+    let mut wheels = Vec::new();
     for p in &py.packages {
         let (Some(file), Some(sha)) = (&p.wheel, p.sha256) else {
             continue;
@@ -267,8 +280,13 @@ fn stage_wheels(store: &Store, py: &EnvSpec, dir: &Path) -> Result<Staged> {
         let id = store
             .lookup_sha256(&sha)?
             .ok_or_else(|| crate::store::Error::NotFound(format!("sha256:{}", sha.hex())))?;
-        link_object(store, &id, &house.join(file))?;
+        wheels.push((id, house.join(file)));
         reqs.push_str(&format!("{}=={}\n", p.name, p.version));
+    }
+    let look: Vec<_> = wheels.iter().map(|(id, _)| (*id, false, false)).collect();
+    for ((id, at), found) in wheels.iter().zip(store.checked_objects(&look)?) {
+        let src = found.ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?;
+        symlink_object(&src, at)?;
     }
     let reqs_path = dir.join("requirements.txt");
     fs::write(&reqs_path, reqs).ctx("write", &reqs_path)?;
@@ -277,6 +295,7 @@ fn stage_wheels(store: &Store, py: &EnvSpec, dir: &Path) -> Result<Staged> {
         house,
         reqs: reqs_path,
         venv: dir.join("venv"),
+        check: wheels.iter().map(|(id, _)| (*id, false, true)).collect(),
     })
 }
 
