@@ -194,6 +194,10 @@ pub fn ensure_env(
     phase.done("recording the tree");
     drop(_cache_gone);
     phase.done("waiting for uv's cache to be deleted");
+    // The stage's files are links of objects now; what is freed is folders and duplicates.
+    if let Err(e) = store.remove_temp_tree(stage.path()) {
+        tracing::debug!("{e}");
+    }
     drop(stage);
     phase.done("deleting the staging folder");
     Ok(EnvReport {
@@ -354,22 +358,23 @@ fn install_with_uv(
         ahead.files,
         ahead.bytes >> 20
     );
-    Ok(Deleting::start(cache))
+    Deleting::start(store, cache)
 }
 
 /// A folder of ours being deleted on a thread of its own; dropping this waits for it.
 struct Deleting(Option<std::thread::JoinHandle<()>>);
 
 impl Deleting {
-    fn start(dir: PathBuf) -> Deleting {
-        Deleting(Some(std::thread::spawn(move || {
+    fn start(store: &Store, dir: PathBuf) -> Result<Deleting> {
+        let remove = store.temp_tree_remover(&dir)?;
+        Ok(Deleting(Some(std::thread::spawn(move || {
             let t = std::time::Instant::now();
             // Best effort: the staging folder around it is deleted afterwards anyway.
-            if let Err(e) = fs::remove_dir_all(&dir) {
-                tracing::debug!("could not delete {}: {e}", dir.display());
+            if let Err(e) = remove() {
+                tracing::debug!("{e}");
             }
             tracing::info!("environment: deleting uv's cache took {:.2?}", t.elapsed());
-        })))
+        }))))
     }
 }
 
