@@ -29,7 +29,7 @@ done
 say "real: push $LOCKNAME to the emulator"
 STORAGE_EMULATOR_HOST=127.0.0.1:$GP HOME=$RD cs --store "$RD/store" push gs://real/comfystore "$RD/real.lock.json" >/dev/null
 
-IMAGE=comfystore-test:real
+IMAGE=$REAL_IMAGE
 build "$IMAGE" baked LOCK=lockfiles/real.lock.json REMOTE=gs://real/comfystore \
 	"STORAGE_EMULATOR_HOST=127.0.0.1:$GP" "REBUILD=real-$$"
 kill "$GCS_PID" 2>/dev/null || true

@@ -31,6 +31,8 @@ MODE=ci
 [ "${1:-}" = --real ] && MODE=real
 [ -n "${COMFYSTORE_DOCKER_REAL:-}" ] && MODE=real
 CACHE=${COMFYSTORE_DOCKER_CACHE:-/var/tmp/comfystore-docker}
+# Real mode's image, kept in CACHE's data root between runs (the cleanup removes only comfystore-test*).
+REAL_IMAGE=comfystore-real:0.3.64-stub
 SKIP=77
 T0=$(date +%s)
 
@@ -115,8 +117,9 @@ cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
 	if [ -n "$DPID" ]; then
 		for c in "${CONTAINERS[@]}"; do $DOCKER rm -f "$c" >/dev/null 2>&1; done
-		# Kept for a quick rerun: the base image and up to 1 GB of build cache (the runtime
-		# layers); the test's images go.
+		# Kept for a quick rerun: the base image, up to 1 GB of build cache (the runtime
+		# layers) and real mode's image (REAL_IMAGE: `COLD_ONLY=1 docker/test.sh --real` times
+		# cold starts of it again without building anything); the CI mode's images go.
 		$DOCKER image ls -q 'comfystore-test*' | sort -u | xargs -r $DOCKER image rm -f >/dev/null 2>&1
 		$DOCKER builder prune -f --keep-storage 1000000000 >/dev/null 2>&1
 		kill -TERM "$DPID" 2>/dev/null
