@@ -189,6 +189,35 @@ fn push_then_pull_into_an_empty_store_materializes_and_fscks_clean() {
     assert_eq!(again["trees"], 0, "{again}");
 }
 
+/// An object that a pulled tree names executable is stored executable, as `import` stores it:
+/// stored plain, placing it copied its bytes into an executable variant and kept both (the
+/// baked image of real ComfyUI held its 2 GB of torch libraries twice).
+#[test]
+fn pull_stores_an_executable_object_once_in_its_executable_variant() {
+    let Some(emu) = emulator("pull_stores_an_executable_object_once_in_its_executable_variant")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, tree, _) = filled_store(tmp.path());
+    ok_json(&emu, &a, &["push", &remote(), &tree]);
+    let b = tmp.path().join("store-b");
+    ok_json(&emu, &b, &["pull", &remote(), &tree]);
+    let tool = blake3::hash(b"#!/bin/sh\necho hi\n").to_hex().to_string();
+    let object = b.join("objects/b3").join(&tool[..2]).join(&tool[2..]);
+    let exec = b
+        .join("objects/b3")
+        .join(&tool[..2])
+        .join(format!("{}-exec", &tool[2..]));
+    assert!(exec.exists(), "no executable variant at {}", exec.display());
+    common::ok(&b, &["materialize", &tree, s(&tmp.path().join("dest"))]);
+    assert!(
+        !object.exists(),
+        "the executable object is also stored plain: {}",
+        object.display()
+    );
+}
+
 #[test]
 fn concurrent_pushes_of_overlapping_content_both_succeed() {
     let Some(emu) = emulator("concurrent_pushes_of_overlapping_content_both_succeed") else {
