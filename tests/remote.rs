@@ -95,6 +95,16 @@ fn filled_store(dir: &Path) -> (std::path::PathBuf, String, String) {
     (store, tree, obj)
 }
 
+/// The emulator, a temp folder whose `filled_store` has pushed its tree, and the tree id; or
+/// `None` after `cannot_run`.
+fn pushed_tree(test: &str) -> Option<(gcs::Emulator, tempfile::TempDir, String)> {
+    let emu = emulator(test)?;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, tree, _) = filled_store(tmp.path());
+    ok_json(&emu, &a, &["push", &remote(), &tree]);
+    Some((emu, tmp, tree))
+}
+
 #[test]
 fn push_then_pull_into_an_empty_store_materializes_and_fscks_clean() {
     let Some(emu) = emulator("push_then_pull_into_an_empty_store_materializes_and_fscks_clean")
@@ -194,13 +204,11 @@ fn push_then_pull_into_an_empty_store_materializes_and_fscks_clean() {
 /// baked image of real ComfyUI held its 2 GB of torch libraries twice).
 #[test]
 fn pull_stores_an_executable_object_once_in_its_executable_variant() {
-    let Some(emu) = emulator("pull_stores_an_executable_object_once_in_its_executable_variant")
+    let Some((emu, tmp, tree)) =
+        pushed_tree("pull_stores_an_executable_object_once_in_its_executable_variant")
     else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, tree, _) = filled_store(tmp.path());
-    ok_json(&emu, &a, &["push", &remote(), &tree]);
     let b = tmp.path().join("store-b");
     ok_json(&emu, &b, &["pull", &remote(), &tree]);
     let tool = blake3::hash(b"#!/bin/sh\necho hi\n").to_hex().to_string();
@@ -276,13 +284,11 @@ fn concurrent_pushes_of_overlapping_content_both_succeed() {
 
 #[test]
 fn a_corrupted_object_in_the_bucket_is_refused_and_not_published() {
-    let Some(emu) = emulator("a_corrupted_object_in_the_bucket_is_refused_and_not_published")
+    let Some((emu, tmp, tree)) =
+        pushed_tree("a_corrupted_object_in_the_bucket_is_refused_and_not_published")
     else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, tree, _) = filled_store(tmp.path());
-    ok_json(&emu, &a, &["push", &remote(), &tree]);
     // Overwrite the model's bytes in the bucket (same size, one byte changed).
     let model = fs::read(tmp.path().join("src/models/model.safetensors")).unwrap();
     let id = blake3::hash(&model).to_hex().to_string();
