@@ -17,6 +17,31 @@ pub enum Unit {
     Bytes,
     /// Bytes of one transfer among several running at once (a download and the total).
     Transfer,
+    /// The bytes of many files (a tree's hashing, a materialize's placing): the total given to
+    /// [`Reporter::start`] is their bytes, `files` how many there are, and each file counts
+    /// `per_file` bytes' worth of work beside its own bytes (its open, stat and publish cost
+    /// that whatever its size: see [`HASH_FILE_COST`]). The bar and its eta follow that work;
+    /// the text shows the real bytes and files. Bytes come through [`Progress::inc`], files
+    /// through [`Progress::inc_files`].
+    Files { files: u64, per_file: u64 },
+    /// A step with nothing to count (a sync, an index commit, planning): a spinner with its
+    /// elapsed time, so the screen never sits still on a finished bar.
+    Wait,
+}
+
+/// The work of one file beside its bytes when a tree is hashed into the store (`add`,
+/// `lock`): open, stat, hash, write, publish. Calibrated on the 20k-file tree of
+/// `scripts/bench/gen_tree.py` (see docs/performance.md, "Honest etas"): its add spends as
+/// long on the files as on that many bytes of a big model.
+pub const HASH_FILE_COST: u64 = 256 << 10;
+
+/// The work of one entry beside its bytes when a materialize places it (create, copy or
+/// link, chmod, stat), calibrated as [`HASH_FILE_COST`] on `materialize --link copy`.
+pub const PLACE_FILE_COST: u64 = 256 << 10;
+
+/// The work a [`Unit::Files`] count stands for: its bytes plus `per_file` for each file.
+pub fn work(bytes: u64, files: u64, per_file: u64) -> u64 {
+    bytes.saturating_add(files.saturating_mul(per_file))
 }
 
 /// One running count, started by [`Reporter::start`]. Dropping it without [`Progress::finish`]
@@ -28,6 +53,8 @@ pub trait Progress: Send + Sync {
     fn set_position(&self, pos: u64);
     /// The total became known (a download whose size the server just told), or changed.
     fn set_total(&self, _total: u64) {}
+    /// `n` more files done ([`Unit::Files`]; their bytes go through [`Progress::inc`]).
+    fn inc_files(&self, _n: u64) {}
     /// The count is over: clear it.
     fn finish(&self);
 }

@@ -241,6 +241,11 @@ impl Store {
             );
         }
 
+        // The flush and the index commit of a big tree take seconds: a spinner, not a
+        // finished bar sitting still.
+        let saving = self
+            .reporter()
+            .start("saving", None, crate::report::Unit::Wait);
         let mut batch = Batch::default();
         let mut report = AddReport {
             id: ObjectId([0; 32]),
@@ -289,6 +294,7 @@ impl Store {
         if let Some(index) = self.index() {
             index.commit(&batch)?;
         }
+        saving.finish();
         Ok(report)
     }
 
@@ -323,17 +329,22 @@ impl Store {
         } else {
             vec![None; files.len()]
         };
-        // In bytes, so the eta follows the work: one checkpoint is worth thousands of sources.
-        // What the stat cache vouches for costs nothing and is not counted.
-        let total: u64 = files
+        // In bytes and files, so the eta follows the work: one checkpoint is worth thousands
+        // of sources, and each source costs its open and publish whatever its size. What the
+        // stat cache vouches for costs nothing and is not counted.
+        let (total, count) = files
             .iter()
             .zip(&cached)
             .filter(|(_, c)| c.is_none())
-            .map(|(f, _)| f.stat.size)
-            .sum();
-        let bar = self
-            .reporter()
-            .start("hashing", Some(total), crate::report::Unit::Bytes);
+            .fold((0, 0), |(b, n), (f, _)| (b + f.stat.size, n + 1));
+        let bar = self.reporter().start(
+            "hashing",
+            Some(total),
+            crate::report::Unit::Files {
+                files: count,
+                per_file: crate::report::HASH_FILE_COST,
+            },
+        );
         let out = files
             .par_iter()
             .zip(cached.par_iter())
@@ -341,6 +352,7 @@ impl Store {
                 let r = one(f, *c);
                 if c.is_none() {
                     bar.inc(f.stat.size);
+                    bar.inc_files(1);
                 }
                 r
             })
