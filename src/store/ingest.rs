@@ -337,21 +337,25 @@ impl Store {
             .zip(&cached)
             .filter(|(_, c)| c.is_none())
             .fold((0, 0), |(b, n), (f, _)| (b + f.stat.size, n + 1));
-        let bar = self.reporter().start(
-            "hashing",
-            Some(total),
-            crate::report::Unit::Files {
-                files: count,
-                per_file: crate::report::HASH_FILE_COST,
-            },
-        );
+        let bar: std::sync::Arc<dyn crate::report::Progress> = self
+            .reporter()
+            .start(
+                "hashing",
+                Some(total),
+                crate::report::Unit::Files {
+                    files: count,
+                    per_file: crate::report::HASH_FILE_COST,
+                },
+            )
+            .into();
         let out = files
             .par_iter()
             .zip(cached.par_iter())
             .map(|(f, c)| {
-                let r = one(f, *c);
+                // A big file's bytes move the bar as they are read; the rest once it is done.
+                let (r, moved) = crate::report::within(&bar, || one(f, *c));
                 if c.is_none() {
-                    bar.inc(f.stat.size);
+                    bar.inc(f.stat.size.saturating_sub(moved));
                     bar.inc_files(1);
                 }
                 r
