@@ -53,7 +53,7 @@ fn materialize_with_copies_counts_a_big_models_bytes_as_they_move() {
     // fell from 80 MiB to "0 B/0 B" as the files were linked was drawn before).
     let log = t.path().join("linked.jsonl");
     let linked = t.path().join("linked");
-    let out = common::run_env(
+    logged(
         &store,
         &[
             "materialize",
@@ -62,9 +62,8 @@ fn materialize_with_copies_counts_a_big_models_bytes_as_they_move() {
             "--link",
             "hardlink",
         ],
-        &[("COMFYSTORE_PROGRESS_LOG", Some(log.as_os_str()))],
+        &log,
     );
-    assert!(out.status.success(), "{}", common::describe(&out));
     let bars = common::big_bars(&log, 1);
     assert!(
         bars.is_empty(),
@@ -92,6 +91,17 @@ fn mixed_tree(dir: &std::path::Path) {
             &block[at..at + len],
         );
     }
+}
+
+/// Run `args`, which must succeed, with its counts logged to `log`.
+fn logged(store: &std::path::Path, args: &[&str], log: &std::path::Path) -> std::process::Output {
+    let out = common::run_env(
+        store,
+        args,
+        &[("COMFYSTORE_PROGRESS_LOG", Some(log.as_os_str()))],
+    );
+    assert!(out.status.success(), "{args:?}: {}", common::describe(&out));
+    out
 }
 
 /// The JSON lines `COMFYSTORE_PROGRESS_LOG` wrote.
@@ -129,14 +139,21 @@ fn fractions(lines: &[serde_json::Value], labels: &[&str], min: u64) -> Vec<(u64
         .collect()
 }
 
-/// How much of its length the bar moved while the model's bytes moved: the sum of its steps
-/// between logged lines that moved a MiB or more (the small files move at most a few KiB a
-/// line), so the order the files go in does not matter.
-fn moved_with_the_model(fr: &[(u64, f64)]) -> f64 {
-    fr.windows(2)
+/// The bar moved by about the model's share of the work (a tenth), not to "almost done",
+/// while the model's bytes moved: the sum of its steps between logged lines that moved a MiB
+/// or more (the small files move at most a few KiB a line), so the order the files go in does
+/// not matter.
+fn model_moved_its_share(what: &str, fr: &[(u64, f64)]) {
+    let by_model: f64 = fr
+        .windows(2)
         .filter(|w| w[1].0.saturating_sub(w[0].0) >= 1 << 20)
         .map(|w| w[1].1 - w[0].1)
-        .sum()
+        .sum();
+    assert!(
+        by_model > 0.02 && by_model < 0.25,
+        "{what}: the model moved the bar by {:.0} % of its length: {fr:?}",
+        by_model * 100.0
+    );
 }
 
 /// A count labelled `then` started after the one labelled `first` was done.
@@ -164,24 +181,14 @@ fn on_a_mixed_tree_the_bar_follows_the_files_as_well_as_the_bytes() {
     let src = t.path().join("version");
     mixed_tree(&src);
     let log = t.path().join("add.jsonl");
-    let out = common::run_env(
-        &store,
-        &["--json", "add", src.to_str().unwrap()],
-        &[("COMFYSTORE_PROGRESS_LOG", Some(log.as_os_str()))],
-    );
-    assert!(out.status.success(), "{}", common::describe(&out));
+    let out = logged(&store, &["--json", "add", src.to_str().unwrap()], &log);
     let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0]["report"]["id"]
         .as_str()
         .map(String::from)
         .unwrap_or_else(|| panic!("no tree id"));
     let lines = log_lines(&log);
     let hashing = fractions(&lines, &["hashing"], 64 << 20);
-    let by_model = moved_with_the_model(&hashing);
-    assert!(
-        by_model > 0.02 && by_model < 0.25,
-        "add: the model moved the hashing bar by {:.0} % of its length: {hashing:?}",
-        by_model * 100.0
-    );
+    model_moved_its_share("add", &hashing);
     assert_eq!(
         hashing.last().map(|(b, f)| (*b, (f * 1000.0).round())),
         Some((
@@ -197,27 +204,14 @@ fn on_a_mixed_tree_the_bar_follows_the_files_as_well_as_the_bytes() {
 
     let dest = t.path().join("dest");
     let log = t.path().join("materialize.jsonl");
-    let out = common::run_env(
+    logged(
         &store,
-        &[
-            "--json",
-            "materialize",
-            &id,
-            dest.to_str().unwrap(),
-            "--link",
-            "copy",
-        ],
-        &[("COMFYSTORE_PROGRESS_LOG", Some(log.as_os_str()))],
+        &["materialize", &id, dest.to_str().unwrap(), "--link", "copy"],
+        &log,
     );
-    assert!(out.status.success(), "{}", common::describe(&out));
     let lines = log_lines(&log);
     let placing = fractions(&lines, &["placing", "copying"], 64 << 20);
-    let by_model = moved_with_the_model(&placing);
-    assert!(
-        by_model > 0.02 && by_model < 0.25,
-        "materialize: the model moved the bar by {:.0} % of its length: {placing:?}",
-        by_model * 100.0
-    );
+    model_moved_its_share("materialize", &placing);
     assert!(
         !lines.iter().any(|v| v["label"] == "copying"),
         "materialize drew a second bar, with its own eta, for the bytes"

@@ -137,6 +137,7 @@ def on_a_terminal(cmd):
     p = subprocess.Popen(["script", "-qfec", full, "/dev/null"], stdout=subprocess.PIPE,
                          stdin=subprocess.DEVNULL, env=dict(os.environ, TERM="xterm-256color"))
     frames, seg, esc = [], bytearray(), False
+    spinners = {}  # label -> seconds it was last drawn
     while True:
         chunk = os.read(p.stdout.fileno(), 65536)
         if not chunk:
@@ -148,6 +149,9 @@ def on_a_terminal(cmd):
                 continue
             if b in (0x1B, 0x0D, 0x0A):
                 text = seg.decode("utf-8", "replace")
+                for label in ("planning", "saving"):
+                    if re.search(rf"\b{label} \S+ \d+s", text):
+                        spinners.setdefault(label, [at, at])[1] = at
                 # Several bars' lines may follow each other unbroken: cut after each eta.
                 for m in re.finditer(r".*? eta \d+[smh]", text):
                     frames.append((at, m.group(0).strip()))
@@ -158,7 +162,7 @@ def on_a_terminal(cmd):
     rc = p.wait()
     if rc != 0:
         raise SystemExit(f"{cmd} failed ({rc})")
-    return frames, time.monotonic() - start
+    return frames, time.monotonic() - start, spinners
 
 
 def judge(frames, ended):
@@ -209,22 +213,24 @@ def main():
     if not a.no_calibrate:
         calibrate(a.bin, a.work, mixed)
     bins = [("after", a.bin)] + ([("before", a.bin_before)] if a.bin_before else [])
-    rows = []
+    rows, still = [], []
     for name, b in bins:
         s = fresh(os.path.join(a.work, "store-" + name))
         d = fresh(os.path.join(a.work, "dest-" + name))
         q = lambda x: "'" + x.replace("'", "'\\''") + "'"
         l0 = load()
-        frames, took = on_a_terminal(f"exec {q(b)} --store {q(s)} add {q(mixed)}")
+        frames, took, spin = on_a_terminal(f"exec {q(b)} --store {q(s)} add {q(mixed)}")
         for label, r in judge(frames, took).items():
             rows.append((name, "add", label, took, l0) + r)
+        still.append((name, "add", frames, took, spin))
         tree = add(b, s, mixed)  # cached: the id only
         subprocess.run(["sync"], check=True)
         l0 = load()
-        frames, took = on_a_terminal(
+        frames, took, spin = on_a_terminal(
             f"exec {q(b)} --store {q(s)} materialize {tree} {q(d)} --link copy")
         for label, r in judge(frames, took).items():
             rows.append((name, "materialize --link copy", label, took, l0) + r)
+        still.append((name, "materialize --link copy", frames, took, spin))
         fresh(s)
         fresh(d)
     print(f"\n### Eta against the time the bar really had left (frames from 2 s after the bar "
@@ -237,6 +243,15 @@ def main():
             continue
         print(f"| {name} | {cmd} | {label} | {took:.1f} | {l0} | {span:.1f} | {n} | "
               f"{ok * 100:.0f} % | {lo:.2f} | {hi:.2f} | {samples} |")
+    print("\n### Time without a moving bar: before the first bar line, after the last (s), "
+          "and the spinners drawn meanwhile (first, last second drawn)\n")
+    print("| binary | command | command s | before first bar | after last bar | spinners |")
+    print("|---|---|---|---|---|---|")
+    for name, cmd, frames, took, spin in still:
+        first = frames[0][0] if frames else took
+        last = frames[-1][0] if frames else took
+        sp = ", ".join(f"{k} {v[0]:.1f}-{v[1]:.1f}" for k, v in spin.items()) or "none"
+        print(f"| {name} | {cmd} | {took:.1f} | {first:.1f} | {took - last:.1f} | {sp} |")
     if not a.keep:
         shutil.rmtree(a.work, ignore_errors=True)
 
