@@ -260,6 +260,11 @@ impl Store {
             );
         }
 
+        // The flush and the index commit of a big tree take seconds: a spinner, not a
+        // finished bar sitting still.
+        let saving = self
+            .reporter()
+            .start("saving", None, crate::report::Unit::Wait);
         let mut batch = Batch::default();
         let mut report = AddReport {
             id: ObjectId([0; 32]),
@@ -308,6 +313,7 @@ impl Store {
         if let Some(index) = self.index() {
             index.commit(&batch)?;
         }
+        saving.finish();
         Ok(report)
     }
 
@@ -342,24 +348,34 @@ impl Store {
         } else {
             vec![None; files.len()]
         };
-        // In bytes, so the eta follows the work: one checkpoint is worth thousands of sources.
-        // What the stat cache vouches for costs nothing and is not counted.
-        let total: u64 = files
+        // In bytes and files, so the eta follows the work: one checkpoint is worth thousands
+        // of sources, and each source costs its open and publish whatever its size. What the
+        // stat cache vouches for costs nothing and is not counted.
+        let (total, count) = files
             .iter()
             .zip(&cached)
             .filter(|(_, c)| c.is_none())
-            .map(|(f, _)| f.stat.size)
-            .sum();
-        let bar = self
+            .fold((0, 0), |(b, n), (f, _)| (b + f.stat.size, n + 1));
+        let bar: std::sync::Arc<dyn crate::report::Progress> = self
             .reporter()
-            .start("hashing", Some(total), crate::report::Unit::Bytes);
+            .start(
+                "hashing",
+                Some(total),
+                crate::report::Unit::Files {
+                    files: count,
+                    per_file: crate::report::HASH_FILE_COST,
+                },
+            )
+            .into();
         let out = files
             .par_iter()
             .zip(cached.par_iter())
             .map(|(f, c)| {
-                let r = one(f, *c);
+                // A big file's bytes move the bar as they are read; the rest once it is done.
+                let (r, moved) = crate::report::within(&bar, || one(f, *c));
                 if c.is_none() {
-                    bar.inc(f.stat.size);
+                    bar.inc(f.stat.size.saturating_sub(moved));
+                    bar.inc_files(1);
                 }
                 r
             })

@@ -164,7 +164,8 @@ impl Store {
     }
 
     /// Run `read` with a byte count of its own when the file is big enough to take a while
-    /// (a checkpoint): its bar moves as the bytes are read, not once at the end.
+    /// (a checkpoint): its bar moves as the bytes are read, not once at the end, and so does
+    /// the tree's count it is part of ([`crate::report::within`]).
     pub(crate) fn reading_big<T>(
         &self,
         what: &Path,
@@ -177,8 +178,11 @@ impl Store {
             |n| n.to_string_lossy().into_owned(),
         );
         let bar = if len >= BIG {
-            self.reporter()
-                .start(&label, Some(len), crate::report::Unit::Bytes)
+            crate::report::nested(self.reporter().start(
+                &label,
+                Some(len),
+                crate::report::Unit::Bytes,
+            ))
         } else {
             crate::report::Silent.start("", None, crate::report::Unit::Bytes)
         };
