@@ -245,6 +245,11 @@ impl Store {
                 self.ingest_file(f, c, opts.tree_sha256)
             })?
         };
+        // The flush (an adoption's, too) and the index commit of a big tree take seconds: a spinner, not a
+        // finished bar sitting still.
+        let saving = self
+            .reporter()
+            .start("saving", None, crate::report::Unit::Wait);
         if outcomes.iter().any(|o| o.adopt.is_some()) {
             let started = std::time::Instant::now();
             // The adopted bytes are durable before any of them is published.
@@ -260,11 +265,6 @@ impl Store {
             );
         }
 
-        // The flush and the index commit of a big tree take seconds: a spinner, not a
-        // finished bar sitting still.
-        let saving = self
-            .reporter()
-            .start("saving", None, crate::report::Unit::Wait);
         let mut batch = Batch::default();
         let mut report = AddReport {
             id: ObjectId([0; 32]),
