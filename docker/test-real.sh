@@ -29,7 +29,7 @@ done
 say "real: push $LOCKNAME to the emulator"
 STORAGE_EMULATOR_HOST=127.0.0.1:$GP HOME=$RD cs --store "$RD/store" push gs://real/comfystore "$RD/real.lock.json" >/dev/null
 
-IMAGE=comfystore-test:real
+IMAGE=$REAL_IMAGE
 build "$IMAGE" baked LOCK=lockfiles/real.lock.json REMOTE=gs://real/comfystore \
 	"STORAGE_EMULATOR_HOST=127.0.0.1:$GP" "REBUILD=real-$$"
 kill "$GCS_PID" 2>/dev/null || true
@@ -49,80 +49,7 @@ for args in '["--cpu"]' '["--cpu", "--disable-metadata"]'; do
 	say "real: minimal.json $args: $got, as workflows/minimal.expected.json (--network none)"
 done
 
-# --- cold starts --------------------------------------------------------------------------------
-# Each run is a new container of the baked image (a cold start of the container; the page cache
-# is warm after the first). serve: from `docker run` to /health answering (the local API binds
-# once ComfyUI answers: "ready"), then one /runsync of minimal.json ("first job", from `docker
-# run`). ComfyUI alone: the image's venv python running main.py, from `docker run` to
-# /system_stats answering. Times from the host's clock (python's time.monotonic).
-now() { python3 -c 'import time; print("%.3f" % time.monotonic())'; }
-until_up() { # URL CONTAINER: poll every 0.1 s
-	for _ in $(seq 3000); do
-		http GET "$1" >/dev/null 2>&1 && return 0
-		[ "$($DOCKER inspect -f '{{.State.Running}}' "$2" 2>/dev/null)" = true ] || { $DOCKER logs "$2" 2>&1 | tail -20 >&2; die "$2 exited"; }
-		sleep 0.1
-	done
-	die "$1 did not answer within 300 s"
-}
-N=${COLD_STARTS:-5}
-# The worker's own timeline of each start, from its log (RUST_LOG=info, timestamps in UTC) against
-# the container's start as Docker records it (.State.StartedAt): when it spawned ComfyUI, when
-# the version check ended, when ComfyUI first answered. Load-independent evidence of the
-# overhead: what comes before the spawn is comfystore's, the rest is ComfyUI's own start.
-timeline() { # CONTAINER: "spawn_s check_end_s comfy_answered_s"
-	python3 - "$($DOCKER inspect -f '{{.State.StartedAt}}' "$1")" "$($DOCKER logs "$1" 2>&1)" <<'PY'
-import datetime, re, sys
-def ts(s):
-    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", s)
-    t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
-    return t.timestamp() + float("0." + (m.group(2) or "0"))
-t0 = ts(sys.argv[1])
-log = re.sub(r"\x1b\[[0-9;]*m", "", sys.argv[2]).splitlines()
-def at(needle):
-    for line in log:
-        if needle in line and re.match(r"\d{4}-", line):
-            return "%.3f" % (ts(line.split()[0]) - t0)
-    return "-"
-print(at("spawned ComfyUI"), at("checked while ComfyUI started"), at("ComfyUI answered"))
-PY
-}
-echo "run serve_ready_s serve_first_job_s comfyui_alone_ready_s spawn_s check_end_s comfy_answered_s load1" >"$WORK/cold.txt"
-for i in $(seq "$N"); do
-	P=$(free_port)
-	CP=$(free_port)
-	t0=$(now)
-	CONTAINERS+=("cs-cold-$i")
-	$DOCKER run -d --name "cs-cold-$i" --network host -e RUST_LOG=info "$IMAGE" serve --api "127.0.0.1:$P" \
-		--comfy-port "$CP" --comfy-arg=--cpu >/dev/null
-	until_up "http://127.0.0.1:$P/health" "cs-cold-$i"
-	t1=$(now)
-	runsync "$P" "$WORK/job.json" "$WORK/cold-$i.json"
-	t2=$(now)
-	tl=$(timeline "cs-cold-$i")
-	$DOCKER rm -f "cs-cold-$i" >/dev/null
-	CP=$(free_port)
-	t3=$(now)
-	CONTAINERS+=("cs-comfy-$i")
-	$DOCKER run -d --name "cs-comfy-$i" --network host --entrypoint /opt/comfyui/venv/bin/python \
-		-w /opt/comfyui "$IMAGE" main.py --listen 127.0.0.1 --port "$CP" --disable-auto-launch --cpu >/dev/null
-	until_up "http://127.0.0.1:$CP/system_stats" "cs-comfy-$i"
-	t4=$(now)
-	$DOCKER rm -f "cs-comfy-$i" >/dev/null
-	python3 -c 'import sys; a = [float(x) for x in sys.argv[2:7]]; print(sys.argv[1], "%.2f %.2f %.2f" % (a[1] - a[0], a[2] - a[0], a[4] - a[3]), *sys.argv[7:])' \
-		"$i" "$t0" "$t1" "$t2" "$t3" "$t4" $tl "$(cut -d' ' -f1 /proc/loadavg)" >>"$WORK/cold.txt"
-	say "real: cold start $i: $(tail -1 "$WORK/cold.txt")"
-done
-python3 - "$WORK/cold.txt" <<'PY' >&2
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1]).read().splitlines()]
-head, rows = rows[0], rows[1:]
-print(" ".join(head))
-for r in rows:
-    print(" ".join(r))
-def med(i):
-    v = [float(r[i]) for r in rows if r[i] != "-"]
-    return "%.3f" % statistics.median(v) if v else "-"
-print("median", " ".join(med(i) for i in range(1, len(head))))
-PY
-cp "$WORK/cold.txt" "${REAL_COLD_OUT:-$RD/cold-starts.txt}"
+# --- cold starts (docker/cold-starts.sh; `COLD_ONLY=1 docker/test.sh --real` reruns only these) ---
+# shellcheck source=docker/cold-starts.sh
+. "$REPO/docker/cold-starts.sh"
 say "real mode: all checks passed"

@@ -2,9 +2,13 @@
 # Build comfystore's image and smoke-test it with real Docker (run by tests/docker.rs and CI).
 #
 #   docker/test.sh           CI mode: the fake ComfyUI (tests/fixtures/fake_comfyui), ~2-3 min
-#   docker/test.sh --real    real mode: a baked image of real ComfyUI 0.3.64 (see REAL_* below),
+#   docker/test.sh --real    real mode: a baked image of real ComfyUI 0.3.64 (docker/test-real.sh),
 #                            workflows/minimal.json against workflows/minimal.expected.json, and
-#                            5 cold starts timed (COLD_STARTS=N to change)
+#                            5 cold starts timed (docker/cold-starts.sh; COLD_STARTS=N to change)
+#   COLD_ONLY=1 docker/test.sh --real
+#                            only the timed cold starts, of the image a previous real run kept
+#                            (REAL_IMAGE below): nothing is built; exit 1 if there is no such
+#                            image (scripts/bench/cold_start_image.sh runs this)
 #
 # Needs root (it starts its own dockerd). It installs docker.io and debootstrap with apt-get
 # when they are missing. Exit status 77 (with the reason as the last line on stderr): Docker
@@ -17,8 +21,8 @@
 #   restored after dockerd stops (only what changed is undone). dockerd never outlives the script.
 # - CACHE=${COMFYSTORE_DOCKER_CACHE:-/var/tmp/comfystore-docker}: the debootstrap base image
 #   (base-bookworm.tar) and dockerd's data root (images and build cache), kept so that a rerun
-#   takes seconds instead of minutes. `rm -rf` it to start from nothing. A flock on CACHE/lock
-#   keeps two runs apart.
+#   takes seconds instead of minutes; real mode's version (CACHE/real) and image (REAL_IMAGE).
+#   `rm -rf` it to start from nothing. A flock on CACHE/lock keeps two runs apart.
 # - WORK (a temp dir under /var/tmp): build context, volume folder, logs; removed at the end
 #   (KEEP_WORK=1 keeps it), with every container the script ran.
 #
@@ -31,6 +35,8 @@ MODE=ci
 [ "${1:-}" = --real ] && MODE=real
 [ -n "${COMFYSTORE_DOCKER_REAL:-}" ] && MODE=real
 CACHE=${COMFYSTORE_DOCKER_CACHE:-/var/tmp/comfystore-docker}
+# Real mode's image, kept in CACHE's data root between runs (the cleanup removes only comfystore-test*).
+REAL_IMAGE=comfystore-real:0.3.64-stub
 SKIP=77
 T0=$(date +%s)
 
@@ -115,8 +121,9 @@ cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
 	if [ -n "$DPID" ]; then
 		for c in "${CONTAINERS[@]}"; do $DOCKER rm -f "$c" >/dev/null 2>&1; done
-		# Kept for a quick rerun: the base image and up to 1 GB of build cache (the runtime
-		# layers); the test's images go.
+		# Kept for a quick rerun: the base image, up to 1 GB of build cache (the runtime
+		# layers) and real mode's image (REAL_IMAGE: `COLD_ONLY=1 docker/test.sh --real` times
+		# cold starts of it again without building anything); the CI mode's images go.
 		$DOCKER image ls -q 'comfystore-test*' | sort -u | xargs -r $DOCKER image rm -f >/dev/null 2>&1
 		$DOCKER builder prune -f --keep-storage 1000000000 >/dev/null 2>&1
 		kill -TERM "$DPID" 2>/dev/null
@@ -151,58 +158,6 @@ if ! $DOCKER info >/dev/null 2>&1; then
 	cannot "dockerd did not start (log above)"
 fi
 export DOCKER_BUILDKIT=1
-
-# --- base image: debootstrap, cached -------------------------------------------------------------
-BASE=local/debian:bookworm
-if ! $DOCKER image inspect "$BASE" >/dev/null 2>&1; then
-	if [ ! -f "$CACHE/base-bookworm.tar" ]; then
-		mirror=$(sed -n 's/^URIs: *\([^ ]*debian\)$/\1/p; s/^deb \(\[[^]]*\] \)\?\([^ ]*\) bookworm main.*/\2/p' \
-			/etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | head -1 || true)
-		mirror=${mirror:-http://deb.debian.org/debian}
-		say "debootstrap bookworm from $mirror"
-		debootstrap --variant=minbase bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 ||
-			{ tail -5 "$WORK/debootstrap.log" >&2; die "debootstrap"; }
-		echo "deb $mirror bookworm main" >"$WORK/rootfs/etc/apt/sources.list"
-		rm -rf "$WORK/rootfs/var/lib/apt/lists/"* "$WORK/rootfs/var/cache/apt/"*.bin
-		tar -C "$WORK/rootfs" --numeric-owner -cf "$CACHE/base-bookworm.tar.tmp" .
-		mv "$CACHE/base-bookworm.tar.tmp" "$CACHE/base-bookworm.tar"
-		rm -rf "$WORK/rootfs"
-	fi
-	say "importing $BASE"
-	$DOCKER import "$CACHE/base-bookworm.tar" "$BASE" >/dev/null
-fi
-
-# --- comfystore, and a build context -------------------------------------------------------------
-BIN=${COMFYSTORE_BIN:-}
-if [ -z "$BIN" ]; then
-	say "cargo build"
-	(cd "$REPO" && cargo build --quiet --bin comfystore)
-	BIN=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
-		python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/comfystore
-fi
-[ -x "$BIN" ] || die "no comfystore binary at $BIN"
-cs() { "$BIN" --quiet "$@"; }
-
-CTX=$WORK/ctx
-mkdir -p "$CTX/docker/prebuilt" "$CTX/docker/bake" "$CTX/lockfiles"
-cp "$REPO/docker/Dockerfile" "$REPO/docker/entrypoint.sh" "$CTX/docker/"
-cp -r "$REPO/docker/ca-certificates" "$CTX/docker/"
-# This machine reaches package registries through a TLS-intercepting proxy: its CA goes into
-# this build context only (docker/ca-certificates/README.md).
-cp /usr/local/share/ca-certificates/*.crt "$CTX/docker/ca-certificates/" 2>/dev/null || true
-cp "$BIN" "$CTX/docker/prebuilt/comfystore"
-
-# build TAG TARGET [ARG=VALUE...]: the image, from the local base and the prebuilt binary.
-build() {
-	local tag=$1 target=$2
-	shift 2
-	local args=(--build-arg BASE_IMAGE=$BASE --build-arg COMFYSTORE_BINARY=context)
-	for a in "$@"; do args+=(--build-arg "$a"); done
-	say "building $tag (--target $target)"
-	$DOCKER build --network host -q -f "$CTX/docker/Dockerfile" --target "$target" -t "$tag" \
-		"${args[@]}" "$CTX" >"$WORK/build-$target.log" 2>&1 ||
-		{ tail -30 "$WORK/build-$target.log" >&2; die "docker build $tag"; }
-}
 
 # --- small helpers ---------------------------------------------------------------------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -270,6 +225,69 @@ snapshot() {
 }
 
 python3 -c 'import json; print(json.dumps({"input": {"workflow": json.load(open("'"$REPO"'/workflows/minimal.json"))}}))' >"$WORK/job.json"
+
+# --- COLD_ONLY=1 (real mode): the timed cold starts only, of the image a previous run kept -------
+if [ -n "${COLD_ONLY:-}" ]; then
+	[ "$MODE" = real ] || die "COLD_ONLY=1 times real mode's image: run it as COLD_ONLY=1 docker/test.sh --real"
+	$DOCKER image inspect "$REAL_IMAGE" >/dev/null 2>&1 ||
+		die "no image $REAL_IMAGE in $CACHE/data: build it once with docker/test.sh --real (COLD_ONLY=1 builds nothing)"
+	IMAGE=$REAL_IMAGE
+	# shellcheck source=docker/cold-starts.sh
+	. "$REPO/docker/cold-starts.sh"
+	exit 0
+fi
+
+# --- base image: debootstrap, cached -------------------------------------------------------------
+BASE=local/debian:bookworm
+if ! $DOCKER image inspect "$BASE" >/dev/null 2>&1; then
+	if [ ! -f "$CACHE/base-bookworm.tar" ]; then
+		mirror=$(sed -n 's/^URIs: *\([^ ]*debian\)$/\1/p; s/^deb \(\[[^]]*\] \)\?\([^ ]*\) bookworm main.*/\2/p' \
+			/etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | head -1 || true)
+		mirror=${mirror:-http://deb.debian.org/debian}
+		say "debootstrap bookworm from $mirror"
+		debootstrap --variant=minbase bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 ||
+			{ tail -5 "$WORK/debootstrap.log" >&2; die "debootstrap"; }
+		echo "deb $mirror bookworm main" >"$WORK/rootfs/etc/apt/sources.list"
+		rm -rf "$WORK/rootfs/var/lib/apt/lists/"* "$WORK/rootfs/var/cache/apt/"*.bin
+		tar -C "$WORK/rootfs" --numeric-owner -cf "$CACHE/base-bookworm.tar.tmp" .
+		mv "$CACHE/base-bookworm.tar.tmp" "$CACHE/base-bookworm.tar"
+		rm -rf "$WORK/rootfs"
+	fi
+	say "importing $BASE"
+	$DOCKER import "$CACHE/base-bookworm.tar" "$BASE" >/dev/null
+fi
+
+# --- comfystore, and a build context -------------------------------------------------------------
+BIN=${COMFYSTORE_BIN:-}
+if [ -z "$BIN" ]; then
+	say "cargo build"
+	(cd "$REPO" && cargo build --quiet --bin comfystore)
+	BIN=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/comfystore
+fi
+[ -x "$BIN" ] || die "no comfystore binary at $BIN"
+cs() { "$BIN" --quiet "$@"; }
+
+CTX=$WORK/ctx
+mkdir -p "$CTX/docker/prebuilt" "$CTX/docker/bake" "$CTX/lockfiles"
+cp "$REPO/docker/Dockerfile" "$REPO/docker/entrypoint.sh" "$CTX/docker/"
+cp -r "$REPO/docker/ca-certificates" "$CTX/docker/"
+# This machine reaches package registries through a TLS-intercepting proxy: its CA goes into
+# this build context only (docker/ca-certificates/README.md).
+cp /usr/local/share/ca-certificates/*.crt "$CTX/docker/ca-certificates/" 2>/dev/null || true
+cp "$BIN" "$CTX/docker/prebuilt/comfystore"
+
+# build TAG TARGET [ARG=VALUE...]: the image, from the local base and the prebuilt binary.
+build() {
+	local tag=$1 target=$2
+	shift 2
+	local args=(--build-arg BASE_IMAGE=$BASE --build-arg COMFYSTORE_BINARY=context)
+	for a in "$@"; do args+=(--build-arg "$a"); done
+	say "building $tag (--target $target)"
+	$DOCKER build --network host -q -f "$CTX/docker/Dockerfile" --target "$target" -t "$tag" \
+		"${args[@]}" "$CTX" >"$WORK/build-$target.log" 2>&1 ||
+		{ tail -30 "$WORK/build-$target.log" >&2; die "docker build $tag"; }
+}
 
 if [ "$MODE" = real ]; then
 	# shellcheck source=docker/test-real.sh

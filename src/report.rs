@@ -17,6 +17,31 @@ pub enum Unit {
     Bytes,
     /// Bytes of one transfer among several running at once (a download and the total).
     Transfer,
+    /// The bytes of many files (a tree's hashing, a materialize's placing): the total given to
+    /// [`Reporter::start`] is their bytes, `files` how many there are, and each file counts
+    /// `per_file` bytes' worth of work beside its own bytes (its open, stat and publish cost
+    /// that whatever its size: see [`HASH_FILE_COST`]). The bar and its eta follow that work;
+    /// the text shows the real bytes and files. Bytes come through [`Progress::inc`], files
+    /// through [`Progress::inc_files`].
+    Files { files: u64, per_file: u64 },
+    /// A step with nothing to count (a sync, an index commit, planning): a spinner with its
+    /// elapsed time, so the screen never sits still on a finished bar.
+    Wait,
+}
+
+/// The work of one file beside its bytes when a tree is hashed into the store (`add`,
+/// `lock`): open, stat, hash, write, publish. Calibrated on the 20k-file tree of
+/// `scripts/bench/gen_tree.py` (see docs/performance.md, "Honest etas"): its add spends as
+/// long on the files as on that many bytes of a big model.
+pub const HASH_FILE_COST: u64 = 256 << 10;
+
+/// The work of one entry beside its bytes when a materialize places it (create, copy or
+/// link, chmod, stat), calibrated as [`HASH_FILE_COST`] on `materialize --link copy`.
+pub const PLACE_FILE_COST: u64 = 256 << 10;
+
+/// The work a [`Unit::Files`] count stands for: its bytes plus `per_file` for each file.
+pub fn work(bytes: u64, files: u64, per_file: u64) -> u64 {
+    bytes.saturating_add(files.saturating_mul(per_file))
 }
 
 /// One running count, started by [`Reporter::start`]. Dropping it without [`Progress::finish`]
@@ -28,6 +53,8 @@ pub trait Progress: Send + Sync {
     fn set_position(&self, pos: u64);
     /// The total became known (a download whose size the server just told), or changed.
     fn set_total(&self, _total: u64) {}
+    /// `n` more files done ([`Unit::Files`]; their bytes go through [`Progress::inc`]).
+    fn inc_files(&self, _n: u64) {}
     /// The count is over: clear it.
     fn finish(&self);
 }
@@ -60,6 +87,72 @@ impl Reporter for Silent {
 /// The reporter a new [`crate::Store`] starts with.
 pub fn silent() -> Arc<dyn Reporter> {
     Arc::new(Silent)
+}
+
+thread_local! {
+    /// The count that [`nested`] counts on this thread also move, and by how much they did.
+    static WITHIN: std::cell::RefCell<Option<(Arc<dyn Progress>, u64)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with `outer` as the count that [`nested`] counts started in it (on this thread) also
+/// move: a tree's `hashing` bar moves with a big file's bytes as they are read, not once the
+/// whole model is in (its own bar is the file's). Returns `f`'s result and the bytes they moved
+/// `outer` by, so the caller counts only the rest. Nests (a rayon thread may run another
+/// file's job while it waits): the enclosing count is put back after `f`.
+pub fn within<T>(outer: &Arc<dyn Progress>, f: impl FnOnce() -> T) -> (T, u64) {
+    let saved = WITHIN.with(|w| w.replace(Some((outer.clone(), 0))));
+    let out = f();
+    let moved = WITHIN.with(|w| std::mem::replace(&mut *w.borrow_mut(), saved));
+    (out, moved.map_or(0, |(_, n)| n))
+}
+
+/// `own`, also moving the count [`within`] set on this thread (if any) by what moves it.
+pub fn nested(own: Box<dyn Progress>) -> Box<dyn Progress> {
+    Box::new(Nested {
+        own,
+        at: std::sync::atomic::AtomicU64::new(0),
+    })
+}
+
+struct Nested {
+    own: Box<dyn Progress>,
+    /// This count's position, so a `set_position` moves the enclosing one by the difference.
+    at: std::sync::atomic::AtomicU64,
+}
+
+impl Nested {
+    fn forward(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        WITHIN.with(|w| {
+            if let Some((outer, moved)) = w.borrow_mut().as_mut() {
+                outer.inc(n);
+                *moved += n;
+            }
+        });
+    }
+}
+
+impl Progress for Nested {
+    fn inc(&self, n: u64) {
+        self.own.inc(n);
+        self.at.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.forward(n);
+    }
+    fn set_position(&self, pos: u64) {
+        self.own.set_position(pos);
+        let before = self.at.swap(pos, std::sync::atomic::Ordering::Relaxed);
+        // Forward only: the enclosing count is of work done, and its caller settles the rest.
+        self.forward(pos.saturating_sub(before));
+    }
+    fn set_total(&self, total: u64) {
+        self.own.set_total(total);
+    }
+    fn finish(&self) {
+        self.own.finish();
+    }
 }
 
 /// A reader that counts what passes through it on a [`Progress`].
@@ -187,6 +280,43 @@ mod tests {
         fn set_position(&self, pos: u64) {
             self.0.lock().unwrap().push(pos);
         }
+        fn finish(&self) {}
+    }
+
+    /// Inside `within`, a nested count moves the enclosing one too, and says by how much; a
+    /// `within` run inside another (a rayon thread stealing a job) leaves the outer one as it
+    /// was; outside, a nested count moves only itself.
+    #[test]
+    fn a_nested_count_moves_the_enclosing_one() {
+        let outer_seen = Arc::new(Mutex::new(Vec::new()));
+        let outer: Arc<dyn Progress> = Arc::new(Incs(outer_seen.clone()));
+        let inner_seen = Arc::new(Mutex::new(Vec::new()));
+        let ((), moved) = within(&outer, || {
+            let big = nested(Box::new(Incs(Arc::new(Mutex::new(Vec::new())))));
+            big.inc(3);
+            let stealer: Arc<dyn Progress> = Arc::new(Incs(inner_seen.clone()));
+            let ((), stolen) = within(&stealer, || {
+                nested(Box::new(Nothing)).inc(100);
+            });
+            assert_eq!(stolen, 100);
+            big.set_position(10);
+            big.set_position(4);
+        });
+        assert_eq!(moved, 10);
+        assert_eq!(*outer_seen.lock().unwrap(), [3, 7]);
+        assert_eq!(*inner_seen.lock().unwrap(), [100]);
+        nested(Box::new(Nothing)).inc(5);
+        assert_eq!(*outer_seen.lock().unwrap(), [3, 7]);
+    }
+
+    /// A bar that remembers every increment.
+    struct Incs(Arc<Mutex<Vec<u64>>>);
+
+    impl Progress for Incs {
+        fn inc(&self, n: u64) {
+            self.0.lock().unwrap().push(n);
+        }
+        fn set_position(&self, _: u64) {}
         fn finish(&self) {}
     }
 

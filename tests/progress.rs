@@ -13,8 +13,8 @@ fn big_model() -> Vec<u8> {
 
 /// A copy-class materialize counts the bytes it copies as they move (16 MiB a
 /// `copy_file_range` call), not one entry per file: the 80 MiB model's bar is seen in its
-/// middle half (with 1 GiB calls it was seen at 0 and done only). A hardlinked one draws no
-/// byte bar.
+/// middle half (with 1 GiB calls it was seen at 0 and done only). A hardlinked one counts no
+/// bytes.
 #[test]
 fn materialize_with_copies_counts_a_big_models_bytes_as_they_move() {
     let t = tempfile::tempdir().unwrap();
@@ -41,7 +41,7 @@ fn materialize_with_copies_counts_a_big_models_bytes_as_they_move() {
             "copy",
         ],
         &[],
-        "copying",
+        "placing",
     );
     assert_eq!(
         std::fs::metadata(dest.join("models/checkpoints/big.safetensors"))
@@ -49,11 +49,11 @@ fn materialize_with_copies_counts_a_big_models_bytes_as_they_move() {
             .len(),
         80 << 20
     );
-    // Hardlinks move no bytes: no byte bar at all (one whose total fell from 80 MiB to
-    // "0 B/0 B" as the files were linked was drawn before).
+    // Hardlinks move no bytes: the bar counts no bytes at all, only entries (one whose total
+    // fell from 80 MiB to "0 B/0 B" as the files were linked was drawn before).
     let log = t.path().join("linked.jsonl");
     let linked = t.path().join("linked");
-    let out = common::run_env(
+    logged(
         &store,
         &[
             "materialize",
@@ -62,13 +62,12 @@ fn materialize_with_copies_counts_a_big_models_bytes_as_they_move() {
             "--link",
             "hardlink",
         ],
-        &[("COMFYSTORE_PROGRESS_LOG", Some(log.as_os_str()))],
+        &log,
     );
-    assert!(out.status.success(), "{}", common::describe(&out));
-    let bars = common::big_bars(&log, 0);
+    let bars = common::big_bars(&log, 1);
     assert!(
-        bars.iter().all(|(label, _, _)| label != "copying"),
-        "a hardlinked materialize drew a byte bar: {bars:?}"
+        bars.is_empty(),
+        "a hardlinked materialize counted bytes: {bars:?}"
     );
     assert!(
         std::fs::read_to_string(&log)
@@ -76,6 +75,149 @@ fn materialize_with_copies_counts_a_big_models_bytes_as_they_move() {
             .contains(r#""label":"placing""#),
         "no entries bar"
     );
+}
+
+/// A mixed tree: one 64 MiB model and 3,000 small sources (100 B to 1 KiB), as a venv beside a
+/// checkpoint.
+fn mixed_tree(dir: &std::path::Path) {
+    let block = common::comfy::pseudo_random(23, 1 << 20);
+    let model: Vec<u8> = block.iter().copied().cycle().take(64 << 20).collect();
+    write(&dir.join("models/a-model.safetensors"), &model);
+    for i in 0..3000usize {
+        let len = 100 + i % 925;
+        let at = (i * 331) % (block.len() - len);
+        write(
+            &dir.join(format!("site/p{}/m{i}.py", i % 30)),
+            &block[at..at + len],
+        );
+    }
+}
+
+/// Run `args`, which must succeed, with its counts logged to `log`.
+fn logged(store: &std::path::Path, args: &[&str], log: &std::path::Path) -> std::process::Output {
+    let out = common::run_env(
+        store,
+        args,
+        &[("COMFYSTORE_PROGRESS_LOG", Some(log.as_os_str()))],
+    );
+    assert!(out.status.success(), "{args:?}: {}", common::describe(&out));
+    out
+}
+
+/// The JSON lines `COMFYSTORE_PROGRESS_LOG` wrote.
+fn log_lines(log: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// How far along the bar labelled one of `labels` whose bytes total at least `min` was at each
+/// line, as (bytes, fraction of its length): the fraction of its work (bytes plus a cost per
+/// file) when it logs one, of its bytes otherwise.
+fn fractions(lines: &[serde_json::Value], labels: &[&str], min: u64) -> Vec<(u64, f64)> {
+    let bar = lines
+        .iter()
+        .find(|v| {
+            labels.iter().any(|l| v["label"] == *l)
+                && v["unit"] != "items"
+                && v["total"].as_u64().is_some_and(|t| t >= min)
+        })
+        .unwrap_or_else(|| panic!("no bar {labels:?} of {min} bytes in {lines:#?}"))["bar"]
+        .clone();
+    lines
+        .iter()
+        .filter(|v| v["bar"] == bar)
+        .map(|v| {
+            let (pos, len) = match (v["work"].as_u64(), v["work_total"].as_u64()) {
+                (Some(w), Some(t)) => (w, t),
+                _ => (v["pos"].as_u64().unwrap(), v["total"].as_u64().unwrap()),
+            };
+            (v["pos"].as_u64().unwrap(), pos as f64 / len.max(1) as f64)
+        })
+        .collect()
+}
+
+/// The bar moved by about the model's share of the work (a tenth), not to "almost done",
+/// while the model's bytes moved: the sum of its steps between logged lines that moved a MiB
+/// or more (the small files move at most a few KiB a line), so the order the files go in does
+/// not matter.
+fn model_moved_its_share(what: &str, fr: &[(u64, f64)]) {
+    let by_model: f64 = fr
+        .windows(2)
+        .filter(|w| w[1].0.saturating_sub(w[0].0) >= 1 << 20)
+        .map(|w| w[1].1 - w[0].1)
+        .sum();
+    assert!(
+        by_model > 0.02 && by_model < 0.25,
+        "{what}: the model moved the bar by {:.0} % of its length: {fr:?}",
+        by_model * 100.0
+    );
+}
+
+/// A count labelled `then` started after the one labelled `first` was done.
+fn after(lines: &[serde_json::Value], first: &str, then: &str) {
+    let done = lines
+        .iter()
+        .position(|v| v["label"] == first && v["done"] == true);
+    let started = lines.iter().position(|v| v["label"] == then);
+    assert!(
+        matches!((done, started), (Some(d), Some(s)) if d < s),
+        "no {then:?} count after {first:?} was done: {lines:#?}"
+    );
+}
+
+/// Issue 19's weakness, fixed: on a mixed tree the bar (and so its eta) follows bytes and
+/// files. The 64 MiB model is about a tenth of the work of `add` and of `materialize --link
+/// copy` (its bytes plus 256 KiB's worth for each of the 3,000 files), so it moves the bar
+/// by that much, not to "almost done" with 3,000 files to go (bytes alone: 96 %). The
+/// text still counts the real bytes. And after the bars, the steps that have nothing to count
+/// (add's flush and index commit, materialize's planning and flush) each show a spinner.
+#[test]
+fn on_a_mixed_tree_the_bar_follows_the_files_as_well_as_the_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let src = t.path().join("version");
+    mixed_tree(&src);
+    let log = t.path().join("add.jsonl");
+    let out = logged(&store, &["--json", "add", src.to_str().unwrap()], &log);
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0]["report"]["id"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| panic!("no tree id"));
+    let lines = log_lines(&log);
+    let hashing = fractions(&lines, &["hashing"], 64 << 20);
+    model_moved_its_share("add", &hashing);
+    assert_eq!(
+        hashing.last().map(|(b, f)| (*b, (f * 1000.0).round())),
+        Some((
+            (64 << 20) + (0..3000).map(|i| 100 + i % 925).sum::<u64>(),
+            1000.0
+        )),
+        "add: the hashing bar did not end at the real bytes, at its full length"
+    );
+    after(&lines, "hashing", "saving");
+    assert!(lines
+        .iter()
+        .any(|v| v["label"] == "saving" && v["unit"] == "wait"));
+
+    let dest = t.path().join("dest");
+    let log = t.path().join("materialize.jsonl");
+    logged(
+        &store,
+        &["materialize", &id, dest.to_str().unwrap(), "--link", "copy"],
+        &log,
+    );
+    let lines = log_lines(&log);
+    let placing = fractions(&lines, &["placing", "copying"], 64 << 20);
+    model_moved_its_share("materialize", &placing);
+    assert!(
+        !lines.iter().any(|v| v["label"] == "copying"),
+        "materialize drew a second bar, with its own eta, for the bytes"
+    );
+    after(&lines, "planning", "placing");
+    after(&lines, "placing", "saving");
 }
 
 /// What a command drew on a pseudo-terminal: its bytes, each chunk with the seconds since the

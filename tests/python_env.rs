@@ -27,7 +27,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
@@ -2131,4 +2131,51 @@ fn env_build_leaves_the_users_uv_cache_alone_and_survives_kill_9() {
         assert_store_sound(&e, &store, &format!("{when} and a build"));
     }
     eprintln!("build {full:?}; {killed_running} of 5 kills landed while it ran");
+}
+
+/// The wheels are checked while the installer already reads them (`ensure_env`): a wheel
+/// damaged in the store still fails the build, with its object named, and nothing of the
+/// build is stored (no environment root, the store sound once the damaged copy is set aside).
+#[test]
+fn env_build_refuses_a_wheel_damaged_in_the_store() {
+    const TEST: &str = "env_build_refuses_a_wheel_damaged_in_the_store";
+    if !uv_available() {
+        common::cannot_run(TEST, "uv not on PATH");
+        return;
+    }
+    let e = Env::new();
+    let lock = e.pinned_lock("v1");
+    let store = e.p("damaged");
+    let out = e.cs(&store, &["fetch", s(&lock), "--only", "python"]);
+    assert_eq!(code(&out), 0, "fetch: {}", describe(&out));
+    let locked: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&lock).unwrap()).unwrap();
+    let sha = locked["python"]["packages"][0]["sha256"].as_str().unwrap();
+    let alias =
+        fs::read_to_string(store.join("aliases/sha256").join(&sha[..2]).join(&sha[2..])).unwrap();
+    let b3 = alias.trim().trim_start_matches("b3:").to_string();
+    let object = store.join("objects/b3").join(&b3[..2]).join(&b3[2..]);
+    let mut bytes = fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::set_permissions(&object, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&object, &bytes).unwrap();
+    fs::set_permissions(&object, fs::Permissions::from_mode(0o444)).unwrap();
+
+    let out = e.cs(&store, &["env", s(&lock)]);
+    assert_ne!(
+        code(&out),
+        0,
+        "a damaged wheel was installed: {}",
+        describe(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&b3),
+        "the error does not name the object: {err}"
+    );
+    let envs = store.join("roots/env");
+    let roots = fs::read_dir(&envs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(roots, 0, "an environment was recorded: {}", envs.display());
+    assert!(!object.exists(), "the damaged object was left in place");
 }

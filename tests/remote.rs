@@ -95,6 +95,16 @@ fn filled_store(dir: &Path) -> (std::path::PathBuf, String, String) {
     (store, tree, obj)
 }
 
+/// The emulator, a temp folder whose `filled_store` has pushed its tree, and the tree id; or
+/// `None` after `cannot_run`.
+fn pushed_tree(test: &str) -> Option<(gcs::Emulator, tempfile::TempDir, String)> {
+    let emu = emulator(test)?;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, tree, _) = filled_store(tmp.path());
+    ok_json(&emu, &a, &["push", &remote(), &tree]);
+    Some((emu, tmp, tree))
+}
+
 #[test]
 fn push_then_pull_into_an_empty_store_materializes_and_fscks_clean() {
     let Some(emu) = emulator("push_then_pull_into_an_empty_store_materializes_and_fscks_clean")
@@ -189,6 +199,33 @@ fn push_then_pull_into_an_empty_store_materializes_and_fscks_clean() {
     assert_eq!(again["trees"], 0, "{again}");
 }
 
+/// An object that a pulled tree names executable is stored executable, as `import` stores it:
+/// stored plain, placing it copied its bytes into an executable variant and kept both (the
+/// baked image of real ComfyUI held its 2 GB of torch libraries twice).
+#[test]
+fn pull_stores_an_executable_object_once_in_its_executable_variant() {
+    let Some((emu, tmp, tree)) =
+        pushed_tree("pull_stores_an_executable_object_once_in_its_executable_variant")
+    else {
+        return;
+    };
+    let b = tmp.path().join("store-b");
+    ok_json(&emu, &b, &["pull", &remote(), &tree]);
+    let tool = blake3::hash(b"#!/bin/sh\necho hi\n").to_hex().to_string();
+    let object = b.join("objects/b3").join(&tool[..2]).join(&tool[2..]);
+    let exec = b
+        .join("objects/b3")
+        .join(&tool[..2])
+        .join(format!("{}-exec", &tool[2..]));
+    assert!(exec.exists(), "no executable variant at {}", exec.display());
+    common::ok(&b, &["materialize", &tree, s(&tmp.path().join("dest"))]);
+    assert!(
+        !object.exists(),
+        "the executable object is also stored plain: {}",
+        object.display()
+    );
+}
+
 #[test]
 fn concurrent_pushes_of_overlapping_content_both_succeed() {
     let Some(emu) = emulator("concurrent_pushes_of_overlapping_content_both_succeed") else {
@@ -247,13 +284,11 @@ fn concurrent_pushes_of_overlapping_content_both_succeed() {
 
 #[test]
 fn a_corrupted_object_in_the_bucket_is_refused_and_not_published() {
-    let Some(emu) = emulator("a_corrupted_object_in_the_bucket_is_refused_and_not_published")
+    let Some((emu, tmp, tree)) =
+        pushed_tree("a_corrupted_object_in_the_bucket_is_refused_and_not_published")
     else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, tree, _) = filled_store(tmp.path());
-    ok_json(&emu, &a, &["push", &remote(), &tree]);
     // Overwrite the model's bytes in the bucket (same size, one byte changed).
     let model = fs::read(tmp.path().join("src/models/model.safetensors")).unwrap();
     let id = blake3::hash(&model).to_hex().to_string();

@@ -49,10 +49,37 @@ struct Bars {
 
 impl Reporter for Bars {
     fn start(&self, label: &str, total: Option<u64>, unit: Unit) -> Box<dyn Progress> {
-        let bar = self.multi.add(ProgressBar::new(total.unwrap_or(0)));
-        bar.set_style(style(unit));
-        bar.set_message(label.to_string());
-        Box::new(Bar(bar))
+        match unit {
+            Unit::Files { files, per_file } => {
+                let counts = Arc::new(FileCounts {
+                    bytes: AtomicU64::new(0),
+                    total: AtomicU64::new(total.unwrap_or(0)),
+                    files: AtomicU64::new(0),
+                    files_total: files,
+                    per_file,
+                });
+                let bar = self.multi.add(ProgressBar::new(counts.work_total()));
+                bar.set_style(files_style(counts.clone()));
+                bar.set_message(label.to_string());
+                Box::new(FilesBar { bar, counts })
+            }
+            Unit::Wait => {
+                let bar = self.multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{msg:>10} {spinner} {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_message(label.to_string());
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                Box::new(Bar(bar))
+            }
+            _ => {
+                let bar = self.multi.add(ProgressBar::new(total.unwrap_or(0)));
+                bar.set_style(style(unit));
+                bar.set_message(label.to_string());
+                Box::new(Bar(bar))
+            }
+        }
     }
 }
 
@@ -62,6 +89,7 @@ fn style(unit: Unit) -> ProgressStyle {
         Unit::Items => "{msg:>10} [{bar:30}] {human_pos}/{human_len} {rate} eta {eta}",
         Unit::Bytes => "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
         Unit::Transfer => "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        Unit::Files { .. } | Unit::Wait => "{msg:>10} [{bar:30}] {pos}/{len} eta {eta}",
     };
     ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -73,6 +101,109 @@ fn style(unit: Unit) -> ProgressStyle {
             },
         )
         .progress_chars("=> ")
+}
+
+/// A [`Unit::Files`] count as the screen shows it: the real bytes and files beside the work
+/// (bytes plus a cost per file) that the bar's position, length and eta are in.
+struct FileCounts {
+    bytes: AtomicU64,
+    total: AtomicU64,
+    files: AtomicU64,
+    files_total: u64,
+    per_file: u64,
+}
+
+impl FileCounts {
+    fn work(&self) -> u64 {
+        comfystore::report::work(
+            self.bytes.load(Ordering::Relaxed),
+            self.files.load(Ordering::Relaxed),
+            self.per_file,
+        )
+    }
+    fn work_total(&self) -> u64 {
+        comfystore::report::work(
+            self.total.load(Ordering::Relaxed),
+            self.files_total,
+            self.per_file,
+        )
+    }
+}
+
+/// The look of a [`Unit::Files`] count: "1.2 GiB/6.3 GiB 4,210/20,001 files 95 MiB/s eta
+/// 40s". The bar and the eta are indicatif's own, on the work; the bytes, files and rate are
+/// the real ones (the rate an average since the start: the recent rate of work is what the eta
+/// uses, and a byte rate over the last second swings from GiB/s on a model to KiB/s on small
+/// files).
+fn files_style(counts: Arc<FileCounts>) -> ProgressStyle {
+    let c = counts.clone();
+    ProgressStyle::with_template("{msg:>10} [{bar:30}] {done} {speed} eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "done",
+            move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let total = c.total.load(Ordering::Relaxed);
+                if total > 0 {
+                    let _ = write!(
+                        w,
+                        "{}/{} ",
+                        indicatif::HumanBytes(c.bytes.load(Ordering::Relaxed)),
+                        indicatif::HumanBytes(total),
+                    );
+                }
+                let _ = write!(
+                    w,
+                    "{}/{} files",
+                    indicatif::HumanCount(c.files.load(Ordering::Relaxed)),
+                    indicatif::HumanCount(c.files_total),
+                );
+            },
+        )
+        .with_key(
+            "speed",
+            move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let secs = s.elapsed().as_secs_f64().max(1e-3);
+                let _ = if counts.total.load(Ordering::Relaxed) > 0 {
+                    let bytes = counts.bytes.load(Ordering::Relaxed) as f64;
+                    write!(w, "{}/s", indicatif::HumanBytes((bytes / secs) as u64))
+                } else {
+                    let files = counts.files.load(Ordering::Relaxed) as f64;
+                    write!(
+                        w,
+                        "{} files/s",
+                        indicatif::HumanCount((files / secs) as u64)
+                    )
+                };
+            },
+        )
+        .progress_chars("=> ")
+}
+
+struct FilesBar {
+    bar: ProgressBar,
+    counts: Arc<FileCounts>,
+}
+
+impl Progress for FilesBar {
+    fn inc(&self, n: u64) {
+        self.counts.bytes.fetch_add(n, Ordering::Relaxed);
+        self.bar.inc(n);
+    }
+    fn inc_files(&self, n: u64) {
+        self.counts.files.fetch_add(n, Ordering::Relaxed);
+        self.bar.inc(n.saturating_mul(self.counts.per_file));
+    }
+    fn set_position(&self, pos: u64) {
+        self.counts.bytes.store(pos, Ordering::Relaxed);
+        self.bar.set_position(self.counts.work());
+    }
+    fn set_total(&self, total: u64) {
+        self.counts.total.store(total, Ordering::Relaxed);
+        self.bar.set_length(self.counts.work_total());
+    }
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 struct Bar(ProgressBar);
@@ -94,9 +225,11 @@ impl Progress for Bar {
     }
 }
 
-/// Counts as JSON lines (`{"bar", "label", "unit", "total", "pos", "done"}`), one when a bar
-/// starts, then whenever it moved by 1 % of its total (or by any amount when the total is
-/// unknown), and one when it finishes: at most about a hundred lines a bar.
+/// Counts as JSON lines (`{"bar", "label", "unit", "total", "pos", "done"}`, and for a
+/// [`Unit::Files`] count also `files`, `files_total`, `work` and `work_total`), one when a bar
+/// starts, then whenever it moved by 1 % of its total (of its work for a count of files, or by
+/// any amount when the total is unknown), and one when it finishes: at most about a hundred
+/// lines a bar.
 struct Log {
     file: Arc<Mutex<std::fs::File>>,
     next: AtomicU64,
@@ -104,6 +237,10 @@ struct Log {
 
 impl Reporter for Log {
     fn start(&self, label: &str, total: Option<u64>, unit: Unit) -> Box<dyn Progress> {
+        let (files_total, per_file) = match unit {
+            Unit::Files { files, per_file } => (Some(files), per_file),
+            _ => (None, 0),
+        };
         let bar = LogBar {
             id: self.next.fetch_add(1, Ordering::Relaxed),
             label: label.to_string(),
@@ -111,15 +248,22 @@ impl Reporter for Log {
                 Unit::Items => "items",
                 Unit::Bytes => "bytes",
                 Unit::Transfer => "transfer",
+                Unit::Files { .. } => "files",
+                Unit::Wait => "wait",
             },
             state: Mutex::new(LogState {
                 pos: 0,
+                files: 0,
                 written: 0,
                 total,
+                files_total,
+                per_file,
             }),
             file: self.file.clone(),
         };
-        bar.write(0, total, false);
+        if let Ok(st) = bar.state.lock() {
+            bar.write(&st, false);
+        }
         Box::new(bar)
     }
 }
@@ -134,32 +278,58 @@ struct LogBar {
 
 struct LogState {
     pos: u64,
-    /// The position last written.
+    /// Files done (a [`Unit::Files`] count).
+    files: u64,
+    /// The work last written.
     written: u64,
     total: Option<u64>,
+    /// How many files (a [`Unit::Files`] count only).
+    files_total: Option<u64>,
+    per_file: u64,
+}
+
+impl LogState {
+    fn work(&self) -> u64 {
+        comfystore::report::work(self.pos, self.files, self.per_file)
+    }
+    fn work_total(&self) -> Option<u64> {
+        let total = self.total?;
+        Some(comfystore::report::work(
+            total,
+            self.files_total.unwrap_or(0),
+            self.per_file,
+        ))
+    }
 }
 
 impl LogBar {
-    fn write(&self, pos: u64, total: Option<u64>, done: bool) {
-        let line = serde_json::json!({
+    fn write(&self, st: &LogState, done: bool) {
+        let mut line = serde_json::json!({
             "bar": self.id, "label": self.label, "unit": self.unit,
-            "total": total, "pos": pos, "done": done,
+            "total": st.total, "pos": st.pos, "done": done,
         });
+        if let Some(files_total) = st.files_total {
+            line["files"] = st.files.into();
+            line["files_total"] = files_total.into();
+            line["work"] = st.work().into();
+            line["work_total"] = st.work_total().into();
+        }
         if let Ok(mut f) = self.file.lock() {
             let _ = writeln!(f, "{line}");
         }
     }
 
-    /// Move the count; write a line once it moved by 1 % of the total since the last one.
+    /// Move the count; write a line once its work moved by 1 % of the total since the last one.
     fn moved(&self, f: impl FnOnce(&mut LogState)) {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
         f(&mut st);
-        let step = st.total.map_or(1, |t| (t / 100).max(1));
-        if st.pos.abs_diff(st.written) >= step {
-            st.written = st.pos;
-            self.write(st.pos, st.total, false);
+        let step = st.work_total().map_or(1, |t| (t / 100).max(1));
+        let work = st.work();
+        if work.abs_diff(st.written) >= step {
+            st.written = work;
+            self.write(&st, false);
         }
     }
 }
@@ -167,6 +337,9 @@ impl LogBar {
 impl Progress for LogBar {
     fn inc(&self, n: u64) {
         self.moved(|st| st.pos = st.pos.saturating_add(n));
+    }
+    fn inc_files(&self, n: u64) {
+        self.moved(|st| st.files = st.files.saturating_add(n));
     }
     fn set_position(&self, pos: u64) {
         self.moved(|st| st.pos = pos);
@@ -176,7 +349,7 @@ impl Progress for LogBar {
     }
     fn finish(&self) {
         if let Ok(st) = self.state.lock() {
-            self.write(st.pos, st.total, true);
+            self.write(&st, true);
         }
     }
 }

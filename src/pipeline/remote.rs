@@ -599,8 +599,10 @@ async fn pull_async<'scope>(
         }
     }
     let ids = &ids[..];
-    // Objects wanted: id → (size when known, sha256 for its alias).
-    let mut wanted: BTreeMap<ObjectId, (Option<u64>, Option<Sha256>)> = BTreeMap::new();
+    // Objects wanted: id → (size when known, sha256 for its alias, whether a tree names it
+    // executable: it is stored so, as `import` does, or placing it would copy its bytes into
+    // the other mode's variant and keep both).
+    let mut wanted: BTreeMap<ObjectId, (Option<u64>, Option<Sha256>, bool)> = BTreeMap::new();
     let mut trees: Vec<(ObjectId, Manifest)> = Vec::new();
     for (sha, id) in models {
         let id = match id {
@@ -623,8 +625,10 @@ async fn pull_async<'scope>(
     for id in ids {
         if store.has_tree(id) {
             report.present += 1;
-            for (oid, size, _) in store.read_tree(id)?.objects() {
-                wanted.entry(oid).or_default().0 = Some(size);
+            for (oid, size, exec) in store.read_tree(id)?.objects() {
+                let w = wanted.entry(oid).or_default();
+                w.0 = Some(size);
+                w.2 |= exec;
             }
             continue;
         }
@@ -632,8 +636,10 @@ async fn pull_async<'scope>(
         if have.contains_key(&rel) {
             match fetch_tree(remote, &rel, id).await {
                 Ok(m) => {
-                    for (oid, size, _) in m.objects() {
-                        wanted.entry(oid).or_default().0 = Some(size);
+                    for (oid, size, exec) in m.objects() {
+                        let w = wanted.entry(oid).or_default();
+                        w.0 = Some(size);
+                        w.2 |= exec;
                     }
                     trees.push((*id, m));
                 }
@@ -649,7 +655,7 @@ async fn pull_async<'scope>(
     }
     // Then the objects the store lacks, verified through the store's checked put.
     let mut todo = Vec::new();
-    for (id, (size, sha)) in &wanted {
+    for (id, (size, sha, exec)) in &wanted {
         if store.has_object(id) {
             report.present += 1;
             if let Some(sha) = sha {
@@ -675,6 +681,7 @@ async fn pull_async<'scope>(
             id: *id,
             size: size.unwrap_or(listed.size),
             sha,
+            exec: *exec,
             rel,
         });
     }
@@ -707,7 +714,7 @@ async fn pull_async<'scope>(
             Err(e) => report.failed.push((id.to_string(), e.to_string())),
         }
     }
-    for (id, (_, sha)) in &wanted {
+    for (id, (_, sha, _)) in &wanted {
         if let Some(sha) = sha.filter(|_| pulled.contains(id)) {
             store.ensure_alias(&sha, id)?;
             report.aliases += 1;
@@ -804,11 +811,13 @@ async fn fetch_tree(remote: &Remote, rel: &str, id: &ObjectId) -> Result<Manifes
     Ok(Manifest::parse(&bytes, &id.to_string())?)
 }
 
-/// An object `pull` must bring: its id, size, expected SHA-256 and name under the prefix.
+/// An object `pull` must bring: its id, size, expected SHA-256, the mode to store it with and
+/// its name under the prefix.
 struct Wanted {
     id: ObjectId,
     size: u64,
     sha: Option<Sha256>,
+    exec: bool,
     rel: String,
 }
 
@@ -821,8 +830,14 @@ async fn fetch_object<'scope>(
     want: &Wanted,
     bar: &dyn crate::report::Progress,
 ) -> Result<u64> {
-    let Wanted { id, size, sha, rel } = want;
-    let (id, size, sha) = (*id, *size, *sha);
+    let Wanted {
+        id,
+        size,
+        sha,
+        exec,
+        rel,
+    } = want;
+    let (id, size, sha, exec) = (*id, *size, *sha, *exec);
     let name = remote.name(rel);
     let uri = remote.client.gs_uri(&name);
     // Streamed straight into the store's temp file by a thread of this scope, hashed as it
@@ -833,7 +848,15 @@ async fn fetch_object<'scope>(
     let shown = uri.clone();
     scope.spawn(move || {
         let mut reader = crate::http::ChannelReader::new(rx);
-        let _ = done.send(store_checked(store, &mut reader, &shown, &id, size, sha));
+        let _ = done.send(store_checked(
+            store,
+            &mut reader,
+            &shown,
+            &id,
+            size,
+            sha,
+            exec,
+        ));
     });
     let mut sink = crate::http::ChannelWriter(tx);
     let got = {
@@ -862,8 +885,8 @@ async fn fetch_object<'scope>(
         .map_err(|_| Error::Gcs(gcs::Error::Config("the store's thread ended".into())))?
 }
 
-/// A downloaded object (read from `src`, from `uri`) into the store, published only if its
-/// BLAKE3 is `id`, its size `size` and (when given) its SHA-256 `sha`.
+/// A downloaded object (read from `src`, from `uri`) into the store (executable when `exec`),
+/// published only if its BLAKE3 is `id`, its size `size` and (when given) its SHA-256 `sha`.
 fn store_checked(
     store: &Store,
     src: &mut dyn std::io::Read,
@@ -871,6 +894,7 @@ fn store_checked(
     id: &ObjectId,
     size: u64,
     sha: Option<Sha256>,
+    exec: bool,
 ) -> Result<u64> {
     let check = |d: &crate::store::Digests| -> crate::store::Result<()> {
         let mismatch = |expected: String, actual: String| crate::store::Error::Mismatch {
@@ -894,7 +918,7 @@ fn store_checked(
         }
         Ok(())
     };
-    let put = store.put_reader_checked(src, false, sha.is_some(), Path::new(uri), &check)?;
+    let put = store.put_reader_checked(src, exec, sha.is_some(), Path::new(uri), &check)?;
     Ok(put.digests.size)
 }
 

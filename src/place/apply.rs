@@ -130,6 +130,10 @@ impl Executor<'_> {
     /// After the last change: the placed bytes durable, then the marker complete, then the
     /// stat-cache rows of the placed files.
     fn finish(&self, marker: Option<MarkerPlan>, rows: Vec<CacheRow>) -> Result<()> {
+        let saving = self
+            .store
+            .reporter()
+            .start("saving", None, crate::report::Unit::Wait);
         crate::store::sync_filesystem(self.dest)?;
         if let Some(MarkerPlan {
             mut marker,
@@ -140,7 +144,9 @@ impl Executor<'_> {
             marker.complete = true;
             marker.write(&self.beneath.dir("")?.handle_path())?;
         }
-        commit_cache(self.store, rows)
+        commit_cache(self.store, rows)?;
+        saving.finish();
+        Ok(())
     }
 
     /// Folders and files, one folder at a time, shallowest first: each folder is opened once
@@ -161,11 +167,7 @@ impl Executor<'_> {
             sources: self.sources,
             bytes: Bytes::start(self.store, self.policy, work),
         };
-        let bar = self.store.reporter().start(
-            "placing",
-            Some(work.len() as u64),
-            crate::report::Unit::Items,
-        );
+        let bar = placer.bytes.bar.as_ref();
         let mut placed = Vec::with_capacity(work.len());
         for level in folder_jobs(mkdirs, work) {
             let done: Vec<Vec<Placed>> = level
@@ -179,7 +181,7 @@ impl Executor<'_> {
                         .par_iter()
                         .map(|w| {
                             let r = placer.place(&at, w.entry, w.replace);
-                            bar.inc(1);
+                            bar.inc_files(1);
                             r
                         })
                         .collect::<Result<Vec<_>>>()
@@ -188,7 +190,6 @@ impl Executor<'_> {
             placed.extend(done.into_iter().flatten());
         }
         bar.finish();
-        placer.bytes.finish();
         Ok(placed)
     }
 }
@@ -338,27 +339,28 @@ struct Placer<'a> {
     devs: (u64, u64),
     policy: &'a LinkPolicy,
     sources: &'a Sources,
-    bytes: Bytes<'a>,
+    bytes: Bytes,
 }
 
-/// The bytes a plan writes, counted as they move (beside the count of entries, which links
-/// advance): a copy-class materialize of big models takes minutes, and a count of entries
-/// would sit still on each model and race through the small files.
+/// The one count of a plan's placing: its entries and the bytes it writes, as they move (a
+/// copy-class materialize of big models takes minutes, and a count of entries would sit still
+/// on each model and race through the small files; a count of bytes alone would say "1s" on
+/// the small files). Each entry weighs [`crate::report::PLACE_FILE_COST`] beside its bytes,
+/// so the eta follows both ([`crate::report::Unit::Files`]): one bar, one eta.
 ///
-/// The total is known up front for the files whose mode always writes their bytes (`copy`,
-/// `reflink`, and small files rewritten in place). A reflink counts its whole size at once
-/// (the clone is a file of that size, made in one call). A file whose mode may link it
+/// The byte total is known up front for the files whose mode always writes their bytes
+/// (`copy`, `reflink`, and small files rewritten in place). A reflink counts its whole size at
+/// once (the clone is a file of that size, made in one call). A file whose mode may link it
 /// (`auto`, `hardlink`, `share`) joins the total only if its bytes do move (a fallback to a
-/// copy, a reflink): counting it up front made a hardlinked tree's bar fall from its whole
-/// size to "0 B/0 B". The bar starts when the first bytes are due.
-struct Bytes<'a> {
-    reporter: &'a dyn crate::report::Reporter,
-    bar: std::sync::OnceLock<Box<dyn crate::report::Progress>>,
+/// copy, a reflink): counting it up front made a hardlinked tree's bytes fall from its whole
+/// size to "0 B/0 B" (a hardlinked tree shows its entries only).
+struct Bytes {
+    bar: Box<dyn crate::report::Progress>,
     total: AtomicU64,
 }
 
-impl<'a> Bytes<'a> {
-    fn start(store: &'a Store, policy: &LinkPolicy, work: &[Write]) -> Bytes<'a> {
+impl Bytes {
+    fn start(store: &Store, policy: &LinkPolicy, work: &[Write]) -> Bytes {
         let total: u64 = work
             .iter()
             .filter_map(|w| match &w.entry.node {
@@ -368,56 +370,40 @@ impl<'a> Bytes<'a> {
                 _ => None,
             })
             .sum();
-        let bytes = Bytes {
-            reporter: store.reporter(),
-            bar: Default::default(),
+        Bytes {
+            bar: store.reporter().start(
+                "placing",
+                Some(total),
+                crate::report::Unit::Files {
+                    files: work.len() as u64,
+                    per_file: crate::report::PLACE_FILE_COST,
+                },
+            ),
             total: total.into(),
-        };
-        if total > 0 {
-            bytes.bar();
         }
-        bytes
-    }
-
-    fn bar(&self) -> &dyn crate::report::Progress {
-        self.bar
-            .get_or_init(|| {
-                self.reporter.start(
-                    "copying",
-                    Some(self.total.load(Ordering::Relaxed)),
-                    crate::report::Unit::Bytes,
-                )
-            })
-            .as_ref()
     }
 
     /// A file the total did not count is being written after all.
     fn join(&self, size: u64) {
         let total = self.total.fetch_add(size, Ordering::Relaxed) + size;
-        self.bar().set_total(total);
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = self.bar.get() {
-            bar.finish();
-        }
+        self.bar.set_total(total);
     }
 }
 
 /// The count of one file the [`Bytes`] total did not count: its size joins the total when its
 /// first bytes move.
-struct Late<'b, 'a> {
-    bytes: &'b Bytes<'a>,
+struct Late<'b> {
+    bytes: &'b Bytes,
     size: u64,
     joined: AtomicBool,
 }
 
-impl crate::report::Progress for Late<'_, '_> {
+impl crate::report::Progress for Late<'_> {
     fn inc(&self, n: u64) {
         if !self.joined.swap(true, Ordering::Relaxed) {
             self.bytes.join(self.size);
         }
-        self.bytes.bar().inc(n);
+        self.bytes.bar.inc(n);
     }
     fn set_position(&self, _: u64) {}
     fn finish(&self) {}
@@ -487,7 +473,7 @@ impl Placer<'_> {
                 joined: AtomicBool::new(false),
             };
             let moved: &dyn crate::report::Progress = if always_writes(self.policy, rel, size) {
-                self.bytes.bar()
+                self.bytes.bar.as_ref()
             } else {
                 &late
             };

@@ -107,6 +107,11 @@ impl<'a> Placement<'a> {
     }
 
     fn apply(&self, store: &Store) -> Result<MaterializeReport> {
+        // Reading the tree, scanning DEST and checking what is there take seconds on a big
+        // tree before the first entry is placed: a spinner meanwhile.
+        let planning = store
+            .reporter()
+            .start("planning", None, crate::report::Unit::Wait);
         let read;
         let manifest = match self.manifest {
             Some(m) => m,
@@ -168,6 +173,7 @@ impl<'a> Placement<'a> {
             force: self.force,
         })?;
         let sources = super::apply::sources(store, self.tree, manifest, &plan.write)?;
+        planning.finish();
         Executor {
             store,
             tree: self.tree,

@@ -6,13 +6,13 @@
 //! the store's files like everything else (and `root rm env/<key>` lets gc take it).
 
 use super::interpreter::{self, Interpreter};
-use super::pin::{link_object, Resolver};
+use super::pin::{symlink_object, Resolver};
 use super::relocate;
 use super::spec::EnvSpec;
 use super::tool;
 use crate::process::Process;
 use crate::python::error::{Error, IoContext, Result};
-use crate::store::{ObjectId, Root, Store};
+use crate::store::{ObjectId, Prehash, Root, Store};
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -152,7 +152,7 @@ pub fn ensure_env(
         .tempdir_in(store.tmp_dir())
         .ctx("create a temp folder in", &store.tmp_dir())?;
     let staged = stage_wheels(store, py, stage.path())?;
-    phase.done("staging the wheels (each checked)");
+    phase.done("staging the wheels");
     // The installer the lock's tree was built with, unless the user chose one.
     let installer = match (installer, py.built_with.as_deref()) {
         (Resolver::Auto, Some("uv")) => Resolver::Uv,
@@ -161,13 +161,26 @@ pub fn ensure_env(
     };
     let use_uv = installer.pick() == Resolver::Uv;
     let name = if use_uv { "uv" } else { "pip" };
-    if use_uv {
-        install_with_uv(base, &staged)?;
-    } else {
-        install_with_pip(base, &staged)?;
-    }
-    phase.done(&format!("installing with {name}"));
-    let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages, name)?;
+    let pre = Prehash::new();
+    // Declared after `stage`, so it is dropped (waited for) before the stage is deleted.
+    let mut _cache_gone = Deleting(None);
+    // The wheels are checked while the installer reads them (the stat cache vouches for most
+    // after the first check): a damaged one fails the build before anything it made is stored.
+    let (installed, checked) = std::thread::scope(|sc| {
+        let check = sc.spawn(|| store.checked_objects(&staged.check));
+        let installed = if use_uv {
+            install_with_uv(store, base, &staged, &pre)
+        } else {
+            install_with_pip(base, &staged).map(|()| Deleting(None))
+        };
+        (installed, check.join())
+    });
+    checked.map_err(|_| Error::python("environment", "the wheels' check panicked"))??;
+    _cache_gone = installed?;
+    phase.done(&format!(
+        "installing with {name} (the wheels checked meanwhile)"
+    ));
+    let tree = relocate::ingest_installed(store, &staged.venv, base, &py.packages, name, &pre)?;
     phase.start_next();
     check_rebuild(store, py, base, tree, name)?;
     store.add_root(
@@ -178,8 +191,15 @@ pub fn ensure_env(
             ..Default::default()
         },
     )?;
+    phase.done("recording the tree");
+    drop(_cache_gone);
+    phase.done("waiting for uv's cache to be deleted");
+    // The stage's files are links of objects now; what is freed is folders and duplicates.
+    if let Err(e) = store.remove_temp_tree(stage.path()) {
+        tracing::debug!("{e}");
+    }
     drop(stage);
-    phase.done("recording the tree and deleting the staging folder");
+    phase.done("deleting the staging folder");
     Ok(EnvReport {
         tree,
         built: true,
@@ -246,14 +266,17 @@ struct Staged {
     house: PathBuf,
     reqs: PathBuf,
     venv: PathBuf,
+    /// The wheels' objects, to check ([`Store::checked_objects`]) before the install counts.
+    check: Vec<(ObjectId, bool, bool)>,
 }
 
-/// Link every pinned wheel from the store into `dir/wheels` and list them as
-/// `name==version` requirements.
+/// Link every pinned wheel from the store into `dir/wheels` (not yet checked: see
+/// [`Staged::check`]) and list them as `name==version` requirements.
 fn stage_wheels(store: &Store, py: &EnvSpec, dir: &Path) -> Result<Staged> {
     let house = dir.join("wheels");
     fs::create_dir_all(&house).ctx("create", &house)?;
     let mut reqs = String::new();
+    let mut wheels = Vec::new();
     for p in &py.packages {
         let (Some(file), Some(sha)) = (&p.wheel, p.sha256) else {
             continue;
@@ -261,8 +284,13 @@ fn stage_wheels(store: &Store, py: &EnvSpec, dir: &Path) -> Result<Staged> {
         let id = store
             .lookup_sha256(&sha)?
             .ok_or_else(|| crate::store::Error::NotFound(format!("sha256:{}", sha.hex())))?;
-        link_object(store, &id, &house.join(file))?;
+        wheels.push((id, house.join(file)));
         reqs.push_str(&format!("{}=={}\n", p.name, p.version));
+    }
+    let look: Vec<_> = wheels.iter().map(|(id, _)| (*id, false, false)).collect();
+    for ((id, at), found) in wheels.iter().zip(store.checked_objects(&look)?) {
+        let src = found.ok_or_else(|| crate::store::Error::NotFound(id.to_string()))?;
+        symlink_object(&src, at)?;
     }
     let reqs_path = dir.join("requirements.txt");
     fs::write(&reqs_path, reqs).ctx("write", &reqs_path)?;
@@ -271,16 +299,24 @@ fn stage_wheels(store: &Store, py: &EnvSpec, dir: &Path) -> Result<Staged> {
         house,
         reqs: reqs_path,
         venv: dir.join("venv"),
+        check: wheels.iter().map(|(id, _)| (*id, false, true)).collect(),
     })
 }
 
 /// `uv venv --relocatable`, then `uv pip install` from the staged wheels only, with a uv
 /// cache of our own in the staging folder: uv unpacks each wheel there once and hard-links
-/// the files into the venv. The cache is then deleted, so every venv file has one link and
-/// the store adopts it as the object ([`Store::adopt_tree`]): the environment's bytes are
-/// written once, not three times (cache, venv copy, object), and the user's uv cache is
-/// neither read nor written.
-fn install_with_uv(base: &Interpreter, s: &Staged) -> Result<()> {
+/// the files into the venv, and the store adopts the venv's files as the objects
+/// ([`Store::adopt_tree`]): the environment's bytes are written once, not three times (cache,
+/// venv copy, object), and the user's uv cache is neither read nor written. While uv runs,
+/// `pre` hashes each wheel uv has finished unpacking into the cache ([`Prehash::watch`]), so
+/// little hashing is left once uv ends. The cache is then deleted on a thread of its own,
+/// beside the adoption (a venv file may keep its cache link meanwhile: `pre` knows it).
+fn install_with_uv(
+    store: &Store,
+    base: &Interpreter,
+    s: &Staged,
+    pre: &Prehash,
+) -> Result<Deleting> {
     let cache = s.dir.join("uv-cache");
     let mut c = tool::command("uv", INSTALLER_ENV);
     c.args([
@@ -312,13 +348,42 @@ fn install_with_uv(base: &Interpreter, s: &Staged) -> Result<()> {
     .arg(&s.house)
     .arg("-r")
     .arg(&s.reqs);
-    install_step(c, &s.dir, "uv pip install")?;
-    tracing::info!("environment: uv venv and uv pip install done; deleting uv's cache");
-    // Best effort: a file still linked from the cache is copied into the store instead.
-    if let Err(e) = fs::remove_dir_all(&cache) {
-        tracing::debug!("could not delete {}: {e}", cache.display());
+    // uv renames a wheel it has unpacked into `archive-v0/` only once it is complete.
+    let (installed, ahead) = pre.watch(store, &cache.join("archive-v0"), || {
+        install_step(c, &s.dir, "uv pip install")
+    });
+    installed?;
+    tracing::info!(
+        "environment: {} files ({} MiB) of uv's cache hashed while uv ran",
+        ahead.files,
+        ahead.bytes >> 20
+    );
+    Deleting::start(store, cache)
+}
+
+/// A folder of ours being deleted on a thread of its own; dropping this waits for it.
+struct Deleting(Option<std::thread::JoinHandle<()>>);
+
+impl Deleting {
+    fn start(store: &Store, dir: PathBuf) -> Result<Deleting> {
+        let remove = store.temp_tree_remover(&dir)?;
+        Ok(Deleting(Some(std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            // Best effort: the staging folder around it is deleted afterwards anyway.
+            if let Err(e) = remove() {
+                tracing::debug!("{e}");
+            }
+            tracing::info!("environment: deleting uv's cache took {:.2?}", t.elapsed());
+        }))))
     }
-    Ok(())
+}
+
+impl Drop for Deleting {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// `python -m venv`, then `pip --python VENV install` from the staged wheels only.

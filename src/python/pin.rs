@@ -390,7 +390,12 @@ fn file_url(p: &Path) -> String {
 pub(crate) fn link_object(store: &Store, id: &crate::store::ObjectId, at: &Path) -> Result<()> {
     // Checked: an installer must not read a changed wheel.
     let src = store.checked_object(id, false)?;
-    match std::os::unix::fs::symlink(&src, at) {
+    symlink_object(&src, at)
+}
+
+/// A symlink at `at` to the object file `src` (one there already is kept).
+pub(crate) fn symlink_object(src: &Path, at: &Path) -> Result<()> {
+    match std::os::unix::fs::symlink(src, at) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e).ctx("link", at),

@@ -12,7 +12,7 @@ use super::interpreter::Interpreter;
 use super::spec::{EnvSpec, Package};
 use crate::python::error::{Error, IoContext, Result};
 use crate::store::CACHE_NAMES;
-use crate::store::{AddOptions, AddReport, Entry, Manifest, Node, ObjectId, Store};
+use crate::store::{AddOptions, AddReport, Entry, Manifest, Node, ObjectId, Prehash, Store};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ pub fn ingest(
     base: &Interpreter,
     packages: Option<&[Package]>,
 ) -> Result<(ObjectId, AddReport)> {
-    let (mut manifest, add) = add_venv(store, venv, false)?;
+    let (mut manifest, add) = add_venv(store, venv, None)?;
     let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
     let made = match packages {
         Some(p) => Made {
@@ -91,9 +91,10 @@ pub fn ingest_installed(
     base: &Interpreter,
     packages: &[Package],
     installer: &str,
+    pre: &Prehash,
 ) -> Result<ObjectId> {
     let phase = Phases::start();
-    let (mut manifest, _) = add_venv(store, venv, true)?;
+    let (mut manifest, _) = add_venv(store, venv, Some(pre))?;
     phase.done("add_tree (adopting the venv's files)");
     let dropped = drop_run_files(&mut manifest);
     let templates = templatize(store, venv, &Substitutions::of(venv, base), &mut manifest)?;
@@ -131,15 +132,16 @@ impl Phases {
 
 /// The venv's files in the store, without byte-code caches and comfystore's own files.
 /// `adopt`: the venv is comfystore's own staging venv in the store's `tmp/`, whose files
-/// become the objects themselves ([`Store::adopt_tree`]) instead of being copied.
-fn add_venv(store: &Store, venv: &Path, adopt: bool) -> Result<(Manifest, AddReport)> {
+/// become the objects themselves ([`Store::adopt_tree`]) instead of being copied, with the
+/// hashes taken while it was installed.
+fn add_venv(store: &Store, venv: &Path, adopt: Option<&Prehash>) -> Result<(Manifest, AddReport)> {
     let opts = AddOptions {
         exclude_names: CACHE_NAMES.iter().map(|s| s.to_string()).collect(),
         exclude: vec![ENV_META.to_string(), crate::store::MARKER_NAME.to_string()],
         ..Default::default()
     };
-    let add = if adopt {
-        store.adopt_tree(venv, &opts)?
+    let add = if let Some(pre) = adopt {
+        store.adopt_tree(venv, &opts, Some(pre))?
     } else {
         store.add_tree(venv, &opts)?
     };

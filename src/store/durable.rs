@@ -288,13 +288,8 @@ impl<'a> BoundedWriteback<'a> {
             return;
         }
         let fd = self.file.as_raw_fd();
-        let (start, len) = (self.flushed as i64, (self.written - self.flushed) as i64);
-        // SAFETY: sync_file_range takes only integers and reads no memory of ours; `fd` is
-        // open for as long as `self.file` is borrowed. Errors are ignored: this is only a hint,
-        // and `finish` reports real write errors through fdatasync.
-        unsafe {
-            libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE);
-        }
+        // `finish` reports real write errors through fdatasync.
+        start_writeback(self.file, self.flushed, self.written - self.flushed);
         if self.flushed >= WRITEBACK_STEP {
             let prev = (self.flushed - WRITEBACK_STEP) as i64;
             // SAFETY: as above.
@@ -322,6 +317,27 @@ impl<'a> BoundedWriteback<'a> {
     fn pace(&mut self) {}
 }
 
+/// Ask the kernel to start writing `len` bytes of `file` from `start` back to disk (`len` 0:
+/// to the end) without waiting, so a later `fdatasync` or `syncfs` finds less to do. Only a
+/// hint: errors are ignored.
+#[cfg(target_os = "linux")]
+pub(super) fn start_writeback(file: &File, start: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range takes only integers and reads no memory of ours; the fd is open
+    // for as long as `file` is borrowed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            start as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn start_writeback(_file: &File, _start: u64, _len: u64) {}
+
 impl Write for BoundedWriteback<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = (&mut &*self.file).write(buf)?;
@@ -335,15 +351,107 @@ impl Write for BoundedWriteback<'_> {
     }
 }
 
+impl super::Store {
+    /// Delete a folder of the store's own in `tmp/` (a staging folder), many entries at once.
+    /// Freeing an inode can wait on the device: an ext4 without a journal but mounted with
+    /// `discard` discards each freed extent synchronously, and 25k small files took 42 s one
+    /// at a time on this project's VM, 5.5 s eight at a time. remove_dir_all walks with
+    /// `openat` and never follows a symlink. A folder outside `tmp/` is refused.
+    pub fn remove_temp_tree(&self, dir: &Path) -> Result<()> {
+        self.temp_tree_remover(dir)?()
+    }
+
+    /// [`Store::remove_temp_tree`], checked now and done when called (on another thread).
+    pub fn temp_tree_remover(
+        &self,
+        dir: &Path,
+    ) -> Result<impl FnOnce() -> Result<()> + Send + 'static> {
+        let up = dir
+            .components()
+            .any(|c| c == std::path::Component::ParentDir);
+        if up || dir == self.tmp_dir() || !dir.starts_with(self.tmp_dir()) {
+            return Err(super::Error::bad_input(
+                dir,
+                "only a folder in the store's tmp/ is deleted this way",
+            ));
+        }
+        let dir = dir.to_path_buf();
+        Ok(move || remove_tree(&dir))
+    }
+}
+
+/// `remove_dir_all`, eight entries at a time (see [`super::Store::remove_temp_tree`]).
+fn remove_tree(dir: &Path) -> Result<()> {
+    use std::sync::OnceLock;
+    // The waits are the device's, not the CPU's: more threads than cores.
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(8)
+            .thread_name(|i| format!("delete-{i}"))
+            .build()
+            .ok()
+    });
+    let remover = remove_dir_all::RemoverBuilder::new().build();
+    let gone = match pool {
+        Some(p) => p.install(|| remover.remove_dir_all(dir)),
+        None => remover.remove_dir_all(dir),
+    };
+    match gone {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).ctx("delete", dir),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     /// `lock -o out.json` (a bare name) failed with `create : No such file or directory`.
     #[test]
     fn a_bare_names_folder_is_the_current_one() {
+        use std::path::Path;
         assert_eq!(super::parent_dir(Path::new("out.json")), Path::new("."));
         assert_eq!(super::parent_dir(Path::new("d/out.json")), Path::new("d"));
         assert_eq!(super::parent_dir(Path::new("/out.json")), Path::new("/"));
+    }
+
+    use crate::store::{Store, StoreOptions};
+    use std::fs;
+
+    /// A staging folder goes with everything in it; a symlink in it is removed, not followed;
+    /// a folder outside `tmp/`, and `tmp/` itself, are refused and left alone.
+    #[test]
+    fn remove_temp_tree_deletes_only_a_folder_in_tmp_and_follows_no_symlink() {
+        let t = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(t.path().join("store"), &StoreOptions::default()).expect("store");
+        let outside = t.path().join("outside");
+        fs::create_dir_all(outside.join("keep")).expect("mkdir");
+        fs::write(outside.join("keep/file"), b"mine").expect("write");
+        let stage = store.tmp_dir().join(".tmp-stage");
+        for i in 0..40 {
+            let d = stage.join(format!("d{i}/e"));
+            fs::create_dir_all(&d).expect("mkdir");
+            fs::write(d.join("f"), b"x").expect("write");
+        }
+        std::os::unix::fs::symlink(&outside, stage.join("d0/out")).expect("symlink");
+
+        assert!(
+            store.remove_temp_tree(&outside).is_err(),
+            "deleted outside tmp/"
+        );
+        assert!(
+            store.remove_temp_tree(&store.tmp_dir()).is_err(),
+            "deleted tmp/"
+        );
+        let sneaky = store.tmp_dir().join("../../outside");
+        assert!(
+            store.remove_temp_tree(&sneaky).is_err(),
+            "deleted tmp/../.."
+        );
+        store.remove_temp_tree(&stage).expect("delete");
+        assert!(!stage.exists(), "the stage is left");
+        assert_eq!(fs::read(outside.join("keep/file")).expect("read"), b"mine");
+        assert!(store.tmp_dir().is_dir(), "tmp/ went too");
+        // Already gone: nothing to do, no error.
+        store.remove_temp_tree(&stage).expect("delete again");
     }
 }

@@ -38,8 +38,24 @@ pub fn stream(
     let mut b3 = blake3::Hasher::new();
     let mut size = 0u64;
     if !want_sha256 {
-        let mut buf = vec![0u8; CHUNK];
-        while absorb(src, &mut buf, &mut b3, &mut sink, &mut size)? > 0 {}
+        // One buffer per thread: a fresh zeroed MiB per call would cost more than hashing a
+        // small file (an environment is 25k of them).
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with(|cell| -> io::Result<()> {
+            let mut own = Vec::new();
+            let mut held = cell.try_borrow_mut();
+            let buf = match held.as_deref_mut() {
+                Ok(b) => b,
+                Err(_) => &mut own,
+            };
+            if buf.len() < CHUNK {
+                buf.resize(CHUNK, 0);
+            }
+            while absorb(src, buf, &mut b3, &mut sink, &mut size)? > 0 {}
+            Ok(())
+        })?;
         return Ok(Digests {
             b3: ObjectId(*b3.finalize().as_bytes()),
             sha256: None,

@@ -7,6 +7,7 @@
 
 use super::id::{ObjectId, Sha256};
 use super::index::{Batch, StatKey};
+use super::prehash::Prehash;
 use super::tree::{Entry, Manifest, Node};
 use super::Store;
 use crate::store::error::{Error, IoContext, Result};
@@ -189,7 +190,7 @@ impl Store {
 
     /// Add a directory as a tree.
     pub fn add_tree(&self, dir: &Path, opts: &AddOptions) -> Result<AddReport> {
-        self.add_tree_with(dir, opts, false)
+        self.add_tree_with(dir, opts, None)
     }
 
     /// [`Store::add_tree`] of a folder of the store's own temp files (an environment an
@@ -200,7 +201,16 @@ impl Store {
     /// shared with nothing, in the folder or outside it), owned by us. Any other file is
     /// copied as `add_tree` does. `dir` must lie in the store's `tmp/`; the caller deletes it
     /// afterwards (the objects keep their inodes).
-    pub fn adopt_tree(&self, dir: &Path, opts: &AddOptions) -> Result<AddReport> {
+    ///
+    /// `pre`: hashes taken while the installer ran ([`Prehash::watch`] over its cache). A file
+    /// whose inode it holds, unchanged, is not read again; and such a file may have two links,
+    /// the other being the installer's cache entry in the same temp folder.
+    pub fn adopt_tree(
+        &self,
+        dir: &Path,
+        opts: &AddOptions,
+        pre: Option<&Prehash>,
+    ) -> Result<AddReport> {
         let tmp = self
             .tmp_dir()
             .canonicalize()
@@ -212,20 +222,34 @@ impl Store {
                 "only a folder in the store's tmp/ can be adopted",
             ));
         }
-        self.add_tree_with(&real, opts, true)
+        let none = Prehash::new();
+        self.add_tree_with(&real, opts, Some(pre.unwrap_or(&none)))
     }
 
-    fn add_tree_with(&self, dir: &Path, opts: &AddOptions, adopt: bool) -> Result<AddReport> {
+    /// `adopt`: [`Store::adopt_tree`], with what was hashed ahead.
+    fn add_tree_with(
+        &self,
+        dir: &Path,
+        opts: &AddOptions,
+        adopt: Option<&Prehash>,
+    ) -> Result<AddReport> {
         let _lock = self.lock_shared()?;
         let (files, mut entries) = scan(dir, opts, self.root())?;
         self.check_private_files(dir, files.iter().map(|f| f.abs.as_path()))?;
-        let mut outcomes: Vec<FileOutcome> = if adopt {
-            self.each_file(&files, false, |f, _| self.adopt_file(f, opts.tree_sha256))?
+        let mut outcomes: Vec<FileOutcome> = if let Some(pre) = adopt {
+            self.each_file(&files, false, |f, _| {
+                self.adopt_file(f, opts.tree_sha256, pre)
+            })?
         } else {
             self.each_file(&files, true, |f, c| {
                 self.ingest_file(f, c, opts.tree_sha256)
             })?
         };
+        // The flush (an adoption's, too) and the index commit of a big tree take seconds: a spinner, not a
+        // finished bar sitting still.
+        let saving = self
+            .reporter()
+            .start("saving", None, crate::report::Unit::Wait);
         if outcomes.iter().any(|o| o.adopt.is_some()) {
             let started = std::time::Instant::now();
             // The adopted bytes are durable before any of them is published.
@@ -289,6 +313,7 @@ impl Store {
         if let Some(index) = self.index() {
             index.commit(&batch)?;
         }
+        saving.finish();
         Ok(report)
     }
 
@@ -326,24 +351,34 @@ impl Store {
         } else {
             vec![None; files.len()]
         };
-        // In bytes, so the eta follows the work: one checkpoint is worth thousands of sources.
-        // What the stat cache vouches for costs nothing and is not counted.
-        let total: u64 = files
+        // In bytes and files, so the eta follows the work: one checkpoint is worth thousands
+        // of sources, and each source costs its open and publish whatever its size. What the
+        // stat cache vouches for costs nothing and is not counted.
+        let (total, count) = files
             .iter()
             .zip(&cached)
             .filter(|(_, c)| c.is_none())
-            .map(|(f, _)| f.stat.size)
-            .sum();
-        let bar = self
+            .fold((0, 0), |(b, n), (f, _)| (b + f.stat.size, n + 1));
+        let bar: std::sync::Arc<dyn crate::report::Progress> = self
             .reporter()
-            .start("hashing", Some(total), crate::report::Unit::Bytes);
+            .start(
+                "hashing",
+                Some(total),
+                crate::report::Unit::Files {
+                    files: count,
+                    per_file: crate::report::HASH_FILE_COST,
+                },
+            )
+            .into();
         let out = files
             .par_iter()
             .zip(cached.par_iter())
             .map(|(f, c)| {
-                let r = one(f, *c);
+                // A big file's bytes move the bar as they are read; the rest once it is done.
+                let (r, moved) = crate::report::within(&bar, || one(f, *c));
                 if c.is_none() {
-                    bar.inc(f.stat.size);
+                    bar.inc(f.stat.size.saturating_sub(moved));
+                    bar.inc_files(1);
                 }
                 r
             })
@@ -366,7 +401,7 @@ impl Store {
     /// Hash one of our own temp files where it is ([`Store::adopt_tree`]): a file the store
     /// lacks is made read-only and left to publish ([`FileOutcome::adopt`]); one that is not
     /// ours alone is stored by copy.
-    fn adopt_file(&self, f: &ScannedFile, want_sha256: bool) -> Result<FileOutcome> {
+    fn adopt_file(&self, f: &ScannedFile, want_sha256: bool, pre: &Prehash) -> Result<FileOutcome> {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let mut file = fs::OpenOptions::new()
             .read(true)
@@ -374,8 +409,10 @@ impl Store {
             .open(&f.abs)
             .ctx("open", &f.abs)?;
         let meta = file.metadata().ctx("stat", &f.abs)?;
+        // One link, or two where the other is the installer's cache entry beside it.
+        let links_ours = meta.nlink() == 1 || meta.nlink() == 2 && pre.holds(&meta);
         let ours = meta.is_file()
-            && meta.nlink() == 1
+            && links_ours
             && meta.uid() == rustix::process::geteuid().as_raw()
             && meta.len() == f.stat.size;
         if !ours {
@@ -390,7 +427,13 @@ impl Store {
         file.set_permissions(fs::Permissions::from_mode(mode))
             .ctx("chmod", &f.abs)?;
         let before = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
-        let digests = super::hash::stream(&mut file, None, want_sha256).ctx("read", &f.abs)?;
+        let digests = match pre
+            .digests(&meta)
+            .filter(|d| !want_sha256 || d.sha256.is_some())
+        {
+            Some(d) => d,
+            None => super::hash::stream(&mut file, None, want_sha256).ctx("read", &f.abs)?,
+        };
         let after = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
         if before != after || digests.size != before.size {
             return Err(Error::bad_input(
@@ -766,7 +809,7 @@ mod tests {
 
         let store = Store::open(t.path().join("new"), &StoreOptions::default()).expect("store");
         fs::create_dir_all(store.tmp_dir()).expect("tmp");
-        let refused = store.adopt_tree(&outside, &AddOptions::default());
+        let refused = store.adopt_tree(&outside, &AddOptions::default(), None);
         assert!(refused.is_err(), "adopted a folder outside tmp/");
         assert_eq!(
             fs::metadata(outside.join("pkg/a.py"))
@@ -788,7 +831,7 @@ mod tests {
         let big_ino = ino(&dir.join("pkg/big.bin"));
 
         let got = store
-            .adopt_tree(&dir, &AddOptions::default())
+            .adopt_tree(&dir, &AddOptions::default(), None)
             .expect("adopt");
         assert_eq!(got.id, want.id, "adopting gives another tree than adding");
         let manifest = store.read_tree(&got.id).expect("tree");

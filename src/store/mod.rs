@@ -22,6 +22,7 @@ mod index;
 mod ingest;
 mod lock;
 mod object;
+mod prehash;
 mod reserved;
 mod roots;
 mod shards;
@@ -44,6 +45,7 @@ pub use index::{IndexStats, StatKey};
 pub use ingest::{AddOptions, AddReport};
 pub use lock::StoreLock;
 pub use object::PutResult;
+pub use prehash::{Prehash, PrehashReport};
 pub use reserved::{is_cache_path, CACHE_NAMES, CACHE_SUFFIXES, MARKER_NAME};
 pub use roots::{check_root_name, Root};
 pub use tree::{check_rel_path, Entry, Manifest, Node};
@@ -163,7 +165,8 @@ impl Store {
     }
 
     /// Run `read` with a byte count of its own when the file is big enough to take a while
-    /// (a checkpoint): its bar moves as the bytes are read, not once at the end.
+    /// (a checkpoint): its bar moves as the bytes are read, not once at the end, and so does
+    /// the tree's count it is part of ([`crate::report::within`]).
     pub(crate) fn reading_big<T>(
         &self,
         what: &Path,
@@ -176,8 +179,11 @@ impl Store {
             |n| n.to_string_lossy().into_owned(),
         );
         let bar = if len >= BIG {
-            self.reporter()
-                .start(&label, Some(len), crate::report::Unit::Bytes)
+            crate::report::nested(self.reporter().start(
+                &label,
+                Some(len),
+                crate::report::Unit::Bytes,
+            ))
         } else {
             crate::report::Silent.start("", None, crate::report::Unit::Bytes)
         };
