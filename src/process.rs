@@ -321,3 +321,31 @@ fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Option<Exit
         }
     }
 }
+
+/// Run `f` at a lower CPU priority (nice 10), with a rayon pool of its own whose threads are
+/// lowered too, so work done beside something that matters more (ComfyUI starting, uv
+/// installing) takes only the CPU that leaves idle. Linux only: there the nice value of
+/// `setpriority(PRIO_PROCESS, 0)` is the calling thread's alone (NPTL), so call this on a
+/// thread of its own (it stays lowered) and never spawn a program from it (a child inherits
+/// the nice value). Elsewhere it would lower the whole process, so `f` runs as it is.
+pub fn at_low_priority<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    #[cfg(target_os = "linux")]
+    {
+        fn lower() {
+            if let Err(e) = rustix::process::setpriority_process(None, 10) {
+                tracing::debug!("at normal priority: {e}");
+            }
+        }
+        lower();
+        match rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("low-{i}"))
+            .start_handler(|_| lower())
+            .build()
+        {
+            Ok(pool) => pool.install(f),
+            Err(_) => f(),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    f()
+}

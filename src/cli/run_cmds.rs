@@ -160,32 +160,12 @@ pub fn worker(cli: &Cli, a: &ComfyArgs) -> Result<Worker> {
     with_sink(worker_at(store, &a.dest, &a.run)?, a)
 }
 
-/// Run the warm start's check at a lower CPU priority (nice 10), in a rayon pool of its own
-/// whose threads are lowered too: on a machine with few cores the check's CPU would otherwise
-/// slow ComfyUI's import, which it runs beside (measured: ComfyUI answered 0.26 s later on 2
-/// cores). It still ends long before ComfyUI answers. Linux only: there the nice value of
-/// `setpriority(PRIO_PROCESS, 0)` is the calling thread's alone (NPTL), so nothing else of the
-/// worker is lowered; elsewhere it would lower the whole process, so `f` runs as it is.
+/// Run the warm start's check at a lower CPU priority ([`comfystore::process::at_low_priority`]): on a
+/// machine with few cores the check's CPU would otherwise slow ComfyUI's import, which it runs
+/// beside (measured: ComfyUI answered 0.26 s later on 2 cores). It still ends long before
+/// ComfyUI answers.
 fn beside_comfyui<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    #[cfg(target_os = "linux")]
-    {
-        fn lower() {
-            if let Err(e) = rustix::process::setpriority_process(None, 10) {
-                tracing::debug!("check at normal priority: {e}");
-            }
-        }
-        lower();
-        match rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("check-{i}"))
-            .start_handler(|_| lower())
-            .build()
-        {
-            Ok(pool) => pool.install(f),
-            Err(_) => f(),
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    f()
+    comfystore::process::at_low_priority(f)
 }
 
 /// Whether placing the version changed anything ComfyUI reads.

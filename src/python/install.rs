@@ -167,7 +167,9 @@ pub fn ensure_env(
     // The wheels are checked while the installer reads them (the stat cache vouches for most
     // after the first check): a damaged one fails the build before anything it made is stored.
     let (installed, checked) = std::thread::scope(|sc| {
-        let check = sc.spawn(|| store.checked_objects(&staged.check));
+        // At a lower priority, as the hashing beside uv: uv's own work comes first.
+        let check =
+            sc.spawn(|| crate::process::at_low_priority(|| store.checked_objects(&staged.check)));
         let installed = if use_uv {
             install_with_uv(store, base, &staged, &pre)
         } else {
@@ -348,9 +350,18 @@ fn install_with_uv(
     .arg(&s.house)
     .arg("-r")
     .arg(&s.reqs);
-    // uv renames a wheel it has unpacked into `archive-v0/` only once it is complete.
-    let (installed, ahead) = pre.watch(store, &cache.join("archive-v0"), || {
-        install_step(c, &s.dir, "uv pip install")
+    // uv renames a wheel it has unpacked into `archive-v0/` only once it is complete. The
+    // hashing runs at a lower priority: it takes the CPU uv leaves idle and does not slow uv
+    // (what it has not reached when uv ends is hashed then, on both cores). uv is started
+    // from this thread, whose priority is untouched.
+    let archive = cache.join("archive-v0");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (installed, ahead) = std::thread::scope(|sc| {
+        let hasher = sc
+            .spawn(|| crate::process::at_low_priority(|| pre.watch_until(store, &archive, &done)));
+        let installed = install_step(c, &s.dir, "uv pip install");
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (installed, hasher.join().unwrap_or_default())
     });
     installed?;
     tracing::info!(

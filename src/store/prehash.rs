@@ -84,10 +84,8 @@ impl Prehash {
         })
     }
 
-    /// Run `work` (the installer) while hashing, one at a time, each new entry that appears
-    /// in `dir` (a folder in the store's `tmp/`). Entries must appear complete (renamed into
-    /// `dir`), as uv's archive entries do. Hashing stops when `work` returns: what was not
-    /// reached is hashed by `adopt_tree` as before.
+    /// Run `work` (the installer) while hashing, on a thread beside it, each new entry that
+    /// appears in `dir` ([`Prehash::watch_until`]).
     pub fn watch<R: Send>(
         &self,
         store: &Store,
@@ -95,40 +93,43 @@ impl Prehash {
         work: impl FnOnce() -> R + Send,
     ) -> (R, PrehashReport) {
         let done = AtomicBool::new(false);
-        let tmp = store.tmp_dir();
         std::thread::scope(|s| {
-            let watcher = s.spawn(|| {
-                let mut report = PrehashReport::default();
-                let mut seen = HashSet::new();
-                // Only a folder in the store's tmp/ is watched: its files are ours.
-                if !dir.starts_with(&tmp) {
-                    return report;
-                }
-                while !done.load(Ordering::Relaxed) {
-                    let names: Vec<_> = fs::read_dir(dir)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|e| e.ok())
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path())
-                        .filter(|p| !seen.contains(p))
-                        .collect();
-                    for entry in names {
-                        if done.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        self.hash_entry(&entry, &done, &mut report);
-                        seen.insert(entry);
-                    }
-                    std::thread::sleep(POLL);
-                }
-                report
-            });
+            let watcher = s.spawn(|| self.watch_until(store, dir, &done));
             let out = work();
             done.store(true, Ordering::Relaxed);
-            let report = watcher.join().unwrap_or_default();
-            (out, report)
+            (out, watcher.join().unwrap_or_default())
         })
+    }
+
+    /// Hash, one at a time, each new entry that appears in `dir` (a folder in the store's
+    /// `tmp/`), until `done`. Entries must appear complete (renamed into `dir`), as uv's
+    /// archive entries do. What was not reached is hashed by `adopt_tree` as before.
+    pub fn watch_until(&self, store: &Store, dir: &Path, done: &AtomicBool) -> PrehashReport {
+        let mut report = PrehashReport::default();
+        let mut seen = HashSet::new();
+        // Only a folder in the store's tmp/ is watched: its files are ours.
+        if !dir.starts_with(store.tmp_dir()) {
+            return report;
+        }
+        while !done.load(Ordering::Relaxed) {
+            let names: Vec<_> = fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .filter(|p| !seen.contains(p))
+                .collect();
+            for entry in names {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                self.hash_entry(&entry, done, &mut report);
+                seen.insert(entry);
+            }
+            std::thread::sleep(POLL);
+        }
+        report
     }
 
     /// Hash the regular files under `entry` (symlinks not followed), until `done`.
