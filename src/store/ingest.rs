@@ -426,21 +426,27 @@ impl Store {
         };
         file.set_permissions(fs::Permissions::from_mode(mode))
             .ctx("chmod", &f.abs)?;
-        let before = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
-        let digests = match pre
+        let known = pre
             .digests(&meta)
-            .filter(|d| !want_sha256 || d.sha256.is_some())
-        {
+            .filter(|d| !want_sha256 || d.sha256.is_some());
+        let digests = match known {
+            // Hashed while the installer ran, and still that inode, size and mtime.
             Some(d) => d,
-            None => super::hash::stream(&mut file, None, want_sha256).ctx("read", &f.abs)?,
+            None => {
+                let before = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
+                let d = super::hash::stream(&mut file, None, want_sha256).ctx("read", &f.abs)?;
+                let after = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
+                if before != after || d.size != before.size {
+                    return Err(Error::bad_input(
+                        &f.abs,
+                        "file changed while it was being added; try again",
+                    ));
+                }
+                // On its way to disk before the `syncfs` that waits for it.
+                super::durable::start_writeback(&file, 0, 0);
+                d
+            }
         };
-        let after = StatKey::of(&file.metadata().ctx("stat", &f.abs)?);
-        if before != after || digests.size != before.size {
-            return Err(Error::bad_input(
-                &f.abs,
-                "file changed while it was being added; try again",
-            ));
-        }
         let dest = self.object_path(&digests.b3, f.exec);
         let adopt = match self.object_state(&dest, digests.size)? {
             super::object::ObjectState::Present => None,
