@@ -163,7 +163,7 @@ pub fn ensure_env(
     let name = if use_uv { "uv" } else { "pip" };
     let pre = Prehash::new();
     // Declared after `stage`, so it is dropped (waited for) before the stage is deleted.
-    let mut _cache_gone = Deleting(None);
+    let mut cache_gone = Deleting(None);
     // The wheels are checked while the installer reads them (the stat cache vouches for most
     // after the first check): a damaged one fails the build before anything it made is stored.
     let (installed, checked) = std::thread::scope(|sc| {
@@ -178,7 +178,7 @@ pub fn ensure_env(
         (installed, check.join())
     });
     checked.map_err(|_| Error::python("environment", "the wheels' check panicked"))??;
-    _cache_gone = installed?;
+    cache_gone = installed?;
     phase.done(&format!(
         "installing with {name} (the wheels checked meanwhile)"
     ));
@@ -194,7 +194,7 @@ pub fn ensure_env(
         },
     )?;
     phase.done("recording the tree");
-    drop(_cache_gone);
+    drop(cache_gone);
     phase.done("waiting for uv's cache to be deleted");
     // The stage's files are links of objects now; what is freed is folders and duplicates.
     if let Err(e) = store.remove_temp_tree(stage.path()) {
@@ -310,7 +310,7 @@ fn stage_wheels(store: &Store, py: &EnvSpec, dir: &Path) -> Result<Staged> {
 /// the files into the venv, and the store adopts the venv's files as the objects
 /// ([`Store::adopt_tree`]): the environment's bytes are written once, not three times (cache,
 /// venv copy, object), and the user's uv cache is neither read nor written. While uv runs,
-/// `pre` hashes each wheel uv has finished unpacking into the cache ([`Prehash::watch`]), so
+/// `pre` hashes each wheel uv has finished unpacking into the cache ([`Prehash::watch_until`]), so
 /// little hashing is left once uv ends. The cache is then deleted on a thread of its own,
 /// beside the adoption (a venv file may keep its cache link meanwhile: `pre` knows it).
 fn install_with_uv(
