@@ -163,7 +163,7 @@ pub fn ensure_env(
     let name = if use_uv { "uv" } else { "pip" };
     let pre = Prehash::new();
     // Declared after `stage`, so it is dropped (waited for) before the stage is deleted.
-    let mut cache_gone = Deleting(None);
+    let cache_gone: Deleting;
     // The wheels are checked while the installer reads them (the stat cache vouches for most
     // after the first check): a damaged one fails the build before anything it made is stored.
     let (installed, checked) = std::thread::scope(|sc| {
